@@ -1,0 +1,174 @@
+"""The one spec that travels through export, extraction, the store and classifiers.
+
+A :class:`ModelSpec` says what network an ONNX file holds (model name, weights digest, how
+images must be prepared). A :class:`FeatureSpec` adds where it is cut and how the cut is
+pooled. ``FeatureSpec.fingerprint()`` keys feature sets in the store and is saved with every
+trained classifier, so features of one spec are never mixed with another's.
+
+Everything here is plain data, JSON round-trippable, and imports nothing heavy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+#: Keys under which an exported ONNX file describes itself (``ModelProto.metadata_props``).
+META_SPEC = "featurebank.spec"
+META_LAYERS = "featurebank.layers"
+META_VERSION = "featurebank.version"
+META_INPUT = "featurebank.input"
+
+POOLS = ("avg", "max", "gem", "none")
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos")
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How an image becomes the network's input.
+
+    Decode (EXIF orientation applied, converted to RGB, alpha composited on ``background``),
+    resize so the shorter side is ``resize_size`` with ``interpolation``, center-crop to
+    ``input_size`` (height, width), scale to [0, 1], subtract ``mean`` and divide by ``std``
+    (per RGB channel, in [0, 1] units).
+    """
+
+    input_size: tuple[int, int] = (224, 224)
+    resize_size: int = 256
+    interpolation: str = "bicubic"
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    background: tuple[int, int, int] = (255, 255, 255)
+
+    def __post_init__(self) -> None:
+        # Normalise lists (from JSON) to tuples so equal specs hash and compare equal.
+        object.__setattr__(self, "input_size", tuple(int(v) for v in self.input_size))
+        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
+        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+        object.__setattr__(self, "background", tuple(int(v) for v in self.background))
+        if len(self.input_size) != 2 or min(self.input_size) < 1:
+            raise ValueError(f"preprocessing.input_size must be (height, width) > 0, got {self.input_size}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(
+                f"preprocessing.interpolation must be one of {INTERPOLATIONS}, got {self.interpolation!r}"
+            )
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise ValueError("preprocessing.mean and .std need 3 values each, std > 0")
+        if int(self.resize_size) < min(self.input_size):
+            raise ValueError(
+                f"preprocessing.resize_size ({self.resize_size}) must be >= the crop {self.input_size}"
+            )
+
+    @property
+    def crop_pct(self) -> float:
+        return min(self.input_size) / self.resize_size
+
+    def to_dict(self) -> dict[str, Any]:
+        return _jsonable(asdict(self))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Preprocessing:
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown preprocessing field(s) {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What network an ONNX file holds: name, weights digest and preprocessing."""
+
+    model: str
+    weights_sha256: str
+    preprocessing: Preprocessing = field(default_factory=Preprocessing)
+    source: str = "featurebank"  # featurebank | torchvision | timm | onnx (foreign file)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["preprocessing"] = self.preprocessing.to_dict()
+        return _jsonable(d)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
+        data = dict(data)
+        data["preprocessing"] = Preprocessing.from_dict(data.get("preprocessing", {}))
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """A model cut at one layer and pooled: the identity of a feature set."""
+
+    model: ModelSpec
+    layer: str
+    pool: str = "avg"
+    gem_p: float = 3.0
+    normalize: bool = False
+
+    def __post_init__(self) -> None:
+        if self.pool not in POOLS:
+            raise ValueError(f"pool must be one of {POOLS}, got {self.pool!r}")
+        if self.pool == "gem" and self.gem_p <= 0:
+            raise ValueError(f"gem_p must be > 0, got {self.gem_p}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.to_dict(),
+            "layer": self.layer,
+            "pool": self.pool,
+            # gem_p only matters for gem; keeping it out otherwise keeps fingerprints stable.
+            "gem_p": float(self.gem_p) if self.pool == "gem" else None,
+            "normalize": bool(self.normalize),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FeatureSpec:
+        return cls(
+            model=ModelSpec.from_dict(data["model"]),
+            layer=data["layer"],
+            pool=data.get("pool", "avg"),
+            gem_p=data.get("gem_p") or 3.0,
+            normalize=bool(data.get("normalize", False)),
+        )
+
+    def to_json(self) -> str:
+        return canonical_json(self.to_dict())
+
+    @classmethod
+    def from_json(cls, text: str) -> FeatureSpec:
+        return cls.from_dict(json.loads(text))
+
+    def fingerprint(self) -> str:
+        """16 hex digits of SHA-256 over the canonical JSON of the spec."""
+        return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
+
+    def with_layer(self, layer: str) -> FeatureSpec:
+        return replace(self, layer=layer)
+
+    def describe(self) -> str:
+        pool = f"gem(p={self.gem_p:g})" if self.pool == "gem" else self.pool
+        norm = "+l2" if self.normalize else ""
+        return f"{self.model.model}@{self.model.weights_sha256[:8]}:{self.layer}/{pool}{norm}"
+
+
+def canonical_json(data: Any) -> str:
+    return json.dumps(_jsonable(data), sort_keys=True, separators=(",", ":"))
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    return obj
+
+
+def sha256_file(path: str, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
