@@ -1,0 +1,166 @@
+"""``Extractor``: images in, feature vectors out, from a registry name or an ONNX file."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from export.errors import FeaturebankError
+from export.registry import DEFAULT_MODEL, is_onnx_path
+from export.spec import FeatureSpec, Preprocessing
+from extractor.preprocess import DEFAULT_MAX_PIXELS, decode
+
+
+def resolve_model_path(model: str | Path, input_size: int | None = None) -> Path:
+    """An ONNX path for ``model``: the file itself, or the registry model's cached export."""
+    if is_onnx_path(str(model)):
+        path = Path(model)
+        if not path.is_file():
+            raise FeaturebankError(f"ONNX file {path} does not exist")
+        return path
+    from export.cache import ensure_exported
+
+    return ensure_exported(str(model), input_size=input_size)
+
+
+class Extractor:
+    """Embed images with a pretrained CNN cut at one or more layers.
+
+    Parameters
+    ----------
+    model : str or path
+        Registry name (exported on first use into the cache) or an ``.onnx`` file.
+    layers : sequence of str
+        Catalogue names (``stem``, ``blocks.N``, ``head``, ``logits``) or ONNX tensor names.
+    pool : {'avg', 'max', 'gem', 'none'}
+    gem_p : float
+        Exponent for ``gem`` pooling.
+    normalize : bool
+        L2-normalise each vector.
+    device : {'auto', 'cpu', 'cuda'}
+    batch_size : int
+        Images per inference call in :meth:`embed`.
+    threads : int, optional
+        onnxruntime intra-op threads.
+    preprocessing : Preprocessing, optional
+        Required for ONNX files not exported by featurebank.
+    input_size : int, optional
+        Export a registry model at this square input size instead of its native one.
+
+    Examples
+    --------
+    >>> ex = Extractor(layers=["blocks.10", "head"])          # doctest: +SKIP
+    >>> feats = ex.embed(["cat.jpg", "dog.png"])              # doctest: +SKIP
+    >>> feats["head"].shape                                   # doctest: +SKIP
+    (2, 1280)
+    """
+
+    def __init__(self, model: str | Path = DEFAULT_MODEL, layers: Sequence[str] = ("head",),
+                 pool: str = "avg", gem_p: float = 3.0, normalize: bool = False,
+                 device: str = "auto", batch_size: int = 32, threads: int | None = None,
+                 preprocessing: Preprocessing | None = None, input_size: int | None = None,
+                 max_pixels: int = DEFAULT_MAX_PIXELS):
+        self.model = model
+        self.layers = layers
+        self.pool = pool
+        self.gem_p = gem_p
+        self.normalize = normalize
+        self.device = device
+        self.batch_size = batch_size
+        self.threads = threads
+        self.preprocessing = preprocessing
+        self.input_size = input_size
+        self.max_pixels = max_pixels
+        self._graph = None
+        self._session = None
+
+    # -- building -----------------------------------------------------------------------
+    @property
+    def graph(self):
+        if self._graph is None:
+            from extractor.graph import build_feature_graph
+
+            layers = [self.layers] if isinstance(self.layers, str) else list(self.layers)
+            self._graph = build_feature_graph(
+                resolve_model_path(self.model, self.input_size), layers, self.pool, self.gem_p,
+                self.normalize, self.preprocessing)
+        return self._graph
+
+    @property
+    def session(self):
+        if self._session is None:
+            from extractor.runtime import make_session
+
+            self._session = make_session(self.graph.model, self.device, self.threads)
+        return self._session
+
+    @property
+    def specs(self) -> list[FeatureSpec]:
+        return self.graph.specs
+
+    @property
+    def spec_preprocessing(self) -> Preprocessing:
+        return self.graph.model_spec.preprocessing
+
+    @property
+    def layer_names(self) -> list[str]:
+        return [s.layer for s in self.specs]
+
+    @property
+    def output_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {s.layer: ("N", d) for s, d in zip(self.specs, self.graph.dims, strict=True)}
+
+    # -- running ------------------------------------------------------------------------
+    def embed_pixels(self, pixels: np.ndarray) -> list[np.ndarray]:
+        """Run prepared uint8 ``[N, H, W, 3]`` pixels; one float32 ``[N, D]`` per layer."""
+        pixels = np.ascontiguousarray(pixels, dtype=np.uint8)
+        h, w = self.spec_preprocessing.input_size
+        if pixels.ndim != 4 or pixels.shape[1:] != (h, w, 3):
+            raise FeaturebankError(f"pixels must be uint8 [N, {h}, {w}, 3], got {pixels.shape}")
+        if len(pixels) == 0:
+            return [np.zeros((0, d), np.float32) for d in self.graph.dims]
+        return self.session.run(self.graph.output_names, {"pixels": pixels})
+
+    def decode(self, image: Any, name: str | None = None) -> np.ndarray:
+        """One image prepared for this model (uint8 ``(H, W, 3)``)."""
+        return decode(image, self.spec_preprocessing, self.max_pixels, name)
+
+    def embed(self, images: Any) -> np.ndarray | dict[str, np.ndarray]:
+        """Embed images (paths, bytes, PIL images or arrays; one or a list).
+
+        Returns float32 ``[N, D]`` for one layer, or a dict layer -> array for several. An
+        image that cannot be decoded raises :class:`extractor.DecodeError` naming it.
+        """
+        if not isinstance(images, (list, tuple)) or (
+            isinstance(images, tuple) and images and isinstance(images[0], int)
+        ):
+            images = [images]
+        outs: list[list[np.ndarray]] = [[] for _ in self.specs]
+        for start in range(0, len(images), self.batch_size):
+            chunk = images[start:start + self.batch_size]
+            pixels = np.stack([self.decode(im) for im in chunk]) if chunk else None
+            for acc, arr in zip(outs, self.embed_pixels(pixels), strict=True):
+                acc.append(arr)
+        arrays = [np.concatenate(a) if a else np.zeros((0, d), np.float32)
+                  for a, d in zip(outs, self.graph.dims, strict=True)]
+        if len(arrays) == 1:
+            return arrays[0]
+        return dict(zip(self.layer_names, arrays, strict=True))
+
+    def iter_embed(self, images: Iterable[Any]):  # pragma: no cover - convenience
+        for im in images:
+            yield self.embed([im])
+
+    # -- pickling: sessions are rebuilt lazily where the object lands -----------------
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_graph"] = None
+        state["_session"] = None
+        return state
+
+    def __repr__(self) -> str:
+        return (f"Extractor(model={self.model!r}, layers={list(self.layers)!r}, pool={self.pool!r}"
+                f"{', normalize=True' if self.normalize else ''})")
