@@ -1,0 +1,384 @@
+"""Incremental, crash-safe HDF5 feature store (layout in docs/STORE_FORMAT.md).
+
+Crash safety: the writer holds only a lock between commits; each commit opens the file, appends
+the batch, bumps the ``committed`` counters last, and closes it. A SIGKILL between commits
+therefore finds a cleanly closed file, and rows past a ``committed`` counter (a commit cut
+short) are ignored by readers and overwritten by the next writer. No repair tool is needed.
+
+A second writer is refused by an ``fcntl.flock`` on ``STORE.h5.lock``; the kernel drops that
+lock when its process dies, so a killed run never leaves a stale lock behind.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from export.errors import FeaturebankError
+from export.spec import FeatureSpec
+
+FORMAT_VERSION = 1
+KEY_DTYPE = "S64"
+_BYTES = h5py.vlen_dtype(bytes)  # paths as bytes: file names need not be UTF-8
+_STR = h5py.string_dtype("utf-8")
+_CHUNK = 1024
+
+
+class StoreLockedError(FeaturebankError):
+    """Another process is writing this store."""
+
+
+@dataclass(frozen=True)
+class FeatureSetInfo:
+    fingerprint: str
+    spec: FeatureSpec
+    rows: int
+    dim: int
+    dtype: str
+
+
+@dataclass
+class Features:
+    """Rows of one feature set with their labels and paths, aligned by content key."""
+
+    X: np.ndarray
+    y: np.ndarray
+    keys: np.ndarray
+    paths: np.ndarray
+    spec: FeatureSpec
+
+
+def _enc(path: str) -> bytes:
+    return os.fsencode(path)
+
+
+def _dec(raw) -> str:
+    return os.fsdecode(bytes(raw))
+
+
+def _committed(obj) -> int:
+    return int(obj.attrs.get("committed", 0))
+
+
+def _append(group: h5py.Group, name: str, values: np.ndarray, start: int, dtype=None) -> None:
+    values = np.asarray(values) if dtype is None else np.asarray(values, dtype=dtype)
+    if name not in group:
+        shape = (0, *values.shape[1:])
+        group.create_dataset(name, shape=shape, maxshape=(None, *values.shape[1:]),
+                             dtype=dtype or values.dtype, chunks=(_CHUNK, *values.shape[1:]))
+    ds = group[name]
+    if ds.shape[0] < start + len(values):
+        ds.resize(start + len(values), axis=0)
+    if len(values):
+        ds[start:start + len(values)] = values
+
+
+class FeatureStore:
+    """An HDF5 file holding any number of feature sets, keyed by spec fingerprint.
+
+    Parameters
+    ----------
+    path : path
+        The ``.h5`` file (created in mode ``'a'`` when absent).
+    mode : {'r', 'a'}
+        ``'a'`` takes the writer lock; a second writer gets :class:`StoreLockedError`.
+    """
+
+    def __init__(self, path: str | Path, mode: str = "r"):
+        if mode not in ("r", "a"):
+            raise ValueError("mode must be 'r' or 'a'")
+        self.path = Path(path)
+        self.mode = mode
+        self._lock_fd: int | None = None
+        self._seen: dict[str, set[str]] = {}
+        self._image_keys: set[str] | None = None
+        self._path_pairs: set[tuple[str, str]] | None = None
+        self._failure_pairs: set[tuple[str, str]] | None = None
+        if mode == "a":
+            self._acquire_lock()
+            try:
+                self._init_file()
+            except BaseException:
+                self.close()
+                raise
+        elif not self.path.is_file():
+            raise FeaturebankError(f"store {self.path} does not exist; create it with 'featurebank embed'")
+        else:
+            with self._open("r"):
+                pass  # validates format and version now, not at first read
+
+    # -- files and locks -----------------------------------------------------------------
+    def _acquire_lock(self) -> None:
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise FeaturebankError(f"cannot write store {self.path}: {exc.strerror}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StoreLockedError(
+                f"store {self.path} is being written by another process; wait for it to finish "
+                "or write to another store") from None
+        self._lock_fd = fd
+
+    def _open(self, mode: str) -> h5py.File:
+        try:
+            f = h5py.File(self.path, mode, locking=False)
+        except OSError as exc:
+            if mode == "r" or self.path.exists():
+                why = "permission denied" if not os.access(self.path, os.W_OK if mode != "r" else os.R_OK) \
+                    else f"not a readable HDF5 store ({exc})"
+                raise FeaturebankError(f"store {self.path}: {why}") from exc
+            raise FeaturebankError(f"cannot create store {self.path}: {exc}") from exc
+        version = int(f.attrs.get("format_version", FORMAT_VERSION if mode != "r" else -1))
+        if version > FORMAT_VERSION:
+            f.close()
+            raise FeaturebankError(
+                f"store {self.path} has format version {version}, newer than this featurebank "
+                f"understands ({FORMAT_VERSION}); upgrade featurebank to read it")
+        if version < 0 and "images" not in f:
+            f.close()
+            raise FeaturebankError(f"{self.path} is an HDF5 file but not a featurebank store")
+        return f
+
+    def _init_file(self) -> None:
+        if self.path.exists() and not os.access(self.path, os.W_OK):
+            raise FeaturebankError(f"store {self.path} is read-only; make it writable or use another path")
+        with self._open("a") as f:
+            f.attrs.setdefault("format_version", FORMAT_VERSION)
+            for group in ("images", "paths", "features", "failures"):
+                f.require_group(group)
+
+    def close(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = None
+
+    def __enter__(self) -> FeatureStore:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self):
+        self.close()
+
+    # -- reading ------------------------------------------------------------------------
+    def feature_sets(self) -> list[FeatureSetInfo]:
+        """Every feature set: fingerprint, spec, committed rows, dimension, dtype."""
+        with self._open("r") as f:
+            return [self._info(fp, g) for fp, g in f["features"].items()]
+
+    @staticmethod
+    def _info(fp: str, g: h5py.Group) -> FeatureSetInfo:
+        return FeatureSetInfo(fp, FeatureSpec.from_json(g.attrs["spec"]), _committed(g),
+                              int(g.attrs["dim"]), str(g["X"].dtype))
+
+    def resolve(self, layer_or_fingerprint: str | None = None) -> FeatureSetInfo:
+        """The feature set named by fingerprint or layer; a clear error when absent or ambiguous."""
+        sets = self.feature_sets()
+        if not sets:
+            raise FeaturebankError(f"store {self.path} holds no feature set yet")
+        if layer_or_fingerprint is None:
+            if len(sets) == 1:
+                return sets[0]
+            matches = []
+        else:
+            matches = [s for s in sets if layer_or_fingerprint in (s.fingerprint, s.spec.layer)]
+            if len(matches) == 1:
+                return matches[0]
+        choices = "; ".join(f"{s.fingerprint} = {s.spec.describe()}" for s in sets)
+        what = "several feature sets" if matches or layer_or_fingerprint is None else "no feature set"
+        raise FeaturebankError(f"store {self.path} has {what} for {layer_or_fingerprint!r}; "
+                               f"name one by layer or fingerprint: {choices}")
+
+    def read(self, layer_or_fingerprint: str | None = None) -> Features:
+        """Features (float32), labels, content keys and first paths of one feature set."""
+        info = self.resolve(layer_or_fingerprint)
+        with self._open("r") as f:
+            g = f["features"][info.fingerprint]
+            n = info.rows
+            X = g["X"][:n].astype(np.float32)
+            keys = g["keys"][:n].astype(str) if n else np.array([], dtype=str)
+            meta = self._image_table(f)
+        labels = np.array([meta.get(k, ("", ""))[1] for k in keys], dtype=object)
+        paths = np.array([meta.get(k, ("", ""))[0] for k in keys], dtype=object)
+        return Features(X, labels.astype(str), keys, paths.astype(str), info.spec)
+
+    @staticmethod
+    def _image_table(f: h5py.File) -> dict[str, tuple[str, str]]:
+        g = f["images"]
+        n = _committed(g)
+        if not n:
+            return {}
+        keys = g["keys"][:n].astype(str)
+        paths = [_dec(p) for p in g["paths"][:n]]
+        labels = [s.decode() if isinstance(s, bytes) else s for s in g["labels"][:n]]
+        return dict(zip(keys, zip(paths, labels, strict=True), strict=True))
+
+    def keys(self, fingerprint: str) -> set[str]:
+        if fingerprint not in self._seen:
+            with self._open("r") as f:
+                g = f["features"].get(fingerprint)
+                n = _committed(g) if g is not None else 0
+                self._seen[fingerprint] = set(g["keys"][:n].astype(str)) if n else set()
+        return self._seen[fingerprint]
+
+    def has(self, fingerprint: str, keys) -> np.ndarray:
+        """Which content keys already have a committed row in the feature set."""
+        seen = self.keys(fingerprint)
+        return np.array([k in seen for k in keys], dtype=bool)
+
+    def get(self, fingerprint: str, keys) -> np.ndarray:
+        """Committed vectors (float32) for content keys, in the order asked."""
+        with self._open("r") as f:
+            g = f["features"][fingerprint]
+            n = _committed(g)
+            index = {k: i for i, k in enumerate(g["keys"][:n].astype(str))}
+            try:
+                rows = [index[k] for k in keys]
+            except KeyError as exc:
+                raise FeaturebankError(f"content {exc.args[0]} is not in feature set {fingerprint}") from None
+            order = np.argsort(rows)
+            out = np.empty((len(rows), int(g.attrs["dim"])), np.float32)
+            if rows:
+                out[order] = g["X"][np.asarray(rows)[order]]  # h5py wants increasing indices
+            return out
+
+    def failures(self) -> list[tuple[str, str]]:
+        with self._open("r") as f:
+            g = f["failures"]
+            n = _committed(g)
+            if not n:
+                return []
+            return [(_dec(p), r.decode() if isinstance(r, bytes) else r)
+                    for p, r in zip(g["paths"][:n], g["reasons"][:n], strict=True)]
+
+    def info(self) -> dict:
+        """Summary for ``featurebank store info``."""
+        with self._open("r") as f:
+            images = _committed(f["images"])
+            paths = _committed(f["paths"])
+        return {"path": str(self.path), "images": images, "paths": paths,
+                "feature_sets": [{"fingerprint": s.fingerprint, "spec": s.spec.describe(),
+                                  "layer": s.spec.layer, "pool": s.spec.pool, "rows": s.rows,
+                                  "dim": s.dim, "dtype": s.dtype} for s in self.feature_sets()],
+                "failures": self.failures()}
+
+    # -- writing ------------------------------------------------------------------------
+    def _writer_check(self) -> None:
+        if self._lock_fd is None:
+            raise FeaturebankError(f"store {self.path} is open read-only; open it with mode='a'")
+
+    def commit(self, rows: dict[FeatureSpec, tuple[list[str], np.ndarray]] | None = None,
+               images: list[tuple[str, str, str]] | None = None,
+               failures: list[tuple[str, str]] | None = None, dtype: str = "float16") -> None:
+        """Durably append one batch: feature rows per spec, (key, path, label) images, failures.
+
+        After this returns, a SIGKILL loses nothing of the batch; if the process dies inside it,
+        none of the batch counts (counters are written last).
+        """
+        self._writer_check()
+        self._load_tables()
+        try:
+            with self._open("a") as f:
+                # Images before features: a commit cut short never leaves a row without its label.
+                if images:
+                    self._commit_images(f, images)
+                for spec, (keys, X) in (rows or {}).items():
+                    self._commit_rows(f, spec, keys, X, dtype)
+                failures = [x for x in failures or () if x not in self._failure_pairs]
+                self._failure_pairs.update(failures)  # a re-run does not record a failure twice
+                if failures:
+                    g = f["failures"]
+                    n = _committed(g)
+                    _append(g, "paths", [_enc(p) for p, _ in failures], n, _BYTES)
+                    _append(g, "reasons", [r for _, r in failures], n, _STR)
+                    _append(g, "times", np.full(len(failures), time.time()), n)
+                    g.attrs["committed"] = n + len(failures)
+        except OSError as exc:
+            self._seen.clear()
+            self._image_keys = self._path_pairs = self._failure_pairs = None  # re-read what really got committed
+            raise FeaturebankError(
+                f"writing store {self.path} failed ({exc}); rows committed before are intact — "
+                "free disk space and run again to continue") from exc
+
+    def _commit_rows(self, f, spec: FeatureSpec, keys, X, dtype: str) -> None:
+        fp = spec.fingerprint()
+        seen = self.keys(fp)
+        fresh = [i for i, k in enumerate(keys) if k not in seen]
+        if not fresh:
+            return
+        X = np.asarray(X)[fresh]
+        keys = [keys[i] for i in fresh]
+        g = f["features"].get(fp)
+        if g is None:
+            g = f["features"].create_group(fp)
+            g.attrs.update({"spec": spec.to_json(), "dim": X.shape[1], "layer": spec.layer,
+                            "committed": 0})
+            g.create_dataset("X", shape=(0, X.shape[1]), maxshape=(None, X.shape[1]), dtype=dtype,
+                             chunks=(max(1, min(_CHUNK, (1 << 20) // (X.shape[1] * 2))), X.shape[1]))
+        if X.shape[1] != int(g.attrs["dim"]):
+            raise FeaturebankError(f"feature set {fp} has dimension {g.attrs['dim']}, got {X.shape[1]}")
+        n = _committed(g)
+        _append(g, "X", X.astype(g["X"].dtype), n)
+        _append(g, "keys", np.array(keys, dtype=KEY_DTYPE), n)
+        g.attrs["committed"] = n + len(keys)
+        seen.update(keys)
+
+    def _load_tables(self) -> None:
+        if self._image_keys is None:
+            with self._open("r") as f:
+                g, p = f["images"], f["paths"]
+                self._image_keys = set(g["keys"][:_committed(g)].astype(str)) if _committed(g) else set()
+                n = _committed(p)
+                self._path_pairs = set(zip((_dec(x) for x in p["paths"][:n]),
+                                           p["keys"][:n].astype(str))) if n else set()
+            self._failure_pairs = set(self.failures())
+
+    def _commit_images(self, f, images: list[tuple[str, str, str]]) -> None:
+        new_images = {}
+        new_pairs = []
+        for key, path, label in images:
+            if key not in self._image_keys and key not in new_images:
+                new_images[key] = (path, label)
+            if (path, key) not in self._path_pairs:
+                new_pairs.append((path, key))
+                self._path_pairs.add((path, key))
+        if new_pairs:
+            p = f["paths"]
+            n = _committed(p)
+            _append(p, "paths", [_enc(x) for x, _ in new_pairs], n, _BYTES)
+            _append(p, "keys", np.array([k for _, k in new_pairs], dtype=KEY_DTYPE), n)
+            p.attrs["committed"] = n + len(new_pairs)
+        if new_images:
+            g = f["images"]
+            n = _committed(g)
+            _append(g, "keys", np.array(list(new_images), dtype=KEY_DTYPE), n)
+            _append(g, "paths", [_enc(v[0]) for v in new_images.values()], n, _BYTES)
+            _append(g, "labels", [v[1] for v in new_images.values()], n, _STR)
+            g.attrs["committed"] = n + len(new_images)
+            self._image_keys.update(new_images)
+
+    def export_npz(self, out: str | Path, layer_or_fingerprint: str | None = None) -> Path:
+        """Write ``features``, ``keys``, ``paths``, ``labels`` (and the spec JSON) to ``out``."""
+        feats = self.read(layer_or_fingerprint)
+        out = Path(out)
+        tmp = out.with_name(f".{out.name}.tmp.npz")
+        np.savez(tmp, features=feats.X, keys=feats.keys, paths=feats.paths, labels=feats.y,
+                 spec=np.array(feats.spec.to_json()))
+        os.replace(tmp, out)
+        return out
+
+
+def spec_json_dump(spec: FeatureSpec) -> str:  # pragma: no cover - convenience for tools
+    return json.dumps(spec.to_dict(), indent=2)
