@@ -18,7 +18,15 @@ import onnx
 from onnx import shape_inference
 
 from export.errors import FeaturebankError
-from export.spec import META_INPUT, META_LAYERS, META_SPEC, ModelSpec, Preprocessing, sha256_file
+from export.spec import (
+    META_INPUT,
+    META_LAYERS,
+    META_SPEC,
+    META_VERSION,
+    ModelSpec,
+    Preprocessing,
+    sha256_file,
+)
 
 # Ops whose outputs are sensible cut points in a foreign graph (activations, merges, convs).
 _CUT_OPS = {"Conv", "Relu", "Clip", "Add", "Mul", "Sigmoid", "HardSwish", "Concat", "MaxPool",
@@ -74,28 +82,41 @@ def load_onnx(path: str | Path, load_weights: bool = True) -> onnx.ModelProto:
     path = Path(path)
     if not path.is_file():
         raise FeaturebankError(f"ONNX file {path} does not exist")
+    hint = "export one with 'featurebank export MODEL -o FILE.onnx'"
     try:
-        return onnx.load(str(path), load_external_data=load_weights)
+        proto = onnx.load(str(path), load_external_data=load_weights)
     except Exception as exc:
         raise FeaturebankError(
-            f"{path} is not a readable ONNX model ({type(exc).__name__}); export one with "
-            f"'featurebank export MODEL -o FILE.onnx'"
+            f"{path} is not a readable ONNX model ({type(exc).__name__}); {hint}"
         ) from exc
+    # protobuf parses some non-ONNX bytes (an empty file, for one) into an empty message.
+    if proto.ir_version == 0 or not proto.graph.node or not proto.graph.input:
+        raise FeaturebankError(f"{path} is not an ONNX model (no graph inside); {hint}")
+    return proto
 
 
 def read_onnx_metadata(path: str | Path) -> OnnxInfo:
     """The spec and cut points of an ONNX file (featurebank's own or foreign)."""
     proto = load_onnx(path)
     meta = {p.key: p.value for p in proto.metadata_props}
-    graph_input = [i for i in proto.graph.input
-                   if i.name not in {t.name for t in proto.graph.initializer}][0]
+    weights = {t.name for t in proto.graph.initializer}
+    graph_input = next((i for i in proto.graph.input if i.name not in weights), None)
+    if graph_input is None:
+        raise FeaturebankError(f"{path}: the ONNX graph has no data input to feed images to")
     in_shape = tuple(d.dim_value or d.dim_param or "N" for d in graph_input.type.tensor_type.shape.dim)
     if META_SPEC in meta:
-        layers = [LayerInfo(d["name"], d["tensor"], tuple(d["shape"]), d.get("flops_share"))
-                  for d in json.loads(meta[META_LAYERS])]
-        return OnnxInfo(Path(path), ModelSpec.from_dict(json.loads(meta[META_SPEC])), layers,
-                        graph_input.name, in_shape, meta.get("featurebank.version"),
-                        json.loads(meta.get(META_INPUT, "{}")))
+        try:
+            layers = [LayerInfo(d["name"], d["tensor"], tuple(d["shape"]), d.get("flops_share"))
+                      for d in json.loads(meta[META_LAYERS])]
+            spec = ModelSpec.from_dict(json.loads(meta[META_SPEC]))
+            extra = json.loads(meta.get(META_INPUT, "{}"))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise FeaturebankError(
+                f"{path}: damaged featurebank metadata ({type(exc).__name__}: {exc}); "
+                f"export the model again with 'featurebank export'"
+            ) from exc
+        return OnnxInfo(Path(path), spec, layers, graph_input.name, in_shape,
+                        meta.get(META_VERSION), extra)
     return OnnxInfo(Path(path), None, candidate_tensors(proto), graph_input.name, in_shape)
 
 

@@ -61,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     except FeaturebankError as exc:
         print(f"featurebank {args.command}: error: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # output piped into `head` and friends: not an error
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("interrupted; everything committed so far is kept", file=sys.stderr)
         return 130

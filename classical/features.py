@@ -1,0 +1,73 @@
+"""Stored features for classifiers: one or several layers, aligned by content key."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from export.errors import FeaturebankError
+from export.spec import FeatureSpec
+from extractor.store import FeatureStore
+
+
+class SpecMismatchError(FeaturebankError):
+    """Features of another spec than the classifier was trained on."""
+
+
+@dataclass
+class LabelledFeatures:
+    X: np.ndarray
+    y: np.ndarray
+    keys: np.ndarray
+    paths: np.ndarray
+    specs: list[FeatureSpec]
+
+
+def load_features(store: str | Path | FeatureStore, layers=None,
+                  fingerprints: list[str] | None = None) -> LabelledFeatures:
+    """Features of one or several feature sets, concatenated column-wise on common keys.
+
+    ``layers`` names feature sets by layer or fingerprint (default: the only one);
+    ``fingerprints`` demands exact specs and raises :class:`SpecMismatchError` when the store
+    lacks one of them.
+    """
+    fs = store if isinstance(store, FeatureStore) else FeatureStore(store)
+    if fingerprints is not None:
+        have = {s.fingerprint: s for s in fs.feature_sets()}
+        missing = [fp for fp in fingerprints if fp not in have]
+        if missing:
+            listed = "; ".join(f"{fp} = {s.spec.describe()}" for fp, s in have.items()) or "none"
+            raise SpecMismatchError(
+                f"store {fs.path} has no feature set with fingerprint {', '.join(missing)} (the "
+                f"classifier's spec); it has: {listed}. Embed the images with the classifier's "
+                "spec first (same model, weights, layer and pooling).")
+        names = fingerprints
+    else:
+        names = list(layers) if layers else [None]
+    parts = [fs.read(name) for name in names]
+    first = parts[0]
+    if len(parts) == 1:
+        return LabelledFeatures(first.X, first.y, first.keys, first.paths, [first.spec])
+    common = set(first.keys)
+    for p in parts[1:]:
+        common &= set(p.keys)
+    order = [i for i, k in enumerate(first.keys) if k in common]
+    keys = first.keys[order]
+    blocks = []
+    for p in parts:
+        pos = {k: i for i, k in enumerate(p.keys)}
+        blocks.append(p.X[[pos[k] for k in keys]])
+    return LabelledFeatures(np.hstack(blocks), first.y[order], keys, first.paths[order],
+                            [p.spec for p in parts])
+
+
+def labelled_only(data: LabelledFeatures, what: str) -> LabelledFeatures:
+    """Rows with a label; rows without one can't train or score, and are dropped with a note."""
+    mask = data.y != ""
+    if not mask.any():
+        raise FeaturebankError(
+            f"{what}: no row has a label; embed a folder whose sub-folders are the class names "
+            "(ImageFolder layout) or a list file with 'path,label' lines")
+    return LabelledFeatures(data.X[mask], data.y[mask], data.keys[mask], data.paths[mask], data.specs)

@@ -1,0 +1,119 @@
+"""Trained classifiers saved with the spec(s) of the features they read.
+
+A saved model (joblib) holds the estimator, the full FeatureSpec of each layer it reads (their
+fingerprints check every input), the class names, the content keys it was trained on (so
+evaluation never scores training images) and an optional raw-pixel baseline trained on the same
+images for a side-by-side number.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+from PIL import Image
+
+from export.errors import FeaturebankError
+from export.metadata import featurebank_version
+from export.spec import FeatureSpec
+from extractor.preprocess import read_bytes
+
+FORMAT = "featurebank.classifier/1"
+PIXEL_SIDE = 28
+
+
+def raw_pixels(paths, side: int = PIXEL_SIDE) -> np.ndarray:
+    """The raw-pixel baseline's features: grey images downscaled to side x side, in [0, 1]."""
+    import io
+
+    out = np.empty((len(paths), side * side), np.float32)
+    for i, path in enumerate(paths):
+        try:
+            with Image.open(io.BytesIO(read_bytes(path))) as im:
+                out[i] = np.asarray(im.convert("L").resize((side, side), Image.BILINEAR),
+                                    np.float32).ravel() / 255.0
+        except Exception as exc:
+            raise FeaturebankError(f"raw-pixel baseline: cannot read {path} ({exc})") from exc
+    return out
+
+
+@dataclass
+class TrainedModel:
+    """A classifier bound to the feature specs it was trained on."""
+
+    estimator: Any
+    specs: list[FeatureSpec]
+    classes: list[str]
+    trained_keys: set[str] = field(default_factory=set)
+    baseline: Any = None
+    info: dict = field(default_factory=dict)
+
+    @property
+    def fingerprints(self) -> list[str]:
+        return [s.fingerprint() for s in self.specs]
+
+    def check_specs(self, specs: list[FeatureSpec]) -> None:
+        from classical.features import SpecMismatchError
+
+        got = [s.fingerprint() for s in specs]
+        if got != self.fingerprints:
+            mine = ", ".join(s.describe() for s in self.specs)
+            theirs = ", ".join(s.describe() for s in specs)
+            raise SpecMismatchError(
+                f"the classifier was trained on features [{mine}] (fingerprints "
+                f"{self.fingerprints}) but got [{theirs}] ({got}); embed with the classifier's spec")
+
+    def predict_proba(self, X: np.ndarray, specs: list[FeatureSpec]) -> np.ndarray:
+        self.check_specs(specs)
+        return self.estimator.predict_proba(X)
+
+    def predict(self, X: np.ndarray, specs: list[FeatureSpec]) -> np.ndarray:
+        self.check_specs(specs)
+        return self.estimator.predict(X)
+
+    def extractor(self, **kwargs):
+        """An Extractor that computes exactly this model's features (registry models only)."""
+        from extractor.api import Extractor
+
+        spec = self.specs[0]
+        model = self.info.get("onnx_path") or spec.model.model
+        ex = Extractor(model, [s.layer for s in self.specs], spec.pool, spec.gem_p, spec.normalize,
+                       **kwargs)
+        self.check_specs(ex.specs)
+        return ex
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        payload = {"format": FORMAT, "featurebank_version": featurebank_version(),
+                   "estimator": self.estimator, "specs": [s.to_json() for s in self.specs],
+                   "fingerprints": self.fingerprints, "classes": list(self.classes),
+                   "trained_keys": sorted(self.trained_keys), "baseline": self.baseline,
+                   "info": self.info}
+        tmp = path.with_name(f".{path.name}.tmp")
+        try:
+            joblib.dump(payload, tmp, compress=3)
+            os.replace(tmp, path)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise FeaturebankError(f"cannot write model {path}: {exc.strerror or exc}") from exc
+        return path
+
+
+def load_model(path: str | Path) -> TrainedModel:
+    """Load a model saved by :meth:`TrainedModel.save` (``featurebank train``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FeaturebankError(f"model file {path} does not exist; train one with 'featurebank train'")
+    try:
+        payload = joblib.load(path)
+    except Exception as exc:
+        raise FeaturebankError(f"{path} is not a featurebank model ({type(exc).__name__})") from exc
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise FeaturebankError(f"{path} is not a featurebank model (format {FORMAT} expected)")
+    return TrainedModel(payload["estimator"], [FeatureSpec.from_json(s) for s in payload["specs"]],
+                        payload["classes"], set(payload["trained_keys"]), payload["baseline"],
+                        payload.get("info", {}))

@@ -1,0 +1,128 @@
+"""Linear probes and SVMs on frozen features, with the transfer-learning evaluation protocol.
+
+The protocol of Kornblith et al. (2019) and CLIP: standardise features, pick the regularisation
+strength C on a held-out validation split from a log-spaced sweep, then refit on train+val.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin, clone
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedKFold, cross_val_score, train_test_split
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import SVC, LinearSVC
+from sklearn.utils.multiclass import unique_labels
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+CLASSIFIERS = ("logreg", "linear-svm", "rbf-svm")
+DEFAULT_CS = {"logreg": (1e-3, 1e-2, 1e-1, 1.0, 10.0), "linear-svm": (1e-4, 1e-3, 1e-2, 1e-1, 1.0),
+              "rbf-svm": (1.0, 3.0, 10.0, 30.0)}
+
+
+class LinearProbe(ClassifierMixin, BaseEstimator):
+    """Standardised features + a linear (or RBF) classifier, C chosen on a validation split.
+
+    Parameters
+    ----------
+    classifier : {'logreg', 'linear-svm', 'rbf-svm'}
+        L-BFGS logistic regression, ``LinearSVC``, or ``SVC(kernel='rbf')``.
+    Cs : sequence of float, optional
+        Candidate C values (log-spaced defaults per classifier). One value skips the sweep.
+    val_size : float
+        Fraction of the training data held out to choose C (stratified).
+    class_weight : None or 'balanced' or dict
+    max_iter : int
+    random_state : int
+
+    Attributes
+    ----------
+    C_ : float
+        The chosen C.
+    val_scores_ : dict
+        Validation accuracy per candidate C.
+    pipeline_ : Pipeline
+        Scaler + classifier refit on all training data with ``C_``.
+    classes_ : ndarray
+    """
+
+    def __init__(self, classifier: str = "logreg", Cs=None, val_size: float = 0.2,
+                 class_weight=None, max_iter: int = 1000, random_state: int = 0):
+        self.classifier = classifier
+        self.Cs = Cs
+        self.val_size = val_size
+        self.class_weight = class_weight
+        self.max_iter = max_iter
+        self.random_state = random_state
+
+    def _make(self, C: float):
+        if self.classifier == "logreg":
+            clf = LogisticRegression(C=C, max_iter=self.max_iter, class_weight=self.class_weight)
+        elif self.classifier == "linear-svm":
+            clf = LinearSVC(C=C, max_iter=self.max_iter, class_weight=self.class_weight,
+                            random_state=self.random_state)
+        elif self.classifier == "rbf-svm":
+            clf = SVC(C=C, kernel="rbf", gamma="scale", class_weight=self.class_weight,
+                      probability=False, random_state=self.random_state)
+        else:
+            raise ValueError(f"classifier must be one of {CLASSIFIERS}, got {self.classifier!r}")
+        return make_pipeline(StandardScaler(), clf)
+
+    def fit(self, X, y):
+        X, y = validate_data(self, X, y, dtype=np.float32)
+        self.classes_ = unique_labels(y)
+        if len(self.classes_) < 2:
+            raise ValueError(f"need at least 2 classes to train, got {list(self.classes_)}")
+        Cs = list(self.Cs) if self.Cs is not None else list(DEFAULT_CS.get(self.classifier, (1.0,)))
+        self.val_scores_ = {}
+        counts = np.unique(y, return_counts=True)[1]
+        n_val = int(round(self.val_size * len(y)))
+        if len(Cs) > 1 and counts.min() >= 2 and n_val >= len(self.classes_):
+            Xtr, Xval, ytr, yval = train_test_split(X, y, test_size=n_val, stratify=y,
+                                                    random_state=self.random_state)
+            for C in Cs:
+                self.val_scores_[C] = float(self._make(C).fit(Xtr, ytr).score(Xval, yval))
+            self.C_ = max(Cs, key=lambda c: (self.val_scores_[c], -abs(np.log10(c))))
+        else:  # too few samples to hold any out: the middle of the sweep
+            self.C_ = Cs[len(Cs) // 2]
+        self.pipeline_ = self._make(self.C_).fit(X, y)
+        return self
+
+    def decision_function(self, X):
+        check_is_fitted(self)
+        return self.pipeline_.decision_function(validate_data(self, X, reset=False, dtype=np.float32))
+
+    def predict(self, X):
+        check_is_fitted(self)
+        return self.pipeline_.predict(validate_data(self, X, reset=False, dtype=np.float32))
+
+    def predict_proba(self, X):
+        """Class probabilities: logistic regression's own; for SVMs a softmax of the decision
+        scores (a ranking, not calibrated probabilities)."""
+        check_is_fitted(self)
+        X = validate_data(self, X, reset=False, dtype=np.float32)
+        if self.classifier == "logreg":
+            return self.pipeline_.predict_proba(X)
+        scores = self.pipeline_.decision_function(X)
+        if scores.ndim == 1:
+            scores = np.stack([-scores, scores], axis=1)
+        scores = scores - scores.max(axis=1, keepdims=True)
+        e = np.exp(scores)
+        return e / e.sum(axis=1, keepdims=True)
+
+
+def k_shot_indices(y: np.ndarray, k: int, random_state: int = 0) -> np.ndarray:
+    """Indices of k examples per class (all of a class with fewer), for data-efficiency curves."""
+    rng = np.random.default_rng(random_state)
+    picked = []
+    for label in np.unique(y):
+        idx = np.flatnonzero(y == label)
+        picked.append(rng.choice(idx, size=min(k, len(idx)), replace=False))
+    return np.sort(np.concatenate(picked))
+
+
+def cross_validate_probe(estimator, X, y, folds: int = 5, random_state: int = 0) -> np.ndarray:
+    """Stratified k-fold accuracies of a (cloned) estimator."""
+    cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=random_state)
+    return cross_val_score(clone(estimator), X, y, cv=cv, scoring="accuracy")

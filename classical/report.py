@@ -1,0 +1,103 @@
+"""Metrics and the pictures people would rather see than read (PNG, matplotlib Agg)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import (
+    accuracy_score,
+    balanced_accuracy_score,
+    confusion_matrix,
+    f1_score,
+)
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def metrics(y_true, y_pred, classes) -> dict:
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    per_class = {str(c): float(np.mean(y_pred[y_true == c] == c)) for c in classes
+                 if np.any(y_true == c)}
+    return {"accuracy": float(accuracy_score(y_true, y_pred)),
+            "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)),
+            "macro_f1": float(f1_score(y_true, y_pred, average="macro")),
+            "n": int(len(y_true)), "per_class_accuracy": per_class}
+
+
+def plot_confusion(y_true, y_pred, classes, path: Path, title: str) -> Path:
+    plt = _plt()
+    cm = confusion_matrix(y_true, y_pred, labels=classes, normalize="true")
+    n = len(classes)
+    fig, ax = plt.subplots(figsize=(max(5, 0.6 * n + 2), max(4, 0.6 * n + 1.5)))
+    im = ax.imshow(cm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(n), classes, rotation=45, ha="right")
+    ax.set_yticks(range(n), classes)
+    if n <= 20:
+        for i in range(n):
+            for j in range(n):
+                ax.text(j, i, f"{cm[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                        color="white" if cm[i, j] > 0.5 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_sweep(rows: list[dict], path: Path, title: str = "accuracy per cut") -> Path:
+    """Accuracy per layer (bars) against the share of FLOPs each cut costs (line)."""
+    plt = _plt()
+    names = [r["layer"] for r in rows]
+    fig, ax = plt.subplots(figsize=(max(6, 0.55 * len(rows) + 2), 4))
+    ax.bar(range(len(rows)), [100 * r["accuracy"] for r in rows], color="tab:blue")
+    ax.set_xticks(range(len(rows)), names, rotation=45, ha="right")
+    ax.set_ylabel("test accuracy (%)", color="tab:blue")
+    lo = min(100 * r["accuracy"] for r in rows)
+    ax.set_ylim(max(0, lo - 10), 100)
+    costs = [r.get("flops_share") for r in rows]
+    if any(c is not None for c in costs):
+        ax2 = ax.twinx()
+        ax2.plot(range(len(rows)), [100 * (c or np.nan) for c in costs], "o-", color="tab:red")
+        ax2.set_ylabel("FLOPs spent up to the cut (%)", color="tab:red")
+        ax2.set_ylim(0, 105)
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_fewshot(curves: dict[str, list[tuple[int, float]]], path: Path,
+                 title: str = "accuracy vs labelled images per class") -> Path:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, points in curves.items():
+        ks, accs = zip(*points, strict=True)
+        ax.plot(ks, [100 * a for a in accs], "o-", label=name)
+    ax.set_xscale("log")
+    ax.set_xlabel("labelled images per class")
+    ax.set_ylabel("test accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_json(data: dict, path: Path) -> Path:
+    path.write_text(json.dumps(data, indent=2, sort_keys=True))
+    return path

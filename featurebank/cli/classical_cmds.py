@@ -1,0 +1,117 @@
+"""``featurebank train | evaluate | predict | sweep``: classifiers on stored features."""
+
+from __future__ import annotations
+
+import json
+
+
+def register(sub) -> None:
+    p = sub.add_parser("train", help="train a classifier on a store's labelled features")
+    p.add_argument("store")
+    p.add_argument("-o", "--output", required=True, help="model file (.joblib)")
+    p.add_argument("--layer", dest="layers", action="append", metavar="NAME",
+                   help="feature set by layer or fingerprint; repeat to concatenate")
+    p.add_argument("--classifier", default="logreg", choices=["logreg", "linear-svm", "rbf-svm"])
+    p.add_argument("--shots", type=int, default=None, help="use only K labelled images per class")
+    p.add_argument("--holdout", type=float, default=0.0,
+                   help="keep this fraction out of training (evaluate it later on the same store)")
+    p.add_argument("--no-baseline", action="store_true", help="skip the raw-pixel baseline")
+    p.set_defaults(func=run_train)
+
+    p = sub.add_parser("evaluate", help="score a model on a store (images it was not trained on)")
+    p.add_argument("model")
+    p.add_argument("store")
+    p.add_argument("--report", default=None, metavar="DIR", help="write metrics.json and PNGs")
+    p.set_defaults(func=run_evaluate)
+
+    p = sub.add_parser("predict", help="predict labels of images")
+    p.add_argument("model")
+    p.add_argument("images", nargs="+")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.add_argument("--top", type=int, default=1, help="show the K most likely labels")
+    p.set_defaults(func=run_predict)
+
+    p = sub.add_parser("sweep", help="accuracy per layer (and concatenated layers) with its cost")
+    p.add_argument("store")
+    p.add_argument("--test-store", default=None, help="score on this store instead of a split")
+    p.add_argument("--classifier", default="logreg", choices=["logreg", "linear-svm", "rbf-svm"])
+    p.add_argument("--holdout", type=float, default=0.25)
+    p.add_argument("--report", default=None, metavar="DIR")
+    p.set_defaults(func=run_sweep)
+
+
+def run_train(args) -> int:
+    from classical.workflow import train
+
+    model = train(args.store, args.layers, args.classifier, args.shots, args.holdout,
+                  baseline=not args.no_baseline)
+    model.save(args.output)
+    info = model.info
+    print(f"trained {args.classifier} on {info['n_train']} images, {len(model.classes)} classes, "
+          f"features {', '.join(s.describe() for s in model.specs)}; C={info['C']:g}")
+    print(f"wrote {args.output}")
+    return 0
+
+
+def run_evaluate(args) -> int:
+    from classical.model import load_model
+    from classical.workflow import evaluate
+
+    result = evaluate(load_model(args.model), args.store, args.report)
+    print(f"accuracy: {result['accuracy']:.4f}")
+    print(f"balanced accuracy: {result['balanced_accuracy']:.4f}")
+    print(f"macro F1: {result['macro_f1']:.4f}")
+    print(f"images: {result['n']}")
+    if "raw_pixel_baseline_accuracy" in result:
+        print(f"raw-pixel baseline accuracy: {result['raw_pixel_baseline_accuracy']:.4f} "
+              f"(gain {100 * result['gain_over_raw_pixels']:+.1f} points)")
+    for label, acc in sorted(result["per_class_accuracy"].items()):
+        print(f"  {label:<20} {acc:.4f}")
+    if args.report:
+        print(f"report written to {args.report}")
+    return 0
+
+
+def run_predict(args) -> int:
+    import numpy as np
+
+    from classical.model import load_model
+    from extractor.preprocess import DecodeError
+
+    model = load_model(args.model)
+    ex = model.extractor()
+    status = 0
+    for path in args.images:
+        try:
+            feats = ex.embed([path])
+        except DecodeError as exc:
+            print(json.dumps({"path": path, "error": exc.reason}) if args.json
+                  else f"{path}\terror: {exc.reason}")
+            status = 1
+            continue
+        X = feats if isinstance(feats, np.ndarray) else np.hstack(list(feats.values()))
+        proba = model.predict_proba(X, ex.specs)[0]
+        order = np.argsort(proba)[::-1][: max(1, args.top)]
+        classes = model.estimator.classes_
+        if args.json:
+            print(json.dumps({"path": path, "label": str(classes[order[0]]),
+                              "probability": float(proba[order[0]]),
+                              "top": [{"label": str(classes[i]), "probability": float(proba[i])}
+                                      for i in order]}))
+        else:
+            print(path + "\t" + "\t".join(f"{classes[i]}\t{proba[i]:.4f}" for i in order))
+    return status
+
+
+def run_sweep(args) -> int:
+    from classical.workflow import sweep
+
+    rows = sweep(args.store, args.test_store, args.classifier, args.holdout,
+                 report_dir=args.report)
+    print(f"{'cut':<40}{'dim':>6}{'accuracy':>10}{'FLOPs %':>9}")
+    for r in rows:
+        cost = f"{100 * r['flops_share']:.1f}" if r["flops_share"] is not None else "-"
+        print(f"{r['layer']:<40}{r['dim']:>6}{r['accuracy']:>10.4f}{cost:>9}")
+    if args.report:
+        print(f"report written to {args.report}")
+    return 0
