@@ -6,6 +6,7 @@ import hashlib
 import os
 from pathlib import Path
 
+from export.errors import FeaturebankError
 from export.metadata import featurebank_version
 from export.registry import get_model_entry
 from export.spec import sha256_file
@@ -31,7 +32,13 @@ def ensure_exported(model: str, cache_dir: str | Path | None = None,
     weights = entry.default_weights() if entry.source == "featurebank" else "library"
     key = f"{model}|{_weights_digest(weights)}|{input_size}|{featurebank_version()}"
     folder = globals()["cache_dir"](cache_dir)
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise FeaturebankError(
+            f"cannot create the model cache {folder}: {exc.strerror or exc}; pass another "
+            f"cache_dir or set FEATUREBANK_CACHE to a writable folder"
+        ) from exc
     safe = model.replace(":", "-").replace("/", "-")
     out = folder / f"{safe}-{hashlib.sha256(key.encode()).hexdigest()[:12]}.onnx"
     if not out.exists():

@@ -107,7 +107,8 @@ def export_onnx(
     out = Path(out)
     _check_writable(out)
     entry = get_model_entry(model)
-    module, digest = build_torch_model(model, weights, input_size)
+    module = build_torch_model(model, weights, input_size)
+    digest = module.weights_sha256
     pre = entry.preprocessing
     if input_size:
         ratio = pre.resize_size / min(pre.input_size)

@@ -56,8 +56,8 @@ def load_checked(module: nn.Module, state: dict[str, torch.Tensor], origin: str)
 
 def build_torch_model(
     name: str, weights: str | Path | None = None, input_size: int | None = None
-) -> tuple[nn.Module, str]:
-    """The eval-mode torch module for ``name`` and the SHA-256 of the weights file used.
+) -> nn.Module:
+    """The eval-mode torch module for ``name``, weights loaded and checked.
 
     Parameters
     ----------
@@ -67,14 +67,23 @@ def build_torch_model(
         A state dict of the same architecture (e.g. fine-tuned); default: bundled ImageNet weights.
     input_size : int, optional
         Square input side; default: the model's pretrained size.
+
+    Returns
+    -------
+    torch.nn.Module
+        In eval mode, with ``features(x) -> dict[catalogue name, tensor]`` and
+        ``weights_sha256`` (SHA-256 of the state-dict file used, or of the library's tensors).
     """
     entry = get_model_entry(name)
     if entry.source == "featurebank":
         path = str(weights) if weights else entry.default_weights()
         module = EfficientNetLite(name, input_size=input_size)
         load_checked(module, translate_state_dict(load_state_dict_file(path)), path)
-        return module.eval(), sha256_file(path)
-    return _build_optional(entry.source, name.partition(":")[2], weights)
+        digest = sha256_file(path)
+    else:
+        module, digest = _build_optional(entry.source, name.partition(":")[2], weights)
+    module.weights_sha256 = digest
+    return module.eval()
 
 
 def _build_optional(source: str, arch: str, weights: str | Path | None) -> tuple[nn.Module, str]:
@@ -98,7 +107,7 @@ def _build_optional(source: str, arch: str, weights: str | Path | None) -> tuple
             h.update(key.encode())
             h.update(value.detach().cpu().numpy().tobytes())
         digest = h.hexdigest()
-    return ChildrenFeatures(module).eval(), digest
+    return ChildrenFeatures(module), digest
 
 
 class ChildrenFeatures(nn.Module):

@@ -26,7 +26,7 @@ def register(sub) -> None:
 
 
 def _dataset(name: str):
-    from benchmarks.datasets import (
+    from featurebank.datasets import (
         FASHION_CLASSES,
         fashion_mnist_available,
         load_digits_images,
@@ -48,7 +48,7 @@ def _dataset(name: str):
 
 
 def run_demo(args) -> int:
-    from benchmarks.datasets import subsample, write_image_folder
+    from featurebank.datasets import subsample, write_image_folder
     from classical.workflow import evaluate, train
     from extractor.pipeline import embed_collection
 
