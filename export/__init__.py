@@ -5,6 +5,7 @@
 
 from export.cache import ensure_exported
 from export.errors import FeaturebankError
+from export.labels import imagenet_classes
 from export.metadata import (
     LayerInfo,
     OnnxInfo,
@@ -34,5 +35,5 @@ build_torch_model.__doc__ = "The eval torch module and weights digest (see expor
 __all__ = [
     "DEFAULT_MODEL", "FeatureSpec", "FeaturebankError", "LayerInfo", "ModelSpec", "OnnxInfo",
     "Preprocessing", "build_torch_model", "ensure_exported", "export_onnx", "foreign_model_spec",
-    "get_model_entry", "list_models", "load_preprocessing", "read_onnx_metadata",
+    "get_model_entry", "imagenet_classes", "list_models", "load_preprocessing", "read_onnx_metadata",
 ]

@@ -8,7 +8,6 @@ preprocessing (command-line flags or a small JSON/TOML file).
 from __future__ import annotations
 
 import json
-import tomllib
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -155,10 +154,15 @@ def load_preprocessing(path: str | Path | None = None, **overrides: Any) -> Prep
         path = Path(path)
         try:
             text = path.read_text()
-            data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
-        except (OSError, ValueError, tomllib.TOMLDecodeError) as exc:
+            data = _read_toml(text) if path.suffix == ".toml" else json.loads(text)
+        except (OSError, ValueError) as exc:  # TOMLDecodeError is a ValueError
             raise FeaturebankError(f"preprocessing file {path}: {exc}") from exc
-        data = data.get("preprocessing", data)
+        if isinstance(data, dict):
+            data = data.get("preprocessing", data)
+        if not isinstance(data, dict):
+            raise FeaturebankError(
+                f"preprocessing file {path}: expected a table of fields such as input_size, "
+                f"mean, std, got {type(data).__name__}")
     data.update({k: v for k, v in overrides.items() if v is not None})
     if isinstance(data.get("input_size"), int):
         data["input_size"] = (data["input_size"],) * 2
@@ -168,6 +172,17 @@ def load_preprocessing(path: str | Path | None = None, **overrides: Any) -> Prep
         return Preprocessing.from_dict(data)
     except (TypeError, ValueError) as exc:
         raise FeaturebankError(f"preprocessing{f' in {path}' if path else ''}: {exc}") from exc
+
+
+def _read_toml(text: str) -> dict[str, Any]:
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10: the same parser as the tomli backport
+        try:
+            import tomli as tomllib
+        except ModuleNotFoundError as exc:
+            raise ValueError("TOML needs Python >= 3.11 or 'pip install tomli'; use JSON") from exc
+    return tomllib.loads(text)
 
 
 def foreign_model_spec(onnx_path: str | Path, preprocessing: Preprocessing) -> ModelSpec:

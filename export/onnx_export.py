@@ -105,6 +105,8 @@ def export_onnx(
         The spec written into the file.
     """
     out = Path(out)
+    if input_size is not None and not 32 <= int(input_size) <= 4096:
+        raise FeaturebankError(f"input_size {input_size}: give a square side between 32 and 4096")
     _check_writable(out)
     entry = get_model_entry(model)
     module = build_torch_model(model, weights, input_size)
@@ -146,6 +148,18 @@ def export_onnx(
 
 def _trace(wrapper: nn.Module, size: tuple[int, int], output_names: list[str]) -> onnx.ModelProto:
     example = torch.zeros(2, 3, *size)
+    noisy = [logging.getLogger(n) for n in ("torch.onnx", "onnx_ir", "onnxscript", "torch.export")]
+    levels = [lg.level for lg in noisy]
+    for lg in noisy:  # the exporter narrates every pass; only errors matter to users
+        lg.setLevel(logging.ERROR)
+    try:
+        return _trace_quiet(wrapper, example, output_names)
+    finally:
+        for lg, level in zip(noisy, levels, strict=True):
+            lg.setLevel(level)
+
+
+def _trace_quiet(wrapper: nn.Module, example: torch.Tensor, output_names: list[str]) -> onnx.ModelProto:
     with warnings.catch_warnings(), tempfile.TemporaryDirectory() as tmp:
         warnings.simplefilter("ignore")
         path = Path(tmp) / "m.onnx"

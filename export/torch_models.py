@@ -33,13 +33,20 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_checked(module: nn.Module, state: dict[str, torch.Tensor], origin: str) -> None:
-    """Load ``state`` strictly, naming the first parameter whose shape or name is wrong."""
+def load_checked(module: nn.Module, state: dict[str, torch.Tensor], origin: str,
+                 aliases: dict[str, str] | None = None) -> None:
+    """Load ``state`` strictly, naming the first parameter whose shape or name is wrong.
+
+    ``aliases`` maps a key of ``state`` to the name the file uses for it, so the message names
+    the parameter as the user's checkpoint spells it.
+    """
     own = module.state_dict()
     for key, value in state.items():
         if key in own and own[key].shape != value.shape:
+            given = (aliases or {}).get(key, key)
+            name = repr(given) if given == key else f"{given!r} ({key} here)"
             raise FeaturebankError(
-                f"weights {origin}: parameter {key!r} has shape {tuple(value.shape)}, the "
+                f"weights {origin}: parameter {name} has shape {tuple(value.shape)}, the "
                 f"architecture needs {tuple(own[key].shape)}; are these weights for another model?"
             )
     missing = sorted(set(own) - set(state))
@@ -78,7 +85,9 @@ def build_torch_model(
     if entry.source == "featurebank":
         path = str(weights) if weights else entry.default_weights()
         module = EfficientNetLite(name, input_size=input_size)
-        load_checked(module, translate_state_dict(load_state_dict_file(path)), path)
+        raw = load_state_dict_file(path)
+        state = translate_state_dict(raw)
+        load_checked(module, state, path, aliases=dict(zip(state, raw, strict=False)))
         digest = sha256_file(path)
     else:
         module, digest = _build_optional(entry.source, name.partition(":")[2], weights)

@@ -1,0 +1,282 @@
+"""Embedding on a Ray cluster: the one module of featurebank that imports Ray.
+
+The job is a Ray Data pipeline over the collected ``(path, label)`` items:
+
+1. **decode** (tasks): read bytes, content key = SHA-256, skip content the store already has,
+   decode with :func:`extractor.preprocess.decode` -- the same function the local engine uses;
+2. **embed** (an actor pool, one onnxruntime session per actor, ``num_gpus=1`` per actor when
+   the cluster has GPUs): the truncated, pooled feature graph built once on the driver;
+3. **write** (tasks): one shard per batch in the store's own layout, written under a temporary
+   name and renamed (:func:`extractor.shards.write_shard`).
+
+The driver then rebuilds the manifest and the virtual HDF5 file over the shards
+(:class:`extractor.shards.ShardedStore`), so every reader sees one store at the path given.
+Ray restarts a killed embedding actor and retries its batches; a killed driver loses only the
+shards in flight, and a rerun embeds only content missing from the committed shards.
+
+Paths must mean the same file on every node (a shared file system) -- see docs/readme/ray.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import ray
+from tqdm.auto import tqdm
+
+from export.errors import FeaturebankError
+from export.spec import FeatureSpec, Preprocessing
+from extractor.api import Extractor
+from extractor.inputs import collect
+from extractor.pipeline import DTYPES, EmbedSummary
+from extractor.preprocess import DecodeError, decode, image_key, read_bytes
+from extractor.shards import ShardedStore, write_shard
+
+log = logging.getLogger(__name__)
+NEW, CACHED, FAILED = 0, 1, 2
+
+
+# -- stage 1: decode (Ray tasks) ------------------------------------------------------------
+def _decode_batch(batch: dict[str, np.ndarray], preprocessing: Preprocessing, max_pixels: int,
+                  done: frozenset[str]) -> dict[str, np.ndarray]:
+    n = len(batch["idx"])
+    keys, status, reasons, pixels = [""] * n, np.full(n, NEW, np.uint8), [""] * n, [b""] * n
+    for i, raw in enumerate(batch["path"]):
+        path = os.fsdecode(bytes(raw))
+        try:
+            data = read_bytes(path)
+            keys[i] = image_key(data)
+            if keys[i] in done:
+                status[i] = CACHED  # only its path is recorded: no decode, no inference
+                continue
+            pixels[i] = decode(data, preprocessing, max_pixels, path).tobytes()
+        except DecodeError as exc:
+            status[i], reasons[i] = FAILED, exc.reason
+        except Exception as exc:  # one odd file must not abort a cluster-wide run
+            log.exception("unexpected error decoding %s", path)
+            status[i], reasons[i] = FAILED, f"unexpected error ({type(exc).__name__}: {exc})"
+    return {**batch, "key": np.array(keys, dtype=object), "status": status,
+            "reason": np.array(reasons, dtype=object), "pixels": np.array(pixels, dtype=object)}
+
+
+# -- stage 2: embed (Ray actors) ------------------------------------------------------------
+class _Embedder:
+    """One onnxruntime session per actor, built from the feature graph's bytes."""
+
+    def __init__(self, graph: bytes, output_names: list[str], dims: list[int],
+                 input_size: tuple[int, int], device: str, threads: int | None):
+        import onnx
+
+        from extractor.runtime import make_session
+
+        self.session = make_session(onnx.load_from_string(graph), device, threads)
+        self.names, self.dims, self.shape = output_names, dims, (*input_size, 3)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        pixels = batch.pop("pixels")  # not shipped on to the writers
+        new = np.flatnonzero(batch["status"] == NEW)
+        outs = [np.zeros((0, d), np.float32) for d in self.dims]
+        if len(new):
+            px = np.stack([np.frombuffer(pixels[i], np.uint8).reshape(self.shape) for i in new])
+            outs = self.session.run(self.names, {"pixels": px})
+        for j, (out, d) in enumerate(zip(outs, self.dims, strict=True)):
+            col = np.zeros((len(batch["status"]), d), np.float32)
+            col[new] = out
+            batch[f"f{j}"] = col
+        return batch
+
+
+# -- stage 3: write one shard per batch (Ray tasks) -----------------------------------------
+def _write_batch(batch: dict[str, np.ndarray], folder: str, run_id: str, specs: list[str],
+                 dtype: str) -> dict[str, np.ndarray]:
+    status = batch["status"]
+    paths = [os.fsdecode(bytes(p)) for p in batch["path"]]
+    new = np.flatnonzero(status == NEW)
+    keys = [str(batch["key"][i]) for i in new]
+    rows = {FeatureSpec.from_json(js): (keys, batch[f"f{j}"][new]) for j, js in enumerate(specs)}
+    images = [(str(batch["key"][i]), paths[i], str(batch["label"][i]))
+              for i in np.flatnonzero(status != FAILED)]
+    failures = [(paths[i], str(batch["reason"][i])) for i in np.flatnonzero(status == FAILED)]
+    # Named by its first item: a retried task rewrites the same shard instead of adding one.
+    name = f"{run_id}-{int(np.min(batch['idx'])):010d}.h5"
+    write_shard(folder, name, rows, images, failures, dtype)
+    return {"shard": np.array([name], dtype=object), "rows": np.array([len(status)]),
+            "cached": np.array([int(np.sum(status == CACHED))]),
+            "failed": np.array([len(failures)]), "new_keys": np.array(["".join(keys)], dtype=object)}
+
+
+# -- driver -----------------------------------------------------------------------------------
+@contextlib.contextmanager
+def connected(address: str | None = None) -> Iterator[None]:
+    """Use the Ray session already initialised, else join ``address`` (None: start a local one).
+
+    ``address`` is ``auto`` (a cluster started with ``ray start`` on this machine), a GCS
+    address ``host:6379`` or a Ray Client address ``ray://host:10001``. Only a session
+    started here is shut down on exit.
+    """
+    started = False
+    if not ray.is_initialized():
+        try:
+            ray.init(address=address, include_dashboard=False, log_to_driver=False)
+        except (ConnectionError, ValueError, RuntimeError) as exc:
+            raise FeaturebankError(f"cannot connect to Ray at {address or 'a new local instance'} "
+                                   f"({exc}); start one with 'ray start --head' or check --address") from exc
+        started = True
+    try:
+        yield
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _actor_resources(device: str, workers: int | None, threads: int | None) -> tuple[dict, int, str]:
+    """Remote args, pool size and onnxruntime device of the embedding actors."""
+    res = ray.cluster_resources()
+    gpus, cpus = int(res.get("GPU", 0)), int(res.get("CPU", 1))
+    if device == "cuda" and not gpus:
+        raise FeaturebankError("--device cuda asked for, but the Ray cluster has no GPU; start "
+                               "workers with GPUs ('ray start --num-gpus N') or use --device cpu")
+    if gpus and device in ("auto", "cuda"):
+        return {"num_gpus": 1, "num_cpus": 1}, workers or gpus, "cuda"
+    per_actor = threads or 1
+    # Half the CPUs at most go to inference: the decode and write tasks need the rest, or the
+    # pipeline starves upstream of its own actors.
+    size = workers or max(1, cpus // (2 * per_actor))
+    if size * per_actor >= cpus:
+        raise FeaturebankError(f"--workers {size} x {per_actor} thread(s) would take all {cpus} CPUs "
+                               "of the Ray cluster and leave none for decoding; use fewer workers")
+    return {"num_cpus": per_actor}, size, "cpu"
+
+
+def embed_collection_ray(
+    inputs: Sequence[str],
+    store_path: str | Path,
+    *,
+    model: str = "efficientnet_lite0",
+    layers: Sequence[str] = ("head",),
+    pool: str = "avg",
+    gem_p: float = 3.0,
+    normalize: bool = False,
+    batch_size: int = 32,
+    workers: int | None = None,
+    device: str = "auto",
+    threads: int | None = None,
+    dtype: str = "float16",
+    progress: bool = True,
+    address: str | None = None,
+    shard_rows: int | None = None,
+    actor_wait_s: float = 600.0,
+) -> EmbedSummary:
+    """Embed ``inputs`` into the sharded store ``store_path`` on a Ray cluster.
+
+    Parameters
+    ----------
+    inputs, store_path, model, layers, pool, gem_p, normalize, batch_size, dtype, progress
+        As :func:`extractor.pipeline.embed_collection`; the vectors are the local engine's.
+    workers : int, optional
+        Embedding actors (one onnxruntime session each); default one per GPU, else half the
+        cluster's CPUs.
+    device : {'auto', 'cpu', 'cuda'}
+        ``auto`` uses GPU actors when the cluster has GPUs.
+    threads : int, optional
+        onnxruntime intra-op threads (and CPUs reserved) per CPU actor; default 1.
+    address : str, optional
+        Ray address (``auto``, ``host:6379``, ``ray://host:10001``); default: the running
+        session, else a new local one.
+    shard_rows : int, optional
+        Rows per shard file; default ``16 * batch_size``.
+    actor_wait_s : float
+        How long to wait for the first actor before failing (a cluster without room for it).
+
+    Returns
+    -------
+    EmbedSummary
+    """
+    if dtype not in DTYPES:
+        raise FeaturebankError(f"--dtype must be one of {DTYPES}, got {dtype!r}")
+    started = time.perf_counter()
+    items = collect(list(inputs))
+    ex = Extractor(model, layers, pool, gem_p, normalize, "cpu", batch_size, threads)
+    graph = ex.graph  # built once here; actors get its bytes (workers need no model files)
+    specs = graph.specs
+    fps = [s.fingerprint() for s in specs]
+    summary = EmbedSummary(total=len(items))
+    with ShardedStore(store_path) as store, connected(address):
+        state = store.rebuild()
+        done = frozenset(state.done(fps))
+        known = {state.dtypes[fp] for fp in fps if fp in state.dtypes}
+        store_dtype = known.pop() if len(known) == 1 else dtype  # an existing set keeps its dtype
+        remote, size, actor_device = _actor_resources(device, workers, threads)
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = False
+        ctx.wait_for_min_actors_s = int(actor_wait_s)
+        ds = ray.data.from_items(
+            [{"idx": i, "path": os.fsencode(it.path), "label": it.label} for i, it in enumerate(items)],
+            override_num_blocks=max(1, min(len(items) // batch_size, 4 * size * 8)))
+        # Each stage asks for different resources, which also keeps Ray Data from fusing decode
+        # into the actors: decoding stays parallel to inference.
+        ds = ds.map_batches(_decode_batch, batch_size=batch_size, num_cpus=0.5, max_retries=3,
+                            fn_kwargs={"preprocessing": ex.spec_preprocessing,
+                                       "max_pixels": ex.max_pixels, "done": done})
+        ds = ds.map_batches(_Embedder, batch_size=batch_size, compute=ray.data.ActorPoolStrategy(
+            min_size=1, max_size=size), fn_constructor_kwargs={
+                "graph": graph.model.SerializeToString(), "output_names": list(graph.output_names),
+                "dims": list(graph.dims), "input_size": tuple(ex.spec_preprocessing.input_size),
+                "device": actor_device, "threads": threads or remote.get("num_cpus", 1)},
+            **remote)
+        ds = ds.map_batches(_write_batch, batch_size=shard_rows or 16 * batch_size, num_cpus=0,
+                            max_retries=3, fn_kwargs={
+                                "folder": str(store.dir), "run_id": store.new_run_id(),
+                                "specs": [s.to_json() for s in specs], "dtype": store_dtype})
+        in_run: set[str] = set()
+        bar = tqdm(total=len(items), unit="img", disable=not progress, desc="embedding (ray)")
+        try:
+            for out in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                for rows, cached, failed, blob in zip(out["rows"], out["cached"], out["failed"],
+                                                      out["new_keys"], strict=True):
+                    _count(summary, in_run, int(cached), int(failed), str(blob))
+                    bar.update(int(rows))
+        except ray.exceptions.RayError as exc:
+            raise FeaturebankError(f"the Ray job failed ({type(exc).__name__}: {exc}); the shards "
+                                   "committed so far are kept: run again to continue") from exc
+        finally:
+            bar.close()
+            store.rebuild()
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _count(summary: EmbedSummary, in_run: set[str], cached: int, failed: int, blob: str) -> None:
+    summary.cached += cached
+    summary.failed += failed
+    for k in (blob[i:i + 64] for i in range(0, len(blob), 64)):
+        if k in in_run:
+            summary.duplicates += 1
+        else:
+            in_run.add(k)
+            summary.embedded += 1
+
+
+# -- scikit-learn on the cluster ---------------------------------------------------------------
+@contextlib.contextmanager
+def ray_joblib_backend(address: str | None = None) -> Iterator[None]:
+    """Run joblib work (scikit-learn's ``n_jobs``) on the Ray cluster inside the ``with`` block.
+
+    Examples
+    --------
+    >>> with ray_joblib_backend("auto"):                        # doctest: +SKIP
+    ...     GridSearchCV(LogisticRegression(), grid, n_jobs=-1).fit(X, y)
+    """
+    import joblib
+    from ray.util.joblib import register_ray
+
+    with connected(address):
+        register_ray()
+        with joblib.parallel_backend("ray"):
+            yield

@@ -1,0 +1,292 @@
+"""A sharded feature store: many shard files, one manifest, one virtual HDF5 file over them.
+
+Distributed writers (the Ray engine) cannot share one HDF5 file, so each write task writes its
+own *shard* -- a complete store in the ordinary layout (docs/STORE_FORMAT.md) -- under
+``STORE.h5.shards/``, first under a temporary name and then renamed: the rename is the commit,
+so a shard is either whole or absent. The driver then (re)builds:
+
+- ``STORE.h5.shards/manifest.json`` (atomically replaced): the shards and their row counts;
+- ``STORE.h5`` itself: an HDF5 file with the store's groups whose datasets are *virtual*
+  (``h5py.VirtualLayout``) over the shards' committed rows, with rows whose content key was
+  already mapped from an earlier shard left out. Readers (``FeatureStore``, ``classical``,
+  the service, plain h5py) open it like any store.
+
+The shard files are the truth; manifest and virtual file are rebuilt from them at the start
+and end of every run, so a driver killed at any moment loses at most the shards in flight.
+This module never imports Ray.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from export.errors import FeaturebankError
+from export.spec import FeatureSpec
+from extractor.store import FORMAT_VERSION, FeatureStore, StoreLockedError
+
+MANIFEST = "manifest.json"
+SHARDED_ATTR = "featurebank_sharded"  # root attribute marking a virtual (sharded) store file
+# Which datasets a group holds and which columns make a row "the same row" for de-duplication.
+_TABLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "images": (("keys", "paths", "labels"), ("keys",)),
+    "paths": (("paths", "keys"), ("paths", "keys")),
+    "failures": (("paths", "reasons", "times"), ("paths", "reasons")),
+}
+_FEATURES = (("X", "keys"), ("keys",))
+
+
+def shard_dir(store_path: str | Path) -> Path:
+    """The folder holding the shards of ``store_path``: ``STORE.h5.shards``."""
+    p = Path(store_path)
+    return p.with_name(p.name + ".shards")
+
+
+def is_sharded(store_path: str | Path) -> bool:
+    """Whether ``store_path`` is the virtual file of a sharded store."""
+    p = Path(store_path)
+    if not p.is_file():
+        return False
+    try:
+        with h5py.File(p, "r", locking=False) as f:
+            return bool(f.attrs.get(SHARDED_ATTR, False))
+    except OSError:
+        return False
+
+
+def write_shard(folder: str | Path, name: str,
+                rows: dict[FeatureSpec, tuple[list[str], np.ndarray]],
+                images: list[tuple[str, str, str]], failures: list[tuple[str, str]],
+                dtype: str = "float16") -> Path:
+    """Write one shard atomically: a temporary file in the store layout, then a rename.
+
+    A retried task writing the same ``name`` replaces the earlier file with equal content.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    final = folder / name
+    tmp = folder / f".{name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        with FeatureStore(tmp, mode="a") as shard:
+            shard.commit(rows, images, failures, dtype=dtype)
+        with open(tmp, "rb+") as f:  # the rename below must not expose unflushed data
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+        Path(str(tmp) + ".lock").unlink(missing_ok=True)
+    return final
+
+
+@dataclass
+class ShardState:
+    """What the committed shards hold after a rebuild."""
+
+    shards: list[str] = field(default_factory=list)
+    keys: dict[str, set[str]] = field(default_factory=dict)  # fingerprint -> content keys
+    dtypes: dict[str, str] = field(default_factory=dict)  # fingerprint -> storage dtype
+    images: int = 0
+    failures: int = 0
+
+    def done(self, fingerprints: Iterable[str]) -> set[str]:
+        """Content keys that have a row in every one of ``fingerprints``."""
+        sets = [self.keys.get(fp, set()) for fp in fingerprints]
+        return set.intersection(*sets) if sets else set()
+
+
+class ShardedStore:
+    """Writer side of a sharded store at ``path`` (the file readers open).
+
+    Use as a context manager: it holds the same writer lock as :class:`FeatureStore`
+    (``STORE.h5.lock``), so a local and a distributed run cannot write one store at once.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.dir = shard_dir(self.path)
+        self._lock_fd: int | None = None
+
+    def __enter__(self) -> ShardedStore:
+        lock = self.path.with_name(self.path.name + ".lock")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise FeaturebankError(f"cannot write store {self.path}: {exc.strerror}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StoreLockedError(f"store {self.path} is being written by another process; wait "
+                                   "for it to finish or write to another store") from None
+        self._lock_fd = fd
+        try:
+            self.dir.mkdir(exist_ok=True)
+            self._adopt_plain_store()
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def _adopt_plain_store(self) -> None:
+        """A store written by the local engine becomes the first shard (nothing is re-embedded)."""
+        if self.path.is_file() and not is_sharded(self.path):
+            FeatureStore(self.path, mode="r")  # refuses files that are not stores, with a clear error
+            os.replace(self.path, self.dir / f"shard-0-base-{uuid.uuid4().hex[:8]}.h5")
+
+    def new_run_id(self) -> str:
+        """Sortable prefix for this run's shard names: shards of later runs map after earlier ones."""
+        return f"shard-{time.time_ns():020d}"
+
+    def committed_shards(self) -> list[str]:
+        return sorted(p.name for p in self.dir.glob("shard-*.h5"))
+
+    def rebuild(self) -> ShardState:
+        """Rebuild manifest and virtual file from the committed shards; return what they hold."""
+        if self._lock_fd is None:
+            raise FeaturebankError(f"store {self.path}: rebuild needs the writer lock (use 'with')")
+        names = self.committed_shards()
+        self._check_manifest(names)
+        state = ShardState(shards=names)
+        merged: dict[str, _Merge] = {}
+        specs: dict[str, dict] = {}
+        for name in names:
+            with h5py.File(self.dir / name, "r", locking=False) as f:
+                for group, (cols, ident) in _TABLES.items():
+                    merged.setdefault(group, _Merge(cols, ident)).add(name, f[group])
+                for fp, g in f["features"].items():
+                    merged.setdefault(f"features/{fp}", _Merge(*_FEATURES)).add(name, g)
+                    specs.setdefault(fp, {k: g.attrs[k] for k in ("spec", "dim", "layer")})
+                    state.dtypes.setdefault(fp, str(g["X"].dtype))
+        rel = os.path.relpath(self.dir, self.path.parent)
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        try:
+            with h5py.File(tmp, "w", locking=False) as f:
+                f.attrs["format_version"] = FORMAT_VERSION
+                f.attrs[SHARDED_ATTR] = True
+                for group in (*_TABLES, "features"):
+                    f.require_group(group)
+                for group, m in merged.items():
+                    g = f.require_group(group)
+                    if group.startswith("features/"):
+                        g.attrs.update(specs[group.split("/", 1)[1]])
+                    m.write(g, rel)
+            os.replace(tmp, self.path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        for fp in specs:
+            state.keys[fp] = merged[f"features/{fp}"].seen_keys()
+        state.images = merged["images"].rows if "images" in merged else 0
+        state.failures = merged["failures"].rows if "failures" in merged else 0
+        self._write_manifest(state, merged, specs)
+        return state
+
+    # -- manifest --------------------------------------------------------------------------
+    def _check_manifest(self, names: list[str]) -> None:
+        """A shard the manifest lists but the folder lacks would read as zeros: refuse."""
+        path = self.dir / MANIFEST
+        if not path.is_file():
+            return
+        try:
+            listed = {s["name"] for s in json.loads(path.read_text())["shards"]}
+        except (ValueError, KeyError, TypeError) as exc:
+            raise FeaturebankError(f"{path} is damaged ({exc}); delete it, it is rebuilt from "
+                                   "the shards") from None
+        missing = sorted(listed - set(names))
+        if missing:
+            raise FeaturebankError(
+                f"store {self.path}: shard(s) {', '.join(missing[:5])} listed in {path} are missing "
+                f"from {self.dir}; restore them, or delete {path} to accept the loss")
+
+    def _write_manifest(self, state: ShardState, merged: dict, specs: dict) -> None:
+        doc = {
+            "format": "featurebank-sharded-store", "format_version": FORMAT_VERSION,
+            "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "images": state.images, "failures": state.failures,
+            "feature_sets": {fp: {"spec": json.loads(s["spec"]), "dim": int(s["dim"]),
+                                  "dtype": state.dtypes[fp], "rows": len(state.keys[fp])}
+                             for fp, s in specs.items()},
+            "shards": [{"name": n, "bytes": (self.dir / n).stat().st_size,
+                        "rows": {g: m.per_shard.get(n, 0) for g, m in merged.items()}}
+                       for n in state.shards],
+        }
+        path = self.dir / MANIFEST
+        tmp = path.with_name(f".{MANIFEST}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(doc, indent=1))
+        os.replace(tmp, path)
+
+
+class _Merge:
+    """The rows of one group across shards, first occurrence of each identity only."""
+
+    def __init__(self, cols: tuple[str, ...], ident: tuple[str, ...]):
+        self.cols, self.ident = cols, ident
+        self.seen: set = set()
+        self.sources: list[tuple[str, dict[str, tuple], np.ndarray]] = []  # shard, shapes, rows
+        self.dtypes: dict[str, np.dtype] = {}
+        self.per_shard: dict[str, int] = {}
+        self.rows = 0
+
+    def add(self, shard: str, g: h5py.Group) -> None:
+        n = int(g.attrs.get("committed", 0))
+        if not n:
+            return
+        ids = [_column(g[c], n) for c in self.ident]
+        keep = []
+        for i, row in enumerate(zip(*ids, strict=True)):
+            if row not in self.seen:
+                self.seen.add(row)
+                keep.append(i)
+        for c in self.cols:
+            self.dtypes.setdefault(c, g[c].dtype)
+        if keep:
+            self.sources.append((shard, {c: g[c].shape for c in self.cols}, np.asarray(keep)))
+            self.per_shard[shard] = len(keep)
+            self.rows += len(keep)
+
+    def seen_keys(self) -> set[str]:
+        return {row[0].decode() for row in self.seen}
+
+    def write(self, g: h5py.Group, rel: str) -> None:
+        g.attrs["committed"] = self.rows
+        for c in self.cols:
+            shape = next(iter(s[c] for _, s, _ in self.sources), (0,))
+            if not self.rows:  # virtual datasets need at least one source
+                if c in self.dtypes:
+                    g.create_dataset(c, shape=(0, *shape[1:]), maxshape=(None, *shape[1:]),
+                                     dtype=self.dtypes[c])
+                continue
+            layout = h5py.VirtualLayout(shape=(self.rows, *shape[1:]), dtype=self.dtypes[c])
+            at = 0
+            for shard, shapes, keep in self.sources:
+                src = h5py.VirtualSource(f"{rel}/{shard}", g.name + "/" + c, shape=shapes[c])
+                for a, b in _runs(keep):
+                    layout[at:at + b - a] = src[a:b]
+                    at += b - a
+            g.create_virtual_dataset(c, layout)
+
+
+def _column(ds: h5py.Dataset, n: int) -> list:
+    values = ds[:n]
+    return [bytes(v) if isinstance(v, (bytes, np.bytes_)) else v for v in values]
+
+
+def _runs(index: np.ndarray) -> list[tuple[int, int]]:
+    """Contiguous runs [a, b) of sorted indices: one virtual mapping each."""
+    breaks = np.flatnonzero(np.diff(index) != 1) + 1
+    return [(int(r[0]), int(r[-1]) + 1) for r in np.split(index, breaks)]
+

@@ -1,0 +1,97 @@
+"""Sharded store (no Ray needed): shards + manifest + virtual HDF5 file read as one store."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import h5py
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits
+
+from export.errors import FeaturebankError
+from export.spec import FeatureSpec, ModelSpec, Preprocessing
+from extractor.shards import MANIFEST, ShardedStore, is_sharded, shard_dir, write_shard
+from extractor.store import FeatureStore, StoreLockedError
+
+SPEC = FeatureSpec(ModelSpec("digits-pixels", "0" * 64, Preprocessing((8, 8), 8), "test"), "pixels", "none")
+
+
+@pytest.fixture(scope="module")
+def digits():
+    """Real handwritten digits: the 64 pixels as the 'features', content keys per image."""
+    d = load_digits()
+    keys = [f"{i:064x}" for i in range(len(d.data))]
+    paths = [f"/data/digits/{d.target[i]}/{i:04d}.png" for i in range(len(d.data))]
+    return d.data.astype(np.float32), keys, paths, d.target.astype(str)
+
+
+def _shard(store, name, digits, idx, failures=()):
+    X, keys, paths, labels = digits
+    ks = [keys[i] for i in idx]
+    return write_shard(store.dir, f"{store.new_run_id()}-{name}.h5", {SPEC: (ks, X[idx])},
+                       [(keys[i], paths[i], labels[i]) for i in idx], list(failures))
+
+
+def test_shards_read_as_one_store_without_duplicates(tmp_path, digits):
+    X, keys, paths, labels = digits
+    path = tmp_path / "s.h5"
+    with ShardedStore(path) as store:
+        _shard(store, "a", digits, np.arange(0, 300))
+        # overlaps the first shard: rows 250..299 must appear once, from the first shard
+        _shard(store, "b", digits, np.arange(250, 500), [("/data/bad.png", "truncated image")])
+        _shard(store, "c", digits, np.arange(500, 520), [("/data/bad.png", "truncated image")])
+        state = store.rebuild()
+    assert state.done([SPEC.fingerprint()]) == set(keys[:520])
+    assert is_sharded(path) and not any(p.name.endswith(".tmp") for p in shard_dir(path).iterdir())
+    feats = FeatureStore(path).read()
+    np.testing.assert_array_equal(feats.keys, keys[:520])
+    np.testing.assert_array_equal(feats.X, X[:520].astype(np.float16).astype(np.float32))
+    np.testing.assert_array_equal(feats.y, labels[:520])
+    np.testing.assert_array_equal(feats.paths, paths[:520])
+    assert FeatureStore(path).failures() == [("/data/bad.png", "truncated image")]
+    got = FeatureStore(path).get(SPEC.fingerprint(), [keys[511], keys[3], keys[260]])
+    np.testing.assert_array_equal(got, X[[511, 3, 260]].astype(np.float16))
+    with h5py.File(path, "r") as f:  # plain h5py sees the same rows
+        assert f["features"][SPEC.fingerprint()]["X"].shape == (520, 64)
+    manifest = json.loads((shard_dir(path) / MANIFEST).read_text())
+    assert [s["rows"][f"features/{SPEC.fingerprint()}"] for s in manifest["shards"]] == [300, 200, 20]
+    assert manifest["feature_sets"][SPEC.fingerprint()]["rows"] == 520
+
+
+def test_store_can_move_and_cwd_does_not_matter(tmp_path, digits, monkeypatch):
+    path = tmp_path / "a" / "s.h5"
+    with ShardedStore(path) as store:
+        _shard(store, "a", digits, np.arange(40))
+        store.rebuild()
+    moved = tmp_path / "b"
+    os.rename(tmp_path / "a", moved)
+    monkeypatch.chdir("/")
+    np.testing.assert_array_equal(FeatureStore(moved / "s.h5").read().X,
+                                  digits[0][:40].astype(np.float16))
+
+
+def test_missing_shard_is_an_error_not_zeros(tmp_path, digits):
+    path = tmp_path / "s.h5"
+    with ShardedStore(path) as store:
+        lost = _shard(store, "a", digits, np.arange(10))
+        _shard(store, "b", digits, np.arange(10, 20))
+        store.rebuild()
+        lost.unlink()
+        with pytest.raises(FeaturebankError, match="missing"):
+            store.rebuild()
+
+
+def test_local_store_is_adopted_as_first_shard_and_lock_is_shared(tmp_path, digits):
+    X, keys, paths, labels = digits
+    path = tmp_path / "s.h5"
+    with FeatureStore(path, mode="a") as local:
+        local.commit({SPEC: (keys[:30], X[:30])}, list(zip(keys[:30], paths[:30], labels[:30], strict=True)))
+        with pytest.raises(StoreLockedError):
+            ShardedStore(path).__enter__()
+    with ShardedStore(path) as store:
+        _shard(store, "a", digits, np.arange(20, 50))
+        state = store.rebuild()
+    assert len(state.shards) == 2 and state.shards[0].startswith("shard-0-base")
+    np.testing.assert_array_equal(FeatureStore(path).read().keys, keys[:50])
