@@ -7,6 +7,8 @@ import logging
 import os
 from pathlib import Path
 
+from filelock import FileLock
+
 from export.errors import FeaturebankError
 from export.metadata import featurebank_version
 from export.registry import get_model_entry
@@ -70,8 +72,12 @@ def ensure_exported(model: str, cache_dir: str | Path | None = None,
             f"cannot create the model cache {out.parent}: {exc.strerror or exc}; pass another "
             f"cache_dir or set FEATUREBANK_CACHE to a writable folder"
         ) from exc
-    log.info("exporting %s into the cache %s (first use)", model, out.parent)
-    export_onnx(model, out, input_size=input_size)
+    # One exporter per file: concurrent first uses (parallel test runs, workers) wait for it
+    # instead of all burning CPU on the same export; the rename keeps readers safe regardless.
+    with FileLock(str(out) + ".lock"):
+        if not out.exists():
+            log.info("exporting %s into the cache %s (first use)", model, out.parent)
+            export_onnx(model, out, input_size=input_size)
     return out
 
 

@@ -8,6 +8,7 @@ preprocessing (command-line flags or a small JSON/TOML file).
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -120,15 +121,28 @@ def read_onnx_metadata(path: str | Path) -> OnnxInfo:
 
 
 def candidate_tensors(proto: onnx.ModelProto) -> list[LayerInfo]:
-    """4-D outputs of activation/conv-like nodes in a foreign graph, shapes from inference."""
+    """4-D outputs of activation/conv-like nodes in a foreign graph, shapes from inference.
+
+    ``flops_share`` is estimated from the inferred shapes (Conv, Gemm and MatMul multiply-adds,
+    in graph order); it is None when shapes are unknown.
+    """
     try:
         inferred = shape_inference.infer_shapes(proto)
     except Exception:  # inference is best effort: shapes then stay unknown
         inferred = proto
-    shapes = {}
-    for vi in [*inferred.graph.value_info, *inferred.graph.output]:
+    shapes = {t.name: tuple(t.dims) for t in proto.graph.initializer}
+    for vi in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]:
         dims = vi.type.tensor_type.shape.dim
         shapes[vi.name] = tuple(d.dim_value if d.dim_value else -1 for d in dims)
+    done, spent = 0, {}  # multiply-adds up to and including each node's outputs
+    for node in proto.graph.node:  # ONNX graphs are topologically sorted
+        done += _node_macs(node, shapes)
+        spent.update(dict.fromkeys(node.output, done))
+    total = done
+
+    def share(tensor: str) -> float | None:
+        return round(spent[tensor] / total, 6) if total and tensor in spent else None
+
     layers = []
     for node in proto.graph.node:
         if node.op_type not in _CUT_OPS:
@@ -136,11 +150,26 @@ def candidate_tensors(proto: onnx.ModelProto) -> list[LayerInfo]:
         for out in node.output:
             shape = shapes.get(out)
             if shape is not None and len(shape) == 4:
-                layers.append(LayerInfo(out, out, shape[1:]))
+                layers.append(LayerInfo(out, out, shape[1:], share(out)))
     for out in proto.graph.output:
         if out.name not in {la.tensor for la in layers}:
-            layers.append(LayerInfo(out.name, out.name, shapes.get(out.name, ())[1:]))
+            layers.append(LayerInfo(out.name, out.name, shapes.get(out.name, ())[1:], share(out.name)))
     return layers
+
+
+def _node_macs(node: onnx.NodeProto, shapes: dict[str, tuple[int, ...]]) -> int:
+    """Multiply-adds of a Conv / Gemm / MatMul node per sample (0 if a shape is unknown)."""
+    out = shapes.get(node.output[0], ())
+    if node.op_type == "Conv" and len(node.input) > 1:
+        per_output = shapes.get(node.input[1], ())[1:]  # weight (Cout, Cin/groups, kh, kw)
+    elif node.op_type in ("Gemm", "MatMul"):
+        a = shapes.get(node.input[0], ())
+        trans_a = any(at.name == "transA" and at.i for at in node.attribute)
+        per_output = a[-2:-1] if trans_a else a[-1:]
+    else:
+        return 0
+    dims = [*out[1:], *per_output]
+    return math.prod(dims) if dims and all(d > 0 for d in dims) else 0
 
 
 def load_preprocessing(path: str | Path | None = None, **overrides: Any) -> Preprocessing:

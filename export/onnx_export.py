@@ -173,26 +173,34 @@ def _trace_quiet(wrapper: nn.Module, example: torch.Tensor, output_names: list[s
 
 
 def _check_writable(out: Path) -> None:
-    folder = out.parent if str(out.parent) else Path(".")
+    """Fail before the (slow) export when ``out`` cannot be written, with the reason."""
+    folder = out.parent
     if out.is_dir():
         raise FeaturebankError(f"output path {out} is a directory; give a file name ending in .onnx")
     if not folder.is_dir():
-        raise FeaturebankError(f"cannot write {out}: folder {folder} does not exist")
-    if not os.access(folder, os.W_OK):
-        raise FeaturebankError(f"cannot write {out}: folder {folder} is not writable")
+        what = "is not a folder" if folder.exists() else "does not exist"
+        raise FeaturebankError(f"cannot write {out}: {folder} {what}")
+    try:  # a real probe: permission bits say nothing for root or a read-only file system
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{out.name}.", suffix=".probe"):
+            pass
+    except OSError as exc:
+        raise FeaturebankError(f"cannot write {out}: {exc.strerror or exc}") from exc
 
 
 def _atomic_save(proto: onnx.ModelProto, out: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent or ".")
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
+    """Write to a temporary file beside ``out`` and rename it: readers never see a partial file."""
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+        os.close(fd)
+        umask = os.umask(0)
+        os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file normal permissions
         onnx.save(proto, tmp)
         os.replace(tmp, out)
     except BaseException as exc:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
         if isinstance(exc, OSError):
             raise FeaturebankError(f"cannot write {out}: {exc.strerror or exc}") from exc
         raise

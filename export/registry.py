@@ -107,7 +107,8 @@ def _library_imports(name: str) -> bool:
 
 
 def list_models() -> list[ModelEntry]:
-    """Built-in models, plus a pattern entry per optional source that imports here."""
+    """Built-in models, plus a pattern entry (``torchvision:NAME``, ``timm:NAME``) per optional
+    source; :meth:`ModelEntry.availability` says whether each can be built here."""
     entries = list(_BUILTIN.values())
     for lib in ("torchvision", "timm"):
         entries.append(ModelEntry(f"{lib}:NAME", lib, _IMAGENET, description=f"any {lib} classifier"))

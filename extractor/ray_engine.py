@@ -200,6 +200,8 @@ def embed_collection_ray(
     """
     if dtype not in DTYPES:
         raise FeaturebankError(f"--dtype must be one of {DTYPES}, got {dtype!r}")
+    if batch_size < 1:
+        raise FeaturebankError(f"--batch-size must be >= 1, got {batch_size}")
     started = time.perf_counter()
     items = collect(list(inputs))
     ex = Extractor(model, layers, pool, gem_p, normalize, "cpu", batch_size, threads)
@@ -209,6 +211,8 @@ def embed_collection_ray(
     summary = EmbedSummary(total=len(items))
     with ShardedStore(store_path) as store, connected(address):
         state = store.rebuild()
+        if not items:
+            return summary
         done = frozenset(state.done(fps))
         known = {state.dtypes[fp] for fp in fps if fp in state.dtypes}
         store_dtype = known.pop() if len(known) == 1 else dtype  # an existing set keeps its dtype

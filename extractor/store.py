@@ -12,7 +12,6 @@ lock when its process dies, so a killed run never leaves a stale lock behind.
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import time
 from dataclasses import dataclass
@@ -154,6 +153,10 @@ class FeatureStore:
         if self.path.exists() and not os.access(self.path, os.W_OK):
             raise FeaturebankError(f"store {self.path} is read-only; make it writable or use another path")
         with self._open("a") as f:
+            if f.attrs.get("featurebank_sharded", False):
+                raise FeaturebankError(
+                    f"store {self.path} is a sharded store written by the Ray engine; add to it "
+                    "with 'featurebank embed --engine ray', or embed into another store")
             f.attrs.setdefault("format_version", FORMAT_VERSION)
             for group in ("images", "paths", "features", "failures"):
                 f.require_group(group)
@@ -288,6 +291,8 @@ class FeatureStore:
         none of the batch counts (counters are written last).
         """
         self._writer_check()
+        if dtype not in ("float16", "float32"):
+            raise FeaturebankError(f"store dtype must be 'float16' or 'float32', got {dtype!r}")
         self._load_tables()
         try:
             with self._open("a") as f:
@@ -311,6 +316,31 @@ class FeatureStore:
             raise FeaturebankError(
                 f"writing store {self.path} failed ({exc}); rows committed before are intact — "
                 "free disk space and run again to continue") from exc
+
+    def add_rows(self, spec: FeatureSpec, keys, features: np.ndarray, paths, labels=None,
+                 dtype: str = "float16") -> None:
+        """Durably add vectors of ``spec`` for content ``keys`` with their paths and labels.
+
+        Keys already in the feature set are skipped. ``dtype`` applies when the set is new.
+        """
+        keys = [str(k) for k in keys]
+        labels = [""] * len(keys) if labels is None else [str(x) for x in labels]
+        features = np.asarray(features)
+        if features.ndim != 2 or len(features) != len(keys) or len(paths) != len(keys):
+            raise FeaturebankError(f"add_rows needs features [N, D] with N = len(keys) = len(paths); "
+                                   f"got {features.shape}, {len(keys)} keys, {len(paths)} paths")
+        self.commit({spec: (keys, features)}, list(zip(keys, map(str, paths), labels, strict=True)),
+                    dtype=dtype)
+
+    def add_paths(self, keys, paths, labels=None) -> None:
+        """Durably record more paths for contents (duplicates and cached files)."""
+        keys = [str(k) for k in keys]
+        labels = [""] * len(keys) if labels is None else [str(x) for x in labels]
+        self.commit(images=list(zip(keys, map(str, paths), labels, strict=True)))
+
+    def record_failure(self, path: str, reason: str) -> None:
+        """Durably record that ``path`` could not be embedded and why."""
+        self.commit(failures=[(str(path), str(reason))])
 
     def _commit_rows(self, f, spec: FeatureSpec, keys, X, dtype: str) -> None:
         fp = spec.fingerprint()
@@ -342,7 +372,7 @@ class FeatureStore:
                 self._image_keys = set(g["keys"][:_committed(g)].astype(str)) if _committed(g) else set()
                 n = _committed(p)
                 self._path_pairs = set(zip((_dec(x) for x in p["paths"][:n]),
-                                           p["keys"][:n].astype(str))) if n else set()
+                                           p["keys"][:n].astype(str), strict=True)) if n else set()
             self._failure_pairs = set(self.failures())
 
     def _commit_images(self, f, images: list[tuple[str, str, str]]) -> None:
@@ -379,6 +409,3 @@ class FeatureStore:
         os.replace(tmp, out)
         return out
 
-
-def spec_json_dump(spec: FeatureSpec) -> str:  # pragma: no cover - convenience for tools
-    return json.dumps(spec.to_dict(), indent=2)

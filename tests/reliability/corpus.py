@@ -269,6 +269,9 @@ def build_corpus(folder: str | Path) -> list[Kind]:  # noqa: C901 - one flat lis
     for frac in (0.01, 0.3, 0.9):
         put(f"truncated_png_{int(frac * 100):02d}pct.png", png[: int(len(png) * frac)], FAIL,
             reason=R_TRUNC_OR_CORRUPT)
+    gif = open(next(k.path for k in kinds if k.name == "animated.gif"), "rb").read()
+    put("truncated_animated_gif_45pct.gif", gif[: int(len(gif) * 0.45)], FAIL,
+        reason=R_TRUNC_OR_CORRUPT)  # found by the fuzzer
     flipped = bytearray(png)
     at = png.find(b"IDAT") + 200
     flipped[at] ^= 0x10  # CRC and zlib stream now disagree

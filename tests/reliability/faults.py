@@ -47,18 +47,39 @@ def embed_command(src: Path, store: Path, batch_size: int = 4) -> list[str]:
             "--json"]
 
 
-def _env() -> dict[str, str]:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    return env
+def subprocess_env() -> dict[str, str]:
+    """Environment for child processes: one thread each, this checkout importable."""
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    return dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=path)
 
 
 def run_embed(src: Path, store: Path, timeout: float = 300) -> float:
-    """A complete embed run in a subprocess; returns its wall time."""
-    t0 = time.perf_counter()
-    out = subprocess.run(embed_command(src, store), capture_output=True, text=True,
-                         timeout=timeout, env=_env(), cwd=REPO)
-    assert out.returncode == 0, out.stderr[-2000:]
-    return time.perf_counter() - t0
+    """A complete embed run in a subprocess; returns its wall time from taking the store lock."""
+    proc = subprocess.Popen(embed_command(src, store), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, env=subprocess_env(), cwd=REPO)
+    locked_at = wait_for_lock(proc, store, timeout)
+    _, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, err.decode(errors="replace")[-2000:]
+    return time.perf_counter() - (locked_at or time.perf_counter())
+
+
+def wait_for_lock(proc: subprocess.Popen, store: Path, timeout: float) -> float | None:
+    """Wait until the child holds the store's lock file open (start-up done, work begins).
+
+    Watches /proc/PID/fd rather than trying the lock, which would race with the child.
+    Returns the moment (perf_counter), or None if the child ended first.
+    """
+    lock = str(store.with_name(store.name + ".lock"))
+    fd_dir = Path(f"/proc/{proc.pid}/fd")
+    deadline = time.perf_counter() + timeout
+    while proc.poll() is None and time.perf_counter() < deadline:
+        try:
+            if any(os.readlink(fd) == lock for fd in fd_dir.iterdir()):
+                return time.perf_counter()
+        except OSError:
+            pass  # an fd closed while listing
+        time.sleep(0.01)
+    return None
 
 
 @dataclass
@@ -117,10 +138,13 @@ class KillTrial:
 
 
 def kill_once(src: Path, store: Path, delay: float, clean: Snapshot) -> KillTrial:
-    """Start an embed (a fresh run or a resume), SIGKILL it after ``delay`` s, check the store."""
+    """Start an embed (a fresh run or a resume), SIGKILL it ``delay`` s after it took the store
+    lock (so the kill lands in decoding, inference or a commit, not in interpreter start-up),
+    then check the store."""
     before = snapshot(store)
     proc = subprocess.Popen(embed_command(src, store), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, env=_env(), cwd=REPO)
+                            stderr=subprocess.PIPE, env=subprocess_env(), cwd=REPO)
+    wait_for_lock(proc, store, timeout=120)
     try:
         proc.wait(timeout=delay)
         killed = False
@@ -149,9 +173,9 @@ def kill_campaign(src: Path, workdir: Path, clean: Snapshot, clean_seconds: floa
     store = workdir / "killed.h5"
     trials = []
     for _ in range(kills):
-        # From interpreter start-up to past the clean run's end (the tail catches resume runs,
-        # which are shorter and may finish: such a trial then checks a completed resume).
-        trials.append(kill_once(src, store, float(rng.uniform(0.5, clean_seconds)), clean))
+        # Anywhere in the clean run's working time (resumes are shorter and may finish first:
+        # such a trial then checks a completed resume).
+        trials.append(kill_once(src, store, float(rng.uniform(0.0, clean_seconds)), clean))
     run_embed(src, store)
     final = snapshot(store)
     problems = compare_to_clean(final, clean)

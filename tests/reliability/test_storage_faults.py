@@ -18,17 +18,17 @@ import pytest
 
 from tests.reliability.faults import (
     REPO,
-    _env,
     compare_to_clean,
     embed_command,
     make_kill_dataset,
     run_embed,
     snapshot,
+    subprocess_env,
 )
 
 
 def _cli(args: list[str], **kw) -> subprocess.CompletedProcess:
-    return subprocess.run(args, capture_output=True, text=True, timeout=300, env=_env(), cwd=REPO,
+    return subprocess.run(args, capture_output=True, text=True, timeout=300, env=subprocess_env(), cwd=REPO,
                           **kw)
 
 
@@ -147,8 +147,9 @@ def test_newer_format_version_refused(data, half_store):
     assert _sha(half_store) == digest
 
 
-@pytest.mark.parametrize("content", [b"", b"not hdf5 at all\n" * 100])
+@pytest.mark.parametrize("content", [b"not hdf5 at all\n" * 100, b"\x89HDF\r\n\x1a\n" + b"\0" * 600])
 def test_foreign_file_as_store(data, tmp_path, content):
+    """Text, or an HDF5 signature followed by garbage: refused by name, never overwritten."""
     src, _, _ = data
     store = tmp_path / "foreign.h5"
     store.write_bytes(content)

@@ -1,0 +1,120 @@
+"""Reliability figures: the bad-input corpus, decode fuzzing, SIGKILLs of embed runs.
+
+Usage::
+
+    python benchmarks/reliability.py                 # 20 kills, 2000 fuzz examples
+    python benchmarks/reliability.py --kills 5 --fuzz 300
+
+Prints the figures and writes ``benchmarks/results/reliability.json``. The same checks run (in
+smaller numbers) in the default ``pytest`` run, ``tests/reliability/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def corpus_figures(folder: Path) -> dict:
+    from export.spec import Preprocessing
+    from extractor.preprocess import decode
+    from tests.reliability.corpus import build_corpus
+    from tests.reliability.test_decode_corpus import KNOWN_BUGS, check_kind, run_kind
+
+    kinds = build_corpus(folder)
+    ref = decode(kinds[0].path, Preprocessing())
+    results = {}
+    for k in kinds:
+        if k.root_only_skip and os.geteuid() == 0:
+            results[k.name] = {"outcome": "skipped", "why": k.root_only_skip}
+            continue
+        status, value, seconds = run_kind(k)
+        try:
+            check_kind(k, ref)
+            outcome, why = "as expected", ""
+        except AssertionError as exc:
+            outcome, why = "BUG", str(exc)
+        results[k.name] = {"expect": k.expect, "got": status, "seconds": round(seconds, 3),
+                           "reason": value if status != "ok" else "", "outcome": outcome,
+                           "why": why, "known_bug": KNOWN_BUGS.get(k.name, "")}
+    return results
+
+
+def fuzz_figures(folder: Path, examples: int) -> dict:
+    from tests.reliability.test_decode_corpus import fuzz_decode
+
+    by_name = {k.name: k for k in __import__("tests.reliability.corpus", fromlist=["x"])
+               .build_corpus(folder)}
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():  # Pillow warns about every broken TIFF tag; errors are counted
+        warnings.simplefilter("ignore")
+        counts = fuzz_decode(by_name, max_examples=examples)
+    return {"examples": examples, **counts, "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def kill_figures(work: Path, kills: int) -> dict:
+    from tests.reliability.faults import kill_campaign, make_kill_dataset, run_embed, snapshot
+
+    src = make_kill_dataset(work / "src")
+    seconds = run_embed(src, work / "clean.h5")
+    clean = snapshot(work / "clean.h5")
+    t0 = time.perf_counter()
+    trials, problems = kill_campaign(src, work, clean, seconds, kills=kills, seed=20)
+    return {
+        "kills": kills, "clean_run_s": round(seconds, 2), "rows_in_clean_run": len(clean.vectors),
+        "killed_mid_run": sum(t.killed for t in trials),
+        "trials_with_problems": sum(bool(t.problems) for t in trials),
+        "trials": [{"delay_s": round(t.delay_s, 2), "rows_before": t.rows_before,
+                    "rows_after_kill": t.rows_after_kill, "killed": t.killed,
+                    "problems": t.problems} for t in trials],
+        "final_store_problems": problems, "seconds": round(time.perf_counter() - t0, 1),
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--kills", type=int, default=20)
+    ap.add_argument("--fuzz", type=int, default=2000, help="hypothesis examples for decode")
+    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "reliability.json"))
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="fb-reliability-") as tmp:
+        tmp = Path(tmp)
+        corpus = corpus_figures(tmp / "corpus")
+        bugs = {n: r for n, r in corpus.items() if r["outcome"] == "BUG"}
+        print(f"corpus: {len(corpus)} kinds, {len(corpus) - len(bugs)} as expected, "
+              f"{len(bugs)} bugs")
+        for name, r in bugs.items():
+            print(f"  BUG {name}: {r['why']}")
+        fuzz = fuzz_figures(tmp / "fuzz", args.fuzz)
+        print(f"fuzz: {fuzz['examples']} mutated images in {fuzz['seconds']} s: "
+              f"{fuzz['decoded']} decoded, {fuzz['decode_error']} DecodeError, "
+              f"{len(fuzz['unhandled'])} other exceptions")
+        for line in sorted(set(u.split(" (seed")[0] for u in fuzz["unhandled"])):
+            print(f"  BUG decode raised {line}")
+        kill = kill_figures(tmp / "kill", args.kills)
+        print(f"kill: {kill['kills']} SIGKILLs ({kill['killed_mid_run']} mid-run), "
+              f"{kill['trials_with_problems']} trials with problems, final store problems: "
+              f"{kill['final_store_problems'] or 'none'} ({kill['seconds']} s)")
+    result = {"machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
+                          "platform": platform.platform()},
+              "corpus": corpus, "fuzz": fuzz, "kill": kill}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    print(f"wrote {args.out}")
+    ok = not kill["trials_with_problems"] and not kill["final_store_problems"]
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,204 @@
+"""The exported models: same numbers as torch and the reference, right classes on real photos."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from PIL import Image
+
+import export
+from export.spec import META_INPUT, META_LAYERS, META_SPEC, META_VERSION, Preprocessing
+
+LITES = ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
+
+# Photo -> ImageNet classes a person would accept for it (any one in the top 5).
+EXPECTED = {
+    "chelsea": {"tabby, tabby cat", "tiger cat", "Egyptian cat"},
+    "coffee": {"espresso", "cup", "coffee mug"},
+    "china": {"palace", "monastery", "bell cote, bell cot", "church, church building"},
+    "rocket": {"missile", "projectile, missile", "space shuttle"},
+}
+# sklearn's 'flower' is left out: its close-up of petals and a bee has no clear ImageNet class
+# (the Lite models answer daisy, honeycomb or bee).
+
+
+@pytest.fixture(scope="session")
+def lite_onnx(model_cache, lite0_onnx):
+    """All three Lite exports, through the shared cache (Lite0 from conftest)."""
+    return {
+        "efficientnet_lite0": lite0_onnx,
+        "efficientnet_lite1": export.ensure_exported("efficientnet_lite1", cache_dir=model_cache),
+        "efficientnet_lite2": export.ensure_exported("efficientnet_lite2", cache_dir=model_cache),
+    }
+
+
+def prepare(photo: np.ndarray, pre: Preprocessing) -> np.ndarray:
+    """Resize (shorter side), center-crop and normalise one photo to float32 CHW, as the spec says."""
+    img = Image.fromarray(photo)
+    scale = pre.resize_size / min(img.size)
+    img = img.resize((round(img.width * scale), round(img.height * scale)), Image.Resampling.BICUBIC)
+    th, tw = pre.input_size
+    left, top = (img.width - tw) // 2, (img.height - th) // 2
+    x = np.asarray(img.crop((left, top, left + tw, top + th)), np.float32) / 255.0
+    x = (x - np.array(pre.mean, np.float32)) / np.array(pre.std, np.float32)
+    return x.transpose(2, 0, 1).astype(np.float32)
+
+
+def batch_for(model: str, photos: dict[str, np.ndarray], names) -> np.ndarray:
+    pre = export.get_model_entry(model).preprocessing
+    return np.stack([prepare(photos[n], pre) for n in names])
+
+
+@pytest.fixture(scope="session")
+def torch_lite():
+    cache = {}
+
+    def build(name):
+        if name not in cache:
+            cache[name] = export.build_torch_model(name)
+        return cache[name]
+
+    return build
+
+
+@pytest.mark.parametrize("name", LITES)
+def test_architecture_reproduces_reference_package(name, torch_lite, real_photos):
+    torch = pytest.importorskip("torch")
+    ref_pkg = pytest.importorskip("efficientnet_lite_pytorch", reason="reference package absent")
+    weights = export.get_model_entry(name).default_weights()
+    ref = ref_pkg.EfficientNet.from_pretrained(name.replace("_", "-"), weights_path=weights).eval()
+    x = torch.from_numpy(batch_for(name, real_photos, ["chelsea", "coffee"]))
+    with torch.no_grad():
+        ours, theirs = torch_lite(name)(x), ref(x)
+    assert ours.shape == (2, 1000)
+    assert (ours - theirs).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("name", LITES)
+def test_onnx_logits_and_top5_on_real_photos(name, lite_onnx, torch_lite, real_photos):
+    torch = pytest.importorskip("torch")
+    names = sorted(EXPECTED)
+    x = batch_for(name, real_photos, names)  # batch of 5: the batch axis is dynamic
+    sess = ort.InferenceSession(str(lite_onnx[name]), providers=["CPUExecutionProvider"])
+    (logits,) = sess.run(["logits"], {"input": x})
+    with torch.no_grad():
+        expected = torch_lite(name)(torch.from_numpy(x)).numpy()
+    assert np.abs(logits - expected).max() <= 1e-4
+    classes = export.imagenet_classes()
+    for row, photo in zip(logits, names, strict=True):
+        top5 = {classes[i] for i in np.argsort(-row)[:5]}
+        assert top5 & EXPECTED[photo], f"{name} {photo}: top 5 {top5}"
+
+
+def test_catalogue_tensors_equal_torch_activations(lite0_onnx, torch_lite, real_photos):
+    """Each catalogue layer is a tensor of the graph that can be made an output (as the
+    extractor does) and holds the torch module's activation."""
+    torch = pytest.importorskip("torch")
+    info = export.read_onnx_metadata(lite0_onnx)
+    proto = onnx.load(str(lite0_onnx))
+    picked = [la for la in info.layers if la.name in ("stem", "blocks.3", "blocks.15", "head")]
+    for la in picked:
+        proto.graph.output.append(onnx.helper.make_tensor_value_info(la.tensor, onnx.TensorProto.FLOAT, None))
+    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = batch_for("efficientnet_lite0", real_photos, ["china"])
+    outs = sess.run([la.tensor for la in picked], {"input": x})
+    with torch.no_grad():
+        feats = torch_lite("efficientnet_lite0").features(torch.from_numpy(x))
+    for la, out in zip(picked, outs, strict=True):
+        assert out.shape[1:] == la.shape == tuple(feats[la.name].shape[1:])
+        assert np.abs(out - feats[la.name].numpy()).max() <= 1e-4, la.name
+
+
+def test_exported_file_describes_itself(lite0_onnx):
+    proto = onnx.load(str(lite0_onnx))
+    onnx.checker.check_model(proto)
+    assert max(op.version for op in proto.opset_import if op.domain in ("", "ai.onnx")) >= 18
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert set(meta) >= {META_SPEC, META_LAYERS, META_INPUT, META_VERSION}
+    assert meta[META_VERSION] == importlib.metadata.version("featurebank")
+    assert json.loads(meta[META_INPUT]) | {"shape": None} == {
+        "name": "input", "layout": "NCHW", "dtype": "float32", "normalized": True, "shape": None}
+    (inp,) = proto.graph.input
+    dims = inp.type.tensor_type.shape.dim
+    assert inp.name == "input" and dims[0].dim_param and [d.dim_value for d in dims[1:]] == [3, 224, 224]
+    assert [o.name for o in proto.graph.output] == ["logits"]
+
+    info = export.read_onnx_metadata(lite0_onnx)
+    entry = export.get_model_entry("efficientnet_lite0")
+    assert info.spec.model == "efficientnet_lite0" and info.spec.source == "featurebank"
+    assert info.spec.preprocessing == entry.preprocessing
+    assert info.spec.weights_sha256 == export.spec.sha256_file(entry.default_weights())
+    names = [la.name for la in info.layers]
+    assert names == ["stem", *[f"blocks.{i}" for i in range(16)], "head", "logits"]
+    shares = [la.flops_share for la in info.layers]
+    assert shares[0] > 0 and np.all(np.diff(shares) > 0) and shares[-1] == 1.0
+    assert info.layer("head").shape == (1280, 7, 7) and info.layer("stem").shape == (32, 112, 112)
+    tensors = {o for node in proto.graph.node for o in node.output}
+    assert all(la.tensor in tensors for la in info.layers)
+
+
+def test_reading_metadata_never_imports_torch(lite0_onnx):
+    code = ("import sys, export; info = export.read_onnx_metadata(sys.argv[1]); "
+            "assert info.spec.model == 'efficientnet_lite0'; "
+            "assert 'torch' not in sys.modules, 'torch was imported'")
+    done = subprocess.run([sys.executable, "-c", code, str(lite0_onnx)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def test_cache_reuses_the_export_and_keys_on_version(lite0_onnx, model_cache, monkeypatch):
+    mtime = Path(lite0_onnx).stat().st_mtime_ns
+    again = export.ensure_exported("efficientnet_lite0", cache_dir=model_cache)
+    assert again == lite0_onnx and again.stat().st_mtime_ns == mtime
+    assert export.cache.cached_path("efficientnet_lite0", model_cache, 224) == lite0_onnx
+    assert export.cache.cached_path("efficientnet_lite0", model_cache, 256) != lite0_onnx
+    monkeypatch.setattr(export.cache, "featurebank_version", lambda: "99.0")
+    assert export.cache.cached_path("efficientnet_lite0", model_cache) != lite0_onnx
+
+
+def test_imagenet_class_names():
+    classes = export.imagenet_classes()
+    assert len(classes) == 1000
+    assert len(set(classes)) == 999  # WordNet names 'crane' the bird (134) and the machine (517)
+    assert classes[134] == classes[517] == "crane"
+    assert classes[0].startswith("tench") and classes[281].startswith("tabby")
+
+
+@pytest.mark.torchvision
+def test_torchvision_source_exports_when_available(tmp_path):
+    pytest.importorskip("torchvision", reason="torchvision does not import here")
+    torch = pytest.importorskip("torch")
+    import torchvision
+
+    weights = tmp_path / "r18.pth"  # local weights: no download needed
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights)
+    spec = export.export_onnx("torchvision:resnet18", tmp_path / "r18.onnx", weights=str(weights))
+    info = export.read_onnx_metadata(tmp_path / "r18.onnx")
+    assert spec.source == "torchvision" and info.layer("layer4").shape == (512, 7, 7)
+
+
+@pytest.mark.timm
+def test_timm_source_exports_when_available(tmp_path):
+    pytest.importorskip("timm", reason="timm does not import here")
+    torch = pytest.importorskip("torch")
+    import timm
+
+    weights = tmp_path / "m.pth"
+    torch.save(timm.create_model("resnet18", pretrained=False).state_dict(), weights)
+    spec = export.export_onnx("timm:resnet18", tmp_path / "m.onnx", weights=str(weights))
+    assert spec.source == "timm" and export.read_onnx_metadata(tmp_path / "m.onnx").layers
+
+
+def test_optional_sources_fail_clearly_when_missing():
+    for source in ("torchvision", "timm"):
+        if export.registry._library_imports(source):
+            continue
+        with pytest.raises(export.FeaturebankError, match=f"needs {source}.*efficientnet_lite0"):
+            export.get_model_entry(f"{source}:resnet18")

@@ -1,0 +1,195 @@
+"""The Ray engine on a local 2-CPU Ray: same vectors as the local engine, survives a killed
+actor, resumes after a killed driver, and runs scikit-learn searches through joblib."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ray = pytest.importorskip("ray", reason="the Ray engine needs the optional extra: pip install 'featurebank[ray]'")
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
+
+from extractor.pipeline import embed_collection  # noqa: E402
+from extractor.ray_engine import embed_collection_ray, ray_joblib_backend  # noqa: E402
+from extractor.shards import shard_dir  # noqa: E402
+from extractor.store import FeatureStore  # noqa: E402
+
+N_DIGITS = 150
+EMBED = dict(workers=1, threads=1, batch_size=8, progress=False, shard_rows=16, actor_wait_s=60)
+CALL_S = 30  # timeout of each direct wait in these tests
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """Ray on this machine with 2 CPUs: one for the embedding actor, one for decode/write."""
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=300 * 1024**2,
+             log_to_driver=False)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def collection(tmp_path_factory, digits_dir, photo_dir) -> Path:
+    """A list file of real images: digits PNGs, photos, a corrupt file and a duplicate."""
+    root = tmp_path_factory.mktemp("collection")
+    pngs = sorted(digits_dir.rglob("*.png"))[:N_DIGITS]
+    lines = [f"{p},{p.parent.name}" for p in pngs] + [f"{p},photo" for p in sorted(photo_dir.rglob("*.jpg"))]
+    (root / "broken.png").write_bytes(pngs[0].read_bytes()[:40])  # a truncated PNG
+    shutil.copy(pngs[1], root / "copy.png")  # same content, another path
+    lines += [f"{root / 'broken.png'},bad", f"{root / 'copy.png'},{pngs[1].parent.name}"]
+    (root / "list.csv").write_text("\n".join(lines) + "\n")
+    return root / "list.csv"
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, collection, lite0_onnx):
+    """The local engine's store for the collection: the vectors the Ray engine must reproduce."""
+    path = tmp_path_factory.mktemp("local") / "local.h5"
+    summary = embed_collection([str(collection)], path, threads=1, batch_size=8, progress=False)
+    return path, summary
+
+
+def _same_store(got: Path, want: Path) -> None:
+    a, b = FeatureStore(got).read(), FeatureStore(want).read()
+    ia, ib = np.argsort(a.keys), np.argsort(b.keys)
+    np.testing.assert_array_equal(a.keys[ia], b.keys[ib])
+    np.testing.assert_array_equal(a.X[ia], b.X[ib])  # bit-identical, not merely close
+    np.testing.assert_array_equal(a.y[ia], b.y[ib])
+    np.testing.assert_array_equal(a.paths[ia], b.paths[ib])
+    assert a.spec.fingerprint() == b.spec.fingerprint()
+    assert sorted(FeatureStore(got).failures()) == sorted(FeatureStore(want).failures())
+
+
+def test_ray_engine_yields_the_local_engines_vectors(ray_local, collection, reference, tmp_path):
+    path = tmp_path / "ray.h5"
+    summary = embed_collection([str(collection)], path, engine="ray", **{
+        k: v for k, v in EMBED.items() if k not in ("shard_rows", "actor_wait_s")})
+    local = reference[1]
+    assert (summary.total, summary.embedded, summary.duplicates, summary.failed) == \
+        (local.total, local.embedded, local.duplicates, local.failed) == \
+        (local.total, N_DIGITS + 6, 1, 1)
+    _same_store(path, reference[0])
+    assert len(list(shard_dir(path).glob("shard-*.h5"))) >= 1
+    again = embed_collection_ray([str(collection)], path, **EMBED)
+    assert (again.embedded, again.cached, again.failed) == (0, local.total - 1, 1)  # the copy is cached too
+    _same_store(path, reference[0])
+
+
+def _embedder_pids() -> list[int]:
+    """Processes of this test's Ray running an embedding actor (Ray titles them by class)."""
+    import psutil
+
+    pids = []
+    for proc in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if "_Embedder" in " ".join(proc.cmdline()) and proc.status() != psutil.STATUS_ZOMBIE:
+                pids.append(proc.pid)
+    return pids
+
+
+def _wait_for(cond, what: str, timeout: float = 60.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = cond()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_killed_actor_loses_no_rows(ray_local, collection, reference, tmp_path):
+    path = tmp_path / "ray.h5"
+    result: dict = {}
+
+    def run():
+        try:
+            result["summary"] = embed_collection_ray([str(collection)], path, **EMBED)
+        except BaseException as exc:  # reported by the main thread
+            result["error"] = exc
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    _wait_for(lambda: list(shard_dir(path).glob("shard-*.h5")), "the first shard")
+    pid = _wait_for(_embedder_pids, "the embedding actor")[0]
+    os.kill(pid, signal.SIGKILL)  # the actor's process dies mid-run, as on a lost node
+    shards_at_kill = len(list(shard_dir(path).glob("shard-*.h5")))
+    worker.join(timeout=240)
+    assert not worker.is_alive(), "the run did not finish after its actor was killed"
+    assert "error" not in result, result.get("error")
+    assert pid not in _embedder_pids()  # a new actor took over
+    assert result["summary"].embedded == reference[1].embedded
+    assert len(list(shard_dir(path).glob("shard-*.h5"))) > shards_at_kill  # it was mid-run
+    _same_store(path, reference[0])
+
+
+def test_rerun_after_killed_driver_embeds_only_whats_missing(ray_local, collection, reference, tmp_path):
+    path = tmp_path / "ray.h5"
+    code = ("import sys; from extractor.ray_engine import embed_collection_ray as e; "
+            f"e([sys.argv[1]], sys.argv[2], address=sys.argv[3], **{EMBED!r})")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    driver = subprocess.Popen([sys.executable, "-c", code, str(collection), str(path), ray_local],
+                              cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_for(lambda: len(list(shard_dir(path).glob("shard-*.h5"))) >= 2 or driver.poll() is not None,
+                  "two shards", timeout=120)
+        assert driver.poll() is None, "the driver finished before it could be interrupted"
+    finally:
+        driver.kill()
+        driver.wait(timeout=CALL_S)
+    # The dead job's workers are reaped by Ray; a late shard from them would only add duplicates.
+    _wait_for(lambda: not _embedder_pids(), "the killed job's actors to go", timeout=60)
+    time.sleep(1.0)
+    committed = set()
+    for shard in shard_dir(path).glob("shard-*.h5"):
+        with FeatureStore(shard) as s:
+            committed |= s.keys(s.feature_sets()[0].fingerprint)
+    total_new = reference[1].embedded
+    assert 0 < len(committed) < total_new
+    summary = embed_collection_ray([str(collection)], path, **EMBED)
+    assert summary.embedded == total_new - len(committed)
+    assert summary.cached == sum(k in committed for k in _path_keys(reference[0]))
+    _same_store(path, reference[0])
+
+
+def _path_keys(store: Path) -> list[str]:
+    """The content key of every readable item (one per path) of a store."""
+    import h5py
+
+    with h5py.File(store, "r") as f:
+        return list(f["paths"]["keys"][: int(f["paths"].attrs["committed"])].astype(str))
+
+
+def test_grid_search_runs_on_ray_and_matches_local(ray_local):
+    import joblib
+    from sklearn.datasets import load_digits
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GridSearchCV
+
+    X, y = load_digits(return_X_y=True)
+    X, y = X[:400] / 16.0, y[:400]
+    grid = {"C": [0.01, 0.1, 1.0]}
+
+    def search():
+        return GridSearchCV(LogisticRegression(max_iter=300), grid, cv=3, n_jobs=2).fit(X, y)
+
+    local = search()
+    with ray_joblib_backend():
+        backend = type(joblib.parallel.get_active_backend()[0]).__name__
+        on_ray = search()
+    assert backend == "RayBackend"
+    assert on_ray.best_params_ == local.best_params_
+    np.testing.assert_allclose(on_ray.cv_results_["mean_test_score"], local.cv_results_["mean_test_score"])
+    assert on_ray.best_score_ > 0.9
