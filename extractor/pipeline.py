@@ -16,6 +16,7 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -82,6 +83,7 @@ def embed_collection(
     engine: str = "local",
     address: str | None = None,
     extractor: Extractor | None = None,
+    file_timeout: float = 60.0,
 ) -> EmbedSummary:
     """Embed every image of ``inputs`` into ``store_path``; only new content is computed.
 
@@ -103,6 +105,18 @@ def embed_collection(
         Storage type of new feature sets.
     engine : {'local', 'ray'}
         ``ray`` runs the same job on a Ray cluster (``pip install 'featurebank[ray]'``).
+    address : str, optional
+        Ray cluster address (``engine='ray'``).
+    extractor : Extractor, optional
+        A ready extractor (its spec options then replace ``model`` ... ``threads``).
+    file_timeout : float
+        Seconds one file may take to read and decode; a file over it is recorded as a
+        failure and the run goes on.
+
+    Returns
+    -------
+    EmbedSummary
+        Counts of embedded, cached, duplicate and failed images, and the wall time.
     """
     if dtype not in DTYPES:
         raise FeaturebankError(f"--dtype must be one of {DTYPES}, got {dtype!r}")
@@ -122,7 +136,8 @@ def embed_collection(
     items = collect(list(inputs))
     ex = extractor or Extractor(model, layers, pool, gem_p, normalize, device, batch_size, threads)
     with FeatureStore(store_path, mode="a") as store:
-        return _run(items, ex, store, batch_size, workers or os.cpu_count() or 2, dtype, progress)
+        return _run(items, ex, store, batch_size, workers or os.cpu_count() or 2, dtype, progress,
+                    file_timeout)
 
 
 def _prepare(item: ImageItem, ex: Extractor, done: set[str] | None) -> _Prepared:
@@ -140,7 +155,7 @@ def _prepare(item: ImageItem, ex: Extractor, done: set[str] | None) -> _Prepared
 
 
 def _run(items: list[ImageItem], ex: Extractor, store: FeatureStore, batch_size: int,
-         workers: int, dtype: str, progress: bool) -> EmbedSummary:
+         workers: int, dtype: str, progress: bool, file_timeout: float) -> EmbedSummary:
     started = time.perf_counter()
     summary = EmbedSummary(total=len(items))
     specs = ex.specs
@@ -170,22 +185,33 @@ def _run(items: list[ImageItem], ex: Extractor, store: FeatureStore, batch_size:
         images.clear()
         failures.clear()
 
-    # Bounded look-ahead: decoding of the next batches overlaps inference of this one.
+    def result(future, item: ImageItem) -> _Prepared:
+        try:
+            return future.result(timeout=file_timeout)
+        except FutureTimeout:  # a decoder stuck on one file must not hang the run
+            log.warning("%s: no result after %g s, skipped", item.path, file_timeout)
+            return _Prepared(item, None, None, f"timed out after {file_timeout:g} s")
+
+    # Bounded look-ahead: decoding of the next batches overlaps inference of this one, and at
+    # most `window` decoded images are held, so memory stays flat on any collection size.
     window = max(2 * batch_size, 4 * workers)
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode")
+    try:
         pending: deque = deque()
-        it = iter(items)
-        for item in it:
-            pending.append(pool.submit(_prepare, item, ex, done))
+        for item in items:
+            pending.append((pool.submit(_prepare, item, ex, done), item))
             if len(pending) >= window:
-                _consume(pending.popleft().result(), summary, done, in_run, batch, images, failures)
+                _consume(result(*pending.popleft()), summary, done, in_run, batch, images, failures)
                 if len(batch) >= batch_size or len(images) + len(failures) >= 4 * batch_size:
                     flush()
         while pending:
-            _consume(pending.popleft().result(), summary, done, in_run, batch, images, failures)
+            _consume(result(*pending.popleft()), summary, done, in_run, batch, images, failures)
             if len(batch) >= batch_size:
                 flush()
         flush()
+    finally:
+        # Don't wait for a thread stuck in a decoder; it dies with the process.
+        pool.shutdown(wait=False, cancel_futures=True)
     bar.close()
     summary.seconds = time.perf_counter() - started
     return summary

@@ -202,3 +202,37 @@ def test_optional_sources_fail_clearly_when_missing():
             continue
         with pytest.raises(export.FeaturebankError, match=f"needs {source}.*efficientnet_lite0"):
             export.get_model_entry(f"{source}:resnet18")
+
+
+def test_concurrent_first_use_exports_once(tmp_path, monkeypatch):
+    """Parallel first uses of the cache wait for one exporter and all get the same file."""
+    import threading
+    import time
+
+    from export import onnx_export
+
+    calls = []
+
+    def slow_export(model, out, weights=None, input_size=None):
+        calls.append(model)
+        time.sleep(0.3)  # long enough for the other threads to arrive while it runs
+        Path(out).write_bytes(b"exported")
+
+    monkeypatch.setattr(onnx_export, "export_onnx", slow_export)
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(
+        export.ensure_exported("efficientnet_lite0", cache_dir=tmp_path / "cache"))) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert calls == ["efficientnet_lite0"] and len(set(results)) == 1 and len(results) == 4
+    assert results[0].read_bytes() == b"exported"
+    assert [p.suffix for p in (tmp_path / "cache").iterdir() if p.suffix == ".onnx"] == [".onnx"]
+
+
+def test_unwritable_cache_is_a_clear_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(export.FeaturebankError, match="cannot create the model cache"):
+        export.ensure_exported("efficientnet_lite0", cache_dir=blocker / "cache")

@@ -24,15 +24,18 @@ from extractor.ray_engine import embed_collection_ray, ray_joblib_backend  # noq
 from extractor.shards import shard_dir  # noqa: E402
 from extractor.store import FeatureStore  # noqa: E402
 
-N_DIGITS = 150
+N_DIGITS = 110
 EMBED = dict(workers=1, threads=1, batch_size=8, progress=False, shard_rows=16, actor_wait_s=60)
 CALL_S = 30  # timeout of each direct wait in these tests
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def ray_local():
-    """Ray on this machine with 2 CPUs: one for the embedding actor, one for decode/write."""
+def ray_local(model_cache):
+    """Ray on this machine with 2 CPUs: one for the embedding actor, one for decode/write.
+
+    Started after ``model_cache`` so its workers inherit the test cache of optimised graphs.
+    """
     if ray.is_initialized():
         ray.shutdown()
     ray.init(num_cpus=2, include_dashboard=False, object_store_memory=300 * 1024**2,
@@ -45,7 +48,7 @@ def ray_local():
 def collection(tmp_path_factory, digits_dir, photo_dir) -> Path:
     """A list file of real images: digits PNGs, photos, a corrupt file and a duplicate."""
     root = tmp_path_factory.mktemp("collection")
-    pngs = sorted(digits_dir.rglob("*.png"))[:N_DIGITS]
+    pngs = sorted(digits_dir.rglob("*.png"))[::16][:N_DIGITS]  # every class
     lines = [f"{p},{p.parent.name}" for p in pngs] + [f"{p},photo" for p in sorted(photo_dir.rglob("*.jpg"))]
     (root / "broken.png").write_bytes(pngs[0].read_bytes()[:40])  # a truncated PNG
     shutil.copy(pngs[1], root / "copy.png")  # same content, another path

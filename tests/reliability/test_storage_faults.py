@@ -51,21 +51,28 @@ def data(tmp_path_factory, lite0_onnx):
     return src, work / "clean.h5", snapshot(work / "clean.h5")
 
 
-@pytest.fixture
-def half_store(data, tmp_path) -> Path:
-    """A store holding the ``animal`` half of the data, committed by a complete run."""
+@pytest.fixture(scope="module")
+def half_store_master(data, tmp_path_factory) -> Path:
     src, _, _ = data
-    store = tmp_path / "s.h5"
+    store = tmp_path_factory.mktemp("half") / "s.h5"
     run_embed(src / "animal", store)
     return store
 
 
+@pytest.fixture
+def half_store(half_store_master, tmp_path) -> Path:
+    """A fresh copy of a store holding the ``animal`` half of the data (a complete run)."""
+    store = tmp_path / "s.h5"
+    shutil.copy(half_store_master, store)
+    return store
+
+
 @pytest.fixture(scope="module")
-def disk_full(data, tmp_path_factory):
+def disk_full(data, half_store_master, tmp_path_factory):
     """An embed run that runs out of room (RLIMIT_FSIZE) while extending a half-full store."""
     src, _, _ = data
     store = tmp_path_factory.mktemp("disk-full") / "s.h5"
-    run_embed(src / "animal", store)
+    shutil.copy(half_store_master, store)
     before = snapshot(store)
     limit = store.stat().st_size + 2048  # the next commit cannot fit
 
