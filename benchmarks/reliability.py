@@ -74,9 +74,11 @@ def kill_figures(work: Path, kills: int) -> dict:
     return {
         "kills": kills, "clean_run_s": round(seconds, 2), "rows_in_clean_run": len(clean.vectors),
         "killed_mid_run": sum(t.killed for t in trials),
+        "killed_inside_a_commit": sum(t.in_commit for t in trials),
         "trials_with_problems": sum(bool(t.problems) for t in trials),
         "trials": [{"delay_s": round(t.delay_s, 2), "rows_before": t.rows_before,
                     "rows_after_kill": t.rows_after_kill, "killed": t.killed,
+                    "in_commit": t.in_commit,
                     "problems": t.problems} for t in trials],
         "final_store_problems": problems, "seconds": round(time.perf_counter() - t0, 1),
     }
@@ -92,8 +94,9 @@ def main() -> int:
         tmp = Path(tmp)
         corpus = corpus_figures(tmp / "corpus")
         bugs = {n: r for n, r in corpus.items() if r["outcome"] == "BUG"}
-        print(f"corpus: {len(corpus)} kinds, {len(corpus) - len(bugs)} as expected, "
-              f"{len(bugs)} bugs")
+        skipped = sum(r["outcome"] == "skipped" for r in corpus.values())
+        print(f"corpus: {len(corpus)} kinds, {len(corpus) - len(bugs) - skipped} as expected, "
+              f"{len(bugs)} bugs, {skipped} skipped")
         for name, r in bugs.items():
             print(f"  BUG {name}: {r['why']}")
         fuzz = fuzz_figures(tmp / "fuzz", args.fuzz)
@@ -103,7 +106,8 @@ def main() -> int:
         for line in sorted(set(u.split(" (seed")[0] for u in fuzz["unhandled"])):
             print(f"  BUG decode raised {line}")
         kill = kill_figures(tmp / "kill", args.kills)
-        print(f"kill: {kill['kills']} SIGKILLs ({kill['killed_mid_run']} mid-run), "
+        print(f"kill: {kill['kills']} SIGKILLs ({kill['killed_mid_run']} mid-run, "
+              f"{kill['killed_inside_a_commit']} inside a commit), "
               f"{kill['trials_with_problems']} trials with problems, final store problems: "
               f"{kill['final_store_problems'] or 'none'} ({kill['seconds']} s)")
     result = {"machine": {"python": platform.python_version(), "cpus": os.cpu_count(),

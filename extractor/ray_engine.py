@@ -122,8 +122,12 @@ def connected(address: str | None = None) -> Iterator[None]:
     """
     started = False
     if not ray.is_initialized():
+        # CPU actors pin their provider themselves: keep Ray from rewriting CUDA_VISIBLE_DEVICES
+        # for them (and from warning about it on every run).
+        os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
         try:
-            ray.init(address=address, include_dashboard=False, log_to_driver=False)
+            ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                     logging_level=logging.WARNING)
         except (ConnectionError, ValueError, RuntimeError) as exc:
             raise FeaturebankError(f"cannot connect to Ray at {address or 'a new local instance'} "
                                    f"({exc}); start one with 'ray start --head' or check --address") from exc

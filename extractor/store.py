@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import fcntl
 import os
+import resource
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +64,10 @@ def _dec(raw) -> str:
     return os.fsdecode(bytes(raw))
 
 
+def _texts(values) -> list[str]:
+    return [v.decode() if isinstance(v, bytes) else str(v) for v in values]
+
+
 def _committed(obj) -> int:
     return int(obj.attrs.get("committed", 0))
 
@@ -98,7 +104,7 @@ class FeatureStore:
         self._lock_fd: int | None = None
         self._seen: dict[str, set[str]] = {}
         self._image_keys: set[str] | None = None
-        self._path_pairs: set[tuple[str, str]] | None = None
+        self._path_pairs: dict[tuple[str, str], str] | None = None  # (path, key) -> label
         self._failure_pairs: set[tuple[str, str]] | None = None
         if mode == "a":
             self._acquire_lock()
@@ -225,8 +231,14 @@ class FeatureStore:
             return {}
         keys = g["keys"][:n].astype(str)
         paths = [_dec(p) for p in g["paths"][:n]]
-        labels = [s.decode() if isinstance(s, bytes) else s for s in g["labels"][:n]]
-        return dict(zip(keys, zip(paths, labels, strict=True), strict=True))
+        table = dict(zip(keys, zip(paths, _texts(g["labels"][:n]), strict=True), strict=True))
+        p = f["paths"]
+        m = _committed(p)
+        if m and "labels" in p:  # the latest non-empty label given for a content wins
+            for key, label in zip(p["keys"][:m].astype(str), _texts(p["labels"][:m]), strict=True):
+                if label and key in table:
+                    table[key] = (table[key][0], label)
+        return table
 
     def keys(self, fingerprint: str) -> set[str]:
         if fingerprint not in self._seen:
@@ -294,6 +306,7 @@ class FeatureStore:
         if dtype not in ("float16", "float32"):
             raise FeaturebankError(f"store dtype must be 'float16' or 'float32', got {dtype!r}")
         self._load_tables()
+        self._check_room(rows, images, failures)
         try:
             with self._open("a") as f:
                 # Images before features: a commit cut short never leaves a row without its label.
@@ -310,12 +323,34 @@ class FeatureStore:
                     _append(g, "reasons", [r for _, r in failures], n, _STR)
                     _append(g, "times", np.full(len(failures), time.time()), n)
                     g.attrs["committed"] = n + len(failures)
-        except OSError as exc:
+        except (OSError, RuntimeError) as exc:  # h5py raises RuntimeError on some failed flushes
             self._seen.clear()
             self._image_keys = self._path_pairs = self._failure_pairs = None  # re-read what really got committed
             raise FeaturebankError(
                 f"writing store {self.path} failed ({exc}); rows committed before are intact — "
                 "free disk space and run again to continue") from exc
+
+    def _check_room(self, rows, images, failures) -> None:
+        """Refuse a commit that may not fit, before touching the file.
+
+        HDF5 cannot roll back a write that fails half-way (a full disk mid-commit can leave
+        metadata pointing past the end of the file), so room is checked first: the batch's
+        bytes plus whole new chunks (<= 1 MiB each) and metadata, with a generous margin.
+        """
+        payload = sum(np.asarray(X).size * 4 + 80 * len(k) for k, X in (rows or {}).values())
+        payload += sum(len(str(p)) + len(str(lab)) + 96 for _, p, lab in images or ())
+        payload += sum(len(str(p)) + len(str(r)) + 32 for p, r in failures or ())
+        need = 2 * payload + (1 << 20) * (2 + 2 * len(rows or {})) + (4 << 20)
+        free = shutil.disk_usage(self.path.parent).free
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]  # a per-file size cap acts like a full disk
+        size = self.path.stat().st_size if self.path.exists() else 0
+        if limit != resource.RLIM_INFINITY:
+            free = min(free, limit - size)
+        if free < need:
+            raise FeaturebankError(
+                f"not enough room to write store {self.path}: {free / 1e6:.1f} MB free, a batch "
+                f"needs up to {need / 1e6:.1f} MB; rows committed before are intact — free disk "
+                "space and run again to continue")
 
     def add_rows(self, spec: FeatureSpec, keys, features: np.ndarray, paths, labels=None,
                  dtype: str = "float16") -> None:
@@ -371,8 +406,9 @@ class FeatureStore:
                 g, p = f["images"], f["paths"]
                 self._image_keys = set(g["keys"][:_committed(g)].astype(str)) if _committed(g) else set()
                 n = _committed(p)
-                self._path_pairs = set(zip((_dec(x) for x in p["paths"][:n]),
-                                           p["keys"][:n].astype(str), strict=True)) if n else set()
+                pairs = zip((_dec(x) for x in p["paths"][:n]), p["keys"][:n].astype(str), strict=True)
+                labels = _texts(p["labels"][:n]) if n and "labels" in p else [""] * n
+                self._path_pairs = dict(zip(pairs, labels, strict=True)) if n else {}
             self._failure_pairs = set(self.failures())
 
     def _commit_images(self, f, images: list[tuple[str, str, str]]) -> None:
@@ -381,14 +417,22 @@ class FeatureStore:
         for key, path, label in images:
             if key not in self._image_keys and key not in new_images:
                 new_images[key] = (path, label)
-            if (path, key) not in self._path_pairs:
-                new_pairs.append((path, key))
-                self._path_pairs.add((path, key))
+            # a new path, or a known path now given a (different) label: re-labelling is an append
+            old = self._path_pairs.get((path, key))
+            if old is None or (label and label != old):
+                new_pairs.append((path, key, label))
+                self._path_pairs[(path, key)] = label
         if new_pairs:
             p = f["paths"]
             n = _committed(p)
-            _append(p, "paths", [_enc(x) for x, _ in new_pairs], n, _BYTES)
-            _append(p, "keys", np.array([k for _, k in new_pairs], dtype=KEY_DTYPE), n)
+            _append(p, "paths", [_enc(x) for x, _, _ in new_pairs], n, _BYTES)
+            _append(p, "keys", np.array([k for _, k, _ in new_pairs], dtype=KEY_DTYPE), n)
+            labels = [lab for _, _, lab in new_pairs]
+            if "labels" not in p:  # stores from before the column existed: old rows get ''
+                labels, start = [""] * n + labels, 0
+            else:
+                start = n
+            _append(p, "labels", labels, start, _STR)
             p.attrs["committed"] = n + len(new_pairs)
         if new_images:
             g = f["images"]

@@ -196,3 +196,10 @@ def test_grid_search_runs_on_ray_and_matches_local(ray_local):
     assert on_ray.best_params_ == local.best_params_
     np.testing.assert_allclose(on_ray.cv_results_["mean_test_score"], local.cv_results_["mean_test_score"])
     assert on_ray.best_score_ > 0.9
+
+
+def test_cuda_on_a_cluster_without_gpus_is_a_clear_error(ray_local, collection, tmp_path, lite0_onnx):
+    from export.errors import FeaturebankError
+
+    with pytest.raises(FeaturebankError, match="no GPU"):
+        embed_collection_ray([str(collection)], tmp_path / "s.h5", **{**EMBED, "device": "cuda"})

@@ -189,3 +189,18 @@ def test_writes_need_writer_mode_and_valid_input(tmp_path, digits):
         r.add_rows(_spec(), keys[:2], X[:2], paths[:2])
     with pytest.raises(FeaturebankError, match="no feature set yet"):
         r.read()
+
+
+def test_a_later_label_for_known_content_wins(tmp_path, digits):
+    """Embedding `data/cats/` (no label) then `data/` (label 'cats') labels the rows 'cats'."""
+    X, keys, paths, labels = digits
+    with FeatureStore(tmp_path / "s.h5", "a") as s:
+        s.add_rows(_spec(), keys[:3], X[:3], paths[:3], ["", "", ""])
+        s.add_paths(keys[:2], paths[:2], ["cats", "cats"])
+        s.add_paths(keys[:1], paths[:1], [""])  # an unlabelled re-run does not erase it
+    feats = FeatureStore(tmp_path / "s.h5").read()
+    assert feats.y.tolist() == ["cats", "cats", ""]
+    assert feats.paths.tolist() == paths[:3]
+    with h5py.File(tmp_path / "s.h5", "r") as f:
+        assert f["paths"].attrs["committed"] == 5
+        assert [v.decode() for v in f["paths/labels"][:5]] == ["", "", "", "cats", "cats"]

@@ -63,23 +63,32 @@ def run_embed(src: Path, store: Path, timeout: float = 300) -> float:
     return time.perf_counter() - (locked_at or time.perf_counter())
 
 
-def wait_for_lock(proc: subprocess.Popen, store: Path, timeout: float) -> float | None:
-    """Wait until the child holds the store's lock file open (start-up done, work begins).
+def _holds_open(pid: int, path: str) -> bool:
+    try:
+        return any(os.readlink(fd) == path for fd in Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:  # the process ended, or an fd closed while listing
+        return False
+
+
+def wait_for_open(proc: subprocess.Popen, path: Path, timeout: float,
+                  interval: float = 0.01) -> float | None:
+    """Wait until the child holds ``path`` open; return that moment (perf_counter) or None.
 
     Watches /proc/PID/fd rather than trying the lock, which would race with the child.
-    Returns the moment (perf_counter), or None if the child ended first.
     """
-    lock = str(store.with_name(store.name + ".lock"))
-    fd_dir = Path(f"/proc/{proc.pid}/fd")
+    target = str(path)
     deadline = time.perf_counter() + timeout
     while proc.poll() is None and time.perf_counter() < deadline:
-        try:
-            if any(os.readlink(fd) == lock for fd in fd_dir.iterdir()):
-                return time.perf_counter()
-        except OSError:
-            pass  # an fd closed while listing
-        time.sleep(0.01)
+        if _holds_open(proc.pid, target):
+            return time.perf_counter()
+        if interval:
+            time.sleep(interval)
     return None
+
+
+def wait_for_lock(proc: subprocess.Popen, store: Path, timeout: float) -> float | None:
+    """Wait until the child holds the store's lock (start-up done, the work begins)."""
+    return wait_for_open(proc, store.with_name(store.name + ".lock"), timeout)
 
 
 @dataclass
@@ -135,23 +144,29 @@ class KillTrial:
     rows_after_kill: int
     killed: bool
     problems: list[str]
+    in_commit: bool = False
 
 
-def kill_once(src: Path, store: Path, delay: float, clean: Snapshot) -> KillTrial:
+def kill_once(src: Path, store: Path, delay: float, clean: Snapshot,
+              in_commit: bool = False) -> KillTrial:
     """Start an embed (a fresh run or a resume), SIGKILL it ``delay`` s after it took the store
     lock (so the kill lands in decoding, inference or a commit, not in interpreter start-up),
-    then check the store."""
+    or with ``in_commit`` at the first moment after ``delay`` that it holds the ``.h5`` open
+    (the writer opens it only inside a commit), then check the store."""
     before = snapshot(store)
     proc = subprocess.Popen(embed_command(src, store), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, env=subprocess_env(), cwd=REPO)
     wait_for_lock(proc, store, timeout=120)
+    caught = False
     try:
         proc.wait(timeout=delay)
         killed = False
     except subprocess.TimeoutExpired:
+        if in_commit:  # busy-poll: a commit lasts milliseconds
+            caught = wait_for_open(proc, store, timeout=60, interval=0) is not None
+        killed = proc.poll() is None
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
-        killed = True
     err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
     problems = [] if killed or proc.returncode == 0 else [f"run exited {proc.returncode}: {err[-500:]}"]
     after = snapshot(store)
@@ -159,7 +174,8 @@ def kill_once(src: Path, store: Path, delay: float, clean: Snapshot) -> KillTria
     for key, vec in before.vectors.items():  # what was committed before this run stays as it was
         if key not in after.vectors or not np.array_equal(after.vectors[key], vec):
             problems.append(f"row {key[:12]} committed before the kill was lost or changed")
-    return KillTrial(delay, len(before.vectors), len(after.vectors), killed, problems)
+    return KillTrial(delay, len(before.vectors), len(after.vectors), killed, problems,
+                     caught and killed)
 
 
 def kill_campaign(src: Path, workdir: Path, clean: Snapshot, clean_seconds: float, kills: int,
@@ -172,10 +188,11 @@ def kill_campaign(src: Path, workdir: Path, clean: Snapshot, clean_seconds: floa
     rng = np.random.default_rng(seed)
     store = workdir / "killed.h5"
     trials = []
-    for _ in range(kills):
+    for i in range(kills):
         # Anywhere in the clean run's working time (resumes are shorter and may finish first:
-        # such a trial then checks a completed resume).
-        trials.append(kill_once(src, store, float(rng.uniform(0.0, clean_seconds)), clean))
+        # such a trial then checks a completed resume); every other kill waits for a commit.
+        delay = float(rng.uniform(0.0, clean_seconds * (0.5 if i % 2 else 1.0)))
+        trials.append(kill_once(src, store, delay, clean, in_commit=bool(i % 2)))
     run_embed(src, store)
     final = snapshot(store)
     problems = compare_to_clean(final, clean)
