@@ -25,6 +25,8 @@ def main(argv=None) -> None:
     ap.add_argument("--train", type=int, default=5000)
     ap.add_argument("--test", type=int, default=2000)
     ap.add_argument("--size", type=int, default=None, help="input size (default: native 224)")
+    ap.add_argument("--layers", nargs="+", default=["blocks.13", "head"],
+                    help="single cuts to score (all of LAYERS are embedded in one pass)")
     ap.add_argument("--models", nargs="+", default=["efficientnet_lite0"])
     ap.add_argument("--rbf", action="store_true", help="also an RBF SVM on the best features")
     ap.add_argument("--out", default="fashion_mnist")
@@ -44,10 +46,8 @@ def main(argv=None) -> None:
         ftr, rate = embed_arrays(Xtr, model, LAYERS, args.size)
         fte, _ = embed_arrays(Xte, model, LAYERS, args.size)
         tag = f"{model}@{args.size or 'native'}"
-        candidates = {layer: [layer] for layer in LAYERS}
+        candidates = {layer: [layer] for layer in args.layers}
         candidates["blocks.15+head"] = ["blocks.15", "head"]
-        candidates["blocks.13+blocks.15+head"] = ["blocks.13", "blocks.15", "head"]
-        candidates["all 4 cuts"] = LAYERS
         best = None
         for name, parts in candidates.items():
             a = np.hstack([ftr[p] for p in parts])

@@ -26,12 +26,13 @@ class LabelledFeatures:
 
 
 def load_features(store: str | Path | FeatureStore, layers=None,
-                  fingerprints: list[str] | None = None) -> LabelledFeatures:
+                  fingerprints: list[str] | None = None,
+                  wanted: list[FeatureSpec] | None = None) -> LabelledFeatures:
     """Features of one or several feature sets, concatenated column-wise on common keys.
 
     ``layers`` names feature sets by layer or fingerprint (default: the only one);
     ``fingerprints`` demands exact specs and raises :class:`SpecMismatchError` when the store
-    lacks one of them.
+    lacks one of them (``wanted``, the classifier's specs, are named in that message).
     """
     fs = store if isinstance(store, FeatureStore) else FeatureStore(store)
     if fingerprints is not None:
@@ -39,9 +40,10 @@ def load_features(store: str | Path | FeatureStore, layers=None,
         missing = [fp for fp in fingerprints if fp not in have]
         if missing:
             listed = "; ".join(f"{fp} = {s.spec.describe()}" for fp, s in have.items()) or "none"
+            need = ", ".join(s.describe() for s in wanted or [] if s.fingerprint() in missing)
             raise SpecMismatchError(
                 f"store {fs.path} has no feature set with fingerprint {', '.join(missing)} (the "
-                f"classifier's spec); it has: {listed}. Embed the images with the classifier's "
+                f"classifier's spec {need or '?'}); it has: {listed}. Embed the images with the classifier's "
                 "spec first (same model, weights, layer and pooling).")
         names = fingerprints
     else:

@@ -41,7 +41,7 @@ def _take(d: LabelledFeatures, idx) -> LabelledFeatures:
 
 def evaluate(model: TrainedModel, store, report_dir: str | Path | None = None) -> dict:
     """Accuracy and more on the store's labelled rows the model was not trained on."""
-    data = labelled_only(load_features(store, fingerprints=model.fingerprints), f"store {store}")
+    data = labelled_only(load_features(store, fingerprints=model.fingerprints, wanted=model.specs), f"store {store}")
     model.check_specs(data.specs)
     fresh = np.array([k not in model.trained_keys for k in data.keys])
     if not fresh.any():

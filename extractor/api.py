@@ -141,7 +141,10 @@ class Extractor:
         outs: list[list[np.ndarray]] = [[] for _ in self.specs]
         for start in range(0, len(images), self.batch_size):
             chunk = images[start:start + self.batch_size]
-            pixels = np.stack([self.decode(im) for im in chunk]) if chunk else None
+            # an undecodable image is named by its path, else by its position in the input
+            pixels = np.stack([
+                self.decode(im, None if isinstance(im, (str, Path)) else f"images[{start + i}]")
+                for i, im in enumerate(chunk)])
             for acc, arr in zip(outs, self.embed_pixels(pixels), strict=True):
                 acc.append(arr)
         arrays = [np.concatenate(a) if a else np.zeros((0, d), np.float32)

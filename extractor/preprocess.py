@@ -8,10 +8,13 @@ Rules, in order:
 3. Converted to RGB: ``L``/``1``/``P``/``CMYK``/``YCbCr`` by Pillow; images with alpha (``LA``,
    ``RGBA``, ``P`` with transparency) are composited on ``preprocessing.background`` (white by
    default); 16-bit (``I;16``, ``I``) scaled by 255/65535; float (``F``) taken as [0, 1].
-4. JPEG draft: for large JPEGs the decoder downscales by 1/2, 1/4 or 1/8 during decoding, but
-   only while the image stays >= 2x the resize target, so the bicubic resize after it still
-   averages many source pixels. On the real photos tested the result differs from a full decode
-   by at most a few grey levels (mean < 1); see tests/test_preprocess.py for the measured bound.
+4. JPEG draft: for large JPEGs the decoder downscales by 1/2, 1/4 or 1/8 during decoding
+   (``Image.draft``), but only to a size >= 2x the resize target (so images at least 4x the
+   target), and the high-quality resize after it still averages several source pixels.
+   Measured against a full decode (tests/test_preprocess.py): on six real photos of 300-640 px
+   with a 73 px resize target, max abs difference 27 grey levels, mean <= 1.8; on a real
+   1411x1411 photo with the default 256/224 spec, max 39 at a few edge pixels, mean 0.5 --
+   and that decode is ~3.5x faster (25 ms vs 89 ms). Small images are never drafted.
 5. Resize so the shorter side is ``resize_size`` (``interpolation``), center-crop ``input_size``.
 
 Normalisation (mean/std) is not done here: it is folded into the ONNX feature graph.
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -114,7 +118,10 @@ def _open(data: bytes, label: str, max_pixels: int, pre: Preprocessing) -> Image
     except UnidentifiedImageError:
         raise DecodeError("not an image (unrecognised format)", label) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise DecodeError(f"too many pixels ({exc})", label) from None
+        # Pillow refuses before we see the size; its message carries the pixel count.
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        count = found.group(1) if found else "?"
+        raise DecodeError(f"too many pixels ({count} > {max_pixels})", label) from None
     except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as exc:
         raise DecodeError(_reason(exc), label) from None
     return image

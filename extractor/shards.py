@@ -36,13 +36,12 @@ from extractor.store import FORMAT_VERSION, FeatureStore, StoreLockedError
 
 MANIFEST = "manifest.json"
 SHARDED_ATTR = "featurebank_sharded"  # root attribute marking a virtual (sharded) store file
-# Which datasets a group holds and which columns make a row "the same row" for de-duplication.
-_TABLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "images": (("keys", "paths", "labels"), ("keys",)),
-    "paths": (("paths", "keys"), ("paths", "keys")),
-    "failures": (("paths", "reasons", "times"), ("paths", "reasons")),
+# The columns that make a row "the same row" for de-duplication, per group. Every dataset of
+# a group is mapped, whatever the store layout adds later.
+_TABLES: dict[str, tuple[str, ...]] = {
+    "images": ("keys",), "paths": ("paths", "keys"), "failures": ("paths", "reasons"),
 }
-_FEATURES = (("X", "keys"), ("keys",))
+_FEATURE_IDENT = ("keys",)
 
 
 def shard_dir(store_path: str | Path) -> Path:
@@ -166,10 +165,10 @@ class ShardedStore:
         specs: dict[str, dict] = {}
         for name in names:
             with h5py.File(self.dir / name, "r", locking=False) as f:
-                for group, (cols, ident) in _TABLES.items():
-                    merged.setdefault(group, _Merge(cols, ident)).add(name, f[group])
+                for group, ident in _TABLES.items():
+                    merged.setdefault(group, _Merge(ident)).add(name, f[group])
                 for fp, g in f["features"].items():
-                    merged.setdefault(f"features/{fp}", _Merge(*_FEATURES)).add(name, g)
+                    merged.setdefault(f"features/{fp}", _Merge(_FEATURE_IDENT)).add(name, g)
                     specs.setdefault(fp, {k: g.attrs[k] for k in ("spec", "dim", "layer")})
                     state.dtypes.setdefault(fp, str(g["X"].dtype))
         rel = os.path.relpath(self.dir, self.path.parent)
@@ -233,15 +232,21 @@ class ShardedStore:
 class _Merge:
     """The rows of one group across shards, first occurrence of each identity only."""
 
-    def __init__(self, cols: tuple[str, ...], ident: tuple[str, ...]):
-        self.cols, self.ident = cols, ident
+    def __init__(self, ident: tuple[str, ...]):
+        self.ident = ident
+        self.cols: list[str] = []
         self.seen: set = set()
         self.sources: list[tuple[str, dict[str, tuple], np.ndarray]] = []  # shard, shapes, rows
         self.dtypes: dict[str, np.dtype] = {}
+        self.tails: dict[str, tuple] = {}  # shape after the row axis
         self.per_shard: dict[str, int] = {}
         self.rows = 0
 
     def add(self, shard: str, g: h5py.Group) -> None:
+        for c, ds in g.items():
+            if c not in self.dtypes and isinstance(ds, h5py.Dataset):
+                self.cols.append(c)
+                self.dtypes[c], self.tails[c] = ds.dtype, ds.shape[1:]
         n = int(g.attrs.get("committed", 0))
         if not n:
             return
@@ -251,10 +256,9 @@ class _Merge:
             if row not in self.seen:
                 self.seen.add(row)
                 keep.append(i)
-        for c in self.cols:
-            self.dtypes.setdefault(c, g[c].dtype)
         if keep:
-            self.sources.append((shard, {c: g[c].shape for c in self.cols}, np.asarray(keep)))
+            shapes = {c: ds.shape for c, ds in g.items() if isinstance(ds, h5py.Dataset)}
+            self.sources.append((shard, shapes, np.asarray(keep)))
             self.per_shard[shard] = len(keep)
             self.rows += len(keep)
 
@@ -264,18 +268,19 @@ class _Merge:
     def write(self, g: h5py.Group, rel: str) -> None:
         g.attrs["committed"] = self.rows
         for c in self.cols:
-            shape = next(iter(s[c] for _, s, _ in self.sources), (0,))
-            if not self.rows:  # virtual datasets need at least one source
-                if c in self.dtypes:
-                    g.create_dataset(c, shape=(0, *shape[1:]), maxshape=(None, *shape[1:]),
-                                     dtype=self.dtypes[c])
+            tail = self.tails[c]
+            if not self.rows:  # a virtual dataset needs a source: an empty plain one instead
+                g.create_dataset(c, shape=(0, *tail), maxshape=(None, *tail), dtype=self.dtypes[c])
                 continue
-            layout = h5py.VirtualLayout(shape=(self.rows, *shape[1:]), dtype=self.dtypes[c])
+            layout = h5py.VirtualLayout(shape=(self.rows, *tail), dtype=self.dtypes[c])
             at = 0
             for shard, shapes, keep in self.sources:
-                src = h5py.VirtualSource(f"{rel}/{shard}", g.name + "/" + c, shape=shapes[c])
+                # A column an older shard lacks stays unmapped: readers get its fill value.
+                src = (h5py.VirtualSource(f"{rel}/{shard}", f"{g.name}/{c}", shape=shapes[c])
+                       if c in shapes else None)
                 for a, b in _runs(keep):
-                    layout[at:at + b - a] = src[a:b]
+                    if src is not None:
+                        layout[at:at + b - a] = src[a:b]
                     at += b - a
             g.create_virtual_dataset(c, layout)
 

@@ -11,7 +11,7 @@ lock when its process dies, so a killed run never leaves a stale lock behind.
 
 from __future__ import annotations
 
-import fcntl
+import logging
 import os
 import resource
 import shutil
@@ -24,16 +24,16 @@ import numpy as np
 
 from export.errors import FeaturebankError
 from export.spec import FeatureSpec
+from extractor.lock import StoreLockedError, acquire_writer_lock, release_writer_lock
+
+log = logging.getLogger(__name__)
+__all__ = ["FORMAT_VERSION", "FeatureSetInfo", "FeatureStore", "Features", "StoreLockedError"]
 
 FORMAT_VERSION = 1
 KEY_DTYPE = "S64"
 _BYTES = h5py.vlen_dtype(bytes)  # paths as bytes: file names need not be UTF-8
 _STR = h5py.string_dtype("utf-8")
 _CHUNK = 1024
-
-
-class StoreLockedError(FeaturebankError):
-    """Another process is writing this store."""
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,18 @@ def _dec(raw) -> str:
 
 def _texts(values) -> list[str]:
     return [v.decode() if isinstance(v, bytes) else str(v) for v in values]
+
+
+def _copy_committed(src: h5py.Group, dst: h5py.Group) -> None:
+    """Copy a group's attrs and the committed rows of its datasets (recursively)."""
+    dst.attrs.update(src.attrs)
+    n = _committed(src)
+    for name, obj in src.items():
+        if isinstance(obj, h5py.Group):
+            _copy_committed(obj, dst.create_group(name))
+        else:
+            dst.create_dataset(name, data=obj[:n], dtype=obj.dtype, chunks=obj.chunks,
+                               maxshape=(None, *obj.shape[1:]))
 
 
 def _committed(obj) -> int:
@@ -102,13 +114,17 @@ class FeatureStore:
         self.path = Path(path)
         self.mode = mode
         self._lock_fd: int | None = None
+        # Present while a commit has the file open: a writer that finds it died mid-commit.
+        self._dirty = self.path.with_name(self.path.name + ".dirty")
         self._seen: dict[str, set[str]] = {}
         self._image_keys: set[str] | None = None
         self._path_pairs: dict[tuple[str, str], str] | None = None  # (path, key) -> label
         self._failure_pairs: set[tuple[str, str]] | None = None
         if mode == "a":
-            self._acquire_lock()
+            self._lock_fd = acquire_writer_lock(self.path)
             try:
+                if self._dirty.exists() and self.path.is_file():
+                    self._repair()
                 self._init_file()
             except BaseException:
                 self.close()
@@ -120,24 +136,9 @@ class FeatureStore:
                 pass  # validates format and version now, not at first read
 
     # -- files and locks -----------------------------------------------------------------
-    def _acquire_lock(self) -> None:
-        lock_path = self.path.with_name(self.path.name + ".lock")
-        try:
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise FeaturebankError(f"cannot write store {self.path}: {exc.strerror}") from exc
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise StoreLockedError(
-                f"store {self.path} is being written by another process; wait for it to finish "
-                "or write to another store") from None
-        self._lock_fd = fd
-
     def _open(self, mode: str) -> h5py.File:
         try:
-            f = h5py.File(self.path, mode, locking=False)
+            f = self._h5(mode)
         except OSError as exc:
             if mode == "r" or self.path.exists():
                 why = "permission denied" if not os.access(self.path, os.W_OK if mode != "r" else os.R_OK) \
@@ -155,21 +156,65 @@ class FeatureStore:
             raise FeaturebankError(f"{self.path} is an HDF5 file but not a featurebank store")
         return f
 
+    def _h5(self, mode: str) -> h5py.File:
+        # A reader may catch a writer mid-commit (metadata half written); the writer closes the
+        # file within milliseconds, so a reader retries briefly before calling the file bad.
+        tries = 4 if mode == "r" and self.path.is_file() else 1
+        for attempt in range(tries - 1):
+            try:
+                return h5py.File(self.path, mode, locking=False)
+            except OSError:
+                time.sleep(0.05 * (attempt + 1))
+        return h5py.File(self.path, mode, locking=False)
+
+    def _repair(self) -> None:
+        """Rewrite the file from its committed rows after a writer died inside a commit.
+
+        HDF5 cannot roll back: a kill (or a full disk) mid-commit can leave file-space metadata
+        that still reads fine but breaks the next append. The committed rows are intact, so
+        they are copied into a fresh file that atomically replaces the old one.
+        """
+        log.warning("store %s: the last writer stopped inside a commit; rewriting it from its "
+                    "committed rows", self.path)
+        tmp = self.path.with_name(f".{self.path.name}.repair.tmp")
+        try:
+            with h5py.File(self.path, "r", locking=False) as src, \
+                    h5py.File(tmp, "w", locking=False) as dst:
+                dst.attrs.update(src.attrs)
+                for name in src:
+                    _copy_committed(src[name], dst.create_group(name))
+            os.replace(tmp, self.path)
+        except (OSError, RuntimeError, KeyError) as exc:
+            tmp.unlink(missing_ok=True)
+            raise FeaturebankError(
+                f"store {self.path} was damaged by a crash inside a commit and cannot be rewritten "
+                f"({exc}); free disk space, or read it with FeatureStore(..., mode='r') and "
+                "embed into a new store") from exc
+        self._dirty.unlink(missing_ok=True)
+
     def _init_file(self) -> None:
         if self.path.exists() and not os.access(self.path, os.W_OK):
             raise FeaturebankError(f"store {self.path} is read-only; make it writable or use another path")
-        with self._open("a") as f:
+        if not self.path.exists():  # created whole under a temporary name: a kill leaves no stub
+            tmp = self.path.with_name(f".{self.path.name}.new.tmp")
+            try:
+                with h5py.File(tmp, "w", locking=False) as f:
+                    f.attrs["format_version"] = FORMAT_VERSION
+                    for group in ("images", "paths", "features", "failures"):
+                        f.create_group(group)
+                os.replace(tmp, self.path)
+            except OSError as exc:
+                tmp.unlink(missing_ok=True)
+                raise FeaturebankError(f"cannot create store {self.path}: {exc}") from exc
+        with self._open("r") as f:
             if f.attrs.get("featurebank_sharded", False):
                 raise FeaturebankError(
                     f"store {self.path} is a sharded store written by the Ray engine; add to it "
                     "with 'featurebank embed --engine ray', or embed into another store")
-            f.attrs.setdefault("format_version", FORMAT_VERSION)
-            for group in ("images", "paths", "features", "failures"):
-                f.require_group(group)
 
     def close(self) -> None:
         if self._lock_fd is not None:
-            os.close(self._lock_fd)  # releases the flock
+            release_writer_lock(self._lock_fd)
             self._lock_fd = None
 
     def __enter__(self) -> FeatureStore:
@@ -234,9 +279,9 @@ class FeatureStore:
         table = dict(zip(keys, zip(paths, _texts(g["labels"][:n]), strict=True), strict=True))
         p = f["paths"]
         m = _committed(p)
-        if m and "labels" in p:  # the latest non-empty label given for a content wins
+        if m and "labels" in p:  # content first stored without a label takes the first one given
             for key, label in zip(p["keys"][:m].astype(str), _texts(p["labels"][:m]), strict=True):
-                if label and key in table:
+                if label and key in table and not table[key][1]:
                     table[key] = (table[key][0], label)
         return table
 
@@ -308,6 +353,7 @@ class FeatureStore:
         self._load_tables()
         self._check_room(rows, images, failures)
         try:
+            self._dirty.touch()
             with self._open("a") as f:
                 # Images before features: a commit cut short never leaves a row without its label.
                 if images:
@@ -323,6 +369,7 @@ class FeatureStore:
                     _append(g, "reasons", [r for _, r in failures], n, _STR)
                     _append(g, "times", np.full(len(failures), time.time()), n)
                     g.attrs["committed"] = n + len(failures)
+            self._dirty.unlink()
         except (OSError, RuntimeError) as exc:  # h5py raises RuntimeError on some failed flushes
             self._seen.clear()
             self._image_keys = self._path_pairs = self._failure_pairs = None  # re-read what really got committed
@@ -406,9 +453,12 @@ class FeatureStore:
                 g, p = f["images"], f["paths"]
                 self._image_keys = set(g["keys"][:_committed(g)].astype(str)) if _committed(g) else set()
                 n = _committed(p)
-                pairs = zip((_dec(x) for x in p["paths"][:n]), p["keys"][:n].astype(str), strict=True)
-                labels = _texts(p["labels"][:n]) if n and "labels" in p else [""] * n
-                self._path_pairs = dict(zip(pairs, labels, strict=True)) if n else {}
+                self._path_pairs = {}
+                if n:
+                    pairs = zip((_dec(x) for x in p["paths"][:n]), p["keys"][:n].astype(str),
+                                strict=True)
+                    labels = _texts(p["labels"][:n]) if "labels" in p else [""] * n
+                    self._path_pairs = dict(zip(pairs, labels, strict=True))
             self._failure_pairs = set(self.failures())
 
     def _commit_images(self, f, images: list[tuple[str, str, str]]) -> None:
@@ -417,9 +467,9 @@ class FeatureStore:
         for key, path, label in images:
             if key not in self._image_keys and key not in new_images:
                 new_images[key] = (path, label)
-            # a new path, or a known path now given a (different) label: re-labelling is an append
+            # a new path, or a known unlabelled path now given a label (appended, never rewritten)
             old = self._path_pairs.get((path, key))
-            if old is None or (label and label != old):
+            if old is None or (label and not old):
                 new_pairs.append((path, key, label))
                 self._path_pairs[(path, key)] = label
         if new_pairs:

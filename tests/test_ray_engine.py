@@ -198,8 +198,11 @@ def test_grid_search_runs_on_ray_and_matches_local(ray_local):
     assert on_ray.best_score_ > 0.9
 
 
-def test_cuda_on_a_cluster_without_gpus_is_a_clear_error(ray_local, collection, tmp_path, lite0_onnx):
+@pytest.mark.parametrize("change, message", [({"device": "cuda"}, "no GPU"),
+                                             ({"workers": 2}, "none for decoding")])
+def test_impossible_placements_are_clear_errors(ray_local, collection, tmp_path, lite0_onnx,
+                                                change, message):
     from export.errors import FeaturebankError
 
-    with pytest.raises(FeaturebankError, match="no GPU"):
-        embed_collection_ray([str(collection)], tmp_path / "s.h5", **{**EMBED, "device": "cuda"})
+    with pytest.raises(FeaturebankError, match=message):
+        embed_collection_ray([str(collection)], tmp_path / "s.h5", **{**EMBED, **change})

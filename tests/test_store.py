@@ -9,6 +9,7 @@ import hashlib
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -198,9 +199,43 @@ def test_a_later_label_for_known_content_wins(tmp_path, digits):
         s.add_rows(_spec(), keys[:3], X[:3], paths[:3], ["", "", ""])
         s.add_paths(keys[:2], paths[:2], ["cats", "cats"])
         s.add_paths(keys[:1], paths[:1], [""])  # an unlabelled re-run does not erase it
+        s.add_paths(keys[:1], ["/elsewhere/x.png"], ["dogs"])  # the first label given stays
     feats = FeatureStore(tmp_path / "s.h5").read()
     assert feats.y.tolist() == ["cats", "cats", ""]
     assert feats.paths.tolist() == paths[:3]
     with h5py.File(tmp_path / "s.h5", "r") as f:
-        assert f["paths"].attrs["committed"] == 5
-        assert [v.decode() for v in f["paths/labels"][:5]] == ["", "", "", "cats", "cats"]
+        assert f["paths"].attrs["committed"] == 6
+        assert [v.decode() for v in f["paths/labels"][:6]] == ["", "", "", "cats", "cats", "dogs"]
+
+
+def test_full_disk_refuses_the_commit_and_keeps_the_store(tmp_path, digits):
+    """With the file size capped (RLIMIT_FSIZE, as a full disk), a commit fails cleanly."""
+    X, keys, paths, labels = digits
+    path = tmp_path / "s.h5"
+    with FeatureStore(path, "a") as s:
+        s.add_rows(_spec(), keys[:20], X[:20], paths[:20], labels[:20])
+    np.save(tmp_path / "more.npy", X[20:])
+    code = f"""
+import resource, sys, numpy as np
+from export.errors import FeaturebankError
+from tests.test_store import _spec
+from extractor.store import FeatureStore
+limit = {path.stat().st_size + 4096}
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+with FeatureStore({str(path)!r}, "a") as s:
+    try:
+        s.add_rows(_spec(), {keys[20:]!r}, np.load({str(tmp_path / "more.npy")!r}), {paths[20:]!r})
+    except FeaturebankError as exc:
+        print(exc)
+        sys.exit(3)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.returncode == 3, out.stderr[-1500:]
+    assert "free disk space" in out.stdout and "intact" in out.stdout
+    feats = FeatureStore(path).read()
+    np.testing.assert_array_equal(feats.keys, keys[:20])
+    np.testing.assert_allclose(feats.X, X[:20], rtol=1e-3)
+    with FeatureStore(path, "a") as s:  # room again: the same batch goes in
+        s.add_rows(_spec(), keys[20:], X[20:], paths[20:], labels[20:])
+    assert len(FeatureStore(path).read().keys) == 60

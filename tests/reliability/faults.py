@@ -193,7 +193,10 @@ def kill_campaign(src: Path, workdir: Path, clean: Snapshot, clean_seconds: floa
         # such a trial then checks a completed resume); every other kill waits for a commit.
         delay = float(rng.uniform(0.0, clean_seconds * (0.5 if i % 2 else 1.0)))
         trials.append(kill_once(src, store, delay, clean, in_commit=bool(i % 2)))
-    run_embed(src, store)
+    try:
+        run_embed(src, store)
+    except AssertionError as exc:
+        return trials, [f"the run after the kills failed: {exc}; trials: {trials}"]
     final = snapshot(store)
     problems = compare_to_clean(final, clean)
     if set(final.vectors) != set(clean.vectors):

