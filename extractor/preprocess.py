@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import re
+import stat
 import warnings
 from pathlib import Path
 from typing import Any
@@ -58,6 +60,11 @@ def image_key(data: bytes) -> str:
 def read_bytes(path: str | Path) -> bytes:
     """The bytes of an image file; unreadable paths become DecodeError with a reason."""
     try:
+        mode = os.stat(path).st_mode
+        if stat.S_ISDIR(mode):
+            raise DecodeError("is a directory", str(path))
+        if not stat.S_ISREG(mode):  # a FIFO or device would block or never end
+            raise DecodeError("not a regular file", str(path))
         with open(path, "rb") as f:
             return f.read()
     except IsADirectoryError:
@@ -96,7 +103,8 @@ def decode(source: Any, preprocessing: Preprocessing, max_pixels: int = DEFAULT_
         return resize_crop(rgb, preprocessing)
     except DecodeError:
         raise
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+    except (OSError, SyntaxError, ValueError, IndexError, EOFError,
+            Image.DecompressionBombError) as exc:  # Pillow plugins raise IndexError on bad frames
         raise DecodeError(_reason(exc), label) from None
 
 
@@ -122,7 +130,7 @@ def _open(data: bytes, label: str, max_pixels: int, pre: Preprocessing) -> Image
         found = re.search(r"\((\d+) pixels\)", str(exc))
         count = found.group(1) if found else "?"
         raise DecodeError(f"too many pixels ({count} > {max_pixels})", label) from None
-    except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as exc:
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, MemoryError) as exc:
         raise DecodeError(_reason(exc), label) from None
     return image
 
@@ -190,9 +198,16 @@ def resize_crop(image: Image.Image, pre: Preprocessing) -> np.ndarray:
     ch, cw = pre.input_size
     scale = pre.resize_size / min(w, h)
     nw, nh = max(cw, round(w * scale)), max(ch, round(h * scale))
+    left, top = (nw - cw) // 2, (nh - ch) // 2
+    if nw * nh > 16 * cw * ch:
+        # A thin strip (3000x1) would be resized to a huge image and then mostly cropped away:
+        # resize only the source box that the crop keeps (Pillow samples around the box).
+        sx, sy = w / nw, h / nh
+        box = (left * sx, top * sy, (left + cw) * sx, (top + ch) * sy)
+        return np.asarray(image.resize((cw, ch), _RESAMPLE[pre.interpolation], box=box),
+                          dtype=np.uint8)
     if (nw, nh) != (w, h):
         image = image.resize((nw, nh), _RESAMPLE[pre.interpolation])
-    left, top = (nw - cw) // 2, (nh - ch) // 2
     if (nw, nh) != (cw, ch):
         image = image.crop((left, top, left + cw, top + ch))
     return np.asarray(image, dtype=np.uint8)

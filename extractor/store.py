@@ -3,18 +3,20 @@
 Crash safety: the writer holds only a lock between commits; each commit opens the file, appends
 the batch, bumps the ``committed`` counters last, and closes it. A SIGKILL between commits
 therefore finds a cleanly closed file, and rows past a ``committed`` counter (a commit cut
-short) are ignored by readers and overwritten by the next writer. No repair tool is needed.
+short) are ignored by readers and overwritten by the next writer. A kill *inside* a commit can
+leave HDF5 file-space metadata that still reads but breaks later appends; a ``STORE.h5.dirty``
+marker present only while a commit has the file open tells the next writer to rewrite the
+file from its committed rows first (``extractor.lock.repair``). A new store is created under
+a temporary name and renamed, and a commit that may not fit on the disk is refused before the
+file is touched. No manual repair step is ever needed.
 
 A second writer is refused by an ``fcntl.flock`` on ``STORE.h5.lock``; the kernel drops that
-lock when its process dies, so a killed run never leaves a stale lock behind.
-"""
+lock when its process dies, so a killed run never leaves a stale lock behind."""
 
 from __future__ import annotations
 
 import logging
 import os
-import resource
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +26,14 @@ import numpy as np
 
 from export.errors import FeaturebankError
 from export.spec import FeatureSpec
-from extractor.lock import StoreLockedError, acquire_writer_lock, release_writer_lock
+from extractor.lock import (
+    StoreLockedError,
+    acquire_writer_lock,
+    check_room,
+    release_writer_lock,
+    repair,
+    retry_read,
+)
 
 log = logging.getLogger(__name__)
 __all__ = ["FORMAT_VERSION", "FeatureSetInfo", "FeatureStore", "Features", "StoreLockedError"]
@@ -66,18 +75,6 @@ def _dec(raw) -> str:
 
 def _texts(values) -> list[str]:
     return [v.decode() if isinstance(v, bytes) else str(v) for v in values]
-
-
-def _copy_committed(src: h5py.Group, dst: h5py.Group) -> None:
-    """Copy a group's attrs and the committed rows of its datasets (recursively)."""
-    dst.attrs.update(src.attrs)
-    n = _committed(src)
-    for name, obj in src.items():
-        if isinstance(obj, h5py.Group):
-            _copy_committed(obj, dst.create_group(name))
-        else:
-            dst.create_dataset(name, data=obj[:n], dtype=obj.dtype, chunks=obj.chunks,
-                               maxshape=(None, *obj.shape[1:]))
 
 
 def _committed(obj) -> int:
@@ -124,7 +121,8 @@ class FeatureStore:
             self._lock_fd = acquire_writer_lock(self.path)
             try:
                 if self._dirty.exists() and self.path.is_file():
-                    self._repair()
+                    repair(self.path)
+                    self._dirty.unlink()
                 self._init_file()
             except BaseException:
                 self.close()
@@ -167,31 +165,6 @@ class FeatureStore:
                 time.sleep(0.05 * (attempt + 1))
         return h5py.File(self.path, mode, locking=False)
 
-    def _repair(self) -> None:
-        """Rewrite the file from its committed rows after a writer died inside a commit.
-
-        HDF5 cannot roll back: a kill (or a full disk) mid-commit can leave file-space metadata
-        that still reads fine but breaks the next append. The committed rows are intact, so
-        they are copied into a fresh file that atomically replaces the old one.
-        """
-        log.warning("store %s: the last writer stopped inside a commit; rewriting it from its "
-                    "committed rows", self.path)
-        tmp = self.path.with_name(f".{self.path.name}.repair.tmp")
-        try:
-            with h5py.File(self.path, "r", locking=False) as src, \
-                    h5py.File(tmp, "w", locking=False) as dst:
-                dst.attrs.update(src.attrs)
-                for name in src:
-                    _copy_committed(src[name], dst.create_group(name))
-            os.replace(tmp, self.path)
-        except (OSError, RuntimeError, KeyError) as exc:
-            tmp.unlink(missing_ok=True)
-            raise FeaturebankError(
-                f"store {self.path} was damaged by a crash inside a commit and cannot be rewritten "
-                f"({exc}); free disk space, or read it with FeatureStore(..., mode='r') and "
-                "embed into a new store") from exc
-        self._dirty.unlink(missing_ok=True)
-
     def _init_file(self) -> None:
         if self.path.exists() and not os.access(self.path, os.W_OK):
             raise FeaturebankError(f"store {self.path} is read-only; make it writable or use another path")
@@ -227,6 +200,7 @@ class FeatureStore:
         self.close()
 
     # -- reading ------------------------------------------------------------------------
+    @retry_read
     def feature_sets(self) -> list[FeatureSetInfo]:
         """Every feature set: fingerprint, spec, committed rows, dimension, dtype."""
         with self._open("r") as f:
@@ -255,6 +229,7 @@ class FeatureStore:
         raise FeaturebankError(f"store {self.path} has {what} for {layer_or_fingerprint!r}; "
                                f"name one by layer or fingerprint: {choices}")
 
+    @retry_read
     def read(self, layer_or_fingerprint: str | None = None) -> Features:
         """Features (float32), labels, content keys and first paths of one feature set."""
         info = self.resolve(layer_or_fingerprint)
@@ -298,6 +273,7 @@ class FeatureStore:
         seen = self.keys(fingerprint)
         return np.array([k in seen for k in keys], dtype=bool)
 
+    @retry_read
     def get(self, fingerprint: str, keys) -> np.ndarray:
         """Committed vectors (float32) for content keys, in the order asked."""
         with self._open("r") as f:
@@ -314,6 +290,7 @@ class FeatureStore:
                 out[order] = g["X"][np.asarray(rows)[order]]  # h5py wants increasing indices
             return out
 
+    @retry_read
     def failures(self) -> list[tuple[str, str]]:
         with self._open("r") as f:
             g = f["failures"]
@@ -323,6 +300,7 @@ class FeatureStore:
             return [(_dec(p), r.decode() if isinstance(r, bytes) else r)
                     for p, r in zip(g["paths"][:n], g["reasons"][:n], strict=True)]
 
+    @retry_read
     def info(self) -> dict:
         """Summary for ``featurebank store info``."""
         with self._open("r") as f:
@@ -351,7 +329,7 @@ class FeatureStore:
         if dtype not in ("float16", "float32"):
             raise FeaturebankError(f"store dtype must be 'float16' or 'float32', got {dtype!r}")
         self._load_tables()
-        self._check_room(rows, images, failures)
+        check_room(self.path, rows, images, failures)
         try:
             self._dirty.touch()
             with self._open("a") as f:
@@ -376,28 +354,6 @@ class FeatureStore:
             raise FeaturebankError(
                 f"writing store {self.path} failed ({exc}); rows committed before are intact — "
                 "free disk space and run again to continue") from exc
-
-    def _check_room(self, rows, images, failures) -> None:
-        """Refuse a commit that may not fit, before touching the file.
-
-        HDF5 cannot roll back a write that fails half-way (a full disk mid-commit can leave
-        metadata pointing past the end of the file), so room is checked first: the batch's
-        bytes plus whole new chunks (<= 1 MiB each) and metadata, with a generous margin.
-        """
-        payload = sum(np.asarray(X).size * 4 + 80 * len(k) for k, X in (rows or {}).values())
-        payload += sum(len(str(p)) + len(str(lab)) + 96 for _, p, lab in images or ())
-        payload += sum(len(str(p)) + len(str(r)) + 32 for p, r in failures or ())
-        need = 2 * payload + (1 << 20) * (2 + 2 * len(rows or {})) + (4 << 20)
-        free = shutil.disk_usage(self.path.parent).free
-        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]  # a per-file size cap acts like a full disk
-        size = self.path.stat().st_size if self.path.exists() else 0
-        if limit != resource.RLIM_INFINITY:
-            free = min(free, limit - size)
-        if free < need:
-            raise FeaturebankError(
-                f"not enough room to write store {self.path}: {free / 1e6:.1f} MB free, a batch "
-                f"needs up to {need / 1e6:.1f} MB; rows committed before are intact — free disk "
-                "space and run again to continue")
 
     def add_rows(self, spec: FeatureSpec, keys, features: np.ndarray, paths, labels=None,
                  dtype: str = "float16") -> None:

@@ -21,7 +21,7 @@ def test_demo_digits_tiny(model_cache, tmp_path, capsys):
     metrics = json.loads((work / "report" / "metrics.json").read_text())
     assert demo["accuracy"] == metrics["accuracy"] and metrics["n"] == 30
     assert demo["accuracy"] > 0.3  # 10 classes: chance is 0.1
-    printed = float(out.split("\\naccuracy: ")[1].split()[0])
+    printed = float(out.split("\naccuracy: ")[1].split()[0])
     assert abs(printed - metrics["accuracy"]) < 1e-4
     with Image.open(work / "report" / "confusion.png") as im:
         im.verify()

@@ -58,8 +58,10 @@ def test_list_files_resolve_relative_paths(tree, tmp_path):
 
 
 def test_globs_and_single_files(tree):
-    items = collect([str(tree / "dog" / "*.ti*"), str(tree / "loose.png")])
-    assert [Path(i.path).name for i in items] == ["w.tif", "x.TIFF", "loose.png"]
+    # patterns match case-sensitively, as in the shell; non-images (readme.md) are dropped
+    items = collect([str(tree / "dog" / "*"), str(tree / "loose.png")])
+    assert [Path(i.path).name for i in items] == ["v.gif", "w.tif", "x.TIFF", "y.bmp", "z.WebP",
+                                                  "loose.png"]
     rec = collect([str(tree / "**" / "*.png")])
     assert [Path(i.path).name for i in rec] == ["c.png", "loose.png"]
     with pytest.raises(FeaturebankError, match="matches no file"):

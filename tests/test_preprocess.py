@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 
 import numpy as np
 import pytest
@@ -220,3 +221,20 @@ def test_unreadable_paths(tmp_path):
     assert "missing.jpg" in str(err.value)
     with pytest.raises(DecodeError, match="not an image"):
         decode(np.zeros((4, 4, 5), np.uint8), PRE)
+
+
+def test_thin_strip_resizes_only_the_kept_box(real_photos):
+    """Very wide images resize the crop's source box only; same pixels within 1 grey level."""
+    strip = np.ascontiguousarray(real_photos["astronaut"][200:230])  # 30x512 -> 254x4335
+    fast = decode(strip, Preprocessing(resize_size=254)).astype(int)
+    ref = _reference(Image.fromarray(strip), Preprocessing(resize_size=254)).astype(int)
+    assert np.abs(fast - ref).max() <= 1
+    assert decode(np.zeros((1, 3000), np.uint8), PRE).shape == (224, 224, 3)
+
+
+def test_fifo_is_refused_not_blocking(tmp_path):
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)
+    with pytest.raises(DecodeError) as err:
+        decode(fifo, PRE)
+    assert err.value.reason == "not a regular file"

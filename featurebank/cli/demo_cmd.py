@@ -16,8 +16,8 @@ from pathlib import Path
 def register(sub) -> None:
     p = sub.add_parser("demo", help="embed real images, train and evaluate a classifier")
     p.add_argument("--dataset", default="auto", choices=["auto", "fashion-mnist", "digits"])
-    p.add_argument("--train", type=int, default=2000, help="training images (stratified)")
-    p.add_argument("--test", type=int, default=1000, help="test images (stratified)")
+    p.add_argument("--train", type=int, default=1000, help="training images (stratified)")
+    p.add_argument("--test", type=int, default=500, help="test images (stratified)")
     p.add_argument("--layer", dest="layers", action="append", metavar="NAME",
                    help="layer(s) to cut at (default: blocks.13 and head, concatenated)")
     p.add_argument("--workdir", default="runs/demo", help="images, stores, model and report")

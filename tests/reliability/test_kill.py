@@ -17,15 +17,6 @@ def kill_setup(tmp_path_factory, lite0_onnx):
     return src, work, clean, seconds
 
 
-# Not strict: the kill lands at a random moment, so a run may miss the window that breaks it.
-KILL_BUG = pytest.mark.xfail(strict=False, reason=(
-    "extractor/store.py (since /paths got a 'labels' column, ~03:58): after a SIGKILL inside a "
-    "commit the store still reads fine, but every later commit fails with 'Can't synchronously "
-    "write data (len not positive after adjustment for EOA)', so the run can never be resumed; "
-    "about 3 runs in 5 of this test hit it"))
-
-
-@KILL_BUG
 def test_kill_during_embed_and_resume(kill_setup, tmp_path):
     src, _, clean, seconds = kill_setup
     trials, problems = kill_campaign(src, tmp_path, clean, seconds, kills=3, seed=1)
@@ -35,7 +26,6 @@ def test_kill_during_embed_and_resume(kill_setup, tmp_path):
     assert any(t.killed for t in trials)
 
 
-@KILL_BUG
 @pytest.mark.reliability_full
 def test_kill_20_times(kill_setup, tmp_path):
     src, _, clean, seconds = kill_setup
