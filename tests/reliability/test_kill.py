@@ -34,10 +34,6 @@ def test_kill_20_times(kill_setup, tmp_path):
     assert not [t for t in trials if t.problems]
 
 
-@pytest.mark.xfail(strict=False, raises=OSError, reason=(
-    "extractor/store.py: FeatureStore.read while a commit is in flight can raise a raw h5py "
-    "OSError ('len not positive after adjustment for EOA') instead of a consistent view or a "
-    "FeaturebankError; it is a race, so the test may pass when no read meets a commit"))
 def test_reader_during_write(kill_setup, tmp_path):
     """Readers polling the store while ``embed`` writes it: they only ever see committed rows
     equal to the clean run's, or a clear FeaturebankError; the writer is not disturbed."""
