@@ -143,7 +143,7 @@ def _jpeg_with_size(data: bytes, width: int, height: int) -> bytes:
     raise ValueError("no SOF marker")
 
 
-def build_corpus(folder: str | Path) -> list[Kind]:  # noqa: C901 - one flat list is the point
+def build_corpus(folder: str | Path) -> list[Kind]:
     """Write every kind of input into ``folder``; return their expectations."""
     root = Path(folder)
     root.mkdir(parents=True, exist_ok=True)

@@ -36,15 +36,10 @@ KIND_NAMES = [  # kept in step with build_corpus by test_corpus_size_and_names
     "random_bytes.webp", "non_utf8_name", "unicode_name", "directory.jpg", "symlink_loop.jpg",
     "dangling_symlink.jpg", "chmod000.jpg", "fifo.jpg",
 ]
-KNOWN_BUGS = {
-    "fifo.jpg": "extractor.preprocess.read_bytes opens a FIFO and blocks forever (no writer); "
-                "it should refuse non-regular files",
-    "truncated_animated_gif_45pct.gif": "found by fuzzing: extractor.preprocess.to_rgb reads "
-        "image.n_frames, which on a truncated GIF raises IndexError from Pillow's GIF plugin; "
-        "decode catches only OSError/SyntaxError/ValueError, so IndexError escapes",
-    "thin_3000x1.png": "extractor.preprocess.resize_crop resizes the whole strip to 256x768000 "
-                       "before cropping (~600 MB, seconds); crop the source box first",
-}
+# Kinds whose expectation a known, unfixed bug breaks: name -> "file: what happens, what to do".
+# Each becomes a strict xfail; every bug this suite found so far has been fixed (see
+# docs/readme/reliability.md), so it is empty.
+KNOWN_BUGS: dict[str, str] = {}
 
 
 class _Timeout(Exception):
