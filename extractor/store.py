@@ -74,7 +74,13 @@ def _dec(raw) -> str:
 
 
 def _texts(values) -> list[str]:
-    return [v.decode() if isinstance(v, bytes) else str(v) for v in values]
+    return [v.decode("utf-8", "surrogateescape") if isinstance(v, bytes) else str(v) for v in values]
+
+
+def _label(text: str) -> bytes:
+    """Labels are stored as UTF-8 bytes; a folder name that is not valid UTF-8 (surrogate-escaped
+    by os.fsdecode) keeps its raw bytes, and reads back as the same str."""
+    return text.encode("utf-8", "surrogateescape")
 
 
 def _committed(obj) -> int:
@@ -433,7 +439,7 @@ class FeatureStore:
             n = _committed(p)
             _append(p, "paths", [_enc(x) for x, _, _ in new_pairs], n, _BYTES)
             _append(p, "keys", np.array([k for _, k, _ in new_pairs], dtype=KEY_DTYPE), n)
-            labels = [lab for _, _, lab in new_pairs]
+            labels = [_label(lab) for _, _, lab in new_pairs]
             if "labels" not in p:  # stores from before the column existed: old rows get ''
                 labels, start = [""] * n + labels, 0
             else:
@@ -445,7 +451,7 @@ class FeatureStore:
             n = _committed(g)
             _append(g, "keys", np.array(list(new_images), dtype=KEY_DTYPE), n)
             _append(g, "paths", [_enc(v[0]) for v in new_images.values()], n, _BYTES)
-            _append(g, "labels", [v[1] for v in new_images.values()], n, _STR)
+            _append(g, "labels", [_label(v[1]) for v in new_images.values()], n, _STR)
             g.attrs["committed"] = n + len(new_images)
             self._image_keys.update(new_images)
 

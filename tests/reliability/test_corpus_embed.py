@@ -96,9 +96,6 @@ def test_fifo_in_folder_does_not_hang(tmp_path, lite0_onnx):
     assert len(fs.read().X) == 1 and [os.path.basename(p) for p, _ in fs.failures()] == ["pipe.jpg"]
 
 
-@pytest.mark.xfail(strict=True, reason="extractor/store.py stores labels as UTF-8 h5py strings; a "
-                   "folder (label) name that is not UTF-8 raises UnicodeEncodeError out of "
-                   "FeatureStore.commit and aborts the whole embed with a traceback")
 def test_non_utf8_folder_name_as_label(tmp_path, lite0_onnx):
     from extractor.store import FeatureStore
 
