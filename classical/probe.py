@@ -73,7 +73,8 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         X, y = validate_data(self, X, y, dtype=np.float32)
         self.classes_ = unique_labels(y)
         if len(self.classes_) < 2:
-            raise ValueError(f"need at least 2 classes to train, got {list(self.classes_)}")
+            raise ValueError(f"need at least 2 classes to train, got {len(self.classes_)} class: "
+                             f"{list(self.classes_)}")
         Cs = list(self.Cs) if self.Cs is not None else list(DEFAULT_CS.get(self.classifier, (1.0,)))
         self.val_scores_ = {}
         counts = np.unique(y, return_counts=True)[1]
@@ -87,6 +88,7 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         else:  # too few samples to hold any out: the middle of the sweep
             self.C_ = Cs[len(Cs) // 2]
         self.pipeline_ = self._make(self.C_).fit(X, y)
+        self.n_iter_ = int(np.max(getattr(self.pipeline_[-1], "n_iter_", 1)))
         return self
 
     def decision_function(self, X):

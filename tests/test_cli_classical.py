@@ -118,10 +118,14 @@ def test_sweep_table_and_png(stores, tmp_path, capsys):
                  "--report", str(report)]) == 0
     out = capsys.readouterr().out
     rows = json.loads((report / "sweep.json").read_text())["rows"]
-    assert [r["layer"] for r in rows] == ["blocks.13", "head", "blocks.13+head"]
-    assert [r["dim"] for r in rows] == [192, 1280, 1472]
+    by_layer = {r["layer"]: r for r in rows}
+    concat = next(name for name in by_layer if "+" in name)
+    assert set(by_layer) == {"blocks.13", "head", concat}
+    assert set(concat.split("+")) == {"blocks.13", "head"}
+    assert [by_layer[k]["dim"] for k in ("blocks.13", "head", concat)] == [192, 1280, 1472]
     assert all(0.0 < r["flops_share"] <= 1.0 for r in rows)
-    assert rows[0]["flops_share"] < rows[1]["flops_share"]
+    assert by_layer["blocks.13"]["flops_share"] < by_layer["head"]["flops_share"]
+    assert by_layer[concat]["flops_share"] == by_layer["head"]["flops_share"]
     for r in rows:
         assert f"{r['accuracy']:.4f}" in out
     with Image.open(report / "sweep.png") as im:

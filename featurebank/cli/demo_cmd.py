@@ -48,9 +48,9 @@ def _dataset(name: str):
 
 
 def run_demo(args) -> int:
-    from featurebank.datasets import subsample, write_image_folder
     from classical.workflow import evaluate, train
     from extractor.pipeline import embed_collection
+    from featurebank.datasets import subsample, write_image_folder
 
     started = time.perf_counter()
     work = Path(args.workdir)
