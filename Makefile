@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	# constraints.txt pins torch to the CPU wheel: no CUDA download on a CPU machine.
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,service]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,service,ray]'
 	@# Fashion-MNIST for the demo and benchmarks (Debian package); digits is the fallback.
 	@test -d /usr/share/datasets/fashion-mnist || (command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
 		(apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) >/dev/null 2>&1) || true

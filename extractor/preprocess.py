@@ -182,7 +182,8 @@ def to_rgb(image: Image.Image, background: tuple[int, int, int] = (255, 255, 255
         top = 65535.0 if a.max(initial=0) > 255 or mode.startswith("I;16") else 255.0
         return Image.fromarray(np.clip(a * (255.0 / top) + 0.5, 0, 255).astype(np.uint8)).convert("RGB")
     if mode == "F":
-        a = np.asarray(image, dtype=np.float64)
+        # NaN -> 0 and +-inf -> the range ends: float TIFFs from instruments carry both
+        a = np.nan_to_num(np.asarray(image, dtype=np.float64), nan=0.0, posinf=255.0, neginf=0.0)
         a = a * 255.0 if a.max(initial=0) <= 1.0 else a
         return Image.fromarray(np.clip(a + 0.5, 0, 255).astype(np.uint8)).convert("RGB")
     if mode in ("LA", "RGBA", "PA", "La", "RGBa"):

@@ -59,7 +59,7 @@ def _committed_rows(store: Path) -> int:
     try:
         with h5py.File(store, "r", locking=False) as f:
             return max((int(g.attrs.get("committed", 0)) for g in f["features"].values()), default=0)
-    except (OSError, KeyError, RuntimeError):  # not created yet, or caught mid-commit
+    except (OSError, KeyError, RuntimeError, AttributeError):  # not created yet, or mid-commit
         return 0
 
 
