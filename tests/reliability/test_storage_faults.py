@@ -10,6 +10,7 @@ import os
 import resource
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import h5py
@@ -123,7 +124,7 @@ def test_read_only_store(data, half_store):
     _assert_clean_error(out, "s.h5")
     assert "read-only" in out.stderr or "Read-only" in out.stderr or "cannot write" in out.stderr
     assert _sha(half_store) == digest
-    info = _cli(["python", "-m", "featurebank", "store", "info", str(half_store)])
+    info = _cli([sys.executable, "-m", "featurebank", "store", "info", str(half_store)])
     assert info.returncode == 0, info.stderr
 
 
@@ -145,7 +146,7 @@ def test_newer_format_version_refused(data, half_store):
         f.attrs["format_version"] = 99
     digest = _sha(half_store)
     for args in (embed_command(src, half_store),
-                 ["python", "-m", "featurebank", "store", "info", str(half_store)]):
+                 [sys.executable, "-m", "featurebank", "store", "info", str(half_store)]):
         _assert_clean_error(_cli(args), "format version 99", "upgrade")
     assert _sha(half_store) == digest
 
@@ -157,7 +158,7 @@ def test_foreign_file_as_store(data, tmp_path, content):
     store = tmp_path / "foreign.h5"
     store.write_bytes(content)
     for args in (embed_command(src, store),
-                 ["python", "-m", "featurebank", "store", "info", str(store)]):
+                 [sys.executable, "-m", "featurebank", "store", "info", str(store)]):
         _assert_clean_error(_cli(args), "foreign.h5")
     assert store.read_bytes() == content
 
