@@ -18,7 +18,6 @@ This module never imports Ray.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import time
@@ -32,7 +31,8 @@ import numpy as np
 
 from export.errors import FeaturebankError
 from export.spec import FeatureSpec
-from extractor.store import FORMAT_VERSION, FeatureStore, StoreLockedError
+from extractor.lock import acquire_writer_lock
+from extractor.store import FORMAT_VERSION, FeatureStore
 
 MANIFEST = "manifest.json"
 SHARDED_ATTR = "featurebank_sharded"  # root attribute marking a virtual (sharded) store file
@@ -115,19 +115,12 @@ class ShardedStore:
         self._lock_fd: int | None = None
 
     def __enter__(self) -> ShardedStore:
-        lock = self.path.with_name(self.path.name + ".lock")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
             raise FeaturebankError(f"cannot write store {self.path}: {exc.strerror}") from exc
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise StoreLockedError(f"store {self.path} is being written by another process; wait "
-                                   "for it to finish or write to another store") from None
-        self._lock_fd = fd
+        # the same lock as FeatureStore: a local and a Ray run never write one store at once
+        self._lock_fd = acquire_writer_lock(self.path)
         try:
             self.dir.mkdir(exist_ok=True)
             self._adopt_plain_store()
