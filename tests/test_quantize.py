@@ -37,7 +37,7 @@ def quantized(tmp_path_factory):
 
 
 @pytest.mark.xfail(strict=True, reason="known limitation, measured 2026-11-23: static QDQ int8 of "
-                   "EfficientNet-Lite0 (head, per-channel, calibrated on 32 photo crops) tracks fp32 "
+                   "EfficientNet-Lite0 (head, per-channel QDQ, calibrated on real photo crops) tracks fp32 "
                    "with cosine only 0.82-0.95 on real photos; int8 is experimental until "
                    "calibration is fixed (issue 5)")
 def test_quantized_graph_runs_and_correlates(quantized):
