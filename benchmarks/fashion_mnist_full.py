@@ -52,6 +52,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workdir", default="runs")
     ap.add_argument("--configs", nargs="*", default=list(CONFIGS))
+    ap.add_argument("--out", default=str(RESULTS), help="JSON to write")
     args = ap.parse_args()
     work = Path(args.workdir)
     stores = {}
@@ -66,8 +67,8 @@ def main() -> None:
     for name in args.configs:
         results["configs"][name] = probe(stores["train"], stores["test"], CONFIGS[name])
         print(name, results["configs"][name], flush=True)
-        RESULTS.write_text(json.dumps(results, indent=2))
-    print(f"wrote {RESULTS}")
+        Path(args.out).write_text(json.dumps(results, indent=2))
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
