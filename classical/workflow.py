@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -67,14 +68,18 @@ def evaluate(model: TrainedModel, store, report_dir: str | Path | None = None) -
     return result
 
 
+@lru_cache(maxsize=8)
+def _layer_costs(model: str) -> dict[str, float | None]:
+    """Catalogue FLOPs shares of a registry model, read once per model (the ONNX is ~20 MB)."""
+    from export.cache import ensure_exported
+    from export.metadata import read_onnx_metadata
+
+    return {la.name: la.flops_share for la in read_onnx_metadata(ensure_exported(model)).layers}
+
+
 def _flops_share(spec) -> float | None:
     try:
-        from export.cache import ensure_exported
-        from export.metadata import read_onnx_metadata
-
-        info = read_onnx_metadata(ensure_exported(spec.model.model))
-        layer = info.layer(spec.layer)
-        return layer.flops_share if layer else None
+        return _layer_costs(spec.model.model).get(spec.layer)
     except Exception:  # foreign or unavailable model: the cost column stays empty
         return None
 
