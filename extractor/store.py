@@ -280,21 +280,34 @@ class FeatureStore:
         return np.array([k in seen for k in keys], dtype=bool)
 
     @retry_read
-    def get(self, fingerprint: str, keys) -> np.ndarray:
-        """Committed vectors (float32) for content keys, in the order asked."""
+    def key_index(self, fingerprint: str) -> dict[str, int]:
+        """Content key -> row of every committed row of a feature set (empty when absent).
+
+        Long-lived readers (the HTTP service) keep this and re-read it when the file changes.
+        """
+        with self._open("r") as f:
+            g = f["features"].get(fingerprint)
+            n = _committed(g) if g is not None else 0
+            return {k: i for i, k in enumerate(g["keys"][:n].astype(str))} if n else {}
+
+    @retry_read
+    def rows(self, fingerprint: str, rows) -> np.ndarray:
+        """Vectors (float32) at row positions of a feature set, in the order asked."""
+        rows = np.asarray(rows, dtype=np.int64)
         with self._open("r") as f:
             g = f["features"][fingerprint]
-            n = _committed(g)
-            index = {k: i for i, k in enumerate(g["keys"][:n].astype(str))}
-            try:
-                rows = [index[k] for k in keys]
-            except KeyError as exc:
-                raise FeaturebankError(f"content {exc.args[0]} is not in feature set {fingerprint}") from None
-            order = np.argsort(rows)
-            out = np.empty((len(rows), int(g.attrs["dim"])), np.float32)
-            if rows:
-                out[order] = g["X"][np.asarray(rows)[order]]  # h5py wants increasing indices
-            return out
+            if not len(rows):
+                return np.empty((0, int(g.attrs["dim"])), np.float32)
+            unique = np.unique(rows)  # h5py wants increasing, distinct indices
+            return np.asarray(g["X"][unique], np.float32)[np.searchsorted(unique, rows)]
+
+    def get(self, fingerprint: str, keys) -> np.ndarray:
+        """Committed vectors (float32) for content keys, in the order asked."""
+        index = self.key_index(fingerprint)
+        try:
+            return self.rows(fingerprint, [index[k] for k in keys])
+        except KeyError as exc:
+            raise FeaturebankError(f"content {exc.args[0]} is not in feature set {fingerprint}") from None
 
     @retry_read
     def failures(self) -> list[tuple[str, str]]:

@@ -1,0 +1,215 @@
+"""The FastAPI application: routes over the serving engine.
+
+``create_app`` builds everything that can fail from its arguments at once (model file, layers,
+classifier and its spec, store), so ``featurebank serve`` with a bad argument stops with a clear
+message instead of answering 500s later. The session is created and warmed up at start-up.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+from collections.abc import Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, Response
+
+from export.errors import FeaturebankError
+from export.metadata import featurebank_version, read_onnx_metadata
+from export.registry import DEFAULT_MODEL
+from extractor.api import Extractor, resolve_model_path
+from featurebank.service.config import ServiceConfig, ServiceError
+from featurebank.service.engine import Embedded, ServingEngine
+from featurebank.service.guard import GuardMiddleware
+from featurebank.service.metrics import CONTENT_TYPE, ServiceMetrics
+from featurebank.service.uploads import UPLOAD_BODY, read_uploads
+
+log = logging.getLogger(__name__)
+API_KEY_ENV = "FEATUREBANK_API_KEY"
+NPY = "application/x-npy"
+NPZ = "application/x-npz"
+_ERRORS = {code: {"description": text} for code, text in {
+    400: "malformed request (multipart without boundary, body cut short)",
+    401: "missing or wrong API key",
+    413: "body over max_request_bytes or more than max_images_per_request images",
+    415: "Content-Type is neither image/* nor multipart/form-data",
+    422: "an image cannot be decoded; the answer names it and the reason",
+    503: "queue full; retry after the Retry-After seconds",
+    504: "not answered within request_timeout_s",
+}.items()}
+
+
+def _build_extractor(model, layers, pool, gem_p, normalize, device, threads, classifier,
+                     max_pixels):
+    """The extractor to serve and the classifier bound to it (None without one)."""
+    trained = None
+    if classifier is not None:
+        from classical.model import load_model
+
+        trained = load_model(classifier)
+        if model is None and layers is None:  # serve exactly what the classifier was trained on
+            ex = trained.extractor(device=device, threads=threads, max_pixels=max_pixels)
+            return ex, trained
+    ex = Extractor(model or DEFAULT_MODEL, tuple(layers or ("head",)), pool, gem_p, normalize,
+                   device=device, threads=threads, max_pixels=max_pixels)
+    if trained is not None:
+        trained.check_specs(ex.specs)  # SpecMismatchError naming both specs
+    return ex, trained
+
+
+def _layers_json(engine: ServingEngine) -> list[dict]:
+    ex = engine.extractor
+    return [{"layer": s.layer, "dim": int(d), "fingerprint": s.fingerprint(), "spec": s.to_dict()}
+            for s, d in zip(ex.specs, ex.graph.dims, strict=True)]
+
+
+def _wants(request: Request) -> str:
+    accept = request.headers.get("accept", "")
+    if NPZ in accept:
+        return NPZ
+    if NPY in accept:
+        return NPY
+    return "json"
+
+
+def _binary(engine: ServingEngine, out: Embedded, kind: str) -> Response:
+    buf = io.BytesIO()
+    if kind == NPY:
+        np.save(buf, out.X)
+    else:  # one array per layer, named by layer
+        offsets = np.cumsum([0, *engine.extractor.graph.dims])
+        np.savez(buf, **{s.layer: out.X[:, a:b] for s, a, b in
+                         zip(engine.extractor.specs, offsets[:-1], offsets[1:], strict=True)})
+    headers = {"X-Featurebank-Fingerprints": ",".join(engine.fingerprints),
+               "X-Featurebank-Layers": ",".join(f"{s.layer}:{d}" for s, d in zip(
+                   engine.extractor.specs, engine.extractor.graph.dims, strict=True)),
+               "X-Featurebank-Cached": ",".join("1" if c else "0" for c in out.cached)}
+    return Response(buf.getvalue(), media_type=kind, headers=headers)
+
+
+def create_app(model: str | Path | None = None, layers: Sequence[str] | None = None,
+               pool: str = "avg", gem_p: float = 3.0, normalize: bool = False,
+               classifier: str | Path | None = None, store: str | Path | None = None,
+               device: str = "auto", threads: int | None = None, api_key: str | None = None,
+               config: ServiceConfig | None = None) -> FastAPI:
+    """The feature-extraction and prediction service as an ASGI application.
+
+    Parameters
+    ----------
+    model : str or path, optional
+        Registry name or ``.onnx`` file (default: the classifier's model, else Lite0).
+    layers : sequence of str, optional
+        Cuts to serve, concatenated in this order (default: the classifier's, else ``head``).
+    pool, gem_p, normalize : see :class:`extractor.Extractor`
+    classifier : path, optional
+        A ``featurebank train`` model: enables ``/v1/predictions``. Its spec must match.
+    store : path, optional
+        Feature store consulted (read-only) before computing: stored content is answered from it.
+    device, threads : see :class:`extractor.Extractor`
+    api_key : str, optional
+        Required on ``/v1/*`` and ``/metrics`` when set (default: ``$FEATUREBANK_API_KEY``).
+    config : ServiceConfig, optional
+        Batching and limits.
+
+    Examples
+    --------
+    >>> app = create_app(layers=["blocks.13"])                  # doctest: +SKIP
+    >>> import uvicorn; uvicorn.run(app, port=8000)              # doctest: +SKIP
+    """
+    config = config or ServiceConfig()
+    api_key = api_key if api_key is not None else os.environ.get(API_KEY_ENV) or None
+    ex, trained = _build_extractor(model, layers, pool, gem_p, normalize, device, threads,
+                                   classifier, config.max_pixels)
+    metrics = ServiceMetrics()
+    engine = ServingEngine(ex, config, metrics, store)
+    catalogue = [vars(la) | {"shape": list(la.shape)} for la in
+                 read_onnx_metadata(resolve_model_path(ex.model, ex.input_size)).layers]
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await run_in_threadpool(engine.start)
+        log.info("serving %s, %d-dim vectors", ", ".join(s.describe() for s in ex.specs), engine.dim)
+        yield
+        engine.stop()
+
+    app = FastAPI(title="featurebank", version=featurebank_version(), lifespan=lifespan,
+                  description="Embeddings and predictions from a frozen CNN cut at chosen layers; "
+                              "the vectors `featurebank embed` stores.")
+    app.state.engine = engine
+    app.state.metrics = metrics
+    app.add_middleware(GuardMiddleware, metrics=metrics, api_key=api_key,
+                       max_request_bytes=config.max_request_bytes)
+
+    @app.exception_handler(ServiceError)
+    async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
+        return JSONResponse({"detail": exc.detail, **exc.fields}, exc.status, exc.headers)
+
+    @app.exception_handler(FeaturebankError)
+    async def featurebank_error(request: Request, exc: FeaturebankError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, 422)
+
+    @app.post("/v1/embeddings", openapi_extra=UPLOAD_BODY, responses=_ERRORS,
+              summary="Embed images: one raw image/* body or multipart 'files'")
+    async def embeddings(request: Request):
+        """Vectors (layers concatenated in the order of `layers`), as JSON, or `.npy`
+        (`Accept: application/x-npy`) or `.npz` with one array per layer
+        (`Accept: application/x-npz`)."""
+        out = await engine.embed_within_timeout(await read_uploads(request, config))
+        kind = _wants(request)
+        if kind != "json":
+            return _binary(engine, out, kind)
+        return {"embeddings": out.X.tolist(), "dim": engine.dim,
+                "layers": _layers_json(engine), "spec": [s.to_dict() for s in ex.specs],
+                "images": [{"key": k, "cached": c} for k, c in zip(out.keys, out.cached, strict=True)],
+                "batches": [{"id": b.id, "size": b.size} for b in out.batches]}
+
+    @app.post("/v1/predictions", openapi_extra=UPLOAD_BODY,
+              responses=_ERRORS | {409: {"description": "no classifier loaded"}},
+              summary="Labels and class probabilities from the loaded classifier")
+    async def predictions(request: Request):
+        if trained is None:
+            raise ServiceError(409, "no classifier is loaded; start the service with "
+                                    "'featurebank serve --classifier MODEL.joblib'")
+        out = await engine.embed_within_timeout(await read_uploads(request, config))
+        proba = await run_in_threadpool(trained.predict_proba, out.X, ex.specs)
+        classes = [str(c) for c in trained.estimator.classes_]
+        best = proba.argmax(axis=1)
+        return {"predictions": [
+                    {"label": classes[b], "probability": float(p[b]),
+                     "probabilities": dict(zip(classes, map(float, p), strict=True))}
+                    for b, p in zip(best, proba, strict=True)],
+                "classes": classes, "fingerprints": engine.fingerprints,
+                "images": [{"key": k, "cached": c} for k, c in zip(out.keys, out.cached, strict=True)]}
+
+    @app.get("/v1/models", summary="The served spec, the model's layer catalogue, limits")
+    async def models():
+        return {"model": ex.graph.model_spec.to_dict(), "layers": _layers_json(engine),
+                "dim": engine.dim, "catalogue": catalogue,
+                "classifier": None if trained is None else {
+                    "classes": [str(c) for c in trained.estimator.classes_],
+                    "fingerprints": trained.fingerprints, "info": trained.info},
+                "store": str(store) if store else None, "limits": config.to_dict(),
+                "featurebank_version": featurebank_version()}
+
+    @app.get("/healthz", summary="The process and its inference thread are alive")
+    async def healthz():
+        if engine.failed:
+            return JSONResponse({"status": "the inference thread died"}, 503)
+        return {"status": "ok"}
+
+    @app.get("/readyz", summary="The model is loaded and warmed up")
+    async def readyz():
+        if engine.ready:
+            return {"status": "ready"}
+        return JSONResponse({"status": "starting"}, 503, {"Retry-After": "1"})
+
+    @app.get("/metrics", summary="Prometheus metrics")
+    async def prometheus():
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
+
+    return app
