@@ -1,4 +1,4 @@
-"""Reliability figures: the bad-input corpus, decode fuzzing, SIGKILLs of embed runs.
+"""Reliability figures: the bad-input corpus, decode fuzzing, SIGKILLs of embed runs, service abuse.
 
 Usage::
 
@@ -84,10 +84,42 @@ def kill_figures(work: Path, kills: int) -> dict:
     }
 
 
+def service_figures(work: Path, rounds: int, examples: int) -> dict:
+    """Fuzzed requests in-process, then ``rounds`` of overload / hang-ups / slow clients /
+    malformed multipart against a real uvicorn server (tests/reliability/service_abuse.py)."""
+    from export.cache import ensure_exported
+    from featurebank.service import create_app
+    from tests.reliability.service_abuse import (
+        abuse,
+        app_kwargs,
+        fuzz_requests,
+        running_server,
+        served_routes,
+    )
+
+    work.mkdir(parents=True, exist_ok=True)
+    kw = app_kwargs(create_app, ensure_exported("efficientnet_lite0"), work)
+    app = create_app(**kw)
+    routes = served_routes(app)
+    t0 = time.perf_counter()
+    fuzz = fuzz_requests(app, routes, examples=examples)
+    fuzz["seconds"] = round(time.perf_counter() - t0, 1)
+    t0 = time.perf_counter()
+    with running_server(kw) as (proc, base):
+        server = abuse(proc, base, routes[0], rounds=rounds)
+    server["seconds"] = round(time.perf_counter() - t0, 1)
+    fuzz["statuses"] = {str(k): v for k, v in sorted(fuzz["statuses"].items())}
+    server["overload_statuses"] = {str(k): v for k, v in sorted(server["overload_statuses"].items())}
+    return {"routes": [r[0] for r in routes], "fuzz": fuzz, "server": server}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--kills", type=int, default=20)
     ap.add_argument("--fuzz", type=int, default=2000, help="hypothesis examples for decode")
+    ap.add_argument("--service-rounds", type=int, default=5,
+                    help="rounds of overload/hang-ups/slow/malformed against a real server")
+    ap.add_argument("--service-fuzz", type=int, default=500, help="fuzzed service requests")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "reliability.json"))
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="fb-reliability-") as tmp:
@@ -110,13 +142,23 @@ def main() -> int:
               f"{kill['killed_inside_a_commit']} inside a commit), "
               f"{kill['trials_with_problems']} trials with problems, final store problems: "
               f"{kill['final_store_problems'] or 'none'} ({kill['seconds']} s)")
+        svc = service_figures(tmp / "service", args.service_rounds, args.service_fuzz)
+        srv = svc["server"]
+        print(f"service: {svc['fuzz']['examples']} fuzzed requests, statuses "
+              f"{svc['fuzz']['statuses']}, {len(svc['fuzz']['server_errors'])} 5xx; server: "
+              f"{srv['rounds']} rounds of {srv['overload_requests'] // srv['rounds']} overload "
+              f"requests (statuses {srv['overload_statuses']}), {srv['hang_ups']} hang-ups "
+              f"mid-upload, {srv['slow_clients']} slow clients, {srv['malformed']} malformed "
+              f"bodies: alive {srv['server_alive']}, next request {srv['request_after']}, RSS "
+              f"{srv['rss_baseline_mb']} MB + {srv['rss_growth_mb']} MB")
     result = {"machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
                           "platform": platform.platform()},
-              "corpus": corpus, "fuzz": fuzz, "kill": kill}
+              "corpus": corpus, "fuzz": fuzz, "kill": kill, "service": svc}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
     print(f"wrote {args.out}")
-    ok = not kill["trials_with_problems"] and not kill["final_store_problems"]
+    ok = (not kill["trials_with_problems"] and not kill["final_store_problems"]
+          and not svc["fuzz"]["server_errors"] and srv["server_alive"])
     return 0 if ok else 1
 
 

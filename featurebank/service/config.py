@@ -18,7 +18,8 @@ class ServiceConfig:
     max_wait_ms : float
         How long the first image of a batch waits for company before the batch runs anyway.
     max_queue_images : int
-        Images waiting for inference; a request that would go past it gets 503 + Retry-After.
+        Images accepted and not yet answered (decoding, waiting or in inference); a request
+        that would go past it gets 503 + Retry-After at once.
     max_request_bytes : int
         Largest request body (413 above it).
     max_images_per_request : int

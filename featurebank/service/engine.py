@@ -104,9 +104,10 @@ class ServingEngine:
         self.batcher = DynamicBatcher(extractor.embed_pixels, config.max_batch_size,
                                       config.max_wait_ms, config.max_queue_images,
                                       on_batch=metrics.observe_batch)
-        metrics.queue_depth.set_function(lambda: self.batcher.queued_images)
+        metrics.queue_depth.set_function(lambda: self._in_flight)
         self._decoders: ThreadPoolExecutor | None = None
         self._ready = False
+        self._in_flight = 0  # images accepted and not yet answered
         self._start_lock = threading.Lock()
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -155,7 +156,25 @@ class ServingEngine:
                                index=position, reason=exc.reason) from None
 
     async def embed(self, uploads: list[Upload]) -> Embedded:
-        """Vectors for the uploads: from the store where it has them, else computed."""
+        """Vectors for the uploads: from the store where it has them, else computed.
+
+        Admission is counted from arrival, not from the inference queue: images still being
+        decoded count too, so under overload requests are refused at once with 503 instead
+        of piling up in front of the decode threads.
+        """
+        n = len(uploads)
+        if self._in_flight + n > self.config.max_queue_images:
+            raise ServiceError(
+                503, f"the service is at capacity ({self._in_flight} images in progress, "
+                     f"{self.config.max_queue_images} at most); retry later",
+                headers={"Retry-After": str(self.config.retry_after_s)})
+        self._in_flight += n  # only ever touched on the event loop: no lock needed
+        try:
+            return await self._embed(uploads)
+        finally:
+            self._in_flight -= n
+
+    async def _embed(self, uploads: list[Upload]) -> Embedded:
         if not self.ready:
             await asyncio.to_thread(self.start)
         loop = asyncio.get_running_loop()

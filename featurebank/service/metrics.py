@@ -22,7 +22,8 @@ class ServiceMetrics:
                                     buckets=_BATCH_BUCKETS, registry=self.registry)
         self.batch_seconds = Histogram("featurebank_batch_seconds", "Time of one inference call",
                                        buckets=_LATENCY_BUCKETS, registry=self.registry)
-        self.queue_depth = Gauge("featurebank_queue_images", "Images waiting for inference",
+        self.queue_depth = Gauge("featurebank_queue_images",
+                                 "Images accepted and not yet answered (decoding or queued)",
                                  registry=self.registry)
         self.images = Counter("featurebank_images", "Images answered, by where the vector came from",
                               ["source"], registry=self.registry)
