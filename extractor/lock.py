@@ -23,6 +23,7 @@ import h5py
 import numpy as np
 
 from export.errors import FeaturebankError
+from extractor.store_format import committed_rows
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +105,7 @@ def repair(path: Path) -> None:
                 h5py.File(tmp, "w", locking=False) as dst:
             dst.attrs.update(src.attrs)
             for name in src:
-                _copy_committed(src[name], dst.create_group(name))
+                _copycommitted_rows(src[name], dst.create_group(name))
         os.replace(tmp, path)
     except (OSError, RuntimeError, KeyError) as exc:
         tmp.unlink(missing_ok=True)
@@ -114,13 +115,13 @@ def repair(path: Path) -> None:
             "embed into a new store") from exc
 
 
-def _copy_committed(src: h5py.Group, dst: h5py.Group) -> None:
+def _copycommitted_rows(src: h5py.Group, dst: h5py.Group) -> None:
     """Copy a group's attrs and the committed rows of its datasets (recursively)."""
     dst.attrs.update(src.attrs)
-    n = _committed(src)
+    n = committed_rows(src)
     for name, obj in src.items():
         if isinstance(obj, h5py.Group):
-            _copy_committed(obj, dst.create_group(name))
+            _copycommitted_rows(obj, dst.create_group(name))
         else:
             dst.create_dataset(name, data=obj[:n], dtype=obj.dtype, chunks=obj.chunks,
                                maxshape=(None, *obj.shape[1:]))
@@ -143,7 +144,3 @@ def retry_read(method):
                                            "is running, try again when it is done") from exc
                 time.sleep(0.05 * (attempt + 1))
     return wrapper
-
-
-def _committed(obj) -> int:
-    return int(obj.attrs.get("committed", 0))

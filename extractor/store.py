@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
@@ -34,71 +33,24 @@ from extractor.lock import (
     repair,
     retry_read,
 )
+from extractor.store_format import (
+    BYTES_DTYPE,
+    CHUNK_ROWS,
+    FORMAT_VERSION,
+    KEY_DTYPE,
+    STR_DTYPE,
+    Features,
+    FeatureSetInfo,
+    append_rows,
+    committed_rows,
+    decode_path,
+    decode_texts,
+    encode_label,
+    encode_path,
+)
 
 log = logging.getLogger(__name__)
 __all__ = ["FORMAT_VERSION", "FeatureSetInfo", "FeatureStore", "Features", "StoreLockedError"]
-
-FORMAT_VERSION = 1
-KEY_DTYPE = "S64"
-_BYTES = h5py.vlen_dtype(bytes)  # paths as bytes: file names need not be UTF-8
-_STR = h5py.string_dtype("utf-8")
-_CHUNK = 1024
-
-
-@dataclass(frozen=True)
-class FeatureSetInfo:
-    fingerprint: str
-    spec: FeatureSpec
-    rows: int
-    dim: int
-    dtype: str
-
-
-@dataclass
-class Features:
-    """Rows of one feature set with their labels and paths, aligned by content key."""
-
-    X: np.ndarray
-    y: np.ndarray
-    keys: np.ndarray
-    paths: np.ndarray
-    spec: FeatureSpec
-
-
-def _enc(path: str) -> bytes:
-    return os.fsencode(path)
-
-
-def _dec(raw) -> str:
-    return os.fsdecode(bytes(raw))
-
-
-def _texts(values) -> list[str]:
-    return [v.decode("utf-8", "surrogateescape") if isinstance(v, bytes) else str(v) for v in values]
-
-
-def _label(text: str) -> bytes:
-    """Labels are stored as UTF-8 bytes; a folder name that is not valid UTF-8 (surrogate-escaped
-    by os.fsdecode) keeps its raw bytes, and reads back as the same str."""
-    return text.encode("utf-8", "surrogateescape")
-
-
-def _committed(obj) -> int:
-    return int(obj.attrs.get("committed", 0))
-
-
-def _append(group: h5py.Group, name: str, values: np.ndarray, start: int, dtype=None) -> None:
-    values = np.asarray(values) if dtype is None else np.asarray(values, dtype=dtype)
-    if name not in group:
-        shape = (0, *values.shape[1:])
-        group.create_dataset(name, shape=shape, maxshape=(None, *values.shape[1:]),
-                             dtype=dtype or values.dtype, chunks=(_CHUNK, *values.shape[1:]))
-    ds = group[name]
-    if ds.shape[0] < start + len(values):
-        ds.resize(start + len(values), axis=0)
-    if len(values):
-        ds[start:start + len(values)] = values
-
 
 class FeatureStore:
     """An HDF5 file holding any number of feature sets, keyed by spec fingerprint.
@@ -214,7 +166,7 @@ class FeatureStore:
 
     @staticmethod
     def _info(fp: str, g: h5py.Group) -> FeatureSetInfo:
-        return FeatureSetInfo(fp, FeatureSpec.from_json(g.attrs["spec"]), _committed(g),
+        return FeatureSetInfo(fp, FeatureSpec.from_json(g.attrs["spec"]), committed_rows(g),
                               int(g.attrs["dim"]), str(g["X"].dtype))
 
     def resolve(self, layer_or_fingerprint: str | None = None) -> FeatureSetInfo:
@@ -252,16 +204,16 @@ class FeatureStore:
     @staticmethod
     def _image_table(f: h5py.File) -> dict[str, tuple[str, str]]:
         g = f["images"]
-        n = _committed(g)
+        n = committed_rows(g)
         if not n:
             return {}
         keys = g["keys"][:n].astype(str)
-        paths = [_dec(p) for p in g["paths"][:n]]
-        table = dict(zip(keys, zip(paths, _texts(g["labels"][:n]), strict=True), strict=True))
+        paths = [decode_path(p) for p in g["paths"][:n]]
+        table = dict(zip(keys, zip(paths, decode_texts(g["labels"][:n]), strict=True), strict=True))
         p = f["paths"]
-        m = _committed(p)
+        m = committed_rows(p)
         if m and "labels" in p:  # content first stored without a label takes the first one given
-            for key, label in zip(p["keys"][:m].astype(str), _texts(p["labels"][:m]), strict=True):
+            for key, label in zip(p["keys"][:m].astype(str), decode_texts(p["labels"][:m]), strict=True):
                 if label and key in table and not table[key][1]:
                     table[key] = (table[key][0], label)
         return table
@@ -270,7 +222,7 @@ class FeatureStore:
         if fingerprint not in self._seen:
             with self._open("r") as f:
                 g = f["features"].get(fingerprint)
-                n = _committed(g) if g is not None else 0
+                n = committed_rows(g) if g is not None else 0
                 self._seen[fingerprint] = set(g["keys"][:n].astype(str)) if n else set()
         return self._seen[fingerprint]
 
@@ -287,7 +239,7 @@ class FeatureStore:
         """
         with self._open("r") as f:
             g = f["features"].get(fingerprint)
-            n = _committed(g) if g is not None else 0
+            n = committed_rows(g) if g is not None else 0
             return {k: i for i, k in enumerate(g["keys"][:n].astype(str))} if n else {}
 
     @retry_read
@@ -313,18 +265,18 @@ class FeatureStore:
     def failures(self) -> list[tuple[str, str]]:
         with self._open("r") as f:
             g = f["failures"]
-            n = _committed(g)
+            n = committed_rows(g)
             if not n:
                 return []
-            return [(_dec(p), r.decode() if isinstance(r, bytes) else r)
+            return [(decode_path(p), r.decode() if isinstance(r, bytes) else r)
                     for p, r in zip(g["paths"][:n], g["reasons"][:n], strict=True)]
 
     @retry_read
     def info(self) -> dict:
         """Summary for ``featurebank store info``."""
         with self._open("r") as f:
-            images = _committed(f["images"])
-            paths = _committed(f["paths"])
+            images = committed_rows(f["images"])
+            paths = committed_rows(f["paths"])
         return {"path": str(self.path), "images": images, "paths": paths,
                 "feature_sets": [{"fingerprint": s.fingerprint, "spec": s.spec.describe(),
                                   "layer": s.spec.layer, "pool": s.spec.pool, "rows": s.rows,
@@ -361,10 +313,10 @@ class FeatureStore:
                 self._failure_pairs.update(failures)  # a re-run does not record a failure twice
                 if failures:
                     g = f["failures"]
-                    n = _committed(g)
-                    _append(g, "paths", [_enc(p) for p, _ in failures], n, _BYTES)
-                    _append(g, "reasons", [r for _, r in failures], n, _STR)
-                    _append(g, "times", np.full(len(failures), time.time()), n)
+                    n = committed_rows(g)
+                    append_rows(g, "paths", [encode_path(p) for p, _ in failures], n, BYTES_DTYPE)
+                    append_rows(g, "reasons", [r for _, r in failures], n, STR_DTYPE)
+                    append_rows(g, "times", np.full(len(failures), time.time()), n)
                     g.attrs["committed"] = n + len(failures)
             self._dirty.unlink()
         except (OSError, RuntimeError) as exc:  # h5py raises RuntimeError on some failed flushes
@@ -413,12 +365,12 @@ class FeatureStore:
             g.attrs.update({"spec": spec.to_json(), "dim": X.shape[1], "layer": spec.layer,
                             "committed": 0})
             g.create_dataset("X", shape=(0, X.shape[1]), maxshape=(None, X.shape[1]), dtype=dtype,
-                             chunks=(max(1, min(_CHUNK, (1 << 20) // (X.shape[1] * 2))), X.shape[1]))
+                             chunks=(max(1, min(CHUNK_ROWS, (1 << 20) // (X.shape[1] * 2))), X.shape[1]))
         if X.shape[1] != int(g.attrs["dim"]):
             raise FeaturebankError(f"feature set {fp} has dimension {g.attrs['dim']}, got {X.shape[1]}")
-        n = _committed(g)
-        _append(g, "X", X.astype(g["X"].dtype), n)
-        _append(g, "keys", np.array(keys, dtype=KEY_DTYPE), n)
+        n = committed_rows(g)
+        append_rows(g, "X", X.astype(g["X"].dtype), n)
+        append_rows(g, "keys", np.array(keys, dtype=KEY_DTYPE), n)
         g.attrs["committed"] = n + len(keys)
         seen.update(keys)
 
@@ -426,13 +378,13 @@ class FeatureStore:
         if self._image_keys is None:
             with self._open("r") as f:
                 g, p = f["images"], f["paths"]
-                self._image_keys = set(g["keys"][:_committed(g)].astype(str)) if _committed(g) else set()
-                n = _committed(p)
+                self._image_keys = set(g["keys"][:committed_rows(g)].astype(str)) if committed_rows(g) else set()
+                n = committed_rows(p)
                 self._path_pairs = {}
                 if n:
-                    pairs = zip((_dec(x) for x in p["paths"][:n]), p["keys"][:n].astype(str),
+                    pairs = zip((decode_path(x) for x in p["paths"][:n]), p["keys"][:n].astype(str),
                                 strict=True)
-                    labels = _texts(p["labels"][:n]) if "labels" in p else [""] * n
+                    labels = decode_texts(p["labels"][:n]) if "labels" in p else [""] * n
                     self._path_pairs = dict(zip(pairs, labels, strict=True))
             self._failure_pairs = set(self.failures())
 
@@ -449,22 +401,22 @@ class FeatureStore:
                 self._path_pairs[(path, key)] = label
         if new_pairs:
             p = f["paths"]
-            n = _committed(p)
-            _append(p, "paths", [_enc(x) for x, _, _ in new_pairs], n, _BYTES)
-            _append(p, "keys", np.array([k for _, k, _ in new_pairs], dtype=KEY_DTYPE), n)
-            labels = [_label(lab) for _, _, lab in new_pairs]
+            n = committed_rows(p)
+            append_rows(p, "paths", [encode_path(x) for x, _, _ in new_pairs], n, BYTES_DTYPE)
+            append_rows(p, "keys", np.array([k for _, k, _ in new_pairs], dtype=KEY_DTYPE), n)
+            labels = [encode_label(lab) for _, _, lab in new_pairs]
             if "labels" not in p:  # stores from before the column existed: old rows get ''
                 labels, start = [""] * n + labels, 0
             else:
                 start = n
-            _append(p, "labels", labels, start, _STR)
+            append_rows(p, "labels", labels, start, STR_DTYPE)
             p.attrs["committed"] = n + len(new_pairs)
         if new_images:
             g = f["images"]
-            n = _committed(g)
-            _append(g, "keys", np.array(list(new_images), dtype=KEY_DTYPE), n)
-            _append(g, "paths", [_enc(v[0]) for v in new_images.values()], n, _BYTES)
-            _append(g, "labels", [_label(v[1]) for v in new_images.values()], n, _STR)
+            n = committed_rows(g)
+            append_rows(g, "keys", np.array(list(new_images), dtype=KEY_DTYPE), n)
+            append_rows(g, "paths", [encode_path(v[0]) for v in new_images.values()], n, BYTES_DTYPE)
+            append_rows(g, "labels", [encode_label(v[1]) for v in new_images.values()], n, STR_DTYPE)
             g.attrs["committed"] = n + len(new_images)
             self._image_keys.update(new_images)
 
