@@ -2,6 +2,9 @@
 
 The protocol of Kornblith et al. (2019) and CLIP: standardise features, pick the regularisation
 strength C on a held-out validation split from a log-spaced sweep, then refit on train+val.
+With few labels (k-shot), ``cv=5`` chooses C by stratified cross-validation over all training
+images instead of one small split, and ``normalize="l2"`` puts every row on the unit sphere first
+(SimpleShot, Wang et al. 2019), which removes the image-to-image scale of pooled activations.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold, cross_val_score, train_test_split
 from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
+from sklearn.preprocessing import Normalizer, StandardScaler
 from sklearn.svm import SVC, LinearSVC
 from sklearn.utils.multiclass import unique_labels
 from sklearn.utils.validation import check_is_fitted, validate_data
@@ -31,7 +34,13 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
     Cs : sequence of float, optional
         Candidate C values (log-spaced defaults per classifier). One value skips the sweep.
     val_size : float
-        Fraction of the training data held out to choose C (stratified).
+        Fraction of the training data held out to choose C (stratified); unused with ``cv``.
+    cv : int, optional
+        Choose C by stratified ``cv``-fold cross-validation on the training data (folds capped at
+        the smallest class count) instead of one validation split: every image validates once,
+        which is what a 10-shot problem needs (a 20 % split holds out 2 images per class).
+    normalize : {None, 'l2'}
+        ``'l2'`` scales each row to unit Euclidean norm before standardisation.
     class_weight : None or 'balanced' or dict
     max_iter : int
     random_state : int
@@ -41,20 +50,23 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
     C_ : float
         The chosen C.
     val_scores_ : dict
-        Validation accuracy per candidate C.
+        Validation (or mean cross-validation) accuracy per candidate C.
     pipeline_ : Pipeline
-        Scaler + classifier refit on all training data with ``C_``.
+        (Normalizer +) scaler + classifier refit on all training data with ``C_``.
     classes_ : ndarray
     """
 
     def __init__(self, classifier: str = "logreg", Cs=None, val_size: float = 0.2,
-                 class_weight=None, max_iter: int = 1000, random_state: int = 0):
+                 class_weight=None, max_iter: int = 1000, random_state: int = 0,
+                 cv: int | None = None, normalize: str | None = None):
         self.classifier = classifier
         self.Cs = Cs
         self.val_size = val_size
         self.class_weight = class_weight
         self.max_iter = max_iter
         self.random_state = random_state
+        self.cv = cv
+        self.normalize = normalize
 
     def _make(self, C: float):
         if self.classifier == "logreg":
@@ -64,10 +76,13 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
                             random_state=self.random_state)
         elif self.classifier == "rbf-svm":
             clf = SVC(C=C, kernel="rbf", gamma="scale", class_weight=self.class_weight,
-                      probability=False, random_state=self.random_state)
+                      random_state=self.random_state)
         else:
             raise ValueError(f"classifier must be one of {CLASSIFIERS}, got {self.classifier!r}")
-        return make_pipeline(StandardScaler(), clf)
+        if self.normalize not in (None, "l2"):
+            raise ValueError(f"normalize must be None or 'l2', got {self.normalize!r}")
+        steps = [Normalizer("l2")] if self.normalize == "l2" else []
+        return make_pipeline(*steps, StandardScaler(), clf)
 
     def fit(self, X, y):
         X, y = validate_data(self, X, y, dtype=np.float32)
@@ -79,11 +94,17 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         self.val_scores_ = {}
         counts = np.unique(y, return_counts=True)[1]
         n_val = int(round(self.val_size * len(y)))
-        if len(Cs) > 1 and counts.min() >= 2 and n_val >= len(self.classes_):
+        folds = min(self.cv or 0, counts.min())
+        if len(Cs) > 1 and self.cv is not None and folds >= 2:
+            splits = StratifiedKFold(folds, shuffle=True, random_state=self.random_state)
+            for C in Cs:
+                self.val_scores_[C] = float(cross_val_score(self._make(C), X, y, cv=splits).mean())
+        elif len(Cs) > 1 and self.cv is None and counts.min() >= 2 and n_val >= len(self.classes_):
             Xtr, Xval, ytr, yval = train_test_split(X, y, test_size=n_val, stratify=y,
                                                     random_state=self.random_state)
             for C in Cs:
                 self.val_scores_[C] = float(self._make(C).fit(Xtr, ytr).score(Xval, yval))
+        if self.val_scores_:  # ties: the C nearest 1
             self.C_ = max(Cs, key=lambda c: (self.val_scores_[c], -abs(np.log10(c))))
         else:  # too few samples to hold any out: the middle of the sweep
             self.C_ = Cs[len(Cs) // 2]

@@ -150,7 +150,36 @@ def test_k_shot_and_cross_validation(digit_features, digits_split):
     assert scores.shape == (5,) and scores.mean() > 0.6
 
 
-@parametrize_with_checks([LinearProbe(Cs=[0.1, 1.0], max_iter=200)])
+def test_probe_l2_normalize_and_cv_choice(digit_features, digits_split):
+    """``cv=5`` scores each C by 5-fold CV on all 100 digits (checked against scikit-learn's own
+    pipeline); ``normalize='l2'`` makes predictions blind to each image's feature scale."""
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    from sklearn.preprocessing import Normalizer, StandardScaler
+
+    _, ytr, _, yte = digits_split
+    _, Ftr, Fte = digit_features
+    probe = LinearProbe(normalize="l2", cv=5).fit(Ftr, ytr)
+    assert set(probe.val_scores_) == set(DEFAULT_CS["logreg"])
+    folds = StratifiedKFold(5, shuffle=True, random_state=0)
+    for C in (0.01, 1.0):
+        ref = make_pipeline(Normalizer(), StandardScaler(), LogisticRegression(C=C, max_iter=1000))
+        assert probe.val_scores_[C] == pytest.approx(cross_val_score(ref, Ftr, ytr, cv=folds).mean())
+    assert probe.val_scores_[probe.C_] == max(probe.val_scores_.values())
+    np.testing.assert_allclose(np.linalg.norm(probe.pipeline_[0].transform(Fte), axis=1), 1.0,
+                               rtol=1e-5)
+    scales = np.random.default_rng(0).uniform(0.2, 5.0, size=(len(Fte), 1)).astype(np.float32)
+    np.testing.assert_array_equal(probe.predict(Fte * scales), probe.predict(Fte))
+    assert probe.score(Fte, yte) > 0.6
+    # 3 images per class: the folds are capped at 3, every C is still cross-validated
+    few = k_shot_indices(ytr, 3)
+    assert len(LinearProbe(cv=5).fit(Ftr[few], ytr[few]).val_scores_) == len(DEFAULT_CS["logreg"])
+    assert clone(probe).get_params()["normalize"] == "l2"
+    with pytest.raises(ValueError, match="normalize"):
+        LinearProbe(normalize="l1").fit(Ftr, ytr)
+
+
+@parametrize_with_checks([LinearProbe(Cs=[0.1, 1.0], max_iter=200),
+                          LinearProbe(Cs=[0.1, 1.0], max_iter=200, cv=3, normalize="l2")])
 def test_linear_probe_estimator_checks(estimator, check):
     check(estimator)
 
