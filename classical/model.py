@@ -81,6 +81,8 @@ class TrainedModel:
 
         spec = self.specs[0]
         model = self.info.get("onnx_path") or spec.model.model
+        if spec.quantization:  # int8 features: the same cached int8 graph, found by its tag
+            kwargs = {"precision": "int8", "calibration": spec.quantization, **kwargs}
         ex = Extractor(model, [s.layer for s in self.specs], spec.pool, spec.gem_p, spec.normalize,
                        **kwargs)
         self.check_specs(ex.specs)

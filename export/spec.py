@@ -107,6 +107,9 @@ class FeatureSpec:
     pool: str = "avg"
     gem_p: float = 3.0
     normalize: bool = False
+    # None for the exported float graph; "int8-<digest>" for a graph statically quantized on
+    # one calibration set (extractor/quantize.py): its vectors differ, so must its fingerprint.
+    quantization: str | None = None
 
     def __post_init__(self) -> None:
         if self.pool not in POOLS:
@@ -115,7 +118,7 @@ class FeatureSpec:
             raise ValueError(f"gem_p must be > 0, got {self.gem_p}")
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data = {
             "model": self.model.to_dict(),
             "layer": self.layer,
             "pool": self.pool,
@@ -123,6 +126,9 @@ class FeatureSpec:
             "gem_p": float(self.gem_p) if self.pool == "gem" else None,
             "normalize": bool(self.normalize),
         }
+        if self.quantization is not None:  # absent for float: older fingerprints stay valid
+            data["quantization"] = self.quantization
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FeatureSpec:
@@ -132,6 +138,7 @@ class FeatureSpec:
             pool=data.get("pool", "avg"),
             gem_p=data.get("gem_p") or 3.0,
             normalize=bool(data.get("normalize", False)),
+            quantization=data.get("quantization"),
         )
 
     def to_json(self) -> str:
@@ -151,7 +158,8 @@ class FeatureSpec:
     def describe(self) -> str:
         pool = f"gem(p={self.gem_p:g})" if self.pool == "gem" else self.pool
         norm = "+l2" if self.normalize else ""
-        return f"{self.model.model}@{self.model.weights_sha256[:8]}:{self.layer}/{pool}{norm}"
+        quant = f" [{self.quantization}]" if self.quantization else ""
+        return f"{self.model.model}@{self.model.weights_sha256[:8]}:{self.layer}/{pool}{norm}{quant}"
 
 
 def canonical_json(data: Any) -> str:

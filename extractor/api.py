@@ -13,9 +13,10 @@ import numpy as np
 from export.errors import FeaturebankError
 from export.registry import DEFAULT_MODEL, is_onnx_path
 from export.spec import FeatureSpec, Preprocessing
-from extractor.preprocess import DEFAULT_MAX_PIXELS, decode
+from extractor.preprocess import DEFAULT_MAX_PIXELS, DecodeError, decode
 
 log = logging.getLogger(__name__)
+PRECISIONS = ("fp32", "fp16", "int8")
 
 
 def resolve_model_path(model: str | Path, input_size: int | None = None) -> Path:
@@ -59,6 +60,12 @@ class Extractor:
         ``fp16`` runs the backbone with float16 weights and compute (the GPU path; see
         :func:`extractor.gpu.to_fp16`); input stays uint8 and vectors float32. Vectors track
         fp32 closely (cosine >= 0.9999 on real photos) and keep the same spec fingerprint.
+        ``int8`` runs a static int8 copy of the graph calibrated on ``calibration`` (the CPU
+        speed option, :func:`extractor.quantize.int8_feature_graph`); its vectors get specs
+        and fingerprints of their own.
+    calibration : sequence of images, or str
+        With ``precision='int8'``: 50-200 of the user's own images (anything ``embed`` takes;
+        undecodable ones are skipped), or the ``int8-<digest>`` tag of a graph quantized before.
 
     Examples
     --------
@@ -72,7 +79,8 @@ class Extractor:
                  pool: str = "avg", gem_p: float = 3.0, normalize: bool = False,
                  device: str = "auto", batch_size: int = 32, threads: int | None = None,
                  preprocessing: Preprocessing | None = None, input_size: int | None = None,
-                 max_pixels: int = DEFAULT_MAX_PIXELS, precision: str = "fp32"):
+                 max_pixels: int = DEFAULT_MAX_PIXELS, precision: str = "fp32",
+                 calibration: Sequence[Any] | str | None = None):
         self.model = model
         self.layers = layers
         self.pool = pool
@@ -85,6 +93,7 @@ class Extractor:
         self.input_size = input_size
         self.max_pixels = max_pixels
         self.precision = precision
+        self.calibration = calibration
         self._graph = None
         self._session = None
         self._runner = None
@@ -93,18 +102,42 @@ class Extractor:
     @property
     def graph(self):
         if self._graph is None:
-            from extractor.gpu import check_precision, to_fp16
             from extractor.graph import build_feature_graph
 
-            check_precision(self.precision)
+            if self.precision not in PRECISIONS:
+                raise FeaturebankError(f"precision must be one of {PRECISIONS}, "
+                                       f"got {self.precision!r}")
             layers = [self.layers] if isinstance(self.layers, str) else list(self.layers)
             graph = build_feature_graph(
                 resolve_model_path(self.model, self.input_size), layers, self.pool, self.gem_p,
                 self.normalize, self.preprocessing)
             if self.precision == "fp16":
+                from extractor.gpu import to_fp16
+
                 graph = replace(graph, model=to_fp16(graph.model))
+            elif self.precision == "int8":
+                from extractor.quantize import int8_feature_graph
+
+                graph = int8_feature_graph(graph, self._calibration_pixels(graph))
             self._graph = graph
         return self._graph
+
+    def _calibration_pixels(self, graph) -> np.ndarray | str:
+        if isinstance(self.calibration, str):
+            return self.calibration
+        if not self.calibration:
+            raise FeaturebankError(
+                "precision 'int8' needs calibration images: Extractor(..., calibration=[50-200 of "
+                "your images]); 'featurebank embed --precision int8' samples them from the input")
+        pixels = []
+        for image in self.calibration:
+            try:
+                pixels.append(decode(image, graph.model_spec.preprocessing, self.max_pixels))
+            except DecodeError as exc:  # a bad file among the samples must not stop the run
+                log.warning("calibration: skipped %s", exc)
+        if not pixels:
+            raise FeaturebankError("precision 'int8': none of the calibration images decodes")
+        return np.stack(pixels)
 
     @property
     def session(self):
@@ -196,6 +229,9 @@ class Extractor:
         state["_graph"] = None
         state["_session"] = None
         state["_runner"] = None
+        if self._graph is not None and self.specs[0].quantization:
+            # the cached int8 graph's tag, not the calibration images: small, same vectors
+            state["calibration"] = self.specs[0].quantization
         return state
 
     def __repr__(self) -> str:

@@ -29,17 +29,9 @@ from onnx import TensorProto, helper
 from export.errors import FeaturebankError
 from extractor.graph import PIXELS
 
-PRECISIONS = ("fp32", "fp16")
 # Ops the pooling tail of extractor.graph is built from (see graph._append_pooling).
 _POOL_OPS = {"GlobalAveragePool", "GlobalMaxPool", "Clip", "Pow", "Flatten", "ReduceSumSquare",
              "Sqrt", "Max", "Div"}
-
-
-def check_precision(precision: str) -> str:
-    """``precision`` itself when valid, else a :class:`FeaturebankError` naming the choices."""
-    if precision not in PRECISIONS:
-        raise FeaturebankError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    return precision
 
 
 def _split(graph: onnx.GraphProto) -> tuple[list, list, list]:

@@ -17,13 +17,14 @@ from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from export.errors import FeaturebankError
+from export.spec import FeatureSpec
 from extractor.api import Extractor
 from extractor.inputs import ImageItem, collect
 from extractor.preprocess import DecodeError, decode, image_key, read_bytes
@@ -84,6 +85,8 @@ def embed_collection(
     address: str | None = None,
     extractor: Extractor | None = None,
     file_timeout: float = 60.0,
+    precision: str = "fp32",
+    calibration_size: int = 128,
 ) -> EmbedSummary:
     """Embed every image of ``inputs`` into ``store_path``; only new content is computed.
 
@@ -112,6 +115,12 @@ def embed_collection(
     file_timeout : float
         Seconds one file may take to read and decode; a file over it is recorded as a
         failure and the run goes on.
+    precision : {'fp32', 'fp16', 'int8'}
+        See :class:`extractor.Extractor`. ``int8`` calibrates on ``calibration_size`` images
+        spread evenly over the collection; a store that already holds int8 vectors of the same
+        spec keeps its calibration, so later runs append to the same feature set.
+    calibration_size : int
+        Images to calibrate int8 on.
 
     Returns
     -------
@@ -133,11 +142,41 @@ def embed_collection(
         return embed_collection_ray(inputs, store_path, address=address, **kwargs)
     if engine != "local":
         raise FeaturebankError(f"engine must be 'local' or 'ray', got {engine!r}")
+    if precision != "fp32" and engine == "ray":
+        raise FeaturebankError(f"precision {precision!r} runs with engine 'local' only")
     items = collect(list(inputs))
-    ex = extractor or Extractor(model, layers, pool, gem_p, normalize, device, batch_size, threads)
     with FeatureStore(store_path, mode="a") as store:
+        ex = extractor
+        if ex is None:
+            calibration = None
+            if precision == "int8":
+                float_specs = Extractor(model, layers, pool, gem_p, normalize).specs
+                calibration = int8_calibration(items, store, float_specs, calibration_size)
+            ex = Extractor(model, layers, pool, gem_p, normalize, device, batch_size, threads,
+                           precision=precision, calibration=calibration)
         return _run(items, ex, store, batch_size, workers or os.cpu_count() or 2, dtype, progress,
                     file_timeout)
+
+
+def int8_calibration(items: list[ImageItem], store: FeatureStore, float_specs: list[FeatureSpec],
+                     size: int) -> str | list[str]:
+    """The store's int8 tag for these specs when it has one (and the graph is cached), else
+    ``size`` paths spread evenly over the collection (sorted folders: every class is sampled)."""
+    from extractor.quantize import int8_graph_path
+
+    wanted = {s.fingerprint() for s in float_specs}
+    for fs in store.feature_sets():
+        tag = fs.spec.quantization
+        if tag and replace(fs.spec, quantization=None).fingerprint() in wanted:
+            if int8_graph_path(tag).is_file():
+                return tag
+            log.warning("store %s holds %s vectors but that int8 graph is not in this cache: "
+                        "calibrating anew (a new feature set)", store.path, tag)
+    if size < 1 or not items:
+        raise FeaturebankError(f"int8 needs calibration images: calibration_size={size}, "
+                               f"{len(items)} inputs")
+    picks = np.unique(np.linspace(0, len(items) - 1, min(size, len(items))).round().astype(int))
+    return [items[i].path for i in picks]
 
 
 def _prepare(item: ImageItem, ex: Extractor, done: set[str] | None) -> _Prepared:

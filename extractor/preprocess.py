@@ -27,6 +27,7 @@ import io
 import os
 import re
 import stat
+import struct
 import warnings
 from pathlib import Path
 from typing import Any
@@ -103,8 +104,9 @@ def decode(source: Any, preprocessing: Preprocessing, max_pixels: int = DEFAULT_
         return resize_crop(rgb, preprocessing)
     except DecodeError:
         raise
-    except (OSError, SyntaxError, ValueError, IndexError, EOFError,
-            Image.DecompressionBombError) as exc:  # Pillow plugins raise IndexError on bad frames
+    except (OSError, SyntaxError, ValueError, IndexError, EOFError, struct.error,
+            Image.DecompressionBombError) as exc:
+        # Pillow plugins raise IndexError / struct.error on frame headers cut short
         raise DecodeError(_reason(exc), label) from None
 
 
@@ -130,7 +132,8 @@ def _open(data: bytes, label: str, max_pixels: int, pre: Preprocessing) -> Image
         found = re.search(r"\((\d+) pixels\)", str(exc))
         count = found.group(1) if found else "?"
         raise DecodeError(f"too many pixels ({count} > {max_pixels})", label) from None
-    except (OSError, SyntaxError, ValueError, EOFError, IndexError, MemoryError) as exc:
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, MemoryError,
+            struct.error) as exc:
         raise DecodeError(_reason(exc), label) from None
     return image
 

@@ -7,14 +7,25 @@ ranges match the data the graph will see. The uint8 -> float preprocessing at th
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import tempfile
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import onnx
 
+from export.cache import cache_dir
 from export.errors import FeaturebankError
+
+# The options `precision="int8"` uses: every convolution but the first and last int8, weights in
+# a 7-bit range (reduce_range: AVX2 without VNNI saturates full-range u8s8 products; without it
+# cosine to fp32 fell from 0.95 to 0.82). Chosen among the variants of benchmarks/int8.py.
+INT8_OPTIONS: dict = {"keep_float_convs": 1, "reduce_range": True}
+FLOAT_DIGEST_KEY = "featurebank.float_graph_sha256"  # metadata: the float graph it came from
 
 _FLOAT_OPS = {"Cast", "Transpose", "Mul", "Add", "Sub", "Div", "ReduceMean", "GlobalAveragePool",
               "Pow", "ReduceL2", "Flatten", "Reshape", "Squeeze", "Clip", "Max", "Sqrt"}
@@ -39,6 +50,60 @@ def _excluded_nodes(model: onnx.ModelProto, keep_float_convs: int = 4,
 
 def _is_depthwise(node: onnx.NodeProto) -> bool:
     return any(a.name == "group" and a.i > 1 for a in node.attribute)
+
+
+def int8_feature_graph(graph, calibration: np.ndarray | str, cache: str | Path | None = None):
+    """The int8 twin of a :class:`extractor.graph.FeatureGraph`, cached on disk.
+
+    Parameters
+    ----------
+    graph : FeatureGraph
+        The float feature graph.
+    calibration : uint8 array [N, H, W, 3], or str
+        Decoded calibration images (the user's own), or the ``int8-<digest>`` tag of a graph
+        quantized before (``FeatureSpec.quantization``), to find it again in the cache.
+    cache : path, optional
+        Cache folder (default: featurebank's cache, ``$FEATUREBANK_CACHE``).
+
+    Returns
+    -------
+    FeatureGraph
+        The quantized model; each spec's ``quantization`` is ``int8-<digest>``, where the digest
+        covers the float graph, the calibration pixels and :data:`INT8_OPTIONS`: int8 vectors
+        get fingerprints of their own and never mix with float ones in a store.
+    """
+    float_digest = hashlib.sha256(graph.model.SerializeToString()).hexdigest()
+    if isinstance(calibration, str):
+        path = int8_graph_path(calibration, cache)
+        if not path.is_file():
+            raise FeaturebankError(
+                f"int8 graph {calibration} is not in the cache ({path}); it was calibrated "
+                f"elsewhere: copy that file here, or re-embed with --precision int8 and retrain")
+    else:
+        pixels = np.ascontiguousarray(calibration, np.uint8)
+        digest_of = hashlib.sha256(float_digest.encode())
+        digest_of.update(pixels.tobytes())
+        digest_of.update(json.dumps(INT8_OPTIONS, sort_keys=True).encode())
+        path = int8_graph_path(digest_of.hexdigest()[:16], cache)
+        if not path.is_file():  # quantize once per (graph, calibration); atomic for racing runs
+            tmp = path.with_name(f".{path.stem}.{os.getpid()}.onnx")
+            quantize_feature_graph(graph.model, list(pixels), tmp, **INT8_OPTIONS)
+            quantized = onnx.load(tmp)
+            onnx.helper.set_model_props(quantized, {FLOAT_DIGEST_KEY: float_digest})
+            onnx.save(quantized, tmp)
+            os.replace(tmp, path)
+    model = onnx.load(path)
+    made_from = {p.key: p.value for p in model.metadata_props}.get(FLOAT_DIGEST_KEY)
+    if made_from != float_digest:  # a tag reused with another model, layer set or pooling
+        raise FeaturebankError(f"int8 graph {path.name} was quantized from another feature graph "
+                               "(model, layers or pooling differ); use the spec it was made for")
+    tag = f"int8-{path.stem}"
+    return replace(graph, model=model, specs=[replace(s, quantization=tag) for s in graph.specs])
+
+
+def int8_graph_path(tag: str, cache: str | Path | None = None) -> Path:
+    """Where the int8 graph of ``tag`` (``int8-<digest>`` or the digest) is cached."""
+    return cache_dir(cache) / "int8" / f"{tag.removeprefix('int8-')}.onnx"
 
 
 def quantize_feature_graph(model_proto: onnx.ModelProto, calibration_images: Sequence[np.ndarray],

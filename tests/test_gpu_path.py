@@ -112,7 +112,7 @@ def test_fp16_tracks_fp32_on_real_photos(lite0_onnx, fp32, pixels, real_photos):
 def test_precision_checked_when_the_graph_is_built(lite0_onnx):
     ex = Extractor(lite0_onnx, precision="int4")  # __init__ only stores it
     assert ex.precision == "int4"
-    with pytest.raises(FeaturebankError, match=r"precision must be one of \('fp32', 'fp16'\)"):
+    with pytest.raises(FeaturebankError, match=r"precision must be one of \('fp32', 'fp16', 'int8'\), got 'int4'"):
         _ = ex.specs
 
 

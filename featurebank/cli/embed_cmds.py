@@ -30,6 +30,11 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=None, help="decoding threads (default: cores)")
     p.add_argument("--dtype", default="float16", choices=["float16", "float32"])
+    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"],
+                   help="int8: static int8 graph calibrated on this collection (CPU speed; "
+                        "vectors get a spec of their own); fp16: for --device cuda")
+    p.add_argument("--calibration", type=int, default=128, metavar="N",
+                   help="images sampled from the input to calibrate int8 on (default: 128)")
     p.add_argument("--engine", default="local", choices=["local", "ray"])
     p.add_argument("--address", default=None, help="Ray cluster address (with --engine ray)")
     p.add_argument("--no-progress", action="store_true")
@@ -44,6 +49,7 @@ def run_embed(args) -> int:
         args.inputs, args.store, model=args.model, layers=tuple(args.layers or ["head"]),
         pool=args.pool, gem_p=args.gem_p, normalize=args.l2, batch_size=args.batch_size,
         workers=args.workers, device=args.device, threads=args.threads, dtype=args.dtype,
-        progress=not args.no_progress, engine=args.engine, address=args.address)
+        progress=not args.no_progress, engine=args.engine, address=args.address,
+        precision=args.precision, calibration_size=args.calibration)
     print(json.dumps(summary.to_dict()) if args.json else summary)
     return 0

@@ -206,6 +206,14 @@ def fuzz_decode(by_name, max_examples: int) -> dict:
     return counts
 
 
+def test_fuzzer_found_gif_frame_header_cut(by_name):
+    """Bug 11, found by the 2,000-example fuzz run: an animated GIF whose second frame header
+    is cut short made Pillow's ``n_frames`` raise ``struct.error`` out of ``decode``."""
+    data = mutate(_seeds(by_name)[3], [(3468, 1, 234), (6623, 2, 228)], 0.41866568463843834)
+    with pytest.raises(DecodeError, match="corrupt image"):
+        decode(data, PRE)
+
+
 def test_fuzz_decode(by_name):
     counts = fuzz_decode(by_name, max_examples=150)
     assert not counts["unhandled"], counts["unhandled"]
