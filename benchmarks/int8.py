@@ -2,8 +2,8 @@
 
 On a fixed-seed subset of Fashion-MNIST (``--train`` / ``--test`` PNGs from ``runs/fmnist``),
 embeds with the float Lite0 feature graph and with int8 graphs from
-:func:`extractor.quantize.quantize_feature_graph` (calibrated on ``--calibration`` training
-images), trains the same :class:`classical.LinearProbe` on each and reports test accuracy, the
+:func:`extractor.quantize.int8_feature_graph` (the ``precision="int8"`` path, calibrated on
+``--calibration`` training images), trains the same :class:`classical.LinearProbe` on each and reports test accuracy, the
 accuracy lost, cosine between int8 and fp32 vectors, inference-only images/s (fp32 and int8
 timed alternately on the same batches, best of ``--repeats``) and end-to-end images/s
 (:func:`extractor.pipeline.embed_collection` into a fresh store).
@@ -33,12 +33,12 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from extractor.quantize import INT8_OPTIONS  # noqa: E402 - after the sys.path line
+from extractor.quantize import INT8_OPTIONS, int8_feature_graph, int8_graph_path  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
 MODEL = "efficientnet_lite0"
 
-# Keyword arguments of quantize_feature_graph per variant; {} = the function's defaults.
+# Keyword arguments of quantize_feature_graph per variant (int8_feature_graph's ``options``).
 VARIANTS: dict[str, dict] = {
     "default": INT8_OPTIONS,  # what precision="int8" uses
     "keep4": {"keep_float_convs": 4, "reduce_range": False},
@@ -129,7 +129,6 @@ def main(argv: list[str] | None = None) -> dict:
     import onnxruntime
 
     from extractor.api import Extractor
-    from extractor.quantize import quantize_feature_graph, quantized_extractor
 
     ftr, ytr, fte, yte = subset(args.train, args.test, args.seed)
     ex = Extractor(MODEL, (args.layer,), batch_size=args.batch_size, threads=args.threads)
@@ -145,10 +144,12 @@ def main(argv: list[str] | None = None) -> dict:
         tmp = Path(tmp)
         for name in names:
             t0 = time.perf_counter()
-            path = quantize_feature_graph(ex.graph.model, list(ptr[: args.calibration]),
-                                          tmp / f"{name}.onnx", batch_size=args.batch_size,
-                                          **VARIANTS[name])
-            qex = quantized_extractor(ex, path, args.threads)
+            # the user's path: a cached int8 graph found by its tag (the options enter the digest)
+            tag = int8_feature_graph(ex.graph, ptr[: args.calibration],
+                                     options=VARIANTS[name]).specs[0].quantization
+            path = int8_graph_path(tag)
+            qex = Extractor(MODEL, (args.layer,), batch_size=args.batch_size, threads=args.threads,
+                            precision="int8", calibration=tag)
             q_tr, q_te = embed(qex.embed_pixels, ptr, args.batch_size), embed(qex.embed_pixels, pte, args.batch_size)
             acc, C = probe_accuracy(q_tr, ytr, q_te, yte, args.C)
             rates = inference_rates({"fp32": ex.embed_pixels, "int8": qex.embed_pixels}, speed_px,

@@ -135,6 +135,9 @@ def embed_collection(
                   batch_size=batch_size, workers=workers, device=device, threads=threads,
                   dtype=dtype, progress=progress)
     if engine == "ray":
+        if precision != "fp32":
+            raise FeaturebankError(f"precision {precision!r} runs with engine 'local' only; "
+                                   "Ray actors compute in fp32")
         try:
             from extractor.ray_engine import embed_collection_ray
         except ImportError as exc:
@@ -142,8 +145,6 @@ def embed_collection(
         return embed_collection_ray(inputs, store_path, address=address, **kwargs)
     if engine != "local":
         raise FeaturebankError(f"engine must be 'local' or 'ray', got {engine!r}")
-    if precision != "fp32" and engine == "ray":
-        raise FeaturebankError(f"precision {precision!r} runs with engine 'local' only")
     items = collect(list(inputs))
     with FeatureStore(store_path, mode="a") as store:
         ex = extractor

@@ -1,8 +1,11 @@
 """Static int8 quantization of a feature graph (onnxruntime QDQ, per-channel weights).
 
 Calibration feeds uint8 ``pixels`` batches decoded from the user's own images, so activation
-ranges match the data the graph will see. The uint8 -> float preprocessing at the input
-(Cast/Transpose/Mul/Add/Sub/Div) and the pooling tail stay float: they are cheap and sensitive.
+ranges match the data the graph will see. The pooling tail stays float (cheap and sensitive);
+where the input normalisation is an exact zero point and scale, the uint8 pixels feed the first
+convolution as its quantized input (:func:`_pixels_as_quantized_input`).
+:func:`int8_feature_graph` is what ``Extractor(precision="int8")`` uses: a cached int8 graph with
+specs of its own.
 """
 
 from __future__ import annotations
@@ -34,8 +37,7 @@ _FLOAT_OPS = {"Cast", "Transpose", "Mul", "Add", "Sub", "Div", "ReduceMean", "Gl
 def _excluded_nodes(model: onnx.ModelProto, keep_float_convs: int = 4,
                     exclude_depthwise: bool = False) -> list[str]:
     """Nodes kept in float: the input preprocessing, the pooling tail and the first and last
-    ``keep_float_convs`` convolutions (int8 there costs most accuracy on EfficientNet-Lite:
-    measured cosine to fp32 0.91 with 1 kept at each end, 0.96 with 4)."""
+    ``keep_float_convs`` convolutions (see benchmarks/int8.py for what each choice measured)."""
     nodes = list(model.graph.node)
     convs = [i for i, n in enumerate(nodes) if n.op_type == "Conv"]
     if not convs:
@@ -52,7 +54,8 @@ def _is_depthwise(node: onnx.NodeProto) -> bool:
     return any(a.name == "group" and a.i > 1 for a in node.attribute)
 
 
-def int8_feature_graph(graph, calibration: np.ndarray | str, cache: str | Path | None = None):
+def int8_feature_graph(graph, calibration: np.ndarray | str, cache: str | Path | None = None,
+                       options: dict | None = None):
     """The int8 twin of a :class:`extractor.graph.FeatureGraph`, cached on disk.
 
     Parameters
@@ -64,12 +67,15 @@ def int8_feature_graph(graph, calibration: np.ndarray | str, cache: str | Path |
         quantized before (``FeatureSpec.quantization``), to find it again in the cache.
     cache : path, optional
         Cache folder (default: featurebank's cache, ``$FEATUREBANK_CACHE``).
+    options : dict, optional
+        Keyword arguments of :func:`quantize_feature_graph` (default :data:`INT8_OPTIONS`);
+        unused when ``calibration`` is a tag.
 
     Returns
     -------
     FeatureGraph
         The quantized model; each spec's ``quantization`` is ``int8-<digest>``, where the digest
-        covers the float graph, the calibration pixels and :data:`INT8_OPTIONS`: int8 vectors
+        covers the float graph, the calibration pixels and the options: int8 vectors
         get fingerprints of their own and never mix with float ones in a store.
     """
     float_digest = hashlib.sha256(graph.model.SerializeToString()).hexdigest()
@@ -83,14 +89,13 @@ def int8_feature_graph(graph, calibration: np.ndarray | str, cache: str | Path |
         pixels = np.ascontiguousarray(calibration, np.uint8)
         digest_of = hashlib.sha256(float_digest.encode())
         digest_of.update(pixels.tobytes())
-        digest_of.update(json.dumps(INT8_OPTIONS, sort_keys=True).encode())
+        options = INT8_OPTIONS if options is None else options
+        digest_of.update(json.dumps(options, sort_keys=True).encode())
         path = int8_graph_path(digest_of.hexdigest()[:16], cache)
         if not path.is_file():  # quantize once per (graph, calibration); atomic for racing runs
             tmp = path.with_name(f".{path.stem}.{os.getpid()}.onnx")
-            quantize_feature_graph(graph.model, list(pixels), tmp, **INT8_OPTIONS)
-            quantized = onnx.load(tmp)
-            onnx.helper.set_model_props(quantized, {FLOAT_DIGEST_KEY: float_digest})
-            onnx.save(quantized, tmp)
+            quantize_feature_graph(graph.model, list(pixels), tmp,
+                                   metadata={FLOAT_DIGEST_KEY: float_digest}, **options)
             os.replace(tmp, path)
     model = onnx.load(path)
     made_from = {p.key: p.value for p in model.metadata_props}.get(FLOAT_DIGEST_KEY)
@@ -111,7 +116,8 @@ def quantize_feature_graph(model_proto: onnx.ModelProto, calibration_images: Seq
                            keep_float_convs: int = 4, per_channel: bool = True,
                            reduce_range: bool = False, calibrate_method: str = "MinMax",
                            weight_type: str = "QInt8", activation_type: str = "QUInt8",
-                           quant_format: str = "QDQ", exclude_depthwise: bool = False) -> Path:
+                           quant_format: str = "QDQ", exclude_depthwise: bool = False,
+                           metadata: dict[str, str] | None = None) -> Path:
     """Write an int8 (QDQ, per-channel) copy of a feature graph, calibrated on real images.
 
     Parameters
@@ -126,6 +132,12 @@ def quantize_feature_graph(model_proto: onnx.ModelProto, calibration_images: Seq
         Images per calibration batch.
     keep_float_convs : int
         Convolutions kept in float at each end of the network.
+    per_channel, reduce_range, calibrate_method, weight_type, activation_type, quant_format
+        Passed to ``onnxruntime.quantization.quantize_static`` (enum members by name).
+    exclude_depthwise : bool
+        Keep every depthwise convolution in float too.
+    metadata : dict, optional
+        ``metadata_props`` entries added to the written model.
 
     Returns
     -------
@@ -177,7 +189,10 @@ def quantize_feature_graph(model_proto: onnx.ModelProto, calibration_images: Seq
                         activation_type=QuantType[activation_type], weight_type=QuantType[weight_type],
                         nodes_to_exclude=_excluded_nodes(prepped, keep_float_convs, exclude_depthwise))
     quantized = onnx.load(out_path)
-    if _pixels_as_quantized_input(quantized):
+    changed = _pixels_as_quantized_input(quantized)
+    for key, value in (metadata or {}).items():
+        quantized.metadata_props.add(key=key, value=value)
+    if changed or metadata:
         onnx.save(quantized, out_path)
     return out_path
 
@@ -247,33 +262,3 @@ def _pixels_as_quantized_input(model: onnx.ModelProto) -> bool:
     onnx.checker.check_model(model)
     return True
 
-
-def quantized_extractor(extractor, quantized_path: str | Path, threads: int | None = None):
-    """A copy of ``extractor`` that runs the int8 graph written by :func:`quantize_feature_graph`.
-
-    The copy keeps the float graph's spec and output names, so its vectors carry the same
-    fingerprint: embed int8 vectors into a store of their own, not one holding fp32 vectors.
-
-    Parameters
-    ----------
-    extractor : extractor.Extractor
-        The float extractor the quantized graph was made from.
-    quantized_path : path
-        The ``.onnx`` file :func:`quantize_feature_graph` wrote.
-    threads : int, optional
-        Intra-op threads; default: the extractor's.
-
-    Returns
-    -------
-    extractor.Extractor
-    """
-    import copy
-
-    from extractor.runtime import make_session
-
-    path = Path(quantized_path)
-    if not path.is_file():
-        raise FeaturebankError(f"quantized graph {path} does not exist; run quantize_feature_graph first")
-    q = copy.copy(extractor)  # __getstate__ drops the float session and graph
-    q._session = make_session(path, extractor.device, threads or extractor.threads)
-    return q

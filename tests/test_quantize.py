@@ -81,6 +81,14 @@ def test_int8_tag_refuses_another_graph_and_missing_files(int8):
         _ = Extractor(precision="int8").specs
 
 
+def test_int8_refused_with_the_ray_engine(digits_dir, tmp_path):
+    from extractor.pipeline import embed_collection
+
+    with pytest.raises(FeaturebankError, match="engine 'local' only"):
+        embed_collection([str(digits_dir)], tmp_path / "x.h5", precision="int8", engine="ray")
+    assert not (tmp_path / "x.h5").exists()  # refused before any store is made
+
+
 def test_embed_int8_cli_train_predict(model_cache, digits_dir, tmp_path, capsys):
     """featurebank embed --precision int8 calibrates on the collection, a second run appends
     to the same int8 feature set, and a model trained on it predicts through the same graph."""

@@ -164,15 +164,17 @@ class ServingEngine:
         """
         n = len(uploads)
         if self._in_flight + n > self.config.max_queue_images:
-            raise ServiceError(
-                503, f"the service is at capacity ({self._in_flight} images in progress, "
-                     f"{self.config.max_queue_images} at most); retry later",
-                headers={"Retry-After": str(self.config.retry_after_s)})
+            raise self._at_capacity(f"{self._in_flight} images in progress, "
+                                    f"{self.config.max_queue_images} at most")
         self._in_flight += n  # only ever touched on the event loop: no lock needed
         try:
             return await self._embed(uploads)
         finally:
             self._in_flight -= n
+
+    def _at_capacity(self, detail: str) -> ServiceError:
+        return ServiceError(503, f"the service is at capacity ({detail}); retry later",
+                            headers={"Retry-After": str(self.config.retry_after_s)})
 
     async def _embed(self, uploads: list[Upload]) -> Embedded:
         if not self.ready:
@@ -190,8 +192,7 @@ class ServingEngine:
             try:
                 layers, batches = await self.batcher.submit(np.stack(pixels))
             except QueueFullError as exc:
-                raise ServiceError(503, f"the service is at capacity ({exc}); retry later",
-                                   headers={"Retry-After": str(self.config.retry_after_s)}) from None
+                raise self._at_capacity(str(exc)) from None
             X[todo] = np.hstack(layers) if len(layers) > 1 else layers[0]
         for i, vector in found.items():
             X[i] = vector
