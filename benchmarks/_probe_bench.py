@@ -7,10 +7,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+from featurebank.classical._probe import LinearProbe
 from PIL import Image
 from tqdm import tqdm
-
-from classical.probe import LinearProbe
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -18,9 +17,9 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def embed_arrays(images: np.ndarray, model: str, layers: list[str], input_size: int | None,
                  batch: int = 64) -> tuple[dict[str, np.ndarray], float]:
     """Features of every layer in one pass over grey uint8 images; (features, images/s)."""
-    from extractor.api import Extractor
+    from featurebank.extractor._extractor import Extractor
 
-    ex = Extractor(model, layers, input_size=input_size, batch_size=batch)
+    ex = Extractor(model, layers=layers, input_size=input_size, batch_size=batch)
     parts: dict[str, list] = {layer: [] for layer in layers}
     t0 = time.perf_counter()
     for i in tqdm(range(0, len(images), batch), desc=f"{model}@{input_size or 'native'}"):

@@ -9,10 +9,10 @@ import argparse
 import time
 
 import numpy as np
+from featurebank.classical._probe import LinearProbe, cross_validate_probe
 
 from benchmarks._probe_bench import embed_arrays, markdown, pixels, write
 from benchmarks.datasets import load_digits_images, subsample
-from classical.probe import LinearProbe, cross_validate_probe
 
 LAYERS = ["blocks.13", "blocks.15", "head"]
 

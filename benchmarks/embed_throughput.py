@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "embed_throughput.json"))
     args = p.parse_args(argv)
 
-    from extractor.pipeline import embed_collection
+    from featurebank.extractor import embed_collection
 
     with tempfile.TemporaryDirectory(prefix="fb-embed-bench-") as tmp:
         src = make_collection(Path(tmp) / "src", args.fashion, args.photos)

@@ -12,10 +12,10 @@ import argparse
 import time
 
 import numpy as np
+from featurebank.classical._probe import k_shot_indices
 
 from benchmarks._probe_bench import embed_arrays, markdown, pixels, score, write
 from benchmarks.datasets import load_fashion_mnist, subsample
-from classical.probe import k_shot_indices
 
 LAYERS = ["blocks.10", "blocks.13", "blocks.15", "head"]
 

@@ -18,11 +18,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+from featurebank.classical._features import load_features
+from featurebank.extractor import embed_collection
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
-from classical.features import load_features
-from extractor.pipeline import embed_collection
 from featurebank.datasets import FASHION_CLASSES, load_fashion_mnist, write_image_folder
 
 LAYERS = ("blocks.7", "blocks.10", "blocks.13", "blocks.15", "head")

@@ -32,10 +32,10 @@ from functools import cache
 from pathlib import Path
 
 import numpy as np
+from featurebank.classical._features import load_features
+from featurebank.classical._probe import LinearProbe, k_shot_indices
 from tqdm import tqdm
 
-from classical.features import load_features
-from classical.probe import LinearProbe, k_shot_indices
 from featurebank.datasets import load_fashion_mnist
 
 MODEL = "efficientnet_lite0"
@@ -99,10 +99,10 @@ class FeatureBank:
         return {layer: have[layer][pos] for layer in LAYERS}
 
     def _embed(self, split, missing, rendering, flip, have) -> dict:
-        from extractor import Extractor
+        from featurebank.extractor import Extractor
 
         if self._extractor is None:
-            self._extractor = Extractor(model=MODEL, layers=LAYERS, batch_size=64)
+            self._extractor = Extractor(MODEL, layers=LAYERS, batch_size=64)
         pixels = render(self.images[split][0][missing], rendering, flip)
         chunks = []
         with tqdm(total=len(pixels), desc=f"embed {split} {rendering} flip={flip}",

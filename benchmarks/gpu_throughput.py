@@ -4,9 +4,9 @@ Per precision and batch size, on the same camera-sized JPEGs (real photos croppe
 ``benchmarks.throughput.make_photos``):
 
 * ``inference_run`` / ``inference_bound``: pre-decoded uint8 batches through ``session.run`` and
-  through the IOBinding runner (``extractor.gpu.BoundRunner``); on CUDA the normalisation runs
+  through the IOBinding runner (``featurebank.extractor.graphs._fp16.BoundRunner``); on CUDA the normalisation runs
   on the GPU inside the graph, so only uint8 bytes cross the bus.
-* ``end_to_end``: ``extractor.pipeline.embed_collection`` over the JPEG folder into a new store
+* ``end_to_end``: ``featurebank.extractor.engines._local.embed_collection`` over the JPEG folder into a new store
   (decoding in worker threads overlapped with inference, as users run it).
 
 Once: ``decode_only`` (Pillow decode + resize + crop in worker threads, the CPU-side ceiling of
@@ -98,11 +98,11 @@ def gpu_decode_rate(files: list[Path], min_seconds: float) -> dict:
 
 def bench_one(args, precision: str, batch: int, pixels: np.ndarray, root: Path):
     """The extractor and the figures of one precision and batch size."""
-    from extractor.api import Extractor
-    from extractor.gpu import BoundRunner
-    from extractor.pipeline import embed_collection
+    from featurebank.extractor import embed_collection
+    from featurebank.extractor._extractor import Extractor
+    from featurebank.extractor.graphs._fp16 import BoundRunner
 
-    ex = Extractor(MODEL, (LAYER,), device=args.device, precision=precision, batch_size=batch,
+    ex = Extractor(MODEL, layers=(LAYER,), device=args.device, precision=precision, batch_size=batch,
                    threads=args.threads)
     session, names = ex.session, ex.graph.output_names
     px = np.resize(pixels, (batch, *pixels.shape[1:]))  # cycles the photos to a full batch
@@ -122,9 +122,9 @@ def bench_one(args, precision: str, batch: int, pixels: np.ndarray, root: Path):
 
 
 def bench(args, files: list[Path], root: Path) -> dict:
-    from extractor.api import Extractor
+    from featurebank.extractor._extractor import Extractor
 
-    base = Extractor(MODEL, (LAYER,), device="cpu", threads=args.threads)
+    base = Extractor(MODEL, layers=(LAYER,), device="cpu", threads=args.threads)
     with ThreadPoolExecutor(args.workers) as pool:
         t0 = time.perf_counter()
         pixels = np.stack(list(pool.map(base.decode, files)))

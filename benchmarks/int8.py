@@ -2,11 +2,11 @@
 
 On a fixed-seed subset of Fashion-MNIST (``--train`` / ``--test`` PNGs from ``runs/fmnist``),
 embeds with the float Lite0 feature graph and with int8 graphs from
-:func:`extractor.quantize.int8_feature_graph` (the ``precision="int8"`` path, calibrated on
+:func:`featurebank.extractor.graphs._int8.int8_feature_graph` (the ``precision="int8"`` path, calibrated on
 ``--calibration`` training images), trains the same :class:`classical.LinearProbe` on each and reports test accuracy, the
 accuracy lost, cosine between int8 and fp32 vectors, inference-only images/s (fp32 and int8
 timed alternately on the same batches, best of ``--repeats``) and end-to-end images/s
-(:func:`extractor.pipeline.embed_collection` into a fresh store).
+(:func:`featurebank.extractor.engines._local.embed_collection` into a fresh store).
 
 Usage::
 
@@ -33,7 +33,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from extractor.quantize import INT8_OPTIONS, int8_feature_graph, int8_graph_path  # noqa: E402
+from featurebank.extractor.graphs._int8 import INT8_OPTIONS, int8_feature_graph, int8_graph_path  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
 MODEL = "efficientnet_lite0"
@@ -84,7 +84,7 @@ def inference_rates(runs: dict, pixels: np.ndarray, batch: int, repeats: int) ->
 
 
 def end_to_end(ex, files: list[Path], labels: np.ndarray, tmp: Path, batch: int) -> float:
-    from extractor.pipeline import embed_collection
+    from featurebank.extractor import embed_collection
 
     listing = tmp / "e2e.csv"
     listing.write_text("".join(f"{f},{y}\n" for f, y in zip(files, labels, strict=True)))
@@ -95,7 +95,7 @@ def end_to_end(ex, files: list[Path], labels: np.ndarray, tmp: Path, batch: int)
 
 
 def probe_accuracy(Xtr, ytr, Xte, yte, C: float | None) -> tuple[float, float]:
-    from classical.probe import LinearProbe
+    from featurebank.classical._probe import LinearProbe
 
     probe = LinearProbe(Cs=None if C is None else (C,)).fit(Xtr, ytr)
     return float(probe.score(Xte, yte)), float(probe.C_)
@@ -127,11 +127,10 @@ def main(argv: list[str] | None = None) -> dict:
         ap.error(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
 
     import onnxruntime
-
-    from extractor.api import Extractor
+    from featurebank.extractor._extractor import Extractor
 
     ftr, ytr, fte, yte = subset(args.train, args.test, args.seed)
-    ex = Extractor(MODEL, (args.layer,), batch_size=args.batch_size, threads=args.threads)
+    ex = Extractor(MODEL, layers=(args.layer,), batch_size=args.batch_size, threads=args.threads)
     with ThreadPoolExecutor(os.cpu_count()) as pool:
         ptr, pte = (np.stack(list(pool.map(ex.decode, fs))) for fs in (ftr, fte))
     speed_px = pte[: args.speed_images]
@@ -148,7 +147,7 @@ def main(argv: list[str] | None = None) -> dict:
             tag = int8_feature_graph(ex.graph, ptr[: args.calibration],
                                      options=VARIANTS[name]).specs[0].quantization
             path = int8_graph_path(tag)
-            qex = Extractor(MODEL, (args.layer,), batch_size=args.batch_size, threads=args.threads,
+            qex = Extractor(MODEL, layers=(args.layer,), batch_size=args.batch_size, threads=args.threads,
                             precision="int8", calibration=tag)
             q_tr, q_te = embed(qex.embed_pixels, ptr, args.batch_size), embed(qex.embed_pixels, pte, args.batch_size)
             acc, C = probe_accuracy(q_tr, ytr, q_te, yte, args.C)

@@ -2,7 +2,7 @@
 
 Embeds Fashion-MNIST's 60,000 training + 10,000 test PNGs (``runs/fmnist/{train,test}``,
 written from the idx files when absent) with the normal pipeline
-(:func:`extractor.pipeline.embed_collection`, Lite0, ``head``) while a thread samples the
+(:func:`featurebank.extractor.engines._local.embed_collection`, Lite0, ``head``) while a thread samples the
 process's resident set size (psutil) every ``--interval`` seconds, together with the number of
 images embedded so far. ``resource.getrusage(...).ru_maxrss`` gives the kernel's own peak.
 
@@ -79,9 +79,9 @@ class RssSampler(threading.Thread):
 
 def counting_extractor(counter: list[int], threads: int | None, batch_size: int):
     """A Lite0 extractor whose ``embed_pixels`` also counts the images it ran."""
-    from extractor.api import Extractor
+    from featurebank.extractor._extractor import Extractor
 
-    ex = Extractor(MODEL, (LAYER,), batch_size=batch_size, threads=threads)
+    ex = Extractor(MODEL, layers=(LAYER,), batch_size=batch_size, threads=threads)
     run = ex.embed_pixels
 
     def embed_pixels(pixels):
@@ -122,8 +122,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", default=str(RESULTS / "memory.json"))
     args = ap.parse_args(argv)
 
-    from extractor.inputs import collect
-    from extractor.pipeline import embed_collection
+    from featurebank.extractor import embed_collection
+    from featurebank.extractor._inputs import collect
 
     items = collect([str(r) for r in fashion_folders()])
     if args.limit:

@@ -59,8 +59,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
 
     import ray
-
-    from extractor.pipeline import embed_collection
+    from featurebank.extractor import embed_collection
 
     cores = os.cpu_count() or 1
     # Ray's CPUs are logical: one per actor plus room for decode/write tasks, on `cores` cores.

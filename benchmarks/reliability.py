@@ -27,8 +27,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def corpus_figures(folder: Path) -> dict:
-    from export.spec import Preprocessing
-    from extractor.preprocess import decode
+    from featurebank.extractor._preprocess import decode
+
+    from featurebank.spec import Preprocessing
     from tests.reliability.corpus import build_corpus
     from tests.reliability.test_decode_corpus import KNOWN_BUGS, check_kind, run_kind
 
@@ -87,7 +88,8 @@ def kill_figures(work: Path, kills: int) -> dict:
 def service_figures(work: Path, rounds: int, examples: int) -> dict:
     """Fuzzed requests in-process, then ``rounds`` of overload / hang-ups / slow clients /
     malformed multipart against a real uvicorn server (tests/reliability/service_abuse.py)."""
-    from export.cache import ensure_exported
+    from featurebank.export._cache import ensure_exported
+
     from featurebank.service import create_app
     from tests.reliability.service_abuse import (
         abuse,

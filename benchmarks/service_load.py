@@ -41,7 +41,7 @@ SERVE = "import sys; from featurebank.cli import main; sys.exit(main())"
 
 
 def offline_throughput(files: list[Path], root: Path, batch: int) -> float:
-    from extractor.pipeline import embed_collection
+    from featurebank.extractor import embed_collection
 
     root.mkdir(parents=True, exist_ok=True)
     summary = embed_collection([str(f) for f in files], root / "offline.h5", batch_size=batch,

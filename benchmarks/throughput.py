@@ -100,11 +100,11 @@ def _rate(n: int, fn) -> tuple[float, object]:
 
 
 def bench_set(files: list[Path], root: Path, args) -> dict:
-    from extractor.api import Extractor
-    from extractor.pipeline import embed_collection
+    from featurebank.extractor import embed_collection
+    from featurebank.extractor._extractor import Extractor
 
     n, workers = len(files), args.workers
-    ex = Extractor(MODEL, (LAYER,), batch_size=args.batch_size, threads=args.threads)
+    ex = Extractor(MODEL, layers=(LAYER,), batch_size=args.batch_size, threads=args.threads)
     ex.embed_pixels(np.zeros((1, *ex.decode(files[0]).shape), np.uint8))  # warm the session
 
     def decode_all():
@@ -153,8 +153,7 @@ class _Folder:
 
 def torch_eager(files: list[Path], args) -> float:
     import torch
-
-    from export import build_torch_model, get_model_entry
+    from featurebank.export import build_torch_model, get_model_entry
 
     torch.set_num_threads(args.threads or 2)
     net = build_torch_model(MODEL).eval()

@@ -27,9 +27,9 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+from featurebank.classical._probe import LinearProbe, cross_validate_probe
 from sklearn.model_selection import StratifiedKFold, cross_val_score
 
-from classical.probe import LinearProbe, cross_validate_probe
 from featurebank.datasets import load_digits_images
 
 RESULTS = Path(__file__).parent / "results" / "transfer_extras.json"
@@ -47,7 +47,7 @@ def render_digits(images: np.ndarray, rendering: str) -> np.ndarray:
 
 def digit_candidates(images: np.ndarray) -> dict[str, np.ndarray]:
     """Feature matrices of every candidate representation (unsupervised: no label is used)."""
-    from extractor import Extractor
+    from featurebank.extractor import Extractor
 
     extractor = Extractor(layers=DIGIT_LAYERS, batch_size=64)
     pixels = images.reshape(len(images), -1) / 255.0

@@ -1,6 +1,6 @@
-"""export: pretrained CNNs (torch) become self-describing ONNX files.
+"""featurebank.export: pretrained CNNs (torch) become self-describing ONNX files.
 
-``import export`` does not import torch; only building or exporting a model does.
+``import featurebank.export`` does not import torch; only building or exporting a model does.
 """
 
 from __future__ import annotations
@@ -8,18 +8,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from export.cache import ensure_exported
-from export.errors import FeaturebankError
-from export.labels import imagenet_classes
-from export.metadata import (
+from featurebank.export._cache import ensure_exported
+from featurebank.export._labels import imagenet_classes
+from featurebank.export._metadata import (
     LayerInfo,
     OnnxInfo,
     foreign_model_spec,
     load_preprocessing,
     read_onnx_metadata,
 )
-from export.registry import DEFAULT_MODEL, get_model_entry, list_models
-from export.spec import FeatureSpec, ModelSpec, Preprocessing
+from featurebank.export._registry import ModelEntry, get_model_entry, is_onnx_path, list_models
+
+from featurebank.spec import DEFAULT_MODEL, ModelSpec
 
 if TYPE_CHECKING:  # annotations only: importing export must not import torch
     import torch
@@ -30,9 +30,9 @@ def export_onnx(
 ) -> ModelSpec:
     """Export a registry model to a self-describing ONNX file, atomically.
 
-    See :func:`export.onnx_export.export_onnx`; torch is imported only when this is called.
+    See :func:`featurebank.export._onnx_export.export_onnx`; torch is imported only when this is called.
     """
-    from export.onnx_export import export_onnx as _export
+    from featurebank.export._onnx_export import export_onnx as _export
 
     return _export(model, out, weights=weights, input_size=input_size)
 
@@ -43,15 +43,15 @@ def build_torch_model(
     """The eval-mode torch module of a registry model, with ``features(x)`` and
     ``weights_sha256``.
 
-    See :func:`export.torch_models.build_torch_model`; torch is imported only when called.
+    See :func:`featurebank.export._torch_models.build_torch_model`; torch is imported only when called.
     """
-    from export.torch_models import build_torch_model as _build
+    from featurebank.export._torch_models import build_torch_model as _build
 
     return _build(name, weights=weights, input_size=input_size)
 
 
 __all__ = [
-    "DEFAULT_MODEL", "FeatureSpec", "FeaturebankError", "LayerInfo", "ModelSpec", "OnnxInfo",
-    "Preprocessing", "build_torch_model", "ensure_exported", "export_onnx", "foreign_model_spec",
-    "get_model_entry", "imagenet_classes", "list_models", "load_preprocessing", "read_onnx_metadata",
+    "DEFAULT_MODEL", "LayerInfo", "ModelEntry", "OnnxInfo", "build_torch_model", "ensure_exported",
+    "export_onnx", "foreign_model_spec", "get_model_entry", "imagenet_classes", "is_onnx_path",
+    "list_models", "load_preprocessing", "read_onnx_metadata",
 ]

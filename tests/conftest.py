@@ -29,7 +29,7 @@ def model_cache(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def lite0_onnx(model_cache) -> Path:
     """The default model exported to ONNX (through the cache, as users get it)."""
-    from export import ensure_exported
+    from featurebank.export import ensure_exported
 
     return Path(ensure_exported("efficientnet_lite0", cache_dir=model_cache))
 

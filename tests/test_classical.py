@@ -6,6 +6,17 @@ import pickle
 
 import numpy as np
 import pytest
+from featurebank.classical import (
+    EmbeddingTransformer,
+    LinearProbe,
+    SpecMismatchError,
+    TrainedModel,
+    cross_validate_probe,
+    k_shot_indices,
+    load_model,
+)
+from featurebank.classical._probe import DEFAULT_CS
+from featurebank.extractor import FeatureStore
 from sklearn.base import clone
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV
@@ -16,17 +27,6 @@ from sklearn.utils.estimator_checks import (
     parametrize_with_checks,
 )
 
-from classical import (
-    EmbeddingTransformer,
-    LinearProbe,
-    SpecMismatchError,
-    TrainedModel,
-    cross_validate_probe,
-    k_shot_indices,
-    load_model,
-)
-from classical import transformer as transformer_mod
-from classical.probe import DEFAULT_CS
 from featurebank.datasets import load_digits_images
 
 LAYERS = ("blocks.13", "head")
@@ -79,21 +79,19 @@ def test_transformer_output_and_names(digit_features):
 def test_grid_search_embeds_each_image_once(model_cache, digits_split, tmp_path):
     Xtr, ytr, _, _ = digits_split
     images = list(Xtr[::2])  # 50 images, 5 per class
-    transformer_mod._MEMORY.clear()
-    before = transformer_mod.STATS["embedded"]
     pipe = make_pipeline(EmbeddingTransformer(layers=("head",), store=tmp_path / "cache.h5"),
                          LogisticRegression(max_iter=500))
     search = GridSearchCV(pipe, {"logisticregression__C": [0.1, 1.0, 10.0]}, cv=3).fit(images, ytr[::2])
-    # 3 folds x 3 Cs + the refit transform every image many times: each is computed once
-    assert transformer_mod.STATS["embedded"] - before == len(images)
+    # 3 folds x 3 Cs + the refit transform every image many times: the store holds each once
+    with FeatureStore(tmp_path / "cache.h5") as store:
+        (fs,) = store.feature_sets()
+        assert fs.rows == len(images)
     assert search.best_score_ > 0.5
-    # a fresh process (empty memory cache) finds them in the store: nothing is recomputed
-    transformer_mod._MEMORY.clear()
+    # a fresh transformer (empty memory cache) finds them in the store: nothing is recomputed
     again = EmbeddingTransformer(layers=("head",), store=tmp_path / "cache.h5").fit(images)
-    mid = transformer_mod.STATS["embedded"]
     np.testing.assert_allclose(again.transform(images),
                                search.best_estimator_[0].transform(images), rtol=1e-6)
-    assert transformer_mod.STATS["embedded"] == mid
+    assert again.n_embedded_ == 0
 
 
 def test_save_load_round_trip_and_spec_mismatch(tmp_path, digits_split, digit_features):
@@ -115,7 +113,7 @@ def test_save_load_round_trip_and_spec_mismatch(tmp_path, digits_split, digit_fe
 
 
 def test_load_model_rejects_other_files(tmp_path):
-    from export.errors import FeaturebankError
+    from featurebank.errors import FeaturebankError
 
     bad = tmp_path / "x.joblib"
     bad.write_bytes(b"not a model")

@@ -24,7 +24,7 @@ LAYERS = ("blocks.13", "head")
 @pytest.fixture(scope="module")
 def stores(model_cache, tmp_path_factory):
     """Train (8 per class) and test (4 per class) stores of real images, two layers each."""
-    from extractor.pipeline import embed_collection
+    from featurebank.extractor import embed_collection
 
     root = tmp_path_factory.mktemp("cli_classical")
     if fashion_mnist_available():
@@ -78,7 +78,7 @@ def test_evaluate_on_training_store_needs_holdout(stores, tmp_path, capsys):
 
 
 def test_spec_mismatch_is_a_clear_error(stores, tmp_path, capsys):
-    from extractor.pipeline import embed_collection
+    from featurebank.extractor import embed_collection
 
     model = tmp_path / "m.joblib"
     assert main(["train", str(stores["train"]), "-o", str(model), "--layer", "blocks.13",
@@ -100,8 +100,8 @@ def test_predict_embeds_with_the_model_spec(stores, tmp_path, capsys):
     assert main(["predict", str(model), *map(str, images), "--json"]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["path"] for r in lines] == list(map(str, images))
-    from classical.model import load_model
-    from extractor.store import FeatureStore
+    from featurebank.classical._model import load_model
+    from featurebank.extractor.store._store import FeatureStore
 
     loaded = load_model(model)
     feats = FeatureStore(stores["test"]).read("head")

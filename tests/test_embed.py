@@ -14,13 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from featurebank.extractor import Extractor, embed_collection
+from featurebank.extractor.store._store import FeatureStore
 from PIL import Image
 
-from export.errors import FeaturebankError
-from extractor import Extractor
-from extractor.pipeline import embed_collection
-from extractor.store import FeatureStore
 from featurebank.cli import main
+from featurebank.errors import FeaturebankError
 
 
 @pytest.fixture(scope="module")
@@ -191,7 +190,7 @@ def test_bad_arguments_raise_clear_errors(tmp_path, collection):
 
 
 def test_a_file_stuck_in_the_decoder_is_skipped_not_hung(tmp_path, collection, monkeypatch):
-    import extractor.pipeline as pipeline
+    import featurebank.extractor.engines._local as pipeline
 
     real_decode = pipeline.decode
     stuck = sorted((collection / "photos").rglob("*.jpg"))[1]
@@ -213,6 +212,6 @@ def test_a_file_stuck_in_the_decoder_is_skipped_not_hung(tmp_path, collection, m
 def test_ray_engine_missing_names_the_extra(tmp_path, collection, monkeypatch):
     import sys
 
-    monkeypatch.setitem(sys.modules, "extractor.ray_engine", None)  # as if Ray were absent
+    monkeypatch.setitem(sys.modules, "featurebank.extractor.engines._ray", None)  # as if Ray were absent
     with pytest.raises(FeaturebankError, match=r"pip install 'featurebank\[ray\]'"):
         embed_collection([str(collection)], tmp_path / "s.h5", engine="ray", progress=False)

@@ -8,14 +8,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import featurebank.export._cache
+import featurebank.export._registry
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
 from PIL import Image
 
-import export
-from export.spec import META_INPUT, META_LAYERS, META_SPEC, META_VERSION, Preprocessing
+import featurebank.spec
+from featurebank import export
+from featurebank.spec import META_INPUT, META_LAYERS, META_SPEC, META_VERSION, Preprocessing
 
 LITES = ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
 
@@ -135,7 +138,7 @@ def test_exported_file_describes_itself(lite0_onnx):
     entry = export.get_model_entry("efficientnet_lite0")
     assert info.spec.model == "efficientnet_lite0" and info.spec.source == "featurebank"
     assert info.spec.preprocessing == entry.preprocessing
-    assert info.spec.weights_sha256 == export.spec.sha256_file(entry.default_weights())
+    assert info.spec.weights_sha256 == featurebank.spec.sha256_file(entry.default_weights())
     names = [la.name for la in info.layers]
     assert names == ["stem", *[f"blocks.{i}" for i in range(16)], "head", "logits"]
     shares = [la.flops_share for la in info.layers]
@@ -157,10 +160,10 @@ def test_cache_reuses_the_export_and_keys_on_version(lite0_onnx, model_cache, mo
     mtime = Path(lite0_onnx).stat().st_mtime_ns
     again = export.ensure_exported("efficientnet_lite0", cache_dir=model_cache)
     assert again == lite0_onnx and again.stat().st_mtime_ns == mtime
-    assert export.cache.cached_path("efficientnet_lite0", model_cache, 224) == lite0_onnx
-    assert export.cache.cached_path("efficientnet_lite0", model_cache, 256) != lite0_onnx
-    monkeypatch.setattr(export.cache, "featurebank_version", lambda: "99.0")
-    assert export.cache.cached_path("efficientnet_lite0", model_cache) != lite0_onnx
+    assert featurebank.export._cache.cached_path("efficientnet_lite0", model_cache, 224) == lite0_onnx
+    assert featurebank.export._cache.cached_path("efficientnet_lite0", model_cache, 256) != lite0_onnx
+    monkeypatch.setattr(featurebank.export._cache, "featurebank_version", lambda: "99.0")
+    assert featurebank.export._cache.cached_path("efficientnet_lite0", model_cache) != lite0_onnx
 
 
 def test_imagenet_class_names():
@@ -198,9 +201,9 @@ def test_timm_source_exports_when_available(tmp_path):
 
 def test_optional_sources_fail_clearly_when_missing():
     for source in ("torchvision", "timm"):
-        if export.registry._library_imports(source):
+        if featurebank.export._registry._library_imports(source):
             continue
-        with pytest.raises(export.FeaturebankError, match=f"needs {source}.*efficientnet_lite0"):
+        with pytest.raises(featurebank.FeaturebankError, match=f"needs {source}.*efficientnet_lite0"):
             export.get_model_entry(f"{source}:resnet18")
 
 
@@ -209,7 +212,7 @@ def test_concurrent_first_use_exports_once(tmp_path, monkeypatch):
     import threading
     import time
 
-    from export import onnx_export
+    from featurebank.export import onnx_export
 
     calls = []
 
@@ -234,5 +237,5 @@ def test_concurrent_first_use_exports_once(tmp_path, monkeypatch):
 def test_unwritable_cache_is_a_clear_error(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    with pytest.raises(export.FeaturebankError, match="cannot create the model cache"):
+    with pytest.raises(featurebank.FeaturebankError, match="cannot create the model cache"):
         export.ensure_exported("efficientnet_lite0", cache_dir=blocker / "cache")

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 
+import featurebank.export._cache
+import featurebank.export._registry
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-import export
+import featurebank.spec
+from featurebank import export
 from featurebank.cli import main
 
 
@@ -90,7 +93,7 @@ def test_export_fine_tuned_weights_at_another_size(capsys, tmp_path, lite0_state
     assert code == 0, err
     assert str(out) in text and sorted(p.name for p in tmp_path.iterdir()) == ["tuned.onnx", "tuned.pth"]
     info = export.read_onnx_metadata(out)
-    assert info.spec.weights_sha256 == export.spec.sha256_file(str(weights))
+    assert info.spec.weights_sha256 == featurebank.spec.sha256_file(str(weights))
     assert info.spec.preprocessing.input_size == (256, 256)
     assert info.spec.preprocessing.resize_size == 290  # crop fraction kept: 256 / 0.882
     assert info.layer("head").shape == (1280, 8, 8)
@@ -112,7 +115,7 @@ def test_unknown_model_lists_known_ones(capsys, tmp_path):
 @pytest.mark.parametrize("naming", ["checkpoint", "featurebank"])
 def test_weights_of_the_wrong_shape_name_the_parameter(capsys, tmp_path, lite0_state, naming):
     torch = pytest.importorskip("torch")
-    from export.efficientnet_lite import translate_state_dict
+    from featurebank.export._efficientnet_lite import translate_state_dict
 
     state = dict(lite0_state) if naming == "checkpoint" else translate_state_dict(lite0_state)
     key = "_fc.weight" if naming == "checkpoint" else "classifier.weight"
@@ -149,7 +152,7 @@ def test_unwritable_output_path(capsys, tmp_path, where):
 
 
 def test_read_only_folder_fails_before_exporting(capsys, tmp_path, monkeypatch):
-    from export import onnx_export
+    from featurebank.export import onnx_export
 
     def read_only(*_a, **_k):
         raise PermissionError(30, "Read-only file system")
@@ -161,7 +164,7 @@ def test_read_only_folder_fails_before_exporting(capsys, tmp_path, monkeypatch):
 
 
 def test_failed_write_leaves_no_partial_file(tmp_path, monkeypatch, foreign_onnx):
-    from export import onnx_export
+    from featurebank.export import onnx_export
 
     proto = onnx.load(str(foreign_onnx))
 
@@ -171,7 +174,7 @@ def test_failed_write_leaves_no_partial_file(tmp_path, monkeypatch, foreign_onnx
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(onnx_export.onnx, "save", disk_full)
-    with pytest.raises(export.FeaturebankError, match="No space left"):
+    with pytest.raises(featurebank.FeaturebankError, match="No space left"):
         onnx_export._atomic_save(proto, tmp_path / "m.onnx")
     assert list(tmp_path.iterdir()) == []
 
@@ -182,7 +185,7 @@ def test_a_file_that_is_not_onnx(capsys, tmp_path, content):
     bad.write_bytes(content)
     code, _, err = run_cli(capsys, "layers", str(bad))
     assert code == 1 and str(bad) in err and "ONNX" in err
-    with pytest.raises(export.FeaturebankError, match="not .*ONNX"):
+    with pytest.raises(featurebank.FeaturebankError, match="not .*ONNX"):
         export.read_onnx_metadata(bad)
 
 
@@ -226,7 +229,7 @@ def test_preprocessing_for_foreign_files(tmp_path, foreign_onnx):
     assert export.load_preprocessing(None, input_size=32).input_size == (32, 32)
     spec = export.foreign_model_spec(foreign_onnx, pre)
     assert spec.model == "tiny_net" and spec.source == "onnx" and spec.preprocessing == pre
-    assert spec.weights_sha256 == export.spec.sha256_file(str(foreign_onnx))
+    assert spec.weights_sha256 == featurebank.spec.sha256_file(str(foreign_onnx))
 
 
 @pytest.mark.parametrize("text, field", [
@@ -239,7 +242,7 @@ def test_preprocessing_for_foreign_files(tmp_path, foreign_onnx):
 def test_bad_preprocessing_files_are_named(tmp_path, text, field):
     path = tmp_path / "pre.json"
     path.write_text(text)
-    with pytest.raises(export.FeaturebankError, match=field) as err:
+    with pytest.raises(featurebank.FeaturebankError, match=field) as err:
         export.load_preprocessing(path)
     assert "pre.json" in str(err.value)
 

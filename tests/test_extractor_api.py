@@ -6,10 +6,10 @@ import pickle
 
 import numpy as np
 import pytest
+from featurebank.extractor import DecodeError, Extractor, decode
 from PIL import Image
 
-from export.errors import FeaturebankError
-from extractor import DecodeError, Extractor, decode
+from featurebank.errors import FeaturebankError
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +49,7 @@ def test_embed_sources_and_layers(ex, photo_dir, real_photos):
 
 def test_single_image_single_layer_and_imagenet_sense(lite0_onnx, real_photos):
     """The 'logits' cut on a real cat photo ranks a cat class first (the model is real)."""
-    from export import imagenet_classes
+    from featurebank.export import imagenet_classes
 
     e = Extractor(lite0_onnx, layers=["logits"], pool="none", device="cpu", threads=2)
     one = e.embed(real_photos["chelsea"])

@@ -13,11 +13,11 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from featurebank.extractor import Extractor
+from featurebank.extractor.graphs._fp16 import BoundRunner, session_device, to_fp16
 from onnx import TensorProto
 
-from export.errors import FeaturebankError
-from extractor import Extractor
-from extractor.gpu import BoundRunner, session_device, to_fp16
+from featurebank.errors import FeaturebankError
 
 LAYERS = ("blocks.10", "head")
 HAS_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()
@@ -32,7 +32,7 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def fp32(lite0_onnx) -> Extractor:
-    return Extractor(lite0_onnx, LAYERS, device="cpu", threads=1)
+    return Extractor(lite0_onnx, layers=LAYERS, device="cpu", threads=1)
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +51,7 @@ def _types(model: onnx.ModelProto) -> dict[str, int]:
 
 def test_to_fp16_structure(lite0_onnx):
     """Backbone float16; uint8 input, float32 normalisation, pooling tail and outputs."""
-    ex = Extractor(lite0_onnx, ("stem", "head"), pool="gem", normalize=True, device="cpu")
+    ex = Extractor(lite0_onnx, layers=("stem", "head"), pool="gem", normalize=True, device="cpu")
     model = ex.graph.model
     before = model.SerializeToString()
     half = to_fp16(model)
@@ -89,7 +89,7 @@ def test_fp16_tracks_fp32_on_real_photos(lite0_onnx, fp32, pixels, real_photos):
     onnxruntime's CPU provider computes the float16 graph in float32 with the float16-rounded
     weights; float16 activations are checked by the CUDA tests below.
     """
-    half = Extractor(lite0_onnx, LAYERS, device="cpu", threads=1, precision="fp16")
+    half = Extractor(lite0_onnx, layers=LAYERS, device="cpu", threads=1, precision="fp16")
     assert [s.fingerprint() for s in half.specs] == [s.fingerprint() for s in fp32.specs]
     ref, out = fp32.embed_pixels(pixels), half.embed_pixels(pixels)
     for r, o in zip(ref, out, strict=True):
@@ -102,8 +102,8 @@ def test_fp16_tracks_fp32_on_real_photos(lite0_onnx, fp32, pixels, real_photos):
     again = pickle.loads(pickle.dumps(half))
     assert again.precision == "fp16" and repr(again).endswith("precision='fp16')")
     np.testing.assert_array_equal(again.embed_pixels(pixels)[1], out[1])
-    logits32 = Extractor(lite0_onnx, ["logits"], pool="none", device="cpu", threads=1)
-    logits16 = Extractor(lite0_onnx, ["logits"], pool="none", device="cpu", threads=1,
+    logits32 = Extractor(lite0_onnx, layers=["logits"], pool="none", device="cpu", threads=1)
+    logits16 = Extractor(lite0_onnx, layers=["logits"], pool="none", device="cpu", threads=1,
                          precision="fp16")
     a, b = logits32.embed_pixels(pixels)[0], logits16.embed_pixels(pixels)[0]
     assert list(a.argmax(1)) == list(b.argmax(1)), sorted(real_photos)
@@ -159,7 +159,7 @@ def test_device_buffer_reused_per_shape_and_thread(fp32, pixels):
 @pytest.mark.gpu
 @needs_cuda
 def test_cuda_fp32_equals_cpu(lite0_onnx, fp32, pixels):
-    cuda = Extractor(lite0_onnx, LAYERS, device="cuda")
+    cuda = Extractor(lite0_onnx, layers=LAYERS, device="cuda")
     assert "CUDAExecutionProvider" in cuda.session.get_providers()
     assert isinstance(cuda._runner, BoundRunner) and cuda._runner.device == "cuda"
     options = cuda.session.get_provider_options().get("CUDAExecutionProvider", {})
@@ -173,7 +173,7 @@ def test_cuda_fp32_equals_cpu(lite0_onnx, fp32, pixels):
 @pytest.mark.gpu
 @needs_cuda
 def test_cuda_fp16_tracks_cpu_fp32_through_iobinding(lite0_onnx, fp32, pixels):
-    cuda = Extractor(lite0_onnx, LAYERS, device="cuda", precision="fp16", batch_size=4)
+    cuda = Extractor(lite0_onnx, layers=LAYERS, device="cuda", precision="fp16", batch_size=4)
     ref = fp32.embed_pixels(pixels)
     out = cuda.embed_pixels(pixels)
     assert cuda._runner is not None and cuda._runner.device == "cuda"

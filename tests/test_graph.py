@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 import pytest
+from featurebank.extractor._preprocess import decode
+from featurebank.extractor.graphs._cut import build_feature_graph
 
-from export.errors import FeaturebankError
-from extractor.graph import build_feature_graph
-from extractor.preprocess import decode
+from featurebank.errors import FeaturebankError
 
 LAYERS = ["blocks.3", "blocks.10", "head"]
 
@@ -16,7 +16,7 @@ LAYERS = ["blocks.3", "blocks.10", "head"]
 @pytest.fixture(scope="module")
 def pixels(lite0_onnx, real_photos) -> np.ndarray:
     """The same uint8 pixels feed both sides: two real photos prepared by ``decode``."""
-    from export import read_onnx_metadata
+    from featurebank.export import read_onnx_metadata
 
     pre = read_onnx_metadata(lite0_onnx).spec.preprocessing
     return np.stack([decode(real_photos[n], pre) for n in ("chelsea", "coffee")])
@@ -26,7 +26,7 @@ def pixels(lite0_onnx, real_photos) -> np.ndarray:
 def torch_maps(lite0_onnx, pixels) -> dict[str, np.ndarray]:
     """Activations of the torch module on the pixels normalised in torch."""
     torch = pytest.importorskip("torch")
-    from export import build_torch_model, read_onnx_metadata
+    from featurebank.export import build_torch_model, read_onnx_metadata
 
     pre = read_onnx_metadata(lite0_onnx).spec.preprocessing
     mean = torch.tensor(pre.mean).view(1, 3, 1, 1)
@@ -87,7 +87,7 @@ def test_dims_and_pruning(lite0_onnx):
 
 
 def test_tensor_name_accepted(lite0_onnx):
-    from export import read_onnx_metadata
+    from featurebank.export import read_onnx_metadata
 
     tensor = read_onnx_metadata(lite0_onnx).layer("blocks.10").tensor
     graph = build_feature_graph(lite0_onnx, [tensor])
@@ -107,7 +107,7 @@ def test_foreign_onnx_needs_preprocessing(tmp_path):
     """A small hand-made ONNX (not ours) is cut given the user's preprocessing."""
     from onnx import TensorProto, helper, numpy_helper, save
 
-    from export.spec import Preprocessing
+    from featurebank.spec import Preprocessing
 
     rng = np.random.default_rng(0)
     w = rng.normal(size=(4, 3, 3, 3)).astype(np.float32)

@@ -6,9 +6,9 @@ import os
 from pathlib import Path
 
 import pytest
+from featurebank.extractor._inputs import ImageItem, collect
 
-from export.errors import FeaturebankError
-from extractor.inputs import ImageItem, collect
+from featurebank.errors import FeaturebankError
 
 
 def _touch(path: Path) -> Path:

@@ -18,8 +18,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-
-from extractor.store import FeatureStore
+from featurebank.extractor.store._store import FeatureStore
 
 REPO = Path(__file__).resolve().parents[1]
 BATCH = 2

@@ -8,12 +8,12 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from featurebank.extractor._extractor import Extractor
+from featurebank.extractor.graphs._int8 import int8_graph_path, quantize_feature_graph
 from PIL import Image
 from skimage import data
 
-from export.errors import FeaturebankError
-from extractor.api import Extractor
-from extractor.quantize import int8_graph_path, quantize_feature_graph
+from featurebank.errors import FeaturebankError
 
 
 def _photos(ex: Extractor, n: int, seed: int) -> np.ndarray:
@@ -32,9 +32,9 @@ def _photos(ex: Extractor, n: int, seed: int) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def int8(model_cache):
-    fp32 = Extractor("efficientnet_lite0", ("head",), threads=1)
+    fp32 = Extractor("efficientnet_lite0", layers=("head",), threads=1)
     calibration = list(_photos(fp32, 16, 0))
-    return fp32, Extractor("efficientnet_lite0", ("head",), threads=1, precision="int8",
+    return fp32, Extractor("efficientnet_lite0", layers=("head",), threads=1, precision="int8",
                            calibration=calibration)
 
 
@@ -60,7 +60,7 @@ def test_int8_graph_tracks_fp32_with_a_spec_of_its_own(int8, model_cache):
     # cached by tag: a new extractor finds the same graph without calibrating, same vectors
     path = int8_graph_path(spec.quantization)
     mtime = path.stat().st_mtime_ns
-    again = Extractor("efficientnet_lite0", ("head",), threads=1, precision="int8",
+    again = Extractor("efficientnet_lite0", layers=("head",), threads=1, precision="int8",
                       calibration=spec.quantization)
     np.testing.assert_array_equal(again.embed_pixels(pixels)[0], v)
     assert path.stat().st_mtime_ns == mtime
@@ -72,7 +72,7 @@ def test_int8_graph_tracks_fp32_with_a_spec_of_its_own(int8, model_cache):
 def test_int8_tag_refuses_another_graph_and_missing_files(int8):
     _, q = int8
     tag = q.specs[0].quantization
-    other = Extractor("efficientnet_lite0", ("blocks.13",), precision="int8", calibration=tag)
+    other = Extractor("efficientnet_lite0", layers=("blocks.13",), precision="int8", calibration=tag)
     with pytest.raises(FeaturebankError, match="quantized from another feature graph"):
         _ = other.specs
     with pytest.raises(FeaturebankError, match="not in the cache"):
@@ -82,7 +82,7 @@ def test_int8_tag_refuses_another_graph_and_missing_files(int8):
 
 
 def test_int8_refused_with_the_ray_engine(digits_dir, tmp_path):
-    from extractor.pipeline import embed_collection
+    from featurebank.extractor import embed_collection
 
     with pytest.raises(FeaturebankError, match="engine 'local' only"):
         embed_collection([str(digits_dir)], tmp_path / "x.h5", precision="int8", engine="ray")
@@ -126,6 +126,6 @@ def test_embed_int8_cli_train_predict(model_cache, digits_dir, tmp_path, capsys)
 
 
 def test_quantize_rejects_empty_calibration(tmp_path):
-    ex = Extractor("efficientnet_lite0", ("head",), threads=1)
+    ex = Extractor("efficientnet_lite0", layers=("head",), threads=1)
     with pytest.raises(FeaturebankError, match="calibration"):
         quantize_feature_graph(ex.graph.model, [], tmp_path / "x.onnx")

@@ -19,13 +19,13 @@ import pytest
 ray = pytest.importorskip("ray", reason="the Ray engine needs the optional extra: pip install 'featurebank[ray]'")
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
 
-from extractor.pipeline import embed_collection  # noqa: E402
-from extractor.ray_engine import embed_collection_ray, ray_joblib_backend  # noqa: E402
-from extractor.shards import shard_dir  # noqa: E402
-from extractor.store import FeatureStore  # noqa: E402
+from featurebank.extractor import embed_collection  # noqa: E402
+from featurebank.extractor.engines._ray import ray_joblib_backend  # noqa: E402
+from featurebank.extractor.store._shards import shard_dir  # noqa: E402
+from featurebank.extractor.store._store import FeatureStore  # noqa: E402
 
 N_DIGITS = 110
-EMBED = dict(workers=1, threads=1, batch_size=8, progress=False, shard_rows=16, actor_wait_s=60)
+EMBED = dict(engine="ray", workers=1, threads=1, batch_size=8, progress=False, shard_rows=16, actor_wait_s=60)
 CALL_S = 30  # timeout of each direct wait in these tests
 REPO = Path(__file__).resolve().parents[1]
 
@@ -78,7 +78,7 @@ def _same_store(got: Path, want: Path) -> None:
 
 def test_ray_engine_yields_the_local_engines_vectors(ray_local, collection, reference, tmp_path):
     path = tmp_path / "ray.h5"
-    summary = embed_collection([str(collection)], path, engine="ray", **{
+    summary = embed_collection([str(collection)], path, **{
         k: v for k, v in EMBED.items() if k not in ("shard_rows", "actor_wait_s")})
     local = reference[1]
     assert (summary.total, summary.embedded, summary.duplicates, summary.failed) == \
@@ -86,7 +86,7 @@ def test_ray_engine_yields_the_local_engines_vectors(ray_local, collection, refe
         (local.total, N_DIGITS + 6, 1, 1)
     _same_store(path, reference[0])
     assert len(list(shard_dir(path).glob("shard-*.h5"))) >= 1
-    again = embed_collection_ray([str(collection)], path, **EMBED)
+    again = embed_collection([str(collection)], path, **EMBED)
     assert (again.embedded, again.cached, again.failed) == (0, local.total - 1, 1)  # the copy is cached too
     _same_store(path, reference[0])
 
@@ -119,7 +119,7 @@ def test_killed_actor_loses_no_rows(ray_local, collection, reference, tmp_path):
 
     def run():
         try:
-            result["summary"] = embed_collection_ray([str(collection)], path, **EMBED)
+            result["summary"] = embed_collection([str(collection)], path, **EMBED)
         except BaseException as exc:  # reported by the main thread
             result["error"] = exc
 
@@ -140,7 +140,7 @@ def test_killed_actor_loses_no_rows(ray_local, collection, reference, tmp_path):
 
 def test_rerun_after_killed_driver_embeds_only_whats_missing(ray_local, collection, reference, tmp_path):
     path = tmp_path / "ray.h5"
-    code = ("import sys; from extractor.ray_engine import embed_collection_ray as e; "
+    code = ("import sys; from featurebank.extractor import embed_collection as e; "
             f"e([sys.argv[1]], sys.argv[2], address=sys.argv[3], **{EMBED!r})")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     driver = subprocess.Popen([sys.executable, "-c", code, str(collection), str(path), ray_local],
@@ -161,7 +161,7 @@ def test_rerun_after_killed_driver_embeds_only_whats_missing(ray_local, collecti
             committed |= s.keys(s.feature_sets()[0].fingerprint)
     total_new = reference[1].embedded
     assert 0 < len(committed) < total_new
-    summary = embed_collection_ray([str(collection)], path, **EMBED)
+    summary = embed_collection([str(collection)], path, **EMBED)
     assert summary.embedded == total_new - len(committed)
     assert summary.cached == sum(k in committed for k in _path_keys(reference[0]))
     _same_store(path, reference[0])
@@ -202,7 +202,7 @@ def test_grid_search_runs_on_ray_and_matches_local(ray_local):
                                              ({"workers": 2}, "none for decoding")])
 def test_impossible_placements_are_clear_errors(ray_local, collection, tmp_path, lite0_onnx,
                                                 change, message):
-    from export.errors import FeaturebankError
+    from featurebank.errors import FeaturebankError
 
     with pytest.raises(FeaturebankError, match=message):
-        embed_collection_ray([str(collection)], tmp_path / "s.h5", **{**EMBED, **change})
+        embed_collection([str(collection)], tmp_path / "s.h5", **{**EMBED, **change})

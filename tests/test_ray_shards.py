@@ -8,12 +8,18 @@ import os
 import h5py
 import numpy as np
 import pytest
+from featurebank.extractor.store._shards import (
+    MANIFEST,
+    ShardedStore,
+    is_sharded,
+    shard_dir,
+    write_shard,
+)
+from featurebank.extractor.store._store import FeatureStore, StoreLockedError
 from sklearn.datasets import load_digits
 
-from export.errors import FeaturebankError
-from export.spec import FeatureSpec, ModelSpec, Preprocessing
-from extractor.shards import MANIFEST, ShardedStore, is_sharded, shard_dir, write_shard
-from extractor.store import FeatureStore, StoreLockedError
+from featurebank.errors import FeaturebankError
+from featurebank.spec import FeatureSpec, ModelSpec, Preprocessing
 
 SPEC = FeatureSpec(ModelSpec("digits-pixels", "0" * 64, Preprocessing((8, 8), 8), "test"), "pixels", "none")
 

@@ -22,10 +22,10 @@ import pytest
 pytest.importorskip("fastapi", reason="the service extra is not installed")
 import httpx  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
+from featurebank.extractor.store._store import FeatureStore  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
-from extractor.store import FeatureStore  # noqa: E402
 from featurebank.cli import main  # noqa: E402
 from featurebank.service import ServiceConfig, create_app  # noqa: E402
 
@@ -76,7 +76,7 @@ def metric(client, name: str, **labels) -> float:
 
 # -- the vectors -------------------------------------------------------------------------------
 def test_service_returns_the_vectors_the_cli_stores(client, cli_store, jpegs):
-    from extractor.preprocess import image_key
+    from featurebank.extractor._preprocess import image_key
 
     body = client.post("/v1/embeddings", content=jpegs["coffee"], headers=JPEG).json()
     assert [la["layer"] for la in body["layers"]] == LAYERS
@@ -180,7 +180,7 @@ def test_full_queue_answers_503_with_retry_after(lite0_onnx, jpegs):
 
 # -- the store ---------------------------------------------------------------------------------
 def test_images_in_the_store_are_answered_from_it(lite0_onnx, cli_store, jpegs, tmp_path):
-    from extractor.preprocess import image_key
+    from featurebank.extractor._preprocess import image_key
 
     app = create_app(str(lite0_onnx), LAYERS, store=cli_store)
     novel = io.BytesIO()
@@ -238,7 +238,7 @@ def test_predictions_match_featurebank_predict(digits_dir, model_cache, tmp_path
     assert accuracy >= 0.7  # real digits, 12 per class: far above chance (0.1)
 
     # a classifier of another spec is refused at start-up, naming both
-    from classical.features import SpecMismatchError
+    from featurebank.classical._features import SpecMismatchError
 
     with pytest.raises(SpecMismatchError, match="blocks.10"):
         create_app(layers=["head"], classifier=model)

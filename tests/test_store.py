@@ -14,10 +14,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from featurebank.extractor.store._store import FORMAT_VERSION, FeatureStore, StoreLockedError
 
-from export.errors import FeaturebankError
-from export.spec import FeatureSpec, ModelSpec
-from extractor.store import FORMAT_VERSION, FeatureStore, StoreLockedError
+from featurebank.errors import FeaturebankError
+from featurebank.spec import FeatureSpec, ModelSpec
 
 
 def _spec(layer: str = "head", pool: str = "avg") -> FeatureSpec:
@@ -129,7 +129,7 @@ def test_second_writer_is_refused_and_lock_dies_with_the_process(tmp_path):
             FeatureStore(path, "a")
         FeatureStore(path, "r").feature_sets()  # readers are never blocked
     # A writer killed with SIGKILL leaves no stale lock.
-    code = (f"from extractor.store import FeatureStore; s = FeatureStore({str(path)!r}, 'a'); "
+    code = (f"from featurebank.extractor.store._store import FeatureStore; s = FeatureStore({str(path)!r}, 'a'); "
             "print('locked', flush=True); import time; time.sleep(60)")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
@@ -217,9 +217,9 @@ def test_full_disk_refuses_the_commit_and_keeps_the_store(tmp_path, digits):
     np.save(tmp_path / "more.npy", X[20:])
     code = f"""
 import resource, sys, numpy as np
-from export.errors import FeaturebankError
+from featurebank.errors import FeaturebankError
 from tests.test_store import _spec
-from extractor.store import FeatureStore
+from featurebank.extractor.store._store import FeatureStore
 limit = {path.stat().st_size + 4096}
 resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 with FeatureStore({str(path)!r}, "a") as s:

@@ -4,9 +4,9 @@ ImageNet; the head is too specialised (see README: digits figures)."""
 
 import numpy as np
 import pytest
+from featurebank.classical import LinearProbe
 from sklearn.model_selection import train_test_split
 
-from classical import LinearProbe
 from featurebank.datasets import load_digits_images
 
 LAYERS = ["blocks.4", "blocks.7", "blocks.10", "blocks.13"]
@@ -14,7 +14,7 @@ LAYERS = ["blocks.4", "blocks.7", "blocks.10", "blocks.13"]
 
 @pytest.fixture(scope="module")
 def digits_features(model_cache):
-    from extractor import Extractor
+    from featurebank.extractor import Extractor
 
     X, y = load_digits_images()
     feats = Extractor(layers=LAYERS, batch_size=64).embed(list(X))

@@ -12,7 +12,7 @@ import importlib
 import logging
 import sys
 
-from export.errors import FeaturebankError
+from featurebank.errors import FeaturebankError
 
 COMMAND_MODULES = (
     "featurebank.cli.export_cmds",  # export, models, layers
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     # Third-party libraries (onnxscript, onnx_ir, torch's exporter) log a lot at INFO: keep
     # them at WARNING and our own packages at INFO.
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    for ours in ("export", "extractor", "classical", "featurebank"):
+    for ours in ("featurebank",):
         logging.getLogger(ours).setLevel(logging.DEBUG if args.verbose else logging.INFO)
     if not getattr(args, "func", None):
         parser.print_help()

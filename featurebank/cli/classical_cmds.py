@@ -41,7 +41,7 @@ def register(sub) -> None:
 
 
 def run_train(args) -> int:
-    from classical.workflow import train
+    from featurebank.classical._workflow import train
 
     model = train(args.store, args.layers, args.classifier, args.shots, args.holdout,
                   baseline=not args.no_baseline)
@@ -54,8 +54,8 @@ def run_train(args) -> int:
 
 
 def run_evaluate(args) -> int:
-    from classical.model import load_model
-    from classical.workflow import evaluate
+    from featurebank.classical._model import load_model
+    from featurebank.classical._workflow import evaluate
 
     result = evaluate(load_model(args.model), args.store, args.report)
     print(f"accuracy: {result['accuracy']:.4f}")
@@ -75,8 +75,8 @@ def run_evaluate(args) -> int:
 def run_predict(args) -> int:
     import numpy as np
 
-    from classical.model import load_model
-    from extractor.preprocess import DecodeError
+    from featurebank.classical._model import load_model
+    from featurebank.extractor._preprocess import DecodeError
 
     model = load_model(args.model)
     ex = model.extractor()
@@ -104,7 +104,7 @@ def run_predict(args) -> int:
 
 
 def run_sweep(args) -> int:
-    from classical.workflow import sweep
+    from featurebank.classical._workflow import sweep
 
     rows = sweep(args.store, args.test_store, args.classifier, args.holdout,
                  report_dir=args.report)

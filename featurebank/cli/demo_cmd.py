@@ -35,7 +35,7 @@ def _dataset(name: str):
 
     if name == "fashion-mnist" or (name == "auto" and fashion_mnist_available()):
         if not fashion_mnist_available():
-            from export.errors import FeaturebankError
+            from featurebank.errors import FeaturebankError
 
             raise FeaturebankError("Fashion-MNIST is not installed: apt-get install "
                                    "dataset-fashion-mnist, or use --dataset digits")
@@ -48,9 +48,9 @@ def _dataset(name: str):
 
 
 def run_demo(args) -> int:
-    from classical.workflow import evaluate, train
-    from extractor.pipeline import embed_collection
+    from featurebank.classical._workflow import evaluate, train
     from featurebank.datasets import subsample, write_image_folder
+    from featurebank.extractor import embed_collection
 
     started = time.perf_counter()
     work = Path(args.workdir)

@@ -30,7 +30,7 @@ def register(sub) -> None:
 
 
 def run_export(args) -> int:
-    from export import export_onnx, read_onnx_metadata
+    from featurebank.export import export_onnx, read_onnx_metadata
 
     spec = export_onnx(args.model, args.output, weights=args.weights, input_size=args.input_size)
     info = read_onnx_metadata(args.output)
@@ -42,7 +42,7 @@ def run_export(args) -> int:
 
 
 def run_models(args) -> int:
-    from export import list_models
+    from featurebank.export import list_models
 
     rows = []
     for entry in list_models():
@@ -59,7 +59,7 @@ def _param_count(name: str) -> str:
         return "-"
     import torch
 
-    from export.efficientnet_lite import EfficientNetLite
+    from featurebank.export._efficientnet_lite import EfficientNetLite
 
     with torch.device("meta"):  # shapes only: no memory, no weights read
         module = EfficientNetLite(name)
@@ -67,8 +67,8 @@ def _param_count(name: str) -> str:
 
 
 def run_layers(args) -> int:
-    from export import ensure_exported, read_onnx_metadata
-    from export.registry import is_onnx_path
+    from featurebank.export import ensure_exported, read_onnx_metadata
+    from featurebank.export._registry import is_onnx_path
 
     path = args.model
     if not is_onnx_path(path):

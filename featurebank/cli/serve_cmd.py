@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import sys
 
-from featurebank.cli.embed_cmds import add_spec_arguments
+from featurebank.cli.embed_cmds import add_spec_arguments, feature_options_from_args
+from featurebank.spec import DEFAULT_MODEL
 
 
 def register(sub) -> None:
@@ -43,7 +44,7 @@ def run_serve(args) -> int:
 
         from featurebank.service import API_KEY_ENV, ServiceConfig, create_app
     except ModuleNotFoundError as exc:
-        from export.errors import FeaturebankError
+        from featurebank.errors import FeaturebankError
 
         raise FeaturebankError(f"the service needs {exc.name}; install it with "
                                "pip install 'featurebank[service]'") from None
@@ -52,8 +53,13 @@ def run_serve(args) -> int:
         max_queue_images=args.max_queue, max_request_bytes=int(args.max_request_mb * 2**20),
         max_images_per_request=args.max_images, max_pixels=args.max_pixels,
         request_timeout_s=args.timeout)
-    app = create_app(args.model, args.layers, args.pool, args.gem_p, args.l2, args.classifier,
-                     args.store, args.device, args.threads, config=config)
+    if args.classifier is not None and args.model is None and not args.layers:
+        features = None  # serve exactly what the classifier was trained on
+    else:
+        args.model = args.model or DEFAULT_MODEL
+        features = feature_options_from_args(args)
+    app = create_app(features, classifier=args.classifier, store=args.store, device=args.device,
+                     threads=args.threads, config=config)
     if args.host not in ("127.0.0.1", "localhost", "::1") and not os.environ.get(API_KEY_ENV):
         print(f"warning: listening on {args.host} without an API key; set {API_KEY_ENV} to "
               "require one", file=sys.stderr)

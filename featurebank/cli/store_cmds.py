@@ -20,7 +20,7 @@ def register(sub) -> None:
 
 
 def run_info(args) -> int:
-    from extractor.store import FeatureStore
+    from featurebank.extractor.store._store import FeatureStore
 
     info = FeatureStore(args.store).info()
     if args.json:
@@ -40,7 +40,7 @@ def run_info(args) -> int:
 
 
 def run_export(args) -> int:
-    from extractor.store import FeatureStore
+    from featurebank.extractor.store._store import FeatureStore
 
     out = FeatureStore(args.store).export_npz(args.output, args.layer)
     print(f"wrote {out}")

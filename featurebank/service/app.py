@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import logging
 import os
-from collections.abc import Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -19,15 +18,16 @@ from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 
-from export.errors import FeaturebankError
-from export.metadata import featurebank_version, read_onnx_metadata
-from export.registry import DEFAULT_MODEL
-from extractor.api import Extractor, resolve_model_path
+from featurebank.errors import FeaturebankError
+from featurebank.export import read_onnx_metadata
+from featurebank.export._metadata import featurebank_version
+from featurebank.extractor import Extractor, resolve_model_path
 from featurebank.service.config import ServiceConfig, ServiceError
 from featurebank.service.engine import Embedded, ServingEngine
 from featurebank.service.guard import GuardMiddleware
 from featurebank.service.metrics import CONTENT_TYPE, ServiceMetrics
 from featurebank.service.uploads import UPLOAD_BODY, read_uploads
+from featurebank.spec import FeatureOptions
 
 log = logging.getLogger(__name__)
 API_KEY_ENV = "FEATUREBANK_API_KEY"
@@ -44,19 +44,18 @@ _ERRORS = {code: {"description": text} for code, text in {
 }.items()}
 
 
-def _build_extractor(model, layers, pool, gem_p, normalize, device, threads, classifier,
-                     max_pixels):
+def _build_extractor(features: FeatureOptions | None, device: str, threads: int | None,
+                     classifier, max_pixels: int):
     """The extractor to serve and the classifier bound to it (None without one)."""
     trained = None
     if classifier is not None:
-        from classical.model import load_model
+        from featurebank.classical import load_model
 
         trained = load_model(classifier)
-        if model is None and layers is None:  # serve exactly what the classifier was trained on
+        if features is None:  # serve exactly what the classifier was trained on
             ex = trained.extractor(device=device, threads=threads, max_pixels=max_pixels)
             return ex, trained
-    ex = Extractor(model or DEFAULT_MODEL, tuple(layers or ("head",)), pool, gem_p, normalize,
-                   device=device, threads=threads, max_pixels=max_pixels)
+    ex = Extractor(features, device=device, threads=threads, max_pixels=max_pixels)
     if trained is not None:
         trained.check_specs(ex.specs)  # SpecMismatchError naming both specs
     return ex, trained
@@ -92,8 +91,7 @@ def _binary(engine: ServingEngine, out: Embedded, kind: str) -> Response:
     return Response(buf.getvalue(), media_type=kind, headers=headers)
 
 
-def create_app(model: str | Path | None = None, layers: Sequence[str] | None = None,
-               pool: str = "avg", gem_p: float = 3.0, normalize: bool = False,
+def create_app(features: FeatureOptions | str | Path | None = None, *,
                classifier: str | Path | None = None, store: str | Path | None = None,
                device: str = "auto", threads: int | None = None, api_key: str | None = None,
                config: ServiceConfig | None = None) -> FastAPI:
@@ -101,16 +99,15 @@ def create_app(model: str | Path | None = None, layers: Sequence[str] | None = N
 
     Parameters
     ----------
-    model : str or path, optional
-        Registry name or ``.onnx`` file (default: the classifier's model, else Lite0).
-    layers : sequence of str, optional
-        Cuts to serve, concatenated in this order (default: the classifier's, else ``head``).
-    pool, gem_p, normalize : see :class:`extractor.Extractor`
+    features : FeatureOptions, str or path, optional
+        What to serve (a model name or ``.onnx`` file means its ``head``); layers are
+        concatenated in their order. Default: the classifier's own spec, else the default
+        model's ``head``.
     classifier : path, optional
         A ``featurebank train`` model: enables ``/v1/predictions``. Its spec must match.
     store : path, optional
         Feature store consulted (read-only) before computing: stored content is answered from it.
-    device, threads : see :class:`extractor.Extractor`
+    device, threads : see :class:`featurebank.extractor.Extractor`
     api_key : str, optional
         Required on ``/v1/*`` and ``/metrics`` when set (default: ``$FEATUREBANK_API_KEY``).
     config : ServiceConfig, optional
@@ -118,17 +115,18 @@ def create_app(model: str | Path | None = None, layers: Sequence[str] | None = N
 
     Examples
     --------
-    >>> app = create_app(layers=["blocks.13"])                  # doctest: +SKIP
+    >>> app = create_app(FeatureOptions(layers=("blocks.13",)))  # doctest: +SKIP
     >>> import uvicorn; uvicorn.run(app, port=8000)              # doctest: +SKIP
     """
     config = config or ServiceConfig()
     api_key = api_key if api_key is not None else os.environ.get(API_KEY_ENV) or None
-    ex, trained = _build_extractor(model, layers, pool, gem_p, normalize, device, threads,
-                                   classifier, config.max_pixels)
+    if features is not None and not isinstance(features, FeatureOptions):
+        features = FeatureOptions(model=str(features))
+    ex, trained = _build_extractor(features, device, threads, classifier, config.max_pixels)
     metrics = ServiceMetrics()
     engine = ServingEngine(ex, config, metrics, store)
     catalogue = [vars(la) | {"shape": list(la.shape)} for la in
-                 read_onnx_metadata(resolve_model_path(ex.model, ex.input_size)).layers]
+                 read_onnx_metadata(resolve_model_path(ex.model, ex.options.input_size)).layers]
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from export.errors import FeaturebankError
+from featurebank.errors import FeaturebankError
 
 
 @dataclass(frozen=True)

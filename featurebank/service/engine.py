@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from export.errors import FeaturebankError
-from extractor.api import Extractor
-from extractor.preprocess import DecodeError, image_key
+from featurebank.errors import FeaturebankError
+from featurebank.extractor._extractor import Extractor
+from featurebank.extractor._preprocess import DecodeError, image_key
 from featurebank.service.batcher import BatchInfo, DynamicBatcher, QueueFullError
 from featurebank.service.config import ServiceConfig, ServiceError
 from featurebank.service.metrics import ServiceMetrics
@@ -54,12 +54,12 @@ class StoreCache:
     def check(self) -> None:
         """Refuse at start-up a file that exists but is not a readable store."""
         if self.path.exists():
-            from extractor.store import FeatureStore
+            from featurebank.extractor.store._store import FeatureStore
 
             FeatureStore(self.path, "r")
 
     def _refresh(self):
-        from extractor.store import FeatureStore
+        from featurebank.extractor.store._store import FeatureStore
 
         st = os.stat(self.path)
         stamp = (st.st_mtime_ns, st.st_size)

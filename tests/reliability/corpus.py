@@ -186,8 +186,9 @@ def build_corpus(folder: str | Path) -> list[Kind]:
 
     # Grey and odd modes: compared with the grey reference, replicated to 3 channels.
     def gray_check(tol: float) -> Callable[[np.ndarray], None]:
-        from export.spec import Preprocessing
-        from extractor.preprocess import decode
+        from featurebank.extractor._preprocess import decode
+
+        from featurebank.spec import Preprocessing
 
         want = decode(np.repeat(gray[..., None], 3, 2), Preprocessing()).astype(int)
 

@@ -103,7 +103,7 @@ class Snapshot:
 
 def snapshot(store: Path) -> Snapshot:
     """Open with plain h5py (every dataset readable), then read through FeatureStore."""
-    from extractor.store import FeatureStore
+    from featurebank.extractor.store._store import FeatureStore
 
     snap = Snapshot()
     if not store.exists():

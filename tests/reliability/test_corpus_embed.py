@@ -29,7 +29,7 @@ def embedded(tmp_path_factory, lite0_onnx):
     out = subprocess.run(embed_command(folder, store), capture_output=True, text=True,
                          timeout=600, env=subprocess_env(), cwd=REPO)
     assert out.returncode == 0, out.stderr[-2000:]
-    from extractor.store import FeatureStore
+    from featurebank.extractor.store._store import FeatureStore
 
     fs = FeatureStore(store)
     feats = fs.read()
@@ -90,14 +90,14 @@ def test_fifo_in_folder_does_not_hang(tmp_path, lite0_onnx):
     except subprocess.TimeoutExpired:
         pytest.fail("embed hung on a FIFO for 15 s (a clean run of one image takes ~5 s)")
     assert out.returncode == 0, out.stderr[-800:]
-    from extractor.store import FeatureStore
+    from featurebank.extractor.store._store import FeatureStore
 
     fs = FeatureStore(tmp_path / "s.h5")
     assert len(fs.read().X) == 1 and [os.path.basename(p) for p, _ in fs.failures()] == ["pipe.jpg"]
 
 
 def test_non_utf8_folder_name_as_label(tmp_path, lite0_onnx):
-    from extractor.store import FeatureStore
+    from featurebank.extractor.store._store import FeatureStore
 
     label_dir = os.path.join(os.fsencode(tmp_path / "in"), b"lab\xe9l")
     os.makedirs(label_dir)

@@ -1,4 +1,4 @@
-"""Every corpus kind through ``extractor.preprocess.decode``, and fuzzing of decode."""
+"""Every corpus kind through ``featurebank.extractor._preprocess.decode``, and fuzzing of decode."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ import time
 
 import numpy as np
 import pytest
+from featurebank.extractor._preprocess import DecodeError, decode
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from export.spec import Preprocessing
-from extractor.preprocess import DecodeError, decode
+from featurebank.spec import Preprocessing
 from tests.reliability.corpus import ANY, FAIL, OK
 
 PRE = Preprocessing()
@@ -123,8 +123,8 @@ def test_decode_kind(name, by_name, ref_pixels):
 def test_unreadable_file_as_unprivileged_user(by_name):
     """Root reads mode-000 files, so the check runs in a child that drops to user nobody."""
     code = ("import os, sys\n"
-            "from extractor.preprocess import decode, DecodeError\n"
-            "from export.spec import Preprocessing\n"
+            "from featurebank.extractor._preprocess import decode, DecodeError\n"
+            "from featurebank.spec import Preprocessing\n"
             "os.setgid(65534); os.setuid(65534)  # after the imports: nobody can't read the venv\n"
             "try: decode(sys.argv[1], Preprocessing()); print('decoded')\n"
             "except DecodeError as e: print('reason:', e.reason)\n")

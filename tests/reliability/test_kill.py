@@ -39,8 +39,9 @@ def test_reader_during_write(kill_setup, tmp_path):
     equal to the clean run's, or a clear FeaturebankError; the writer is not disturbed."""
     import subprocess
 
-    from export.errors import FeaturebankError
-    from extractor.store import FeatureStore
+    from featurebank.extractor.store._store import FeatureStore
+
+    from featurebank.errors import FeaturebankError
     from tests.reliability.faults import REPO, embed_command, subprocess_env
 
     src, _, clean, _ = kill_setup

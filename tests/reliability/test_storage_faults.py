@@ -129,7 +129,7 @@ def test_read_only_store(data, half_store):
 
 
 def test_second_writer_refused(data, half_store):
-    from extractor.store import FeatureStore
+    from featurebank.extractor.store._store import FeatureStore
 
     src, _, _ = data
     digest = _sha(half_store)

@@ -14,11 +14,16 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from featurebank.export._metadata import (
+    LayerInfo,
+    foreign_model_spec,
+    load_onnx,
+    read_onnx_metadata,
+)
 from onnx import TensorProto, helper, numpy_helper
 
-from export.errors import FeaturebankError
-from export.metadata import LayerInfo, foreign_model_spec, load_onnx, read_onnx_metadata
-from export.spec import FeatureSpec, ModelSpec, Preprocessing
+from featurebank.errors import FeaturebankError
+from featurebank.spec import FeatureSpec, ModelSpec, Preprocessing
 
 PIXELS = "pixels"
 _EPS = 1e-6

@@ -1,26 +1,49 @@
 """``EmbeddingTransformer``: images -> features inside scikit-learn Pipelines, extracted once.
 
 Features are cached by (spec fingerprint, content key): in the feature store when ``store`` is
-given, else in a process-wide memory cache. Clones made by GridSearchCV share that cache, so a
-search over classifier parameters embeds each image once.
+given (shared by every clone and every joblib worker), and in a bounded in-memory cache of
+``cache_size`` vectors held by the fitted transformer (per process).
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
+from featurebank.extractor import Extractor, image_key
+from featurebank.extractor._preprocess import read_bytes
 from PIL import Image
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
-from extractor.api import Extractor
-from extractor.preprocess import image_key, read_bytes
+from featurebank.spec import DEFAULT_MODEL, FeatureOptions
 
-#: Process-wide cache {(fingerprint, key): vector} and counters (read by tests and benchmarks).
-_MEMORY: dict[tuple[str, str], np.ndarray] = {}
-STATS = {"embedded": 0, "cache_hits": 0}
+
+class _VectorCache:
+    """At most ``size`` vectors keyed by (fingerprint, content key); least recently used go."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self._data: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
+
+    def get(self, key: tuple[str, str]) -> np.ndarray | None:
+        vec = self._data.get(key)
+        if vec is not None:
+            self._data.move_to_end(key)
+        return vec
+
+    def put(self, key: tuple[str, str], vec: np.ndarray) -> None:
+        if self.size <= 0:
+            return
+        self._data[key] = vec
+        self._data.move_to_end(key)
+        while len(self._data) > self.size:
+            self._data.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._data)
 
 
 def content_key(image) -> tuple[str, object]:
@@ -42,6 +65,9 @@ def content_key(image) -> tuple[str, object]:
 class EmbeddingTransformer(TransformerMixin, BaseEstimator):
     """Turn images into frozen-CNN features for scikit-learn.
 
+    The constructor takes flat parameters (scikit-learn's ``get_params``, ``clone`` and grid
+    search need them); ``fit`` builds the :class:`featurebank.FeatureOptions` from them.
+
     Parameters
     ----------
     model : str
@@ -52,14 +78,25 @@ class EmbeddingTransformer(TransformerMixin, BaseEstimator):
     gem_p : float
     normalize : bool
     store : path, optional
-        Feature store used as cache (and filled); default: in-memory cache.
+        Feature store used as cache (and filled). Pass one for a parallel grid search
+        (``n_jobs > 1``): every worker process then reads what the others embedded.
     batch_size : int
     device : {'auto', 'cpu', 'cuda'}
+    cache_size : int
+        Vectors kept in memory per fitted transformer (least recently used go first);
+        0 keeps none.
+
+    Attributes
+    ----------
+    specs_ : list of FeatureSpec
+        One per layer.
+    n_embedded_ : int
+        Images this fitted transformer computed (not found in a cache).
     """
 
-    def __init__(self, model: str = "efficientnet_lite0", layers=("head",), pool: str = "avg",
+    def __init__(self, model: str = DEFAULT_MODEL, *, layers=("head",), pool: str = "avg",
                  gem_p: float = 3.0, normalize: bool = False, store=None, batch_size: int = 32,
-                 device: str = "auto"):
+                 device: str = "auto", cache_size: int = 100_000):
         self.model = model
         self.layers = layers
         self.pool = pool
@@ -68,11 +105,12 @@ class EmbeddingTransformer(TransformerMixin, BaseEstimator):
         self.store = store
         self.batch_size = batch_size
         self.device = device
+        self.cache_size = cache_size
 
     def _extractor(self) -> Extractor:
-        layers = [self.layers] if isinstance(self.layers, str) else list(self.layers)
-        return Extractor(self.model, layers, self.pool, self.gem_p, self.normalize, self.device,
-                         self.batch_size)
+        options = FeatureOptions(model=self.model, layers=self.layers, pool=self.pool,
+                                 gem_p=self.gem_p, normalize=self.normalize)
+        return Extractor(options, device=self.device, batch_size=self.batch_size)
 
     def fit(self, X, y=None):
         """Resolve the spec (no learning: the network is frozen)."""
@@ -80,7 +118,9 @@ class EmbeddingTransformer(TransformerMixin, BaseEstimator):
         self.specs_ = ex.specs
         self.fingerprints_ = [s.fingerprint() for s in ex.specs]
         self.n_features_out_ = int(sum(ex.graph.dims))
+        self.n_embedded_ = 0
         self._ex = ex
+        self._memory = _VectorCache(self.cache_size)
         return self
 
     def get_feature_names_out(self, input_features=None):
@@ -105,25 +145,26 @@ class EmbeddingTransformer(TransformerMixin, BaseEstimator):
         unique = list(dict.fromkeys(keys[i] for i in missing))
         if unique:
             first = {k: keyed[keys.index(k)][1] for k in unique}
-            out = self._ex.embed([first[k] for k in unique])
-            arrays = out if isinstance(out, np.ndarray) else list(out.values())
             # one pass gives every layer: cache all of them now
-            per_layer = [arrays] if isinstance(out, np.ndarray) else arrays
+            per_layer = list(self._ex.embed([first[k] for k in unique]).values())
             for j, (layer_fp, arr) in enumerate(zip(self.fingerprints_, per_layer, strict=True)):
                 for k, vec in zip(unique, arr, strict=True):
-                    _MEMORY[(layer_fp, k)] = vec
+                    self._memory.put((layer_fp, k), vec)
                 if self.store is not None:
                     self._save(self.specs_[j], unique, arr)
-            STATS["embedded"] += len(unique)
-            found.update({k: _MEMORY[(fp, k)] for k in unique})
-        STATS["cache_hits"] += len(keys) - len(unique)
+            self.n_embedded_ += len(unique)
+            found.update(zip(unique, per_layer[spec_i], strict=True))
         return np.stack([found[k] for k in keys])
 
     def _lookup(self, fp: str, keys: list[str]) -> dict[str, np.ndarray]:
-        found = {k: _MEMORY[(fp, k)] for k in keys if (fp, k) in _MEMORY}
+        found = {}
+        for k in keys:
+            vec = self._memory.get((fp, k))
+            if vec is not None:
+                found[k] = vec
         rest = [k for k in dict.fromkeys(keys) if k not in found]
         if rest and self.store is not None and Path(self.store).exists():
-            from extractor.store import FeatureStore
+            from featurebank.extractor.store import FeatureStore
 
             fs = FeatureStore(self.store)
             present = [k for k, ok in zip(rest, fs.has(fp, rest), strict=True) if ok]
@@ -132,7 +173,7 @@ class EmbeddingTransformer(TransformerMixin, BaseEstimator):
         return found
 
     def _save(self, spec, keys: list[str], arr: np.ndarray) -> None:
-        from extractor.store import FeatureStore
+        from featurebank.extractor.store import FeatureStore
 
         with FeatureStore(self.store, mode="a") as fs:
             fs.commit({spec: (keys, arr)}, dtype="float32")

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from featurebank.export._cache import cache_dir
 
-from export.cache import cache_dir
-from export.errors import FeaturebankError
+from featurebank.errors import FeaturebankError
 
 # The options `precision="int8"` uses: every convolution but the first and last int8, weights in
 # a 7-bit range (reduce_range: AVX2 without VNNI saturates full-range u8s8 products; without it
@@ -56,7 +56,7 @@ def _is_depthwise(node: onnx.NodeProto) -> bool:
 
 def int8_feature_graph(graph, calibration: np.ndarray | str, cache: str | Path | None = None,
                        options: dict | None = None):
-    """The int8 twin of a :class:`extractor.graph.FeatureGraph`, cached on disk.
+    """The int8 twin of a :class:`featurebank.extractor.graphs._cut.FeatureGraph`, cached on disk.
 
     Parameters
     ----------

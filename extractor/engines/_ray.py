@@ -3,14 +3,14 @@
 The job is a Ray Data pipeline over the collected ``(path, label)`` items:
 
 1. **decode** (tasks): read bytes, content key = SHA-256, skip content the store already has,
-   decode with :func:`extractor.preprocess.decode` -- the same function the local engine uses;
+   decode with :func:`featurebank.extractor._preprocess.decode` -- the same function the local engine uses;
 2. **embed** (an actor pool, one onnxruntime session per actor, ``num_gpus=1`` per actor when
    the cluster has GPUs): the truncated, pooled feature graph built once on the driver;
 3. **write** (tasks): one shard per batch in the store's own layout, written under a temporary
-   name and renamed (:func:`extractor.shards.write_shard`).
+   name and renamed (:func:`featurebank.extractor.store._shards.write_shard`).
 
 The driver then rebuilds the manifest and the virtual HDF5 file over the shards
-(:class:`extractor.shards.ShardedStore`), so every reader sees one store at the path given.
+(:class:`featurebank.extractor.store._shards.ShardedStore`), so every reader sees one store at the path given.
 Ray restarts a killed embedding actor and retries its batches; a killed driver loses only the
 shards in flight, and a rerun embeds only content missing from the committed shards.
 
@@ -23,20 +23,19 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import ray
+from featurebank.extractor._extractor import Extractor
+from featurebank.extractor._inputs import ImageItem
+from featurebank.extractor.engines._common import EmbedRun, EmbedSummary, prepare_file
+from featurebank.extractor.store._shards import ShardedStore, write_shard
 from tqdm.auto import tqdm
 
-from export.errors import FeaturebankError
-from export.spec import FeatureSpec, Preprocessing
-from extractor.api import Extractor
-from extractor.inputs import collect
-from extractor.pipeline import DTYPES, EmbedSummary
-from extractor.preprocess import DecodeError, decode, image_key, read_bytes
-from extractor.shards import ShardedStore, write_shard
+from featurebank.errors import FeaturebankError
+from featurebank.spec import FeatureSpec, Preprocessing
 
 log = logging.getLogger(__name__)
 NEW, CACHED, FAILED = 0, 1, 2
@@ -48,19 +47,14 @@ def _decode_batch(batch: dict[str, np.ndarray], preprocessing: Preprocessing, ma
     n = len(batch["idx"])
     keys, status, reasons, pixels = [""] * n, np.full(n, NEW, np.uint8), [""] * n, [b""] * n
     for i, raw in enumerate(batch["path"]):
-        path = os.fsdecode(bytes(raw))
-        try:
-            data = read_bytes(path)
-            keys[i] = image_key(data)
-            if keys[i] in done:
-                status[i] = CACHED  # only its path is recorded: no decode, no inference
-                continue
-            pixels[i] = decode(data, preprocessing, max_pixels, path).tobytes()
-        except DecodeError as exc:
-            status[i], reasons[i] = FAILED, exc.reason
-        except Exception as exc:  # one odd file must not abort a cluster-wide run
-            log.exception("unexpected error decoding %s", path)
-            status[i], reasons[i] = FAILED, f"unexpected error ({type(exc).__name__}: {exc})"
+        p = prepare_file(os.fsdecode(bytes(raw)), preprocessing, max_pixels, done)
+        keys[i] = p.key or ""
+        if p.error is not None:
+            status[i], reasons[i] = FAILED, p.error
+        elif p.pixels is None:
+            status[i] = CACHED  # only its path is recorded: no decode, no inference
+        else:
+            pixels[i] = p.pixels.tobytes()
     return {**batch, "key": np.array(keys, dtype=object), "status": status,
             "reason": np.array(reasons, dtype=object), "pixels": np.array(pixels, dtype=object)}
 
@@ -72,8 +66,7 @@ class _Embedder:
     def __init__(self, graph: bytes, output_names: list[str], dims: list[int],
                  input_size: tuple[int, int], device: str, threads: int | None):
         import onnx
-
-        from extractor.runtime import make_session
+        from featurebank.extractor.graphs._sessions import make_session
 
         self.session = make_session(onnx.load_from_string(graph), device, threads)
         self.names, self.dims, self.shape = output_names, dims, (*input_size, 3)
@@ -158,72 +151,33 @@ def _actor_resources(device: str, workers: int | None, threads: int | None) -> t
     return {"num_cpus": per_actor}, size, "cpu"
 
 
-def embed_collection_ray(
-    inputs: Sequence[str],
-    store_path: str | Path,
-    *,
-    model: str = "efficientnet_lite0",
-    layers: Sequence[str] = ("head",),
-    pool: str = "avg",
-    gem_p: float = 3.0,
-    normalize: bool = False,
-    batch_size: int = 32,
-    workers: int | None = None,
-    device: str = "auto",
-    threads: int | None = None,
-    dtype: str = "float16",
-    progress: bool = True,
-    address: str | None = None,
-    shard_rows: int | None = None,
-    actor_wait_s: float = 600.0,
-) -> EmbedSummary:
-    """Embed ``inputs`` into the sharded store ``store_path`` on a Ray cluster.
+def embed_ray(items: list[ImageItem], store_path: str | Path, ex: Extractor,
+              run: EmbedRun) -> EmbedSummary:
+    """Embed ``items`` into the sharded store ``store_path`` on a Ray cluster.
 
-    Parameters
-    ----------
-    inputs, store_path, model, layers, pool, gem_p, normalize, batch_size, dtype, progress
-        As :func:`extractor.pipeline.embed_collection`; the vectors are the local engine's.
-    workers : int, optional
-        Embedding actors (one onnxruntime session each); default one per GPU, else half the
-        cluster's CPUs.
-    device : {'auto', 'cpu', 'cuda'}
-        ``auto`` uses GPU actors when the cluster has GPUs.
-    threads : int, optional
-        onnxruntime intra-op threads (and CPUs reserved) per CPU actor; default 1.
-    address : str, optional
-        Ray address (``auto``, ``host:6379``, ``ray://host:10001``); default: the running
-        session, else a new local one.
-    shard_rows : int, optional
-        Rows per shard file; default ``16 * batch_size``.
-    actor_wait_s : float
-        How long to wait for the first actor before failing (a cluster without room for it).
-
-    Returns
-    -------
-    EmbedSummary
+    The vectors are the local engine's. ``run.workers`` is the number of embedding actors
+    (one onnxruntime session each; default one per GPU, else half the cluster's CPUs);
+    ``run.threads`` the intra-op threads (and CPUs reserved) per CPU actor (default 1);
+    ``run.address`` the Ray address (``auto``, ``host:6379``, ``ray://host:10001``; default:
+    the running session, else a new local one).
     """
-    if dtype not in DTYPES:
-        raise FeaturebankError(f"--dtype must be one of {DTYPES}, got {dtype!r}")
-    if batch_size < 1:
-        raise FeaturebankError(f"--batch-size must be >= 1, got {batch_size}")
+    batch_size, device, threads, workers = run.batch_size, run.device, run.threads, run.workers
     started = time.perf_counter()
-    items = collect(list(inputs))
-    ex = Extractor(model, layers, pool, gem_p, normalize, "cpu", batch_size, threads)
     graph = ex.graph  # built once here; actors get its bytes (workers need no model files)
     specs = graph.specs
     fps = [s.fingerprint() for s in specs]
     summary = EmbedSummary(total=len(items))
-    with ShardedStore(store_path) as store, connected(address):
+    with ShardedStore(store_path) as store, connected(run.address):
         state = store.rebuild()
         if not items:
             return summary
         done = frozenset(state.done(fps))
         known = {state.dtypes[fp] for fp in fps if fp in state.dtypes}
-        store_dtype = known.pop() if len(known) == 1 else dtype  # an existing set keeps its dtype
+        store_dtype = known.pop() if len(known) == 1 else run.dtype  # an existing set keeps its dtype
         remote, size, actor_device = _actor_resources(device, workers, threads)
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
-        ctx.wait_for_min_actors_s = int(actor_wait_s)
+        ctx.wait_for_min_actors_s = int(run.actor_wait_s)
         ds = ray.data.from_items(
             [{"idx": i, "path": os.fsencode(it.path), "label": it.label} for i, it in enumerate(items)],
             override_num_blocks=max(1, min(len(items) // batch_size, 4 * size * 8)))
@@ -238,12 +192,13 @@ def embed_collection_ray(
                 "dims": list(graph.dims), "input_size": tuple(ex.spec_preprocessing.input_size),
                 "device": actor_device, "threads": threads or remote.get("num_cpus", 1)},
             **remote)
-        ds = ds.map_batches(_write_batch, batch_size=shard_rows or 16 * batch_size, num_cpus=0,
+        ds = ds.map_batches(_write_batch, batch_size=run.shard_rows or 16 * batch_size, num_cpus=0,
                             max_retries=3, fn_kwargs={
                                 "folder": str(store.dir), "run_id": store.new_run_id(),
                                 "specs": [s.to_json() for s in specs], "dtype": store_dtype})
         in_run: set[str] = set()
-        bar = tqdm(total=len(items), unit="img", disable=not progress, desc="embedding (ray)")
+        bar = tqdm(total=len(items), unit="img", disable=not run.progress,
+                   desc="embedding (ray)")
         try:
             for out in ds.iter_batches(batch_size=None, batch_format="numpy"):
                 for rows, cached, failed, blob in zip(out["rows"], out["cached"], out["failed"],

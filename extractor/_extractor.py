@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from featurebank.export._registry import is_onnx_path
+from featurebank.extractor._preprocess import DEFAULT_MAX_PIXELS, DecodeError, decode
 
-from export.errors import FeaturebankError
-from export.registry import DEFAULT_MODEL, is_onnx_path
-from export.spec import FeatureSpec, Preprocessing
-from extractor.preprocess import DEFAULT_MAX_PIXELS, DecodeError, decode
+from featurebank.errors import FeaturebankError
+from featurebank.spec import FeatureOptions, FeatureSpec, Preprocessing
+from featurebank.spec import feature_options as feature_options_of
 
 log = logging.getLogger(__name__)
-PRECISIONS = ("fp32", "fp16", "int8")
 
 
 def resolve_model_path(model: str | Path, input_size: int | None = None) -> Path:
@@ -26,7 +25,7 @@ def resolve_model_path(model: str | Path, input_size: int | None = None) -> Path
         if not path.is_file():
             raise FeaturebankError(f"ONNX file {path} does not exist")
         return path
-    from export.cache import ensure_exported
+    from featurebank.export._cache import ensure_exported
 
     return ensure_exported(str(model), input_size=input_size)
 
@@ -36,36 +35,21 @@ class Extractor:
 
     Parameters
     ----------
-    model : str or path
-        Registry name (exported on first use into the cache) or an ``.onnx`` file.
-    layers : sequence of str
-        Catalogue names (``stem``, ``blocks.N``, ``head``, ``logits``) or ONNX tensor names.
-    pool : {'avg', 'max', 'gem', 'none'}
-    gem_p : float
-        Exponent for ``gem`` pooling.
-    normalize : bool
-        L2-normalise each vector.
+    features : FeatureOptions, str or path, optional
+        What the features are made of: a :class:`featurebank.FeatureOptions`, or a registry
+        name / ``.onnx`` path (the other options then come from ``feature_options``).
+        Default: the registry's default model cut at ``head``.
     device : {'auto', 'cpu', 'cuda'}
     batch_size : int
         Images per inference call in :meth:`embed`.
     threads : int, optional
         onnxruntime intra-op threads.
-    preprocessing : Preprocessing, optional
-        Required for ONNX files not exported by featurebank.
-    input_size : int, optional
-        Export a registry model at this square input size instead of its native one.
     max_pixels : int
         Larger images are refused before decoding (decompression-bomb guard).
-    precision : {'fp32', 'fp16'}
-        ``fp16`` runs the backbone with float16 weights and compute (the GPU path; see
-        :func:`extractor.gpu.to_fp16`); input stays uint8 and vectors float32. Vectors track
-        fp32 closely (cosine >= 0.9999 on real photos) and keep the same spec fingerprint.
-        ``int8`` runs a static int8 copy of the graph calibrated on ``calibration`` (the CPU
-        speed option, :func:`extractor.quantize.int8_feature_graph`); its vectors get specs
-        and fingerprints of their own.
-    calibration : sequence of images, or str
-        With ``precision='int8'``: 50-200 of the user's own images (anything ``embed`` takes;
-        undecodable ones are skipped), or the ``int8-<digest>`` tag of a graph quantized before.
+    **feature_options
+        Fields of :class:`featurebank.FeatureOptions` (``layers``, ``pool``, ``gem_p``,
+        ``normalize``, ``precision``, ``calibration``, ``preprocessing``, ``input_size``),
+        applied over ``features``.
 
     Examples
     --------
@@ -75,62 +59,62 @@ class Extractor:
     (2, 1280)
     """
 
-    def __init__(self, model: str | Path = DEFAULT_MODEL, layers: Sequence[str] = ("head",),
-                 pool: str = "avg", gem_p: float = 3.0, normalize: bool = False,
+    def __init__(self, features: FeatureOptions | str | Path | None = None, *,
                  device: str = "auto", batch_size: int = 32, threads: int | None = None,
-                 preprocessing: Preprocessing | None = None, input_size: int | None = None,
-                 max_pixels: int = DEFAULT_MAX_PIXELS, precision: str = "fp32",
-                 calibration: Sequence[Any] | str | None = None):
-        self.model = model
-        self.layers = layers
-        self.pool = pool
-        self.gem_p = gem_p
-        self.normalize = normalize
+                 max_pixels: int = DEFAULT_MAX_PIXELS, **feature_options: Any):
+        self.options = feature_options_of(features, **feature_options)
         self.device = device
         self.batch_size = batch_size
         self.threads = threads
-        self.preprocessing = preprocessing
-        self.input_size = input_size
         self.max_pixels = max_pixels
-        self.precision = precision
-        self.calibration = calibration
         self._graph = None
         self._session = None
         self._runner = None
+
+    # the options' fields read like the extractor's own (ex.model, ex.layers, ...)
+    @property
+    def model(self) -> str:
+        return self.options.model
+
+    @property
+    def layers(self) -> tuple[str, ...]:
+        return self.options.layers
+
+    @property
+    def precision(self) -> str:
+        return self.options.precision
 
     # -- building -----------------------------------------------------------------------
     @property
     def graph(self):
         if self._graph is None:
-            from extractor.graph import build_feature_graph
+            from featurebank.extractor.graphs._cut import build_feature_graph
 
-            if self.precision not in PRECISIONS:
-                raise FeaturebankError(f"precision must be one of {PRECISIONS}, "
-                                       f"got {self.precision!r}")
-            layers = [self.layers] if isinstance(self.layers, str) else list(self.layers)
+            o = self.options
             graph = build_feature_graph(
-                resolve_model_path(self.model, self.input_size), layers, self.pool, self.gem_p,
-                self.normalize, self.preprocessing)
+                resolve_model_path(o.model, o.input_size), list(o.layers), o.pool, o.gem_p,
+                o.normalize, o.preprocessing)
             if self.precision == "fp16":
-                from extractor.gpu import to_fp16
+                from featurebank.extractor.graphs._fp16 import to_fp16
 
                 graph = replace(graph, model=to_fp16(graph.model))
             elif self.precision == "int8":
-                from extractor.quantize import int8_feature_graph
+                from featurebank.extractor.graphs._int8 import int8_feature_graph
 
                 graph = int8_feature_graph(graph, self._calibration_pixels(graph))
             self._graph = graph
         return self._graph
 
     def _calibration_pixels(self, graph) -> np.ndarray | str:
-        if isinstance(self.calibration, str):
-            return self.calibration
-        if not self.calibration:
+        calibration = self.options.calibration
+        if isinstance(calibration, str):
+            return calibration
+        if not calibration:
             raise FeaturebankError(
                 "precision 'int8' needs calibration images: Extractor(..., calibration=[50-200 of "
                 "your images]); 'featurebank embed --precision int8' samples them from the input")
         pixels = []
-        for image in self.calibration:
+        for image in calibration:
             try:
                 pixels.append(decode(image, graph.model_spec.preprocessing, self.max_pixels))
             except DecodeError as exc:  # a bad file among the samples must not stop the run
@@ -142,11 +126,11 @@ class Extractor:
     @property
     def session(self):
         if self._session is None:
-            from extractor.runtime import make_session
+            from featurebank.extractor.graphs._sessions import make_session
 
             session = make_session(self.graph.model, self.device, self.threads)
             if "CUDAExecutionProvider" in session.get_providers():
-                from extractor.gpu import BoundRunner
+                from featurebank.extractor.graphs._fp16 import BoundRunner
 
                 # On CUDA the binding saves a device allocation and copy per batch; on CPU it
                 # measured no faster than session.run (benchmarks/gpu_throughput.py).
@@ -194,11 +178,12 @@ class Extractor:
         """One image prepared for this model (uint8 ``(H, W, 3)``)."""
         return decode(image, self.spec_preprocessing, self.max_pixels, name)
 
-    def embed(self, images: Any) -> np.ndarray | dict[str, np.ndarray]:
+    def embed(self, images: Any) -> dict[str, np.ndarray]:
         """Embed images (paths, bytes, PIL images or arrays; one or a list).
 
-        Returns float32 ``[N, D]`` for one layer, or a dict layer -> array for several. An
-        image that cannot be decoded raises :class:`extractor.DecodeError` naming it.
+        Returns a dict layer -> float32 ``[N, D]`` array, whatever the number of layers. An
+        image that cannot be decoded raises :class:`featurebank.extractor.DecodeError` naming
+        it.
         """
         if not isinstance(images, (list, tuple)) or (
             isinstance(images, tuple) and images and isinstance(images[0], int)
@@ -215,13 +200,7 @@ class Extractor:
                 acc.append(arr)
         arrays = [np.concatenate(a) if a else np.zeros((0, d), np.float32)
                   for a, d in zip(outs, self.graph.dims, strict=True)]
-        if len(arrays) == 1:
-            return arrays[0]
         return dict(zip(self.layer_names, arrays, strict=True))
-
-    def iter_embed(self, images: Iterable[Any]):  # pragma: no cover - convenience
-        for im in images:
-            yield self.embed([im])
 
     # -- pickling: sessions are rebuilt lazily where the object lands -----------------
     def __getstate__(self):
@@ -231,10 +210,11 @@ class Extractor:
         state["_runner"] = None
         if self._graph is not None and self.specs[0].quantization:
             # the cached int8 graph's tag, not the calibration images: small, same vectors
-            state["calibration"] = self.specs[0].quantization
+            state["options"] = self.options.replace(calibration=self.specs[0].quantization)
         return state
 
     def __repr__(self) -> str:
-        return (f"Extractor(model={self.model!r}, layers={list(self.layers)!r}, pool={self.pool!r}"
-                f"{', normalize=True' if self.normalize else ''}"
-                f"{f', precision={self.precision!r}' if self.precision != 'fp32' else ''})")
+        o = self.options
+        return (f"Extractor(model={o.model!r}, layers={list(o.layers)!r}, pool={o.pool!r}"
+                f"{', normalize=True' if o.normalize else ''}"
+                f"{f', precision={o.precision!r}' if o.precision != 'fp32' else ''})")

@@ -17,13 +17,20 @@ from pathlib import Path
 
 import onnx
 import torch
+from featurebank.export._metadata import LayerInfo, featurebank_version
+from featurebank.export._registry import get_model_entry
+from featurebank.export._torch_models import build_torch_model
 from torch import nn
 
-from export.errors import FeaturebankError
-from export.metadata import LayerInfo, featurebank_version
-from export.registry import get_model_entry
-from export.spec import META_INPUT, META_LAYERS, META_SPEC, META_VERSION, ModelSpec, Preprocessing
-from export.torch_models import build_torch_model
+from featurebank.errors import FeaturebankError
+from featurebank.spec import (
+    META_INPUT,
+    META_LAYERS,
+    META_SPEC,
+    META_VERSION,
+    ModelSpec,
+    Preprocessing,
+)
 
 log = logging.getLogger(__name__)
 OPSET = 18

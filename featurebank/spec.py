@@ -21,7 +21,13 @@ META_LAYERS = "featurebank.layers"
 META_VERSION = "featurebank.version"
 META_INPUT = "featurebank.input"
 
+#: The registry model used when none is named (``featurebank.export.list_models()``).
+DEFAULT_MODEL = "efficientnet_lite0"
 POOLS = ("avg", "max", "gem", "none")
+#: How vectors are computed: float32 graph, float16 graph (GPU), statically quantized int8.
+PRECISIONS = ("fp32", "fp16", "int8")
+#: How vectors are stored in the feature store.
+DTYPES = ("float16", "float32")
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos")
 
 
@@ -180,3 +186,92 @@ def sha256_file(path: str, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class FeatureOptions:
+    """What a feature is made of: the one options object of the extractor, engines and service.
+
+    It is what a user chooses; :meth:`featurebank.extractor.Extractor.specs` resolves it against
+    the model's ONNX file into one :class:`FeatureSpec` per layer (the identity that keys the
+    store). Validation here needs no model, so bad options fail before any file is touched.
+
+    Parameters
+    ----------
+    model : str
+        Registry name (``featurebank.export.list_models()``) or a path to an ``.onnx`` file.
+    layers : tuple of str
+        Catalogue names (``stem``, ``blocks.N``, ``head``, ``pool``, ``logits``) or ONNX tensor
+        names; one feature set each.
+    pool : {'avg', 'max', 'gem', 'none'}
+        Pooling over the spatial axes of each cut.
+    gem_p : float
+        Exponent of ``gem`` pooling.
+    normalize : bool
+        L2-normalise each vector.
+    precision : {'fp32', 'fp16', 'int8'}
+        ``fp16`` runs float16 weights (meant for CUDA); ``int8`` a static int8 graph calibrated
+        on ``calibration`` (its vectors get specs and fingerprints of their own).
+    calibration : sequence of images, or str, optional
+        With ``precision='int8'``: 50-200 of the user's images, or the ``int8-<digest>`` tag of
+        a graph quantized before.
+    preprocessing : Preprocessing, optional
+        Overrides the preprocessing an ONNX file describes (or states it for a foreign file).
+    input_size : int, optional
+        Export a registry model at this square input size instead of its native one.
+    """
+
+    model: str = DEFAULT_MODEL
+    layers: tuple[str, ...] = ("head",)
+    pool: str = "avg"
+    gem_p: float = 3.0
+    normalize: bool = False
+    precision: str = "fp32"
+    calibration: Any = None
+    preprocessing: Preprocessing | None = None
+    input_size: int | None = None
+
+    def __post_init__(self) -> None:
+        from featurebank.errors import FeaturebankError
+
+        layers = (self.layers,) if isinstance(self.layers, str) else tuple(self.layers or ())
+        object.__setattr__(self, "layers", layers or ("head",))
+        object.__setattr__(self, "model", str(self.model))
+        if isinstance(self.calibration, list):  # hashable, so options can key caches
+            object.__setattr__(self, "calibration", tuple(self.calibration))
+        if self.pool not in POOLS:
+            raise FeaturebankError(f"pool must be one of {POOLS}, got {self.pool!r}")
+        if self.pool == "gem" and not self.gem_p > 0:
+            raise FeaturebankError(f"gem_p must be > 0, got {self.gem_p}")
+        if self.precision not in PRECISIONS:
+            raise FeaturebankError(f"precision must be one of {PRECISIONS}, "
+                                   f"got {self.precision!r}")
+        if len(set(self.layers)) != len(self.layers):
+            raise FeaturebankError(f"layers named twice: {list(self.layers)}")
+        if self.input_size is not None and int(self.input_size) < 8:
+            raise FeaturebankError(f"input_size must be >= 8, got {self.input_size}")
+
+    def replace(self, **changes: Any) -> FeatureOptions:
+        """A copy with ``changes`` applied (and validated)."""
+        return replace(self, **changes)
+
+
+#: Field names of :class:`FeatureOptions`, for code that forwards keyword arguments to it.
+FEATURE_OPTION_NAMES = tuple(FeatureOptions.__dataclass_fields__)
+
+
+def feature_options(features: FeatureOptions | str | None = None,
+                    **options: Any) -> FeatureOptions:
+    """``features`` as :class:`FeatureOptions`: an options object (``options`` then replace its
+    fields), a model name or ONNX path, or None (the default model)."""
+    from featurebank.errors import FeaturebankError
+
+    unknown = set(options) - set(FEATURE_OPTION_NAMES)
+    if unknown:
+        raise FeaturebankError(f"unknown feature option(s) {sorted(unknown)}; known: "
+                               f"{list(FEATURE_OPTION_NAMES)}")
+    if isinstance(features, FeatureOptions):
+        return features.replace(**options) if options else features
+    if features is not None:
+        options["model"] = str(features)
+    return FeatureOptions(**options)

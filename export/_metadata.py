@@ -17,8 +17,8 @@ from typing import Any
 import onnx
 from onnx import shape_inference
 
-from export.errors import FeaturebankError
-from export.spec import (
+from featurebank.errors import FeaturebankError
+from featurebank.spec import (
     META_INPUT,
     META_LAYERS,
     META_SPEC,

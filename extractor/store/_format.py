@@ -1,7 +1,7 @@
 """The store's on-disk vocabulary (layout in docs/STORE_FORMAT.md): dtypes, the committed-row
 counters, appends to resizable datasets, path/label encodings, and the read results.
 
-Shared by the store, its repair (``extractor.lock``) and the sharded Ray store; imports nothing
+Shared by the store, its repair (``featurebank.extractor.store._lock``) and the sharded Ray store; imports nothing
 of theirs.
 """
 
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import h5py
 import numpy as np
 
-from export.spec import FeatureSpec
+from featurebank.spec import FeatureSpec
 
 FORMAT_VERSION = 1
 KEY_DTYPE = "S64"

@@ -6,7 +6,7 @@ therefore finds a cleanly closed file, and rows past a ``committed`` counter (a 
 short) are ignored by readers and overwritten by the next writer. A kill *inside* a commit can
 leave HDF5 file-space metadata that still reads but breaks later appends; a ``STORE.h5.dirty``
 marker present only while a commit has the file open tells the next writer to rewrite the
-file from its committed rows first (``extractor.lock.repair``). A new store is created under
+file from its committed rows first (``featurebank.extractor.store._lock.repair``). A new store is created under
 a temporary name and renamed, and a commit that may not fit on the disk is refused before the
 file is touched. No manual repair step is ever needed.
 
@@ -22,18 +22,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-
-from export.errors import FeaturebankError
-from export.spec import FeatureSpec
-from extractor.lock import (
-    StoreLockedError,
-    acquire_writer_lock,
-    check_room,
-    release_writer_lock,
-    repair,
-    retry_read,
-)
-from extractor.store_format import (
+from featurebank.extractor.store._format import (
     BYTES_DTYPE,
     CHUNK_ROWS,
     FORMAT_VERSION,
@@ -48,6 +37,17 @@ from extractor.store_format import (
     encode_label,
     encode_path,
 )
+from featurebank.extractor.store._lock import (
+    StoreLockedError,
+    acquire_writer_lock,
+    check_room,
+    release_writer_lock,
+    repair,
+    retry_read,
+)
+
+from featurebank.errors import FeaturebankError
+from featurebank.spec import FeatureSpec
 
 log = logging.getLogger(__name__)
 __all__ = ["FORMAT_VERSION", "FeatureSetInfo", "FeatureStore", "Features", "StoreLockedError"]

@@ -8,7 +8,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from export.errors import FeaturebankError
+from featurebank.errors import FeaturebankError
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 LIST_EXTENSIONS = {".txt", ".csv", ".lst"}

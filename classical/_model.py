@@ -15,12 +15,12 @@ from typing import Any
 
 import joblib
 import numpy as np
+from featurebank.export._metadata import featurebank_version
+from featurebank.extractor._preprocess import read_bytes
 from PIL import Image
 
-from export.errors import FeaturebankError
-from export.metadata import featurebank_version
-from export.spec import FeatureSpec
-from extractor.preprocess import read_bytes
+from featurebank.errors import FeaturebankError
+from featurebank.spec import FeatureSpec
 
 FORMAT = "featurebank.classifier/1"
 PIXEL_SIDE = 28
@@ -57,7 +57,7 @@ class TrainedModel:
         return [s.fingerprint() for s in self.specs]
 
     def check_specs(self, specs: list[FeatureSpec]) -> None:
-        from classical.features import SpecMismatchError
+        from featurebank.classical._features import SpecMismatchError
 
         got = [s.fingerprint() for s in specs]
         if got != self.fingerprints:
@@ -77,14 +77,14 @@ class TrainedModel:
 
     def extractor(self, **kwargs):
         """An Extractor that computes exactly this model's features (registry models only)."""
-        from extractor.api import Extractor
+        from featurebank.extractor._extractor import Extractor
 
         spec = self.specs[0]
         model = self.info.get("onnx_path") or spec.model.model
         if spec.quantization:  # int8 features: the same cached int8 graph, found by its tag
             kwargs = {"precision": "int8", "calibration": spec.quantization, **kwargs}
-        ex = Extractor(model, [s.layer for s in self.specs], spec.pool, spec.gem_p, spec.normalize,
-                       **kwargs)
+        ex = Extractor(model, layers=[s.layer for s in self.specs], pool=spec.pool,
+                       gem_p=spec.gem_p, normalize=spec.normalize, **kwargs)
         self.check_specs(ex.specs)
         return ex
 

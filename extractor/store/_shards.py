@@ -28,11 +28,11 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+from featurebank.extractor.store._lock import acquire_writer_lock
+from featurebank.extractor.store._store import FORMAT_VERSION, FeatureStore
 
-from export.errors import FeaturebankError
-from export.spec import FeatureSpec
-from extractor.lock import acquire_writer_lock
-from extractor.store import FORMAT_VERSION, FeatureStore
+from featurebank.errors import FeaturebankError
+from featurebank.spec import FeatureSpec
 
 MANIFEST = "manifest.json"
 SHARDED_ATTR = "featurebank_sharded"  # root attribute marking a virtual (sharded) store file

@@ -7,12 +7,12 @@ import logging
 import os
 from pathlib import Path
 
+from featurebank.export._metadata import featurebank_version
+from featurebank.export._registry import get_model_entry
 from filelock import FileLock
 
-from export.errors import FeaturebankError
-from export.metadata import featurebank_version
-from export.registry import get_model_entry
-from export.spec import sha256_file
+from featurebank.errors import FeaturebankError
+from featurebank.spec import sha256_file
 
 
 def resolve_cache_dir(path: str | Path | None = None) -> Path:
@@ -63,7 +63,9 @@ def ensure_exported(model: str, cache_dir: str | Path | None = None,
     out = cached_path(model, cache_dir, input_size)
     if out.exists():
         return out
-    from export.onnx_export import export_onnx  # torch only when an export is really needed
+    from featurebank.export._onnx_export import (
+        export_onnx,  # torch only when an export is really needed
+    )
 
     try:
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -9,12 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from featurebank.export._efficientnet_lite import VARIANTS, EfficientNetLite, translate_state_dict
+from featurebank.export._registry import get_model_entry
 from torch import nn
 
-from export.efficientnet_lite import VARIANTS, EfficientNetLite, translate_state_dict
-from export.errors import FeaturebankError
-from export.registry import get_model_entry
-from export.spec import sha256_file
+from featurebank.errors import FeaturebankError
+from featurebank.spec import sha256_file
 
 
 def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:

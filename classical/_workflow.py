@@ -6,14 +6,20 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+from featurebank.classical._features import LabelledFeatures, labelled_only, load_features
+from featurebank.classical._model import TrainedModel, raw_pixels
+from featurebank.classical._probe import LinearProbe, k_shot_indices
+from featurebank.classical._report import (
+    metrics,
+    plot_confusion,
+    plot_fewshot,
+    plot_sweep,
+    write_json,
+)
+from featurebank.extractor.store._store import FeatureStore
 from sklearn.model_selection import train_test_split
 
-from classical.features import LabelledFeatures, labelled_only, load_features
-from classical.model import TrainedModel, raw_pixels
-from classical.probe import LinearProbe, k_shot_indices
-from classical.report import metrics, plot_confusion, plot_fewshot, plot_sweep, write_json
-from export.errors import FeaturebankError
-from extractor.store import FeatureStore
+from featurebank.errors import FeaturebankError
 
 
 def train(store, layers=None, classifier: str = "logreg", shots: int | None = None,
@@ -71,8 +77,8 @@ def evaluate(model: TrainedModel, store, report_dir: str | Path | None = None) -
 @lru_cache(maxsize=8)
 def _layer_costs(model: str) -> dict[str, float | None]:
     """Catalogue FLOPs shares of a registry model, read once per model (the ONNX is ~20 MB)."""
-    from export.cache import ensure_exported
-    from export.metadata import read_onnx_metadata
+    from featurebank.export._cache import ensure_exported
+    from featurebank.export._metadata import read_onnx_metadata
 
     return {la.name: la.flops_share for la in read_onnx_metadata(ensure_exported(model)).layers}
 

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+from featurebank.extractor.store._format import committed_rows
 
-from export.errors import FeaturebankError
-from extractor.store_format import committed_rows
+from featurebank.errors import FeaturebankError
 
 log = logging.getLogger(__name__)
 

@@ -13,10 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from export.errors import FeaturebankError
-from export.spec import Preprocessing
-
-DEFAULT_MODEL = "efficientnet_lite0"
+from featurebank.errors import FeaturebankError
+from featurebank.spec import Preprocessing
 
 # The checkpoints are converted TF EfficientNet-Lite weights, trained on (x - 127) / 128 inputs.
 # Measured top-1 (softmax) on real photos with Lite0 from the exported ONNX, TF normalisation vs

@@ -6,10 +6,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from featurebank.extractor.store._store import FeatureStore
 
-from export.errors import FeaturebankError
-from export.spec import FeatureSpec
-from extractor.store import FeatureStore
+from featurebank.errors import FeaturebankError
+from featurebank.spec import FeatureSpec
 
 
 class SpecMismatchError(FeaturebankError):

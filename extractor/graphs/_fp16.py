@@ -1,6 +1,6 @@
 """The GPU path: float16 feature graphs and IOBinding runs.
 
-* :func:`to_fp16` turns a feature graph (``extractor.graph.build_feature_graph``) into one with
+* :func:`to_fp16` turns a feature graph (``featurebank.extractor.graphs._cut.build_feature_graph``) into one with
   float16 weights and compute. The uint8 ``pixels`` input and the float32 outputs stay as they
   are, so callers see no difference. The normalisation in front (uint8 -> float, scale, shift)
   and the pooling tail behind each cut stay float32: a sum of squares (L2 normalisation) or a
@@ -24,12 +24,12 @@ from collections.abc import Sequence
 import numpy as np
 import onnx
 import onnxruntime as ort
+from featurebank.extractor.graphs._cut import PIXELS
 from onnx import TensorProto, helper
 
-from export.errors import FeaturebankError
-from extractor.graph import PIXELS
+from featurebank.errors import FeaturebankError
 
-# Ops the pooling tail of extractor.graph is built from (see graph._append_pooling).
+# Ops the pooling tail of featurebank.extractor.graphs._cut is built from (see graph._append_pooling).
 _POOL_OPS = {"GlobalAveragePool", "GlobalMaxPool", "Clip", "Pow", "Flatten", "ReduceSumSquare",
              "Sqrt", "Max", "Div"}
 
@@ -97,7 +97,7 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     if [i.name for i in model.graph.input] != [PIXELS]:
         raise FeaturebankError(
             f"to_fp16 expects a feature graph with one input {PIXELS!r} (from "
-            f"extractor.graph.build_feature_graph), got inputs {[i.name for i in model.graph.input]}")
+            f"featurebank.extractor.graphs._cut.build_feature_graph), got inputs {[i.name for i in model.graph.input]}")
     try:
         from onnxruntime.transformers.float16 import convert_float_to_float16
     except ImportError as exc:  # a trimmed onnxruntime build without its python tools

@@ -35,8 +35,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from export.errors import FeaturebankError
-from export.spec import Preprocessing
+from featurebank.errors import FeaturebankError
+from featurebank.spec import Preprocessing
 
 DEFAULT_MAX_PIXELS = 100_000_000  # 100 MP: above any camera, far below a bomb's 2.5 GP
 DRAFT_FACTOR = 2  # decode no smaller than 2x the resize target

@@ -1,0 +1,130 @@
+"""What both engines share: the run's options, the per-file step and the summary type."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Collection
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from featurebank.extractor._preprocess import DecodeError, decode, image_key, read_bytes
+
+from featurebank.errors import FeaturebankError
+from featurebank.spec import DTYPES, Preprocessing
+
+log = logging.getLogger(__name__)
+ENGINES = ("local", "ray")
+
+
+@dataclass(frozen=True)
+class EmbedRun:
+    """How a collection is embedded (not what: that is :class:`featurebank.FeatureOptions`).
+
+    Parameters
+    ----------
+    batch_size : int
+        Images per inference call and per commit.
+    workers : int, optional
+        Decoding threads (local) or embedding actors (Ray); default: by the machine.
+    device : {'auto', 'cpu', 'cuda'}
+    threads : int, optional
+        onnxruntime intra-op threads.
+    dtype : {'float16', 'float32'}
+        Storage type of new feature sets.
+    progress : bool
+        Show a progress bar.
+    engine : {'local', 'ray'}
+    address : str, optional
+        Ray cluster address (``engine='ray'``).
+    file_timeout : float
+        Seconds one file may take to read and decode; a file over it is recorded as a failure.
+    calibration_size : int
+        Images to calibrate ``precision='int8'`` on.
+    shard_rows : int, optional
+        Rows per shard file of the Ray engine; default ``16 * batch_size``.
+    actor_wait_s : float
+        Ray engine: how long to wait for the first actor before failing (a cluster without
+        room for it).
+    """
+
+    batch_size: int = 32
+    workers: int | None = None
+    device: str = "auto"
+    threads: int | None = None
+    dtype: str = "float16"
+    progress: bool = True
+    engine: str = "local"
+    address: str | None = None
+    file_timeout: float = 60.0
+    calibration_size: int = 128
+    shard_rows: int | None = None
+    actor_wait_s: float = 600.0
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise FeaturebankError(f"--dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if self.batch_size < 1:
+            raise FeaturebankError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.engine not in ENGINES:
+            raise FeaturebankError(f"engine must be one of {ENGINES}, got {self.engine!r}")
+        if self.workers is not None and self.workers < 1:
+            raise FeaturebankError(f"--workers must be >= 1, got {self.workers}")
+
+    @property
+    def decode_threads(self) -> int:
+        return self.workers or os.cpu_count() or 2
+
+
+@dataclass
+class EmbedSummary:
+    """What a run did: counts per outcome, wall time, and the labels seen."""
+
+    total: int = 0
+    embedded: int = 0
+    cached: int = 0
+    duplicates: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+
+    @property
+    def images_per_s(self) -> float:
+        return self.total / self.seconds if self.seconds else 0.0
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "images_per_s": round(self.images_per_s, 2)}
+
+    def __str__(self) -> str:
+        return (f"{self.total} images in {self.seconds:.1f} s ({self.images_per_s:.1f} img/s): "
+                f"embedded {self.embedded}, already cached {self.cached}, duplicates "
+                f"{self.duplicates}, failed {self.failed}")
+
+
+@dataclass
+class Prepared:
+    """One file after the per-file step: its content key and pixels, or why it failed.
+
+    ``pixels`` is None for content already stored (cached: not decoded) and for failures."""
+
+    key: str | None = None
+    pixels: np.ndarray | None = None
+    error: str | None = None
+
+
+def prepare_file(path: str, preprocessing: Preprocessing, max_pixels: int,
+                 done: Collection[str]) -> Prepared:
+    """Read, key (SHA-256 of the bytes) and decode one file, as both engines do.
+
+    Content in ``done`` is not decoded; a file that cannot be read or decoded becomes a failure
+    with its reason, never an exception: one odd file must not abort a run of millions."""
+    try:
+        data = read_bytes(path)
+        key = image_key(data)
+        if key in done:
+            return Prepared(key)
+        return Prepared(key, decode(data, preprocessing, max_pixels, path))
+    except DecodeError as exc:
+        return Prepared(error=exc.reason)
+    except Exception as exc:
+        log.exception("unexpected error decoding %s", path)
+        return Prepared(error=f"unexpected error ({type(exc).__name__}: {exc})")

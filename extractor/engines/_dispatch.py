@@ -1,0 +1,84 @@
+"""``embed_collection``: validate once, then hand the run to the local or the Ray engine."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import fields, replace
+from pathlib import Path
+from typing import Any
+
+from featurebank.extractor._extractor import Extractor
+from featurebank.extractor._inputs import collect
+from featurebank.extractor.engines._common import EmbedRun, EmbedSummary
+
+from featurebank.errors import FeaturebankError
+from featurebank.spec import FEATURE_OPTION_NAMES, FeatureOptions, feature_options
+
+_RUN_NAMES = tuple(f.name for f in fields(EmbedRun))
+
+
+def embed_collection(inputs: Sequence[str | Path], store_path: str | Path,
+                     features: FeatureOptions | str | None = None, *,
+                     run: EmbedRun | None = None, extractor: Extractor | None = None,
+                     **options: Any) -> EmbedSummary:
+    """Embed every image of ``inputs`` into ``store_path``; only new content is computed.
+
+    Parameters
+    ----------
+    inputs : sequence of str or path
+        Folders (sub-folder = label), list files, globs or image files.
+    store_path : path
+        The HDF5 store; created when absent.
+    features : FeatureOptions or str, optional
+        What the vectors are made of (a model name is read as ``FeatureOptions(model=...)``).
+    run : EmbedRun, optional
+        How the run goes (batch size, workers, device, dtype, engine, ...).
+    extractor : Extractor, optional
+        A ready extractor; it replaces ``features`` and ``run.device`` / ``run.threads``.
+    **options
+        Fields of :class:`featurebank.FeatureOptions` or of :class:`EmbedRun`, applied over
+        ``features`` and ``run``: ``embed_collection(["photos"], "s.h5", layers=["head"],
+        batch_size=64)``.
+
+    Returns
+    -------
+    EmbedSummary
+        Counts of embedded, cached, duplicate and failed images, and the wall time.
+
+    Notes
+    -----
+    ``precision='int8'`` calibrates on ``run.calibration_size`` images spread evenly over the
+    collection; a store that already holds int8 vectors of the same spec keeps its
+    calibration, so later runs append to the same feature set.
+    """
+    feature_kw = {k: v for k, v in options.items() if k in FEATURE_OPTION_NAMES}
+    run_kw = {k: v for k, v in options.items() if k in _RUN_NAMES}
+    unknown = set(options) - set(feature_kw) - set(run_kw)
+    if unknown:
+        raise FeaturebankError(f"embed_collection: unknown option(s) {sorted(unknown)}")
+    run = replace(run or EmbedRun(), **run_kw)
+    if extractor is None:
+        extractor = Extractor(feature_options(features, **feature_kw), device=run.device,
+                              batch_size=run.batch_size, threads=run.threads)
+    if run.engine == "ray" and extractor.precision != "fp32":
+        raise FeaturebankError(f"precision {extractor.precision!r} runs with engine 'local' "
+                               "only; Ray actors compute in fp32")
+    items = collect(list(inputs))
+    if run.engine == "ray":
+        try:
+            from featurebank.extractor.engines._ray import embed_ray
+        except ImportError as exc:
+            raise FeaturebankError("engine 'ray' needs Ray: pip install 'featurebank[ray]'") \
+                from exc
+        return embed_ray(items, store_path, extractor, run)
+    from featurebank.extractor.engines._local import embed_local, int8_calibration
+    from featurebank.extractor.store import FeatureStore
+
+    with FeatureStore(store_path, mode="a") as store:
+        if extractor.precision == "int8" and extractor.options.calibration is None:
+            float_specs = Extractor(extractor.options.replace(precision="fp32")).specs
+            calibration = int8_calibration(items, store, float_specs, run.calibration_size)
+            extractor = Extractor(extractor.options.replace(calibration=calibration),
+                                  device=run.device, batch_size=run.batch_size,
+                                  threads=run.threads)
+        return embed_local(items, store, extractor, run)
