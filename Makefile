@@ -1,29 +1,46 @@
 # Two entry points for a fresh machine: `make demo` (the main job) and `make test`.
-# Both create .venv and install the project from its own files first.
+# Both create .venv and install the project from its own files first:
+#   demo: the core and the service extra (no Ray, pandas or pyarrow);
+#   test: adds the dev and ray extras.
+# tools/install.py keeps torch on its CPU build: pip's configured CPU wheel where there is one,
+# else PyTorch's CPU wheel index (`python tools/install.py --which-torch` says which).
 PY ?= python3
-VENV := .venv
+VENV ?= .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+DEMO_STAMP := $(VENV)/.installed-demo
+TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: demo test lint bench clean-venv
+.PHONY: demo test lint install install-test which-torch clean-venv
 
-$(STAMP): pyproject.toml constraints.txt
-	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	# constraints.txt pins torch to the CPU wheel: no CUDA download on a CPU machine.
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,service,ray]'
+
+$(DEMO_STAMP): pyproject.toml constraints.txt tools/install.py | $(BIN)/python
+	$(BIN)/python tools/install.py service
 	@# Fashion-MNIST for the demo and benchmarks (Debian package); digits is the fallback.
 	@test -d /usr/share/datasets/fashion-mnist || (command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
 		(apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) >/dev/null 2>&1) || true
-	touch $(STAMP)
+	touch $@
 
-demo: $(STAMP)
+$(TEST_STAMP): $(DEMO_STAMP)
+	$(BIN)/python tools/install.py service,dev,ray
+	touch $@
+
+install: $(DEMO_STAMP)
+
+install-test: $(TEST_STAMP)
+
+which-torch: | $(BIN)/python
+	$(BIN)/python tools/install.py --which-torch
+
+demo: $(DEMO_STAMP)
 	$(BIN)/featurebank demo
 
-test: $(STAMP)
+test: $(TEST_STAMP)
 	$(BIN)/python -m pytest -q
 
-lint: $(STAMP)
+lint: $(TEST_STAMP)
 	$(BIN)/ruff check .
 
 clean-venv:

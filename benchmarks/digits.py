@@ -1,6 +1,6 @@
 """scikit-learn digits: frozen EfficientNet-Lite features vs raw pixels, 5-fold stratified CV.
 
-    python benchmarks/digits.py [--n 1797] [--size 224]
+    python -m benchmarks.digits [--n 1797] [--size 224]
 """
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ import argparse
 import time
 
 import numpy as np
-from featurebank.classical._probe import LinearProbe, cross_validate_probe
 
-from benchmarks._probe_bench import embed_arrays, markdown, pixels, write
-from benchmarks.datasets import load_digits_images, subsample
+from benchmarks._common import embed_arrays, markdown, pixels, write_result
+from featurebank.classical import LinearProbe, cross_validate_probe
+from featurebank.datasets import load_digits_images, subsample
 
 LAYERS = ["blocks.13", "blocks.15", "head"]
 
@@ -38,12 +38,11 @@ def main(argv=None) -> None:
         rows.append({"features": name, "accuracy": float(scores.mean()),
                      "std": round(float(scores.std()), 4)})
         print(rows[-1], flush=True)
-    path = write("digits", {"dataset": "sklearn digits", "images": len(y), "folds": 5,
+    path = write_result("digits", {"dataset": "sklearn digits", "images": len(y), "folds": 5,
                             "model": args.model, "input_size": args.size or "native",
                             "embed_img_per_s": round(rate, 1), "rows": rows,
                             "seconds": round(time.perf_counter() - started)})
-    print(markdown(rows, ["features", "accuracy", "std"]))
-    print(f"wrote {path}")
+    print(markdown(rows, ["features", "accuracy", "std"]), f"({path})")
 
 
 if __name__ == "__main__":

@@ -6,8 +6,8 @@ hundred pixels, so decoding costs are realistic for both tiny and camera-sized f
 
 Usage::
 
-    python benchmarks/embed_throughput.py                      # 2000 Fashion-MNIST + 200 photos
-    python benchmarks/embed_throughput.py --fashion 300 --photos 60 --threads 2
+    python -m benchmarks.embed_throughput                      # 2000 Fashion-MNIST + 200 photos
+    python -m benchmarks.embed_throughput --fashion 300 --photos 60 --threads 2
 
 Prints images/s of both runs, the speed-up of the re-run and the peak RSS of the process,
 and writes ``benchmarks/results/embed_throughput.json``.
@@ -16,7 +16,6 @@ and writes ``benchmarks/results/embed_throughput.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import resource
@@ -25,8 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from benchmarks._common import RESULTS, write_result
 
 
 def make_collection(root: Path, n_fashion: int, n_photos: int) -> Path:
@@ -77,7 +75,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--dtype", default="float16", choices=["float16", "float32"])
-    p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "embed_throughput.json"))
+    p.add_argument("--out", default=str(RESULTS / "embed_throughput.json"))
     args = p.parse_args(argv)
 
     from featurebank.extractor import embed_collection
@@ -108,10 +106,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"cached run: {second}")
     print(f"speed-up of the cached re-run: {result['speedup_cached']}x; store {store_mb:.1f} MB; "
           f"peak RSS {rss_mb:.0f} MB ({rss_before:.0f} MB before embedding)")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_result(Path(args.out), result)
     return result
 
 

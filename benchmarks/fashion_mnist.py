@@ -3,7 +3,7 @@
 Reports what each step adds: layer choice, concatenating cuts, classifier, input size, and
 10-shot features vs raw pixels. CPU is scarce: sizes are arguments and the JSON records them.
 
-    python benchmarks/fashion_mnist.py --train 60000 --test 10000 --size 224
+    python -m benchmarks.fashion_mnist --train 60000 --test 10000 --size 224
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import argparse
 import time
 
 import numpy as np
-from featurebank.classical._probe import k_shot_indices
 
-from benchmarks._probe_bench import embed_arrays, markdown, pixels, score, write
-from benchmarks.datasets import load_fashion_mnist, subsample
+from benchmarks._common import embed_arrays, markdown, pixels, score, write_result
+from featurebank.classical import k_shot_indices
+from featurebank.datasets import load_fashion_mnist, subsample
 
 LAYERS = ["blocks.10", "blocks.13", "blocks.15", "head"]
 
@@ -67,10 +67,10 @@ def main(argv=None) -> None:
     payload = {"dataset": "fashion-mnist", "train_images": len(ytr), "test_images": len(yte),
                "input_size": args.size or "native (224 for Lite0)", "rows": rows,
                "ten_shot_accuracy": fewshot, "seconds": round(time.perf_counter() - started)}
-    path = write(args.out, payload)
+    path = write_result(args.out, payload)
     print(markdown(rows, ["model", "features", "classifier", "accuracy"]))
-    print("10 labelled images per class:", {k: f"{100 * v:.2f} %" for k, v in fewshot.items()})
-    print(f"wrote {path}")
+    print("10 labelled images per class:", {k: f"{100 * v:.2f} %" for k, v in fewshot.items()},
+          f"({path})")
 
 
 if __name__ == "__main__":

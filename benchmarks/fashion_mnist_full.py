@@ -12,23 +12,23 @@ Writes benchmarks/results/fashion_mnist_full.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from pathlib import Path
 
 import numpy as np
-from featurebank.classical._features import load_features
-from featurebank.extractor import embed_collection
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
+from benchmarks._common import RESULTS, write_result
+from featurebank.classical._features import load_features
 from featurebank.datasets import FASHION_CLASSES, load_fashion_mnist, write_image_folder
+from featurebank.extractor import embed_collection
 
 LAYERS = ("blocks.7", "blocks.10", "blocks.13", "blocks.15", "head")
 CONFIGS = {"head": ["head"], "blocks.15": ["blocks.15"], "blocks.13": ["blocks.13"],
            "blocks.13+blocks.15+head": ["blocks.13", "blocks.15", "head"], "all5": list(LAYERS)}
-RESULTS = Path(__file__).parent / "results" / "fashion_mnist_full.json"
+OUT = RESULTS / "fashion_mnist_full.json"
 
 
 def probe(train_store, test_store, layers, Cs=(0.01, 0.1, 1.0)) -> dict:
@@ -52,7 +52,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workdir", default="runs")
     ap.add_argument("--configs", nargs="*", default=list(CONFIGS))
-    ap.add_argument("--out", default=str(RESULTS), help="JSON to write")
+    ap.add_argument("--out", default=str(OUT), help="JSON to write")
     args = ap.parse_args()
     work = Path(args.workdir)
     stores = {}
@@ -67,8 +67,7 @@ def main() -> None:
     for name in args.configs:
         results["configs"][name] = probe(stores["train"], stores["test"], CONFIGS[name])
         print(name, results["configs"][name], flush=True)
-        Path(args.out).write_text(json.dumps(results, indent=2))
-    print(f"wrote {args.out}")
+        write_result(Path(args.out), results)  # after each config: a long run keeps its figures
 
 
 if __name__ == "__main__":

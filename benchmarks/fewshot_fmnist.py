@@ -32,10 +32,10 @@ from functools import cache
 from pathlib import Path
 
 import numpy as np
-from featurebank.classical._features import load_features
-from featurebank.classical._probe import LinearProbe, k_shot_indices
 from tqdm import tqdm
 
+from featurebank.classical._features import load_features
+from featurebank.classical._probe import LinearProbe, k_shot_indices
 from featurebank.datasets import load_fashion_mnist
 
 MODEL = "efficientnet_lite0"

@@ -1,7 +1,7 @@
 """GPU path throughput: Lite0 at 224, fp32 and fp16, by batch size, on CUDA (or CPU).
 
 Per precision and batch size, on the same camera-sized JPEGs (real photos cropped and rescaled,
-``benchmarks.throughput.make_photos``):
+``benchmarks._common.make_photos``):
 
 * ``inference_run`` / ``inference_bound``: pre-decoded uint8 batches through ``session.run`` and
   through the IOBinding runner (``featurebank.extractor.graphs._fp16.BoundRunner``); on CUDA the normalisation runs
@@ -24,7 +24,6 @@ Prints a table, writes ``benchmarks/results/gpu_throughput.json`` (device name, 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import subprocess
@@ -35,10 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.throughput import make_photos
+from benchmarks._common import RESULTS, make_photos, write_result
 
-REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "results"
 MODEL, LAYER = "efficientnet_lite0", "head"
 
 
@@ -180,9 +177,7 @@ def main(argv: list[str] | None = None) -> dict:
            "python": platform.python_version(), "onnxruntime": onnxruntime.__version__,
            "available_providers": onnxruntime.get_available_providers(),
            "tensorrt": os.environ.get("FEATUREBANK_TENSORRT") == "1", **result}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2))
-    print(f"wrote {args.out}")
+    write_result(args.out, out)
     return out
 
 

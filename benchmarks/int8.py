@@ -20,10 +20,8 @@ Prints a table, writes ``benchmarks/results/int8.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -31,11 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-from featurebank.extractor.graphs._int8 import INT8_OPTIONS, int8_feature_graph, int8_graph_path  # noqa: E402
+from benchmarks._common import RESULTS, fashion_folders, write_result
+from featurebank.extractor.graphs._int8 import INT8_OPTIONS, int8_feature_graph, int8_graph_path
 
-RESULTS = REPO / "benchmarks" / "results"
 MODEL = "efficientnet_lite0"
 
 # Keyword arguments of quantize_feature_graph per variant (int8_feature_graph's ``options``).
@@ -57,8 +53,6 @@ VARIANTS: dict[str, dict] = {
 
 def subset(n_train: int, n_test: int, seed: int) -> tuple[list[Path], np.ndarray, list[Path], np.ndarray]:
     """Fixed-seed random train / test PNGs (label = class folder) from runs/fmnist."""
-    from benchmarks.memory import fashion_folders
-
     rng = np.random.default_rng(seed)
     out = []
     for root, n in zip(fashion_folders(), (n_train, n_test), strict=True):
@@ -127,6 +121,7 @@ def main(argv: list[str] | None = None) -> dict:
         ap.error(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
 
     import onnxruntime
+
     from featurebank.extractor._extractor import Extractor
 
     ftr, ytr, fte, yte = subset(args.train, args.test, args.seed)
@@ -178,9 +173,7 @@ def main(argv: list[str] | None = None) -> dict:
            "targets": {"end_to_end_speedup": 1.8, "accuracy_lost_points": 0.5},
            "cpu_count": os.cpu_count(), "loadavg": os.getloadavg(), "python": platform.python_version(),
            "onnxruntime": onnxruntime.__version__, "variants": rows}
-    path = Path(args.out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=2))
+    write_result(Path(args.out), out)
     return out
 
 

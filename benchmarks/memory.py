@@ -18,11 +18,9 @@ images embedded).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import resource
-import sys
 import tempfile
 import threading
 import time
@@ -30,25 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-RESULTS = REPO / "benchmarks" / "results"
+from benchmarks._common import RESULTS, fashion_folders, write_result
+
 MODEL, LAYER = "efficientnet_lite0", "head"
 TARGET_MB = 1500.0
-
-
-def fashion_folders() -> list[Path]:
-    """``runs/fmnist/train`` and ``runs/fmnist/test`` (70,000 PNGs), written when missing."""
-    from featurebank.datasets import FASHION_CLASSES, load_fashion_mnist, write_image_folder
-
-    roots = []
-    for split in ("train", "test"):
-        root = REPO / "runs" / "fmnist" / split
-        if not root.is_dir() or not any(root.rglob("*.png")):
-            images, labels = load_fashion_mnist(split)
-            write_image_folder(images, labels, root, FASHION_CLASSES)
-        roots.append(root)
-    return roots
 
 
 class RssSampler(threading.Thread):
@@ -165,9 +148,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"RSS before {baseline_mb:.0f} MB; peak {peak_mb:.0f} MB (sampled {rss.max():.0f}, "
           f"ru_maxrss {maxrss_mb:.0f}); second half {half.min():.0f}-{half.max():.0f} MB; "
           f"target < {TARGET_MB:.0f} MB: {'met' if peak_mb < TARGET_MB else 'MISSED'}")
-    path = Path(args.out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=2))
+    path = write_result(Path(args.out), out)
     chart(sampler.samples, path.with_suffix(".png"),
           f"Lite0 head, {len(items):,} Fashion-MNIST PNGs: peak {peak_mb:.0f} MB")
     return out

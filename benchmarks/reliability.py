@@ -2,43 +2,41 @@
 
 Usage::
 
-    python benchmarks/reliability.py                 # 20 kills, 2000 fuzz examples
-    python benchmarks/reliability.py --kills 5 --fuzz 300
+    python -m benchmarks.reliability                 # 20 kills, 2000 fuzz examples
+    python -m benchmarks.reliability --kills 5 --fuzz 300
 
 Prints the figures and writes ``benchmarks/results/reliability.json``. The same checks run (in
-smaller numbers) in the default ``pytest`` run, ``tests/reliability/``.
+smaller numbers) in the default ``pytest`` run, ``tests/reliability/``; both take the corpus,
+the decode checks and the fault injection from :mod:`benchmarks.harness`.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import sys
 import tempfile
 import time
 import warnings
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from benchmarks._common import RESULTS, write_result
+
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def corpus_figures(folder: Path) -> dict:
-    from featurebank.extractor._preprocess import decode
-
+    from benchmarks.harness.corpus import build_corpus
+    from benchmarks.harness.decode import KNOWN_BUGS, check_kind, run_kind
+    from featurebank.extractor import decode
     from featurebank.spec import Preprocessing
-    from tests.reliability.corpus import build_corpus
-    from tests.reliability.test_decode_corpus import KNOWN_BUGS, check_kind, run_kind
 
     kinds = build_corpus(folder)
     ref = decode(kinds[0].path, Preprocessing())
     results = {}
     for k in kinds:
-        if k.root_only_skip and os.geteuid() == 0:
-            results[k.name] = {"outcome": "skipped", "why": k.root_only_skip}
+        if k.unprivileged and os.geteuid() == 0:  # tests/reliability checks it as user nobody
+            results[k.name] = {"outcome": "skipped", "why": k.unprivileged}
             continue
         status, value, seconds = run_kind(k)
         try:
@@ -53,10 +51,10 @@ def corpus_figures(folder: Path) -> dict:
 
 
 def fuzz_figures(folder: Path, examples: int) -> dict:
-    from tests.reliability.test_decode_corpus import fuzz_decode
+    from benchmarks.harness.corpus import build_corpus
+    from benchmarks.harness.decode import fuzz_decode
 
-    by_name = {k.name: k for k in __import__("tests.reliability.corpus", fromlist=["x"])
-               .build_corpus(folder)}
+    by_name = {k.name: k for k in build_corpus(folder)}
     t0 = time.perf_counter()
     with warnings.catch_warnings():  # Pillow warns about every broken TIFF tag; errors are counted
         warnings.simplefilter("ignore")
@@ -65,7 +63,7 @@ def fuzz_figures(folder: Path, examples: int) -> dict:
 
 
 def kill_figures(work: Path, kills: int) -> dict:
-    from tests.reliability.faults import kill_campaign, make_kill_dataset, run_embed, snapshot
+    from benchmarks.harness.faults import kill_campaign, make_kill_dataset, run_embed, snapshot
 
     src = make_kill_dataset(work / "src")
     seconds = run_embed(src, work / "clean.h5")
@@ -76,43 +74,52 @@ def kill_figures(work: Path, kills: int) -> dict:
         "kills": kills, "clean_run_s": round(seconds, 2), "rows_in_clean_run": len(clean.vectors),
         "killed_mid_run": sum(t.killed for t in trials),
         "killed_inside_a_commit": sum(t.in_commit for t in trials),
+        "stores_used": len({t.store for t in trials}),
         "trials_with_problems": sum(bool(t.problems) for t in trials),
         "trials": [{"delay_s": round(t.delay_s, 2), "rows_before": t.rows_before,
                     "rows_after_kill": t.rows_after_kill, "killed": t.killed,
-                    "in_commit": t.in_commit,
+                    "in_commit": t.in_commit, "store": t.store,
                     "problems": t.problems} for t in trials],
         "final_store_problems": problems, "seconds": round(time.perf_counter() - t0, 1),
     }
 
 
 def service_figures(work: Path, rounds: int, examples: int) -> dict:
-    """Fuzzed requests in-process, then ``rounds`` of overload / hang-ups / slow clients /
-    malformed multipart against a real uvicorn server (tests/reliability/service_abuse.py)."""
-    from featurebank.export._cache import ensure_exported
-
-    from featurebank.service import create_app
-    from tests.reliability.service_abuse import (
+    """As tests/reliability/test_service.py, for more rounds: a service with a trained
+    classifier and a small queue, fuzzed in-process and from its schema against a real uvicorn
+    server, then ``rounds`` of overload / malformed / slow / hung-up requests."""
+    # The service harness belongs to issue 16.2; it moves to benchmarks/harness/ with it.
+    from benchmarks.harness.service_abuse import (
+        ABUSE_CONFIG,
         abuse,
         app_kwargs,
         fuzz_requests,
+        fuzz_server,
+        make_app,
         running_server,
         served_routes,
+        train_classifier,
     )
+    from featurebank.export import ensure_exported
+    from featurebank.service import create_app
 
     work.mkdir(parents=True, exist_ok=True)
-    kw = app_kwargs(create_app, ensure_exported("efficientnet_lite0"), work)
-    app = create_app(**kw)
+    onnx = ensure_exported("efficientnet_lite0")
+    classifier = train_classifier(onnx, work / "photos.joblib")
+    kw = app_kwargs(create_app, onnx, work, classifier=classifier, config=ABUSE_CONFIG)
+    app = make_app(kw)
     routes = served_routes(app)
     t0 = time.perf_counter()
     fuzz = fuzz_requests(app, routes, examples=examples)
     fuzz["seconds"] = round(time.perf_counter() - t0, 1)
+    fuzz["statuses"] = {str(k): v for k, v in sorted(fuzz["statuses"].items())}
     t0 = time.perf_counter()
     with running_server(kw) as (proc, base):
+        schema = fuzz_server(base, examples=max(1, examples // 10))
         server = abuse(proc, base, routes[0], rounds=rounds)
     server["seconds"] = round(time.perf_counter() - t0, 1)
-    fuzz["statuses"] = {str(k): v for k, v in sorted(fuzz["statuses"].items())}
-    server["overload_statuses"] = {str(k): v for k, v in sorted(server["overload_statuses"].items())}
-    return {"routes": [r[0] for r in routes], "fuzz": fuzz, "server": server}
+    return {"routes": [r[0] for r in routes], "fuzz": fuzz, "schema_fuzz": schema,
+            "server": server, "config": ABUSE_CONFIG}
 
 
 def main() -> int:
@@ -122,7 +129,7 @@ def main() -> int:
     ap.add_argument("--service-rounds", type=int, default=5,
                     help="rounds of overload/hang-ups/slow/malformed against a real server")
     ap.add_argument("--service-fuzz", type=int, default=500, help="fuzzed service requests")
-    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "reliability.json"))
+    ap.add_argument("--out", default=str(RESULTS / "reliability.json"))
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="fb-reliability-") as tmp:
         tmp = Path(tmp)
@@ -147,20 +154,16 @@ def main() -> int:
         svc = service_figures(tmp / "service", args.service_rounds, args.service_fuzz)
         srv = svc["server"]
         print(f"service: {svc['fuzz']['examples']} fuzzed requests, statuses "
-              f"{svc['fuzz']['statuses']}, {len(svc['fuzz']['server_errors'])} 5xx; server: "
-              f"{srv['rounds']} rounds of {srv['overload_requests'] // srv['rounds']} overload "
-              f"requests (statuses {srv['overload_statuses']}), {srv['hang_ups']} hang-ups "
-              f"mid-upload, {srv['slow_clients']} slow clients, {srv['malformed']} malformed "
-              f"bodies: alive {srv['server_alive']}, next request {srv['request_after']}, RSS "
-              f"{srv['rss_baseline_mb']} MB + {srv['rss_growth_mb']} MB")
-    result = {"machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
-                          "platform": platform.platform()},
-              "corpus": corpus, "fuzz": fuzz, "kill": kill, "service": svc}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
-    print(f"wrote {args.out}")
+              f"{svc['fuzz']['statuses']}, {len(svc['fuzz']['server_errors'])} 5xx; schema fuzz "
+              f"failures: {len(svc['schema_fuzz'].get('failures', []))}; server: {srv['rounds']} "
+              f"rounds, overload statuses {srv['overload_statuses']} (Retry-After "
+              f"{srv['retry_after']}), unexpected answers {len(srv['unexpected'])}, other 5xx "
+              f"{srv['server_5xx'] or 'none'}: alive {srv['server_alive']}, next request "
+              f"{srv['request_after']}, RSS {srv['rss_baseline_mb']} MB + {srv['rss_growth_mb']} MB")
+    write_result(Path(args.out), {"corpus": corpus, "fuzz": fuzz, "kill": kill, "service": svc})
     ok = (not kill["trials_with_problems"] and not kill["final_store_problems"]
-          and not svc["fuzz"]["server_errors"] and srv["server_alive"])
+          and not svc["fuzz"]["server_errors"] and srv["server_alive"] and not srv["unexpected"]
+          and not srv["server_5xx"] and not svc["schema_fuzz"].get("failures"))
     return 0 if ok else 1
 
 

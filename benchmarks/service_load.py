@@ -34,7 +34,7 @@ import httpx
 import numpy as np
 import psutil
 
-from benchmarks.throughput import fashion_pngs, make_photos
+from benchmarks._common import fashion_pngs, make_photos
 
 RESULTS = Path(__file__).parent / "results"
 SERVE = "import sys; from featurebank.cli import main; sys.exit(main())"

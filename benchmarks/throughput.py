@@ -6,8 +6,8 @@ PNGs (28x28, from ``runs/fmnist/test`` when present, otherwise written from the 
 
 Usage::
 
-    python benchmarks/throughput.py                        # 200 photos + 500 Fashion-MNIST
-    python benchmarks/throughput.py --photos 60 --fashion 120 --threads 2
+    python -m benchmarks.throughput                        # 200 photos + 500 Fashion-MNIST
+    python -m benchmarks.throughput --photos 60 --fashion 120 --threads 2
 
 Besides min(decode, inference), it reports the *shared-core ceiling*
 ``1 / (1/decode + 1/inference)``: decode-only and inference-only each use every core, while end
@@ -19,11 +19,8 @@ Prints a table, writes ``benchmarks/results/throughput.json`` and ``throughput.p
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
-import shutil
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -31,66 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-RESULTS = REPO / "benchmarks" / "results"
+from benchmarks._common import RESULTS, fashion_pngs, make_photos, write_result
+
+__all__ = ["fashion_pngs", "make_photos", "main"]  # the image sets, where other scripts found them
 MODEL, LAYER = "efficientnet_lite0", "head"
-
-
-def make_photos(root: Path, n: int, seed: int = 0) -> list[Path]:
-    """``n`` distinct JPEGs (random crop, rescale to 400-640 px, flip) of real photos."""
-    from PIL import Image
-    from skimage import color, data
-    from sklearn.datasets import load_sample_images
-
-    srcs = dict(zip(("china", "flower"), load_sample_images().images, strict=True))
-    srcs.update(chelsea=data.chelsea(), coffee=data.coffee(), astronaut=data.astronaut(),
-                rocket=data.rocket(), camera=(color.gray2rgb(data.camera())).astype(np.uint8))
-    rng = np.random.default_rng(seed)
-    names, paths = sorted(srcs), []
-    for i in range(n):
-        name = names[i % len(names)]
-        arr = srcs[name]
-        h, w = arr.shape[:2]
-        ch, cw = int(h * rng.uniform(0.6, 1.0)), int(w * rng.uniform(0.6, 1.0))
-        y, x = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
-        img = Image.fromarray(arr[y:y + ch, x:x + cw])
-        scale = rng.uniform(400, 640) / max(img.size)
-        img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))),
-                         Image.BICUBIC)
-        if rng.random() < 0.5:
-            img = img.transpose(Image.FLIP_LEFT_RIGHT)
-        out = root / name / f"{i:04d}.jpg"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        img.save(out, quality=90)
-        paths.append(out)
-    return paths
-
-
-def fashion_pngs(root: Path, n: int) -> list[Path]:
-    """``n`` Fashion-MNIST PNGs copied from runs/fmnist/test (or written from the idx files)."""
-    src = REPO / "runs" / "fmnist" / "test"
-    if src.is_dir():
-        every = sorted(src.rglob("*.png"))
-        files = every[:: max(1, len(every) // n)][:n]
-        out = []
-        for f in files:
-            dst = root / f.parent.name / f.name
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(f, dst)
-            out.append(dst)
-        return out
-    from featurebank.datasets import (
-        FASHION_CLASSES,
-        load_fashion_mnist,
-        subsample,
-        write_image_folder,
-    )
-
-    images, labels = load_fashion_mnist("test")
-    idx = subsample(labels, n)
-    write_image_folder(images[idx], labels[idx], root, FASHION_CLASSES)
-    return sorted(root.rglob("*.png"))
 
 
 def _rate(n: int, fn) -> tuple[float, object]:
@@ -153,6 +94,7 @@ class _Folder:
 
 def torch_eager(files: list[Path], args) -> float:
     import torch
+
     from featurebank.export import build_torch_model, get_model_entry
 
     torch.set_num_threads(args.threads or 2)
@@ -224,8 +166,7 @@ def main(argv: list[str] | None = None) -> dict:
            "threads": args.threads, "cpu_count": os.cpu_count(), "loadavg": os.getloadavg(),
            "python": platform.python_version(), "onnxruntime": onnxruntime.__version__,
            "torch": torch.__version__, "sets": results}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "throughput.json").write_text(json.dumps(out, indent=2))
+    write_result("throughput", out)
     chart(results, RESULTS / "throughput.png")
     return out
 

@@ -27,12 +27,13 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from featurebank.classical._probe import LinearProbe, cross_validate_probe
 from sklearn.model_selection import StratifiedKFold, cross_val_score
 
+from benchmarks._common import RESULTS, write_result
+from featurebank.classical._probe import LinearProbe, cross_validate_probe
 from featurebank.datasets import load_digits_images
 
-RESULTS = Path(__file__).parent / "results" / "transfer_extras.json"
+OUT = RESULTS / "transfer_extras.json"
 DIGIT_LAYERS = ["blocks.4", "blocks.7", "blocks.10", "blocks.13"]
 DIGIT_RENDERINGS = ("plain", "inv-pad2")
 
@@ -103,9 +104,9 @@ def main() -> None:
         new["fashion_mnist_10_shot"] = run(Path(args.workdir))
     if args.only != "fewshot":
         new["digits_5_fold"] = digits()
-    results = {**(json.loads(RESULTS.read_text()) if RESULTS.exists() else {}), **new}
+    results = {**(json.loads(OUT.read_text()) if OUT.exists() else {}), **new}
     print(json.dumps(results, indent=2))
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    write_result(OUT, results)
 
 
 if __name__ == "__main__":

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from featurebank.extractor.store._store import FeatureStore
 
 from featurebank.errors import FeaturebankError
+from featurebank.extractor.store._store import FeatureStore
 from featurebank.spec import FeatureSpec
 
 

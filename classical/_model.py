@@ -15,11 +15,11 @@ from typing import Any
 
 import joblib
 import numpy as np
-from featurebank.export._metadata import featurebank_version
-from featurebank.extractor._preprocess import read_bytes
 from PIL import Image
 
 from featurebank.errors import FeaturebankError
+from featurebank.export._metadata import featurebank_version
+from featurebank.extractor._preprocess import read_bytes
 from featurebank.spec import FeatureSpec
 
 FORMAT = "featurebank.classifier/1"
@@ -39,6 +39,30 @@ def raw_pixels(paths, side: int = PIXEL_SIDE) -> np.ndarray:
         except Exception as exc:
             raise FeaturebankError(f"raw-pixel baseline: cannot read {path} ({exc})") from exc
     return out
+
+
+def check_images(paths, where: str) -> None:
+    """Refuse, before any work, to re-read images that are not there.
+
+    Stores (format 2) hold absolute paths; a relative one comes from a version-1 store, whose
+    paths meant the folder embed ran in, and is never guessed against the current folder.
+    """
+    paths = [str(p) for p in paths]
+    relative = [p for p in paths if not os.path.isabs(p)]
+    missing = [p for p in paths if os.path.isabs(p) and not os.path.isfile(p)]
+    if not relative and not missing:
+        return
+    if relative:
+        raise FeaturebankError(
+            f"the raw-pixel baseline re-reads the images, but {where} holds {len(relative)} "
+            f"relative path(s) (e.g. {relative[0]}) from a store of format version 1; run "
+            "'featurebank store upgrade STORE --root DIR' (DIR: the folder embed ran in), or "
+            "pass --no-baseline (baseline=False) to skip the baseline")
+    shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+    raise FeaturebankError(
+        f"the raw-pixel baseline re-reads the images, but {len(missing)} of {len(paths)} "
+        f"images of {where} are missing: {shown}. Put them back, or pass --no-baseline "
+        "(baseline=False) to skip the baseline")
 
 
 @dataclass
@@ -75,15 +99,36 @@ class TrainedModel:
         self.check_specs(specs)
         return self.estimator.predict(X)
 
-    def extractor(self, **kwargs):
-        """An Extractor that computes exactly this model's features (registry models only)."""
+    def extractor(self, model: str | Path | None = None, **kwargs):
+        """An Extractor that computes exactly this model's features.
+
+        Parameters
+        ----------
+        model : path, optional
+            Where the ONNX model is (``--model``). A model adopted from a foreign file is
+            found by its SHA-256: in this path (the adopted copy or the original file), in
+            paths remembered by :func:`featurebank.export.remember_model`, or in the cache
+            copy ``featurebank adopt`` keeps. Registry models come from the export cache.
+        **kwargs
+            Extractor options (``device``, ``threads``, ``max_pixels``, ...).
+        """
+        from featurebank.export import find_model_by_digest, remembered_models
         from featurebank.extractor._extractor import Extractor
 
         spec = self.specs[0]
-        model = self.info.get("onnx_path") or spec.model.model
+        given = model or next(iter(remembered_models()), None)
+        if spec.model.source == "onnx":
+            path, adopted = find_model_by_digest(spec.model.weights_sha256,
+                                                 [model, *remembered_models(),
+                                                  self.info.get("onnx_path")])
+            target = str(path)
+            if not adopted:  # the original file: its conventions come from the spec
+                kwargs = {"preprocessing": spec.model.preprocessing, **kwargs}
+        else:
+            target = str(given or self.info.get("onnx_path") or spec.model.model)
         if spec.quantization:  # int8 features: the same cached int8 graph, found by its tag
             kwargs = {"precision": "int8", "calibration": spec.quantization, **kwargs}
-        ex = Extractor(model, layers=[s.layer for s in self.specs], pool=spec.pool,
+        ex = Extractor(target, layers=[s.layer for s in self.specs], pool=spec.pool,
                        gem_p=spec.gem_p, normalize=spec.normalize, **kwargs)
         self.check_specs(ex.specs)
         return ex

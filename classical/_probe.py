@@ -56,7 +56,7 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
     classes_ : ndarray
     """
 
-    def __init__(self, classifier: str = "logreg", Cs=None, val_size: float = 0.2,
+    def __init__(self, classifier: str = "logreg", *, Cs=None, val_size: float = 0.2,
                  class_weight=None, max_iter: int = 1000, random_state: int = 0,
                  cv: int | None = None, normalize: str | None = None):
         self.classifier = classifier

@@ -1,8 +1,10 @@
 """``EmbeddingTransformer``: images -> features inside scikit-learn Pipelines, extracted once.
 
 Features are cached by (spec fingerprint, content key): in the feature store when ``store`` is
-given (shared by every clone and every joblib worker), and in a bounded in-memory cache of
-``cache_size`` vectors held by the fitted transformer (per process).
+given (shared by every clone and every joblib worker process: workers read it without waiting,
+and take turns to add to it, so a parallel grid search embeds each image once), and in a bounded
+in-memory cache of ``cache_size`` vectors held by the fitted transformer (per process: without
+a store, every worker of ``n_jobs > 1`` embeds the images it meets again).
 """
 
 from __future__ import annotations
@@ -12,13 +14,15 @@ from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
-from featurebank.extractor import Extractor, image_key
-from featurebank.extractor._preprocess import read_bytes
 from PIL import Image
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
+from featurebank.extractor import Extractor, image_key
+from featurebank.extractor._preprocess import read_bytes
 from featurebank.spec import DEFAULT_MODEL, FeatureOptions
+
+WRITER_WAIT_S = 3600.0  # a worker waits this long for another one's embedding batch
 
 
 class _VectorCache:
@@ -79,7 +83,9 @@ class EmbeddingTransformer(TransformerMixin, BaseEstimator):
     normalize : bool
     store : path, optional
         Feature store used as cache (and filled). Pass one for a parallel grid search
-        (``n_jobs > 1``): every worker process then reads what the others embedded.
+        (``n_jobs > 1``): every worker process then reads what the others embedded, and each
+        image is embedded once in all (workers wait their turn to write; none fails on the
+        store's lock). Without it, the cache is per process.
     batch_size : int
     device : {'auto', 'cpu', 'cuda'}
     cache_size : int
@@ -135,26 +141,51 @@ class EmbeddingTransformer(TransformerMixin, BaseEstimator):
         images = list(X) if not isinstance(X, (str, Path, bytes)) else [X]
         keyed = [content_key(im) for im in images]
         keys = [k for k, _ in keyed]
-        blocks = [self._vectors(fp, spec_i, keys, keyed)
-                  for spec_i, fp in enumerate(self.fingerprints_)]
+        payload = dict(keyed)  # one payload per content: equal keys, equal bytes
+        unique = list(payload)
+        found = {fp: self._lookup(fp, unique) for fp in self.fingerprints_}
+        missing = [k for k in unique if any(k not in found[fp] for fp in self.fingerprints_)]
+        if missing:
+            for fp, vectors in self._compute(missing, payload).items():
+                found[fp].update(vectors)
+        blocks = [np.stack([found[fp][k] for k in keys]) for fp in self.fingerprints_]
         return np.hstack(blocks).astype(np.float32)
 
-    def _vectors(self, fp: str, spec_i: int, keys: list[str], keyed) -> np.ndarray:
-        found = self._lookup(fp, keys)
-        missing = [i for i, k in enumerate(keys) if k not in found]
-        unique = list(dict.fromkeys(keys[i] for i in missing))
-        if unique:
-            first = {k: keyed[keys.index(k)][1] for k in unique}
-            # one pass gives every layer: cache all of them now
-            per_layer = list(self._ex.embed([first[k] for k in unique]).values())
-            for j, (layer_fp, arr) in enumerate(zip(self.fingerprints_, per_layer, strict=True)):
-                for k, vec in zip(unique, arr, strict=True):
-                    self._memory.put((layer_fp, k), vec)
-                if self.store is not None:
-                    self._save(self.specs_[j], unique, arr)
-            self.n_embedded_ += len(unique)
-            found.update(zip(unique, per_layer[spec_i], strict=True))
-        return np.stack([found[k] for k in keys])
+    def _compute(self, keys: list[str], payload: dict) -> dict[str, dict[str, np.ndarray]]:
+        """Vectors of ``keys`` for every layer: embedded here, or -- with a store -- read from
+        it when another worker embedded them while this one waited for the writer lock."""
+        if self.store is None:
+            return self._embed(keys, payload)
+        from featurebank.extractor.store import FeatureStore
+
+        # Writers take turns: the lock is held from the re-check to the commit, so two workers
+        # never embed the same image; readers (``_lookup``) never take it.
+        with FeatureStore(self.store, mode="a", wait=WRITER_WAIT_S) as fs:
+            have = np.all([fs.has(fp, keys) for fp in self.fingerprints_], axis=0)
+            done = [k for k, ok in zip(keys, have, strict=True) if ok]
+            todo = [k for k, ok in zip(keys, have, strict=True) if not ok]
+            out: dict[str, dict[str, np.ndarray]] = {fp: {} for fp in self.fingerprints_}
+            if done:
+                for fp in self.fingerprints_:
+                    out[fp].update(zip(done, fs.get(fp, done), strict=True))
+            if todo:
+                new = self._embed(todo, payload)
+                fs.commit({spec: (todo, np.stack([new[fp][k] for k in todo]))
+                           for spec, fp in zip(self.specs_, self.fingerprints_, strict=True)},
+                          dtype="float32")
+                for fp in self.fingerprints_:
+                    out[fp].update(new[fp])
+        return out
+
+    def _embed(self, keys: list[str], payload: dict) -> dict[str, dict[str, np.ndarray]]:
+        per_layer = list(self._ex.embed([payload[k] for k in keys]).values())
+        self.n_embedded_ += len(keys)
+        out = {}
+        for fp, arr in zip(self.fingerprints_, per_layer, strict=True):
+            out[fp] = dict(zip(keys, arr, strict=True))
+            for k, vec in out[fp].items():
+                self._memory.put((fp, k), vec)
+        return out
 
     def _lookup(self, fp: str, keys: list[str]) -> dict[str, np.ndarray]:
         found = {}
@@ -162,7 +193,7 @@ class EmbeddingTransformer(TransformerMixin, BaseEstimator):
             vec = self._memory.get((fp, k))
             if vec is not None:
                 found[k] = vec
-        rest = [k for k in dict.fromkeys(keys) if k not in found]
+        rest = [k for k in keys if k not in found]
         if rest and self.store is not None and Path(self.store).exists():
             from featurebank.extractor.store import FeatureStore
 
@@ -171,12 +202,6 @@ class EmbeddingTransformer(TransformerMixin, BaseEstimator):
             if present:
                 found.update(zip(present, fs.get(fp, present), strict=True))
         return found
-
-    def _save(self, spec, keys: list[str], arr: np.ndarray) -> None:
-        from featurebank.extractor.store import FeatureStore
-
-        with FeatureStore(self.store, mode="a") as fs:
-            fs.commit({spec: (keys, arr)}, dtype="float32")
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -1,13 +1,21 @@
-"""Train, evaluate, sweep and few-shot on stored features: what the CLI and demo call."""
+"""Train, evaluate, sweep and few-shot on stored features: what the CLI and demo call.
+
+Checks that can fail run before the long work: a baseline whose images are gone is reported
+before any classifier is fitted.
+"""
 
 from __future__ import annotations
 
+import textwrap
+import warnings
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+from sklearn.model_selection import train_test_split
+
 from featurebank.classical._features import LabelledFeatures, labelled_only, load_features
-from featurebank.classical._model import TrainedModel, raw_pixels
+from featurebank.classical._model import TrainedModel, check_images, raw_pixels
 from featurebank.classical._probe import LinearProbe, k_shot_indices
 from featurebank.classical._report import (
     metrics,
@@ -16,15 +24,19 @@ from featurebank.classical._report import (
     plot_sweep,
     write_json,
 )
-from featurebank.extractor.store._store import FeatureStore
-from sklearn.model_selection import train_test_split
-
 from featurebank.errors import FeaturebankError
+from featurebank.extractor.store._store import FeatureStore
+
+UNSEEN = ("error", "wrong")
 
 
 def train(store, layers=None, classifier: str = "logreg", shots: int | None = None,
           holdout: float = 0.0, baseline: bool = True, random_state: int = 0) -> TrainedModel:
-    """Fit a probe on a store's labelled rows (optionally k per class, minus a held-out part)."""
+    """Fit a probe on a store's labelled rows (optionally k per class, minus a held-out part).
+
+    With ``baseline``, a raw-pixel classifier is fitted on the same images, re-read from the
+    paths the store holds; missing images are reported before anything is fitted.
+    """
     data = labelled_only(load_features(store, layers), f"store {store}")
     if holdout:
         idx, _ = train_test_split(np.arange(len(data.y)), test_size=holdout, stratify=data.y,
@@ -32,68 +44,132 @@ def train(store, layers=None, classifier: str = "logreg", shots: int | None = No
         data = _take(data, np.sort(idx))
     if shots:
         data = _take(data, k_shot_indices(data.y, shots, random_state))
-    probe = LinearProbe(classifier=classifier, random_state=random_state).fit(data.X, data.y)
+    if baseline:
+        check_images(data.paths, f"store {store}")
+    probe = _quiet_fit(LinearProbe(classifier=classifier, random_state=random_state), data.X, data.y)
     base = None
     if baseline:
-        base = LinearProbe(classifier=classifier, random_state=random_state)
-        base.fit(raw_pixels(data.paths), data.y)
+        base = _quiet_fit(LinearProbe(classifier=classifier, random_state=random_state),
+                          raw_pixels(data.paths), data.y)
     return TrainedModel(probe, data.specs, [str(c) for c in probe.classes_], set(data.keys), base,
                         {"classifier": classifier, "shots": shots, "n_train": int(len(data.y)),
                          "C": probe.C_, "val_scores": {str(k): v for k, v in probe.val_scores_.items()}})
+
+
+def _quiet_fit(probe: LinearProbe, X, y) -> LinearProbe:
+    # scikit-learn's convergence and metric warnings are not the user's to read: the probe's
+    # validation scores say how good the fit is.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return probe.fit(X, y)
 
 
 def _take(d: LabelledFeatures, idx) -> LabelledFeatures:
     return LabelledFeatures(d.X[idx], d.y[idx], d.keys[idx], d.paths[idx], d.specs)
 
 
-def evaluate(model: TrainedModel, store, report_dir: str | Path | None = None) -> dict:
-    """Accuracy and more on the store's labelled rows the model was not trained on."""
-    data = labelled_only(load_features(store, fingerprints=model.fingerprints, wanted=model.specs), f"store {store}")
+def features_title(specs) -> str:
+    """Every feature set a classifier reads, for titles: ``model:a/avg + model:b/avg``."""
+    return " + ".join(s.describe() for s in specs)
+
+
+def evaluate(model: TrainedModel, store, report_dir: str | Path | None = None,
+             baseline: bool = True, unseen: str = "error") -> dict:
+    """Accuracy and more on the store's labelled rows the model was not trained on.
+
+    Parameters
+    ----------
+    model : TrainedModel
+    store : path or FeatureStore
+    report_dir : path, optional
+        Write ``metrics.json`` and confusion matrices (PNG) there.
+    baseline : bool
+        Score the raw-pixel baseline too (re-reads the images); missing images are an error
+        that names them, before anything is scored.
+    unseen : {'error', 'wrong'}
+        Labels in the store that the classifier never saw: an error naming them, or
+        (``'wrong'``) scored as wrong predictions and listed under ``unseen_labels``.
+    """
+    if unseen not in UNSEEN:
+        raise FeaturebankError(f"unseen must be one of {UNSEEN}, got {unseen!r}")
+    data = labelled_only(load_features(store, fingerprints=model.fingerprints, wanted=model.specs),
+                         f"store {store}")
     model.check_specs(data.specs)
     fresh = np.array([k not in model.trained_keys for k in data.keys])
     if not fresh.any():
         raise FeaturebankError(f"every labelled image in {store} was used to train this model; "
                                "evaluate on another store or train with --holdout")
     data = _take(data, np.flatnonzero(fresh))
+    new_labels = sorted(set(data.y) - set(model.classes))
+    counts = {lab: int(np.sum(data.y == lab)) for lab in new_labels}
+    if new_labels and unseen == "error":
+        listed = ", ".join(f"{lab} ({n})" for lab, n in counts.items())
+        raise FeaturebankError(
+            f"store {store} has labels the classifier never saw: {listed}; it knows "
+            f"{', '.join(model.classes)}. Check the folder (the same class names as in "
+            "training?), or pass --unseen-as-wrong (unseen='wrong') to score them as errors")
+    use_baseline = baseline and model.baseline is not None
+    if use_baseline:
+        check_images(data.paths, f"store {store}")
     pred = model.predict(data.X, data.specs)
-    result = metrics(data.y, pred, model.classes)
+    labels = [*model.classes, *new_labels]
+    result = metrics(data.y, pred, labels)
     result["model"] = [s.describe() for s in model.specs]
-    if model.baseline is not None:
+    if new_labels:
+        result["unseen_labels"] = counts
+        result["note"] = (f"{sum(counts.values())} images of labels the classifier never saw "
+                          f"({', '.join(new_labels)}) are counted as wrong")
+    if use_baseline:
         base_pred = model.baseline.predict(raw_pixels(data.paths))
-        result["raw_pixel_baseline_accuracy"] = metrics(data.y, base_pred, model.classes)["accuracy"]
+        result["raw_pixel_baseline_accuracy"] = metrics(data.y, base_pred, labels)["accuracy"]
         result["gain_over_raw_pixels"] = result["accuracy"] - result["raw_pixel_baseline_accuracy"]
     if report_dir:
         out = Path(report_dir)
         out.mkdir(parents=True, exist_ok=True)
         write_json(result, out / "metrics.json")
-        plot_confusion(data.y, pred, model.classes, out / "confusion.png",
-                       f"{model.specs[0].describe()} - accuracy {result['accuracy']:.3f}")
-        if model.baseline is not None:
-            plot_confusion(data.y, base_pred, model.classes, out / "confusion_raw_pixels.png",
+        title = textwrap.fill(f"{features_title(model.specs)} - accuracy {result['accuracy']:.3f}",
+                              70)
+        plot_confusion(data.y, pred, labels, out / "confusion.png", title)
+        if use_baseline:
+            plot_confusion(data.y, base_pred, labels, out / "confusion_raw_pixels.png",
                            f"raw pixels - accuracy {result['raw_pixel_baseline_accuracy']:.3f}")
     return result
 
 
 @lru_cache(maxsize=8)
-def _layer_costs(model: str) -> dict[str, float | None]:
-    """Catalogue FLOPs shares of a registry model, read once per model (the ONNX is ~20 MB)."""
+def _layer_costs(model: str) -> dict[str, tuple[int, float | None]]:
+    """Depth (catalogue position) and FLOPs share of each layer of a registry model, read once
+    per model (the ONNX is ~20 MB)."""
     from featurebank.export._cache import ensure_exported
     from featurebank.export._metadata import read_onnx_metadata
 
-    return {la.name: la.flops_share for la in read_onnx_metadata(ensure_exported(model)).layers}
+    layers = read_onnx_metadata(ensure_exported(model)).layers
+    return {la.name: (i, la.flops_share) for i, la in enumerate(layers)}
 
 
-def _flops_share(spec) -> float | None:
+def _depth_cost(spec) -> tuple[int | None, float | None]:
     try:
-        return _layer_costs(spec.model.model).get(spec.layer)
-    except Exception:  # foreign or unavailable model: the cost column stays empty
-        return None
+        return _layer_costs(spec.model.model).get(spec.layer, (None, None))
+    except Exception:  # foreign or unavailable model: no depth, no cost
+        return None, None
+
+
+def _by_depth(sets) -> list:
+    """Feature sets shallow to deep (catalogue order); unknown depths last, by layer name."""
+    def key(s):
+        depth, _ = _depth_cost(s.spec)
+        return (depth is None, depth or 0, s.spec.layer, s.fingerprint)
+    return sorted(sets, key=key)
 
 
 def sweep(store, test_store=None, classifier: str = "logreg", holdout: float = 0.25,
           concat: bool = True, report_dir=None, random_state: int = 0) -> list[dict]:
-    """Accuracy of the same probe on every feature set of a store (and their concatenation)."""
-    sets = FeatureStore(store).feature_sets()
+    """Accuracy of the same probe on every feature set of a store (and their concatenation).
+
+    Rows come shallow to deep (then the concatenations of the deepest two and of all sets), so
+    the cost grows along the table and the plot.
+    """
+    sets = _by_depth(FeatureStore(store).feature_sets())
     if not sets:
         raise FeaturebankError(f"store {store} holds no feature set")
     candidates = [[s.fingerprint] for s in sets]
@@ -111,8 +187,8 @@ def sweep(store, test_store=None, classifier: str = "logreg", holdout: float = 0
             i_tr, i_te = train_test_split(np.arange(len(data.y)), test_size=holdout,
                                           stratify=data.y, random_state=random_state)
             tr, te = _take(data, i_tr), _take(data, i_te)
-        probe = LinearProbe(classifier=classifier, random_state=random_state).fit(tr.X, tr.y)
-        costs = [_flops_share(s) for s in data.specs]
+        probe = _quiet_fit(LinearProbe(classifier=classifier, random_state=random_state), tr.X, tr.y)
+        costs = [_depth_cost(s)[1] for s in data.specs]
         rows.append({"layer": "+".join(s.layer for s in data.specs), "dim": int(data.X.shape[1]),
                      "accuracy": float(probe.score(te.X, te.y)), "C": probe.C_,
                      "flops_share": max(costs) if None not in costs else None,
@@ -129,14 +205,16 @@ def fewshot_curve(train_data: LabelledFeatures, test_data: LabelledFeatures, sho
                   pixels: bool = True, random_state: int = 0, report_path=None) -> dict:
     """Accuracy with k labelled images per class, features vs raw pixels."""
     curves: dict[str, list] = {"features": [], "raw pixels": []}
+    if pixels:
+        check_images([*train_data.paths, *test_data.paths], "few-shot curve")
     px_test = raw_pixels(test_data.paths) if pixels else None
     for k in shots:
         idx = k_shot_indices(train_data.y, k, random_state)
-        probe = LinearProbe(random_state=random_state).fit(train_data.X[idx], train_data.y[idx])
+        probe = _quiet_fit(LinearProbe(random_state=random_state), train_data.X[idx], train_data.y[idx])
         curves["features"].append((k, float(probe.score(test_data.X, test_data.y))))
         if pixels:
-            base = LinearProbe(random_state=random_state).fit(raw_pixels(train_data.paths[idx]),
-                                                              train_data.y[idx])
+            base = _quiet_fit(LinearProbe(random_state=random_state),
+                              raw_pixels(train_data.paths[idx]), train_data.y[idx])
             curves["raw pixels"].append((k, float(base.score(px_test, test_data.y))))
     if not pixels:
         curves.pop("raw pixels")

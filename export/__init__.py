@@ -8,6 +8,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from featurebank.export._adopt import (
+    adopt,
+    find_model_by_digest,
+    remember_model,
+    remembered_models,
+    resolve_conventions,
+)
 from featurebank.export._cache import ensure_exported
 from featurebank.export._labels import imagenet_classes
 from featurebank.export._metadata import (
@@ -15,10 +22,10 @@ from featurebank.export._metadata import (
     OnnxInfo,
     foreign_model_spec,
     load_preprocessing,
+    read_conventions,
     read_onnx_metadata,
 )
 from featurebank.export._registry import ModelEntry, get_model_entry, is_onnx_path, list_models
-
 from featurebank.spec import DEFAULT_MODEL, ModelSpec
 
 if TYPE_CHECKING:  # annotations only: importing export must not import torch
@@ -51,7 +58,9 @@ def build_torch_model(
 
 
 __all__ = [
-    "DEFAULT_MODEL", "LayerInfo", "ModelEntry", "OnnxInfo", "build_torch_model", "ensure_exported",
-    "export_onnx", "foreign_model_spec", "get_model_entry", "imagenet_classes", "is_onnx_path",
-    "list_models", "load_preprocessing", "read_onnx_metadata",
+    "DEFAULT_MODEL", "LayerInfo", "ModelEntry", "OnnxInfo", "adopt", "build_torch_model",
+    "ensure_exported", "export_onnx", "find_model_by_digest", "foreign_model_spec",
+    "get_model_entry", "imagenet_classes", "is_onnx_path", "list_models", "load_preprocessing",
+    "read_conventions", "read_onnx_metadata", "remember_model", "remembered_models",
+    "resolve_conventions",
 ]

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
+from importlib import metadata
 from pathlib import Path
 
-from featurebank.export._metadata import featurebank_version
-from featurebank.export._registry import get_model_entry
 from filelock import FileLock
 
+from featurebank import spec as spec_module
 from featurebank.errors import FeaturebankError
+from featurebank.export._metadata import featurebank_version
+from featurebank.export._registry import get_model_entry
 from featurebank.spec import sha256_file
 
 
@@ -29,13 +32,14 @@ def cached_path(model: str, cache_dir: str | Path | None = None,
                 input_size: int | None = None) -> Path:
     """Where the cached export of ``model`` lives (it may not exist yet).
 
-    The name holds a digest of model, weights digest, input size and featurebank version, so a
-    new release or other weights never reuse a stale export.
+    The name holds a digest of model, weights digest, input size, featurebank version and
+    :func:`exporter_digest` (the exporter's own code and the torch / onnx versions), so a new
+    release, other weights or a local change to the exporter never reuse a stale export.
     """
     entry = get_model_entry(model)
     weights = entry.default_weights() if entry.source == "featurebank" else "library"
     size = input_size or entry.preprocessing.input_size[0]  # None and the native size share a file
-    key = f"{model}|{_weights_digest(weights)}|{size}|{featurebank_version()}"
+    key = f"{model}|{_weights_digest(weights)}|{size}|{featurebank_version()}|{exporter_digest()}"
     safe = model.replace(":", "-").replace("/", "-")
     return resolve_cache_dir(cache_dir) / f"{safe}-{hashlib.sha256(key.encode()).hexdigest()[:12]}.onnx"
 
@@ -83,12 +87,32 @@ def ensure_exported(model: str, cache_dir: str | Path | None = None,
     return out
 
 
-_DIGESTS: dict[str, str] = {}
+# The source files whose content decides the exported graph and its metadata: the torch
+# architectures, the export itself, the metadata and layer catalogue written into the file,
+# the registry (preprocessing, layer names), and
+# featurebank/spec.py, whose spec is written into the file. Editing any of them gives exports a new cache key.
+EXPORTER_SOURCES = ("_onnx_export.py", "_efficientnet_lite.py", "_torch_models.py",
+                    "_metadata.py", "_catalogue.py", "_registry.py")
+# The libraries that write the graph; read from the installed metadata (no torch import).
+EXPORTER_LIBRARIES = ("torch", "onnx", "onnxscript")
 
 
+@functools.cache
+def exporter_digest() -> str:
+    """sha256 (16 hex) of the exporter's source files and the torch / onnx versions."""
+    here = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for path in [*(here / name for name in EXPORTER_SOURCES), Path(spec_module.__file__)]:
+        data = path.read_bytes() if path.is_file() else b"absent"  # a module renamed away
+        h.update(path.name.encode() + b"\0" + data + b"\0")
+    for lib in EXPORTER_LIBRARIES:
+        try:
+            h.update(f"{lib}={metadata.version(lib)};".encode())
+        except metadata.PackageNotFoundError:
+            h.update(f"{lib}=absent;".encode())
+    return h.hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=32)  # hashing 20 MB on every cache hit would dominate it
 def _weights_digest(path: str) -> str:
-    if path == "library":
-        return path
-    if path not in _DIGESTS:  # hashing 20 MB each call would dominate cache hits
-        _DIGESTS[path] = sha256_file(path)
-    return _DIGESTS[path]
+    return path if path == "library" else sha256_file(path)

@@ -8,16 +8,16 @@ preprocessing (command-line flags or a small JSON/TOML file).
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import onnx
-from onnx import shape_inference
 
 from featurebank.errors import FeaturebankError
+from featurebank.export._catalogue import foreign_catalogue
+from featurebank.export._layers import LayerInfo
 from featurebank.spec import (
     META_INPUT,
     META_LAYERS,
@@ -28,9 +28,8 @@ from featurebank.spec import (
     sha256_file,
 )
 
-# Ops whose outputs are sensible cut points in a foreign graph (activations, merges, convs).
-_CUT_OPS = {"Conv", "Relu", "Clip", "Add", "Mul", "Sigmoid", "HardSwish", "Concat", "MaxPool",
-            "AveragePool", "BatchNormalization", "LeakyRelu", "Gelu", "GlobalAveragePool"}
+#: Metadata key of the class names of an adopted model's ``logits`` (JSON list).
+META_CLASSES = "featurebank.classes"
 
 
 def featurebank_version() -> str:
@@ -38,20 +37,6 @@ def featurebank_version() -> str:
         return version("featurebank")
     except PackageNotFoundError:
         return "0.0.0+unknown"
-
-
-@dataclass(frozen=True)
-class LayerInfo:
-    """A cut point: friendly name, ONNX tensor, shape without batch, FLOPs share up to it."""
-
-    name: str
-    tensor: str
-    shape: tuple[int, ...]
-    flops_share: float | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "tensor": self.tensor, "shape": list(self.shape),
-                "flops_share": self.flops_share}
 
 
 @dataclass
@@ -65,6 +50,7 @@ class OnnxInfo:
     input_shape: tuple
     version: str | None = None
     extra: dict = field(default_factory=dict)
+    classes: list[str] | None = None
 
     @property
     def is_featurebank(self) -> bool:
@@ -95,8 +81,17 @@ def load_onnx(path: str | Path, load_weights: bool = True) -> onnx.ModelProto:
     return proto
 
 
-def read_onnx_metadata(path: str | Path) -> OnnxInfo:
-    """The spec and cut points of an ONNX file (featurebank's own or foreign)."""
+def read_onnx_metadata(path: str | Path, preprocessing: Preprocessing | None = None) -> OnnxInfo:
+    """The spec and cut points of an ONNX file (featurebank's own, adopted or foreign).
+
+    Parameters
+    ----------
+    path : path
+        The ONNX file. Metadata keys featurebank does not know are ignored.
+    preprocessing : Preprocessing, optional
+        For a foreign file: its stated conventions (input layout and size, tensor layouts),
+        which make the catalogue's shapes and layouts exact.
+    """
     proto = load_onnx(path)
     meta = {p.key: p.value for p in proto.metadata_props}
     weights = {t.name for t in proto.graph.initializer}
@@ -106,77 +101,47 @@ def read_onnx_metadata(path: str | Path) -> OnnxInfo:
     in_shape = tuple(d.dim_value or d.dim_param or "N" for d in graph_input.type.tensor_type.shape.dim)
     if META_SPEC in meta:
         try:
-            layers = [LayerInfo(d["name"], d["tensor"], tuple(d["shape"]), d.get("flops_share"))
+            layers = [LayerInfo(d["name"], d["tensor"], tuple(d["shape"]), d.get("flops_share"),
+                                d.get("layout"))
                       for d in json.loads(meta[META_LAYERS])]
             spec = ModelSpec.from_dict(json.loads(meta[META_SPEC]))
             extra = json.loads(meta.get(META_INPUT, "{}"))
+            classes = json.loads(meta[META_CLASSES]) if META_CLASSES in meta else None
         except (KeyError, TypeError, ValueError) as exc:
             raise FeaturebankError(
                 f"{path}: damaged featurebank metadata ({type(exc).__name__}: {exc}); "
-                f"export the model again with 'featurebank export'"
+                f"export the model again with 'featurebank export' (or 'featurebank adopt')"
             ) from exc
         return OnnxInfo(Path(path), spec, layers, graph_input.name, in_shape,
-                        meta.get(META_VERSION), extra)
-    return OnnxInfo(Path(path), None, candidate_tensors(proto), graph_input.name, in_shape)
+                        meta.get(META_VERSION), extra, classes)
+    return OnnxInfo(Path(path), None, candidate_tensors(proto, preprocessing), graph_input.name,
+                    in_shape)
 
 
-def candidate_tensors(proto: onnx.ModelProto) -> list[LayerInfo]:
-    """4-D outputs of activation/conv-like nodes in a foreign graph, shapes from inference.
+def candidate_tensors(proto: onnx.ModelProto,
+                      preprocessing: Preprocessing | None = None) -> list[LayerInfo]:
+    """The catalogue of a foreign graph (see :func:`featurebank.export._catalogue.foreign_catalogue`).
 
     ``flops_share`` is estimated from the inferred shapes (Conv, Gemm and MatMul multiply-adds,
     in graph order); it is None when shapes are unknown.
     """
-    try:
-        inferred = shape_inference.infer_shapes(proto)
-    except Exception:  # inference is best effort: shapes then stay unknown
-        inferred = proto
-    shapes = {t.name: tuple(t.dims) for t in proto.graph.initializer}
-    for vi in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]:
-        dims = vi.type.tensor_type.shape.dim
-        shapes[vi.name] = tuple(d.dim_value if d.dim_value else -1 for d in dims)
-    done, spent = 0, {}  # multiply-adds up to and including each node's outputs
-    for node in proto.graph.node:  # ONNX graphs are topologically sorted
-        done += _node_macs(node, shapes)
-        spent.update(dict.fromkeys(node.output, done))
-    total = done
-
-    def share(tensor: str) -> float | None:
-        return round(spent[tensor] / total, 6) if total and tensor in spent else None
-
-    layers = []
-    for node in proto.graph.node:
-        if node.op_type not in _CUT_OPS:
-            continue
-        for out in node.output:
-            shape = shapes.get(out)
-            if shape is not None and len(shape) == 4:
-                layers.append(LayerInfo(out, out, shape[1:], share(out)))
-    for out in proto.graph.output:
-        if out.name not in {la.tensor for la in layers}:
-            layers.append(LayerInfo(out.name, out.name, shapes.get(out.name, ())[1:], share(out.name)))
-    return layers
+    if preprocessing is None:
+        return foreign_catalogue(proto)
+    return foreign_catalogue(proto, preprocessing.layout.upper(), preprocessing.input_size,
+                             dict(preprocessing.tensor_layouts))
 
 
-def _node_macs(node: onnx.NodeProto, shapes: dict[str, tuple[int, ...]]) -> int:
-    """Multiply-adds of a Conv / Gemm / MatMul node per sample (0 if a shape is unknown)."""
-    out = shapes.get(node.output[0], ())
-    if node.op_type == "Conv" and len(node.input) > 1:
-        per_output = shapes.get(node.input[1], ())[1:]  # weight (Cout, Cin/groups, kh, kw)
-    elif node.op_type in ("Gemm", "MatMul"):
-        a = shapes.get(node.input[0], ())
-        trans_a = any(at.name == "transA" and at.i for at in node.attribute)
-        per_output = a[-2:-1] if trans_a else a[-1:]
-    else:
-        return 0
-    dims = [*out[1:], *per_output]
-    return math.prod(dims) if dims and all(d > 0 for d in dims) else 0
+#: Names a preprocessing file may use for a field (the command-line flag's name, underscores).
+_ALIASES = {"resize": "resize_size", "tensor_layout": "tensor_layouts"}
 
 
-def load_preprocessing(path: str | Path | None = None, **overrides: Any) -> Preprocessing:
-    """Preprocessing for a foreign ONNX file from a JSON/TOML file and/or explicit fields.
+def read_conventions(path: str | Path | None = None, **overrides: Any) -> dict[str, Any]:
+    """The raw fields of a JSON/TOML preprocessing file merged with ``overrides`` (which win).
 
-    Fields: ``input_size`` ([H, W] or an int), ``resize_size``, ``interpolation``, ``mean``,
-    ``std`` (RGB, in [0, 1] units), ``background``. Fields given as keyword arguments win.
+    Flag names are accepted with underscores (``resize``, ``pixel_range``, ``channel_order``,
+    ``layout``, ``tensor_layout``, ``classes``); a ``[preprocessing]`` table may hold them.
+    ``input_size`` may be an int (square), ``[H, W]`` or ``"H,W"``; ``tensor_layout`` a table
+    or a list of ``"TENSOR=nhwc"`` strings.
     """
     data: dict[str, Any] = {}
     if path is not None:
@@ -192,9 +157,41 @@ def load_preprocessing(path: str | Path | None = None, **overrides: Any) -> Prep
             raise FeaturebankError(
                 f"preprocessing file {path}: expected a table of fields such as input_size, "
                 f"mean, std, got {type(data).__name__}")
-    data.update({k: v for k, v in overrides.items() if v is not None})
-    if isinstance(data.get("input_size"), int):
-        data["input_size"] = (data["input_size"],) * 2
+    data = {_ALIASES.get(k, k): v for k, v in data.items()}
+    data.update({_ALIASES.get(k, k): v for k, v in overrides.items() if v is not None})
+    where = f" in {path}" if path else ""
+    try:
+        size = data.get("input_size")
+        if isinstance(size, str):
+            size = [int(v) for v in size.split(",")]
+        if isinstance(size, int) or (isinstance(size, (list, tuple)) and len(size) == 1):
+            size = (int(size if isinstance(size, int) else size[0]),) * 2
+        if size is not None:
+            data["input_size"] = tuple(size)
+        layouts = data.get("tensor_layouts")
+        if isinstance(layouts, (list, tuple)):
+            data["tensor_layouts"] = dict(str(v).split("=", 1) for v in layouts)
+        for key in ("mean", "std"):
+            if isinstance(data.get(key), str):
+                data[key] = [float(v) for v in data[key].split(",")]
+        if "pixel_range" in data:
+            data["pixel_range"] = int(float(data["pixel_range"]))
+    except (TypeError, ValueError) as exc:
+        raise FeaturebankError(f"preprocessing{where}: {exc}") from exc
+    return data
+
+
+def load_preprocessing(path: str | Path | None = None, **overrides: Any) -> Preprocessing:
+    """Preprocessing from a JSON/TOML file and/or explicit fields (see :func:`read_conventions`).
+
+    Fields: ``input_size`` ([H, W] or an int), ``resize_size`` (or ``resize``),
+    ``interpolation``, ``mean``, ``std``, ``background``, ``layout``, ``channel_order``,
+    ``pixel_range``, ``tensor_layouts`` (or ``tensor_layout``). Fields given as keyword
+    arguments win. Unstated fields take :class:`Preprocessing`'s defaults; ``featurebank
+    adopt`` applies stricter rules (see :func:`featurebank.export.resolve_conventions`).
+    """
+    data = read_conventions(path, **overrides)
+    data.pop("classes", None)  # names of the logits: only 'adopt' records them
     if "input_size" in data and "resize_size" not in data:
         data["resize_size"] = min(data["input_size"])
     try:
@@ -215,7 +212,12 @@ def _read_toml(text: str) -> dict[str, Any]:
 
 
 def foreign_model_spec(onnx_path: str | Path, preprocessing: Preprocessing) -> ModelSpec:
-    """The spec of an ONNX file not made by featurebank (its digest is the file's)."""
-    onnx_path = Path(onnx_path)
-    return ModelSpec(model=onnx_path.stem, weights_sha256=sha256_file(str(onnx_path)),
+    """The spec of an ONNX file not made by featurebank, named by its content.
+
+    The name is ``onnx-`` and 16 hex digits of the file's SHA-256 (the full digest is
+    ``weights_sha256``): renaming or moving the file keeps its features' identity, and a saved
+    classifier finds the file again by that digest.
+    """
+    digest = sha256_file(str(onnx_path))
+    return ModelSpec(model=f"onnx-{digest[:16]}", weights_sha256=digest,
                      preprocessing=preprocessing, source="onnx")

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import onnx
 import torch
-from featurebank.export._metadata import LayerInfo, featurebank_version
-from featurebank.export._registry import get_model_entry
-from featurebank.export._torch_models import build_torch_model
 from torch import nn
 
 from featurebank.errors import FeaturebankError
+from featurebank.export._metadata import LayerInfo, featurebank_version
+from featurebank.export._registry import get_model_entry
+from featurebank.export._torch_models import build_torch_model
 from featurebank.spec import (
     META_INPUT,
     META_LAYERS,

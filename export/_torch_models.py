@@ -9,11 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from featurebank.export._efficientnet_lite import VARIANTS, EfficientNetLite, translate_state_dict
-from featurebank.export._registry import get_model_entry
 from torch import nn
 
 from featurebank.errors import FeaturebankError
+from featurebank.export._efficientnet_lite import VARIANTS, EfficientNetLite, translate_state_dict
+from featurebank.export._registry import get_model_entry
 from featurebank.spec import sha256_file
 
 

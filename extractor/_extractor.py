@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from featurebank.export._registry import is_onnx_path
-from featurebank.extractor._preprocess import DEFAULT_MAX_PIXELS, DecodeError, decode
 
 from featurebank.errors import FeaturebankError
+from featurebank.export._registry import is_onnx_path
+from featurebank.extractor._preprocess import DEFAULT_MAX_PIXELS, DecodeError, decode
 from featurebank.spec import FeatureOptions, FeatureSpec, Preprocessing
 from featurebank.spec import feature_options as feature_options_of
 

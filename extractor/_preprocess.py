@@ -17,7 +17,8 @@ Rules, in order:
    and that decode is ~3.5x faster (25 ms vs 89 ms). Small images are never drafted.
 5. Resize so the shorter side is ``resize_size`` (``interpolation``), center-crop ``input_size``.
 
-Normalisation (mean/std) is not done here: it is folded into the ONNX feature graph.
+Normalisation (channel order, pixel range, mean/std, layout) is not done here: it is folded
+into the ONNX feature graph, so pixels stay uint8 RGB ``(H, W, 3)`` whatever the model wants.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from featurebank.spec import Preprocessing
 DEFAULT_MAX_PIXELS = 100_000_000  # 100 MP: above any camera, far below a bomb's 2.5 GP
 DRAFT_FACTOR = 2  # decode no smaller than 2x the resize target
 _RESAMPLE = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC,
-             "lanczos": Image.LANCZOS}
+             "lanczos": Image.LANCZOS, "area": Image.BOX}  # BOX: each output pixel averages its area
 
 
 class DecodeError(FeaturebankError):
@@ -104,9 +105,10 @@ def decode(source: Any, preprocessing: Preprocessing, max_pixels: int = DEFAULT_
         return resize_crop(rgb, preprocessing)
     except DecodeError:
         raise
-    except (OSError, SyntaxError, ValueError, IndexError, EOFError, struct.error,
+    except (OSError, SyntaxError, ValueError, IndexError, EOFError, TypeError, struct.error,
             Image.DecompressionBombError) as exc:
-        # Pillow plugins raise IndexError / struct.error on frame headers cut short
+        # Pillow plugins raise IndexError / struct.error on frame headers cut short, and
+        # TypeError ("Missing dimensions") on a TIFF page without its size tags
         raise DecodeError(_reason(exc), label) from None
 
 
@@ -132,7 +134,7 @@ def _open(data: bytes, label: str, max_pixels: int, pre: Preprocessing) -> Image
         found = re.search(r"\((\d+) pixels\)", str(exc))
         count = found.group(1) if found else "?"
         raise DecodeError(f"too many pixels ({count} > {max_pixels})", label) from None
-    except (OSError, SyntaxError, ValueError, EOFError, IndexError, MemoryError,
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, MemoryError, TypeError,
             struct.error) as exc:
         raise DecodeError(_reason(exc), label) from None
     return image

@@ -28,7 +28,14 @@ POOLS = ("avg", "max", "gem", "none")
 PRECISIONS = ("fp32", "fp16", "int8")
 #: How vectors are stored in the feature store.
 DTYPES = ("float16", "float32")
-INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos")
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos", "area")
+#: Conventions of a network's input: memory layout, channel order and pixel range.
+LAYOUTS = ("nchw", "nhwc")
+CHANNEL_ORDERS = ("rgb", "bgr")
+PIXEL_RANGES = (1, 255)
+#: Today's behaviour: these values stay out of ``to_dict`` so existing fingerprints never change.
+_CONVENTION_DEFAULTS = {"layout": "nchw", "channel_order": "rgb", "pixel_range": 1,
+                        "tensor_layouts": ()}
 
 
 @dataclass(frozen=True)
@@ -37,8 +44,15 @@ class Preprocessing:
 
     Decode (EXIF orientation applied, converted to RGB, alpha composited on ``background``),
     resize so the shorter side is ``resize_size`` with ``interpolation``, center-crop to
-    ``input_size`` (height, width), scale to [0, 1], subtract ``mean`` and divide by ``std``
-    (per RGB channel, in [0, 1] units).
+    ``input_size`` (height, width), reorder the channels to ``channel_order``, scale to
+    [0, ``pixel_range``], subtract ``mean`` and divide by ``std`` (per channel, in the model's
+    channel order and pixel range), and feed the graph in its ``layout``.
+
+    ``tensor_layouts`` maps ONNX tensor names to ``nchw``/``nhwc`` for activations whose
+    layout the graph cannot show (stated by the user; it decides which axes are pooled).
+    ``layout``, ``channel_order``, ``pixel_range`` and ``tensor_layouts`` enter
+    :meth:`to_dict` (and so every fingerprint) only when they differ from the defaults
+    (NCHW, RGB, 0-1, none), so specs written before these fields existed keep their identity.
     """
 
     input_size: tuple[int, int] = (224, 224)
@@ -47,6 +61,10 @@ class Preprocessing:
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
     background: tuple[int, int, int] = (255, 255, 255)
+    layout: str = "nchw"
+    channel_order: str = "rgb"
+    pixel_range: int = 1
+    tensor_layouts: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         # Normalise lists (from JSON) to tuples so equal specs hash and compare equal.
@@ -54,6 +72,9 @@ class Preprocessing:
         object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
         object.__setattr__(self, "std", tuple(float(v) for v in self.std))
         object.__setattr__(self, "background", tuple(int(v) for v in self.background))
+        object.__setattr__(self, "layout", str(self.layout).lower())
+        object.__setattr__(self, "channel_order", str(self.channel_order).lower())
+        object.__setattr__(self, "tensor_layouts", _tensor_layouts(self.tensor_layouts))
         if len(self.input_size) != 2 or min(self.input_size) < 1:
             raise ValueError(f"preprocessing.input_size must be (height, width) > 0, got {self.input_size}")
         if self.interpolation not in INTERPOLATIONS:
@@ -66,13 +87,34 @@ class Preprocessing:
             raise ValueError(
                 f"preprocessing.resize_size ({self.resize_size}) must be >= the crop {self.input_size}"
             )
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"preprocessing.layout must be one of {LAYOUTS}, got {self.layout!r}")
+        if self.channel_order not in CHANNEL_ORDERS:
+            raise ValueError(f"preprocessing.channel_order must be one of {CHANNEL_ORDERS}, "
+                             f"got {self.channel_order!r}")
+        if self.pixel_range not in PIXEL_RANGES:
+            raise ValueError(f"preprocessing.pixel_range must be 1 or 255, got {self.pixel_range!r}")
+        object.__setattr__(self, "pixel_range", int(self.pixel_range))
+        if not all(0.0 <= m <= self.pixel_range for m in self.mean):
+            raise ValueError(f"preprocessing.mean {list(self.mean)} is outside the pixel range "
+                             f"0..{self.pixel_range}; give it in the model's pixel range")
 
     @property
     def crop_pct(self) -> float:
         return min(self.input_size) / self.resize_size
 
+    def layout_of(self, tensor: str) -> str | None:
+        """The stated layout (``nchw``/``nhwc``) of an activation tensor, or None."""
+        return dict(self.tensor_layouts).get(tensor)
+
     def to_dict(self) -> dict[str, Any]:
-        return _jsonable(asdict(self))
+        data = _jsonable(asdict(self))
+        for key, default in _CONVENTION_DEFAULTS.items():
+            if getattr(self, key) == default:  # today's behaviour: absent, fingerprints unchanged
+                del data[key]
+        if self.tensor_layouts:
+            data["tensor_layouts"] = dict(self.tensor_layouts)
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Preprocessing:
@@ -81,6 +123,19 @@ class Preprocessing:
         if unknown:
             raise ValueError(f"unknown preprocessing field(s) {sorted(unknown)}; known: {sorted(known)}")
         return cls(**data)
+
+
+def _tensor_layouts(value: Any) -> tuple[tuple[str, str], ...]:
+    pairs = value.items() if isinstance(value, dict) else value or ()
+    out = {}
+    for pair in pairs:
+        tensor, layout = pair
+        layout = str(layout).lower()
+        if layout not in LAYOUTS:
+            raise ValueError(f"preprocessing.tensor_layouts[{tensor!r}] must be one of {LAYOUTS}, "
+                             f"got {layout!r}")
+        out[str(tensor)] = layout
+    return tuple(sorted(out.items()))
 
 
 @dataclass(frozen=True)

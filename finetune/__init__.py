@@ -1,1 +1,35 @@
-"""featurebank.finetune: fine-tune the top layers from the feature store's cached maps."""
+"""featurebank.finetune: fine-tune the top layers from the feature store's cached maps.
+
+The trunk below the cut runs once per image (its unpooled float16 maps are stored); only the
+layers above it train, epoch after epoch, in torch. ``import featurebank.finetune`` imports
+neither torch nor the extractor: :func:`load_tuned` (used by ``predict`` and the service) needs
+only onnx and numpy.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from featurebank.finetune._options import FinetuneOptions
+from featurebank.finetune._tuned import (
+    META_FINETUNE,
+    TunedClassifier,
+    is_tuned_onnx,
+    load_tuned,
+    tuned_lineage,
+)
+
+_LAZY = {"finetune": "featurebank.finetune._api", "FinetuneResult": "featurebank.finetune._api"}
+
+__all__ = ["META_FINETUNE", "FinetuneOptions", "FinetuneResult", "TunedClassifier", "finetune",
+           "is_tuned_onnx", "load_tuned", "tuned_lineage"]
+
+if TYPE_CHECKING:
+    from featurebank.finetune._api import FinetuneResult, finetune
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'featurebank.finetune' has no attribute {name!r}")

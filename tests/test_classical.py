@@ -2,21 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 
 import numpy as np
 import pytest
-from featurebank.classical import (
-    EmbeddingTransformer,
-    LinearProbe,
-    SpecMismatchError,
-    TrainedModel,
-    cross_validate_probe,
-    k_shot_indices,
-    load_model,
-)
-from featurebank.classical._probe import DEFAULT_CS
-from featurebank.extractor import FeatureStore
 from sklearn.base import clone
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV
@@ -27,7 +17,18 @@ from sklearn.utils.estimator_checks import (
     parametrize_with_checks,
 )
 
+from featurebank.classical import (
+    EmbeddingTransformer,
+    LinearProbe,
+    SpecMismatchError,
+    TrainedModel,
+    cross_validate_probe,
+    k_shot_indices,
+    load_model,
+)
+from featurebank.classical._probe import DEFAULT_CS
 from featurebank.datasets import load_digits_images
+from featurebank.extractor import FeatureStore
 
 LAYERS = ("blocks.13", "head")
 
@@ -191,3 +192,61 @@ def test_embedding_transformer_estimator_contract(tmp_path):
     assert c.get_params() == tf.get_params() and c is not tf
     fitted = pickle.loads(pickle.dumps(EmbeddingTransformer().fit(None)))
     assert fitted.fingerprints_ == EmbeddingTransformer().fit(None).fingerprints_
+
+
+@pytest.mark.slow
+def test_parallel_grid_search_shares_the_store_and_embeds_each_image_once(model_cache, digits_split,
+                                                                            tmp_path):
+    """Two joblib worker processes share the store: each image is embedded once in all, counted
+    through the store's own commit log (rows offered per commit), never a StoreLockedError."""
+    Xtr, ytr, _, _ = digits_split
+    images, y = list(Xtr[::2]), ytr[::2]  # 50 images, 5 per class
+    store = tmp_path / "cache.h5"
+    pipe = make_pipeline(EmbeddingTransformer(layers=("blocks.3",), store=store, batch_size=8),
+                         LogisticRegression(max_iter=300))
+    search = GridSearchCV(pipe, {"logisticregression__C": [0.1, 1.0]}, cv=2, n_jobs=2,
+                          error_score="raise").fit(images, y)
+    log = FeatureStore(store).commit_log()
+    assert int(log["rows_offered"].sum()) == len(images)  # computed once across all processes
+    assert int(log["rows_written"].sum()) == len(images)
+    assert set(log["pids"].tolist()) - {os.getpid()}  # the workers did write (not only the refit)
+    assert FeatureStore(store).feature_sets()[0].rows == len(images)
+    assert search.best_score_ > 0.3
+
+
+def test_without_a_store_the_cache_is_bounded(model_cache, digits_split):
+    Xtr, _, _, _ = digits_split
+    tf = EmbeddingTransformer(layers=("blocks.3",), cache_size=7).fit(None)
+    first = tf.transform(list(Xtr[:20]))
+    assert len(tf._memory) == 7 and tf.n_embedded_ == 20
+    np.testing.assert_allclose(tf.transform(list(Xtr[13:20])), first[13:20], rtol=1e-5)
+    assert tf.n_embedded_ == 20  # the 7 most recent came from memory
+
+
+def test_sweep_plot_bars_by_cost_and_accuracy_axis_from_zero(tmp_path, monkeypatch):
+    """Rows in store (hash) order: the plot puts them by FLOPs so the cost line only rises, and
+    its accuracy axis starts at 0 % (not just below the worst bar)."""
+    from matplotlib.figure import Figure
+
+    from featurebank.classical._report import plot_sweep
+
+    seen = {}
+    real_savefig = Figure.savefig
+
+    def spy(fig, path, **kw):
+        ax = fig.axes[0]
+        seen["names"] = [t.get_text() for t in ax.get_xticklabels()]
+        seen["ylim"] = ax.get_ylim()
+        seen["cost"] = list(fig.axes[1].lines[0].get_ydata())
+        return real_savefig(fig, path, **kw)
+
+    monkeypatch.setattr(Figure, "savefig", spy)
+    rows = [{"layer": "head", "accuracy": 0.95, "flops_share": 1.0},
+            {"layer": "blocks.3", "accuracy": 0.90, "flops_share": 0.2},
+            {"layer": "blocks.13+head", "accuracy": 0.96, "flops_share": 1.0},
+            {"layer": "blocks.13", "accuracy": 0.93, "flops_share": 0.8}]
+    plot_sweep(rows, tmp_path / "sweep.png")
+    assert seen["names"] == ["blocks.3", "blocks.13", "head", "blocks.13+head"]
+    assert seen["cost"] == sorted(seen["cost"])
+    assert seen["ylim"] == (0.0, 100.0)
+    assert (tmp_path / "sweep.png").read_bytes()[:4] == b"\x89PNG"

@@ -121,6 +121,10 @@ def test_sweep_table_and_png(stores, tmp_path, capsys):
     by_layer = {r["layer"]: r for r in rows}
     concat = next(name for name in by_layer if "+" in name)
     assert set(by_layer) == {"blocks.13", "head", concat}
+    # shallow to deep, so the FLOPs line of the plot never goes down (store order is by hash)
+    assert [r["layer"] for r in rows] == ["blocks.13", "head", concat]
+    shares = [r["flops_share"] for r in rows]
+    assert shares == sorted(shares)
     assert set(concat.split("+")) == {"blocks.13", "head"}
     assert [by_layer[k]["dim"] for k in ("blocks.13", "head", concat)] == [192, 1280, 1472]
     assert all(0.0 < r["flops_share"] <= 1.0 for r in rows)
@@ -130,3 +134,122 @@ def test_sweep_table_and_png(stores, tmp_path, capsys):
         assert f"{r['accuracy']:.4f}" in out
     with Image.open(report / "sweep.png") as im:
         im.verify()
+
+
+@pytest.fixture(scope="module")
+def odd_store(stores, tmp_path_factory):
+    """Test images of 3 known classes plus a class the models never saw ('mystery'), in a
+    store of its own (its images can be deleted without harming the shared stores)."""
+    import shutil
+
+    from featurebank.extractor import embed_collection
+
+    root = tmp_path_factory.mktemp("odd")
+    classes = sorted(p.name for p in (stores["root"] / "test").iterdir())
+    classes = [c for c in classes if len(list((stores["root"] / "test" / c).glob("*.png"))) >= 3]
+    for label, src in [*((c, c) for c in classes[:3]), ("mystery", classes[3])]:
+        (root / "images" / label).mkdir(parents=True)
+        for p in sorted((stores["root"] / "test" / src).glob("*.png"))[:3]:
+            shutil.copy(p, root / "images" / label / p.name)
+    embed_collection([str(root / "images")], root / "odd.h5", layers=LAYERS, progress=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(stores, tmp_path_factory):
+    model = tmp_path_factory.mktemp("model") / "m.joblib"
+    assert main(["train", str(stores["train"]), "-o", str(model), "--layer", "blocks.13",
+                 "--layer", "head"]) == 0
+    return model
+
+
+def test_unseen_labels_are_an_error_or_scored_wrong(trained, odd_store, tmp_path, capsys):
+    import warnings
+
+    store = odd_store / "odd.h5"
+    capsys.readouterr()
+    assert main(["evaluate", str(trained), str(store)]) == 1
+    err = capsys.readouterr().err
+    assert "labels the classifier never saw: mystery (3)" in err and "--unseen-as-wrong" in err
+    report = tmp_path / "report"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["evaluate", str(trained), str(store), "--unseen-as-wrong",
+                     "--report", str(report)]) == 0
+    assert not [w for w in caught if "sklearn" in w.filename], [str(w.message) for w in caught]
+    out = capsys.readouterr().out
+    assert "note: 3 images of labels the classifier never saw (mystery) are counted as wrong" in out
+    metrics = json.loads((report / "metrics.json").read_text())
+    n = len(list((odd_store / "images").rglob("*.png")))
+    assert metrics["n"] == n and metrics["unseen_labels"] == {"mystery": 3}
+    assert metrics["accuracy"] <= (n - 3) / n and metrics["per_class_accuracy"]["mystery"] == 0.0
+
+
+def test_confusion_title_names_every_feature_set(trained, stores, tmp_path, monkeypatch):
+    import featurebank.classical._workflow as wf
+
+    titles = []
+    original = wf.plot_confusion
+
+    def spy(y, pred, labels, path, title):
+        titles.append(title)
+        return original(y, pred, labels, path, title)
+
+    monkeypatch.setattr(wf, "plot_confusion", spy)
+    assert main(["evaluate", str(trained), str(stores["test"]), "--report", str(tmp_path)]) == 0
+    flat = titles[0].replace("\n", " ")
+    assert "blocks.13/avg" in flat and "head/avg" in flat and " + " in flat
+
+
+def test_missing_images_are_named_before_training_and_no_baseline_skips(odd_store, tmp_path,
+                                                                          capsys, monkeypatch):
+    import shutil
+
+    import featurebank.classical._workflow as wf
+
+    images = tmp_path / "images"
+    shutil.copytree(odd_store / "images", images)
+    store = tmp_path / "s.h5"
+    from featurebank.extractor import embed_collection
+
+    embed_collection([str(images)], store, layers=("head",), progress=False)
+    gone = sorted(images.rglob("*.png"))[:2]
+    for p in gone:
+        p.unlink()
+    fits = []
+    real_fit = wf.LinearProbe.fit
+    monkeypatch.setattr(wf.LinearProbe, "fit", lambda self, X, y: fits.append(1) or real_fit(self, X, y))
+    capsys.readouterr()
+    assert main(["train", str(store), "-o", str(tmp_path / "m.joblib")]) == 1
+    err = capsys.readouterr().err
+    assert f"2 of {len(list(images.rglob('*.png'))) + 2} images" in err and str(gone[0]) in err and "--no-baseline" in err
+    assert fits == []  # refused before any fitting
+    assert main(["train", str(tmp_path / "s.h5"), "-o", str(tmp_path / "none" / "m.joblib"),
+                 "--no-baseline"]) == 1
+    assert "folder" in capsys.readouterr().err and fits == []  # unwritable output: before training too
+    assert main(["train", str(store), "-o", str(tmp_path / "m.joblib"), "--no-baseline"]) == 0
+    assert fits
+
+
+def test_predict_accepts_a_folder_like_embed(stores, tmp_path, capsys):
+    model = tmp_path / "m.joblib"
+    assert main(["train", str(stores["train"]), "-o", str(model), "--layer", "head",
+                 "--no-baseline"]) == 0
+    folder = stores["root"] / "test"
+    capsys.readouterr()
+    assert main(["predict", str(model), str(folder), "--json"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert sorted(r["path"] for r in lines) == sorted(str(p) for p in folder.rglob("*.png"))
+    assert main(["predict", str(model), str(tmp_path / "nowhere")]) == 1
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_ctrl_c_says_a_rerun_resumes(monkeypatch, capsys):
+    import featurebank.cli.store_cmds as store_cmds
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(store_cmds, "run_info", interrupted)
+    assert main(["store", "info", "x.h5"]) == 130
+    assert "run the same command again to resume" in capsys.readouterr().err.lower()

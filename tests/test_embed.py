@@ -6,6 +6,7 @@ Vectors in the store are compared with the Extractor run directly on the same fi
 from __future__ import annotations
 
 import io
+import json
 import shutil
 import struct
 import time
@@ -14,12 +15,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from featurebank.extractor import Extractor, embed_collection
-from featurebank.extractor.store._store import FeatureStore
 from PIL import Image
 
 from featurebank.cli import main
 from featurebank.errors import FeaturebankError
+from featurebank.extractor import Extractor, embed_collection
+from featurebank.extractor.store._store import FeatureStore
 
 
 @pytest.fixture(scope="module")
@@ -179,7 +180,7 @@ def test_cli_embed_info_and_export_npz(tmp_path, collection, capsys):
     for name, arr in (("keys", feats.keys), ("paths", feats.paths), ("labels", feats.y)):
         np.testing.assert_array_equal(got[name], arr)
     assert main(["store", "export", str(store), "-o", str(npz)]) == 1  # two sets: must name one
-    assert "several feature sets" in capsys.readouterr().err
+    assert "2 feature sets; choose one with --layer" in capsys.readouterr().err
 
 
 def test_bad_arguments_raise_clear_errors(tmp_path, collection):
@@ -190,7 +191,7 @@ def test_bad_arguments_raise_clear_errors(tmp_path, collection):
 
 
 def test_a_file_stuck_in_the_decoder_is_skipped_not_hung(tmp_path, collection, monkeypatch):
-    import featurebank.extractor.engines._local as pipeline
+    import featurebank.extractor.engines._common as pipeline  # the per-file step both engines use
 
     real_decode = pipeline.decode
     stuck = sorted((collection / "photos").rglob("*.jpg"))[1]
@@ -215,3 +216,59 @@ def test_ray_engine_missing_names_the_extra(tmp_path, collection, monkeypatch):
     monkeypatch.setitem(sys.modules, "featurebank.extractor.engines._ray", None)  # as if Ray were absent
     with pytest.raises(FeaturebankError, match=r"pip install 'featurebank\[ray\]'"):
         embed_collection([str(collection)], tmp_path / "s.h5", engine="ray", progress=False)
+
+
+def test_bad_requests_fail_before_any_file_is_created(tmp_path, collection, capsys, lite0_onnx):
+    store = tmp_path / "s.h5"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "a.txt").write_text("x")
+    cases = {
+        "layer": (["embed", str(collection / "0"), "--layer", "blocks.99"], "blocks.99"),
+        "model": (["embed", str(collection / "0"), "--model", "efficientnet_lite9"], "efficientnet_lite9"),
+        "empty": (["embed", str(empty)], "holds no file at all"),
+        "no images": (["embed", str(notes)], "holds 1 file(s), none an image (1 .txt)"),
+    }
+    for what, (argv, named) in cases.items():
+        assert main([*argv, "--store", str(store), "--no-progress"]) == 1, what
+        assert named in capsys.readouterr().err, what
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "notes"], what
+
+
+def test_a_failed_start_removes_the_store_it_created(tmp_path, collection, monkeypatch):
+    import featurebank.extractor.engines._local as local
+
+    def broken(*args, **kwargs):
+        raise FeaturebankError("engine failed at start")
+
+    monkeypatch.setattr(local, "embed_local", broken)
+    with pytest.raises(FeaturebankError, match="engine failed"):
+        embed_collection([str(collection / "0")], tmp_path / "s.h5", progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_summary_ends_with_labels_and_warns_about_split_folders(tmp_path, collection, capsys):
+    photos = tmp_path / "photos"
+    for split, labels in (("train", ("0", "1")), ("test", ("2",))):
+        for label in labels:
+            shutil.copytree(collection / label, photos / split / label)
+    store = tmp_path / "s.h5"
+    assert main(["embed", str(photos / "train"), "--store", str(store), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "2 label(s), images in the input per label:" in out
+    assert [line.split() for line in out.splitlines()[-2:]] == [["0", "4"], ["1", "4"]]
+    # everything already stored: not an error, and the table is there again
+    assert main(["embed", str(photos / "train"), "--store", str(store), "--no-progress",
+                 "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert (summary["embedded"], summary["cached"], summary["labels"]) == (0, 8, {"0": 4, "1": 4})
+    assert main(["store", "info", str(store)]) == 0
+    info = capsys.readouterr().out
+    assert "2 label(s), images per label:" in info and f"collection: {photos / 'train'}" in info
+    # the folder one level too high: labels are split names, and the warning says what to pass
+    assert main(["embed", str(photos), "--store", str(tmp_path / "wrong.h5"), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "warning: the labels (test, train) look like dataset splits" in out
+    assert f"e.g. {photos / 'train'}" in out

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 
-import featurebank.export._cache
-import featurebank.export._registry
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+import featurebank.export._cache
+import featurebank.export._registry
 import featurebank.spec
 from featurebank import export
 from featurebank.cli import main
@@ -69,7 +69,7 @@ def test_layers_of_an_exported_file(capsys, lite0_onnx):
     lines = out.splitlines()
     assert lines[0].split()[:2] == ["name", "tensor"]
     head = next(line.split() for line in lines if line.startswith("head "))
-    assert head[1:3] == ["layer.head", "1280x7x7"] and 99.0 < float(head[3]) < 100.0
+    assert head[1:4] == ["layer.head", "1280x7x7", "NCHW"] and 99.0 < float(head[4]) < 100.0
     code, out, _ = run_cli(capsys, "layers", str(lite0_onnx), "--json")
     assert [d["name"] for d in json.loads(out)][-2:] == ["head", "logits"]
 
@@ -152,7 +152,7 @@ def test_unwritable_output_path(capsys, tmp_path, where):
 
 
 def test_read_only_folder_fails_before_exporting(capsys, tmp_path, monkeypatch):
-    from featurebank.export import onnx_export
+    from featurebank.export import _onnx_export as onnx_export
 
     def read_only(*_a, **_k):
         raise PermissionError(30, "Read-only file system")
@@ -164,7 +164,7 @@ def test_read_only_folder_fails_before_exporting(capsys, tmp_path, monkeypatch):
 
 
 def test_failed_write_leaves_no_partial_file(tmp_path, monkeypatch, foreign_onnx):
-    from featurebank.export import onnx_export
+    from featurebank.export import _onnx_export as onnx_export
 
     proto = onnx.load(str(foreign_onnx))
 
@@ -197,9 +197,14 @@ def test_layers_of_a_foreign_file_lists_candidates(capsys, foreign_onnx):
     assert shapes["conv2"] == (16, 16, 16) and shapes["embedding"] == (16,)
     conv1, conv2 = 8 * 32 * 32 * (3 * 3 * 3), 16 * 16 * 16 * (8 * 3 * 3)  # multiply-adds
     assert info.layer("relu1").flops_share == pytest.approx(conv1 / (conv1 + conv2), abs=1e-6)
+    # friendly names: the last activation per resolution, the global pool's input and output
+    names = {la.name: la.tensor for la in info.layers}
+    assert names["stage.1"] == "relu1" and names["stage.2"] == "relu2"
+    assert names["head"] == "relu2" and names["pool"] == "embedding"
+    assert info.layer("relu2").layout == "NCHW" and info.layer("pool").layout == "NC"
     code, out, _ = run_cli(capsys, "layers", str(foreign_onnx))
     assert code == 0 and "not made by featurebank" in out
-    assert any(line.split()[:3] == ["relu2", "relu2", "16x16x16"] for line in out.splitlines())
+    assert any(line.split()[:4] == ["head", "relu2", "16x16x16", "NCHW"] for line in out.splitlines())
 
 
 def test_foreign_reading_of_an_export_agrees_with_its_catalogue(tmp_path, lite0_onnx):
@@ -228,8 +233,38 @@ def test_preprocessing_for_foreign_files(tmp_path, foreign_onnx):
     assert pre.input_size == (64, 48) and pre.resize_size == 48 and pre.std == (0.25,) * 3
     assert export.load_preprocessing(None, input_size=32).input_size == (32, 32)
     spec = export.foreign_model_spec(foreign_onnx, pre)
-    assert spec.model == "tiny_net" and spec.source == "onnx" and spec.preprocessing == pre
-    assert spec.weights_sha256 == featurebank.spec.sha256_file(str(foreign_onnx))
+    digest = featurebank.spec.sha256_file(str(foreign_onnx))
+    assert spec.model == f"onnx-{digest[:16]}" and spec.source == "onnx" and spec.preprocessing == pre
+    assert spec.weights_sha256 == digest  # named by content, not by the file's stem
+
+
+def test_flag_names_are_accepted_in_preprocessing_files(tmp_path):
+    js = tmp_path / "pre.json"
+    js.write_text(json.dumps({"input_size": "48,64", "resize": 80, "pixel_range": 255,
+                              "channel_order": "BGR", "layout": "nhwc", "mean": "104,117,123",
+                              "std": [1, 1, 1], "interpolation": "area",
+                              "tensor_layout": ["t7=nhwc"], "classes": "names.txt"}))
+    pre = export.load_preprocessing(js)
+    assert pre.input_size == (48, 64) and pre.resize_size == 80 and pre.pixel_range == 255
+    assert pre.channel_order == "bgr" and pre.layout == "nhwc" and pre.mean == (104, 117, 123)
+    assert pre.layout_of("t7") == "nhwc" and pre.interpolation == "area"
+    assert featurebank.spec.Preprocessing.from_dict(pre.to_dict()) == pre
+    with pytest.raises(featurebank.FeaturebankError, match="outside the pixel range"):
+        export.load_preprocessing(js, pixel_range=1)
+
+
+def test_new_conventions_keep_existing_fingerprints(lite0_onnx):
+    """Fingerprints computed before layout / channel order / pixel range existed: every store
+    and classifier made before keeps its identity (defaults stay out of the spec's JSON)."""
+    spec = export.read_onnx_metadata(lite0_onnx).spec
+    FS = featurebank.spec.FeatureSpec
+    assert FS(spec, "head").fingerprint() == "27d309b30a12c41a"
+    assert FS(spec, "blocks.10", "gem", 3.0, True).fingerprint() == "7792dda23f5f0771"
+    assert FS(featurebank.spec.ModelSpec("x", "0" * 64), "head").fingerprint() == "63ee723d646926fa"
+    assert "layout" not in spec.preprocessing.to_dict()
+    changed = featurebank.spec.Preprocessing(**{**spec.preprocessing.to_dict(), "layout": "nhwc"})
+    assert FS(featurebank.spec.ModelSpec("x", "0" * 64, changed), "head").fingerprint() != \
+        FS(featurebank.spec.ModelSpec("x", "0" * 64, spec.preprocessing), "head").fingerprint()
 
 
 @pytest.mark.parametrize("text, field", [

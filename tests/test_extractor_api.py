@@ -6,10 +6,10 @@ import pickle
 
 import numpy as np
 import pytest
-from featurebank.extractor import DecodeError, Extractor, decode
 from PIL import Image
 
 from featurebank.errors import FeaturebankError
+from featurebank.extractor import DecodeError, Extractor, decode
 
 
 @pytest.fixture(scope="module")
@@ -20,8 +20,9 @@ def ex(lite0_onnx) -> Extractor:
 
 def test_init_is_lazy_and_stores_params(lite0_onnx):
     e = Extractor("no_such_model", layers=["head"], pool="gem", gem_p=4.0)
-    assert (e.model, e.layers, e.pool, e.gem_p, e.preprocessing) == ("no_such_model", ["head"],
-                                                                      "gem", 4.0, None)
+    o = e.options
+    assert (e.model, e.layers, o.pool, o.gem_p, o.preprocessing) == ("no_such_model", ("head",),
+                                                                    "gem", 4.0, None)
     with pytest.raises(FeaturebankError, match="no_such_model"):
         _ = e.specs  # the error comes when the graph is first needed
     with pytest.raises(FeaturebankError, match="does not exist"):
@@ -52,11 +53,11 @@ def test_single_image_single_layer_and_imagenet_sense(lite0_onnx, real_photos):
     from featurebank.export import imagenet_classes
 
     e = Extractor(lite0_onnx, layers=["logits"], pool="none", device="cpu", threads=2)
-    one = e.embed(real_photos["chelsea"])
-    assert one.shape == (1, 1000)
-    top = imagenet_classes()[int(one[0].argmax())].lower()
+    one = e.embed(real_photos["chelsea"])  # one image, one layer: still a dict of [N, D]
+    assert list(one) == ["logits"] and one["logits"].shape == (1, 1000)
+    top = imagenet_classes()[int(one["logits"][0].argmax())].lower()
     assert "cat" in top or "tabby" in top, top
-    assert e.embed([]).shape == (0, 1000)
+    assert e.embed([])["logits"].shape == (0, 1000)
 
 
 def test_bad_image_is_named(ex, tmp_path, photo_dir):
@@ -90,8 +91,12 @@ def test_pickle_round_trip_same_vectors(ex, real_photos):
 
 
 def test_registry_name_exports_through_cache(model_cache, real_photos):
+    from featurebank.export._cache import cached_path
+
     e = Extractor("efficientnet_lite0", layers="head", normalize=True, device="cpu", threads=2)
-    v = e.embed([real_photos["astronaut"]])
+    v = e.embed([real_photos["astronaut"]])["head"]
+    assert cached_path("efficientnet_lite0").parent == model_cache  # the session's, not ~/.cache
+    assert cached_path("efficientnet_lite0").is_file()
     assert v.shape == (1, 1280)
     np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
     assert e.specs[0].model.model == "efficientnet_lite0" and e.specs[0].normalize

@@ -13,11 +13,11 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from featurebank.extractor import Extractor
-from featurebank.extractor.graphs._fp16 import BoundRunner, session_device, to_fp16
 from onnx import TensorProto
 
 from featurebank.errors import FeaturebankError
+from featurebank.extractor import Extractor
+from featurebank.extractor.graphs._fp16 import BoundRunner, session_device, to_fp16
 
 LAYERS = ("blocks.10", "head")
 HAS_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()
@@ -109,11 +109,10 @@ def test_fp16_tracks_fp32_on_real_photos(lite0_onnx, fp32, pixels, real_photos):
     assert list(a.argmax(1)) == list(b.argmax(1)), sorted(real_photos)
 
 
-def test_precision_checked_when_the_graph_is_built(lite0_onnx):
-    ex = Extractor(lite0_onnx, precision="int4")  # __init__ only stores it
-    assert ex.precision == "int4"
+def test_unknown_precision_refused_when_the_options_are_made(lite0_onnx):
+    """The options object checks precision before any graph or session exists."""
     with pytest.raises(FeaturebankError, match=r"precision must be one of \('fp32', 'fp16', 'int8'\), got 'int4'"):
-        _ = ex.specs
+        Extractor(lite0_onnx, precision="int4")
 
 
 def test_bound_runner_equals_session_run_on_cpu(fp32, pixels):
@@ -167,7 +166,7 @@ def test_cuda_fp32_equals_cpu(lite0_onnx, fp32, pixels):
         err = np.abs(r - o).max() / max(1.0, np.abs(r).max())
         assert err <= 1e-3, (
             f"CUDA fp32 off CPU by {err:.2e} (relative); use_tf32={options.get('use_tf32')!r}: "
-            "onnxruntime's default TF32 convolutions keep 10 mantissa bits, see docs/readme/gpu.md")
+            "onnxruntime's default TF32 convolutions keep 10 mantissa bits, see docs/gpu.md")
 
 
 @pytest.mark.gpu

@@ -6,9 +6,9 @@ import os
 from pathlib import Path
 
 import pytest
-from featurebank.extractor._inputs import ImageItem, collect
 
 from featurebank.errors import FeaturebankError
+from featurebank.extractor._inputs import ImageItem, collect, input_roots, split_layout_warning
 
 
 def _touch(path: Path) -> Path:
@@ -80,13 +80,37 @@ def test_symlink_loop_does_not_hang(tree):
     assert len(items) == 9  # links to folders not followed: nothing seen twice
 
 
-@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0,
-                    reason="root reads any folder, so an unreadable folder cannot be made")
-def test_unreadable_folder_skipped(tree):
-    locked = tree / "dog"
-    locked.chmod(0)
-    try:
-        labels = {i.label for i in collect([str(tree)])}
-    finally:
-        locked.chmod(0o755)
-    assert labels == {"", "cat"}
+def test_inputs_without_images_are_errors_naming_what_was_found(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FeaturebankError, match=r"no image to embed: folder .*empty holds no file at all"):
+        collect([str(empty)])
+    docs = tmp_path / "docs"
+    for name in ("a.txt", "b.txt", "c.csv", "README"):
+        _touch(docs / "sub" / name)
+    with pytest.raises(FeaturebankError,
+                       match=r"holds 4 file\(s\), none an image \(2 \.txt, 1 \(no extension\), 1 \.csv\)"):
+        collect([str(docs)])
+    assert collect([str(docs)], require_images=False) == []
+    _touch(tmp_path / "one" / "x.png")  # one input with images is enough
+    assert len(collect([str(docs), str(tmp_path / "one")])) == 1
+
+
+def test_paths_come_back_absolute(tree, monkeypatch):
+    monkeypatch.chdir(tree.parent)
+    items = collect(["data/cat", "data/loose.png", "data/dog/*.bmp"])
+    assert [i.path for i in items] == [str(tree / "cat/a.jpeg"), str(tree / "cat/b.JPG"),
+                                       str(tree / "cat/deep/er/c.png"), str(tree / "loose.png"),
+                                       str(tree / "dog/y.bmp")]
+    assert input_roots(["data/cat", "data/loose.png", "data/dog/*.bmp"]) == [
+        str(tree / "cat"), str(tree), str(tree / "dog")]
+
+
+def test_split_folders_as_labels_get_a_warning_naming_the_folder(tmp_path):
+    for rel in ("train/cat/a.png", "train/dog/b.png", "test/cat/c.png"):
+        _touch(tmp_path / "photos" / rel)
+    photos = str(tmp_path / "photos")
+    warning = split_layout_warning([photos], collect([photos]))
+    assert warning and "(test, train)" in warning and os.path.join(photos, "train") in warning
+    train = os.path.join(photos, "train")
+    assert split_layout_warning([train], collect([train])) is None

@@ -5,12 +5,12 @@ from __future__ import annotations
 import io
 import os
 
-import featurebank.extractor._preprocess as P
 import numpy as np
 import pytest
-from featurebank.extractor._preprocess import DecodeError, decode, image_key, read_bytes
 from PIL import Image
 
+import featurebank.extractor._preprocess as P
+from featurebank.extractor._preprocess import DecodeError, decode, image_key, read_bytes
 from featurebank.spec import Preprocessing
 
 PRE = Preprocessing(input_size=(224, 224), resize_size=256, interpolation="bicubic")

@@ -8,12 +8,12 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from featurebank.extractor._extractor import Extractor
-from featurebank.extractor.graphs._int8 import int8_graph_path, quantize_feature_graph
 from PIL import Image
 from skimage import data
 
 from featurebank.errors import FeaturebankError
+from featurebank.extractor._extractor import Extractor
+from featurebank.extractor.graphs._int8 import int8_graph_path, quantize_feature_graph
 
 
 def _photos(ex: Extractor, n: int, seed: int) -> np.ndarray:
@@ -42,6 +42,7 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
 
+@pytest.mark.slow  # the int8 fixture calibrates and quantizes Lite0: ~30-60 s on 2 cores
 def test_int8_graph_tracks_fp32_with_a_spec_of_its_own(int8, model_cache):
     fp32, q = int8
     model = q.graph.model
@@ -65,10 +66,11 @@ def test_int8_graph_tracks_fp32_with_a_spec_of_its_own(int8, model_cache):
     np.testing.assert_array_equal(again.embed_pixels(pixels)[0], v)
     assert path.stat().st_mtime_ns == mtime
     shipped = pickle.loads(pickle.dumps(q))  # to workers: the tag travels, not 16 images
-    assert len(pickle.dumps(q)) < 10_000 and shipped.calibration == spec.quantization
+    assert len(pickle.dumps(q)) < 10_000 and shipped.options.calibration == spec.quantization
     np.testing.assert_array_equal(shipped.embed_pixels(pixels)[0], v)
 
 
+@pytest.mark.slow
 def test_int8_tag_refuses_another_graph_and_missing_files(int8):
     _, q = int8
     tag = q.specs[0].quantization

@@ -17,8 +17,10 @@ import numpy as np
 import pytest
 
 ray = pytest.importorskip("ray", reason="the Ray engine needs the optional extra: pip install 'featurebank[ray]'")
-pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
+# Starting a local Ray and its actors takes ~20 s and each run ~20-80 s on 2 cores: all slow.
+pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(300)]
 
+from benchmarks.harness.faults import REPO, subprocess_env  # noqa: E402
 from featurebank.extractor import embed_collection  # noqa: E402
 from featurebank.extractor.engines._ray import ray_joblib_backend  # noqa: E402
 from featurebank.extractor.store._shards import shard_dir  # noqa: E402
@@ -27,7 +29,6 @@ from featurebank.extractor.store._store import FeatureStore  # noqa: E402
 N_DIGITS = 110
 EMBED = dict(engine="ray", workers=1, threads=1, batch_size=8, progress=False, shard_rows=16, actor_wait_s=60)
 CALL_S = 30  # timeout of each direct wait in these tests
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -104,12 +105,14 @@ def _embedder_pids() -> list[int]:
 
 
 def _wait_for(cond, what: str, timeout: float = 60.0):
+    """Poll ``cond`` every 10 ms: a kill follows the awaited event closely on a fast machine
+    too (a shard of 16 rows takes far longer), so the run is still mid-way when it lands."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         value = cond()
         if value:
             return value
-        time.sleep(0.2)
+        time.sleep(0.01)
     raise AssertionError(f"timed out waiting for {what}")
 
 
@@ -142,7 +145,7 @@ def test_rerun_after_killed_driver_embeds_only_whats_missing(ray_local, collecti
     path = tmp_path / "ray.h5"
     code = ("import sys; from featurebank.extractor import embed_collection as e; "
             f"e([sys.argv[1]], sys.argv[2], address=sys.argv[3], **{EMBED!r})")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = subprocess_env()
     driver = subprocess.Popen([sys.executable, "-c", code, str(collection), str(path), ray_local],
                               cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

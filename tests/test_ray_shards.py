@@ -8,6 +8,9 @@ import os
 import h5py
 import numpy as np
 import pytest
+from sklearn.datasets import load_digits
+
+from featurebank.errors import FeaturebankError
 from featurebank.extractor.store._shards import (
     MANIFEST,
     ShardedStore,
@@ -16,9 +19,6 @@ from featurebank.extractor.store._shards import (
     write_shard,
 )
 from featurebank.extractor.store._store import FeatureStore, StoreLockedError
-from sklearn.datasets import load_digits
-
-from featurebank.errors import FeaturebankError
 from featurebank.spec import FeatureSpec, ModelSpec, Preprocessing
 
 SPEC = FeatureSpec(ModelSpec("digits-pixels", "0" * 64, Preprocessing((8, 8), 8), "test"), "pixels", "none")

@@ -22,12 +22,13 @@ import pytest
 pytest.importorskip("fastapi", reason="the service extra is not installed")
 import httpx  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
-from featurebank.extractor.store._store import FeatureStore  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 from featurebank.cli import main  # noqa: E402
+from featurebank.extractor.store._store import FeatureStore  # noqa: E402
 from featurebank.service import ServiceConfig, create_app  # noqa: E402
+from featurebank.spec import FeatureOptions  # noqa: E402
 
 LAYERS = ["blocks.10", "head"]
 JPEG = {"content-type": "image/jpeg"}
@@ -54,9 +55,14 @@ def cli_store(lite0_onnx, photo_dir, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def client(lite0_onnx):
-    app = create_app(str(lite0_onnx), LAYERS)
+    app = serve(lite0_onnx, LAYERS)
     with TestClient(app) as c:
         yield c
+
+
+def serve(onnx: Path, layers: list[str], **kwargs):
+    """The app serving ``layers`` of the ONNX file."""
+    return create_app(FeatureOptions(model=str(onnx), layers=tuple(layers)), **kwargs)
 
 
 def stored_vectors(store: Path, key: str) -> np.ndarray:
@@ -134,7 +140,7 @@ def test_models_health_and_metrics(client, jpegs):
 # -- batching ----------------------------------------------------------------------------------
 def test_concurrent_requests_share_inference_batches(lite0_onnx, jpegs):
     """Eight requests sent together land in fewer inference calls, with unchanged vectors."""
-    app = create_app(str(lite0_onnx), ["head"], config=ServiceConfig(max_batch_size=8, max_wait_ms=500))
+    app = serve(lite0_onnx, ["head"], config=ServiceConfig(max_batch_size=8, max_wait_ms=500))
     names = sorted(jpegs) + sorted(jpegs)[:2]
 
     async def run():
@@ -153,14 +159,14 @@ def test_concurrent_requests_share_inference_batches(lite0_onnx, jpegs):
     ids = {b["id"] for bs in batches for b in bs}
     assert len(ids) < len(names), f"{len(names)} requests ran in {len(ids)} separate batches"
     assert max(b["size"] for bs in batches for b in bs) > 1
-    solo = app.state.engine.extractor.embed([jpegs[n] for n in names])
+    solo = app.state.engine.extractor.embed([jpegs[n] for n in names])["head"]
     got = np.asarray([r.json()["embeddings"][0] for r in answers], np.float32)
     np.testing.assert_allclose(got, solo, atol=1e-5, rtol=0)
 
 
 def test_full_queue_answers_503_with_retry_after(lite0_onnx, jpegs):
     config = ServiceConfig(max_batch_size=1, max_wait_ms=0, max_queue_images=1, retry_after_s=2)
-    app = create_app(str(lite0_onnx), ["head"], config=config)
+    app = serve(lite0_onnx, ["head"], config=config)
 
     async def run():
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://svc") as c:
@@ -182,7 +188,7 @@ def test_full_queue_answers_503_with_retry_after(lite0_onnx, jpegs):
 def test_images_in_the_store_are_answered_from_it(lite0_onnx, cli_store, jpegs, tmp_path):
     from featurebank.extractor._preprocess import image_key
 
-    app = create_app(str(lite0_onnx), LAYERS, store=cli_store)
+    app = serve(lite0_onnx, LAYERS, store=cli_store)
     novel = io.BytesIO()
     from PIL import Image
 
@@ -199,7 +205,7 @@ def test_images_in_the_store_are_answered_from_it(lite0_onnx, cli_store, jpegs, 
         assert [im["cached"] for im in r.json()["images"]] == [False, True]
         assert metric(c, "featurebank_images_total", source="store") == 2
     # a store path that does not exist yet is simply empty
-    with TestClient(create_app(str(lite0_onnx), LAYERS, store=tmp_path / "later.h5")) as c:
+    with TestClient(serve(lite0_onnx, LAYERS, store=tmp_path / "later.h5")) as c:
         assert c.post("/v1/embeddings", content=jpegs["chelsea"], headers=JPEG).json()["images"][0]["cached"] is False
 
 
@@ -241,7 +247,7 @@ def test_predictions_match_featurebank_predict(digits_dir, model_cache, tmp_path
     from featurebank.classical._features import SpecMismatchError
 
     with pytest.raises(SpecMismatchError, match="blocks.10"):
-        create_app(layers=["head"], classifier=model)
+        create_app(FeatureOptions(layers=("head",)), classifier=model)
 
 
 def test_predictions_without_classifier_is_409(client, jpegs):
@@ -258,7 +264,7 @@ def test_limits_and_bad_requests_get_clear_answers(lite0_onnx, jpegs):
     from PIL import Image
 
     Image.open(io.BytesIO(jpegs["coffee"])).resize((320, 240)).save(small, "JPEG")
-    with TestClient(create_app(str(lite0_onnx), ["head"], config=config)) as c:
+    with TestClient(serve(lite0_onnx, ["head"], config=config)) as c:
         r = c.post("/v1/embeddings", content=big, headers=JPEG)  # declared too long
         assert r.status_code == 413 and "80000 bytes" in r.json()["detail"]
         r = c.post("/v1/embeddings", content=iter([big[:50_000], big[50_000:]]), headers=JPEG)
@@ -283,7 +289,7 @@ def test_limits_and_bad_requests_get_clear_answers(lite0_onnx, jpegs):
 
 
 def test_request_timeout_is_504(lite0_onnx, jpegs):
-    with TestClient(create_app(str(lite0_onnx), ["head"],
+    with TestClient(serve(lite0_onnx, ["head"],
                                config=ServiceConfig(request_timeout_s=0.001))) as c:
         r = c.post("/v1/embeddings", content=jpegs["astronaut"], headers=JPEG)
         assert r.status_code == 504 and "request_timeout_s" in r.json()["detail"]
@@ -292,7 +298,7 @@ def test_request_timeout_is_504(lite0_onnx, jpegs):
 
 def test_api_key_is_required_when_set(lite0_onnx, jpegs, monkeypatch):
     monkeypatch.setenv("FEATUREBANK_API_KEY", "s3cret-key")
-    with TestClient(create_app(str(lite0_onnx), ["head"])) as c:
+    with TestClient(serve(lite0_onnx, ["head"])) as c:
         for headers in ({}, {"authorization": "Bearer wrong"}, {"x-api-key": "s3cret-ke"}):
             r = c.post("/v1/embeddings", content=jpegs["coffee"], headers=JPEG | headers)
             assert r.status_code == 401 and "FEATUREBANK_API_KEY" in r.json()["detail"]
@@ -310,7 +316,7 @@ def test_openapi_schema_fuzzed_never_5xx(lite0_onnx):
     schemathesis = pytest.importorskip("schemathesis")
     from hypothesis import given
 
-    app = create_app(str(lite0_onnx), ["head"], config=ServiceConfig(max_wait_ms=0))
+    app = serve(lite0_onnx, ["head"], config=ServiceConfig(max_wait_ms=0))
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
     operations = [result.ok() for result in schema.get_all_operations()]
     assert {(op.method.upper(), op.path) for op in operations} >= {

@@ -9,14 +9,15 @@ import hashlib
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
-from featurebank.extractor.store._store import FORMAT_VERSION, FeatureStore, StoreLockedError
 
 from featurebank.errors import FeaturebankError
+from featurebank.extractor.store._store import FORMAT_VERSION, FeatureStore, StoreLockedError
 from featurebank.spec import FeatureSpec, ModelSpec
 
 
@@ -60,7 +61,7 @@ def test_round_trip_float16_and_float32(tmp_path, digits):
     np.testing.assert_allclose(s.get(_spec().fingerprint(), [keys[i] for i in order]), X[order],
                                rtol=1e-3)
     assert s.has(_spec().fingerprint(), [keys[0], "0" * 64]).tolist() == [True, False]
-    with pytest.raises(FeaturebankError, match="several feature sets"):
+    with pytest.raises(FeaturebankError, match="2 feature sets; choose one with --layer"):
         s.read()
     with pytest.raises(FeaturebankError, match="no feature set.*blocks.9"):
         s.read("blocks.9")
@@ -163,21 +164,6 @@ def test_newer_format_and_foreign_files_are_refused(tmp_path):
         FeatureStore(tmp_path / "absent.h5")
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores file permissions")
-def test_read_only_store_gives_clear_error_and_keeps_data(tmp_path, digits):
-    X, keys, paths, labels = digits
-    path = tmp_path / "s.h5"
-    with FeatureStore(path, "a") as s:
-        s.add_rows(_spec(), keys[:3], X[:3], paths[:3], labels[:3])
-    path.chmod(0o444)
-    try:
-        with pytest.raises(FeaturebankError, match="read-only"):
-            FeatureStore(path, "a")
-        assert len(FeatureStore(path).read().keys) == 3
-    finally:
-        path.chmod(0o644)
-
-
 def test_writes_need_writer_mode_and_valid_input(tmp_path, digits):
     X, keys, paths, labels = digits
     with FeatureStore(tmp_path / "s.h5", "a") as s:
@@ -239,3 +225,96 @@ with FeatureStore({str(path)!r}, "a") as s:
     with FeatureStore(path, "a") as s:  # room again: the same batch goes in
         s.add_rows(_spec(), keys[20:], X[20:], paths[20:], labels[20:])
     assert len(FeatureStore(path).read().keys) == 60
+
+
+def test_waiting_writers_take_turns_and_leave_no_lock_file(tmp_path, digits):
+    X, keys, paths, labels = digits
+    path = tmp_path / "s.h5"
+    lock = tmp_path / "s.h5.lock"
+    with FeatureStore(path, "a") as s:
+        assert lock.is_file()
+        s.add_rows(_spec(), keys[:5], X[:5], paths[:5], labels[:5])
+    assert not lock.exists()  # a finished writer leaves only the store
+    # A writer in another process holds the lock for a moment; a waiting writer gets it after.
+    code = (f"import time; from featurebank.extractor.store._store import FeatureStore\n"
+            f"s = FeatureStore({str(path)!r}, 'a'); print('locked', flush=True); time.sleep(1.0)\n"
+            "s.close()")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "locked"
+        with pytest.raises(StoreLockedError):
+            FeatureStore(path, "a")  # no wait: refused at once
+        t0 = time.monotonic()
+        with FeatureStore(path, "a", wait=30) as s:
+            assert time.monotonic() - t0 > 0.3  # it did wait for the other writer
+            s.add_rows(_spec(), keys[5:8], X[5:8], paths[5:8], labels[5:8])
+    finally:
+        proc.wait(timeout=30)
+    assert len(FeatureStore(path).read().keys) == 8 and not lock.exists()
+
+
+def test_relative_paths_are_stored_absolute(tmp_path, digits, monkeypatch):
+    X, keys, _, labels = digits
+    monkeypatch.chdir(tmp_path)
+    with FeatureStore("s.h5", "a") as s:
+        s.add_rows(_spec(), keys[:2], X[:2], ["imgs/a.png", "../b.png"], labels[:2])
+        s.record_failure("bad.png", "truncated image")
+    got = FeatureStore(tmp_path / "s.h5")
+    assert got.read().paths.tolist() == [str(tmp_path / "imgs/a.png"), str(tmp_path.parent / "b.png")]
+    assert got.failures()[0][0] == str(tmp_path / "bad.png")
+
+
+def _as_version_1(path: Path, root: Path) -> None:
+    """Turn a store into the version-1 layout: paths relative to ``root``, no roots attr, no
+    row_shape, no /commits (what featurebank wrote before format 2)."""
+    with h5py.File(path, "a") as f:
+        f.attrs["format_version"] = 1
+        del f.attrs["collection_roots"]
+        del f["commits"]
+        for g in f["features"].values():
+            del g.attrs["row_shape"]
+        for group in ("images", "paths", "failures"):
+            ds = f[group]["paths"]
+            ds[:] = np.array([os.fsencode(os.path.relpath(os.fsdecode(bytes(p)), root)) for p in ds[:]],
+                             dtype=h5py.vlen_dtype(bytes))
+
+
+def test_version_1_store_reads_refuses_writes_and_upgrades(tmp_path, digits, capsys):
+    from featurebank.cli import main
+
+    X, keys, _, labels = digits
+    root = tmp_path / "where-embed-ran"
+    files = [root / "imgs" / f"{i}.png" for i in range(4)]
+    for p in files:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"png")
+    path = tmp_path / "old.h5"
+    with FeatureStore(path, "a") as s:
+        s.add_rows(_spec(), keys[:4], X[:4], [str(p) for p in files], labels[:4])
+        s.record_failure(str(root / "imgs" / "bad.png"), "truncated image")
+    _as_version_1(path, root)
+    old = FeatureStore(path)  # read-only works: vectors and labels
+    assert old.format_version == 1 and old.read().y.tolist() == labels[:4]
+    assert old.read().paths.tolist() == ["imgs/0.png", "imgs/1.png", "imgs/2.png", "imgs/3.png"]
+    with pytest.raises(FeaturebankError, match=r"format version 1.*store upgrade .*--root"):
+        FeatureStore(path, "a")
+    assert not (tmp_path / "old.h5.lock").exists()
+    assert main(["store", "info", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "(format 1)" in out and "note:" in out and "store upgrade" in out
+    # a wrong root is refused (nothing found under it), the file is untouched
+    assert main(["store", "upgrade", str(path), "--root", str(tmp_path)]) == 1
+    assert "none of its 4 image paths exists" in capsys.readouterr().err
+    assert FeatureStore(path).format_version == 1
+    assert main(["store", "upgrade", str(path), "--root", str(root)]) == 0
+    assert "4 of 4 image paths made absolute" in capsys.readouterr().out
+    new = FeatureStore(path)
+    assert new.format_version == FORMAT_VERSION
+    assert new.read().paths.tolist() == [str(p) for p in files]
+    assert new.failures()[0][0] == str(root / "imgs" / "bad.png") and new.roots() == [str(root)]
+    assert new.feature_sets()[0].row_shape == (64,)
+    with FeatureStore(path, "a") as s:  # and it takes writes again
+        s.add_rows(_spec(), keys[4:6], X[4:6], [str(root / "x.png"), str(root / "y.png")])
+    assert len(FeatureStore(path).read().keys) == 6
+    assert main(["store", "upgrade", str(path), "--root", str(root)]) == 0
+    assert "already format 2" in capsys.readouterr().out

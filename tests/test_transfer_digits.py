@@ -4,9 +4,9 @@ ImageNet; the head is too specialised (see README: digits figures)."""
 
 import numpy as np
 import pytest
-from featurebank.classical import LinearProbe
 from sklearn.model_selection import train_test_split
 
+from featurebank.classical import LinearProbe
 from featurebank.datasets import load_digits_images
 
 LAYERS = ["blocks.4", "blocks.7", "blocks.10", "blocks.13"]
@@ -21,6 +21,7 @@ def digits_features(model_cache):
     return X, y, np.hstack([feats[name] for name in LAYERS])
 
 
+@pytest.mark.slow  # embeds all 1,797 digits at four cuts: ~40-75 s on 2 cores
 def test_probe_on_features_beats_raw_pixels_on_digits(digits_features):
     X, y, F = digits_features
     i_tr, i_te = train_test_split(np.arange(len(y)), test_size=0.33, stratify=y, random_state=0)

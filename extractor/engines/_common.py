@@ -5,12 +5,12 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Collection
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
-from featurebank.extractor._preprocess import DecodeError, decode, image_key, read_bytes
 
 from featurebank.errors import FeaturebankError
+from featurebank.extractor._preprocess import DecodeError, decode, image_key, read_bytes
 from featurebank.spec import DTYPES, Preprocessing
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,11 @@ class EmbedRun:
 
 @dataclass
 class EmbedSummary:
-    """What a run did: counts per outcome, wall time, and the labels seen."""
+    """What a run did: counts per outcome, wall time, and the images per label of the input.
+
+    ``str(summary)`` ends with the table of labels (classes) and counts, and with any warning
+    about the layout (labels that look like dataset splits), so a wrong folder shows at once.
+    """
 
     total: int = 0
     embedded: int = 0
@@ -86,6 +90,8 @@ class EmbedSummary:
     duplicates: int = 0
     failed: int = 0
     seconds: float = 0.0
+    labels: dict[str, int] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def images_per_s(self) -> float:
@@ -95,9 +101,24 @@ class EmbedSummary:
         return {**asdict(self), "images_per_s": round(self.images_per_s, 2)}
 
     def __str__(self) -> str:
-        return (f"{self.total} images in {self.seconds:.1f} s ({self.images_per_s:.1f} img/s): "
-                f"embedded {self.embedded}, already cached {self.cached}, duplicates "
-                f"{self.duplicates}, failed {self.failed}")
+        lines = [f"{self.total} images in {self.seconds:.1f} s ({self.images_per_s:.1f} img/s): "
+                 f"embedded {self.embedded}, already cached {self.cached}, duplicates "
+                 f"{self.duplicates}, failed {self.failed}"]
+        if self.labels:
+            lines.append(label_table(self.labels, "images in the input per label"))
+        lines += [f"warning: {w}" for w in self.warnings]
+        return "\n".join(lines)
+
+
+def label_table(counts: dict[str, int], title: str, limit: int = 50) -> str:
+    """A small text table of label -> count (``(no label)`` for ''), most frequent first."""
+    rows = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    width = max([len(k or "(no label)") for k, _ in rows[:limit]] + [5])
+    out = [f"{len(rows)} label(s), {title}:"]
+    out += [f"  {k or '(no label)':<{width}}  {n:>7}" for k, n in rows[:limit]]
+    if len(rows) > limit:
+        out.append(f"  ... and {len(rows) - limit} more labels")
+    return "\n".join(out)
 
 
 @dataclass

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import logging
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
-from featurebank.extractor._extractor import Extractor
-from featurebank.extractor._inputs import collect
-from featurebank.extractor.engines._common import EmbedRun, EmbedSummary
-
 from featurebank.errors import FeaturebankError
+from featurebank.extractor._extractor import Extractor
+from featurebank.extractor._inputs import collect, input_roots, split_layout_warning
+from featurebank.extractor.engines._common import EmbedRun, EmbedSummary
 from featurebank.spec import FEATURE_OPTION_NAMES, FeatureOptions, feature_options
 
+log = logging.getLogger(__name__)
 _RUN_NAMES = tuple(f.name for f in fields(EmbedRun))
 
 
@@ -43,7 +45,15 @@ def embed_collection(inputs: Sequence[str | Path], store_path: str | Path,
     Returns
     -------
     EmbedSummary
-        Counts of embedded, cached, duplicate and failed images, and the wall time.
+        Counts of embedded, cached, duplicate and failed images, the wall time, the images per
+        label of the input and any warning about the layout (labels that look like splits).
+
+    Raises
+    ------
+    FeaturebankError
+        An unknown model or layer, a missing input, or inputs holding no image at all; all
+        checked before the store is created or opened. A store this call created is removed
+        again when the run fails before its first row.
 
     Notes
     -----
@@ -57,28 +67,63 @@ def embed_collection(inputs: Sequence[str | Path], store_path: str | Path,
     if unknown:
         raise FeaturebankError(f"embed_collection: unknown option(s) {sorted(unknown)}")
     run = replace(run or EmbedRun(), **run_kw)
+    # Everything that can be wrong in the request is checked before the store is touched: the
+    # model and layers (the graph is cut now), then the inputs (an input without images fails).
     if extractor is None:
         extractor = Extractor(feature_options(features, **feature_kw), device=run.device,
                               batch_size=run.batch_size, threads=run.threads)
     if run.engine == "ray" and extractor.precision != "fp32":
         raise FeaturebankError(f"precision {extractor.precision!r} runs with engine 'local' "
                                "only; Ray actors compute in fp32")
+    uncalibrated = extractor.precision == "int8" and extractor.options.calibration is None
+    float_specs = (Extractor(extractor.options.replace(precision="fp32")).specs if uncalibrated
+                   else extractor.specs)
     items = collect(list(inputs))
+    summary_extra = {"labels": dict(Counter(i.label for i in items)),
+                     "warnings": [w for w in [split_layout_warning(inputs, items)] if w]}
+    for w in summary_extra["warnings"]:
+        log.warning("%s", w)
+    roots = input_roots(inputs)
+    existed = Path(store_path).exists()
+    try:
+        summary = _embed(items, store_path, extractor, run, roots, float_specs, uncalibrated)
+    except BaseException:
+        if not existed:
+            _remove_if_empty(Path(store_path))
+        raise
+    summary.labels, summary.warnings = summary_extra["labels"], summary_extra["warnings"]
+    return summary
+
+
+def _embed(items, store_path, extractor, run, roots, float_specs, uncalibrated) -> EmbedSummary:
     if run.engine == "ray":
         try:
             from featurebank.extractor.engines._ray import embed_ray
         except ImportError as exc:
             raise FeaturebankError("engine 'ray' needs Ray: pip install 'featurebank[ray]'") \
                 from exc
-        return embed_ray(items, store_path, extractor, run)
+        return embed_ray(items, store_path, extractor, run, roots)
     from featurebank.extractor.engines._local import embed_local, int8_calibration
     from featurebank.extractor.store import FeatureStore
 
     with FeatureStore(store_path, mode="a") as store:
-        if extractor.precision == "int8" and extractor.options.calibration is None:
-            float_specs = Extractor(extractor.options.replace(precision="fp32")).specs
+        store.commit(roots=roots)
+        if uncalibrated:
             calibration = int8_calibration(items, store, float_specs, run.calibration_size)
             extractor = Extractor(extractor.options.replace(calibration=calibration),
                                   device=run.device, batch_size=run.batch_size,
                                   threads=run.threads)
         return embed_local(items, store, extractor, run)
+
+
+def _remove_if_empty(path: Path) -> None:
+    """A store this run created but never committed a row to goes: a failed start leaves no
+    empty file (its lock file went when the store closed)."""
+    from featurebank.extractor.store import FeatureStore
+
+    try:
+        info = FeatureStore(path).info()
+    except FeaturebankError:
+        return
+    if not info["images"] and not info["failures"]:
+        path.unlink(missing_ok=True)

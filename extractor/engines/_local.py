@@ -18,13 +18,13 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import replace
 
 import numpy as np
+from tqdm.auto import tqdm
+
+from featurebank.errors import FeaturebankError
 from featurebank.extractor._extractor import Extractor
 from featurebank.extractor._inputs import ImageItem
 from featurebank.extractor.engines._common import EmbedRun, EmbedSummary, Prepared, prepare_file
 from featurebank.extractor.store._store import FeatureStore
-from tqdm.auto import tqdm
-
-from featurebank.errors import FeaturebankError
 from featurebank.spec import FeatureSpec
 
 log = logging.getLogger(__name__)

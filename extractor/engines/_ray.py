@@ -14,7 +14,7 @@ The driver then rebuilds the manifest and the virtual HDF5 file over the shards
 Ray restarts a killed embedding actor and retries its batches; a killed driver loses only the
 shards in flight, and a rerun embeds only content missing from the committed shards.
 
-Paths must mean the same file on every node (a shared file system) -- see docs/readme/ray.md.
+Paths must mean the same file on every node (a shared file system) -- see docs/ray.md.
 """
 
 from __future__ import annotations
@@ -28,13 +28,13 @@ from pathlib import Path
 
 import numpy as np
 import ray
+from tqdm.auto import tqdm
+
+from featurebank.errors import FeaturebankError
 from featurebank.extractor._extractor import Extractor
 from featurebank.extractor._inputs import ImageItem
 from featurebank.extractor.engines._common import EmbedRun, EmbedSummary, prepare_file
 from featurebank.extractor.store._shards import ShardedStore, write_shard
-from tqdm.auto import tqdm
-
-from featurebank.errors import FeaturebankError
 from featurebank.spec import FeatureSpec, Preprocessing
 
 log = logging.getLogger(__name__)
@@ -66,6 +66,7 @@ class _Embedder:
     def __init__(self, graph: bytes, output_names: list[str], dims: list[int],
                  input_size: tuple[int, int], device: str, threads: int | None):
         import onnx
+
         from featurebank.extractor.graphs._sessions import make_session
 
         self.session = make_session(onnx.load_from_string(graph), device, threads)
@@ -87,7 +88,7 @@ class _Embedder:
 
 # -- stage 3: write one shard per batch (Ray tasks) -----------------------------------------
 def _write_batch(batch: dict[str, np.ndarray], folder: str, run_id: str, specs: list[str],
-                 dtype: str) -> dict[str, np.ndarray]:
+                 dtype: str, roots: list[str]) -> dict[str, np.ndarray]:
     status = batch["status"]
     paths = [os.fsdecode(bytes(p)) for p in batch["path"]]
     new = np.flatnonzero(status == NEW)
@@ -98,7 +99,7 @@ def _write_batch(batch: dict[str, np.ndarray], folder: str, run_id: str, specs: 
     failures = [(paths[i], str(batch["reason"][i])) for i in np.flatnonzero(status == FAILED)]
     # Named by its first item: a retried task rewrites the same shard instead of adding one.
     name = f"{run_id}-{int(np.min(batch['idx'])):010d}.h5"
-    write_shard(folder, name, rows, images, failures, dtype)
+    write_shard(folder, name, rows, images, failures, dtype, roots=roots)
     return {"shard": np.array([name], dtype=object), "rows": np.array([len(status)]),
             "cached": np.array([int(np.sum(status == CACHED))]),
             "failed": np.array([len(failures)]), "new_keys": np.array(["".join(keys)], dtype=object)}
@@ -152,7 +153,7 @@ def _actor_resources(device: str, workers: int | None, threads: int | None) -> t
 
 
 def embed_ray(items: list[ImageItem], store_path: str | Path, ex: Extractor,
-              run: EmbedRun) -> EmbedSummary:
+              run: EmbedRun, roots: list[str] | None = None) -> EmbedSummary:
     """Embed ``items`` into the sharded store ``store_path`` on a Ray cluster.
 
     The vectors are the local engine's. ``run.workers`` is the number of embedding actors
@@ -195,7 +196,8 @@ def embed_ray(items: list[ImageItem], store_path: str | Path, ex: Extractor,
         ds = ds.map_batches(_write_batch, batch_size=run.shard_rows or 16 * batch_size, num_cpus=0,
                             max_retries=3, fn_kwargs={
                                 "folder": str(store.dir), "run_id": store.new_run_id(),
-                                "specs": [s.to_json() for s in specs], "dtype": store_dtype})
+                                "specs": [s.to_json() for s in specs], "dtype": store_dtype,
+                                "roots": list(roots or ())})
         in_run: set[str] = set()
         bar = tqdm(total=len(items), unit="img", disable=not run.progress,
                    desc="embedding (ray)")

@@ -1,9 +1,12 @@
 """Cut an ONNX graph at one or more layers and append pooling, all inside the graph.
 
-The feature graph takes ``pixels``: uint8 NHWC ``[N, H, W, 3]`` as decoded, and folds the
-normalisation ((x / 255 - mean) / std) and the NHWC->NCHW transpose in front, so the Python side
-never touches float pixels and onnxruntime fuses the scale into the first convolution. Several
-layers come out of one pass; each output is float32 ``[N, D]``.
+The feature graph takes ``pixels``: uint8 RGB NHWC ``[N, H, W, 3]`` as decoded, and folds the
+model's input conventions in front: channel order (a ``Gather`` for BGR), pixel range and
+normalisation ((x * range / 255 - mean) / std as one Mul and one Add) and layout (the
+NHWC->NCHW transpose for channel-first graphs), so the Python side never touches float pixels
+and onnxruntime fuses the scale into the first convolution. Several layers come out of one
+pass; each output is float32 ``[N, D]``, pooled over the spatial axes of that tensor's own
+layout (NCHW or NHWC); a cut whose layout is unknown or odd is refused, never guessed.
 """
 
 from __future__ import annotations
@@ -14,15 +17,17 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from featurebank.errors import FeaturebankError
+from featurebank.export._catalogue import describe_tensor, input_layout_from_shape
 from featurebank.export._metadata import (
     LayerInfo,
+    OnnxInfo,
     foreign_model_spec,
     load_onnx,
     read_onnx_metadata,
 )
-from onnx import TensorProto, helper, numpy_helper
-
-from featurebank.errors import FeaturebankError
 from featurebank.spec import FeatureSpec, ModelSpec, Preprocessing
 
 PIXELS = "pixels"
@@ -40,16 +45,73 @@ class FeatureGraph:
     model_spec: ModelSpec
 
 
-def resolve_layer(layers: list[LayerInfo], wanted: str, path: Path) -> LayerInfo:
+def resolve_layer(layers: list[LayerInfo], wanted: str, path: Path,
+                  proto: onnx.ModelProto | None = None, pre: Preprocessing | None = None) -> LayerInfo:
     """The catalogue entry for a catalogue or tensor name; closest names in the error."""
     for la in layers:
         if wanted in (la.name, la.tensor):
             return la
-    names = [la.name for la in layers]
-    close = difflib.get_close_matches(wanted, names + [la.tensor for la in layers], n=5, cutoff=0.4)
+    why = describe_tensor(proto, wanted, pre and pre.input_size, pre and pre.layout) if proto else None
+    if why:
+        raise FeaturebankError(f"layer {wanted!r} of {path.name}: {why}")
+    names = list(dict.fromkeys(la.name for la in layers))
+    candidates = list(dict.fromkeys(names + [la.tensor for la in layers]))  # no name twice
+    close = difflib.get_close_matches(wanted, candidates, n=5, cutoff=0.4)
     hint = f"closest: {', '.join(close)}" if close else f"valid: {', '.join(names[:12])} ..."
     raise FeaturebankError(f"layer {wanted!r} is not in {path.name}; {hint} "
                            f"(see 'featurebank layers {path}')")
+
+
+def cut_layout(la: LayerInfo, model_spec: ModelSpec, path: Path) -> str:
+    """The layout to pool ``la`` in (``NCHW``, ``NHWC`` or ``NC``), or a refusal that says why."""
+    rank = len(la.shape) + 1
+    if min(la.shape, default=-1) < 1:
+        raise FeaturebankError(
+            f"layer {la.name!r} of {path.name} has a size shape inference cannot follow "
+            f"({list(la.shape)}); adopt the model ('featurebank adopt' runs it once and "
+            f"measures the sizes)")
+    if rank == 2:
+        return "NC"
+    if rank != 4:
+        raise FeaturebankError(
+            f"layer {la.name!r} of {path.name} has shape {list(la.shape)} after the batch "
+            f"({rank}-D): featurebank cuts only 4-D activations (NCHW or NHWC) and 2-D vectors")
+    layout = la.layout or model_spec.preprocessing.layout_of(la.tensor)
+    if layout is None and model_spec.source != "onnx":
+        layout = "NCHW"  # featurebank's own exports: every activation is channel-first
+    layout = layout.upper() if layout else None
+    if layout is None:
+        raise FeaturebankError(
+            f"the layout of layer {la.name!r} (tensor {la.tensor!r}, shape "
+            f"{'x'.join(map(str, la.shape))}) cannot be followed through the graph of "
+            f"{path.name}; state it: 'featurebank adopt {path.name} --tensor-layout "
+            f"{la.tensor}=nchw|nhwc' (or tensor_layout in the preprocessing file)")
+    if layout not in ("NCHW", "NHWC"):
+        raise FeaturebankError(
+            f"layer {la.name!r} (tensor {la.tensor!r}) of {path.name} has axes {layout} "
+            f"after following the graph's transposes; featurebank pools only NCHW or NHWC "
+            f"activations, so it is refused rather than pooled over the wrong axes")
+    return layout
+
+
+def _foreign_spec(path: Path, info: OnnxInfo, pre: Preprocessing | None) -> ModelSpec:
+    if pre is None:
+        raise FeaturebankError(
+            f"{path.name} was not exported by featurebank, so its preprocessing is unknown; "
+            f"adopt it once ('featurebank adopt {path.name} -o ADOPTED.onnx --pixel-range ... "
+            f"--channel-order ...') or state it (--preprocessing FILE, or Preprocessing(...))")
+    shown = input_layout_from_shape(tuple(d if isinstance(d, int) else -1 for d in info.input_shape))
+    if shown and shown.lower() != pre.layout:
+        raise FeaturebankError(
+            f"{path.name} takes {shown} input (shape {list(info.input_shape)}) but the stated "
+            f"layout is {pre.layout}; state layout = {shown.lower()}")
+    ax = (2, 3) if pre.layout == "nchw" else (1, 2)
+    fixed = [info.input_shape[a] for a in ax] if len(info.input_shape) == 4 else []
+    if all(isinstance(d, int) for d in fixed) and fixed and tuple(fixed) != pre.input_size:
+        raise FeaturebankError(
+            f"{path.name} takes {fixed[0]}x{fixed[1]} images but the stated input size is "
+            f"{pre.input_size[0]}x{pre.input_size[1]}")
+    return foreign_model_spec(path, pre)
 
 
 def build_feature_graph(
@@ -65,46 +127,55 @@ def build_feature_graph(
     Parameters
     ----------
     onnx_path : path
-        A featurebank export, or any ONNX file with a float NCHW image input (then
-        ``preprocessing`` must be given).
+        A featurebank export or adopted file, or any ONNX file with a float image input (then
+        ``preprocessing`` must state its conventions).
     layers : sequence of str
-        Catalogue names (``blocks.10``, ``head``) or ONNX tensor names.
+        Catalogue names (``blocks.10``, ``head``, ``pool``) or ONNX tensor names.
     pool : {'avg', 'max', 'gem', 'none'}
-        Spatial pooling of 4-D cuts; ``none`` flattens.
+        Pooling over the spatial axes of each 4-D cut (in its own layout); ``none`` flattens
+        it channel-first.
     gem_p : float
         Exponent of generalised-mean pooling.
     normalize : bool
         L2-normalise each output vector.
+    preprocessing : Preprocessing, optional
+        The conventions of a foreign file (ignored for files that describe themselves).
     """
     path = Path(onnx_path)
     info = read_onnx_metadata(path)
     if info.spec is not None:
         model_spec = info.spec
-    elif preprocessing is not None:
-        model_spec = foreign_model_spec(path, preprocessing)
     else:
-        raise FeaturebankError(
-            f"{path.name} was not exported by featurebank, so its preprocessing is unknown; "
-            "state it (--input-size, --mean, --std or --preprocessing FILE)")
+        model_spec = _foreign_spec(path, info, preprocessing)
+        info = read_onnx_metadata(path, model_spec.preprocessing)  # exact shapes and layouts
     if not layers:
         raise FeaturebankError("no layer given; name at least one (see 'featurebank layers')")
-    chosen = [resolve_layer(info.layers, name, path) for name in dict.fromkeys(layers)]
-    specs = [FeatureSpec(model_spec, la.name, pool, gem_p, normalize) for la in chosen]
     proto = load_onnx(path)
+    chosen = [resolve_layer(info.layers, name, path, proto, model_spec.preprocessing)
+              for name in dict.fromkeys(layers)]
+    layouts = [cut_layout(la, model_spec, path) for la in chosen]
+    specs = [FeatureSpec(model_spec, la.name, pool, gem_p, normalize) for la in chosen]
     graph = proto.graph
-    nodes, inits, outputs, dims = [], [], [], []
-    _prepend_normalisation(nodes, inits, info.input_name, model_spec.preprocessing)
-    for la in chosen:
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 18)
+    head, nodes, inits, outputs, dims = [], [], [], [], []
+    _prepend_normalisation(head, inits, info.input_name, model_spec.preprocessing)
+    prefixes: set[str] = set()
+    for la, layout in zip(chosen, layouts, strict=True):
         out = f"feat.{la.name}"
-        _append_pooling(nodes, inits, la.tensor, out, len(la.shape) + 1, pool, gem_p, normalize)
+        # two catalogue names of one tensor (stage.3 and head) need their own pooling nodes
+        prefix = la.tensor.replace("/", "_")
+        prefix = prefix if prefix not in prefixes else f"{prefix}.{la.name}"
+        prefixes.add(prefix)
+        _append_pooling(nodes, inits, la.tensor, out, layout, pool, gem_p, normalize, opset,
+                        prefix)
         outputs.append(helper.make_tensor_value_info(out, TensorProto.FLOAT, ["N", None]))
-        flat = int(np.prod(la.shape)) if pool == "none" or len(la.shape) != 3 else la.shape[0]
-        dims.append(flat)
+        channels = la.shape[0] if layout == "NCHW" else la.shape[-1]
+        dims.append(int(np.prod(la.shape)) if pool == "none" or layout == "NC" else channels)
     kept = _needed_nodes(list(graph.node), [la.tensor for la in chosen])
     used = {i for n in kept for i in n.input}
     h, w = model_spec.preprocessing.input_size
     new_graph = helper.make_graph(
-        nodes[:4] + kept + nodes[4:], f"{graph.name or 'model'}_features",
+        head + kept + nodes, f"{graph.name or 'model'}_features",
         [helper.make_tensor_value_info(PIXELS, TensorProto.UINT8, ["N", h, w, 3])],
         outputs, initializer=[t for t in graph.initializer if t.name in used] + inits,
     )
@@ -122,23 +193,38 @@ def _const(inits: list, name: str, value) -> str:
 
 
 def _prepend_normalisation(nodes: list, inits: list, input_name: str, pre: Preprocessing) -> None:
-    # (x / 255 - mean) / std == x * scale + bias, one Mul and one Add on the NCHW tensor.
+    # (x * range / 255 - mean) / std == x * scale + bias: one Mul and one Add, in the graph's
+    # own layout and channel order (mean and std are given in that order and range).
     std = np.array(pre.std, np.float32)
     mean = np.array(pre.mean, np.float32)
-    scale = _const(inits, "fb.scale", (1.0 / (255.0 * std)).reshape(1, 3, 1, 1))
-    bias = _const(inits, "fb.bias", (-mean / std).reshape(1, 3, 1, 1))
+    shape = (1, 3, 1, 1) if pre.layout == "nchw" else (1, 1, 1, 3)
+    scale = _const(inits, "fb.scale", (pre.pixel_range / (255.0 * std)).reshape(shape))
+    bias = _const(inits, "fb.bias", (-mean / std).reshape(shape))
+    source = PIXELS
+    if pre.channel_order == "bgr":  # reorder the uint8 pixels: a third of the bytes of floats
+        order = numpy_helper.from_array(np.array([2, 1, 0], np.int64), "fb.bgr_order")
+        inits.append(order)
+        nodes.append(helper.make_node("Gather", [PIXELS, order.name], ["fb.bgr"], axis=3))
+        source = "fb.bgr"
+    nodes.append(helper.make_node("Cast", [source], ["fb.pixels_f"], to=TensorProto.FLOAT))
+    laid = "fb.pixels_f"
+    if pre.layout == "nchw":
+        nodes.append(helper.make_node("Transpose", ["fb.pixels_f"], ["fb.nchw"], perm=[0, 3, 1, 2]))
+        laid = "fb.nchw"
     nodes += [
-        helper.make_node("Cast", [PIXELS], ["fb.pixels_f"], to=TensorProto.FLOAT),
-        helper.make_node("Transpose", ["fb.pixels_f"], ["fb.nchw"], perm=[0, 3, 1, 2]),
-        helper.make_node("Mul", ["fb.nchw", scale], ["fb.scaled"]),
+        helper.make_node("Mul", [laid, scale], ["fb.scaled"]),
         helper.make_node("Add", ["fb.scaled", bias], [input_name]),
     ]
 
 
-def _append_pooling(nodes, inits, src, out, rank, pool, gem_p, normalize) -> None:
-    p = src.replace("/", "_")
+def _append_pooling(nodes, inits, src, out, layout, pool, gem_p, normalize, opset=18,
+                    p=None) -> None:
+    p = p or src.replace("/", "_")
     x = src
-    if rank == 4 and pool != "none":
+    if layout == "NHWC":  # channel-first, so the global pools below reduce H and W
+        nodes.append(helper.make_node("Transpose", [x], [f"{p}.nchw"], perm=[0, 3, 1, 2]))
+        x = f"{p}.nchw"
+    if layout != "NC" and pool != "none":
         if pool == "avg":
             nodes.append(helper.make_node("GlobalAveragePool", [x], [f"{p}.pool"]))
         elif pool == "max":
@@ -156,10 +242,14 @@ def _append_pooling(nodes, inits, src, out, rank, pool, gem_p, normalize) -> Non
     target = f"{p}.flat" if normalize else out
     nodes.append(helper.make_node("Flatten", [x], [target], axis=1))
     if normalize:
-        axes = f"{p}.axes"
-        inits.append(numpy_helper.from_array(np.array([1], np.int64), axes))
+        if opset >= 18:  # axes became an input in opset 18; foreign graphs may be older
+            axes = f"{p}.axes"
+            inits.append(numpy_helper.from_array(np.array([1], np.int64), axes))
+            nodes.append(helper.make_node("ReduceSumSquare", [target, axes], [f"{p}.ss"], keepdims=1))
+        else:
+            nodes.append(helper.make_node("ReduceSumSquare", [target], [f"{p}.ss"], axes=[1],
+                                          keepdims=1))
         nodes += [
-            helper.make_node("ReduceSumSquare", [target, axes], [f"{p}.ss"], keepdims=1),
             helper.make_node("Sqrt", [f"{p}.ss"], [f"{p}.norm"]),
             helper.make_node("Max", [f"{p}.norm", _const(inits, f"{p}.neps", 1e-12)], [f"{p}.nclip"]),
             helper.make_node("Div", [target, f"{p}.nclip"], [out]),

@@ -24,10 +24,10 @@ from collections.abc import Sequence
 import numpy as np
 import onnx
 import onnxruntime as ort
-from featurebank.extractor.graphs._cut import PIXELS
 from onnx import TensorProto, helper
 
 from featurebank.errors import FeaturebankError
+from featurebank.extractor.graphs._cut import PIXELS
 
 # Ops the pooling tail of featurebank.extractor.graphs._cut is built from (see graph._append_pooling).
 _POOL_OPS = {"GlobalAveragePool", "GlobalMaxPool", "Clip", "Pow", "Flatten", "ReduceSumSquare",

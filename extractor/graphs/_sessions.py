@@ -14,9 +14,9 @@ from pathlib import Path
 
 import onnx
 import onnxruntime as ort
-from featurebank.export._cache import cache_dir
 
 from featurebank.errors import FeaturebankError
+from featurebank.export._cache import cache_dir
 
 log = logging.getLogger(__name__)
 DEVICES = ("auto", "cpu", "cuda")

@@ -7,5 +7,7 @@ from featurebank.extractor.store._format import Features
 from featurebank.extractor.store._format import FeatureSetInfo as FeatureSet
 from featurebank.extractor.store._lock import StoreLockedError
 from featurebank.extractor.store._store import FORMAT_VERSION, FeatureStore
+from featurebank.extractor.store._upgrade import upgrade_store
 
-__all__ = ["FORMAT_VERSION", "FeatureSet", "FeatureStore", "Features", "StoreLockedError"]
+__all__ = ["FORMAT_VERSION", "FeatureSet", "FeatureStore", "Features", "StoreLockedError",
+           "upgrade_store"]

@@ -1,12 +1,13 @@
 """The store's on-disk vocabulary (layout in docs/STORE_FORMAT.md): dtypes, the committed-row
 counters, appends to resizable datasets, path/label encodings, and the read results.
 
-Shared by the store, its repair (``featurebank.extractor.store._lock``) and the sharded Ray store; imports nothing
-of theirs.
+Shared by the store, its repair (``featurebank.extractor.store._lock``) and the sharded Ray store;
+imports nothing of theirs.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 
@@ -15,11 +16,15 @@ import numpy as np
 
 from featurebank.spec import FeatureSpec
 
-FORMAT_VERSION = 1
+# 2: absolute paths, the collection roots, per-set row shapes and the /commits log.
+FORMAT_VERSION = 2
 KEY_DTYPE = "S64"
 BYTES_DTYPE = h5py.vlen_dtype(bytes)  # paths as bytes: file names need not be UTF-8
 STR_DTYPE = h5py.string_dtype("utf-8")
 CHUNK_ROWS = 1024
+CHUNK_BYTES = 1 << 20  # the most one chunk of a feature set's X holds
+TABLES = ("images", "paths", "features", "failures", "commits")
+ROOTS_ATTR = "collection_roots"
 
 
 @dataclass(frozen=True)
@@ -29,17 +34,36 @@ class FeatureSetInfo:
     rows: int
     dim: int
     dtype: str
+    row_shape: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.row_shape:
+            object.__setattr__(self, "row_shape", (self.dim,))
 
 
 @dataclass
 class Features:
-    """Rows of one feature set with their labels and paths, aligned by content key."""
+    """Rows of one feature set with their labels and paths, aligned by content key.
+
+    ``X`` is always ``[rows, dim]``; a set whose rows are maps (``row_shape`` like
+    ``(C, H, W)``) gives them back shaped with :meth:`maps`.
+    """
 
     X: np.ndarray
     y: np.ndarray
     keys: np.ndarray
     paths: np.ndarray
     spec: FeatureSpec
+    row_shape: tuple[int, ...] = ()
+
+    def maps(self) -> np.ndarray:
+        """``X`` as ``[rows, *row_shape]`` (a view)."""
+        return self.X.reshape(len(self.X), *(self.row_shape or self.X.shape[1:]))
+
+
+def chunk_rows(dim: int, itemsize: int) -> int:
+    """Rows per chunk of X: at most CHUNK_BYTES per chunk, at most CHUNK_ROWS rows."""
+    return max(1, min(CHUNK_ROWS, CHUNK_BYTES // max(1, dim * itemsize)))
 
 
 def encode_path(path: str) -> bytes:
@@ -50,6 +74,12 @@ def decode_path(raw) -> str:
     return os.fsdecode(bytes(raw))
 
 
+def absolute(path: str) -> str:
+    """The absolute form of a path as the user gave it (against the current folder); symlinks
+    are kept, since the link's name is what the user chose."""
+    return os.path.abspath(os.fspath(path))
+
+
 def decode_texts(values) -> list[str]:
     return [v.decode("utf-8", "surrogateescape") if isinstance(v, bytes) else str(v) for v in values]
 
@@ -58,6 +88,24 @@ def encode_label(text: str) -> bytes:
     """Labels are stored as UTF-8 bytes; a folder name that is not valid UTF-8 (surrogate-escaped
     by os.fsdecode) keeps its raw bytes, and reads back as the same str."""
     return text.encode("utf-8", "surrogateescape")
+
+
+def read_roots(f: h5py.File) -> list[str]:
+    raw = f.attrs.get(ROOTS_ATTR)
+    if raw is None:
+        return []
+    return list(json.loads(raw.decode() if isinstance(raw, bytes) else str(raw)))
+
+
+def write_roots(f: h5py.File, roots) -> None:
+    merged = read_roots(f)
+    merged += [r for r in roots if r not in merged]
+    f.attrs[ROOTS_ATTR] = json.dumps(merged)
+
+
+def row_shape_of(g: h5py.Group) -> tuple[int, ...]:
+    raw = g.attrs.get("row_shape")
+    return tuple(int(x) for x in np.atleast_1d(raw)) if raw is not None else (int(g.attrs["dim"]),)
 
 
 def committed_rows(obj) -> int:

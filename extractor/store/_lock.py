@@ -21,9 +21,9 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-from featurebank.extractor.store._format import committed_rows
 
 from featurebank.errors import FeaturebankError
+from featurebank.extractor.store._format import committed_rows
 
 log = logging.getLogger(__name__)
 
@@ -38,32 +38,65 @@ def lock_path(store_path: str | Path) -> Path:
     return p.with_name(p.name + ".lock")
 
 
-def acquire_writer_lock(store_path: str | Path) -> int:
-    """Take the exclusive writer lock without waiting; return the descriptor holding it.
+def acquire_writer_lock(store_path: str | Path, wait: float = 0.0) -> int:
+    """Take the exclusive writer lock; return the descriptor holding it.
+
+    Parameters
+    ----------
+    store_path : path
+        The store (the lock is ``STORE.h5.lock`` next to it).
+    wait : float
+        Seconds to wait for another writer to finish (0: refuse at once).
 
     Raises
     ------
     StoreLockedError
-        Another process holds the lock.
+        Another process holds the lock (still, after ``wait`` seconds).
     FeaturebankError
         The lock file cannot be created (read-only folder, ...).
     """
-    try:
-        fd = os.open(lock_path(store_path), os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as exc:
-        raise FeaturebankError(f"cannot write store {store_path}: {exc.strerror}") from exc
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    path = lock_path(store_path)
+    deadline = time.monotonic() + max(0.0, wait)
+    delay = 0.01
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise FeaturebankError(f"cannot write store {store_path}: {exc.strerror}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            if time.monotonic() >= deadline:
+                raise StoreLockedError(
+                    f"store {store_path} is being written by another process; wait for it to "
+                    "finish or write to another store") from None
+            time.sleep(delay)
+            delay = min(0.2, delay * 2)
+            continue
+        # The holder before us removes the lock file while it still holds it (release below):
+        # a lock taken on a file no longer at `path` guards nothing, so take it again.
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            return fd
         os.close(fd)
-        raise StoreLockedError(
-            f"store {store_path} is being written by another process; wait for it to finish "
-            "or write to another store") from None
-    return fd
 
 
-def release_writer_lock(fd: int) -> None:
-    """Release the lock (closing the descriptor drops the flock)."""
+def release_writer_lock(fd: int, store_path: str | Path | None = None) -> None:
+    """Release the lock and, given ``store_path``, remove the lock file so none is left behind.
+
+    The file is removed while still locked; a waiting writer notices that its lock is on a
+    removed file and takes a fresh one (see :func:`acquire_writer_lock`).
+    """
+    if store_path is not None:
+        try:
+            if os.fstat(fd).st_ino == os.stat(lock_path(store_path)).st_ino:
+                lock_path(store_path).unlink()
+        except OSError:
+            pass  # a read-only folder keeps its lock file: harmless, it is re-used
     os.close(fd)
 
 

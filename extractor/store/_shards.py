@@ -28,10 +28,11 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-from featurebank.extractor.store._lock import acquire_writer_lock
-from featurebank.extractor.store._store import FORMAT_VERSION, FeatureStore
 
 from featurebank.errors import FeaturebankError
+from featurebank.extractor.store._format import read_roots, write_roots
+from featurebank.extractor.store._lock import acquire_writer_lock, release_writer_lock
+from featurebank.extractor.store._store import FORMAT_VERSION, FeatureStore, upgrade_message
 from featurebank.spec import FeatureSpec
 
 MANIFEST = "manifest.json"
@@ -40,6 +41,7 @@ SHARDED_ATTR = "featurebank_sharded"  # root attribute marking a virtual (sharde
 # a group is mapped, whatever the store layout adds later.
 _TABLES: dict[str, tuple[str, ...]] = {
     "images": ("keys",), "paths": ("paths", "keys"), "failures": ("paths", "reasons"),
+    "commits": ("times", "pids", "rows_offered"),
 }
 _FEATURE_IDENT = ("keys",)
 
@@ -65,7 +67,7 @@ def is_sharded(store_path: str | Path) -> bool:
 def write_shard(folder: str | Path, name: str,
                 rows: dict[FeatureSpec, tuple[list[str], np.ndarray]],
                 images: list[tuple[str, str, str]], failures: list[tuple[str, str]],
-                dtype: str = "float16") -> Path:
+                dtype: str = "float16", roots=None) -> Path:
     """Write one shard atomically: a temporary file in the store layout, then a rename.
 
     A retried task writing the same ``name`` replaces the earlier file with equal content.
@@ -76,7 +78,7 @@ def write_shard(folder: str | Path, name: str,
     tmp = folder / f".{name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
     try:
         with FeatureStore(tmp, mode="a") as shard:
-            shard.commit(rows, images, failures, dtype=dtype)
+            shard.commit(rows, images, failures, dtype=dtype, roots=roots)
         with open(tmp, "rb+") as f:  # the rename below must not expose unflushed data
             os.fsync(f.fileno())
         os.replace(tmp, final)
@@ -131,13 +133,15 @@ class ShardedStore:
 
     def __exit__(self, *exc) -> None:
         if self._lock_fd is not None:
-            os.close(self._lock_fd)
+            release_writer_lock(self._lock_fd, self.path)
             self._lock_fd = None
 
     def _adopt_plain_store(self) -> None:
         """A store written by the local engine becomes the first shard (nothing is re-embedded)."""
         if self.path.is_file() and not is_sharded(self.path):
-            FeatureStore(self.path, mode="r")  # refuses files that are not stores, with a clear error
+            store = FeatureStore(self.path, mode="r")  # refuses files that are not stores
+            if store.format_version < FORMAT_VERSION:
+                raise FeaturebankError(upgrade_message(self.path, store.format_version))
             os.replace(self.path, self.dir / f"shard-0-base-{uuid.uuid4().hex[:8]}.h5")
 
     def new_run_id(self) -> str:
@@ -156,13 +160,21 @@ class ShardedStore:
         state = ShardState(shards=names)
         merged: dict[str, _Merge] = {}
         specs: dict[str, dict] = {}
+        roots: list[str] = []
         for name in names:
             with h5py.File(self.dir / name, "r", locking=False) as f:
+                version = int(f.attrs.get("format_version", 1))
+                if version != FORMAT_VERSION:
+                    raise FeaturebankError(
+                        f"store {self.path}: shard {name} has format version {version}, this "
+                        f"featurebank writes {FORMAT_VERSION}; embed into a new store")
+                roots += [r for r in read_roots(f) if r not in roots]
                 for group, ident in _TABLES.items():
                     merged.setdefault(group, _Merge(ident)).add(name, f[group])
                 for fp, g in f["features"].items():
                     merged.setdefault(f"features/{fp}", _Merge(_FEATURE_IDENT)).add(name, g)
-                    specs.setdefault(fp, {k: g.attrs[k] for k in ("spec", "dim", "layer")})
+                    specs.setdefault(fp, {k: g.attrs[k] for k in ("spec", "dim", "row_shape",
+                                                                  "layer")})
                     state.dtypes.setdefault(fp, str(g["X"].dtype))
         rel = os.path.relpath(self.dir, self.path.parent)
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
@@ -170,6 +182,7 @@ class ShardedStore:
             with h5py.File(tmp, "w", locking=False) as f:
                 f.attrs["format_version"] = FORMAT_VERSION
                 f.attrs[SHARDED_ATTR] = True
+                write_roots(f, roots)
                 for group in (*_TABLES, "features"):
                     f.require_group(group)
                 for group, m in merged.items():

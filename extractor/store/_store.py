@@ -10,8 +10,12 @@ file from its committed rows first (``featurebank.extractor.store._lock.repair``
 a temporary name and renamed, and a commit that may not fit on the disk is refused before the
 file is touched. No manual repair step is ever needed.
 
-A second writer is refused by an ``fcntl.flock`` on ``STORE.h5.lock``; the kernel drops that
-lock when its process dies, so a killed run never leaves a stale lock behind."""
+A second writer is refused (or, with ``wait``, waits its turn) by an ``fcntl.flock`` on
+``STORE.h5.lock``; the kernel drops that lock when its process dies, so a killed run never leaves
+a stale lock behind, and a writer that closes removes the file.
+
+Paths are stored absolute (format version 2): a store read from another folder finds its images.
+A version-1 store (relative paths) opens read-only; ``featurebank store upgrade`` converts it."""
 
 from __future__ import annotations
 
@@ -22,20 +26,19 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+
+from featurebank.errors import FeaturebankError
 from featurebank.extractor.store._format import (
-    BYTES_DTYPE,
-    CHUNK_ROWS,
     FORMAT_VERSION,
-    KEY_DTYPE,
-    STR_DTYPE,
+    TABLES,
     Features,
     FeatureSetInfo,
-    append_rows,
+    absolute,
     committed_rows,
     decode_path,
-    decode_texts,
-    encode_label,
-    encode_path,
+    read_roots,
+    row_shape_of,
+    write_roots,
 )
 from featurebank.extractor.store._lock import (
     StoreLockedError,
@@ -45,14 +48,13 @@ from featurebank.extractor.store._lock import (
     repair,
     retry_read,
 )
-
-from featurebank.errors import FeaturebankError
+from featurebank.extractor.store._tables import TableWriter
 from featurebank.spec import FeatureSpec
 
 log = logging.getLogger(__name__)
 __all__ = ["FORMAT_VERSION", "FeatureSetInfo", "FeatureStore", "Features", "StoreLockedError"]
 
-class FeatureStore:
+class FeatureStore(TableWriter):
     """An HDF5 file holding any number of feature sets, keyed by spec fingerprint.
 
     Parameters
@@ -61,9 +63,12 @@ class FeatureStore:
         The ``.h5`` file (created in mode ``'a'`` when absent).
     mode : {'r', 'a'}
         ``'a'`` takes the writer lock; a second writer gets :class:`StoreLockedError`.
+    wait : float
+        Mode ``'a'``: seconds to wait for another writer to finish before that error (parallel
+        workers sharing one store take turns). Readers never wait.
     """
 
-    def __init__(self, path: str | Path, mode: str = "r"):
+    def __init__(self, path: str | Path, mode: str = "r", wait: float = 0.0):
         if mode not in ("r", "a"):
             raise ValueError("mode must be 'r' or 'a'")
         self.path = Path(path)
@@ -75,8 +80,9 @@ class FeatureStore:
         self._image_keys: set[str] | None = None
         self._path_pairs: dict[tuple[str, str], str] | None = None  # (path, key) -> label
         self._failure_pairs: set[tuple[str, str]] | None = None
+        self.format_version = FORMAT_VERSION
         if mode == "a":
-            self._lock_fd = acquire_writer_lock(self.path)
+            self._lock_fd = acquire_writer_lock(self.path, wait)
             try:
                 if self._dirty.exists() and self.path.is_file():
                     repair(self.path)
@@ -110,6 +116,7 @@ class FeatureStore:
         if version < 0 and "images" not in f:
             f.close()
             raise FeaturebankError(f"{self.path} is an HDF5 file but not a featurebank store")
+        self.format_version = max(version, 1)
         return f
 
     def _h5(self, mode: str) -> h5py.File:
@@ -131,8 +138,11 @@ class FeatureStore:
             try:
                 with h5py.File(tmp, "w", locking=False) as f:
                     f.attrs["format_version"] = FORMAT_VERSION
-                    for group in ("images", "paths", "features", "failures"):
-                        f.create_group(group)
+                    write_roots(f, [])
+                    for group in TABLES:
+                        g = f.create_group(group)
+                        if group != "features":  # feature sets count their own rows
+                            g.attrs["committed"] = 0
                 os.replace(tmp, self.path)
             except OSError as exc:
                 tmp.unlink(missing_ok=True)
@@ -142,10 +152,12 @@ class FeatureStore:
                 raise FeaturebankError(
                     f"store {self.path} is a sharded store written by the Ray engine; add to it "
                     "with 'featurebank embed --engine ray', or embed into another store")
+        if self.format_version < FORMAT_VERSION:
+            raise FeaturebankError(upgrade_message(self.path, self.format_version))
 
     def close(self) -> None:
         if self._lock_fd is not None:
-            release_writer_lock(self._lock_fd)
+            release_writer_lock(self._lock_fd, self.path)
             self._lock_fd = None
 
     def __enter__(self) -> FeatureStore:
@@ -167,7 +179,7 @@ class FeatureStore:
     @staticmethod
     def _info(fp: str, g: h5py.Group) -> FeatureSetInfo:
         return FeatureSetInfo(fp, FeatureSpec.from_json(g.attrs["spec"]), committed_rows(g),
-                              int(g.attrs["dim"]), str(g["X"].dtype))
+                              int(g.attrs["dim"]), str(g["X"].dtype), row_shape_of(g))
 
     def resolve(self, layer_or_fingerprint: str | None = None) -> FeatureSetInfo:
         """The feature set named by fingerprint or layer; a clear error when absent or ambiguous."""
@@ -183,8 +195,12 @@ class FeatureStore:
             if len(matches) == 1:
                 return matches[0]
         choices = "; ".join(f"{s.fingerprint} = {s.spec.describe()}" for s in sets)
-        what = "several feature sets" if matches or layer_or_fingerprint is None else "no feature set"
-        raise FeaturebankError(f"store {self.path} has {what} for {layer_or_fingerprint!r}; "
+        if layer_or_fingerprint is None:
+            raise FeaturebankError(
+                f"store {self.path} has {len(sets)} feature sets; choose one with --layer LAYER "
+                f"(a layer name or fingerprint; layers=[...] in Python): {choices}")
+        what = "several feature sets" if matches else "no feature set"
+        raise FeaturebankError(f"store {self.path} has {what} for --layer {layer_or_fingerprint!r}; "
                                f"name one by layer or fingerprint: {choices}")
 
     @retry_read
@@ -199,32 +215,20 @@ class FeatureStore:
             meta = self._image_table(f)
         labels = np.array([meta.get(k, ("", ""))[1] for k in keys], dtype=object)
         paths = np.array([meta.get(k, ("", ""))[0] for k in keys], dtype=object)
-        return Features(X, labels.astype(str), keys, paths.astype(str), info.spec)
-
-    @staticmethod
-    def _image_table(f: h5py.File) -> dict[str, tuple[str, str]]:
-        g = f["images"]
-        n = committed_rows(g)
-        if not n:
-            return {}
-        keys = g["keys"][:n].astype(str)
-        paths = [decode_path(p) for p in g["paths"][:n]]
-        table = dict(zip(keys, zip(paths, decode_texts(g["labels"][:n]), strict=True), strict=True))
-        p = f["paths"]
-        m = committed_rows(p)
-        if m and "labels" in p:  # content first stored without a label takes the first one given
-            for key, label in zip(p["keys"][:m].astype(str), decode_texts(p["labels"][:m]), strict=True):
-                if label and key in table and not table[key][1]:
-                    table[key] = (table[key][0], label)
-        return table
+        return Features(X, labels.astype(str), keys, paths.astype(str), info.spec, info.row_shape)
 
     def keys(self, fingerprint: str) -> set[str]:
+        """Content keys with a committed row in the feature set (read once per instance)."""
         if fingerprint not in self._seen:
-            with self._open("r") as f:
-                g = f["features"].get(fingerprint)
-                n = committed_rows(g) if g is not None else 0
-                self._seen[fingerprint] = set(g["keys"][:n].astype(str)) if n else set()
+            self._seen[fingerprint] = self._read_keys(fingerprint)
         return self._seen[fingerprint]
+
+    @retry_read
+    def _read_keys(self, fingerprint: str) -> set[str]:
+        with self._open("r") as f:
+            g = f["features"].get(fingerprint)
+            n = committed_rows(g) if g is not None else 0
+            return set(g["keys"][:n].astype(str)) if n else set()
 
     def has(self, fingerprint: str, keys) -> np.ndarray:
         """Which content keys already have a committed row in the feature set."""
@@ -243,15 +247,18 @@ class FeatureStore:
             return {k: i for i, k in enumerate(g["keys"][:n].astype(str))} if n else {}
 
     @retry_read
-    def rows(self, fingerprint: str, rows) -> np.ndarray:
-        """Vectors (float32) at row positions of a feature set, in the order asked."""
+    def rows(self, fingerprint: str, rows, shaped: bool = False) -> np.ndarray:
+        """Rows (float32) at row positions of a feature set, in the order asked: ``[n, dim]``,
+        or ``[n, *row_shape]`` with ``shaped`` (maps of an unpooled set)."""
         rows = np.asarray(rows, dtype=np.int64)
         with self._open("r") as f:
             g = f["features"][fingerprint]
+            shape = row_shape_of(g) if shaped else (int(g.attrs["dim"]),)
             if not len(rows):
-                return np.empty((0, int(g.attrs["dim"])), np.float32)
+                return np.empty((0, *shape), np.float32)
             unique = np.unique(rows)  # h5py wants increasing, distinct indices
-            return np.asarray(g["X"][unique], np.float32)[np.searchsorted(unique, rows)]
+            out = np.asarray(g["X"][unique], np.float32)[np.searchsorted(unique, rows)]
+            return out.reshape(len(rows), *shape)
 
     def get(self, fingerprint: str, keys) -> np.ndarray:
         """Committed vectors (float32) for content keys, in the order asked."""
@@ -272,15 +279,44 @@ class FeatureStore:
                     for p, r in zip(g["paths"][:n], g["reasons"][:n], strict=True)]
 
     @retry_read
+    def label_counts(self) -> dict[str, int]:
+        """Images (distinct contents) per label, ``""`` for unlabelled ones, most first."""
+        with self._open("r") as f:
+            table = self._image_table(f)
+        counts: dict[str, int] = {}
+        for _, label in table.values():
+            counts[label] = counts.get(label, 0) + 1
+        return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+    @retry_read
+    def roots(self) -> list[str]:
+        """The folders (absolute) the store's collections were embedded from."""
+        with self._open("r") as f:
+            return read_roots(f)
+
+    @retry_read
+    def commit_log(self) -> dict[str, np.ndarray]:
+        """One row per commit: ``times``, ``pids``, ``rows_offered`` (feature rows handed to
+        the commit, all sets) and ``rows_written`` (those new to the store)."""
+        with self._open("r") as f:
+            g = f.get("commits")
+            n = committed_rows(g) if g is not None else 0
+            cols = ("times", "pids", "rows_offered", "rows_written")
+            return {c: (g[c][:n] if n else np.zeros(0)) for c in cols}
+
+    @retry_read
     def info(self) -> dict:
         """Summary for ``featurebank store info``."""
         with self._open("r") as f:
             images = committed_rows(f["images"])
             paths = committed_rows(f["paths"])
-        return {"path": str(self.path), "images": images, "paths": paths,
+        return {"path": str(self.path), "format_version": self.format_version,
+                "images": images, "paths": paths, "roots": self.roots(),
+                "labels": self.label_counts(),
                 "feature_sets": [{"fingerprint": s.fingerprint, "spec": s.spec.describe(),
                                   "layer": s.spec.layer, "pool": s.spec.pool, "rows": s.rows,
-                                  "dim": s.dim, "dtype": s.dtype} for s in self.feature_sets()],
+                                  "dim": s.dim, "row_shape": list(s.row_shape), "dtype": s.dtype}
+                                 for s in self.feature_sets()],
                 "failures": self.failures()}
 
     # -- writing ------------------------------------------------------------------------
@@ -290,34 +326,38 @@ class FeatureStore:
 
     def commit(self, rows: dict[FeatureSpec, tuple[list[str], np.ndarray]] | None = None,
                images: list[tuple[str, str, str]] | None = None,
-               failures: list[tuple[str, str]] | None = None, dtype: str = "float16") -> None:
+               failures: list[tuple[str, str]] | None = None, dtype: str = "float16",
+               roots=None) -> None:
         """Durably append one batch: feature rows per spec, (key, path, label) images, failures.
 
+        Rows of a spec are ``[N, D]`` vectors or ``[N, *row_shape]`` maps (stored flattened,
+        the shape in the set's ``row_shape`` attr). Paths are stored absolute (relative ones
+        against the current folder); ``roots`` adds collection folders to the store's list.
         After this returns, a SIGKILL loses nothing of the batch; if the process dies inside it,
         none of the batch counts (counters are written last).
         """
         self._writer_check()
         if dtype not in ("float16", "float32"):
             raise FeaturebankError(f"store dtype must be 'float16' or 'float32', got {dtype!r}")
+        images = [(k, absolute(p), lab) for k, p, lab in images or ()]
+        failures = [(absolute(p), r) for p, r in failures or ()]
         self._load_tables()
         check_room(self.path, rows, images, failures)
         try:
             self._dirty.touch()
             with self._open("a") as f:
+                if roots:
+                    write_roots(f, [absolute(r) for r in roots])
                 # Images before features: a commit cut short never leaves a row without its label.
                 if images:
                     self._commit_images(f, images)
+                offered = written = 0
                 for spec, (keys, X) in (rows or {}).items():
-                    self._commit_rows(f, spec, keys, X, dtype)
-                failures = [x for x in failures or () if x not in self._failure_pairs]
-                self._failure_pairs.update(failures)  # a re-run does not record a failure twice
-                if failures:
-                    g = f["failures"]
-                    n = committed_rows(g)
-                    append_rows(g, "paths", [encode_path(p) for p, _ in failures], n, BYTES_DTYPE)
-                    append_rows(g, "reasons", [r for _, r in failures], n, STR_DTYPE)
-                    append_rows(g, "times", np.full(len(failures), time.time()), n)
-                    g.attrs["committed"] = n + len(failures)
+                    offered += len(keys)
+                    written += self._commit_rows(f, spec, keys, X, dtype)
+                if rows:
+                    self._log_commit(f, offered, written)
+                self._commit_failures(f, failures)
             self._dirty.unlink()
         except (OSError, RuntimeError) as exc:  # h5py raises RuntimeError on some failed flushes
             self._seen.clear()
@@ -335,8 +375,9 @@ class FeatureStore:
         keys = [str(k) for k in keys]
         labels = [""] * len(keys) if labels is None else [str(x) for x in labels]
         features = np.asarray(features)
-        if features.ndim != 2 or len(features) != len(keys) or len(paths) != len(keys):
-            raise FeaturebankError(f"add_rows needs features [N, D] with N = len(keys) = len(paths); "
+        if features.ndim < 2 or len(features) != len(keys) or len(paths) != len(keys):
+            raise FeaturebankError(f"add_rows needs features [N, D] (or maps [N, C, H, W]) with "
+                                   f"N = len(keys) = len(paths); "
                                    f"got {features.shape}, {len(keys)} keys, {len(paths)} paths")
         self.commit({spec: (keys, features)}, list(zip(keys, map(str, paths), labels, strict=True)),
                     dtype=dtype)
@@ -351,74 +392,9 @@ class FeatureStore:
         """Durably record that ``path`` could not be embedded and why."""
         self.commit(failures=[(str(path), str(reason))])
 
-    def _commit_rows(self, f, spec: FeatureSpec, keys, X, dtype: str) -> None:
-        fp = spec.fingerprint()
-        seen = self.keys(fp)
-        fresh = [i for i, k in enumerate(keys) if k not in seen]
-        if not fresh:
-            return
-        X = np.asarray(X)[fresh]
-        keys = [keys[i] for i in fresh]
-        g = f["features"].get(fp)
-        if g is None:
-            g = f["features"].create_group(fp)
-            g.attrs.update({"spec": spec.to_json(), "dim": X.shape[1], "layer": spec.layer,
-                            "committed": 0})
-            g.create_dataset("X", shape=(0, X.shape[1]), maxshape=(None, X.shape[1]), dtype=dtype,
-                             chunks=(max(1, min(CHUNK_ROWS, (1 << 20) // (X.shape[1] * 2))), X.shape[1]))
-        if X.shape[1] != int(g.attrs["dim"]):
-            raise FeaturebankError(f"feature set {fp} has dimension {g.attrs['dim']}, got {X.shape[1]}")
-        n = committed_rows(g)
-        append_rows(g, "X", X.astype(g["X"].dtype), n)
-        append_rows(g, "keys", np.array(keys, dtype=KEY_DTYPE), n)
-        g.attrs["committed"] = n + len(keys)
-        seen.update(keys)
-
-    def _load_tables(self) -> None:
-        if self._image_keys is None:
-            with self._open("r") as f:
-                g, p = f["images"], f["paths"]
-                self._image_keys = set(g["keys"][:committed_rows(g)].astype(str)) if committed_rows(g) else set()
-                n = committed_rows(p)
-                self._path_pairs = {}
-                if n:
-                    pairs = zip((decode_path(x) for x in p["paths"][:n]), p["keys"][:n].astype(str),
-                                strict=True)
-                    labels = decode_texts(p["labels"][:n]) if "labels" in p else [""] * n
-                    self._path_pairs = dict(zip(pairs, labels, strict=True))
-            self._failure_pairs = set(self.failures())
-
-    def _commit_images(self, f, images: list[tuple[str, str, str]]) -> None:
-        new_images = {}
-        new_pairs = []
-        for key, path, label in images:
-            if key not in self._image_keys and key not in new_images:
-                new_images[key] = (path, label)
-            # a new path, or a known unlabelled path now given a label (appended, never rewritten)
-            old = self._path_pairs.get((path, key))
-            if old is None or (label and not old):
-                new_pairs.append((path, key, label))
-                self._path_pairs[(path, key)] = label
-        if new_pairs:
-            p = f["paths"]
-            n = committed_rows(p)
-            append_rows(p, "paths", [encode_path(x) for x, _, _ in new_pairs], n, BYTES_DTYPE)
-            append_rows(p, "keys", np.array([k for _, k, _ in new_pairs], dtype=KEY_DTYPE), n)
-            labels = [encode_label(lab) for _, _, lab in new_pairs]
-            if "labels" not in p:  # stores from before the column existed: old rows get ''
-                labels, start = [""] * n + labels, 0
-            else:
-                start = n
-            append_rows(p, "labels", labels, start, STR_DTYPE)
-            p.attrs["committed"] = n + len(new_pairs)
-        if new_images:
-            g = f["images"]
-            n = committed_rows(g)
-            append_rows(g, "keys", np.array(list(new_images), dtype=KEY_DTYPE), n)
-            append_rows(g, "paths", [encode_path(v[0]) for v in new_images.values()], n, BYTES_DTYPE)
-            append_rows(g, "labels", [encode_label(v[1]) for v in new_images.values()], n, STR_DTYPE)
-            g.attrs["committed"] = n + len(new_images)
-            self._image_keys.update(new_images)
+    def read_maps(self, layer_or_fingerprint: str | None = None) -> np.ndarray:
+        """The rows of one feature set shaped ``[rows, *row_shape]`` (float32)."""
+        return self.read(layer_or_fingerprint).maps()
 
     def export_npz(self, out: str | Path, layer_or_fingerprint: str | None = None) -> Path:
         """Write ``features``, ``keys``, ``paths``, ``labels`` (and the spec JSON) to ``out``."""
@@ -430,3 +406,9 @@ class FeatureStore:
         os.replace(tmp, out)
         return out
 
+
+def upgrade_message(path, version: int) -> str:
+    return (f"store {path} has format version {version}, whose paths are relative to the folder "
+            f"'featurebank embed' ran in; it can be read but not added to. Upgrade it once with "
+            f"'featurebank store upgrade {path} --root DIR' (DIR: that folder) to store them "
+            "absolute")

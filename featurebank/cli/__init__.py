@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "featurebank.cli.classical_cmds",  # train, evaluate, predict, sweep
     "featurebank.cli.serve_cmd",  # serve
     "featurebank.cli.demo_cmd",  # demo
+    "featurebank.cli.finetune_cmd",  # finetune
 )
 
 
@@ -66,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.close()
         return 0
     except KeyboardInterrupt:
-        print("interrupted; everything committed so far is kept", file=sys.stderr)
+        print("interrupted; everything committed so far is kept. Run the same command again "
+              "to resume: only what is missing is computed", file=sys.stderr)
         return 130
 
 

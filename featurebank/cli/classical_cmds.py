@@ -22,13 +22,22 @@ def register(sub) -> None:
     p.add_argument("model")
     p.add_argument("store")
     p.add_argument("--report", default=None, metavar="DIR", help="write metrics.json and PNGs")
+    p.add_argument("--no-baseline", action="store_true",
+                   help="skip the raw-pixel baseline (it re-reads the images)")
+    p.add_argument("--unseen-as-wrong", action="store_true",
+                   help="score images of labels the classifier never saw as wrong (default: "
+                        "refuse such a store)")
     p.set_defaults(func=run_evaluate)
 
     p = sub.add_parser("predict", help="predict labels of images")
     p.add_argument("model")
-    p.add_argument("images", nargs="+")
+    p.add_argument("images", nargs="+", metavar="INPUT",
+                   help="folders, image files, list files or glob patterns (as for embed)")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.add_argument("--top", type=int, default=1, help="show the K most likely labels")
+    p.add_argument("--model", dest="onnx", metavar="FILE.onnx", default=None,
+                   help="where the classifier's ONNX model is (found by its SHA-256 in the "
+                        "cache otherwise)")
     p.set_defaults(func=run_predict)
 
     p = sub.add_parser("sweep", help="accuracy per layer (and concatenated layers) with its cost")
@@ -40,9 +49,24 @@ def register(sub) -> None:
     p.set_defaults(func=run_sweep)
 
 
+def _check_writable(output: str) -> None:
+    """Refuse an output that cannot be written before the work, not after it."""
+    import os
+    from pathlib import Path
+
+    from featurebank.errors import FeaturebankError
+
+    folder = Path(output).parent
+    if not folder.is_dir():
+        raise FeaturebankError(f"cannot write {output}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK) or (Path(output).exists() and not os.access(output, os.W_OK)):
+        raise FeaturebankError(f"cannot write {output}: permission denied")
+
+
 def run_train(args) -> int:
     from featurebank.classical._workflow import train
 
+    _check_writable(args.output)
     model = train(args.store, args.layers, args.classifier, args.shots, args.holdout,
                   baseline=not args.no_baseline)
     model.save(args.output)
@@ -57,7 +81,9 @@ def run_evaluate(args) -> int:
     from featurebank.classical._model import load_model
     from featurebank.classical._workflow import evaluate
 
-    result = evaluate(load_model(args.model), args.store, args.report)
+    result = evaluate(load_model(args.model), args.store, args.report,
+                      baseline=not args.no_baseline,
+                      unseen="wrong" if args.unseen_as_wrong else "error")
     print(f"accuracy: {result['accuracy']:.4f}")
     print(f"balanced accuracy: {result['balanced_accuracy']:.4f}")
     print(f"macro F1: {result['macro_f1']:.4f}")
@@ -67,6 +93,8 @@ def run_evaluate(args) -> int:
               f"(gain {100 * result['gain_over_raw_pixels']:+.1f} points)")
     for label, acc in sorted(result["per_class_accuracy"].items()):
         print(f"  {label:<20} {acc:.4f}")
+    if "note" in result:
+        print(f"note: {result['note']}")
     if args.report:
         print(f"report written to {args.report}")
     return 0
@@ -76,12 +104,19 @@ def run_predict(args) -> int:
     import numpy as np
 
     from featurebank.classical._model import load_model
+    from featurebank.extractor._inputs import collect
     from featurebank.extractor._preprocess import DecodeError
 
-    model = load_model(args.model)
-    ex = model.extractor()
+    if args.model.lower().endswith(".onnx"):  # a fine-tuned model classifies with its logits
+        from featurebank.finetune import load_tuned
+
+        model = load_tuned(args.model)
+    else:
+        model = load_model(args.model)
+    paths = [item.path for item in collect(args.images)]  # checked before the model loads
+    ex = model.extractor(args.onnx)
     status = 0
-    for path in args.images:
+    for path in paths:
         try:
             feats = ex.embed([path])
         except DecodeError as exc:

@@ -47,6 +47,16 @@ def _dataset(name: str):
     return "digits", (Xtr, ytr), (Xte, yte), None
 
 
+def _say_if_exporting(model: str) -> None:
+    """The first run exports the model (about 100 s on a CPU): say so instead of going silent."""
+    from featurebank.export._cache import cached_path
+
+    path = cached_path(model)
+    if not path.is_file():
+        print(f"      exporting {model} to ONNX once (about 100 s on a CPU; later runs use "
+              f"{path})", flush=True)
+
+
 def run_demo(args) -> int:
     from featurebank.classical._workflow import evaluate, train
     from featurebank.datasets import subsample, write_image_folder
@@ -60,6 +70,7 @@ def run_demo(args) -> int:
     print(f"[1/4] writing {len(itr)} train + {len(ite)} test {name} images as PNG under {work}")
     write_image_folder(Xtr[itr], ytr[itr], work / "images" / "train", classes)
     write_image_folder(Xte[ite], yte[ite], work / "images" / "test", classes)
+    _say_if_exporting("efficientnet_lite0")
     stores = {}
     for split in ("train", "test"):
         print(f"[2/4] embedding {split} images with efficientnet_lite0 at {', '.join(layers)}")

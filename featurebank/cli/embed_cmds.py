@@ -20,14 +20,46 @@ def add_spec_arguments(p) -> None:
     p.add_argument("--pool", default="avg", choices=POOLS)
     p.add_argument("--gem-p", type=float, default=3.0, help="GeM exponent (with --pool gem)")
     p.add_argument("--l2", action="store_true", help="L2-normalise each vector")
+    p.add_argument("--preprocessing", metavar="FILE",
+                   help="conventions of a foreign .onnx model (JSON/TOML, the fields of "
+                        "'featurebank adopt'); adopting it once makes this unnecessary")
     p.add_argument("--device", default="auto", choices=DEVICES)
     p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
 
 
 def feature_options_from_args(args, **extra) -> FeatureOptions:
-    """The one place the command line becomes :class:`featurebank.FeatureOptions`."""
-    return FeatureOptions(model=args.model, layers=tuple(args.layers or ("head",)),
-                          pool=args.pool, gem_p=args.gem_p, normalize=args.l2, **extra)
+    """The one place the command line becomes :class:`featurebank.FeatureOptions`.
+
+    A foreign ``.onnx`` model is checked here, before any store is opened: it needs
+    ``--preprocessing FILE`` (resolved against its graph), and a model that describes itself
+    refuses one.
+    """
+    from featurebank.errors import FeaturebankError
+    from featurebank.export import is_onnx_path
+
+    model = args.model
+    preprocessing = None
+    if model is not None and is_onnx_path(model):
+        from featurebank.export import read_onnx_metadata, resolve_conventions
+
+        described = read_onnx_metadata(model).spec is not None
+        given = getattr(args, "preprocessing", None)
+        if described and given:
+            raise FeaturebankError(f"{model} describes its own preprocessing; drop "
+                                   f"--preprocessing {given}")
+        if not described and not given:
+            raise FeaturebankError(
+                f"{model} was not made by featurebank, so its preprocessing is unknown: adopt it "
+                f"once ('featurebank adopt {model} -o ADOPTED.onnx --pixel-range 1|255 "
+                f"--channel-order rgb|bgr ...') or state --preprocessing FILE")
+        if given:
+            preprocessing, _ = resolve_conventions(model, given)
+    elif getattr(args, "preprocessing", None):
+        raise FeaturebankError(f"--preprocessing is for a foreign .onnx model; {model} is a "
+                               f"registry model that knows its own")
+    return FeatureOptions(model=model, layers=tuple(args.layers or ("head",)),
+                          pool=args.pool, gem_p=args.gem_p, normalize=args.l2,
+                          preprocessing=preprocessing, **extra)
 
 
 def register(sub) -> None:

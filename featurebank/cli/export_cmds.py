@@ -25,8 +25,65 @@ def register(sub) -> None:
                        description="MODEL is a registry name (exported into the cache on first "
                        "use) or an .onnx file; foreign ONNX files list candidate tensors.")
     p.add_argument("model", metavar="MODEL|FILE.onnx")
+    p.add_argument("--preprocessing", metavar="FILE",
+                   help="conventions of a foreign ONNX file (JSON/TOML, as for 'adopt'): exact "
+                        "shapes and layouts for its input size")
     p.add_argument("--json", action="store_true", help="print the layers as JSON")
     p.set_defaults(func=run_layers)
+
+    p = sub.add_parser(
+        "adopt", help="make any ONNX image CNN a self-describing featurebank model",
+        description="Check the conventions of FILE.onnx against its graph and write a copy "
+        "that carries them (spec named by the file's SHA-256, preprocessing, layer catalogue "
+        "with layouts). Required: --pixel-range and --channel-order; --layout and --input-size "
+        "only where the graph input is dynamic. Nothing is written when a check fails.")
+    p.add_argument("source", metavar="FILE.onnx")
+    p.add_argument("-o", "--output", required=True, metavar="ADOPTED.onnx")
+    add_convention_arguments(p)
+    p.set_defaults(func=run_adopt)
+
+
+def add_convention_arguments(p) -> None:
+    """The flags of a foreign model's conventions (also the field names of a preprocessing file,
+    with underscores)."""
+    from featurebank.spec import CHANNEL_ORDERS, INTERPOLATIONS, LAYOUTS
+
+    p.add_argument("--preprocessing", metavar="FILE",
+                   help="JSON/TOML file with the fields below (underscores); flags win")
+    p.add_argument("--input-size", metavar="N|H,W", help="network input (default: the graph's)")
+    p.add_argument("--resize", type=int, metavar="N",
+                   help="shorter side before the centre crop (default: the input size, no crop)")
+    p.add_argument("--interpolation", choices=INTERPOLATIONS, help="resize filter (default bilinear)")
+    p.add_argument("--pixel-range", type=int, choices=(1, 255),
+                   help="the range mean/std apply to: 1 (0-1 floats) or 255 (0-255)")
+    p.add_argument("--mean", metavar="A,B,C", help="per channel, model order and range (default 0)")
+    p.add_argument("--std", metavar="A,B,C", help="per channel, model order and range (default 1)")
+    p.add_argument("--channel-order", choices=CHANNEL_ORDERS)
+    p.add_argument("--layout", choices=LAYOUTS, help="of the graph input (default: its shape's)")
+    p.add_argument("--tensor-layout", action="append", metavar="TENSOR=nchw|nhwc",
+                   help="layout of an activation the graph cannot show; repeatable")
+    p.add_argument("--classes", metavar="FILE", help="class names of the logits, one a line")
+
+
+def convention_flags(args) -> dict:
+    """The convention flags that were given, by preprocessing-file field name."""
+    names = ("input_size", "resize", "interpolation", "pixel_range", "mean", "std",
+             "channel_order", "layout", "tensor_layout", "classes")
+    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+
+
+def run_adopt(args) -> int:
+    from featurebank.export import adopt, read_onnx_metadata
+
+    spec = adopt(args.source, args.output, args.preprocessing, **convention_flags(args))
+    info = read_onnx_metadata(args.output)
+    pre = spec.preprocessing
+    named = [la.name for la in info.layers if la.name != la.tensor]
+    print(f"wrote {args.output}: {spec.model} (sha256 {spec.weights_sha256[:12]}), input "
+          f"{pre.input_size[0]}x{pre.input_size[1]} {pre.layout} {pre.channel_order} "
+          f"0-{pre.pixel_range}, {len(info.layers)} layers ({', '.join(named) or 'tensor names'})"
+          f"; see 'featurebank layers {args.output}'")
+    return 0
 
 
 def run_export(args) -> int:
@@ -74,18 +131,31 @@ def run_layers(args) -> int:
     if not is_onnx_path(path):
         print(f"using the cached export of {path} (made now if absent)", file=sys.stderr)
         path = ensure_exported(path)
-    info = read_onnx_metadata(path)
+    pre = None
+    if args.preprocessing:
+        from featurebank.export import resolve_conventions
+
+        pre, _ = resolve_conventions(path, args.preprocessing)
+    info = read_onnx_metadata(path, pre)
     if args.json:
         print(json.dumps([la.to_dict() for la in info.layers], indent=1))
         return 0
     if info.spec is None:
         print(f"{path}: not made by featurebank; candidate tensors from shape inference "
-              f"(state its preprocessing when embedding)")
+              f"(adopt it with 'featurebank adopt', or state --preprocessing FILE)")
+    native = info.spec is not None and info.spec.source != "onnx"
     rows = [[la.name, la.tensor, "x".join(str(d) for d in la.shape) or "?",
-             "-" if la.flops_share is None else f"{100 * la.flops_share:.1f}"]
+             _layout(la, native), "-" if la.flops_share is None else f"{100 * la.flops_share:.1f}"]
             for la in info.layers]
-    _table(["name", "tensor", "shape (CxHxW)", "FLOPs %"], rows)
+    _table(["name", "tensor", "shape", "layout", "FLOPs %"], rows)
     return 0
+
+
+def _layout(la, native: bool) -> str:
+    if la.layout:
+        return la.layout
+    rank = len(la.shape) + 1
+    return "NCHW" if native and rank == 4 else "NC" if native and rank == 2 else "?"
 
 
 def _table(header: list[str], rows: list[list[str]]) -> None:

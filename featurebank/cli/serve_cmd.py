@@ -14,7 +14,7 @@ def register(sub) -> None:
         description="POST /v1/embeddings and /v1/predictions (one raw image/* body or multipart "
         "'files'), GET /v1/models, /healthz, /readyz, /metrics. Images of concurrent requests "
         "share inference batches. With --classifier and no --model/--layer, the classifier's "
-        "own spec is served. Set FEATUREBANK_API_KEY to require 'Authorization: Bearer KEY'.")
+        "own spec is served (--model FILE.onnx then says where its ONNX model is). Set FEATUREBANK_API_KEY to require 'Authorization: Bearer KEY'.")
     add_spec_arguments(p)
     p.set_defaults(model=None)  # None: the classifier's model, else efficientnet_lite0
     p.add_argument("--classifier", metavar="MODEL.joblib", help="enables /v1/predictions")
@@ -53,8 +53,13 @@ def run_serve(args) -> int:
         max_queue_images=args.max_queue, max_request_bytes=int(args.max_request_mb * 2**20),
         max_images_per_request=args.max_images, max_pixels=args.max_pixels,
         request_timeout_s=args.timeout)
-    if args.classifier is not None and args.model is None and not args.layers:
+    if args.classifier is not None and not args.layers and (
+            args.model is None or str(args.model).lower().endswith(".onnx")):
         features = None  # serve exactly what the classifier was trained on
+        if args.model is not None:  # ... found by its digest in this file first
+            from featurebank.export import remember_model
+
+            remember_model(args.model)
     else:
         args.model = args.model or DEFAULT_MODEL
         features = feature_options_from_args(args)

@@ -1,4 +1,4 @@
-"""``featurebank store info|export``."""
+"""``featurebank store info|export|upgrade``."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import json
 
 
 def register(sub) -> None:
-    p = sub.add_parser("store", help="inspect or export a feature store")
+    p = sub.add_parser("store", help="inspect, export or upgrade a feature store")
     ssub = p.add_subparsers(dest="store_command", metavar="ACTION", required=True)
-    info = ssub.add_parser("info", help="feature sets, rows and failures")
+    info = ssub.add_parser("info", help="labels, feature sets, rows and failures")
     info.add_argument("store")
     info.add_argument("--json", action="store_true")
     info.set_defaults(func=run_info)
@@ -17,19 +17,39 @@ def register(sub) -> None:
     exp.add_argument("-o", "--output", required=True)
     exp.add_argument("--layer", default=None, help="layer name or fingerprint")
     exp.set_defaults(func=run_export)
+    up = ssub.add_parser("upgrade", help="rewrite a format-1 store (relative paths) as format 2",
+                         description="Format 1 stored image paths relative to the folder "
+                         "'featurebank embed' ran in; format 2 stores them absolute. Give that "
+                         "folder as --root.")
+    up.add_argument("store")
+    up.add_argument("--root", required=True, metavar="DIR",
+                    help="the folder 'featurebank embed' ran in when the store was written")
+    up.add_argument("--force", action="store_true",
+                    help="upgrade even if no image is found under --root")
+    up.set_defaults(func=run_upgrade)
 
 
 def run_info(args) -> int:
-    from featurebank.extractor.store._store import FeatureStore
+    from featurebank.extractor.engines._common import label_table
+    from featurebank.extractor.store._store import FORMAT_VERSION, FeatureStore, upgrade_message
 
     info = FeatureStore(args.store).info()
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
-    print(f"store {info['path']}: {info['images']} images, {info['paths']} paths")
+    print(f"store {info['path']} (format {info['format_version']}): {info['images']} images, "
+          f"{info['paths']} paths")
+    for root in info["roots"]:
+        print(f"collection: {root}")
+    if info["format_version"] < FORMAT_VERSION:
+        print(f"note: {upgrade_message(info['path'], info['format_version'])}")
+    if info["labels"]:
+        print(label_table(info["labels"], "images per label"))
     print(f"{'fingerprint':<18}{'rows':>8}{'dim':>7}  {'dtype':<9}spec")
     for fs in info["feature_sets"]:
-        print(f"{fs['fingerprint']:<18}{fs['rows']:>8}{fs['dim']:>7}  {fs['dtype']:<9}{fs['spec']}")
+        shape = "" if len(fs["row_shape"]) == 1 else f" rows {'x'.join(map(str, fs['row_shape']))}"
+        print(f"{fs['fingerprint']:<18}{fs['rows']:>8}{fs['dim']:>7}  {fs['dtype']:<9}"
+              f"{fs['spec']}{shape}")
     failures = info["failures"]
     print(f"failures: {len(failures)}")
     for path, reason in failures[:10]:
@@ -44,4 +64,17 @@ def run_export(args) -> int:
 
     out = FeatureStore(args.store).export_npz(args.output, args.layer)
     print(f"wrote {out}")
+    return 0
+
+
+def run_upgrade(args) -> int:
+    from featurebank.extractor.store import upgrade_store
+
+    done = upgrade_store(args.store, args.root, force=args.force)
+    if done["from_version"] == done["to_version"]:
+        print(f"store {args.store} is already format {done['to_version']}; nothing to do")
+        return 0
+    print(f"upgraded {args.store} from format {done['from_version']} to {done['to_version']}: "
+          f"{done['made_absolute']} of {done['paths']} image paths made absolute against "
+          f"{args.root}; {done['found']} of them exist")
     return 0

@@ -16,13 +16,15 @@ from pathlib import Path
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from featurebank.errors import FeaturebankError
 from featurebank.export import read_onnx_metadata
 from featurebank.export._metadata import featurebank_version
 from featurebank.extractor import Extractor, resolve_model_path
+from featurebank.service import schemas as sc
 from featurebank.service.config import ServiceConfig, ServiceError
+from featurebank.service.docs import add_offline_docs
 from featurebank.service.engine import Embedded, ServingEngine
 from featurebank.service.guard import GuardMiddleware
 from featurebank.service.metrics import CONTENT_TYPE, ServiceMetrics
@@ -31,30 +33,32 @@ from featurebank.spec import FeatureOptions
 
 log = logging.getLogger(__name__)
 API_KEY_ENV = "FEATUREBANK_API_KEY"
-NPY = "application/x-npy"
-NPZ = "application/x-npz"
-_ERRORS = {code: {"description": text} for code, text in {
-    400: "malformed request (multipart without boundary, body cut short)",
-    401: "missing or wrong API key",
-    413: "body over max_request_bytes or more than max_images_per_request images",
-    415: "Content-Type is neither image/* nor multipart/form-data",
-    422: "an image cannot be decoded; the answer names it and the reason",
-    503: "queue full; retry after the Retry-After seconds",
-    504: "not answered within request_timeout_s",
-}.items()}
+NPY, NPZ = sc.NPY, sc.NPZ
 
 
 def _build_extractor(features: FeatureOptions | None, device: str, threads: int | None,
                      classifier, max_pixels: int):
     """The extractor to serve and the classifier bound to it (None without one)."""
     trained = None
-    if classifier is not None:
+    if classifier is None and features is not None:
+        from featurebank.finetune import is_tuned_onnx, load_tuned
+
+        if is_tuned_onnx(features.model):  # a fine-tuned model classifies with its logits
+            if features.layers == ("head",):  # the default layer: serve its logits instead
+                features = features.replace(layers=("logits",))
+            if features.layers == ("logits",):
+                trained = load_tuned(features.model)
+    elif classifier is not None and str(classifier).lower().endswith(".onnx"):
+        from featurebank.finetune import load_tuned
+
+        trained = load_tuned(classifier)
+    elif classifier is not None:
         from featurebank.classical import load_model
 
         trained = load_model(classifier)
-        if features is None:  # serve exactly what the classifier was trained on
-            ex = trained.extractor(device=device, threads=threads, max_pixels=max_pixels)
-            return ex, trained
+    if trained is not None and features is None:  # serve exactly what the classifier needs
+        ex = trained.extractor(device=device, threads=threads, max_pixels=max_pixels)
+        return ex, trained
     ex = Extractor(features, device=device, threads=threads, max_pixels=max_pixels)
     if trained is not None:
         trained.check_specs(ex.specs)  # SpecMismatchError naming both specs
@@ -137,11 +141,14 @@ def create_app(features: FeatureOptions | str | Path | None = None, *,
 
     app = FastAPI(title="featurebank", version=featurebank_version(), lifespan=lifespan,
                   description="Embeddings and predictions from a frozen CNN cut at chosen layers; "
-                              "the vectors `featurebank embed` stores.")
+                              "the vectors `featurebank embed` stores.",
+                  docs_url=None, redoc_url=None)  # served from local files below
+    add_offline_docs(app)
     app.state.engine = engine
     app.state.metrics = metrics
+    # the routes list is filled below; the guard reads it per request to label metrics
     app.add_middleware(GuardMiddleware, metrics=metrics, api_key=api_key,
-                       max_request_bytes=config.max_request_bytes)
+                       max_request_bytes=config.max_request_bytes, routes=app.router.routes)
 
     @app.exception_handler(ServiceError)
     async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
@@ -151,9 +158,10 @@ def create_app(features: FeatureOptions | str | Path | None = None, *,
     async def featurebank_error(request: Request, exc: FeaturebankError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, 422)
 
-    @app.post("/v1/embeddings", openapi_extra=UPLOAD_BODY, responses=_ERRORS,
+    @app.post("/v1/embeddings", openapi_extra=UPLOAD_BODY, response_model=sc.EmbeddingsResponse,
+              responses=sc.EMBEDDINGS_OK | sc.ERRORS,
               summary="Embed images: one raw image/* body or multipart 'files'")
-    async def embeddings(request: Request):
+    async def embeddings(request: Request) -> Response:
         """Vectors (layers concatenated in the order of `layers`), as JSON, or `.npy`
         (`Accept: application/x-npy`) or `.npz` with one array per layer
         (`Accept: application/x-npz`)."""
@@ -168,10 +176,10 @@ def create_app(features: FeatureOptions | str | Path | None = None, *,
             "images": [{"key": k, "cached": c} for k, c in zip(out.keys, out.cached, strict=True)],
             "batches": [{"id": b.id, "size": b.size} for b in out.batches]})
 
-    @app.post("/v1/predictions", openapi_extra=UPLOAD_BODY,
-              responses=_ERRORS | {409: {"description": "no classifier loaded"}},
+    @app.post("/v1/predictions", openapi_extra=UPLOAD_BODY, response_model=sc.PredictionsResponse,
+              responses=sc.PREDICTIONS_ERRORS,
               summary="Labels and class probabilities from the loaded classifier")
-    async def predictions(request: Request):
+    async def predictions(request: Request) -> Response:
         if trained is None:
             raise ServiceError(409, "no classifier is loaded; start the service with "
                                     "'featurebank serve --classifier MODEL.joblib'")
@@ -186,8 +194,9 @@ def create_app(features: FeatureOptions | str | Path | None = None, *,
             "classes": classes, "fingerprints": engine.fingerprints,
             "images": [{"key": k, "cached": c} for k, c in zip(out.keys, out.cached, strict=True)]})
 
-    @app.get("/v1/models", summary="The served spec, the model's layer catalogue, limits")
-    async def models():
+    @app.get("/v1/models", response_model=sc.ModelsResponse, responses=sc.AUTH_ERROR,
+             summary="The served spec, the model's layer catalogue, limits")
+    async def models() -> dict:
         return {"model": ex.graph.model_spec.to_dict(), "layers": _layers_json(engine),
                 "dim": engine.dim, "catalogue": catalogue,
                 "classifier": None if trained is None else {
@@ -196,20 +205,23 @@ def create_app(features: FeatureOptions | str | Path | None = None, *,
                 "store": str(store) if store else None, "limits": config.to_dict(),
                 "featurebank_version": featurebank_version()}
 
-    @app.get("/healthz", summary="The process and its inference thread are alive")
-    async def healthz():
+    @app.get("/healthz", response_model=sc.Status, responses=sc.HEALTH_ERRORS,
+             summary="The process and its inference thread are alive")
+    async def healthz() -> Response | dict:
         if engine.failed:
             return JSONResponse({"status": "the inference thread died"}, 503)
         return {"status": "ok"}
 
-    @app.get("/readyz", summary="The model is loaded and warmed up")
-    async def readyz():
+    @app.get("/readyz", response_model=sc.Status, responses=sc.READY_ERRORS,
+             summary="The model is loaded and warmed up")
+    async def readyz() -> Response | dict:
         if engine.ready:
             return {"status": "ready"}
         return JSONResponse({"status": "starting"}, 503, {"Retry-After": "1"})
 
-    @app.get("/metrics", summary="Prometheus metrics")
-    async def prometheus():
+    @app.get("/metrics", response_class=PlainTextResponse, responses=sc.METRICS_AUTH_ERROR,
+             summary="Prometheus metrics (text exposition format)")
+    async def prometheus() -> Response:
         return Response(metrics.render(), media_type=CONTENT_TYPE)
 
     return app

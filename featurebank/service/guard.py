@@ -10,10 +10,15 @@ from __future__ import annotations
 import hmac
 import json
 import time
+from collections.abc import Sequence
+
+from starlette.routing import BaseRoute, Match
 
 from featurebank.service.metrics import ServiceMetrics
 
+# "/docs" covers the page's assets under /docs/assets too
 OPEN_PATHS = ("/healthz", "/readyz", "/docs", "/openapi.json", "/redoc")
+UNMATCHED = "unmatched"
 
 
 def _header(scope, name: bytes) -> bytes | None:
@@ -31,11 +36,24 @@ def presented_key(scope) -> bytes | None:
     return _header(scope, b"x-api-key")
 
 
+def route_label(scope, routes: Sequence[BaseRoute]) -> str:
+    """The metrics label of a request: the path template of the route it is for, also when the
+    guard refuses it before routing (401, 413) or the method is wrong (405); ``unmatched`` only
+    for paths nothing serves, so label values stay few whatever clients send."""
+    for route in routes:
+        match, _ = route.matches(scope)
+        if match is not Match.NONE:
+            return getattr(route, "path", None) or UNMATCHED
+    return UNMATCHED
+
+
 class GuardMiddleware:
     """Refuse unauthenticated and oversized requests early; count and time every answer."""
 
-    def __init__(self, app, metrics: ServiceMetrics, api_key: str | None, max_request_bytes: int):
+    def __init__(self, app, metrics: ServiceMetrics, api_key: str | None, max_request_bytes: int,
+                 routes: Sequence[BaseRoute] = ()):
         self.app = app
+        self.routes = routes
         self.metrics = metrics
         self.api_key = api_key.encode() if api_key else None
         self.max_request_bytes = max_request_bytes
@@ -59,6 +77,7 @@ class GuardMiddleware:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         started = time.perf_counter()
+        name = route_label(scope, self.routes)
         status = 500  # what the client sees if the application dies before answering
 
         async def send_counted(message):
@@ -79,7 +98,5 @@ class GuardMiddleware:
                     *((k.encode(), v.encode()) for k, v in headers.items())]})
                 await send({"type": "http.response.body", "body": body})
         finally:
-            route = scope.get("route")
-            name = getattr(route, "path", None) or "unmatched"
             self.metrics.requests.labels(name, str(status)).inc()
             self.metrics.latency.labels(name).observe(time.perf_counter() - started)

@@ -23,6 +23,6 @@ def pytest_collection_modifyitems(config, items) -> None:
 @pytest.fixture(scope="session")
 def corpus(tmp_path_factory):
     """Every kind of bad or unusual input, written once per session."""
-    from tests.reliability.corpus import build_corpus
+    from benchmarks.harness.corpus import build_corpus
 
     return build_corpus(tmp_path_factory.mktemp("corpus"))

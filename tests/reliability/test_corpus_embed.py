@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.reliability.corpus import ANY, FAIL, OK, build_corpus, reference_rgb
-from tests.reliability.faults import REPO, embed_command, subprocess_env
-from tests.reliability.test_decode_corpus import KNOWN_BUGS
+from benchmarks.harness.corpus import ANY, FAIL, OK, build_corpus, reference_rgb
+from benchmarks.harness.decode import KNOWN_BUGS
+from benchmarks.harness.faults import REPO, embed_command, subprocess_env
 
 
 def _key(path: str) -> str:
@@ -43,7 +43,7 @@ def test_every_kind_lands_where_expected(embedded):
     wrong = []
     for k in kinds:
         expect = k.expect
-        if k.root_only_skip and os.geteuid() == 0:
+        if k.unprivileged and os.geteuid() == 0:
             expect = OK  # root reads mode-000 files
         if k.name in KNOWN_BUGS:
             expect = ANY  # its own xfail test in test_decode_corpus holds the exact expectation

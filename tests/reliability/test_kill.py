@@ -1,10 +1,27 @@
-"""SIGKILL of real ``featurebank embed`` runs: the store stays readable and loses nothing."""
+"""SIGKILL of real ``featurebank embed`` runs: the store stays readable and loses nothing.
+
+Kill moments are drawn from a seeded generator and scaled to this machine's measured clean run
+(``kill_campaign``), so the tests assert what happened to the store, never how fast the machine is.
+"""
 
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 
-from tests.reliability.faults import kill_campaign, make_kill_dataset, run_embed, snapshot
+from benchmarks.harness.faults import (
+    REPO,
+    embed_command,
+    float16_ulps,
+    kill_campaign,
+    make_kill_dataset,
+    run_embed,
+    snapshot,
+    subprocess_env,
+)
+from featurebank.errors import FeaturebankError
+from featurebank.extractor import FeatureStore
 
 
 @pytest.fixture(scope="module")
@@ -17,33 +34,37 @@ def kill_setup(tmp_path_factory, lite0_onnx):
     return src, work, clean, seconds
 
 
+def _assert_campaign(trials, problems, kills: int) -> None:
+    assert not problems, problems
+    assert not [t for t in trials if t.problems], [t for t in trials if t.problems]
+    assert len(trials) == kills
+    # Delays are at most 80 % of the time the remaining work took in the clean run, so nearly
+    # every kill lands while the run works; one in four may miss (start-up jitter of a resume).
+    assert sum(t.killed for t in trials) >= kills - kills // 4, trials
+    # Every other kill waits until the writer holds the .h5 open, i.e. is inside a commit.
+    assert sum(t.in_commit for t in trials) >= (kills // 2) // 2, trials
+
+
 def test_kill_during_embed_and_resume(kill_setup, tmp_path):
     src, _, clean, seconds = kill_setup
-    trials, problems = kill_campaign(src, tmp_path, clean, seconds, kills=3, seed=1)
-    assert not problems, problems
-    for t in trials:
-        assert not t.problems, t
-    assert any(t.killed for t in trials)
+    trials, problems = kill_campaign(src, tmp_path, clean, seconds, kills=4, seed=1)
+    _assert_campaign(trials, problems, 4)
 
 
+@pytest.mark.slow
 @pytest.mark.reliability_full
 def test_kill_20_times(kill_setup, tmp_path):
     src, _, clean, seconds = kill_setup
     trials, problems = kill_campaign(src, tmp_path, clean, seconds, kills=20, seed=2)
-    assert not problems, problems
-    assert not [t for t in trials if t.problems]
+    _assert_campaign(trials, problems, 20)
+    assert sum(t.in_commit for t in trials) >= 5, trials  # of the 10 that wait for a commit
+    assert sum(t.rows_after_kill > t.rows_before for t in trials if t.killed) >= 3, trials
 
 
 def test_reader_during_write(kill_setup, tmp_path):
     """Readers polling the store while ``embed`` writes it: they only ever see committed rows
-    equal to the clean run's, or a clear FeaturebankError; the writer is not disturbed."""
-    import subprocess
-
-    from featurebank.extractor.store._store import FeatureStore
-
-    from featurebank.errors import FeaturebankError
-    from tests.reliability.faults import REPO, embed_command, subprocess_env
-
+    equal to the clean run's (within one float16 step, see ``float16_ulps``), or a clear
+    FeaturebankError; the writer is not disturbed."""
     src, _, clean, _ = kill_setup
     store = tmp_path / "s.h5"
     proc = subprocess.Popen(embed_command(src, store), stdout=subprocess.DEVNULL,
@@ -58,7 +79,7 @@ def test_reader_during_write(kill_setup, tmp_path):
                 for key, vec in zip(feats.keys, feats.X, strict=True):
                     if key not in clean.vectors:
                         problems.append(f"unknown row {key[:12]}")
-                    elif not (abs(vec - clean.vectors[key]) <= 2e-2 * (1 + abs(vec))).all():
+                    elif float16_ulps(vec, clean.vectors[key]).max() > 1:
                         problems.append(f"row {key[:12]} differs mid-write")
         except FeaturebankError:
             pass  # e.g. the file being created: a clear error, never a crash

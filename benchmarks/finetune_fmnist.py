@@ -1,0 +1,281 @@
+"""Fine-tuning Lite0's top layers from cached maps on Fashion-MNIST, against the frozen probe
+and against a torch loop that recomputes the frozen trunk every epoch.
+
+Design (one cut per invocation, so each fits in a working session; results merge by cut):
+
+* data: the official 60k/10k split (``--train``/``--test`` take a stratified subset, seed 0; a
+  subset run is labelled so in the JSON and written to ``finetune_fmnist_subset.json``);
+  PNG folders under ``runs/finetune_fmnist/`` are written once.
+* embedding: once per cut, into ``runs/finetune_fmnist/runs/<folder>.{train,test}.h5``
+  (unpooled float16 maps; reused by later runs and other cuts).
+* training: ``featurebank.finetune.finetune`` (its defaults unless flags say otherwise); the
+  probe is the logistic regression on the frozen top's pooled ``head`` that initialises the
+  head, scored on the same test images. ``--fresh`` drops the checkpoint first (otherwise a
+  finished run is re-read from it, with the epoch times it measured).
+* time per epoch, side by side on ``--compare`` training images (same model, cut, batch size,
+  optimiser, threads, in this run): (a) the cached loop: float16 maps -> top forward/backward;
+  (b) the recompute loop: decode PNG -> trunk forward (no grad) -> top forward/backward, its
+  three parts timed separately. The two run interleaved batch by batch, so that a shared
+  machine's drifting speed hits both alike. Ideal speed-up = (decode + trunk + top) / top; measured =
+  (b) / (a); the target is measured >= 0.8 x ideal.
+* agreement: ``featurebank predict``'s path (pixels -> tuned ONNX ``logits``, float32) against
+  the training code's evaluation (cached float16 maps -> torch) on ``--agreement`` test images.
+
+    python -m benchmarks.finetune_fmnist --cut blocks.12 [--train 3000 --test 1000 --epochs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks._common import REPO, RESULTS, write_result
+
+WORK = REPO / "runs" / "finetune_fmnist"
+
+
+def folders(n_train: int, n_test: int) -> tuple[Path, Path]:
+    from featurebank.datasets import (
+        FASHION_CLASSES,
+        load_fashion_mnist,
+        subsample,
+        write_image_folder,
+    )
+
+    out = []
+    for split, n in (("train", n_train), ("test", n_test)):
+        images, labels = load_fashion_mnist(split)
+        idx = subsample(labels, n, seed=0)
+        root = WORK / f"{split}_{len(idx)}"
+        if not root.is_dir() or sum(1 for _ in root.rglob("*.png")) < len(idx):
+            write_image_folder(images[idx], labels[idx], root, FASHION_CLASSES, prefix=f"{split}")
+        out.append(root)
+    return out[0], out[1]
+
+
+def key_paths(store: Path) -> dict[str, str]:
+    import h5py
+
+    from featurebank.extractor import FeatureStore
+
+    with h5py.File(store, "r", locking=False) as f:
+        return {k: p for k, (p, _) in FeatureStore._image_table(f).items()}
+
+
+def compare_loops(result, maps, n: int, batch: int) -> dict:
+    """Per-epoch time of the cached loop and of the recompute-the-trunk loop on ``n`` images."""
+    import torch
+    from torch.nn import functional as F
+
+    from featurebank.export import build_torch_model
+    from featurebank.extractor import Extractor
+    from featurebank.finetune._top import block_index, build_top
+
+    rows = np.arange(min(n, len(maps.X)))
+    paths = key_paths(maps.store)
+    files = [paths[k] for k in maps.keys[rows]]
+    y = np.searchsorted(result.classes, maps.labels[rows])
+    ex = Extractor(result.model, layers=(result.layer,), pool="none")
+    pre = ex.spec_preprocessing
+    mean = torch.tensor(pre.mean).view(1, 3, 1, 1)
+    std = torch.tensor(pre.std).view(1, 3, 1, 1)
+    base = build_torch_model(result.model)
+    k = block_index(result.layer)
+
+    def trunk(x):
+        x = base.stem(x)
+        for block in base.blocks[:k + 1]:
+            x = block(x)
+        return x
+
+    def fresh_top():
+        top, _ = build_top(result.model, result.layer, len(result.classes), 0.2)
+        opt = torch.optim.AdamW([{"params": top.top_parameters(), "lr": 1e-4},
+                                 {"params": top.classifier.parameters(), "lr": 1e-3}])
+        return top.train(), opt
+
+    def step(top, opt, xb, yb):
+        loss = F.cross_entropy(top(xb), torch.from_numpy(yb))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    # The machine is shared and its speed drifts by several times within minutes: the two
+    # loops run interleaved, batch by batch (alternating which goes first), so both see the
+    # same conditions. Each has its own top and optimiser.
+    cached_top, cached_opt = fresh_top()
+    top, opt = fresh_top()
+    warm = torch.from_numpy(maps.X[:2].astype(np.float32)).view(-1, *maps.shape)
+    step(cached_top, cached_opt, warm, y[:2])
+    step(top, opt, warm, y[:2])
+    with torch.no_grad():
+        trunk(torch.zeros(2, 3, *pre.input_size))
+    cached = 0.0
+    parts = {"decode": 0.0, "trunk": 0.0, "top": 0.0}
+
+    def cached_batch(s: int) -> float:
+        t = time.perf_counter()
+        xb = torch.from_numpy(maps.X[rows[s:s + batch]].astype(np.float32)).view(-1, *maps.shape)
+        step(cached_top, cached_opt, xb, y[s:s + batch])
+        return time.perf_counter() - t
+
+    def recompute_batch(s: int) -> None:
+        t = time.perf_counter()
+        px = np.stack([ex.decode(f) for f in files[s:s + batch]])
+        x = (torch.from_numpy(px).permute(0, 3, 1, 2).float() / 255.0 - mean) / std
+        parts["decode"] += time.perf_counter() - t
+        t = time.perf_counter()
+        with torch.no_grad():
+            xb = trunk(x)
+        parts["trunk"] += time.perf_counter() - t
+        t = time.perf_counter()
+        step(top, opt, xb, y[s:s + batch])
+        parts["top"] += time.perf_counter() - t
+
+    for i, s in enumerate(range(0, len(rows), batch)):
+        if i % 2:
+            recompute_batch(s)
+            cached += cached_batch(s)
+        else:
+            cached += cached_batch(s)
+            recompute_batch(s)
+    recompute = sum(parts.values())
+    ideal = sum(parts.values()) / parts["top"]
+    measured = recompute / cached
+    per10k = 10_000 / len(rows)
+    return {"images": len(rows), "batch_size": batch,
+            "cached_s_per_10k": round(cached * per10k, 1),
+            "recompute_s_per_10k": round(recompute * per10k, 1),
+            "parts_s_per_10k": {p: round(v * per10k, 1) for p, v in parts.items()},
+            "speedup_measured": round(measured, 2), "speedup_ideal": round(ideal, 2),
+            "fraction_of_ideal": round(measured / ideal, 3)}
+
+
+def agreement(result, test_maps, out: Path, n: int) -> dict:
+    from featurebank.extractor import Extractor
+    from featurebank.finetune._train import predict_logits
+
+    rows = np.arange(min(n, len(test_maps.X)))
+    paths = key_paths(test_maps.store)
+    files = [paths[k] for k in test_maps.keys[rows]]
+    t0 = time.perf_counter()
+    onnx_logits = Extractor(str(out), layers=("logits",), batch_size=64).embed(files)["logits"]
+    seconds = time.perf_counter() - t0
+    torch_logits = predict_logits(result.top, test_maps.X, test_maps.shape, rows)
+    same = float((onnx_logits.argmax(1) == torch_logits.argmax(1)).mean())
+    return {"images": len(rows), "agreement": same, "onnx_seconds": round(seconds, 1),
+            "max_abs_logit_diff_fp16_maps_vs_pixels": float(np.abs(onnx_logits - torch_logits).max())}
+
+
+def plot(payload: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    for cut, r in sorted(payload["cuts"].items()):
+        h = r["history"]
+        ax1.plot([0] + [e["epoch"] for e in h], [r["probe"]["val_accuracy"]]
+                 + [e["val_accuracy"] for e in h], "o-", label=f"{cut} val")
+        color = ax1.lines[-1].get_color()
+        ax1.axhline(r["test_accuracy"], ls="--", lw=0.8, color=color)
+        ax1.axhline(r["probe"]["test_accuracy"], ls=":", lw=0.8, color=color)
+    ax1.set(xlabel="epoch (0 = frozen probe)", ylabel="accuracy",
+            title="validation per epoch\n(test: dashed fine-tuned, dotted frozen probe)")
+    ax1.legend()
+    cuts = sorted(payload["cuts"])
+    cached = [payload["cuts"][c]["compare"]["cached_s_per_10k"] for c in cuts]
+    recompute = [payload["cuts"][c]["compare"]["recompute_s_per_10k"] for c in cuts]
+    xs = np.arange(len(cuts))
+    ax2.bar(xs - 0.2, cached, 0.4, label="cached maps (featurebank)")
+    ax2.bar(xs + 0.2, recompute, 0.4, label="recompute trunk each epoch")
+    ax2.set_xticks(xs, cuts)
+    ax2.set(ylabel="s per 10k images per epoch", title="time per epoch (interleaved)")
+    ax2.legend(loc="upper left")
+    fig.suptitle(payload["label"])
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    print(f"wrote {out}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--cut", default="blocks.12", help="one cut per run (results merge by cut)")
+    p.add_argument("--train", type=int, default=60_000)
+    p.add_argument("--test", type=int, default=10_000)
+    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--flip", action="store_true")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--compare", type=int, default=512, help="images for the loop comparison")
+    p.add_argument("--agreement", type=int, default=2000, help="test images scored through ONNX")
+    p.add_argument("--fresh", action="store_true", help="drop this cut's checkpoint first")
+    args = p.parse_args(argv)
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    from featurebank.finetune import FinetuneOptions, finetune
+    from featurebank.finetune._data import cut_spec, load_maps
+
+    subset = args.train < 60_000 or args.test < 10_000
+    name = "finetune_fmnist_subset" if subset else "finetune_fmnist"
+    train_dir, test_dir = folders(args.train, args.test)
+    (WORK / "runs").mkdir(parents=True, exist_ok=True)
+    out = WORK / "runs" / f"tuned-{train_dir.name}-{args.cut}.onnx"
+    ckpt = out.with_name(out.name + ".ckpt")
+    if args.fresh:
+        ckpt.unlink(missing_ok=True)
+    opts = FinetuneOptions(epochs=args.epochs, flip=args.flip, threads=args.threads)
+    t0 = time.perf_counter()
+    result = finetune(train_dir, model="efficientnet_lite0", from_layer=args.cut, test=test_dir,
+                      output=out, options=opts, report=WORK / "reports" / out.stem)
+    wall = time.perf_counter() - t0
+    result.export(out)
+    spec, shape = cut_spec(result.model, result.layer)
+    maps = load_maps(result.train_store, spec, shape)
+    test_maps = load_maps(result.test_store, spec, shape)
+    epoch_s = [h["train_seconds"] for h in result.history]
+    entry = {
+        "test_accuracy": result.test_accuracy, "probe": result.probe,
+        "best_epoch": result.best_epoch, "val_accuracy": result.val_accuracy,
+        "history": result.history, "resumed_from": result.resumed_from,
+        "embed_seconds_this_run": result.seconds.get("embed"),
+        "training_minutes": round((sum(h["seconds"] for h in result.history)
+                                   + result.probe["seconds"]) / 60, 2),
+        "train_maps": int(len(maps.X) * (1 - opts.val_size)),
+        "s_per_10k_maps_per_epoch": round(np.median(epoch_s) / (len(maps.X) * (1 - opts.val_size))
+                                          * 10_000, 1),
+        "wall_seconds_this_run": round(wall, 1),
+        "compare": compare_loops(result, maps, args.compare, opts.batch_size),
+        "predict_agreement": agreement(result, test_maps, out, args.agreement),
+        "options": opts.to_dict(),
+    }
+    path = RESULTS / f"{name}.json"
+    payload = json.loads(path.read_text()) if path.is_file() else {}
+    if payload.get("train_images") not in (None, len(maps.X)):
+        payload = {}  # another subset: start over rather than mix
+    payload.update({
+        "label": (f"SUBSET RUN: {len(maps.X)} train / {len(test_maps.X)} test images, "
+                  f"{args.epochs} epochs (not the 60k/10k design)") if subset else
+                 "Fashion-MNIST 60k/10k, Lite0",
+        "subset": subset, "train_images": len(maps.X), "test_images": len(test_maps.X),
+        "model": result.model, "cuts": {**payload.get("cuts", {}), args.cut: entry}})
+    write_result(path, payload)
+    plot(payload, RESULTS / f"{name}.png")
+    c = entry["compare"]
+    print(f"{args.cut}: test {result.test_accuracy:.4f} vs frozen probe "
+          f"{result.probe['test_accuracy']:.4f}; {entry['training_minutes']} min training; "
+          f"epoch {c['cached_s_per_10k']} s/10k cached vs {c['recompute_s_per_10k']} s/10k "
+          f"recomputing (speed-up {c['speedup_measured']} of ideal {c['speedup_ideal']}, "
+          f"{100 * c['fraction_of_ideal']:.0f} %); predict agreement "
+          f"{entry['predict_agreement']['agreement']:.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

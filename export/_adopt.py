@@ -1,0 +1,342 @@
+"""``featurebank adopt``: any ONNX image CNN becomes a self-describing, first-class model.
+
+The user states the conventions the graph cannot show (pixel range, channel order, and where
+the graph input is dynamic, its layout and size); everything else is read from the graph and
+checked against it. The adopted copy carries the same metadata a featurebank export has (spec
+named by the source file's SHA-256, preprocessing, layer catalogue with layouts), and a copy
+is kept in the model cache under that digest so a saved classifier finds its model again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from featurebank.errors import FeaturebankError
+from featurebank.export._catalogue import foreign_catalogue, input_layout_from_shape
+from featurebank.export._metadata import (
+    META_CLASSES,
+    featurebank_version,
+    foreign_model_spec,
+    load_onnx,
+    read_conventions,
+    read_onnx_metadata,
+)
+from featurebank.spec import (
+    META_INPUT,
+    META_LAYERS,
+    META_SPEC,
+    META_VERSION,
+    ModelSpec,
+    Preprocessing,
+    sha256_file,
+)
+
+log = logging.getLogger(__name__)
+#: Paths given on the command line (``--model``) searched first for a classifier's model.
+_REMEMBERED: list[Path] = []
+
+
+def _graph_input(proto: onnx.ModelProto) -> onnx.ValueInfoProto:
+    weights = {t.name for t in proto.graph.initializer}
+    return next(i for i in proto.graph.input if i.name not in weights)
+
+
+def resolve_conventions(model: str | Path | onnx.ModelProto, path: str | Path | None = None, *,
+                        name: str | None = None,
+                        **flags: Any) -> tuple[Preprocessing, list[str] | None]:
+    """The preprocessing of a foreign ONNX file from its graph and what the user states.
+
+    Parameters
+    ----------
+    model : path or onnx.ModelProto
+        The foreign graph.
+    path : path, optional
+        JSON/TOML file with the flag names in underscores (see
+        :func:`featurebank.export.read_conventions`).
+    name : str, optional
+        How errors name the model (default: its file name).
+    **flags
+        ``input_size``, ``resize``, ``interpolation``, ``pixel_range``, ``mean``, ``std``,
+        ``channel_order``, ``layout``, ``tensor_layout``, ``classes``; they win over the file.
+
+    Returns
+    -------
+    (Preprocessing, list of str or None)
+        The conventions and the class names read from ``classes`` (one a line).
+
+    Raises
+    ------
+    FeaturebankError
+        A missing required field (``pixel_range``, ``channel_order``; ``layout`` and
+        ``input_size`` where the graph input is dynamic), a value the graph contradicts, or a
+        value out of range (a mean outside the pixel range).
+    """
+    proto = model if isinstance(model, onnx.ModelProto) else load_onnx(model, load_weights=False)
+    name = name or ("the model" if isinstance(model, onnx.ModelProto) else Path(model).name)
+    data = read_conventions(path, **flags)
+    where = f" (in {path})" if path else ""
+    missing = [k for k in ("pixel_range", "channel_order") if k not in data]
+    if missing:
+        flag = {"pixel_range": "--pixel-range 1|255 (the range mean and std apply to)",
+                "channel_order": "--channel-order rgb|bgr"}
+        raise FeaturebankError(
+            f"{name}: state {' and '.join(flag[m] for m in missing)}{where}; no graph shows them "
+            f"(see docs/your-own-model.md)")
+    graph_input = _graph_input(proto)
+    tensor_type = graph_input.type.tensor_type
+    dims = tuple(d.dim_value if d.dim_value else -1 for d in tensor_type.shape.dim)
+    if len(dims) != 4 or tensor_type.elem_type != onnx.TensorProto.FLOAT:
+        raise FeaturebankError(
+            f"{name}: input {graph_input.name!r} is {len(dims)}-D "
+            f"{onnx.TensorProto.DataType.Name(tensor_type.elem_type).lower()}; featurebank "
+            f"feeds a 4-D float image batch (NCHW or NHWC)")
+    shown = input_layout_from_shape(dims)
+    layout = str(data.get("layout") or (shown or "")).lower()
+    if not layout:
+        raise FeaturebankError(f"{name}: the input shape {list(dims)} does not show which axis "
+                               f"holds the 3 channels; state --layout nchw|nhwc{where}")
+    if shown and layout != shown.lower():
+        raise FeaturebankError(f"{name}: the graph input {list(dims)} is {shown}, but the stated "
+                               f"layout is {layout}; drop --layout or state {shown.lower()}")
+    channels, hw = (dims[1], dims[2:]) if layout == "nchw" else (dims[3], dims[1:3])
+    if channels not in (3, -1):
+        raise FeaturebankError(f"{name}: the input has {channels} channels in layout {layout}; "
+                               f"featurebank feeds 3-channel images")
+    size = data.get("input_size")
+    if size is None:
+        if min(hw) < 1:
+            raise FeaturebankError(f"{name}: the input size is dynamic ({list(dims)}); state "
+                                   f"--input-size N or H,W{where}")
+        size = hw
+    elif min(hw) > 0 and tuple(size) != tuple(hw):
+        raise FeaturebankError(f"{name}: the graph takes {hw[0]}x{hw[1]} images, but the stated "
+                               f"input size is {size[0]}x{size[1]}")
+    data.update(input_size=tuple(size), layout=layout)
+    for key, default in (("mean", (0.0,) * 3), ("std", (1.0,) * 3), ("interpolation", "bilinear"),
+                         ("resize_size", min(size))):
+        data.setdefault(key, default)
+    classes = _read_classes(data.pop("classes", None))
+    try:
+        pre = Preprocessing.from_dict(data)
+    except (TypeError, ValueError) as exc:
+        raise FeaturebankError(f"{name}: preprocessing{where}: {exc}") from exc
+    return pre, classes
+
+
+def _read_classes(path: str | Path | None) -> list[str] | None:
+    if path is None:
+        return None
+    try:
+        names = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+    except OSError as exc:
+        raise FeaturebankError(f"classes file {path}: {exc.strerror or exc}") from exc
+    if not names:
+        raise FeaturebankError(f"classes file {path} holds no class name (one a line expected)")
+    return names
+
+
+def adopt(source: str | Path, out: str | Path, preprocessing: str | Path | None = None,
+          **flags: Any) -> ModelSpec:
+    """Write a self-describing copy of a foreign ONNX image model.
+
+    Parameters
+    ----------
+    source : path
+        The ONNX file (not modified).
+    out : path
+        Where the adopted copy goes; written atomically, only after every check passed.
+    preprocessing : path, optional
+        JSON/TOML file of conventions (flag names with underscores).
+    **flags
+        Conventions (see :func:`resolve_conventions`); they win over the file.
+
+    Returns
+    -------
+    ModelSpec
+        The spec written into the copy (named ``onnx-`` + the source's SHA-256).
+    """
+    source, out = Path(source), Path(out)
+    proto = load_onnx(source)
+    if any(p.key == META_SPEC for p in proto.metadata_props):
+        raise FeaturebankError(f"{source} already describes itself (made by featurebank); use it "
+                               f"as it is")
+    _check_output(source, out)
+    pre, classes = resolve_conventions(proto, preprocessing, name=source.name, **flags)
+    layers = foreign_catalogue(proto, pre.layout.upper(), pre.input_size, dict(pre.tensor_layouts))
+    logits = next((la for la in layers if la.name == "logits"), None)
+    if classes is not None and logits is not None and logits.shape[0] != len(classes):
+        raise FeaturebankError(f"the classes file names {len(classes)} classes but the model's "
+                               f"logits have {logits.shape[0]}")
+    adopted = _with_dynamic_batch(proto)
+    measured = _check_runs(adopted, source, pre, layers)
+    if measured:  # sizes shape inference could not follow (computed padding, say)
+        layers = foreign_catalogue(proto, pre.layout.upper(), pre.input_size,
+                                   dict(pre.tensor_layouts), measured)
+    spec = foreign_model_spec(source, pre)
+    input_name = _graph_input(adopted).name
+    meta = {
+        META_SPEC: json.dumps(spec.to_dict()),
+        META_LAYERS: json.dumps([la.to_dict() for la in layers]),
+        META_INPUT: json.dumps({"name": input_name, "layout": pre.layout.upper(),
+                                "dtype": "float32", "normalized": True, "adopted_from": source.name}),
+        META_VERSION: featurebank_version(),
+    }
+    if classes is not None:
+        meta[META_CLASSES] = json.dumps(classes)
+    kept = [(p.key, p.value) for p in adopted.metadata_props if p.key not in meta]
+    del adopted.metadata_props[:]
+    for key, value in [*kept, *meta.items()]:
+        adopted.metadata_props.add(key=key, value=value)
+    _atomic_save(adopted, out)
+    _keep_in_cache(out, spec.weights_sha256)
+    return spec
+
+
+def _check_output(source: Path, out: Path) -> None:
+    if out.is_dir():
+        raise FeaturebankError(f"output path {out} is a directory; give a file name ending in .onnx")
+    if not out.parent.is_dir():
+        raise FeaturebankError(f"cannot write {out}: folder {out.parent} does not exist")
+    if out.exists() and out.resolve() == source.resolve():
+        raise FeaturebankError(f"the adopted copy must not overwrite its source {source}")
+    if not os.access(out.parent, os.W_OK):
+        raise FeaturebankError(f"cannot write {out}: folder {out.parent} is not writable")
+
+
+def _with_dynamic_batch(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy whose input and outputs have a symbolic batch axis (batches of any size)."""
+    model = onnx.ModelProto()
+    model.CopyFrom(proto)
+    del model.graph.value_info[:]  # exporter shapes with a fixed batch would contradict runs
+    for vi in [_graph_input(model), *model.graph.output]:
+        dims = vi.type.tensor_type.shape.dim
+        if dims:
+            dims[0].ClearField("dim_value")
+            dims[0].dim_param = "N"
+    return model
+
+
+def _check_runs(model: onnx.ModelProto, source: Path, pre: Preprocessing,
+                layers: list) -> dict[str, tuple]:
+    """Run the graph on a batch of 2 at the stated size: it must run, and every named cut must
+    come out with that batch and the catalogued shape (a graph that bakes in batch 1 fails).
+
+    Returns the measured shapes (batch 1) of the cuts whose size shape inference left unknown.
+    """
+    import onnxruntime as ort
+
+    unknown = {la.tensor for la in layers if min(la.shape, default=-1) < 1}
+    named = {la.tensor: la for la in layers if la.name != la.tensor or la.tensor in unknown}
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    have = {o.name for o in probe.graph.output}
+    probe.graph.output.extend(onnx.helper.make_empty_tensor_value_info(t) for t in named
+                              if t not in have)
+    h, w = pre.input_size
+    shape = (2, 3, h, w) if pre.layout == "nchw" else (2, h, w, 3)
+    x = np.random.default_rng(0).uniform(0, pre.pixel_range, shape).astype(np.float32)
+    try:
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 4  # the failure is reported below, in the user's terms
+        session = ort.InferenceSession(probe.SerializeToString(), opts,
+                                       providers=["CPUExecutionProvider"])
+        results = session.run(None, {_graph_input(probe).name: x})
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises many types; all mean "cannot run"
+        raise FeaturebankError(
+            f"{source.name} cannot run on a batch of 2 images of {h}x{w} ({pre.layout}): "
+            f"{str(exc).splitlines()[0][:300]}; state the input size the model was made for, or "
+            f"export it with a dynamic batch axis") from None
+    measured = {}
+    for out, value in zip(session.get_outputs(), results, strict=True):
+        la = named.get(out.name)
+        if la is not None and la.tensor in unknown and value.ndim == len(la.shape) + 1:
+            measured[out.name] = (1, *value.shape[1:])
+            la = None  # its size is now measured; its batch is still checked
+        if value.shape[:1] != (2,) or (la is not None and tuple(value.shape[1:]) != la.shape):
+            raise FeaturebankError(
+                f"{source.name}: tensor {out.name!r} came out as {list(value.shape)} for a batch "
+                f"of 2 (expected [2, {', '.join(map(str, la.shape)) if la else '...'}]); the "
+                f"graph bakes in its batch size. Export it with a dynamic batch axis")
+    return measured
+
+
+def _atomic_save(proto: onnx.ModelProto, out: Path) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    os.close(fd)
+    try:
+        onnx.save(proto, tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, out)
+    except BaseException as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise FeaturebankError(f"cannot write {out}: {exc.strerror or exc}") from exc
+        raise
+
+
+def adopted_cache_path(digest: str) -> Path:
+    """Where the cache keeps the adopted copy of the model with this SHA-256."""
+    from featurebank.export._cache import cache_dir
+
+    return cache_dir() / "adopted" / f"{digest}.onnx"
+
+
+def _keep_in_cache(out: Path, digest: str) -> None:
+    target = adopted_cache_path(digest)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        try:
+            os.link(out, tmp)  # same file system: no second copy of the weights
+        except OSError:
+            shutil.copyfile(out, tmp)
+        os.replace(tmp, target)
+    except OSError as exc:  # a read-only cache: the classifier then needs --model
+        log.warning("could not keep a copy of %s in the cache %s: %s", out, target.parent, exc)
+
+
+def remember_model(path: str | Path) -> None:
+    """Search ``path`` first when a classifier looks for its model by digest."""
+    _REMEMBERED.insert(0, Path(path))
+
+
+def remembered_models() -> list[Path]:
+    """Paths passed to :func:`remember_model`, most recent first."""
+    return list(_REMEMBERED)
+
+
+def find_model_by_digest(digest: str, candidates=()) -> tuple[Path, bool]:
+    """An ONNX file holding the model with SHA-256 ``digest``.
+
+    Looks at ``candidates`` (paths given by the user), then paths passed to
+    :func:`remember_model`, then the cache's adopted copies. A candidate matches when it is an
+    adopted copy whose spec names the digest (returns ``(path, True)``) or the original file
+    itself (``(path, False)``: its preprocessing then comes from the classifier's spec).
+    """
+    seen = []
+    for path in [*(Path(c) for c in candidates if c), *_REMEMBERED, adopted_cache_path(digest)]:
+        if path in seen or not path.is_file():
+            continue
+        seen.append(path)
+        try:
+            info = read_onnx_metadata(path)
+        except FeaturebankError:
+            continue
+        if info.spec is not None and info.spec.weights_sha256 == digest:
+            return path, True
+        if info.spec is None and sha256_file(str(path)) == digest:
+            return path, False
+    looked = ", ".join(str(p) for p in seen) or "nothing"
+    raise FeaturebankError(
+        f"the ONNX model with SHA-256 {digest[:16]}... is not in the cache "
+        f"({adopted_cache_path(digest).parent}) nor among the given files (looked at {looked}); "
+        f"pass --model FILE.onnx (the adopted copy or the original file) or adopt it again")

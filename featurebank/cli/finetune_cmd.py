@@ -1,0 +1,78 @@
+"""``featurebank finetune``: train the top layers from cached maps, export a tuned ONNX model."""
+
+from __future__ import annotations
+
+import json
+
+from featurebank.finetune._options import FinetuneOptions
+
+DEFAULTS = FinetuneOptions()  # the one place the defaults live (no torch imported here)
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "finetune", help="fine-tune the layers above a cut from cached maps; export ONNX",
+        description="Embed TRAIN (a folder, one sub-folder per class, or a store holding the "
+        "maps) once at the cut, unpooled and float16, then train the blocks above the cut, the "
+        "head conv and a new linear head from those maps only: the head starts from the frozen "
+        "linear probe's solution, a stratified validation split picks the best epoch. Killed, "
+        "it resumes from the last finished epoch (OUTPUT.ckpt). The result is a self-describing "
+        "ONNX classifier: 'featurebank predict OUTPUT IMAGE...', 'featurebank serve --model "
+        "OUTPUT'.")
+    p.add_argument("train", metavar="TRAIN", help="folder of labelled images, or a store")
+    p.add_argument("--model", default="efficientnet_lite0", help="EfficientNet-Lite registry name")
+    p.add_argument("--from", dest="from_layer", default="blocks.12", metavar="LAYER",
+                   help="cut: layers up to it stay frozen (default: blocks.12)")
+    p.add_argument("--epochs", type=int, default=DEFAULTS.epochs)
+    p.add_argument("--val-size", type=float, default=DEFAULTS.val_size,
+                   help=f"validation fraction ({DEFAULTS.val_size})")
+    p.add_argument("--test", default=None, metavar="FOLDER_OR_STORE",
+                   help="held-out images scored with the best epoch and the frozen probe")
+    p.add_argument("--report", default=None, metavar="DIR", help="write finetune.json, curves.png")
+    p.add_argument("-o", "--output", required=True, metavar="TUNED.onnx")
+    p.add_argument("--seed", type=int, default=DEFAULTS.seed)
+    p.add_argument("--flip", action="store_true",
+                   help="also cache horizontally mirrored maps and train on them half the time")
+    p.add_argument("--lr-head", type=float, default=DEFAULTS.lr_head)
+    p.add_argument("--lr-top", type=float, default=DEFAULTS.lr_top)
+    p.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size)
+    p.add_argument("--patience", type=int, default=DEFAULTS.patience,
+                   help="early stopping (0: off)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=run_finetune)
+
+
+def run_finetune(args) -> int:
+    from pathlib import Path
+
+    from featurebank.errors import FeaturebankError
+    from featurebank.finetune import finetune
+
+    if not args.output.lower().endswith(".onnx"):
+        raise FeaturebankError(f"-o {args.output}: the tuned model is an ONNX file; end the name "
+                               "in .onnx")
+    options = FinetuneOptions(epochs=args.epochs, val_size=args.val_size, seed=args.seed,
+                              flip=args.flip, lr_head=args.lr_head, lr_top=args.lr_top,
+                              batch_size=args.batch_size, patience=args.patience,
+                              threads=args.threads)
+    result = finetune(args.train, model=args.model, from_layer=args.from_layer, test=args.test,
+                      output=Path(args.output), report=args.report, options=options,
+                      progress=not args.no_progress)
+    result.export(args.output)
+    if args.report:  # again, now that the file (and its export time) exists
+        from featurebank.finetune._report import write_report
+
+        write_report(result, Path(args.report))
+    if args.json:
+        print(json.dumps(result.summary(), default=str))
+        return 0
+    probe = result.probe
+    print(f"best epoch {result.best_epoch}: validation accuracy {result.val_accuracy:.4f} "
+          f"(frozen linear probe {probe['val_accuracy']:.4f})")
+    if result.test_accuracy is not None:
+        print(f"test accuracy {result.test_accuracy:.4f} (frozen linear probe "
+              f"{probe['test_accuracy']:.4f})")
+    print(f"wrote {args.output}" + (f"; report in {args.report}" if args.report else ""))
+    return 0

@@ -1,0 +1,224 @@
+"""The cached maps: embed a folder once into a store (and its flipped copies), read them back
+checked against the model and cut asked for, and split them (no torch here).
+
+The maps are the trunk's output at the cut, unpooled (``pool='none'``: the C*H*W map flattened
+in C, H, W order) and float16, in an ordinary feature store: incremental and crash-safe like
+any feature set, so a killed embedding resumes where it stopped. Flipped copies live in a
+second store beside it (``NAME.hflip.h5``), keyed by the same content keys: their vectors are
+those of the mirrored image, so they must never sit in a feature set of the same spec.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from featurebank.errors import FeaturebankError
+from featurebank.spec import FeatureSpec
+
+log = logging.getLogger(__name__)
+FLIP_SUFFIX = ".hflip.h5"
+
+
+@dataclass
+class CachedMaps:
+    """Rows of one unpooled feature set: maps float16 ``[N, C*H*W]``, labels, content keys."""
+
+    X: np.ndarray
+    labels: np.ndarray
+    keys: np.ndarray
+    spec: FeatureSpec
+    shape: tuple[int, int, int]
+    store: Path
+    flipped: np.ndarray | None = None  # same rows mirrored; NaN-free rows only where present
+
+    @property
+    def fingerprint(self) -> str:
+        return self.spec.fingerprint()
+
+
+def cut_spec(model: str, layer: str) -> tuple[FeatureSpec, tuple[int, int, int]]:
+    """The spec of the maps a fine-tune from ``layer`` of ``model`` needs, and their shape.
+
+    Refuses anything but a registry EfficientNet-Lite cut at ``blocks.N``: those are the models
+    whose layers above the cut exist as torch modules to train.
+    """
+    from featurebank.export import get_model_entry, read_onnx_metadata
+    from featurebank.extractor import Extractor, resolve_model_path
+
+    if str(model).lower().endswith(".onnx"):
+        raise FeaturebankError(f"finetune --model {model}: give a registry model name such as "
+                               "efficientnet_lite0 (its torch layers are what gets trained)")
+    entry = get_model_entry(model)
+    if entry.source != "featurebank":
+        raise FeaturebankError(f"finetune supports the EfficientNet-Lite models "
+                               f"(efficientnet_lite0/1/2), not {model!r}")
+    info = read_onnx_metadata(resolve_model_path(model))
+    blocks = [la.name for la in info.layers if la.name.startswith("blocks.")]
+    if layer not in blocks:
+        raise FeaturebankError(f"finetune --from {layer!r}: cut at one of {blocks[0]} .. "
+                               f"{blocks[-1]} of {model} (the layers above it are trained)")
+    shape = tuple(int(v) for v in info.layer(layer).shape)
+    spec = Extractor(model, layers=(layer,), pool="none").specs[0]
+    return spec, shape  # type: ignore[return-value]
+
+
+def ensure_store(source: str | Path, out_dir: Path, role: str, spec: FeatureSpec,
+                 batch_size: int = 32, progress: bool = True) -> Path:
+    """``source`` as a store holding ``spec``'s maps: an existing store is checked; a folder is
+    embedded (only new content) into ``out_dir/<folder>.<role>.h5``."""
+    source = Path(source)
+    if source.is_file():
+        check_store(source, spec)
+        return source
+    if not source.is_dir():
+        raise FeaturebankError(f"finetune {role} input {source} is neither a folder of images "
+                               "(one sub-folder per class) nor a feature store")
+    store = out_dir / f"{source.resolve().name}.{role}.h5"
+    if store.exists():
+        check_store(store, spec)
+    _embed([str(source)], store, spec, batch_size, progress, flip=False)
+    return store
+
+
+def ensure_flipped(store: Path, spec: FeatureSpec, batch_size: int = 32,
+                   progress: bool = True) -> Path:
+    """The mirrored maps of every image of ``store`` in ``STORE.hflip.h5`` (only new content)."""
+    flip_store = store.with_name(store.name.removesuffix(".h5") + FLIP_SUFFIX)
+    with h5py.File(store, "r", locking=False) as f:
+        n = int(f["images"].attrs.get("committed", 0))
+        paths = sorted({p.decode("utf-8", "surrogateescape")
+                        for p in (bytes(x) for x in f["images/paths"][:n])})
+    _embed(paths, flip_store, spec, batch_size, progress, flip=True)
+    return flip_store
+
+
+def _embed(inputs: list[str], store: Path, spec: FeatureSpec, batch_size: int, progress: bool,
+           flip: bool) -> None:
+    from featurebank.extractor import EmbedRun, Extractor, embed_collection
+
+    cls = _flipped_extractor_class() if flip else Extractor
+    ex = cls(spec.model.model, layers=(spec.layer,), pool="none", batch_size=batch_size)
+    if ex.specs[0].fingerprint() != spec.fingerprint():
+        raise FeaturebankError(f"the extractor computes {ex.specs[0].describe()}, not "
+                               f"{spec.describe()}; the model cache changed under the run")
+    summary = embed_collection(inputs, store, extractor=ex,
+                               run=EmbedRun(batch_size=batch_size, dtype="float16",
+                                            progress=progress))
+    log.info("%s%s: %s", store.name, " (mirrored)" if flip else "", summary)
+
+
+def _flipped_extractor_class():  # a factory: the extractor module loads lazily
+    from featurebank.extractor import Extractor
+
+    class FlippedExtractor(Extractor):
+        """The same cut, computed on the horizontally mirrored image (NHWC: axis 2)."""
+
+        def embed_pixels(self, pixels: np.ndarray) -> list[np.ndarray]:
+            return super().embed_pixels(np.ascontiguousarray(np.asarray(pixels)[:, :, ::-1]))
+
+    return FlippedExtractor
+
+
+def check_store(store: Path, spec: FeatureSpec) -> None:
+    """Refuse a store that has no maps of ``spec``, naming what it holds instead."""
+    from featurebank.extractor import FeatureStore
+
+    sets = FeatureStore(store).feature_sets()
+    if any(s.fingerprint == spec.fingerprint() for s in sets):
+        return
+    held = "; ".join(s.spec.describe() for s in sets) or "no feature set"
+    near = [s.spec for s in sets if s.spec.pool == "none"]
+    why = ""
+    for other in near:
+        if other.model.model != spec.model.model:
+            why = f" (maps of model {other.model.model}, not {spec.model.model})"
+        elif other.model.weights_sha256 != spec.model.weights_sha256:
+            why = (f" (maps of other weights: {other.model.weights_sha256[:12]}, not "
+                   f"{spec.model.weights_sha256[:12]})")
+        elif other.layer != spec.layer:
+            why = f" (maps cut at {other.layer}, not {spec.layer})"
+        if why:
+            break
+    raise FeaturebankError(
+        f"store {store} holds no unpooled maps of {spec.describe()}{why}; it has: {held}. "
+        f"Fine-tune with the --model/--from the maps were cut with, or embed them with "
+        f"'featurebank embed ... --model {spec.model.model} --layer {spec.layer} --pool none'")
+
+
+def load_maps(store: Path, spec: FeatureSpec, shape: tuple[int, int, int],
+              flip_store: Path | None = None) -> CachedMaps:
+    """The committed maps of ``spec`` in ``store`` (float16, never widened: 60k maps of
+    ``blocks.12`` are 1.1 GB so), with their labels and keys, and the mirrored copies."""
+    from featurebank.extractor import FeatureStore
+
+    check_store(store, spec)
+    fp = spec.fingerprint()
+    with h5py.File(store, "r", locking=False) as f:
+        g = f["features"][fp]
+        n = int(g.attrs.get("committed", 0))
+        row_shape = tuple(int(v) for v in g.attrs.get("row_shape", ()))
+        X = np.asarray(g["X"][:n], dtype=np.float16)
+        keys = g["keys"][:n].astype(str)
+        table = FeatureStore._image_table(f)  # the store's own key -> (path, label) rules
+    if X.shape[1] != int(np.prod(shape)) or row_shape not in ((), shape, (X.shape[1],)):
+        raise FeaturebankError(f"store {store}: maps of {X.shape[1]} values (row shape "
+                               f"{list(row_shape)}), the cut {spec.layer} has shape "
+                               f"{list(shape)}; the store is from another model")
+    labels = np.array([table.get(k, ("", ""))[1] for k in keys], dtype=object).astype(str)
+    maps = CachedMaps(X, labels, keys, spec, shape, store)
+    if flip_store is not None:
+        flip = FeatureStore(flip_store)
+        index = flip.key_index(fp)
+        have = np.array([k in index for k in keys], dtype=bool)
+        mirrored = X.copy()  # an image without a mirrored map trains on its own map
+        if have.any():
+            mirrored[have] = flip.rows(fp, [index[k] for k in keys[have]]).astype(np.float16)
+        if not have.all():
+            log.warning("%d of %d images have no mirrored map (unreadable now?); they train "
+                        "unflipped", int((~have).sum()), len(keys))
+        maps.flipped = mirrored
+    return maps
+
+
+def stratified_split(labels: np.ndarray, val_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices (train, validation), stratified by class and fixed by ``seed``."""
+    from sklearn.model_selection import train_test_split
+
+    idx = np.arange(len(labels))
+    n_classes = len(set(labels.tolist()))
+    if round(val_size * len(labels)) < n_classes:
+        raise FeaturebankError(f"val_size {val_size} of {len(labels)} images leaves fewer "
+                               f"validation images than classes ({n_classes}); raise --val-size")
+    train, val = train_test_split(idx, test_size=val_size, stratify=labels, random_state=seed)
+    return np.sort(train), np.sort(val)
+
+
+def check_labels(maps: CachedMaps, classes: list[str] | None = None) -> list[str]:
+    """The sorted class names; refuses unlabelled rows, single-image classes and (for a test
+    store, given the training ``classes``) classes the model was not trained on."""
+    unlabelled = int((maps.labels == "").sum())
+    if unlabelled:
+        raise FeaturebankError(f"store {maps.store}: {unlabelled} images have no label; "
+                               "fine-tuning needs one sub-folder per class")
+    if len(maps.labels) == 0:
+        raise FeaturebankError(f"store {maps.store} holds no maps of {maps.spec.describe()}")
+    found, counts = np.unique(maps.labels, return_counts=True)
+    if classes is None:
+        if len(found) < 2:
+            raise FeaturebankError(f"store {maps.store}: one class only ({found[0]}); "
+                                   "fine-tuning needs at least two")
+        few = [str(c) for c, k in zip(found, counts, strict=True) if k < 2]
+        if few:
+            raise FeaturebankError(f"store {maps.store}: classes {few} have a single image; "
+                                   "the stratified validation split needs two per class")
+        return [str(c) for c in found]
+    unknown = sorted(set(found.tolist()) - set(classes))
+    if unknown:
+        raise FeaturebankError(f"test store {maps.store} has classes the training set lacks: "
+                               f"{unknown}")
+    return list(classes)

@@ -1,0 +1,143 @@
+"""Install truth: what `make demo` and `make test` install, and where torch comes from.
+
+The branch that installs torch from PyTorch's CPU index cannot run on a machine without network;
+what can be tested is the decision: pip itself is asked (a dry run) whether a CPU wheel is at
+hand, here against fake find-links folders holding real (tiny) wheel files.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+import zipfile
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+from packaging.requirements import Requirement
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    tomllib = pytest.importorskip("tomli")
+
+ROOT = Path(__file__).resolve().parent.parent
+spec = importlib.util.spec_from_file_location("fb_install", ROOT / "tools" / "install.py")
+install = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(install)
+TORCH = install.pinned_torch()
+
+
+def fake_wheel(folder: Path, version: str) -> Path:
+    """A valid, empty wheel named torch-VERSION (pip reads its metadata like a real one)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    info = f"torch-{version}.dist-info"
+    path = folder / f"torch-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr(f"{info}/METADATA", f"Metadata-Version: 2.1\nName: torch\nVersion: {version}\n")
+        z.writestr(f"{info}/WHEEL", "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
+                                    "Tag: py3-none-any\n")
+        z.writestr(f"{info}/RECORD", "")
+    return path
+
+
+def only(folder: Path) -> tuple[str, ...]:
+    """pip arguments that make ``folder`` its only source (no config, no index)."""
+    return ("--isolated", "--no-index", "--find-links", str(folder))
+
+
+def test_constraints_pin_the_torch_the_project_allows():
+    assert re.fullmatch(r"\d+\.\d+\.\d+", TORCH)
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    torch = next(Requirement(d) for d in deps if Requirement(d).name == "torch")
+    assert TORCH in torch.specifier
+
+
+@pytest.mark.parametrize("present, expected", [
+    ([f"{TORCH}+cpu"], True),
+    ([TORCH], False),            # the public (CUDA) build only
+    ([], False),
+    (["2.12.0+cpu"], False),     # a CPU wheel, but not the pinned version
+    ([TORCH, f"{TORCH}+cpu"], True),
+])
+def test_detects_a_local_cpu_wheel(tmp_path, present, expected):
+    for version in present:
+        fake_wheel(tmp_path, version)
+    assert install.cpu_wheel_at_hand(TORCH, only(tmp_path)) is expected
+
+
+def test_without_a_cpu_wheel_torch_comes_from_the_cpu_index(tmp_path):
+    steps = install.plan("service", only(tmp_path), platform="linux")
+    assert len(steps) == 2
+    assert steps[0][-3:] == ["--index-url", install.CPU_INDEX, f"torch=={TORCH}"]
+    assert "-e" in steps[1] and steps[1][-1].endswith("[service]")
+    # the project step does not name an index: only torch takes PyTorch's
+    assert install.CPU_INDEX not in steps[1]
+
+
+def test_with_a_cpu_wheel_or_on_macos_one_step(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    fake_wheel(tmp_path / "cpu", f"{TORCH}+cpu")
+    for pip_args, platform in ((only(tmp_path / "cpu"), "linux"), (only(empty), "darwin")):
+        steps = install.plan("service,dev,ray", pip_args, platform=platform)
+        assert len(steps) == 1, steps
+        assert steps[0][-4:] == ["-c", str(install.CONSTRAINTS), "-e",
+                                 f"{install.ROOT}[service,dev,ray]"]
+
+
+def test_make_targets_install_what_they_need(tmp_path):
+    env = dict(os.environ, MAKEFLAGS="")
+    venv = tmp_path / "venv"
+
+    def dry(target: str) -> str:
+        return subprocess.run(["make", "-n", "-C", str(ROOT), target, f"VENV={venv}"],
+                              capture_output=True, text=True, env=env, check=True).stdout
+
+    def installs(target: str) -> list[str]:
+        return re.findall(r"tools/install\.py (\S+)", dry(target))
+
+    assert installs("demo") == ["service"]
+    assert installs("test") == ["service", "service,dev,ray"]
+
+
+def closure(requirements: list[str], extras: frozenset[str] = frozenset()) -> set[str]:
+    """Every distribution the requirements pull in, through the installed packages' metadata."""
+    seen: set[str] = set()
+    todo = [(Requirement(r), extras) for r in requirements]
+    while todo:
+        req, active = todo.pop()
+        env_ok = req.marker is None or any(req.marker.evaluate({"extra": e}) for e in active or {""})
+        name = req.name.lower().replace("_", "-")
+        if not env_ok or name in seen:
+            continue
+        seen.add(name)
+        try:
+            dist = metadata.distribution(req.name)
+        except metadata.PackageNotFoundError:
+            continue  # not installed here (e.g. onnxruntime-gpu): nothing further to follow
+        todo += [(Requirement(r), frozenset(req.extras)) for r in dist.requires or []]
+    return seen
+
+
+def test_demo_install_has_no_ray_pandas_or_pyarrow():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    demo = closure(project["dependencies"] + extras["service"])
+    assert {"fastapi", "uvicorn", "fastapi-offline", "torch", "onnxruntime"} <= demo
+    assert not {"ray", "pandas", "pyarrow"} & demo, {"ray", "pandas", "pyarrow"} & demo
+    assert {"ray", "pandas", "pyarrow"} <= closure(extras["ray"])
+    assert not {"ray", "pandas", "pyarrow"} & closure(extras["dev"])
+
+
+@pytest.mark.skipif(sys.platform == "darwin", reason="macOS wheels of torch have no CUDA")
+def test_this_machine_answer_is_consistent():
+    """`--which-torch` says what :func:`cpu_wheel_at_hand` finds with pip's own configuration."""
+    done = subprocess.run([sys.executable, str(ROOT / "tools" / "install.py"), "--which-torch"],
+                          capture_output=True, text=True, check=True)
+    local = install.cpu_wheel_at_hand(TORCH)
+    assert ("local CPU wheel" in done.stdout) is local
+    assert (install.CPU_INDEX in done.stdout) is not local
