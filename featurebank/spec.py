@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import KW_ONLY, asdict, dataclass, field, replace
 from typing import Any
 
 #: Keys under which an exported ONNX file describes itself (``ModelProto.metadata_props``).
@@ -277,6 +277,7 @@ class FeatureOptions:
     """
 
     model: str = DEFAULT_MODEL
+    _: KW_ONLY  # everything after the model is named
     layers: tuple[str, ...] = ("head",)
     pool: str = "avg"
     gem_p: float = 3.0

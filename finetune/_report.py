@@ -37,7 +37,8 @@ def plot_curves(history: list[dict], probe: dict, test_accuracy: float | None, o
 
     epochs = [0] + [h["epoch"] for h in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
-    ax_loss.plot(epochs[1:], [h["train_loss"] for h in history], "o-", label="train")
+    ax_loss.plot(epochs, [probe.get("train_loss", math.nan)] + [h["train_loss"] for h in history],
+                 "o-", label="train")
     ax_loss.plot(epochs, [probe.get("val_loss", math.nan)] + [h["val_loss"] for h in history],
                  "s-", label="validation")
     ax_loss.set(xlabel="epoch (0 = linear probe)", ylabel="cross-entropy", title="loss")

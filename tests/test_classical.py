@@ -57,6 +57,7 @@ def _pixels(images):
                      .ravel() / 255 for im in images])
 
 
+@pytest.mark.slow
 def test_probe_on_digits_against_raw_pixels(digits_split, digit_features):
     """10 digits per class: frozen features are far above chance, but 8x8 scans blown up to
     224 px are a poor match for ImageNet features; raw pixels win here (measured 0.70 vs 0.93),
@@ -77,6 +78,7 @@ def test_transformer_output_and_names(digit_features):
     assert [s.layer for s in tf.specs_] == list(LAYERS)
 
 
+@pytest.mark.slow
 def test_grid_search_embeds_each_image_once(model_cache, digits_split, tmp_path):
     Xtr, ytr, _, _ = digits_split
     images = list(Xtr[::2])  # 50 images, 5 per class
@@ -149,6 +151,7 @@ def test_k_shot_and_cross_validation(digit_features, digits_split):
     assert scores.shape == (5,) and scores.mean() > 0.6
 
 
+@pytest.mark.slow
 def test_probe_l2_normalize_and_cv_choice(digit_features, digits_split):
     """``cv=5`` scores each C by 5-fold CV on all 100 digits (checked against scikit-learn's own
     pipeline); ``normalize='l2'`` makes predictions blind to each image's feature scale."""

@@ -43,6 +43,7 @@ def stores(model_cache, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_train_evaluate_report(stores, tmp_path, capsys):
     model = tmp_path / "m.joblib"
     assert main(["train", str(stores["train"]), "-o", str(model), "--layer", "blocks.13",
@@ -231,6 +232,7 @@ def test_missing_images_are_named_before_training_and_no_baseline_skips(odd_stor
     assert fits
 
 
+@pytest.mark.slow
 def test_predict_accepts_a_folder_like_embed(stores, tmp_path, capsys):
     model = tmp_path / "m.joblib"
     assert main(["train", str(stores["train"]), "-o", str(model), "--layer", "head",

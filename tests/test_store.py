@@ -39,7 +39,7 @@ def digits():
 
 def test_round_trip_float16_and_float32(tmp_path, digits):
     X, keys, paths, labels = digits
-    with FeatureStore(tmp_path / "s.h5", "a") as s:
+    with FeatureStore(tmp_path / "s.h5", mode="a") as s:
         s.add_rows(_spec("head"), keys[:30], X[:30], paths[:30], labels[:30])
         s.add_rows(_spec("head"), keys[30:], X[30:], paths[30:], labels[30:])
         s.add_rows(_spec("blocks.3"), keys, X * 1.001, paths, labels, dtype="float32")
@@ -69,7 +69,7 @@ def test_round_trip_float16_and_float32(tmp_path, digits):
 
 def test_plain_h5py_reads_the_documented_layout(tmp_path, digits):
     X, keys, paths, labels = digits
-    with FeatureStore(tmp_path / "s.h5", "a") as s:
+    with FeatureStore(tmp_path / "s.h5", mode="a") as s:
         s.add_rows(_spec(), keys[:10], X[:10], paths[:10], labels[:10])
         s.record_failure("/data/bad.jpg", "truncated image")
     with h5py.File(tmp_path / "s.h5", "r") as f:
@@ -87,7 +87,7 @@ def test_plain_h5py_reads_the_documented_layout(tmp_path, digits):
 
 def test_duplicate_content_keeps_one_row_and_all_paths(tmp_path, digits):
     X, keys, paths, labels = digits
-    with FeatureStore(tmp_path / "s.h5", "a") as s:
+    with FeatureStore(tmp_path / "s.h5", mode="a") as s:
         s.add_rows(_spec(), keys[:5], X[:5], paths[:5], labels[:5])
         s.add_rows(_spec(), keys[:5], X[:5] + 100, ["/other/" + p for p in paths[:5]], labels[:5])
         s.add_paths(keys[:2], ["/third/a.png", "/third/b.png"])
@@ -107,7 +107,7 @@ def test_rows_past_committed_are_ignored_and_overwritten(tmp_path, digits):
     """A commit cut short (data written, counter not) is invisible and replaced on resume."""
     X, keys, paths, labels = digits
     path = tmp_path / "s.h5"
-    with FeatureStore(path, "a") as s:
+    with FeatureStore(path, mode="a") as s:
         s.add_rows(_spec(), keys[:4], X[:4], paths[:4], labels[:4])
     with h5py.File(path, "a") as f:  # simulate a kill between data and counter
         g = f["features"][_spec().fingerprint()]
@@ -116,7 +116,7 @@ def test_rows_past_committed_are_ignored_and_overwritten(tmp_path, digits):
             g[name][4:8] = fill
     s = FeatureStore(path)
     assert len(s.read().keys) == 4 and not s.has(_spec().fingerprint(), ["f" * 64])[0]
-    with FeatureStore(path, "a") as s:
+    with FeatureStore(path, mode="a") as s:
         s.add_rows(_spec(), keys[4:6], X[4:6], paths[4:6], labels[4:6])
     feats = FeatureStore(path).read()
     np.testing.assert_array_equal(feats.keys, keys[:6])
@@ -125,22 +125,22 @@ def test_rows_past_committed_are_ignored_and_overwritten(tmp_path, digits):
 
 def test_second_writer_is_refused_and_lock_dies_with_the_process(tmp_path):
     path = tmp_path / "s.h5"
-    with FeatureStore(path, "a"):
+    with FeatureStore(path, mode="a"):
         with pytest.raises(StoreLockedError, match="another process"):
-            FeatureStore(path, "a")
-        FeatureStore(path, "r").feature_sets()  # readers are never blocked
+            FeatureStore(path, mode="a")
+        FeatureStore(path, mode="r").feature_sets()  # readers are never blocked
     # A writer killed with SIGKILL leaves no stale lock.
-    code = (f"from featurebank.extractor.store._store import FeatureStore; s = FeatureStore({str(path)!r}, 'a'); "
+    code = (f"from featurebank.extractor.store._store import FeatureStore; s = FeatureStore({str(path)!r}, mode='a'); "
             "print('locked', flush=True); import time; time.sleep(60)")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline().strip() == "locked"
         with pytest.raises(StoreLockedError):
-            FeatureStore(path, "a")
+            FeatureStore(path, mode="a")
     finally:
         proc.kill()
         proc.wait()
-    FeatureStore(path, "a").close()
+    FeatureStore(path, mode="a").close()
 
 
 def test_newer_format_and_foreign_files_are_refused(tmp_path):
@@ -150,7 +150,7 @@ def test_newer_format_and_foreign_files_are_refused(tmp_path):
         f.create_group("images")
     for mode in ("r", "a"):
         with pytest.raises(FeaturebankError, match="newer than this featurebank"):
-            FeatureStore(newer, mode)
+            FeatureStore(newer, mode=mode)
     foreign = tmp_path / "foreign.h5"
     with h5py.File(foreign, "w") as f:
         f["x"] = np.arange(3)
@@ -166,7 +166,7 @@ def test_newer_format_and_foreign_files_are_refused(tmp_path):
 
 def test_writes_need_writer_mode_and_valid_input(tmp_path, digits):
     X, keys, paths, labels = digits
-    with FeatureStore(tmp_path / "s.h5", "a") as s:
+    with FeatureStore(tmp_path / "s.h5", mode="a") as s:
         with pytest.raises(FeaturebankError, match="dtype"):
             s.add_rows(_spec(), keys[:2], X[:2], paths[:2], dtype="float64")
         with pytest.raises(FeaturebankError, match="len\\(keys\\)"):
@@ -181,7 +181,7 @@ def test_writes_need_writer_mode_and_valid_input(tmp_path, digits):
 def test_a_later_label_for_known_content_wins(tmp_path, digits):
     """Embedding `data/cats/` (no label) then `data/` (label 'cats') labels the rows 'cats'."""
     X, keys, paths, labels = digits
-    with FeatureStore(tmp_path / "s.h5", "a") as s:
+    with FeatureStore(tmp_path / "s.h5", mode="a") as s:
         s.add_rows(_spec(), keys[:3], X[:3], paths[:3], ["", "", ""])
         s.add_paths(keys[:2], paths[:2], ["cats", "cats"])
         s.add_paths(keys[:1], paths[:1], [""])  # an unlabelled re-run does not erase it
@@ -198,7 +198,7 @@ def test_full_disk_refuses_the_commit_and_keeps_the_store(tmp_path, digits):
     """With the file size capped (RLIMIT_FSIZE, as a full disk), a commit fails cleanly."""
     X, keys, paths, labels = digits
     path = tmp_path / "s.h5"
-    with FeatureStore(path, "a") as s:
+    with FeatureStore(path, mode="a") as s:
         s.add_rows(_spec(), keys[:20], X[:20], paths[:20], labels[:20])
     np.save(tmp_path / "more.npy", X[20:])
     code = f"""
@@ -208,7 +208,7 @@ from tests.test_store import _spec
 from featurebank.extractor.store._store import FeatureStore
 limit = {path.stat().st_size + 4096}
 resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-with FeatureStore({str(path)!r}, "a") as s:
+with FeatureStore({str(path)!r}, mode="a") as s:
     try:
         s.add_rows(_spec(), {keys[20:]!r}, np.load({str(tmp_path / "more.npy")!r}), {paths[20:]!r})
     except FeaturebankError as exc:
@@ -222,7 +222,7 @@ with FeatureStore({str(path)!r}, "a") as s:
     feats = FeatureStore(path).read()
     np.testing.assert_array_equal(feats.keys, keys[:20])
     np.testing.assert_allclose(feats.X, X[:20], rtol=1e-3)
-    with FeatureStore(path, "a") as s:  # room again: the same batch goes in
+    with FeatureStore(path, mode="a") as s:  # room again: the same batch goes in
         s.add_rows(_spec(), keys[20:], X[20:], paths[20:], labels[20:])
     assert len(FeatureStore(path).read().keys) == 60
 
@@ -231,21 +231,21 @@ def test_waiting_writers_take_turns_and_leave_no_lock_file(tmp_path, digits):
     X, keys, paths, labels = digits
     path = tmp_path / "s.h5"
     lock = tmp_path / "s.h5.lock"
-    with FeatureStore(path, "a") as s:
+    with FeatureStore(path, mode="a") as s:
         assert lock.is_file()
         s.add_rows(_spec(), keys[:5], X[:5], paths[:5], labels[:5])
     assert not lock.exists()  # a finished writer leaves only the store
     # A writer in another process holds the lock for a moment; a waiting writer gets it after.
     code = (f"import time; from featurebank.extractor.store._store import FeatureStore\n"
-            f"s = FeatureStore({str(path)!r}, 'a'); print('locked', flush=True); time.sleep(1.0)\n"
+            f"s = FeatureStore({str(path)!r}, mode='a'); print('locked', flush=True); time.sleep(1.0)\n"
             "s.close()")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline().strip() == "locked"
         with pytest.raises(StoreLockedError):
-            FeatureStore(path, "a")  # no wait: refused at once
+            FeatureStore(path, mode="a")  # no wait: refused at once
         t0 = time.monotonic()
-        with FeatureStore(path, "a", wait=30) as s:
+        with FeatureStore(path, mode="a", wait=30) as s:
             assert time.monotonic() - t0 > 0.3  # it did wait for the other writer
             s.add_rows(_spec(), keys[5:8], X[5:8], paths[5:8], labels[5:8])
     finally:
@@ -256,7 +256,7 @@ def test_waiting_writers_take_turns_and_leave_no_lock_file(tmp_path, digits):
 def test_relative_paths_are_stored_absolute(tmp_path, digits, monkeypatch):
     X, keys, _, labels = digits
     monkeypatch.chdir(tmp_path)
-    with FeatureStore("s.h5", "a") as s:
+    with FeatureStore("s.h5", mode="a") as s:
         s.add_rows(_spec(), keys[:2], X[:2], ["imgs/a.png", "../b.png"], labels[:2])
         s.record_failure("bad.png", "truncated image")
     got = FeatureStore(tmp_path / "s.h5")
@@ -289,7 +289,7 @@ def test_version_1_store_reads_refuses_writes_and_upgrades(tmp_path, digits, cap
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_bytes(b"png")
     path = tmp_path / "old.h5"
-    with FeatureStore(path, "a") as s:
+    with FeatureStore(path, mode="a") as s:
         s.add_rows(_spec(), keys[:4], X[:4], [str(p) for p in files], labels[:4])
         s.record_failure(str(root / "imgs" / "bad.png"), "truncated image")
     _as_version_1(path, root)
@@ -297,7 +297,7 @@ def test_version_1_store_reads_refuses_writes_and_upgrades(tmp_path, digits, cap
     assert old.format_version == 1 and old.read().y.tolist() == labels[:4]
     assert old.read().paths.tolist() == ["imgs/0.png", "imgs/1.png", "imgs/2.png", "imgs/3.png"]
     with pytest.raises(FeaturebankError, match=r"format version 1.*store upgrade .*--root"):
-        FeatureStore(path, "a")
+        FeatureStore(path, mode="a")
     assert not (tmp_path / "old.h5.lock").exists()
     assert main(["store", "info", str(path)]) == 0
     out = capsys.readouterr().out
@@ -313,7 +313,7 @@ def test_version_1_store_reads_refuses_writes_and_upgrades(tmp_path, digits, cap
     assert new.read().paths.tolist() == [str(p) for p in files]
     assert new.failures()[0][0] == str(root / "imgs" / "bad.png") and new.roots() == [str(root)]
     assert new.feature_sets()[0].row_shape == (64,)
-    with FeatureStore(path, "a") as s:  # and it takes writes again
+    with FeatureStore(path, mode="a") as s:  # and it takes writes again
         s.add_rows(_spec(), keys[4:6], X[4:6], [str(root / "x.png"), str(root / "y.png")])
     assert len(FeatureStore(path).read().keys) == 6
     assert main(["store", "upgrade", str(path), "--root", str(root)]) == 0

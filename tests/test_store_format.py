@@ -68,7 +68,7 @@ def written(tmp_path_factory) -> Path:
     keys = [hashlib.sha256(im.tobytes()).hexdigest() for im in d.images[:40]]
     path = tmp_path_factory.mktemp("fmt") / "s.h5"
     model = ModelSpec("efficientnet_lite0", "ab" * 32)
-    with FeatureStore(path, "a") as s:
+    with FeatureStore(path, mode="a") as s:
         s.add_rows(FeatureSpec(model, "head"), keys, d.data[:40], [f"/d/{i}.png" for i in range(40)],
                    [str(t) for t in d.target[:40]])
         # [40, 16, 8, 8]: 1024 float32 per row, where a float16-sized chunk would be 2 MiB

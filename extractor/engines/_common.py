@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Collection
-from dataclasses import asdict, dataclass, field
+from dataclasses import KW_ONLY, asdict, dataclass, field
 
 import numpy as np
 
@@ -49,6 +49,7 @@ class EmbedRun:
     """
 
     batch_size: int = 32
+    _: KW_ONLY  # everything after the batch size is named
     workers: int | None = None
     device: str = "auto"
     threads: int | None = None

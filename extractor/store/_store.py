@@ -68,7 +68,7 @@ class FeatureStore(TableWriter):
         workers sharing one store take turns). Readers never wait.
     """
 
-    def __init__(self, path: str | Path, mode: str = "r", wait: float = 0.0):
+    def __init__(self, path: str | Path, *, mode: str = "r", wait: float = 0.0):
         if mode not in ("r", "a"):
             raise ValueError("mode must be 'r' or 'a'")
         self.path = Path(path)
@@ -156,7 +156,8 @@ class FeatureStore(TableWriter):
             raise FeaturebankError(upgrade_message(self.path, self.format_version))
 
     def close(self) -> None:
-        if self._lock_fd is not None:
+        # getattr: __del__ also runs on an object whose __init__ raised before the lock existed
+        if getattr(self, "_lock_fd", None) is not None:
             release_writer_lock(self._lock_fd, self.path)
             self._lock_fd = None
 

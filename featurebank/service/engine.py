@@ -56,14 +56,14 @@ class StoreCache:
         if self.path.exists():
             from featurebank.extractor.store._store import FeatureStore
 
-            FeatureStore(self.path, "r")
+            FeatureStore(self.path, mode="r")
 
     def _refresh(self):
         from featurebank.extractor.store._store import FeatureStore
 
         st = os.stat(self.path)
         stamp = (st.st_mtime_ns, st.st_size)
-        store = FeatureStore(self.path, "r")
+        store = FeatureStore(self.path, mode="r")
         if stamp != self._stamp:
             self._index = [store.key_index(fp) for fp in self.fingerprints]
             self._stamp = stamp

@@ -46,7 +46,7 @@ def test_read_only_store_gives_clear_error_and_keeps_data(unprivileged_dir, run_
     keys = [hashlib.sha256(row.tobytes()).hexdigest() for row in d.images[:3]]
     spec = FeatureSpec(ModelSpec("efficientnet_lite0", "ab" * 32), "head", "avg")
     path = unprivileged_dir / "s.h5"
-    with FeatureStore(path, "a") as s:
+    with FeatureStore(path, mode="a") as s:
         s.add_rows(spec, keys, d.data[:3].astype(np.float32), [f"/d/{i}.png" for i in range(3)],
                    [str(t) for t in d.target[:3]])
     unprivileged_dir.chmod(0o777)  # the folder is writable (a lock file may be made): only the
@@ -55,7 +55,7 @@ def test_read_only_store_gives_clear_error_and_keeps_data(unprivileged_dir, run_
     code = ("from featurebank.extractor import FeatureStore\n"
             "from featurebank.errors import FeaturebankError\n"
             "print(len(FeatureStore(sys.argv[1]).read().keys))\n"
-            "try:\n    FeatureStore(sys.argv[1], 'a').__enter__(); print('opened for writing')\n"
+            "try:\n    FeatureStore(sys.argv[1], mode='a').__enter__(); print('opened for writing')\n"
             "except FeaturebankError as e:\n    print('error:', e)\n")
     out = run_unprivileged(code, path)
     assert out.returncode == 0, out.stderr[-1500:]
