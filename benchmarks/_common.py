@@ -70,24 +70,39 @@ def write_result(name_or_path: str | Path, payload: dict) -> Path:
 
 
 # -- image sets --------------------------------------------------------------------------------
-def make_photos(root: Path, n: int, seed: int = 0) -> list[Path]:
-    """``n`` distinct JPEGs (random crop, rescale to 400-640 px, flip) of real photos."""
-    from PIL import Image
+def photo_sources(with_camera: bool = True) -> dict[str, np.ndarray]:
+    """The real RGB photos of scikit-learn and scikit-image the image sets are cut from."""
     from skimage import color, data
     from sklearn.datasets import load_sample_images
 
     srcs = dict(zip(("china", "flower"), load_sample_images().images, strict=True))
     srcs.update(chelsea=data.chelsea(), coffee=data.coffee(), astronaut=data.astronaut(),
-                rocket=data.rocket(), camera=(color.gray2rgb(data.camera())).astype(np.uint8))
+                rocket=data.rocket())
+    if with_camera:
+        srcs["camera"] = color.gray2rgb(data.camera()).astype(np.uint8)
+    return srcs
+
+
+def random_crop(arr: np.ndarray, rng: np.random.Generator, lo: float, hi: float):
+    """A PIL crop of ``arr`` whose sides are ``lo``-``hi`` of the photo's, at a random place."""
+    from PIL import Image
+
+    h, w = arr.shape[:2]
+    ch, cw = int(h * rng.uniform(lo, hi)), int(w * rng.uniform(lo, hi))
+    y, x = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
+    return Image.fromarray(arr[y:y + ch, x:x + cw])
+
+
+def make_photos(root: Path, n: int, seed: int = 0) -> list[Path]:
+    """``n`` distinct JPEGs (random crop, rescale to 400-640 px, flip) of real photos."""
+    from PIL import Image
+
+    srcs = photo_sources()
     rng = np.random.default_rng(seed)
     names, paths = sorted(srcs), []
     for i in range(n):
         name = names[i % len(names)]
-        arr = srcs[name]
-        h, w = arr.shape[:2]
-        ch, cw = int(h * rng.uniform(0.6, 1.0)), int(w * rng.uniform(0.6, 1.0))
-        y, x = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
-        img = Image.fromarray(arr[y:y + ch, x:x + cw])
+        img = random_crop(srcs[name], rng, 0.6, 1.0)
         scale = rng.uniform(400, 640) / max(img.size)
         img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))),
                          Image.BICUBIC)

@@ -30,10 +30,8 @@ from benchmarks._common import RESULTS, write_result
 def make_collection(root: Path, n_fashion: int, n_photos: int) -> Path:
     """Fashion-MNIST PNGs under fashion/<class>/ and photo crops under photos/<name>/."""
     import numpy as np
-    from PIL import Image
-    from skimage import data
-    from sklearn.datasets import load_sample_images
 
+    from benchmarks._common import photo_sources, random_crop
     from featurebank.datasets import (
         FASHION_CLASSES,
         fashion_mnist_available,
@@ -48,18 +46,12 @@ def make_collection(root: Path, n_fashion: int, n_photos: int) -> Path:
         images, labels = load_fashion_mnist("train")
         idx = subsample(labels, n_fashion)
         write_image_folder(images[idx], labels[idx], root / "fashion", FASHION_CLASSES)
-    photos = dict(zip(("china", "flower"), load_sample_images().images, strict=True))
-    photos.update(chelsea=data.chelsea(), coffee=data.coffee(), astronaut=data.astronaut(),
-                  rocket=data.rocket())
+    photos = photo_sources(with_camera=False)
     rng = np.random.default_rng(0)
     names = sorted(photos)
     for i in range(n_photos):  # distinct random crops, 300..600 px on the long side
         name = names[i % len(names)]
-        arr = photos[name]
-        h, w = arr.shape[:2]
-        ch, cw = int(h * rng.uniform(0.6, 0.95)), int(w * rng.uniform(0.6, 0.95))
-        y, x = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
-        img = Image.fromarray(arr[y:y + ch, x:x + cw])
+        img = random_crop(photos[name], rng, 0.6, 0.95)
         img.thumbnail((int(rng.integers(300, 601)),) * 2)
         (root / "photos" / name).mkdir(parents=True, exist_ok=True)
         img.save(root / "photos" / name / f"{i:05d}.jpg", quality=90)

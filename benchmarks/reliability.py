@@ -88,38 +88,27 @@ def service_figures(work: Path, rounds: int, examples: int) -> dict:
     """As tests/reliability/test_service.py, for more rounds: a service with a trained
     classifier and a small queue, fuzzed in-process and from its schema against a real uvicorn
     server, then ``rounds`` of overload / malformed / slow / hung-up requests."""
-    # The service harness belongs to issue 16.2; it moves to benchmarks/harness/ with it.
-    from benchmarks.harness.service_abuse import (
-        ABUSE_CONFIG,
-        abuse,
-        app_kwargs,
-        fuzz_requests,
-        fuzz_server,
-        make_app,
-        running_server,
-        served_routes,
-        train_classifier,
-    )
+    from benchmarks.harness import service_abuse as sa
     from featurebank.export import ensure_exported
     from featurebank.service import create_app
 
     work.mkdir(parents=True, exist_ok=True)
     onnx = ensure_exported("efficientnet_lite0")
-    classifier = train_classifier(onnx, work / "photos.joblib")
-    kw = app_kwargs(create_app, onnx, work, classifier=classifier, config=ABUSE_CONFIG)
-    app = make_app(kw)
-    routes = served_routes(app)
+    classifier = sa.train_classifier(onnx, work / "photos.joblib")
+    kw = sa.app_kwargs(create_app, onnx, work, classifier=classifier, config=sa.ABUSE_CONFIG)
+    app = sa.make_app(kw)
+    routes = sa.served_routes(app)
     t0 = time.perf_counter()
-    fuzz = fuzz_requests(app, routes, examples=examples)
+    fuzz = sa.fuzz_requests(app, routes, examples=examples)
     fuzz["seconds"] = round(time.perf_counter() - t0, 1)
     fuzz["statuses"] = {str(k): v for k, v in sorted(fuzz["statuses"].items())}
     t0 = time.perf_counter()
-    with running_server(kw) as (proc, base):
-        schema = fuzz_server(base, examples=max(1, examples // 10))
-        server = abuse(proc, base, routes[0], rounds=rounds)
+    with sa.running_server(kw) as (proc, base):
+        schema = sa.fuzz_server(base, examples=max(1, examples // 10))
+        server = sa.abuse(proc, base, routes[0], rounds=rounds)
     server["seconds"] = round(time.perf_counter() - t0, 1)
     return {"routes": [r[0] for r in routes], "fuzz": fuzz, "schema_fuzz": schema,
-            "server": server, "config": ABUSE_CONFIG}
+            "server": server, "config": sa.ABUSE_CONFIG}
 
 
 def main() -> int:

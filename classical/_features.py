@@ -16,6 +16,20 @@ class SpecMismatchError(FeaturebankError):
     """Features of another spec than the classifier was trained on."""
 
 
+def check_same_specs(expected: list[FeatureSpec], got: list[FeatureSpec], trained_on: str,
+                     advice: str) -> None:
+    """Raise :class:`SpecMismatchError` naming both spec lists unless their fingerprints agree.
+
+    ``trained_on`` says what ``expected`` is ("the classifier was trained on features"),
+    ``advice`` what to do instead."""
+    want, have = [s.fingerprint() for s in expected], [s.fingerprint() for s in got]
+    if have != want:
+        mine = ", ".join(s.describe() for s in expected)
+        theirs = ", ".join(s.describe() for s in got)
+        raise SpecMismatchError(f"{trained_on} [{mine}] (fingerprints {want}) but got "
+                                f"[{theirs}] ({have}); {advice}")
+
+
 @dataclass
 class LabelledFeatures:
     X: np.ndarray

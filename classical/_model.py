@@ -81,15 +81,10 @@ class TrainedModel:
         return [s.fingerprint() for s in self.specs]
 
     def check_specs(self, specs: list[FeatureSpec]) -> None:
-        from featurebank.classical._features import SpecMismatchError
+        from featurebank.classical._features import check_same_specs
 
-        got = [s.fingerprint() for s in specs]
-        if got != self.fingerprints:
-            mine = ", ".join(s.describe() for s in self.specs)
-            theirs = ", ".join(s.describe() for s in specs)
-            raise SpecMismatchError(
-                f"the classifier was trained on features [{mine}] (fingerprints "
-                f"{self.fingerprints}) but got [{theirs}] ({got}); embed with the classifier's spec")
+        check_same_specs(self.specs, specs, "the classifier was trained on features",
+                         "embed with the classifier's spec")
 
     def predict_proba(self, X: np.ndarray, specs: list[FeatureSpec]) -> np.ndarray:
         self.check_specs(specs)

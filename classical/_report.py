@@ -15,13 +15,22 @@ from sklearn.metrics import (
 )
 
 
-def _plt():
+def pyplot():
+    """matplotlib's pyplot on the Agg backend (files only: no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def save_figure(fig, path: Path) -> Path:
+    """Lay out, write as PNG and close ``fig`` (an open figure holds its memory)."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    pyplot().close(fig)
+    return path
 
 
 def metrics(y_true, y_pred, classes) -> dict:
@@ -42,7 +51,7 @@ def metrics(y_true, y_pred, classes) -> dict:
 
 
 def plot_confusion(y_true, y_pred, classes, path: Path, title: str) -> Path:
-    plt = _plt()
+    plt = pyplot()
     cm = confusion_matrix(y_true, y_pred, labels=classes, normalize="true")
     n = len(classes)
     fig, ax = plt.subplots(figsize=(max(5, 0.6 * n + 2), max(4, 0.6 * n + 1.5)))
@@ -58,10 +67,7 @@ def plot_confusion(y_true, y_pred, classes, path: Path, title: str) -> Path:
     ax.set_ylabel("true")
     ax.set_title(title)
     fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def sweep_order(rows: list[dict]) -> list[dict]:
@@ -73,7 +79,7 @@ def sweep_order(rows: list[dict]) -> list[dict]:
 def plot_sweep(rows: list[dict], path: Path, title: str = "accuracy per cut") -> Path:
     """Accuracy per layer (bars, axis from 0 %) against the share of FLOPs each cut costs
     (line), cheapest cut first."""
-    plt = _plt()
+    plt = pyplot()
     rows = sweep_order(rows)
     names = [r["layer"] for r in rows]
     fig, ax = plt.subplots(figsize=(max(6, 0.55 * len(rows) + 2), 4))
@@ -88,15 +94,12 @@ def plot_sweep(rows: list[dict], path: Path, title: str = "accuracy per cut") ->
         ax2.set_ylabel("FLOPs spent up to the cut (%)", color="tab:red")
         ax2.set_ylim(0, 105)
     ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_fewshot(curves: dict[str, list[tuple[int, float]]], path: Path,
                  title: str = "accuracy vs labelled images per class") -> Path:
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, points in curves.items():
         ks, accs = zip(*points, strict=True)
@@ -107,10 +110,7 @@ def plot_fewshot(curves: dict[str, list[tuple[int, float]]], path: Path,
     ax.grid(alpha=0.3)
     ax.legend()
     ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def write_json(data: dict, path: Path) -> Path:

@@ -44,6 +44,17 @@ def export_onnx(
     return _export(model, out, weights=weights, input_size=input_size)
 
 
+def export_module(module: torch.nn.Module, spec: ModelSpec, out: str | Path,
+                  extra: dict[str, str] | None = None) -> None:
+    """Write a featurebank torch network (a fine-tuned one, say) as a self-describing ONNX file.
+
+    See :func:`featurebank.export._onnx_export.export_module`; torch is imported only when called.
+    """
+    from featurebank.export._onnx_export import export_module as _export_module
+
+    _export_module(module, spec, out, extra)
+
+
 def build_torch_model(
     name: str, weights: str | Path | None = None, input_size: int | None = None
 ) -> torch.nn.Module:
@@ -59,7 +70,7 @@ def build_torch_model(
 
 __all__ = [
     "DEFAULT_MODEL", "LayerInfo", "ModelEntry", "OnnxInfo", "adopt", "build_torch_model",
-    "ensure_exported", "export_onnx", "find_model_by_digest", "foreign_model_spec",
+    "ensure_exported", "export_module", "export_onnx", "find_model_by_digest", "foreign_model_spec",
     "get_model_entry", "imagenet_classes", "is_onnx_path", "list_models", "load_preprocessing",
     "read_conventions", "read_onnx_metadata", "remember_model", "remembered_models",
     "resolve_conventions",

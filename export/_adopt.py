@@ -24,21 +24,13 @@ from featurebank.errors import FeaturebankError
 from featurebank.export._catalogue import foreign_catalogue, input_layout_from_shape
 from featurebank.export._metadata import (
     META_CLASSES,
-    featurebank_version,
+    describe,
     foreign_model_spec,
     load_onnx,
     read_conventions,
     read_onnx_metadata,
 )
-from featurebank.spec import (
-    META_INPUT,
-    META_LAYERS,
-    META_SPEC,
-    META_VERSION,
-    ModelSpec,
-    Preprocessing,
-    sha256_file,
-)
+from featurebank.spec import META_SPEC, ModelSpec, Preprocessing, sha256_file
 
 log = logging.getLogger(__name__)
 #: Paths given on the command line (``--model``) searched first for a classifier's model.
@@ -183,19 +175,11 @@ def adopt(source: str | Path, out: str | Path, preprocessing: str | Path | None 
                                    dict(pre.tensor_layouts), measured)
     spec = foreign_model_spec(source, pre)
     input_name = _graph_input(adopted).name
-    meta = {
-        META_SPEC: json.dumps(spec.to_dict()),
-        META_LAYERS: json.dumps([la.to_dict() for la in layers]),
-        META_INPUT: json.dumps({"name": input_name, "layout": pre.layout.upper(),
-                                "dtype": "float32", "normalized": True, "adopted_from": source.name}),
-        META_VERSION: featurebank_version(),
-    }
-    if classes is not None:
-        meta[META_CLASSES] = json.dumps(classes)
-    kept = [(p.key, p.value) for p in adopted.metadata_props if p.key not in meta]
-    del adopted.metadata_props[:]
-    for key, value in [*kept, *meta.items()]:
-        adopted.metadata_props.add(key=key, value=value)
+    describe(adopted, spec, layers,
+             {"name": input_name, "layout": pre.layout.upper(), "dtype": "float32",
+              "normalized": True, "adopted_from": source.name},
+             {META_CLASSES: json.dumps(classes)} if classes is not None else None,
+             keep_others=True)
     _atomic_save(adopted, out)
     _keep_in_cache(out, spec.weights_sha256)
     return spec

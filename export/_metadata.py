@@ -32,6 +32,27 @@ from featurebank.spec import (
 META_CLASSES = "featurebank.classes"
 
 
+def describe(proto: onnx.ModelProto, spec: ModelSpec, layers: list[LayerInfo],
+             input_info: dict[str, Any], extra: dict[str, str] | None = None,
+             keep_others: bool = False) -> None:
+    """Write featurebank's self-description into ``proto.metadata_props``, in place.
+
+    The one writer of the keys :func:`read_onnx_metadata` reads: spec, layer catalogue, input
+    description and version, plus ``extra`` keys (class names, lineage). ``keep_others`` keeps
+    keys the file already had (an adopted model's own metadata)."""
+    meta = {
+        META_SPEC: json.dumps(spec.to_dict()),
+        META_LAYERS: json.dumps([la.to_dict() for la in layers]),
+        META_INPUT: json.dumps(input_info),
+        META_VERSION: featurebank_version(),
+        **(extra or {}),
+    }
+    kept = [(p.key, p.value) for p in proto.metadata_props if keep_others and p.key not in meta]
+    del proto.metadata_props[:]
+    for key, value in [*kept, *meta.items()]:
+        proto.metadata_props.add(key=key, value=value)
+
+
 def featurebank_version() -> str:
     try:
         return version("featurebank")

@@ -8,7 +8,6 @@ shape, FLOPs share) in ``metadata_props``. Each catalogue layer stays a named te
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import tempfile
@@ -20,17 +19,10 @@ import torch
 from torch import nn
 
 from featurebank.errors import FeaturebankError
-from featurebank.export._metadata import LayerInfo, featurebank_version
+from featurebank.export._metadata import LayerInfo, describe
 from featurebank.export._registry import get_model_entry
 from featurebank.export._torch_models import build_torch_model
-from featurebank.spec import (
-    META_INPUT,
-    META_LAYERS,
-    META_SPEC,
-    META_VERSION,
-    ModelSpec,
-    Preprocessing,
-)
+from featurebank.spec import ModelSpec, Preprocessing
 
 log = logging.getLogger(__name__)
 OPSET = 18
@@ -124,33 +116,37 @@ def export_onnx(
         pre = Preprocessing(**{**pre.to_dict(), "input_size": (input_size, input_size),
                                "resize_size": int(round(input_size * ratio))})
     spec = ModelSpec(model=model, weights_sha256=digest, preprocessing=pre, source=entry.source)
-    size = pre.input_size
+    export_module(module, spec, out)
+    log.info("exported %s to %s", model, out)
+    return spec
+
+
+def export_module(module: nn.Module, spec: ModelSpec, out: str | Path,
+                  extra: dict[str, str] | None = None) -> None:
+    """Write an eval-mode featurebank torch network (``features(x)`` giving every catalogue
+    activation) to ``out`` as a self-describing ONNX file, atomically.
+
+    ``spec`` is written as the file's model spec; ``extra`` adds metadata keys (a fine-tuned
+    model's lineage). Only ``logits`` is a graph output; every catalogue activation stays a
+    named inner tensor the extractor can cut at."""
+    out = Path(out)
+    _check_writable(out)
+    size = spec.preprocessing.input_size
     with torch.no_grad():
         shapes = {k: tuple(v.shape[1:]) for k, v in module.features(torch.zeros(1, 3, *size)).items()}
     names = ["logits", *[n for n in shapes if n != "logits"]]
     shares = flops_shares(module, size)
     proto = _trace(_AllOutputs(module, names), size, [f"layer.{n}" if n != "logits" else n for n in names])
-    # Keep only `logits` as a graph output; the other activations stay as named inner tensors.
     keep = [o for o in proto.graph.output if o.name == "logits"]
     del proto.graph.output[:]
     proto.graph.output.extend(keep)
     layers = [LayerInfo(n, n if n == "logits" else f"layer.{n}", shapes[n], round(shares.get(n, 1.0), 6))
               for n in shapes]
-    meta = {
-        META_SPEC: json.dumps(spec.to_dict()),
-        META_LAYERS: json.dumps([la.to_dict() for la in layers]),
-        META_INPUT: json.dumps({"name": INPUT_NAME, "layout": "NCHW", "dtype": "float32",
-                                "normalized": True, "shape": ["N", 3, *size]}),
-        META_VERSION: featurebank_version(),
-    }
-    del proto.metadata_props[:]
-    for key, value in meta.items():
-        proto.metadata_props.add(key=key, value=value)
+    describe(proto, spec, layers, {"name": INPUT_NAME, "layout": "NCHW", "dtype": "float32",
+                                   "normalized": True, "shape": ["N", 3, *size]}, extra)
     proto.producer_name = "featurebank"
     onnx.checker.check_model(proto)
     _atomic_save(proto, out)
-    log.info("exported %s to %s", model, out)
-    return spec
 
 
 def _trace(wrapper: nn.Module, size: tuple[int, int], output_names: list[str]) -> onnx.ModelProto:

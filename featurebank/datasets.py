@@ -58,3 +58,13 @@ def subsample(labels: np.ndarray, n: int | None, seed: int = 0) -> np.ndarray:
 
     idx, _ = train_test_split(np.arange(len(labels)), train_size=n, stratify=labels, random_state=seed)
     return np.sort(idx)
+
+
+def load_labelled_images(split: str = "test") -> tuple[np.ndarray, np.ndarray, list[str] | None]:
+    """Real labelled images for demos and tests: Fashion-MNIST's ``split`` where Debian's
+    package is installed, else scikit-learn's digits; with the class names (None: digits)."""
+    if fashion_mnist_available():
+        images, labels = load_fashion_mnist(split)
+        return images, labels, list(FASHION_CLASSES)
+    images, labels = load_digits_images()
+    return images, labels, None

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from featurebank.classical._report import pyplot, save_figure
 from featurebank.errors import FeaturebankError
 
 
@@ -30,11 +31,7 @@ def plot_curves(history: list[dict], probe: dict, test_accuracy: float | None, o
                 title: str = "") -> Path:
     """Loss and accuracy per epoch (train and validation), the probe as epoch 0, the test
     accuracies of the best epoch and of the frozen probe as markers."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     epochs = [0] + [h["epoch"] for h in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
     ax_loss.plot(epochs, [probe.get("train_loss", math.nan)] + [h["train_loss"] for h in history],
@@ -57,7 +54,4 @@ def plot_curves(history: list[dict], probe: dict, test_accuracy: float | None, o
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from featurebank.classical._features import check_same_specs
 from featurebank.errors import FeaturebankError
 from featurebank.spec import FeatureSpec
 
@@ -94,11 +95,8 @@ class TunedClassifier:
     def check_specs(self, specs: list[FeatureSpec]) -> None:
         if not self.specs:
             self.extractor()
-        if [s.fingerprint() for s in specs] != self.fingerprints:
-            got = ", ".join(s.describe() for s in specs)
-            raise FeaturebankError(
-                f"{self.path.name} classifies from its own logits ({self.specs[0].describe()}), "
-                f"got features [{got}]; serve it with '--model {self.path} --layer logits'")
+        check_same_specs(self.specs, specs, f"{self.path.name} classifies from its own logits",
+                         f"serve it with '--model {self.path} --layer logits'")
 
     def predict_proba(self, X: np.ndarray, specs: list[FeatureSpec]) -> np.ndarray:
         self.check_specs(specs)

@@ -17,15 +17,8 @@ from sklearn.utils.estimator_checks import (
     parametrize_with_checks,
 )
 
-from featurebank.classical import (
-    EmbeddingTransformer,
-    LinearProbe,
-    SpecMismatchError,
-    TrainedModel,
-    cross_validate_probe,
-    k_shot_indices,
-    load_model,
-)
+from featurebank import classical
+from featurebank.classical import EmbeddingTransformer, LinearProbe, TrainedModel, load_model
 from featurebank.classical._probe import DEFAULT_CS
 from featurebank.datasets import load_digits_images
 from featurebank.extractor import FeatureStore
@@ -37,9 +30,9 @@ LAYERS = ("blocks.13", "head")
 def digits_split():
     """10 real digits per class to train on and 10 others per class to test on."""
     X, y = load_digits_images()
-    tr = k_shot_indices(y, 10, random_state=0)
+    tr = classical.k_shot_indices(y, 10, random_state=0)
     rest = np.setdiff1d(np.arange(len(y)), tr)
-    te = rest[k_shot_indices(y[rest], 10, random_state=1)]
+    te = rest[classical.k_shot_indices(y[rest], 10, random_state=1)]
     return X[tr], y[tr], X[te], y[te]
 
 
@@ -109,7 +102,7 @@ def test_save_load_round_trip_and_spec_mismatch(tmp_path, digits_split, digit_fe
     assert loaded.specs[0].to_dict() == spec_head.to_dict()
     assert loaded.classes == [str(c) for c in range(10)]
     np.testing.assert_array_equal(loaded.predict(Fte[:, head], [spec_head]), probe.predict(Fte[:, head]))
-    with pytest.raises(SpecMismatchError) as err:
+    with pytest.raises(classical.SpecMismatchError) as err:
         loaded.predict(Fte[:, :192], [spec_b13])
     msg = str(err.value)
     assert spec_head.fingerprint() in msg and spec_b13.fingerprint() in msg and "blocks.13" in msg
@@ -145,9 +138,9 @@ def test_probe_classifiers_pick_C_on_validation(digit_features, digits_split, cl
 def test_k_shot_and_cross_validation(digit_features, digits_split):
     _, ytr, _, _ = digits_split
     _, Ftr, _ = digit_features
-    idx = k_shot_indices(ytr, 3)
+    idx = classical.k_shot_indices(ytr, 3)
     assert len(idx) == 30 and set(np.bincount(ytr[idx])) == {3}
-    scores = cross_validate_probe(LinearProbe(Cs=[1.0]), Ftr, ytr, folds=5)
+    scores = classical.cross_validate_probe(LinearProbe(Cs=[1.0]), Ftr, ytr, folds=5)
     assert scores.shape == (5,) and scores.mean() > 0.6
 
 
@@ -173,7 +166,7 @@ def test_probe_l2_normalize_and_cv_choice(digit_features, digits_split):
     np.testing.assert_array_equal(probe.predict(Fte * scales), probe.predict(Fte))
     assert probe.score(Fte, yte) > 0.6
     # 3 images per class: the folds are capped at 3, every C is still cross-validated
-    few = k_shot_indices(ytr, 3)
+    few = classical.k_shot_indices(ytr, 3)
     assert len(LinearProbe(cv=5).fit(Ftr[few], ytr[few]).val_scores_) == len(DEFAULT_CS["logreg"])
     assert clone(probe).get_params()["normalize"] == "l2"
     with pytest.raises(ValueError, match="normalize"):

@@ -9,14 +9,7 @@ import pytest
 from PIL import Image
 
 from featurebank.cli import main
-from featurebank.datasets import (
-    FASHION_CLASSES,
-    fashion_mnist_available,
-    load_digits_images,
-    load_fashion_mnist,
-    subsample,
-    write_image_folder,
-)
+from featurebank.datasets import load_labelled_images, subsample, write_image_folder
 
 LAYERS = ("blocks.13", "head")
 
@@ -27,10 +20,7 @@ def stores(model_cache, tmp_path_factory):
     from featurebank.extractor import embed_collection
 
     root = tmp_path_factory.mktemp("cli_classical")
-    if fashion_mnist_available():
-        (X, y), classes = load_fashion_mnist("test"), FASHION_CLASSES
-    else:
-        (X, y), classes = load_digits_images(), None
+    X, y, classes = load_labelled_images("test")
     idx = subsample(y, 120, seed=3)
     tr, te = idx[::3], np.setdiff1d(idx, idx[::3])
     tr, te = np.concatenate([tr, te[:40]]), te[40:]

@@ -38,19 +38,9 @@ def cli(capsys, *argv) -> tuple[int, str, str]:
 @pytest.fixture(scope="module")
 def small_folder(tmp_path_factory):
     """80 real images in 10 classes (Fashion-MNIST when installed, else scikit-learn digits)."""
-    from featurebank.datasets import (
-        FASHION_CLASSES,
-        fashion_mnist_available,
-        load_digits_images,
-        load_fashion_mnist,
-        subsample,
-        write_image_folder,
-    )
+    from featurebank.datasets import load_labelled_images, subsample, write_image_folder
 
-    if fashion_mnist_available():
-        (X, y), classes = load_fashion_mnist("test"), FASHION_CLASSES
-    else:
-        (X, y), classes = load_digits_images(), None
+    X, y, classes = load_labelled_images("test")
     idx = subsample(y, 80, seed=5)
     return write_image_folder(X[idx], y[idx], tmp_path_factory.mktemp("small") / "images", classes)
 
@@ -106,15 +96,11 @@ def test_cli_pretrained_foreign_end_to_end_with_serve(foreign_lite, small_folder
                                                       capsys, model_cache):
     """The converted Lite0: adopt (flags) -> layers -> embed (a stage and pool) -> train ->
     evaluate -> predict -> serve, all from the command line."""
-    import signal
-    import socket
-    import subprocess
-    import sys
-    import time
 
     import httpx
 
     from featurebank.export import imagenet_classes
+    from tests._serving import served
 
     classes = tmp_path / "classes.txt"
     classes.write_text("\n".join(imagenet_classes()))
@@ -133,27 +119,11 @@ def test_cli_pretrained_foreign_end_to_end_with_serve(foreign_lite, small_folder
     image = sorted(small_folder.rglob("*.png"))[0]
     code, out, _ = cli(capsys, "predict", model, image, "--json")
     predicted = json.loads(out)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "featurebank", "serve", "--classifier", model,
-                             "--port", str(port), "--log-level", "warning"], stderr=subprocess.PIPE)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            try:
-                if httpx.get(base + "/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-            time.sleep(0.3)
+    with served("--classifier", model) as base:
         r = httpx.post(base + "/v1/predictions", content=image.read_bytes(),
                        headers={"Content-Type": "image/png"}, timeout=60)
         assert r.status_code == 200, r.text
-        served = r.json()["predictions"][0]
-        assert served["label"] == predicted["label"]
-        assert served["probability"] == pytest.approx(predicted["probability"], abs=1e-4)
-    finally:
-        proc.terminate()
-        assert proc.wait(timeout=30) in (0, -signal.SIGTERM)
+        served_prediction = r.json()["predictions"][0]
+        assert served_prediction["label"] == predicted["label"]
+        assert served_prediction["probability"] == pytest.approx(predicted["probability"],
+                                                                 abs=1e-4)

@@ -9,11 +9,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import signal
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -29,10 +24,10 @@ from featurebank.cli import main  # noqa: E402
 from featurebank.extractor.store._store import FeatureStore  # noqa: E402
 from featurebank.service import ServiceConfig, create_app  # noqa: E402
 from featurebank.spec import FeatureOptions  # noqa: E402
+from tests._serving import served  # noqa: E402
 
 LAYERS = ["blocks.10", "head"]
 JPEG = {"content-type": "image/jpeg"}
-SERVE = "import sys; from featurebank.cli import main; sys.exit(main())"
 
 
 @pytest.fixture(scope="module")
@@ -342,28 +337,9 @@ def test_openapi_schema_fuzzed_never_5xx(lite0_onnx):
 
 # -- the command -------------------------------------------------------------------------------
 def test_featurebank_serve_command(lite0_onnx, jpegs, client):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-c", SERVE, "serve", "--model", str(lite0_onnx),
-                             "--layer", "blocks.10", "--layer", "head", "--port", str(port),
-                             "--log-level", "warning"], stderr=subprocess.PIPE)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            try:
-                if httpx.get(base + "/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-            time.sleep(0.3)
+    with served("--model", lite0_onnx, "--layer", "blocks.10", "--layer", "head") as base:
         r = httpx.post(base + "/v1/embeddings", content=jpegs["rocket"], headers=JPEG, timeout=60)
         assert r.status_code == 200
         in_process = client.post("/v1/embeddings", content=jpegs["rocket"], headers=JPEG).json()
-        np.testing.assert_allclose(r.json()["embeddings"], in_process["embeddings"], atol=1e-6, rtol=0)
-    finally:
-        proc.terminate()
-        # uvicorn shuts down gracefully, then re-raises SIGTERM so the exit status tells why
-        assert proc.wait(timeout=30) in (0, -signal.SIGTERM)
-        assert b"Traceback" not in proc.stderr.read()
+        np.testing.assert_allclose(r.json()["embeddings"], in_process["embeddings"], atol=1e-6,
+                                   rtol=0)

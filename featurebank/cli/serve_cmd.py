@@ -7,14 +7,17 @@ import sys
 from featurebank.cli.embed_cmds import add_spec_arguments, feature_options_from_args
 from featurebank.spec import DEFAULT_MODEL
 
+DESCRIPTION = (
+    "POST /v1/embeddings and /v1/predictions (one raw image/* body or multipart 'files'), GET "
+    "/v1/models, /healthz, /readyz, /metrics. Images of concurrent requests share inference "
+    "batches. With --classifier and no --model/--layer, the classifier's own spec is served "
+    "(--model FILE.onnx then says where its ONNX model is). Set FEATUREBANK_API_KEY to require "
+    "'Authorization: Bearer KEY'.")
+
 
 def register(sub) -> None:
-    p = sub.add_parser(
-        "serve", help="serve embeddings and predictions over HTTP",
-        description="POST /v1/embeddings and /v1/predictions (one raw image/* body or multipart "
-        "'files'), GET /v1/models, /healthz, /readyz, /metrics. Images of concurrent requests "
-        "share inference batches. With --classifier and no --model/--layer, the classifier's "
-        "own spec is served (--model FILE.onnx then says where its ONNX model is). Set FEATUREBANK_API_KEY to require 'Authorization: Bearer KEY'.")
+    p = sub.add_parser("serve", help="serve embeddings and predictions over HTTP",
+                       description=DESCRIPTION)
     add_spec_arguments(p)
     p.set_defaults(model=None)  # None: the classifier's model, else efficientnet_lite0
     p.add_argument("--classifier", metavar="MODEL.joblib", help="enables /v1/predictions")
