@@ -137,19 +137,30 @@ def evaluate(model: TrainedModel, store, report_dir: str | Path | None = None,
 
 
 @lru_cache(maxsize=8)
-def _layer_costs(model: str) -> dict[str, tuple[int, float | None]]:
-    """Depth (catalogue position) and FLOPs share of each layer of a registry model, read once
-    per model (the ONNX is ~20 MB)."""
-    from featurebank.export._cache import ensure_exported
-    from featurebank.export._metadata import read_onnx_metadata
+def _layer_costs(model: str, digest: str) -> dict[str, tuple[int, float | None]]:
+    """Depth (catalogue position) and FLOPs share of each layer of a model, read once per model
+    (the ONNX is ~20 MB): a registry model from the export cache, any other (adopted, tuned)
+    found by its weights digest."""
+    from featurebank.export import (
+        ensure_exported,
+        find_model_by_digest,
+        get_model_entry,
+        read_onnx_metadata,
+    )
 
-    layers = read_onnx_metadata(ensure_exported(model)).layers
+    try:
+        get_model_entry(model)
+        path = ensure_exported(model)
+    except FeaturebankError:  # not in the registry: adopted or fine-tuned, found by content
+        path, _ = find_model_by_digest(digest)
+    layers = read_onnx_metadata(path).layers
     return {la.name: (i, la.flops_share) for i, la in enumerate(layers)}
 
 
 def _depth_cost(spec) -> tuple[int | None, float | None]:
     try:
-        return _layer_costs(spec.model.model).get(spec.layer, (None, None))
+        return _layer_costs(spec.model.model, spec.model.weights_sha256).get(spec.layer,
+                                                                              (None, None))
     except Exception:  # foreign or unavailable model: no depth, no cost
         return None, None
 

@@ -73,6 +73,11 @@ def test_cli_adopt_layers_embed_train_evaluate_predict(foreign, small_folder, tm
                "--no-baseline")[0] == 0
     code, out, _ = cli(capsys, "evaluate", model, store)
     assert code == 0 and "accuracy" in out
+    # the sweep finds the adopted model's catalogue by digest: depth order and FLOPs shares
+    code, out, _ = cli(capsys, "sweep", store, "--report", tmp_path / "sweep")
+    rows = json.loads((tmp_path / "sweep" / "sweep.json").read_text())["rows"]
+    assert code == 0 and [r["layer"] for r in rows][:2] == ["stage.2", "pool"]
+    assert 0 < rows[0]["flops_share"] < rows[1]["flops_share"] <= 1.0
     image = next(small_folder.rglob("*.png"))
     adopted.unlink()  # the classifier finds its model by digest, in the cache
     code, out, _ = cli(capsys, "predict", model, image, "--json")

@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(300)]
 
 from benchmarks.harness.faults import REPO, subprocess_env  # noqa: E402
 from featurebank.extractor import embed_collection  # noqa: E402
-from featurebank.extractor.engines._ray import ray_joblib_backend  # noqa: E402
+from featurebank.extractor.engines import ray_joblib_backend  # noqa: E402
 from featurebank.extractor.store._shards import shard_dir  # noqa: E402
 from featurebank.extractor.store._store import FeatureStore  # noqa: E402
 

@@ -64,7 +64,7 @@ def _check_writable(output: str) -> None:
 
 
 def run_train(args) -> int:
-    from featurebank.classical._workflow import train
+    from featurebank.classical import train
 
     _check_writable(args.output)
     model = train(args.store, args.layers, args.classifier, args.shots, args.holdout,
@@ -78,8 +78,7 @@ def run_train(args) -> int:
 
 
 def run_evaluate(args) -> int:
-    from featurebank.classical._model import load_model
-    from featurebank.classical._workflow import evaluate
+    from featurebank.classical import evaluate, load_model
 
     result = evaluate(load_model(args.model), args.store, args.report,
                       baseline=not args.no_baseline,
@@ -103,9 +102,8 @@ def run_evaluate(args) -> int:
 def run_predict(args) -> int:
     import numpy as np
 
-    from featurebank.classical._model import load_model
-    from featurebank.extractor._inputs import collect
-    from featurebank.extractor._preprocess import DecodeError
+    from featurebank.classical import load_model
+    from featurebank.extractor import DecodeError, collect
 
     if args.model.lower().endswith(".onnx"):  # a fine-tuned model classifies with its logits
         from featurebank.finetune import load_tuned
@@ -139,7 +137,7 @@ def run_predict(args) -> int:
 
 
 def run_sweep(args) -> int:
-    from featurebank.classical._workflow import sweep
+    from featurebank.classical import sweep
 
     rows = sweep(args.store, args.test_store, args.classifier, args.holdout,
                  report_dir=args.report)

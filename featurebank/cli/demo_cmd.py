@@ -58,7 +58,7 @@ def _say_if_exporting(model: str) -> None:
 
 
 def run_demo(args) -> int:
-    from featurebank.classical._workflow import evaluate, train
+    from featurebank.classical import evaluate, train
     from featurebank.datasets import subsample, write_image_folder
     from featurebank.extractor import embed_collection
 

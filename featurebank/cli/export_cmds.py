@@ -124,8 +124,7 @@ def _param_count(name: str) -> str:
 
 
 def run_layers(args) -> int:
-    from featurebank.export import ensure_exported, read_onnx_metadata
-    from featurebank.export._registry import is_onnx_path
+    from featurebank.export import ensure_exported, is_onnx_path, read_onnx_metadata
 
     path = args.model
     if not is_onnx_path(path):

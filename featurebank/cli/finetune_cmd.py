@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from featurebank.finetune._options import FinetuneOptions
+from featurebank.finetune import FinetuneOptions
 
 DEFAULTS = FinetuneOptions()  # the one place the defaults live (no torch imported here)
 

@@ -31,7 +31,8 @@ def register(sub) -> None:
 
 def run_info(args) -> int:
     from featurebank.extractor.engines._common import label_table
-    from featurebank.extractor.store._store import FORMAT_VERSION, FeatureStore, upgrade_message
+    from featurebank.extractor.store import FORMAT_VERSION, FeatureStore
+    from featurebank.extractor.store._store import upgrade_message
 
     info = FeatureStore(args.store).info()
     if args.json:
@@ -60,7 +61,7 @@ def run_info(args) -> int:
 
 
 def run_export(args) -> int:
-    from featurebank.extractor.store._store import FeatureStore
+    from featurebank.extractor.store import FeatureStore
 
     out = FeatureStore(args.store).export_npz(args.output, args.layer)
     print(f"wrote {out}")

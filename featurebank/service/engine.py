@@ -17,8 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from featurebank.errors import FeaturebankError
-from featurebank.extractor._extractor import Extractor
-from featurebank.extractor._preprocess import DecodeError, image_key
+from featurebank.extractor import DecodeError, Extractor, image_key
 from featurebank.service.batcher import BatchInfo, DynamicBatcher, QueueFullError
 from featurebank.service.config import ServiceConfig, ServiceError
 from featurebank.service.metrics import ServiceMetrics
@@ -54,7 +53,7 @@ class StoreCache:
     def check(self) -> None:
         """Refuse at start-up a file that exists but is not a readable store."""
         if self.path.exists():
-            from featurebank.extractor.store._store import FeatureStore
+            from featurebank.extractor import FeatureStore
 
             FeatureStore(self.path, mode="r")
 
