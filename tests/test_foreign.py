@@ -1,6 +1,6 @@
 """Foreign ONNX models in every convention: featurebank's vectors equal the original graph's.
 
-Each model is a small torch module exported here (tests/_foreign_models.py), so the conventions
+Each model is a small torch module exported here (benchmarks/harness/foreign_models.py), so the conventions
 are known for certain: NHWC or NCHW input, RGB or BGR, 0-1 or 0-255 pixels, mean-only or
 mean/std, opaque tensor names, fixed or dynamic batch and size, a GlobalAveragePool, ReduceMean
 or Flatten+Gemm head. The reference is a plain onnxruntime run of the untouched original file
@@ -22,7 +22,7 @@ from featurebank.extractor import Extractor
 from featurebank.extractor.graphs import build_feature_graph
 
 torch = pytest.importorskip("torch")
-from tests._foreign_models import (  # noqa: E402 - torch first, or skip
+from benchmarks.harness.foreign_models import (  # noqa: E402 - torch first, or skip
     CONVENTIONS,
     LITE,
     LITE_FLAGS,

@@ -1,5 +1,5 @@
 """The command line with a foreign model and no Python: adopt -> layers -> embed -> train ->
-evaluate -> predict (-> serve), with the models of tests/_foreign_models.py."""
+evaluate -> predict (-> serve), with the models of benchmarks/harness/foreign_models.py."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import json
 import pytest
 
 torch = pytest.importorskip("torch")
-from tests._foreign_models import (  # noqa: E402 - torch first, or skip
+from benchmarks.harness.foreign_models import (  # noqa: E402 - torch first, or skip
     CONVENTIONS,
     LITE_FLAGS,
     conventions_of,

@@ -1,7 +1,8 @@
 """Foreign ONNX models built by the tests: small torch modules exported in every convention.
 
-Shared by tests/test_foreign.py (parity, refusals) and tests/test_foreign_cli.py (the command
-line). Importing this module imports torch: test modules skip first when torch is absent.
+Shared by tests/test_foreign.py (parity, refusals), tests/test_foreign_cli.py (the command
+line) and benchmarks/foreign_fmnist.py. Importing it imports torch: test modules skip first
+when torch is absent.
 """
 
 from __future__ import annotations
