@@ -1,7 +1,7 @@
 """The house rules of the package, checked on the installed package (issue 13).
 
 - No import cycle between featurebank's modules, imports inside functions included.
-- Imports run one way: spec/errors <- export <- extractor <- classical, finetune <- cli, service.
+- Imports run one way: spec/errors <- export <- extractor <- classical <- finetune <- cli, service.
 - The wheel installs one top-level name, ``featurebank``.
 - A user's own ``export.py``, ``extractor.py``, ``classical.py`` or ``spec.py`` beside their
   script changes nothing featurebank does.
@@ -169,6 +169,7 @@ def test_imports_run_one_way():
          "export comes first"),
         ((stage["extractor"],), (stage["classical"], stage["finetune"], *entry),
          "extractor imports no later stage"),
+        ((stage["classical"],), (stage["finetune"],), "finetune comes after classical"),
         ((stage["classical"], stage["finetune"]), entry, "stages never import the entry points"),
     ]
     wrong = []

@@ -237,6 +237,16 @@ def test_bad_requests_fail_before_any_file_is_created(tmp_path, collection, caps
         assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "notes"], what
 
 
+def test_inputs_are_checked_before_the_model_is_exported(tmp_path, monkeypatch, capsys):
+    """An input without images fails at once, not after a first-use export of the model."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("FEATUREBANK_CACHE", str(cache))
+    (tmp_path / "empty").mkdir()
+    assert main(["embed", str(tmp_path / "empty"), "--store", str(tmp_path / "s.h5")]) == 1
+    assert "holds no file at all" in capsys.readouterr().err
+    assert not cache.exists() or not any(cache.iterdir())  # nothing was exported
+
+
 def test_a_failed_start_removes_the_store_it_created(tmp_path, collection, monkeypatch):
     import featurebank.extractor.engines._local as local
 

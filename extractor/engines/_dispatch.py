@@ -67,8 +67,10 @@ def embed_collection(inputs: Sequence[str | Path], store_path: str | Path,
     if unknown:
         raise FeaturebankError(f"embed_collection: unknown option(s) {sorted(unknown)}")
     run = replace(run or EmbedRun(), **run_kw)
-    # Everything that can be wrong in the request is checked before the store is touched: the
-    # model and layers (the graph is cut now), then the inputs (an input without images fails).
+    # Everything that can be wrong in the request is checked before the store is touched:
+    # first the inputs (cheap: an input without images fails at once), then the model and
+    # layers (the graph is cut now; a registry model may be exported first, which takes time).
+    items = collect(list(inputs))
     if extractor is None:
         extractor = Extractor(feature_options(features, **feature_kw), device=run.device,
                               batch_size=run.batch_size, threads=run.threads)
@@ -78,7 +80,6 @@ def embed_collection(inputs: Sequence[str | Path], store_path: str | Path,
     uncalibrated = extractor.precision == "int8" and extractor.options.calibration is None
     float_specs = (Extractor(extractor.options.replace(precision="fp32")).specs if uncalibrated
                    else extractor.specs)
-    items = collect(list(inputs))
     summary_extra = {"labels": dict(Counter(i.label for i in items)),
                      "warnings": [w for w in [split_layout_warning(inputs, items)] if w]}
     for w in summary_extra["warnings"]:
