@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import textwrap
 import warnings
 from pathlib import Path
 
@@ -65,7 +66,9 @@ def plot_confusion(y_true, y_pred, classes, path: Path, title: str) -> Path:
                         color="white" if cm[i, j] > 0.5 else "black")
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(title)
+    # several concatenated feature sets make a long title: wrap it to the figure's width
+    width_chars = int(fig.get_figwidth() * 11)
+    ax.set_title("\n".join(textwrap.wrap(title, width_chars)), fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.046)
     return save_figure(fig, path)
 

@@ -50,7 +50,10 @@ def plot_curves(history: list[dict], probe: dict, test_accuracy: float | None, o
         ax_acc.axhline(probe["test_accuracy"], color="C3", ls=":",
                        label=f"test, frozen probe: {probe['test_accuracy']:.4f}")
     ax_acc.set(xlabel="epoch (0 = linear probe)", ylabel="accuracy", title="accuracy")
+    from matplotlib.ticker import MaxNLocator
+
     for ax in (ax_loss, ax_acc):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle(title)
