@@ -58,12 +58,9 @@ def folders(n_train: int, n_test: int) -> tuple[Path, Path]:
 
 
 def key_paths(store: Path) -> dict[str, str]:
-    import h5py
-
     from featurebank.extractor import FeatureStore
 
-    with h5py.File(store, "r", locking=False) as f:
-        return {k: p for k, (p, _) in FeatureStore._image_table(f).items()}
+    return {k: p for k, (p, _) in FeatureStore(store).image_table().items()}
 
 
 def compare_loops(result, maps, n: int, batch: int) -> dict:

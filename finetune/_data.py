@@ -164,7 +164,7 @@ def load_maps(store: Path, spec: FeatureSpec, shape: tuple[int, int, int],
         row_shape = tuple(int(v) for v in g.attrs.get("row_shape", ()))
         X = np.asarray(g["X"][:n], dtype=np.float16)
         keys = g["keys"][:n].astype(str)
-        table = FeatureStore._image_table(f)  # the store's own key -> (path, label) rules
+    table = FeatureStore(store).image_table()  # the store's own key -> (path, label) rules
     if X.shape[1] != int(np.prod(shape)) or row_shape not in ((), shape, (X.shape[1],)):
         raise FeaturebankError(f"store {store}: maps of {X.shape[1]} values (row shape "
                                f"{list(row_shape)}), the cut {spec.layer} has shape "

@@ -78,11 +78,12 @@ def embed_collection(inputs: Sequence[str | Path], store_path: str | Path,
         raise FeaturebankError(f"precision {extractor.precision!r} runs with engine 'local' "
                                "only; Ray actors compute in fp32")
     uncalibrated = extractor.precision == "int8" and extractor.options.calibration is None
+    # Resolving the specs cuts the graph: a wrong layer fails here, before the store exists.
     float_specs = (Extractor(extractor.options.replace(precision="fp32")).specs if uncalibrated
                    else extractor.specs)
-    summary_extra = {"labels": dict(Counter(i.label for i in items)),
-                     "warnings": [w for w in [split_layout_warning(inputs, items)] if w]}
-    for w in summary_extra["warnings"]:
+    labels = dict(Counter(i.label for i in items))
+    warnings = [w for w in [split_layout_warning(inputs, items)] if w]
+    for w in warnings:
         log.warning("%s", w)
     roots = input_roots(inputs)
     existed = Path(store_path).exists()
@@ -92,7 +93,7 @@ def embed_collection(inputs: Sequence[str | Path], store_path: str | Path,
         if not existed:
             _remove_if_empty(Path(store_path))
         raise
-    summary.labels, summary.warnings = summary_extra["labels"], summary_extra["warnings"]
+    summary.labels, summary.warnings = labels, warnings
     return summary
 
 

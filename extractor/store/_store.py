@@ -218,6 +218,13 @@ class FeatureStore(TableWriter):
         paths = np.array([meta.get(k, ("", ""))[0] for k in keys], dtype=object)
         return Features(X, labels.astype(str), keys, paths.astype(str), info.spec, info.row_shape)
 
+    @retry_read
+    def image_table(self) -> dict[str, tuple[str, str]]:
+        """Content key -> (first path, label) of every committed image, by the store's own rules
+        (content first stored without a label takes the first label given later)."""
+        with self._open("r") as f:
+            return self._image_table(f)
+
     def keys(self, fingerprint: str) -> set[str]:
         """Content keys with a committed row in the feature set (read once per instance)."""
         if fingerprint not in self._seen:
