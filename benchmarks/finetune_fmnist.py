@@ -71,6 +71,7 @@ def compare_loops(result, maps, n: int, batch: int) -> dict:
     from featurebank.export import build_torch_model
     from featurebank.extractor import Extractor
     from featurebank.finetune._top import block_index, build_top
+    from featurebank.finetune._train import as_batch
 
     rows = np.arange(min(n, len(maps.X)))
     paths = key_paths(maps.store)
@@ -81,6 +82,7 @@ def compare_loops(result, maps, n: int, batch: int) -> dict:
     mean = torch.tensor(pre.mean).view(1, 3, 1, 1)
     std = torch.tensor(pre.std).view(1, 3, 1, 1)
     base = build_torch_model(result.model)
+    cl = torch.channels_last
     k = block_index(result.layer)
 
     def trunk(x):
@@ -106,28 +108,34 @@ def compare_loops(result, maps, n: int, batch: int) -> dict:
     # same conditions. Each has its own top and optimiser.
     cached_top, cached_opt = fresh_top()
     top, opt = fresh_top()
-    warm = torch.from_numpy(maps.X[:2].astype(np.float32)).view(-1, *maps.shape)
-    step(cached_top, cached_opt, warm, y[:2])
-    step(top, opt, warm, y[:2])
+    # warm-up at the timed batch size: the first step of a new shape builds oneDNN's kernels
+    # (about a second), which over a few hundred images would add ~20 s per 10k to whichever
+    # loop happened to run first
+    warm = as_batch(maps.X[rows[:batch]], maps.shape)
+    step(cached_top, cached_opt, warm, y[:batch])
+    step(top, opt, warm, y[:batch])
     with torch.no_grad():
-        trunk(torch.zeros(2, 3, *pre.input_size))
+        trunk(torch.zeros(batch, 3, *pre.input_size).contiguous(memory_format=cl))
     cached = 0.0
     parts = {"decode": 0.0, "trunk": 0.0, "top": 0.0}
 
     def cached_batch(s: int) -> float:
         t = time.perf_counter()
-        xb = torch.from_numpy(maps.X[rows[s:s + batch]].astype(np.float32)).view(-1, *maps.shape)
+        xb = as_batch(maps.X[rows[s:s + batch]], maps.shape)
         step(cached_top, cached_opt, xb, y[s:s + batch])
         return time.perf_counter() - t
 
     def recompute_batch(s: int) -> None:
         t = time.perf_counter()
         px = np.stack([ex.decode(f) for f in files[s:s + batch]])
-        x = (torch.from_numpy(px).permute(0, 3, 1, 2).float() / 255.0 - mean) / std
+        # NHWC pixels viewed as NCHW are channels-last already: the whole loop runs in the
+        # memory format oneDNN is fastest in, as the cached loop does
+        x = ((torch.from_numpy(px).permute(0, 3, 1, 2).float() / 255.0 - mean) / std).contiguous(
+            memory_format=cl)
         parts["decode"] += time.perf_counter() - t
         t = time.perf_counter()
         with torch.no_grad():
-            xb = trunk(x)
+            xb = trunk(x).contiguous(memory_format=cl)
         parts["trunk"] += time.perf_counter() - t
         t = time.perf_counter()
         step(top, opt, xb, y[s:s + batch])
@@ -150,10 +158,9 @@ def compare_loops(result, maps, n: int, batch: int) -> dict:
             "parts_s_per_10k": {p: round(v * per10k, 1) for p, v in parts.items()},
             "speedup_measured": round(measured, 2), "speedup_ideal": round(ideal, 2),
             "fraction_of_ideal": round(measured / ideal, 3),
-            "note": "loops interleaved batch by batch on a shared 2-core machine: the ratio is "
-                    "the figure; absolute times ran higher than the training epochs' (cause "
-                    "not isolated: machine load, or the trunk's large activations evicting the "
-                    "top's working set)"}
+            "note": "loops interleaved batch by batch on a shared 2-core machine, both "
+                    "feeding the top channels-last batches, warmed up at the timed batch "
+                    "size: the ratio is the figure"}
 
 
 def agreement(result, test_maps, out: Path, n: int) -> dict:
@@ -177,6 +184,7 @@ def plot(payload: dict, out: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     for cut, r in sorted(payload["cuts"].items()):
@@ -188,6 +196,7 @@ def plot(payload: dict, out: Path) -> None:
         ax1.axhline(r["probe"]["test_accuracy"], ls=":", lw=0.8, color=color)
     ax1.set(xlabel="epoch (0 = frozen probe)", ylabel="accuracy",
             title="validation per epoch\n(test: dashed fine-tuned, dotted frozen probe)")
+    ax1.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax1.legend()
     cuts = sorted(payload["cuts"])
     cached = [payload["cuts"][c]["compare"]["cached_s_per_10k"] for c in cuts]
@@ -206,32 +215,42 @@ def plot(payload: dict, out: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from featurebank.finetune import FinetuneOptions
+
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--cut", default="blocks.12", help="one cut per run (results merge by cut)")
+    p.add_argument("--cut", default="blocks.12",
+                   help="one cut per run (results merge by cut and non-default options)")
     p.add_argument("--train", type=int, default=60_000)
     p.add_argument("--test", type=int, default=10_000)
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--flip", action="store_true")
+    p.add_argument("--label-smoothing", type=float, default=0.0)
+    p.add_argument("--lr-top", type=float, default=FinetuneOptions.lr_top)
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--compare", type=int, default=512, help="images for the loop comparison")
+    p.add_argument("--compare", type=int, default=1024, help="images for the loop comparison")
     p.add_argument("--agreement", type=int, default=2000, help="test images scored through ONNX")
     p.add_argument("--fresh", action="store_true", help="drop this cut's checkpoint first")
     args = p.parse_args(argv)
     import logging
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    from featurebank.finetune import FinetuneOptions, finetune
+    from featurebank.finetune import finetune
     from featurebank.finetune._data import cut_spec, load_maps
 
     subset = args.train < 60_000 or args.test < 10_000
     name = "finetune_fmnist_subset" if subset else "finetune_fmnist"
     train_dir, test_dir = folders(args.train, args.test)
     (WORK / "runs").mkdir(parents=True, exist_ok=True)
-    out = WORK / "runs" / f"tuned-{train_dir.name}-{args.cut}.onnx"
+    # the key its results merge under: the cut, and what differs from the defaults
+    run = args.cut + ("+flip" if args.flip else "") + (
+        f"+ls{args.label_smoothing:g}" if args.label_smoothing else "") + (
+        f"+lr{args.lr_top:g}" if args.lr_top != FinetuneOptions.lr_top else "")
+    out = WORK / "runs" / f"tuned-{train_dir.name}-{run}.onnx"
     ckpt = out.with_name(out.name + ".ckpt")
     if args.fresh:
         ckpt.unlink(missing_ok=True)
-    opts = FinetuneOptions(epochs=args.epochs, flip=args.flip, threads=args.threads)
+    opts = FinetuneOptions(epochs=args.epochs, flip=args.flip, threads=args.threads,
+                           label_smoothing=args.label_smoothing, lr_top=args.lr_top)
     t0 = time.perf_counter()
     result = finetune(train_dir, model="efficientnet_lite0", from_layer=args.cut, test=test_dir,
                       output=out, options=opts, report=WORK / "reports" / out.stem)
@@ -266,11 +285,11 @@ def main(argv: list[str] | None = None) -> int:
                   f"{args.epochs} epochs (not the 60k/10k design)") if subset else
                  "Fashion-MNIST 60k/10k, Lite0",
         "subset": subset, "train_images": len(maps.X), "test_images": len(test_maps.X),
-        "model": result.model, "cuts": {**payload.get("cuts", {}), args.cut: entry}})
+        "model": result.model, "cuts": {**payload.get("cuts", {}), run: entry}})
     write_result(path, payload)
     plot(payload, RESULTS / f"{name}.png")
     c = entry["compare"]
-    print(f"{args.cut}: test {result.test_accuracy:.4f} vs frozen probe "
+    print(f"{run}: test {result.test_accuracy:.4f} vs frozen probe "
           f"{result.probe['test_accuracy']:.4f}; {entry['training_minutes']} min training; "
           f"epoch {c['cached_s_per_10k']} s/10k cached vs {c['recompute_s_per_10k']} s/10k "
           f"recomputing (speed-up {c['speedup_measured']} of ideal {c['speedup_ideal']}, "

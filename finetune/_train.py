@@ -50,10 +50,20 @@ class Trained:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def as_batch(rows: np.ndarray, shape) -> torch.Tensor:
+    """Cached float16 map rows (C, H, W order) as a float32 NCHW batch in channels-last memory.
+
+    Channels-last is what oneDNN's CPU convolutions want: the top's forward and backward run
+    about 30 % faster on it than on the rows' own C, H, W layout (benchmarks/finetune_fmnist).
+    """
+    return torch.from_numpy(rows.astype(np.float32)).view(-1, *shape).contiguous(
+        memory_format=torch.channels_last)
+
+
 def _batches(top: TopNet, X: np.ndarray, rows: np.ndarray, shape, size: int):
     for start in range(0, len(rows), size):
         idx = rows[start:start + size]
-        yield idx, torch.from_numpy(X[idx].astype(np.float32)).view(-1, *shape)
+        yield idx, as_batch(X[idx], shape)
 
 
 @torch.no_grad()
@@ -217,7 +227,7 @@ def train_top(maps: CachedMaps, classes: list[str], train: np.ndarray, val: np.n
             if mirror is not None:
                 flip = mirror[start:start + opts.batch_size]
                 xb = np.where(flip[:, None], maps.flipped[idx], xb)
-            xb = torch.from_numpy(xb.astype(np.float32)).view(-1, *shape)
+            xb = as_batch(xb, shape)
             yb = torch.from_numpy(y[idx])
             logits = top(xb)
             loss = F.cross_entropy(logits, yb, label_smoothing=opts.label_smoothing)
