@@ -296,3 +296,23 @@ def test_options_are_checked_before_anything_runs(tmp_path):
         finetune(tmp_path, output=tmp_path / "t.onnx", epoch=3)
     with pytest.raises(FeaturebankError, match="does not exist"):
         finetune(tmp_path / "nope", output=tmp_path / "t.onnx")
+
+
+def test_every_option_is_a_command_line_flag():
+    """Each FinetuneOptions field reaches the command line and arrives in the options."""
+    import argparse
+    from dataclasses import fields
+
+    from featurebank.cli import finetune_cmd
+    from featurebank.finetune import FinetuneOptions
+
+    parser = argparse.ArgumentParser()
+    finetune_cmd.register(parser.add_subparsers())
+    args = parser.parse_args(["finetune", "train", "-o", "t.onnx", "--flip",
+                              "--label-smoothing", "0.1", "--weight-decay", "0.01",
+                              "--dropout", "0.3", "--probe-c", "0.1", "--epochs", "2"])
+    assert {f.name for f in fields(FinetuneOptions)} == {"flip", *finetune_cmd.OPTION_FLAGS}
+    chosen = FinetuneOptions(flip=args.flip, **{k: getattr(args, k)
+                                                for k in finetune_cmd.OPTION_FLAGS})
+    assert chosen == FinetuneOptions(flip=True, label_smoothing=0.1, weight_decay=0.01,
+                                     dropout=0.3, probe_c=0.1, epochs=2)
