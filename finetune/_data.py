@@ -69,8 +69,8 @@ def cut_spec(model: str, layer: str) -> tuple[FeatureSpec, tuple[int, int, int]]
 
 def ensure_store(source: str | Path, out_dir: Path, role: str, spec: FeatureSpec,
                  batch_size: int = 32, progress: bool = True) -> Path:
-    """``source`` as a store holding ``spec``'s maps: an existing store is checked; a folder is
-    embedded (only new content) into ``out_dir/<folder>.<role>.h5``."""
+    """``source`` as a store holding ``spec``'s maps: a store given is checked; a folder is
+    embedded (only new content, at this cut) into ``out_dir/<folder>.<role>.h5``."""
     source = Path(source)
     if source.is_file():
         check_store(source, spec)
@@ -78,10 +78,11 @@ def ensure_store(source: str | Path, out_dir: Path, role: str, spec: FeatureSpec
     if not source.is_dir():
         raise FeaturebankError(f"finetune {role} input {source} is neither a folder of images "
                                "(one sub-folder per class) nor a feature store")
+    # the folder's own store: it gains this cut's maps as one more feature set beside those of
+    # earlier runs (other cuts, models); only new content is embedded
     store = out_dir / f"{source.resolve().name}.{role}.h5"
-    if store.exists():
-        check_store(store, spec)
     _embed([str(source)], store, spec, batch_size, progress, flip=False)
+    check_store(store, spec)
     return store
 
 

@@ -316,3 +316,23 @@ def test_every_option_is_a_command_line_flag():
                                                 for k in finetune_cmd.OPTION_FLAGS})
     assert chosen == FinetuneOptions(flip=True, label_smoothing=0.1, weight_decay=0.01,
                                      dropout=0.3, probe_c=0.1, epochs=2)
+
+
+def test_same_folders_from_another_cut_reuse_their_stores(tuned, digit_folders):
+    """A second fine-tune of the same folders from another cut adds that cut's maps to the
+    folders' stores (the first cut's stay) instead of refusing the stores it made itself."""
+    from featurebank.extractor import FeatureStore
+    from featurebank.finetune import finetune
+
+    result, out = tuned
+    train, test = digit_folders
+    before = {s.fingerprint: s.rows for s in FeatureStore(result.train_store).feature_sets()}
+    again = finetune(train, model="efficientnet_lite0", from_layer="blocks.14", test=test,
+                     output=out.with_name("tuned14.onnx"), epochs=1, val_size=0.25, seed=0,
+                     threads=THREADS, progress=False)
+    assert again.train_store == result.train_store and again.test_store == result.test_store
+    sets = FeatureStore(result.train_store).feature_sets()
+    n_train = 10 * TRAIN_PER_CLASS
+    assert {s.spec.layer: s.rows for s in sets} == {"blocks.12": n_train, "blocks.14": n_train}
+    assert {s.fingerprint: s.rows for s in sets if s.fingerprint in before} == before
+    assert again.test_accuracy is not None
