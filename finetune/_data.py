@@ -110,6 +110,8 @@ def _embed(inputs: list[str], store: Path, spec: FeatureSpec, batch_size: int, p
     summary = embed_collection(inputs, store, extractor=ex,
                                run=EmbedRun(batch_size=batch_size, dtype="float16",
                                             progress=progress))
+    if flip:  # mirrored images are given as files, without their class folders' labels
+        summary.labels = {}
     log.info("%s%s: %s", store.name, " (mirrored)" if flip else "", summary)
 
 
