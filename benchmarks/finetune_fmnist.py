@@ -1,7 +1,8 @@
 """Fine-tuning Lite0's top layers from cached maps on Fashion-MNIST, against the frozen probe
 and against a torch loop that recomputes the frozen trunk every epoch.
 
-Design (one cut per invocation, so each fits in a working session; results merge by cut):
+Design (one cut per invocation, so each fits in a working session; results merge under a key of
+cut, non-default options and epochs, e.g. ``blocks.12+flip+ls0.1+e5``):
 
 * data: the official 60k/10k split (``--train``/``--test`` take a stratified subset, seed 0; a
   subset run is labelled so in the JSON and written to ``finetune_fmnist_subset.json``);
@@ -231,7 +232,7 @@ def plot(payload: dict, out: Path) -> None:
     xs = np.arange(len(runs))
     ax2.bar(xs - 0.2, cached, 0.4, label="cached maps (featurebank)")
     ax2.bar(xs + 0.2, recompute, 0.4, label="recompute trunk each epoch")
-    ax2.set_xticks(xs, runs, fontsize=8)
+    ax2.set_xticks(xs, [r.replace("+", "\n+", 1) for r in runs], fontsize=7)
     ax2.set(ylabel="s per 10k images per epoch", title="time per epoch (interleaved)")
     ax2.legend(loc="upper left")
     fig.suptitle(payload["label"])
@@ -246,13 +247,15 @@ def main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--cut", default="blocks.12",
-                   help="one cut per run (results merge by cut and non-default options)")
+                   help="one cut per run (results merge by cut, non-default options, epochs)")
     p.add_argument("--train", type=int, default=60_000)
     p.add_argument("--test", type=int, default=10_000)
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--flip", action="store_true")
     p.add_argument("--label-smoothing", type=float, default=0.0)
     p.add_argument("--lr-top", type=float, default=FinetuneOptions.lr_top)
+    p.add_argument("--probe-c", type=float, default=None,
+                   help="the probe's C (default: chosen from 0.01, 0.1, 1 on validation)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--compare", type=int, default=1024, help="images for the loop comparison")
     p.add_argument("--agreement", type=int, default=2000, help="test images scored through ONNX")
@@ -261,11 +264,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="only recompute the frontier and redraw the PNG from the JSON")
     args = p.parse_args(argv)
     if args.replot:
-        path = RESULTS / "finetune_fmnist.json"
-        payload = json.loads(path.read_text())
-        payload["frontier"] = frontier(payload)
-        write_result(path, payload)
-        plot(payload, path.with_suffix(".png"))
+        for path in (RESULTS / "finetune_fmnist.json", RESULTS / "finetune_fmnist_subset.json"):
+            if path.is_file():
+                payload = json.loads(path.read_text())
+                payload["frontier"] = frontier(payload)
+                write_result(path, payload)
+                plot(payload, path.with_suffix(".png"))
         return 0
     import logging
 
@@ -277,16 +281,18 @@ def main(argv: list[str] | None = None) -> int:
     name = "finetune_fmnist_subset" if subset else "finetune_fmnist"
     train_dir, test_dir = folders(args.train, args.test)
     (WORK / "runs").mkdir(parents=True, exist_ok=True)
-    # the key its results merge under: the cut, and what differs from the defaults
+    # the key its results merge under: the cut, what differs from the defaults, the epochs
     run = args.cut + ("+flip" if args.flip else "") + (
         f"+ls{args.label_smoothing:g}" if args.label_smoothing else "") + (
-        f"+lr{args.lr_top:g}" if args.lr_top != FinetuneOptions.lr_top else "")
+        f"+lr{args.lr_top:g}" if args.lr_top != FinetuneOptions.lr_top else "") + (
+        f"+c{args.probe_c:g}" if args.probe_c else "") + f"+e{args.epochs}"
     out = WORK / "runs" / f"tuned-{train_dir.name}-{run}.onnx"
     ckpt = out.with_name(out.name + ".ckpt")
     if args.fresh:
         ckpt.unlink(missing_ok=True)
     opts = FinetuneOptions(epochs=args.epochs, flip=args.flip, threads=args.threads,
-                           label_smoothing=args.label_smoothing, lr_top=args.lr_top)
+                           label_smoothing=args.label_smoothing, lr_top=args.lr_top,
+                           probe_c=args.probe_c)
     t0 = time.perf_counter()
     result = finetune(train_dir, model="efficientnet_lite0", from_layer=args.cut, test=test_dir,
                       output=out, options=opts, report=WORK / "reports" / out.stem)
