@@ -318,6 +318,7 @@ def test_every_option_is_a_command_line_flag():
                                      dropout=0.3, probe_c=0.1, epochs=2)
 
 
+@pytest.mark.slow
 def test_same_folders_from_another_cut_reuse_their_stores(tuned, digit_folders):
     """A second fine-tune of the same folders from another cut adds that cut's maps to the
     folders' stores (the first cut's stay) instead of refusing the stores it made itself."""
