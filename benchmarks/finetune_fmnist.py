@@ -180,6 +180,23 @@ def agreement(result, test_maps, out: Path, n: int) -> dict:
             "max_abs_logit_diff_fp16_maps_vs_pixels": float(np.abs(onnx_logits - torch_logits).max())}
 
 
+#: options that name a run when they differ from FinetuneOptions' defaults: field -> tag
+KEY_TAGS = {"flip": "flip", "label_smoothing": "ls", "lr_top": "lr", "probe_c": "c"}
+
+
+def run_key(cut: str, opts) -> str:
+    """The key a run's results merge under: cut, non-default options, epochs
+    (``blocks.12+flip+ls0.1+e5``); its tuned model and checkpoint are named by it too."""
+    from featurebank.finetune import FinetuneOptions
+
+    key = cut
+    for name, tag in KEY_TAGS.items():
+        value = getattr(opts, name)
+        if value != getattr(FinetuneOptions, name):
+            key += f"+{tag}" if value is True else f"+{tag}{value:g}"
+    return f"{key}+e{opts.epochs}"
+
+
 TARGET, ANCHOR, BUDGET_MIN = 0.935, 0.931, 30.0  # the issue's target, ResNet-50 anchor, budget
 
 
@@ -252,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--test", type=int, default=10_000)
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--flip", action="store_true")
-    p.add_argument("--label-smoothing", type=float, default=0.0)
+    p.add_argument("--label-smoothing", type=float, default=FinetuneOptions.label_smoothing)
     p.add_argument("--lr-top", type=float, default=FinetuneOptions.lr_top)
     p.add_argument("--probe-c", type=float, default=None,
                    help="the probe's C (default: chosen from 0.01, 0.1, 1 on validation)")
@@ -281,18 +298,14 @@ def main(argv: list[str] | None = None) -> int:
     name = "finetune_fmnist_subset" if subset else "finetune_fmnist"
     train_dir, test_dir = folders(args.train, args.test)
     (WORK / "runs").mkdir(parents=True, exist_ok=True)
-    # the key its results merge under: the cut, what differs from the defaults, the epochs
-    run = args.cut + ("+flip" if args.flip else "") + (
-        f"+ls{args.label_smoothing:g}" if args.label_smoothing else "") + (
-        f"+lr{args.lr_top:g}" if args.lr_top != FinetuneOptions.lr_top else "") + (
-        f"+c{args.probe_c:g}" if args.probe_c else "") + f"+e{args.epochs}"
+    opts = FinetuneOptions(epochs=args.epochs, flip=args.flip, threads=args.threads,
+                           label_smoothing=args.label_smoothing, lr_top=args.lr_top,
+                           probe_c=args.probe_c)
+    run = run_key(args.cut, opts)
     out = WORK / "runs" / f"tuned-{train_dir.name}-{run}.onnx"
     ckpt = out.with_name(out.name + ".ckpt")
     if args.fresh:
         ckpt.unlink(missing_ok=True)
-    opts = FinetuneOptions(epochs=args.epochs, flip=args.flip, threads=args.threads,
-                           label_smoothing=args.label_smoothing, lr_top=args.lr_top,
-                           probe_c=args.probe_c)
     t0 = time.perf_counter()
     result = finetune(train_dir, model="efficientnet_lite0", from_layer=args.cut, test=test_dir,
                       output=out, options=opts, report=WORK / "reports" / out.stem)
@@ -302,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     maps = load_maps(result.train_store, spec, shape)
     test_maps = load_maps(result.test_store, spec, shape)
     epoch_s = [h["train_seconds"] for h in result.history]
+    n_train = int(len(maps.X) * (1 - opts.val_size))
     entry = {
         "test_accuracy": result.test_accuracy, "probe": result.probe,
         "best_epoch": result.best_epoch, "val_accuracy": result.val_accuracy,
@@ -309,9 +323,8 @@ def main(argv: list[str] | None = None) -> int:
         "embed_seconds_this_run": result.seconds.get("embed"),
         "training_minutes": round((sum(h["seconds"] for h in result.history)
                                    + result.probe["seconds"]) / 60, 2),
-        "train_maps": int(len(maps.X) * (1 - opts.val_size)),
-        "s_per_10k_maps_per_epoch": round(np.median(epoch_s) / (len(maps.X) * (1 - opts.val_size))
-                                          * 10_000, 1),
+        "train_maps": n_train,
+        "s_per_10k_maps_per_epoch": round(np.median(epoch_s) / n_train * 10_000, 1),
         "wall_seconds_this_run": round(wall, 1),
         "compare": compare_loops(result, maps, args.compare, opts.batch_size),
         "predict_agreement": agreement(result, test_maps, out, args.agreement),

@@ -60,10 +60,9 @@ def as_batch(rows: np.ndarray, shape) -> torch.Tensor:
         memory_format=torch.channels_last)
 
 
-def _batches(top: TopNet, X: np.ndarray, rows: np.ndarray, shape, size: int):
+def _batches(X: np.ndarray, rows: np.ndarray, shape, size: int):
     for start in range(0, len(rows), size):
-        idx = rows[start:start + size]
-        yield idx, as_batch(X[idx], shape)
+        yield as_batch(X[rows[start:start + size]], shape)
 
 
 @torch.no_grad()
@@ -71,7 +70,7 @@ def predict_logits(top: TopNet, X: np.ndarray, shape, rows: np.ndarray | None = 
     """Eval-mode logits of the top for cached maps (float16 rows widened per batch)."""
     top.eval()
     rows = np.arange(len(X)) if rows is None else rows
-    out = [top(xb).numpy() for _, xb in _batches(top, X, rows, shape, EVAL_BATCH)]
+    out = [top(xb).numpy() for xb in _batches(X, rows, shape, EVAL_BATCH)]
     return np.concatenate(out) if out else np.zeros((0, top.classifier.out_features), np.float32)
 
 
@@ -80,7 +79,7 @@ def pooled_features(top: TopNet, X: np.ndarray, shape, rows: np.ndarray | None =
     """The top's pooled 1280-d ``head`` vectors: what a frozen linear probe is trained on."""
     top.eval()
     rows = np.arange(len(X)) if rows is None else rows
-    out = [top.pooled(xb).numpy() for _, xb in _batches(top, X, rows, shape, EVAL_BATCH)]
+    out = [top.pooled(xb).numpy() for xb in _batches(X, rows, shape, EVAL_BATCH)]
     return np.concatenate(out) if out else np.zeros((0, top.classifier.in_features), np.float32)
 
 
