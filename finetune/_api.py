@@ -18,10 +18,11 @@ from featurebank.finetune._data import (
     check_labels,
     cut_spec,
     ensure_flipped,
-    ensure_store,
+    ensure_maps,
     load_maps,
     stratified_split,
 )
+from featurebank.finetune._inputs import open_collection
 from featurebank.finetune._options import FinetuneOptions
 
 log = logging.getLogger(__name__)
@@ -35,50 +36,73 @@ def data_fingerprint(maps: CachedMaps) -> str:
     return h.hexdigest()[:16]
 
 
-@dataclass
+@dataclass(kw_only=True)
 class FinetuneResult:
-    """A finished fine-tune: curves, best epoch, accuracies, and the model to export.
+    """A finished fine-tune: curves, best epoch, the choice against the probe, the model to export.
 
-    ``history`` has one row per epoch (train/val loss and accuracy, seconds); ``probe`` the
-    frozen linear probe's figures on the same split (the head's starting point).
+    ``trained`` holds the main training (``history``: one row per epoch; ``probe``: the frozen
+    linear probe's figures on the same split), the probe as a model, and ``choice``: which of
+    the two the run answers with, and why (see docs/finetune.md). ``stores`` names where the
+    maps are (``train``, ``test``, ``train_flipped``); ``checkpoint`` is removed by
+    :meth:`export` unless the options keep it.
     """
 
     model: str
     layer: str
     classes: list[str]
-    history: list[dict[str, float]]
-    best_epoch: int
-    val_accuracy: float
-    test_accuracy: float | None
-    probe: dict[str, Any]
     options: FinetuneOptions
+    trained: Any  # featurebank.finetune._choice.Trained (torch)
     train_fingerprint: str
-    train_store: Path
-    test_store: Path | None
-    base_sha256: str
-    resumed_from: int | None = None
-    stopped_early: bool = False
+    train_images: int
+    stores: dict[str, Path]
+    test_accuracy: float | None = None  # the fine-tuned model's; the probe's is in ``probe``
+    checkpoint: Path | None = None
     seconds: dict[str, float] = field(default_factory=dict)
-    top: Any = None  # the tuned TopNet (torch), best epoch's weights
     exported: Path | None = None
 
+    # the main training's figures, read where they live
+    history = property(lambda self: self.trained.main.history)
+    best_epoch = property(lambda self: self.trained.main.best_epoch)
+    val_accuracy = property(lambda self: self.trained.main.best_val_accuracy)
+    probe = property(lambda self: self.trained.main.probe)
+    top = property(lambda self: self.trained.main.top)  # the fine-tuned top, best epoch
+    resumed_from = property(lambda self: self.trained.main.resumed_from)
+    stopped_early = property(lambda self: self.trained.main.stopped_early)
+    base_sha256 = property(lambda self: self.trained.base_sha256)
+    choice = property(lambda self: self.trained.choice)
+    chosen = property(lambda self: self.trained.choice["chosen"])  # "finetuned" or "probe"
+    train_store = property(lambda self: self.stores["train"])
+    test_store = property(lambda self: self.stores.get("test"))
+
+    @property
+    def chosen_test_accuracy(self) -> float | None:
+        """The test accuracy of the model the run answers with (the exported one)."""
+        return self.test_accuracy if self.chosen == "finetuned" else self.probe.get("test_accuracy")
+
     def lineage(self) -> dict[str, Any]:
+        choice = {k: v for k, v in self.choice.items() if k != "per_fold"}
         return {"base_model": self.model, "base_weights_sha256": self.base_sha256,
                 "from_layer": self.layer, "classes": self.classes,
-                "train_feature_set": self.train_fingerprint, "best_epoch": self.best_epoch,
+                "train_feature_set": self.train_fingerprint, "train_images": self.train_images,
+                "chosen": self.chosen,
+                "choice": choice, "best_epoch": self.best_epoch,
                 "val_accuracy": self.val_accuracy, "test_accuracy": self.test_accuracy,
                 "probe_val_accuracy": self.probe.get("val_accuracy"),
                 "probe_test_accuracy": self.probe.get("test_accuracy"),
                 "options": self.options.to_dict()}
 
-    def torch_model(self):
-        """The whole tuned classifier as an eval-mode torch module (``features(x)``)."""
+    def torch_model(self, which: str | None = None):
+        """The whole classifier as an eval-mode torch module (``features(x)``): the chosen
+        one, or ``which`` (``"finetuned"`` or ``"probe"``)."""
         from featurebank.finetune._top import assemble
 
-        return assemble(self.model, self.top)
+        which = which or self.chosen
+        return assemble(self.model, self.top if which == "finetuned" else self.trained.probe_top)
 
     def export(self, path: str | Path) -> Path:
-        """Write the self-describing ONNX classifier (original trunk, tuned top, new head)."""
+        """Write the chosen model as a self-describing ONNX classifier (original trunk, then
+        the tuned top and head, or the frozen top and the probe's head); then remove the
+        checkpoint unless ``options.keep_checkpoint``."""
         from featurebank.export import read_onnx_metadata
         from featurebank.extractor import resolve_model_path
         from featurebank.finetune._export import export_tuned
@@ -89,45 +113,56 @@ class FinetuneResult:
         export_tuned(self.torch_model(), path, base_spec, self.lineage())
         self.seconds["export"] = round(time.perf_counter() - started, 2)
         self.exported = path
-        log.info("wrote %s (%s from %s, %d classes)", path, self.model, self.layer,
-                 len(self.classes))
+        if self.checkpoint is not None and not self.options.keep_checkpoint:
+            self.checkpoint.unlink(missing_ok=True)
+        log.info("wrote %s (%s from %s, %d classes): %s", path, self.model, self.layer,
+                 len(self.classes), self.conclusion())
         return path
 
+    def conclusion(self) -> str:
+        """One line: which model the file holds, and why."""
+        what = "the fine-tuned model" if self.chosen == "finetuned" else "the frozen linear probe"
+        return f"{what} ({self.choice['reason']})"
+
     def summary(self) -> dict[str, Any]:
-        return {**self.lineage(), "history": self.history, "probe": self.probe,
-                "resumed_from": self.resumed_from, "stopped_early": self.stopped_early,
-                "seconds": self.seconds, "train_store": str(self.train_store),
-                "test_store": str(self.test_store) if self.test_store else None,
+        return {**self.lineage(), "choice": self.choice, "history": self.history,
+                "probe": self.probe, "resumed_from": self.resumed_from,
+                "stopped_early": self.stopped_early, "seconds": self.seconds,
+                "stores": {k: str(v) for k, v in self.stores.items()},
                 "model_file": str(self.exported) if self.exported else None}
 
 
 def finetune(train: str | Path, *, model: str = "efficientnet_lite0", from_layer: str = "blocks.12",
              test: str | Path | None = None, output: str | Path = "tuned.onnx",
              report: str | Path | None = None, options: FinetuneOptions | None = None,
-             progress: bool = True, embed_batch_size: int = 32, **option_fields: Any
-             ) -> FinetuneResult:
+             work_dir: str | Path | None = None, progress: bool = True,
+             embed_batch_size: int = 32, **option_fields: Any) -> FinetuneResult:
     """Fine-tune the layers of ``model`` above ``from_layer`` on labelled images.
 
     Parameters
     ----------
     train : path
-        A folder of images (one sub-folder per class), embedded once into
-        ``<output folder>/<name>.train.h5``, or a store already holding the maps.
+        A folder of images (one sub-folder per class), or a store already holding the maps.
+        The run trains on exactly these images (selected by content), whatever else a store
+        holds.
     model : str
         A registry EfficientNet-Lite (``efficientnet_lite0``, ...).
     from_layer : str
         The cut ``blocks.N``: layers up to it stay frozen and run once per image; the blocks
         after it, the head conv/BN and a new linear head are trained.
     test : path, optional
-        Held-out folder or store, scored with the best epoch (and the frozen probe).
+        Held-out folder or store, scored with the best epoch and the frozen probe.
     output : path
-        Where :meth:`FinetuneResult.export` will write; the checkpoint
-        (``OUTPUT.ckpt``) and embedded stores go beside it.
+        Where :meth:`FinetuneResult.export` will write; the checkpoint (``OUTPUT.ckpt``) is
+        kept beside it while the run is unfinished.
     report : path, optional
         Folder for ``finetune.json`` and ``curves.png``.
     options : FinetuneOptions, optional
         Training options; ``option_fields`` (its field names: ``epochs``, ``val_size``, ``seed``,
         ``flip``, ``lr_head``, ``lr_top``, ``batch_size``, ...) replace its fields.
+    work_dir : path, optional
+        Where a folder's maps are cached (default: ``maps/`` in featurebank's cache folder,
+        ``$FEATUREBANK_CACHE`` or ``~/.cache/featurebank``).
 
     Returns
     -------
@@ -146,46 +181,61 @@ def finetune(train: str | Path, *, model: str = "efficientnet_lite0", from_layer
         if src is not None and not Path(src).exists():
             raise FeaturebankError(f"finetune {name} input {src} does not exist")
     spec, shape = cut_spec(model, from_layer)  # refuses a bad model or cut before any file
+    # both inputs are read and checked before anything is embedded or written
+    train_set = open_collection(train, "train", spec, work_dir)
+    test_set = None if test is None else open_collection(test, "test", spec, work_dir)
     timings: dict[str, float] = {}
     started = time.perf_counter()
-    train_store = ensure_store(train, output.parent, "train", spec, embed_batch_size, progress)
-    test_store = None if test is None else ensure_store(test, output.parent, "test", spec,
-                                                        embed_batch_size, progress)
-    flip_store = ensure_flipped(train_store, spec, embed_batch_size, progress) if opts.flip else None
+    for collection in (train_set, test_set):
+        if collection is not None:
+            ensure_maps(collection, spec, embed_batch_size, progress)
+    if opts.flip:
+        ensure_flipped(train_set, spec, embed_batch_size, progress)
     timings["embed"] = round(time.perf_counter() - started, 2)
-    maps = load_maps(train_store, spec, shape, flip_store)
+    maps = load_maps(train_set, spec, shape, flipped=opts.flip)
     classes = check_labels(maps)
     test_maps = None
-    if test_store is not None:
-        test_maps = load_maps(test_store, spec, shape)
+    if test_set is not None:
+        test_maps = load_maps(test_set, spec, shape)
         check_labels(test_maps, classes)
+    stores = {"train": train_set.store, **({"train_flipped": train_set.flip_store} if opts.flip
+                                           else {}),
+              **({"test": test_set.store} if test_set is not None else {})}
     tr, val = stratified_split(maps.labels, opts.val_size, opts.seed)
     fingerprint = data_fingerprint(maps)
     identity = {"model": model, "layer": from_layer, "weights": spec.model.weights_sha256,
                 "train_feature_set": fingerprint, "classes": classes,
-                "test_feature_set": None if test_maps is None else data_fingerprint(test_maps),
                 "options": opts.training_identity()}
     log.info("fine-tuning %s above %s: %d training maps %s (%d train / %d val), %d classes",
              model, from_layer, len(maps.X), shape, len(tr), len(val), len(classes))
-    from featurebank.finetune._train import predict_logits, train_top
+    from featurebank.finetune._choice import train_top
+    from featurebank.finetune._train import Checkpoint, prepare
 
     started = time.perf_counter()
-    trained = train_top(maps, classes, tr, val, opts, output.with_name(output.name + ".ckpt"),
-                        identity, test=test_maps, progress=progress)
+    setup, base_sha = prepare(maps, classes, model, opts, progress)
+    checkpoint = Checkpoint(output.with_name(output.name + ".ckpt"), identity)
+    trained = train_top(setup, base_sha, tr, val, checkpoint)
     timings["train"] = round(time.perf_counter() - started, 2)
     test_acc = None
     if test_maps is not None:
         index = {c: i for i, c in enumerate(classes)}
         y_test = np.array([index[c] for c in test_maps.labels])
-        test_acc = float((predict_logits(trained.top, test_maps.X, shape).argmax(1) == y_test).mean())
+        test_acc = _accuracy(trained.main.top, test_maps, y_test)
+        trained.main.probe["test_accuracy"] = _accuracy(trained.probe_top, test_maps, y_test)
         log.info("test accuracy %.4f (frozen linear probe %.4f) on %d images", test_acc,
-                 trained.probe.get("test_accuracy", float("nan")), len(y_test))
-    result = FinetuneResult(model, from_layer, classes, trained.history, trained.best_epoch,
-                            trained.best_val_accuracy, test_acc, trained.probe, opts, fingerprint,
-                            train_store, test_store, trained.base_sha256, trained.resumed_from,
-                            trained.stopped_early, timings, trained.top)
+                 trained.main.probe["test_accuracy"], len(y_test))
+    result = FinetuneResult(model=model, layer=from_layer, classes=classes, options=opts,
+                            trained=trained, train_fingerprint=fingerprint,
+                            train_images=len(maps.X), stores=stores,
+                            test_accuracy=test_acc, checkpoint=checkpoint.path, seconds=timings)
     if report is not None:
         from featurebank.finetune._report import write_report
 
         write_report(result, Path(report))
     return result
+
+
+def _accuracy(top, maps: CachedMaps, y: np.ndarray) -> float:
+    from featurebank.finetune._train import predict_logits
+
+    return float((predict_logits(top, maps.X, maps.shape).argmax(1) == y).mean())

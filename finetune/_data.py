@@ -4,8 +4,9 @@ checked against the model and cut asked for, and split them (no torch here).
 The maps are the trunk's output at the cut, unpooled (``pool='none'``: the C*H*W map flattened
 in C, H, W order) and float16, in an ordinary feature store: incremental and crash-safe like
 any feature set, so a killed embedding resumes where it stopped. Flipped copies live in a
-second store beside it (``NAME.hflip.h5``), keyed by the same content keys: their vectors are
-those of the mirrored image, so they must never sit in a feature set of the same spec.
+second store beside it (``FINGERPRINT.hflip.h5``), keyed by the same content keys: their vectors
+are those of the mirrored image, so they must never sit in a feature set of the same spec.
+Which rows belong to a run, and where the stores are, is ``_inputs``' business.
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ import h5py
 import numpy as np
 
 from featurebank.errors import FeaturebankError
+from featurebank.finetune._inputs import Collection
 from featurebank.spec import FeatureSpec
 
 log = logging.getLogger(__name__)
-FLIP_SUFFIX = ".hflip.h5"
 
 
 @dataclass
@@ -34,7 +35,7 @@ class CachedMaps:
     spec: FeatureSpec
     shape: tuple[int, int, int]
     store: Path
-    flipped: np.ndarray | None = None  # same rows mirrored; NaN-free rows only where present
+    flipped: np.ndarray | None = None  # the same rows' mirrored maps
 
     @property
     def fingerprint(self) -> str:
@@ -67,41 +68,27 @@ def cut_spec(model: str, layer: str) -> tuple[FeatureSpec, tuple[int, int, int]]
     return spec, shape  # type: ignore[return-value]
 
 
-def ensure_store(source: str | Path, out_dir: Path, role: str, spec: FeatureSpec,
-                 batch_size: int = 32, progress: bool = True) -> Path:
-    """``source`` as a store holding ``spec``'s maps: a store given is checked; a folder is
-    embedded (only new content, at this cut) into ``out_dir/<folder>.<role>.h5``."""
-    source = Path(source)
-    if source.is_file():
-        check_store(source, spec)
-        return source
-    if not source.is_dir():
-        raise FeaturebankError(f"finetune {role} input {source} is neither a folder of images "
-                               "(one sub-folder per class) nor a feature store")
-    # the folder's own store: it gains this cut's maps as one more feature set beside those of
-    # earlier runs (other cuts, models); only new content is embedded
-    store = out_dir / f"{source.resolve().name}.{role}.h5"
-    _embed([str(source)], store, spec, batch_size, progress, flip=False)
-    check_store(store, spec)
-    return store
+def ensure_maps(collection: Collection, spec: FeatureSpec, batch_size: int = 32,
+                progress: bool = True) -> None:
+    """Embed the images of a folder collection into its cache store (only new content)."""
+    if not collection.is_folder:
+        return  # a store given holds its maps already (checked when it was opened)
+    _embed([str(collection.source)], collection.store, spec, batch_size, progress, flip=False)
+    check_store(collection.store, spec)
 
 
-def ensure_flipped(store: Path, spec: FeatureSpec, batch_size: int = 32,
-                   progress: bool = True) -> Path:
-    """The mirrored maps of every image of ``store`` in ``STORE.hflip.h5`` (only new content)."""
-    flip_store = store.with_name(store.name.removesuffix(".h5") + FLIP_SUFFIX)
-    with h5py.File(store, "r", locking=False) as f:
-        n = int(f["images"].attrs.get("committed", 0))
-        paths = sorted({p.decode("utf-8", "surrogateescape")
-                        for p in (bytes(x) for x in f["images/paths"][:n])})
-    _embed(paths, flip_store, spec, batch_size, progress, flip=True)
-    return flip_store
+def ensure_flipped(collection: Collection, spec: FeatureSpec, batch_size: int = 32,
+                   progress: bool = True) -> None:
+    """The mirrored maps of every image of ``collection`` in its flip store (only new content)."""
+    _embed(sorted(set(collection.paths)), collection.flip_store, spec, batch_size, progress,
+           flip=True)
 
 
 def _embed(inputs: list[str], store: Path, spec: FeatureSpec, batch_size: int, progress: bool,
            flip: bool) -> None:
     from featurebank.extractor import EmbedRun, Extractor, embed_collection
 
+    store.parent.mkdir(parents=True, exist_ok=True)
     cls = _flipped_extractor_class() if flip else Extractor
     ex = cls(spec.model.model, layers=(spec.layer,), pool="none", batch_size=batch_size)
     if ex.specs[0].fingerprint() != spec.fingerprint():
@@ -153,39 +140,59 @@ def check_store(store: Path, spec: FeatureSpec) -> None:
         f"'featurebank embed ... --model {spec.model.model} --layer {spec.layer} --pool none'")
 
 
-def load_maps(store: Path, spec: FeatureSpec, shape: tuple[int, int, int],
-              flip_store: Path | None = None) -> CachedMaps:
-    """The committed maps of ``spec`` in ``store`` (float16, never widened: 60k maps of
-    ``blocks.12`` are 1.1 GB so), with their labels and keys, and the mirrored copies."""
+def load_maps(collection: Collection, spec: FeatureSpec, shape: tuple[int, int, int],
+              flipped: bool = False) -> CachedMaps:
+    """The maps of exactly ``collection``'s images, selected by content key from its store
+    (float16, never widened: 60k maps of ``blocks.12`` are 1.1 GB so), with the labels the
+    collection gives them, and their mirrored copies with ``flipped``."""
     from featurebank.extractor import FeatureStore
 
-    check_store(store, spec)
+    check_store(collection.store, spec)
     fp = spec.fingerprint()
-    with h5py.File(store, "r", locking=False) as f:
+    index = FeatureStore(collection.store).key_index(fp)
+    have = np.array([k in index for k in collection.keys], dtype=bool)
+    if not have.all():  # unreadable images: the embedding recorded them as failures
+        log.warning("%s: %d of %d images have no map (unreadable?); they are left out",
+                    collection.source, int((~have).sum()), len(have))
+    keys, labels = collection.keys[have], collection.labels[have]
+    with h5py.File(collection.store, "r", locking=False) as f:
         g = f["features"][fp]
-        n = int(g.attrs.get("committed", 0))
         row_shape = tuple(int(v) for v in g.attrs.get("row_shape", ()))
-        X = np.asarray(g["X"][:n], dtype=np.float16)
-        keys = g["keys"][:n].astype(str)
-    table = FeatureStore(store).image_table()  # the store's own key -> (path, label) rules
+        X = read_rows(g["X"], np.array([index[k] for k in keys], dtype=np.int64))
     if X.shape[1] != int(np.prod(shape)) or row_shape not in ((), shape, (X.shape[1],)):
-        raise FeaturebankError(f"store {store}: maps of {X.shape[1]} values (row shape "
-                               f"{list(row_shape)}), the cut {spec.layer} has shape "
+        raise FeaturebankError(f"store {collection.store}: maps of {X.shape[1]} values (row "
+                               f"shape {list(row_shape)}), the cut {spec.layer} has shape "
                                f"{list(shape)}; the store is from another model")
-    labels = np.array([table.get(k, ("", ""))[1] for k in keys], dtype=object).astype(str)
-    maps = CachedMaps(X, labels, keys, spec, shape, store)
-    if flip_store is not None:
-        flip = FeatureStore(flip_store)
+    maps = CachedMaps(X, labels, keys, spec, shape, collection.store)
+    if flipped:
+        flip = FeatureStore(collection.flip_store)
         index = flip.key_index(fp)
         have = np.array([k in index for k in keys], dtype=bool)
         mirrored = X.copy()  # an image without a mirrored map trains on its own map
         if have.any():
-            mirrored[have] = flip.rows(fp, [index[k] for k in keys[have]]).astype(np.float16)
+            with h5py.File(collection.flip_store, "r", locking=False) as f:
+                mirrored[have] = read_rows(f["features"][fp]["X"],
+                                           np.array([index[k] for k in keys[have]]))
         if not have.all():
             log.warning("%d of %d images have no mirrored map (unreadable now?); they train "
                         "unflipped", int((~have).sum()), len(keys))
         maps.flipped = mirrored
     return maps
+
+
+def read_rows(dataset: h5py.Dataset, rows: np.ndarray, block: int = 4096) -> np.ndarray:
+    """``dataset[rows]`` as float16, in the order asked, reading contiguous blocks (h5py's own
+    fancy indexing is slow and wants sorted rows; widening would double 1.1 GB)."""
+    out = np.empty((len(rows), dataset.shape[1]), np.float16)
+    if not len(rows):
+        return out
+    order = np.argsort(rows, kind="stable")
+    sorted_rows = rows[order]
+    for start in range(0, len(rows), block):
+        chunk = sorted_rows[start:start + block]
+        lo, hi = int(chunk[0]), int(chunk[-1]) + 1
+        out[order[start:start + block]] = np.asarray(dataset[lo:hi], np.float16)[chunk - lo]
+    return out
 
 
 def stratified_split(labels: np.ndarray, val_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

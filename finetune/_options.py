@@ -7,6 +7,9 @@ from typing import Any
 
 from featurebank.errors import FeaturebankError
 
+#: fields that do not change the weights (a checkpoint resumes whatever they are)
+RUN_ONLY = ("patience", "threads", "keep_checkpoint")
+
 
 @dataclass(frozen=True)
 class FinetuneOptions:
@@ -43,6 +46,8 @@ class FinetuneOptions:
         torch intra-op threads (default: torch's choice).
     dropout : float
         Dropout before the head while training (Lite's own is 0.2).
+    keep_checkpoint : bool
+        Keep ``OUTPUT.ckpt`` once the tuned file is written (by default it is removed then).
     """
 
     epochs: int = 8
@@ -58,6 +63,7 @@ class FinetuneOptions:
     probe_c: float | None = None
     threads: int | None = None
     dropout: float = 0.2
+    keep_checkpoint: bool = False
 
     def __post_init__(self) -> None:
         checks = [
@@ -82,7 +88,7 @@ class FinetuneOptions:
     def training_identity(self) -> dict[str, Any]:
         """The fields that change the weights: a checkpoint resumes only under the same ones
         (``patience`` may change; ``threads`` only changes the speed)."""
-        return {k: v for k, v in asdict(self).items() if k not in ("patience", "threads")}
+        return {k: v for k, v in asdict(self).items() if k not in RUN_ONLY}
 
     def replace(self, **changes: Any) -> FinetuneOptions:
         return replace(self, **changes)

@@ -1,5 +1,5 @@
 """Train the top layers from cached maps (torch): the head from the linear probe's solution,
-then the top unfrozen at a lower learning rate, one checkpoint per epoch.
+then the top unfrozen at a lower learning rate, one checkpoint per epoch (:func:`fit`).
 
 The layers below the cut never run here: every batch is a slice of the cached float16 maps.
 Each epoch's randomness (order, flips, dropout) is seeded from (seed, epoch), so a run resumed
@@ -12,13 +12,12 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 from torch.nn import functional as F
 
 from featurebank.errors import FeaturebankError
@@ -36,18 +35,32 @@ PROBE_CS = (0.01, 0.1, 1.0)
 
 
 @dataclass
-class Trained:
-    """What training leaves: the best top, the curves and the probe it started from."""
+class Setup:
+    """What every training of a run shares: the maps, their class indices, the frozen top's
+    pooled features (the probe's input, computed once) and the options."""
+
+    maps: CachedMaps
+    y: np.ndarray
+    feats: np.ndarray
+    model: str
+    n_classes: int
+    opts: FinetuneOptions
+    progress: bool = True
+
+
+@dataclass
+class Fit:
+    """One training on ``train`` rows: the probe, then the top fine-tuned from it; the best
+    epoch's weights (chosen on the validation rows) are loaded in ``top``."""
 
     top: TopNet
     history: list[dict[str, float]]
     best_epoch: int
     best_val_accuracy: float
     probe: dict[str, Any]
-    base_sha256: str
+    probe_head: dict[str, torch.Tensor]  # the probe's solution as the new head's weights
     resumed_from: int | None = None
     stopped_early: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def as_batch(rows: np.ndarray, shape) -> torch.Tensor:
@@ -89,13 +102,16 @@ def _loss_acc(logits: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     return loss, float((logits.argmax(1) == y).mean()) if len(y) else math.nan
 
 
-def _fit_probe(top: TopNet, maps: CachedMaps, y: np.ndarray, train: np.ndarray, val: np.ndarray,
-               opts: FinetuneOptions, test: tuple[CachedMaps, np.ndarray] | None) -> dict:
-    """Logistic regression on the frozen top's pooled features; its solution becomes the head."""
+def fit_probe(setup: Setup, train: np.ndarray, val: np.ndarray) -> tuple[dict, np.ndarray, np.ndarray]:
+    """Logistic regression on the frozen top's pooled features: its figures and its solution
+    (``W``, ``b`` on the unstandardised features), the new head's starting point.
+
+    C is ``opts.probe_c``, else the best of :data:`PROBE_CS` on the validation rows (the
+    first of them when there are none)."""
     from sklearn.linear_model import LogisticRegression
 
     started = time.perf_counter()
-    feats = pooled_features(top, maps.X, maps.shape)
+    feats, y, opts = setup.feats, setup.y, setup.opts
     # standardised, lbfgs converges in a few hundred iterations instead of thousands; the
     # scaling is folded into the head's weights afterwards
     mean, std = feats[train].mean(0), feats[train].std(0) + 1e-6
@@ -103,7 +119,7 @@ def _fit_probe(top: TopNet, maps: CachedMaps, y: np.ndarray, train: np.ndarray, 
     chosen = None  # (val accuracy, C, model); C from the validation split unless given
     for C in (opts.probe_c,) if opts.probe_c else PROBE_CS:
         candidate = LogisticRegression(C=C, max_iter=500).fit(Z[train], y[train])
-        acc = candidate.score(Z[val], y[val])
+        acc = candidate.score(Z[val], y[val]) if len(val) else 0.0
         if chosen is None or acc > chosen[0]:
             chosen = (acc, C, candidate)
     _, C, clf = chosen
@@ -111,22 +127,12 @@ def _fit_probe(top: TopNet, maps: CachedMaps, y: np.ndarray, train: np.ndarray, 
     b = (clf.intercept_ - clf.coef_ @ (mean / std)).astype(np.float32)
     if W.shape[0] == 1:  # binary: sigmoid(w.x + b) is softmax over (-(w.x+b)/2, (w.x+b)/2)
         W, b = np.concatenate([-W / 2, W / 2]), np.concatenate([-b / 2, b / 2])
-    with torch.no_grad():
-        top.classifier.weight.copy_(torch.from_numpy(W))
-        top.classifier.bias.copy_(torch.from_numpy(b))
     train_loss, train_acc = _loss_acc(feats[train] @ W.T + b, y[train])
     val_loss, val_acc = _loss_acc(feats[val] @ W.T + b, y[val])
     probe = {"train_accuracy": train_acc, "val_accuracy": val_acc, "val_loss": val_loss,
              "train_loss": train_loss, "C": C,
              "seconds": round(time.perf_counter() - started, 2)}
-    if test is not None:
-        test_maps, y_test = test
-        test_feats = pooled_features(top, test_maps.X, test_maps.shape)
-        probe["test_accuracy"] = _loss_acc(test_feats @ W.T + b, y_test)[1]
-    log.info("linear probe on the frozen top: val accuracy %.4f%s (%.1f s)", probe["val_accuracy"],
-             f", test {probe['test_accuracy']:.4f}" if "test_accuracy" in probe else "",
-             probe["seconds"])
-    return probe
+    return probe, W, b
 
 
 def _optimizer(top: TopNet, opts: FinetuneOptions, steps: int, warmup: int):
@@ -169,102 +175,146 @@ def _load(path: Path, identity: dict) -> dict | None:
     return ckpt
 
 
-def train_top(maps: CachedMaps, classes: list[str], train: np.ndarray, val: np.ndarray,
-              opts: FinetuneOptions, checkpoint: Path, identity: dict,
-              test: CachedMaps | None = None, progress: bool = True) -> Trained:
-    """Fine-tune the top of ``identity['model']`` above ``maps.spec.layer`` on ``maps``.
-
-    Resumes from ``checkpoint`` when it holds an earlier epoch of the same run.
-    """
+def prepare(maps: CachedMaps, classes: list[str], model: str, opts: FinetuneOptions,
+            progress: bool = True) -> tuple[Setup, str]:
+    """The run's shared :class:`Setup` and the base weights' SHA-256 (checked against the
+    weights the maps were cut from)."""
     if opts.threads:
         torch.set_num_threads(opts.threads)
-    model = identity["model"]
-    torch.manual_seed(opts.seed)  # the new head's initial weights (then the probe's)
     top, base_sha = build_top(model, maps.spec.layer, len(classes), opts.dropout)
     if base_sha != maps.spec.model.weights_sha256:
         raise FeaturebankError(f"the maps were cut from weights {maps.spec.model.weights_sha256[:12]}"
                                f", {model} has {base_sha[:12]} here; embed them again")
     index = {c: i for i, c in enumerate(classes)}
     y = np.array([index[c] for c in maps.labels], dtype=np.int64)
-    test_y = None if test is None else np.array([index[c] for c in test.labels], dtype=np.int64)
+    feats = pooled_features(top, maps.X, maps.shape)
+    return Setup(maps, y, feats, model, len(classes), opts, progress), base_sha
+
+
+def new_top(setup: Setup, seed: int, head: dict[str, torch.Tensor] | None = None) -> TopNet:
+    """A fresh top on the pretrained weights (its new head seeded, or ``head``'s weights)."""
+    torch.manual_seed(seed)
+    top, _ = build_top(setup.model, setup.maps.spec.layer, setup.n_classes, setup.opts.dropout)
+    if head is not None:
+        top.classifier.load_state_dict(head)
+    return top.eval()
+
+
+def fit(setup: Setup, train: np.ndarray, val: np.ndarray, seed: int,
+        checkpoint: Checkpoint | None = None) -> Fit:
+    """The probe on ``train``, then the top fine-tuned from it; the best epoch by ``val``
+    (the last one when ``val`` is empty). With a ``checkpoint``, every epoch is saved and a
+    run resumes from the last one saved."""
+    opts = setup.opts
+    top = new_top(setup, seed)
     steps_per_epoch = math.ceil(len(train) / opts.batch_size)
     opt, sched = _optimizer(top, opts, opts.epochs * steps_per_epoch, steps_per_epoch)
-    ckpt = _load(checkpoint, identity)
-    resumed = None
-    if ckpt is None:
-        probe = _fit_probe(top, maps, y, train, val, opts,
-                           None if test is None else (test, test_y))
-        history: list[dict[str, float]] = []
-        # the best *fine-tuned* epoch is kept (the exported model is a fine-tuned one); the
-        # probe stays beside it in the report as the frozen baseline
+    saved = checkpoint.load() if checkpoint is not None else None
+    if saved is None:
+        probe, W, b = fit_probe(setup, train, val)
+        with torch.no_grad():
+            top.classifier.weight.copy_(torch.from_numpy(W))
+            top.classifier.bias.copy_(torch.from_numpy(b))
+        head = {k: v.clone() for k, v in top.classifier.state_dict().items()}
+        # the best *fine-tuned* epoch is kept; whether it beats the probe is decided later
         best = {"epoch": 0, "val_accuracy": -1.0, "val_loss": math.inf,
                 "state": {k: v.clone() for k, v in top.state_dict().items()}}
-        done, stopped = 0, False
-        _save(checkpoint, _payload(identity, 0, top, opt, sched, history, best, probe, False))
+        history: list[dict[str, float]] = []
+        done, stopped, resumed = 0, False, None
     else:
-        top.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        sched.load_state_dict(ckpt["scheduler"])
-        history, best, probe = ckpt["history"], ckpt["best"], ckpt["probe"]
-        done, stopped = int(ckpt["epoch"]), bool(ckpt["stopped"])
+        top.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["optimizer"])
+        sched.load_state_dict(saved["scheduler"])
+        history, best, probe = saved["history"], saved["best"], saved["probe"]
+        head = saved["probe_head"]
+        done, stopped = int(saved["epoch"]), bool(saved["stopped"])
         resumed = done
-        log.info("resuming from the checkpoint of epoch %d (%s)", done, checkpoint)
-    X, shape = maps.X, maps.shape
+        log.info("resuming from the checkpoint of epoch %d (%s)", done, checkpoint.path)
     for epoch in range(done + 1, opts.epochs + 1):
         if stopped:
             break
-        started = time.perf_counter()
-        rng = np.random.default_rng([opts.seed, epoch])
-        torch.manual_seed(opts.seed * 100_003 + epoch)  # dropout
-        order = train[rng.permutation(len(train))]
-        mirror = rng.random(len(order)) < 0.5 if maps.flipped is not None else None
-        top.train()
-        seen, loss_sum, correct = 0, 0.0, 0
-        for start in range(0, len(order), opts.batch_size):
-            idx = order[start:start + opts.batch_size]
-            xb = X[idx]
-            if mirror is not None:
-                flip = mirror[start:start + opts.batch_size]
-                xb = np.where(flip[:, None], maps.flipped[idx], xb)
-            xb = as_batch(xb, shape)
-            yb = torch.from_numpy(y[idx])
-            logits = top(xb)
-            loss = F.cross_entropy(logits, yb, label_smoothing=opts.label_smoothing)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            seen += len(idx)
-            loss_sum += float(loss.item()) * len(idx)
-            correct += int((logits.argmax(1) == yb).sum())
-            if progress and seen % (opts.batch_size * 50) == 0:
-                log.info("  epoch %d: %d/%d maps, loss %.4f", epoch, seen, len(order),
-                         loss_sum / seen)
-        train_seconds = time.perf_counter() - started
-        val_loss, val_acc = _loss_acc(predict_logits(top, X, shape, val), y[val])
-        row = {"epoch": epoch, "train_loss": loss_sum / seen, "train_accuracy": correct / seen,
-               "val_loss": val_loss, "val_accuracy": val_acc,
-               "train_seconds": round(train_seconds, 3),
-               "seconds": round(time.perf_counter() - started, 3)}
+        row = _epoch(setup, top, opt, sched, train, seed, epoch)
+        row["val_loss"], row["val_accuracy"] = _loss_acc(
+            predict_logits(top, setup.maps.X, setup.maps.shape, val), setup.y[val])
         history.append(row)
-        if val_acc > best["val_accuracy"] or (val_acc == best["val_accuracy"]
-                                              and val_loss < best["val_loss"]):
-            best = {"epoch": epoch, "val_accuracy": val_acc, "val_loss": val_loss,
+        if not len(val) or _better(row, best):
+            best = {"epoch": epoch, "val_accuracy": row["val_accuracy"],
+                    "val_loss": row["val_loss"],
                     "state": {k: v.clone() for k, v in top.state_dict().items()}}
         stopped = opts.patience > 0 and epoch - best["epoch"] >= opts.patience and \
             epoch < opts.epochs
-        _save(checkpoint, _payload(identity, epoch, top, opt, sched, history, best, probe, stopped))
-        log.info("epoch %d/%d: train loss %.4f acc %.4f | val loss %.4f acc %.4f | %.1f s%s",
-                 epoch, opts.epochs, row["train_loss"], row["train_accuracy"], val_loss, val_acc,
-                 row["seconds"], " | early stop" if stopped else "")
+        if checkpoint is not None:
+            checkpoint.save(epoch=epoch, model=top.state_dict(), optimizer=opt.state_dict(),
+                            scheduler=sched.state_dict(), history=history, best=best,
+                            probe=probe, probe_head=head, stopped=stopped)
+        if setup.progress or checkpoint is not None:
+            log.info("epoch %d/%d: train loss %.4f acc %.4f | val loss %.4f acc %.4f | %.1f s%s",
+                     epoch, opts.epochs, row["train_loss"], row["train_accuracy"],
+                     row["val_loss"], row["val_accuracy"], row["seconds"],
+                     " | early stop" if stopped else "")
     top.load_state_dict(best["state"])
-    top.eval()
-    return Trained(top, history, int(best["epoch"]), float(best["val_accuracy"]), probe, base_sha,
-                   resumed, stopped)
+    return Fit(top.eval(), history, int(best["epoch"]), float(best["val_accuracy"]), probe, head,
+               resumed, stopped)
 
 
-def _payload(identity, epoch, top: nn.Module, opt, sched, history, best, probe, stopped) -> dict:
-    return {"format": CHECKPOINT_FORMAT, "identity": identity, "epoch": epoch,
-            "model": top.state_dict(), "optimizer": opt.state_dict(),
-            "scheduler": sched.state_dict(), "history": history, "best": best, "probe": probe,
-            "stopped": stopped}
+def _better(row: dict, best: dict) -> bool:
+    """Higher validation accuracy; a tie goes to the lower validation loss."""
+    return row["val_accuracy"] > best["val_accuracy"] or (
+        row["val_accuracy"] == best["val_accuracy"] and row["val_loss"] < best["val_loss"])
+
+
+def _epoch(setup: Setup, top: TopNet, opt, sched, train: np.ndarray, seed: int,
+           epoch: int) -> dict[str, float]:
+    """One pass over the training rows; its randomness (order, flips, dropout) is seeded from
+    (seed, epoch), so a resumed run repeats an uninterrupted one."""
+    maps, opts = setup.maps, setup.opts
+    started = time.perf_counter()
+    rng = np.random.default_rng([seed, epoch])
+    torch.manual_seed(seed * 100_003 + epoch)  # dropout
+    order = train[rng.permutation(len(train))]
+    mirror = rng.random(len(order)) < 0.5 if maps.flipped is not None else None
+    top.train()
+    seen, loss_sum, correct = 0, 0.0, 0
+    for start in range(0, len(order), opts.batch_size):
+        idx = order[start:start + opts.batch_size]
+        xb = maps.X[idx]
+        if mirror is not None:
+            xb = np.where(mirror[start:start + opts.batch_size, None], maps.flipped[idx], xb)
+        yb = torch.from_numpy(setup.y[idx])
+        logits = top(as_batch(xb, maps.shape))
+        loss = F.cross_entropy(logits, yb, label_smoothing=opts.label_smoothing)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        seen += len(idx)
+        loss_sum += float(loss.item()) * len(idx)
+        correct += int((logits.argmax(1) == yb).sum())
+        if setup.progress and seen % (opts.batch_size * 50) == 0:
+            log.info("  epoch %d: %d/%d maps, loss %.4f", epoch, seen, len(order), loss_sum / seen)
+    seconds = round(time.perf_counter() - started, 3)
+    return {"epoch": epoch, "train_loss": loss_sum / max(seen, 1),
+            "train_accuracy": correct / max(seen, 1), "train_seconds": seconds,
+            "seconds": seconds}
+
+
+class Checkpoint:
+    """A run's checkpoint file: the main training's last epoch, and whatever else the run
+    adds (the cross-fitted folds), rewritten atomically; refused when of another run."""
+
+    def __init__(self, path: Path, identity: dict):
+        self.path, self.identity = path, identity
+        self.payload: dict | None = None
+
+    def load(self) -> dict | None:
+        if self.payload is None:
+            self.payload = _load(self.path, self.identity)
+        return self.payload
+
+    def save(self, **parts: Any) -> None:
+        self.payload = {**(self.load() or {"format": CHECKPOINT_FORMAT,
+                                           "identity": self.identity}), **parts}
+        _save(self.path, self.payload)
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)

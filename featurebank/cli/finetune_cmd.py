@@ -7,7 +7,12 @@ import json
 from featurebank.finetune import FinetuneOptions
 
 DEFAULTS = FinetuneOptions()  # the one place the defaults live (no torch imported here)
-#: FinetuneOptions fields given as ``--name`` flags: (type, help); ``flip`` is a switch
+#: FinetuneOptions fields given as ``--name`` switches: help
+SWITCHES = {
+    "flip": "also cache horizontally mirrored maps and train on them half the time",
+    "keep_checkpoint": "keep OUTPUT.ckpt once the tuned file is written",
+}
+#: FinetuneOptions fields given as ``--name VALUE`` flags: (type, help)
 OPTION_FLAGS = {
     "epochs": (int, "most epochs of fine-tuning"),
     "val_size": (float, "validation fraction, stratified"),
@@ -42,8 +47,11 @@ def register(sub) -> None:
                    help="held-out images scored with the best epoch and the frozen probe")
     p.add_argument("--report", default=None, metavar="DIR", help="write finetune.json, curves.png")
     p.add_argument("-o", "--output", required=True, metavar="TUNED.onnx")
-    p.add_argument("--flip", action="store_true",
-                   help="also cache horizontally mirrored maps and train on them half the time")
+    p.add_argument("--work-dir", default=None, metavar="DIR",
+                   help="where the maps of a folder are cached (default: maps/ in featurebank's "
+                   "cache folder, $FEATUREBANK_CACHE or ~/.cache/featurebank)")
+    for name, why in SWITCHES.items():
+        p.add_argument("--" + name.replace("_", "-"), action="store_true", help=why)
     for name, (kind, why) in OPTION_FLAGS.items():
         default = getattr(DEFAULTS, name)
         p.add_argument("--" + name.replace("_", "-"), type=kind, default=default,
@@ -62,10 +70,10 @@ def run_finetune(args) -> int:
     if not args.output.lower().endswith(".onnx"):
         raise FeaturebankError(f"-o {args.output}: the tuned model is an ONNX file; end the name "
                                "in .onnx")
-    options = FinetuneOptions(flip=args.flip, **{k: getattr(args, k) for k in OPTION_FLAGS})
+    options = FinetuneOptions(**{k: getattr(args, k) for k in (*SWITCHES, *OPTION_FLAGS)})
     result = finetune(args.train, model=args.model, from_layer=args.from_layer, test=args.test,
                       output=Path(args.output), report=args.report, options=options,
-                      progress=not args.no_progress)
+                      work_dir=args.work_dir, progress=not args.no_progress)
     result.export(args.output)
     if args.report:  # again, now that the file (and its export time) exists
         from featurebank.finetune._report import write_report
@@ -80,5 +88,7 @@ def run_finetune(args) -> int:
     if result.test_accuracy is not None:
         print(f"test accuracy {result.test_accuracy:.4f} (frozen linear probe "
               f"{probe['test_accuracy']:.4f})")
-    print(f"wrote {args.output}" + (f"; report in {args.report}" if args.report else ""))
+    if args.report:
+        print(f"report in {args.report}")
+    print(f"wrote {args.output}: {result.conclusion()}")  # the last line: which model, and why
     return 0
