@@ -7,8 +7,8 @@ cut, non-default options and epochs, e.g. ``blocks.12+flip+ls0.1+e5``):
 * data: the official 60k/10k split (``--train``/``--test`` take a stratified subset, seed 0; a
   subset run is labelled so in the JSON and written to ``finetune_fmnist_subset.json``);
   PNG folders under ``runs/finetune_fmnist/`` are written once.
-* embedding: once per cut, into ``runs/finetune_fmnist/runs/<folder>.{train,test}.h5``
-  (unpooled float16 maps; reused by later runs and other cuts).
+* embedding: once per cut and input size, into the work folder ``runs/finetune_fmnist/maps/``
+  (``--work-dir``: one folder per collection, one store per spec; reused by later runs).
 * training: ``featurebank.finetune.finetune`` (its defaults unless flags say otherwise); the
   probe is the logistic regression on the frozen top's pooled ``head`` that initialises the
   head, scored on the same test images. ``--fresh`` drops the checkpoint first (otherwise a
@@ -174,7 +174,7 @@ def agreement(result, test_maps, out: Path, n: int) -> dict:
     t0 = time.perf_counter()
     onnx_logits = Extractor(str(out), layers=("logits",), batch_size=64).embed(files)["logits"]
     seconds = time.perf_counter() - t0
-    torch_logits = predict_logits(result.top, test_maps.X, test_maps.shape, rows)
+    torch_logits = predict_logits(result.trained.chosen_top, test_maps.X, test_maps.shape, rows)
     same = float((onnx_logits.argmax(1) == torch_logits.argmax(1)).mean())
     return {"images": len(rows), "agreement": same, "onnx_seconds": round(seconds, 1),
             "max_abs_logit_diff_fp16_maps_vs_pixels": float(np.abs(onnx_logits - torch_logits).max())}
@@ -293,6 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     from featurebank.finetune import finetune
     from featurebank.finetune._data import cut_spec, load_maps
+    from featurebank.finetune._inputs import open_collection
 
     subset = args.train < 60_000 or args.test < 10_000
     name = "finetune_fmnist_subset" if subset else "finetune_fmnist"
@@ -300,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     (WORK / "runs").mkdir(parents=True, exist_ok=True)
     opts = FinetuneOptions(epochs=args.epochs, flip=args.flip, threads=args.threads,
                            label_smoothing=args.label_smoothing, lr_top=args.lr_top,
-                           probe_c=args.probe_c)
+                           probe_c=args.probe_c, keep_checkpoint=True)  # re-read by a rerun
     run = run_key(args.cut, opts)
     out = WORK / "runs" / f"tuned-{train_dir.name}-{run}.onnx"
     ckpt = out.with_name(out.name + ".ckpt")
@@ -308,16 +309,19 @@ def main(argv: list[str] | None = None) -> int:
         ckpt.unlink(missing_ok=True)
     t0 = time.perf_counter()
     result = finetune(train_dir, model="efficientnet_lite0", from_layer=args.cut, test=test_dir,
-                      output=out, options=opts, report=WORK / "reports" / out.stem)
+                      output=out, options=opts, report=WORK / "reports" / out.stem,
+                      work_dir=WORK / "maps")
     wall = time.perf_counter() - t0
     result.export(out)
     spec, shape = cut_spec(result.model, result.layer)
-    maps = load_maps(result.train_store, spec, shape)
-    test_maps = load_maps(result.test_store, spec, shape)
+    maps = load_maps(open_collection(result.train_store, "train", spec), spec, shape)
+    test_maps = load_maps(open_collection(result.test_store, "test", spec), spec, shape)
     epoch_s = [h["train_seconds"] for h in result.history]
     n_train = int(len(maps.X) * (1 - opts.val_size))
     entry = {
         "test_accuracy": result.test_accuracy, "probe": result.probe,
+        "chosen": result.chosen, "chosen_test_accuracy": result.chosen_test_accuracy,
+        "choice": {k: v for k, v in result.choice.items() if k != "per_fold"},
         "best_epoch": result.best_epoch, "val_accuracy": result.val_accuracy,
         "history": result.history, "resumed_from": result.resumed_from,
         "embed_seconds_this_run": result.seconds.get("embed"),
@@ -345,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     write_result(path, payload)
     plot(payload, RESULTS / f"{name}.png")
     c = entry["compare"]
-    print(f"{run}: test {result.test_accuracy:.4f} vs frozen probe "
+    print(f"{run}: chose {result.chosen}; test {result.test_accuracy:.4f} vs frozen probe "
           f"{result.probe['test_accuracy']:.4f}; {entry['training_minutes']} min training; "
           f"epoch {c['cached_s_per_10k']} s/10k cached vs {c['recompute_s_per_10k']} s/10k "
           f"recomputing (speed-up {c['speedup_measured']} of ideal {c['speedup_ideal']}, "

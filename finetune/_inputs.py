@@ -72,7 +72,10 @@ def collection_folder(source: str | Path, work_dir: str | Path | None = None) ->
 def open_collection(source: str | Path, role: str, spec: FeatureSpec,
                     work_dir: str | Path | None = None) -> Collection:
     """The images of ``source`` (a folder with one sub-folder per class, or a store holding
-    ``spec``'s maps), keyed by content, and where their maps are or will be."""
+    ``spec``'s maps), keyed by content, and where their maps are or will be.
+
+    Rows come in content-key order, whichever way the images are given, so the same images
+    split and train alike from a folder or from its store."""
     source = Path(source)
     folder = collection_folder(source, work_dir)
     flip_store = folder / (spec.fingerprint() + FLIP_SUFFIX)
@@ -113,7 +116,7 @@ def _folder_images(source: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
                           for k, v in list(conflicts.items())[:3])
         log.warning("%s: %d image(s) appear under more than one class and are left out: %s",
                     source, len(conflicts), shown)
-    kept = [k for k in first if k not in conflicts]
+    kept = sorted(k for k in first if k not in conflicts)  # one order, however given
     return (np.array(kept, dtype=str), np.array([first[k][1] for k in kept], dtype=str),
             [first[k][0] for k in kept])
 

@@ -58,7 +58,7 @@ def tuned(digit_folders, model_cache, tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_small_finetune_learns_and_reports(tuned):
+def test_small_finetune_learns_and_reports(tuned, model_cache):
     result, out = tuned
     h = result.history
     assert [r["epoch"] for r in h] == list(range(1, EPOCHS + 1))
@@ -73,13 +73,15 @@ def test_small_finetune_learns_and_reports(tuned):
     assert report["test_accuracy"] == result.test_accuracy
     assert report["probe"]["test_accuracy"] == result.probe["test_accuracy"]
     assert (out.parent / "report" / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    # the maps were stored unpooled, float16, next to the output
+    assert report["chosen"] == result.chosen and report["choice"]["images"] == 10 * TRAIN_PER_CLASS
+    # the maps were stored unpooled, float16, in the cache folder (not beside the output)
     from featurebank.extractor import FeatureStore
 
     (fs,) = FeatureStore(result.train_store).feature_sets()
     assert (fs.spec.layer, fs.spec.pool, fs.dtype, fs.dim) == ("blocks.12", "none", "float16",
                                                                192 * 7 * 7)
-    assert result.train_store.parent == out.parent
+    assert result.train_store.parent.parent == model_cache / "maps"
+    assert result.train_store.name == fs.fingerprint + ".h5"
 
 
 @pytest.mark.slow
@@ -117,7 +119,6 @@ def test_exported_onnx_equals_torch_and_carries_lineage(tuned, digit_folders):
 @pytest.mark.slow
 def test_predict_and_serve_classify_with_the_tuned_logits(tuned, digit_folders, capsys):
     from featurebank.cli import main
-    from featurebank.finetune._data import load_maps
     from featurebank.finetune._train import predict_logits
 
     result, out = tuned
@@ -127,14 +128,14 @@ def test_predict_and_serve_classify_with_the_tuned_logits(tuned, digit_folders, 
     answers = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert len(answers) == 10 * TEST_PER_CLASS
     # pixels -> ONNX (float32) agree with the training code's evaluation from cached float16 maps
-    maps = load_maps(result.test_store, *_cut(result))
-    from_maps = predict_logits(result.top, maps.X, maps.shape).argmax(1)
+    maps = _maps(result.test_store, result)
+    from_maps = predict_logits(result.trained.chosen_top, maps.X, maps.shape).argmax(1)
     key_of = {p: k for p, k in zip(_paths(result.test_store, maps.keys), maps.keys, strict=True)}
     row = {k: i for i, k in enumerate(maps.keys)}
     agree = [a["label"] == result.classes[from_maps[row[key_of[a["path"]]]]] for a in answers]
     assert np.mean(agree) >= 0.98
     accuracy = np.mean([a["label"] == Path(a["path"]).parent.name for a in answers])
-    assert accuracy == pytest.approx(result.test_accuracy, abs=0.02)
+    assert accuracy == pytest.approx(result.chosen_test_accuracy, abs=0.02)
 
     pytest.importorskip("fastapi", reason="the service extra is not installed")
     from fastapi.testclient import TestClient
@@ -155,23 +156,29 @@ def test_predict_and_serve_classify_with_the_tuned_logits(tuned, digit_folders, 
 
 @pytest.mark.slow
 def test_tuned_file_works_as_a_model_for_embedding(tuned, digit_folders):
-    """Below the cut the tuned file is the base model; above it, its own weights and spec."""
+    """Below the cut the tuned file is the base model; above it, its own weights (the base
+    model's when the probe was chosen) and its own spec."""
     from featurebank.extractor import Extractor
 
-    _, out = tuned
+    result, out = tuned
     images = [str(p) for p in sorted(digit_folders[1].rglob("*.png"))[:4]]
     base = Extractor("efficientnet_lite0", layers=("blocks.12", "blocks.14"), pool="avg")
     mine = Extractor(str(out), layers=("blocks.12", "blocks.14"), pool="avg")
     b, m = base.embed(images), mine.embed(images)
     np.testing.assert_allclose(m["blocks.12"], b["blocks.12"], atol=1e-5)
-    assert np.abs(m["blocks.14"] - b["blocks.14"]).max() > 1e-3  # the tuned layers changed
+    if result.chosen == "finetuned":
+        assert np.abs(m["blocks.14"] - b["blocks.14"]).max() > 1e-3  # the tuned layers changed
+    else:  # the probe: the frozen top, a new head
+        np.testing.assert_allclose(m["blocks.14"], b["blocks.14"], atol=1e-5)
     assert {s.fingerprint() for s in mine.specs}.isdisjoint(s.fingerprint() for s in base.specs)
 
 
-def _cut(result):
-    from featurebank.finetune._data import cut_spec
+def _maps(store: Path, result):
+    from featurebank.finetune._data import cut_spec, load_maps
+    from featurebank.finetune._inputs import open_collection
 
-    return cut_spec(result.model, result.layer)
+    spec, shape = cut_spec(result.model, result.layer)
+    return load_maps(open_collection(store, "test", spec), spec, shape)
 
 
 def _paths(store: Path, keys) -> list[str]:
@@ -310,18 +317,20 @@ def test_every_option_is_a_command_line_flag():
     finetune_cmd.register(parser.add_subparsers())
     args = parser.parse_args(["finetune", "train", "-o", "t.onnx", "--flip",
                               "--label-smoothing", "0.1", "--weight-decay", "0.01",
-                              "--dropout", "0.3", "--probe-c", "0.1", "--epochs", "2"])
-    assert {f.name for f in fields(FinetuneOptions)} == {"flip", *finetune_cmd.OPTION_FLAGS}
-    chosen = FinetuneOptions(flip=args.flip, **{k: getattr(args, k)
-                                                for k in finetune_cmd.OPTION_FLAGS})
+                              "--dropout", "0.3", "--probe-c", "0.1", "--epochs", "2",
+                              "--keep-checkpoint", "--work-dir", "w"])
+    flags = {*finetune_cmd.SWITCHES, *finetune_cmd.OPTION_FLAGS}
+    assert {f.name for f in fields(FinetuneOptions)} == flags
+    chosen = FinetuneOptions(**{k: getattr(args, k) for k in flags})
     assert chosen == FinetuneOptions(flip=True, label_smoothing=0.1, weight_decay=0.01,
-                                     dropout=0.3, probe_c=0.1, epochs=2)
+                                     dropout=0.3, probe_c=0.1, epochs=2, keep_checkpoint=True)
+    assert args.work_dir == "w"
 
 
 @pytest.mark.slow
 def test_same_folders_from_another_cut_reuse_their_stores(tuned, digit_folders):
-    """A second fine-tune of the same folders from another cut adds that cut's maps to the
-    folders' stores (the first cut's stay) instead of refusing the stores it made itself."""
+    """A second fine-tune of the same folders from another cut puts that cut's maps in a store
+    of its own in the folders' cache folders; the first cut's stores stay as they were."""
     from featurebank.extractor import FeatureStore
     from featurebank.finetune import finetune
 
@@ -331,9 +340,11 @@ def test_same_folders_from_another_cut_reuse_their_stores(tuned, digit_folders):
     again = finetune(train, model="efficientnet_lite0", from_layer="blocks.14", test=test,
                      output=out.with_name("tuned14.onnx"), epochs=1, val_size=0.25, seed=0,
                      threads=THREADS, progress=False)
-    assert again.train_store == result.train_store and again.test_store == result.test_store
-    sets = FeatureStore(result.train_store).feature_sets()
+    assert again.train_store.parent == result.train_store.parent
+    assert again.test_store.parent == result.test_store.parent
+    assert again.train_store != result.train_store
     n_train = 10 * TRAIN_PER_CLASS
-    assert {s.spec.layer: s.rows for s in sets} == {"blocks.12": n_train, "blocks.14": n_train}
-    assert {s.fingerprint: s.rows for s in sets if s.fingerprint in before} == before
+    (fs,) = FeatureStore(again.train_store).feature_sets()
+    assert (fs.spec.layer, fs.rows) == ("blocks.14", n_train)
+    assert {s.fingerprint: s.rows for s in FeatureStore(result.train_store).feature_sets()} == before
     assert again.test_accuracy is not None
