@@ -103,14 +103,14 @@ class FinetuneResult:
         """Write the chosen model as a self-describing ONNX classifier (original trunk, then
         the tuned top and head, or the frozen top and the probe's head); then remove the
         checkpoint unless ``options.keep_checkpoint``."""
-        from featurebank.export import read_onnx_metadata
-        from featurebank.extractor import resolve_model_path
+        from featurebank.export import ensure_exported, read_onnx_metadata
         from featurebank.finetune._export import export_tuned
 
         path = Path(path)
         started = time.perf_counter()
-        base_spec = read_onnx_metadata(resolve_model_path(self.model)).spec
-        export_tuned(self.torch_model(), path, base_spec, self.lineage())
+        base_spec = read_onnx_metadata(ensure_exported(self.model,
+                                                       input_size=self.options.input_size)).spec
+        export_tuned(self.torch_model(), path, base_spec, self.lineage(), self.options.tta_flip)
         self.seconds["export"] = round(time.perf_counter() - started, 2)
         self.exported = path
         if self.checkpoint is not None and not self.options.keep_checkpoint:
@@ -180,7 +180,8 @@ def finetune(train: str | Path, *, model: str = "efficientnet_lite0", from_layer
     for name, src in (("train", train), ("test", test)):
         if src is not None and not Path(src).exists():
             raise FeaturebankError(f"finetune {name} input {src} does not exist")
-    spec, shape = cut_spec(model, from_layer)  # refuses a bad model or cut before any file
+    # refuses a bad model or cut before any file
+    spec, shape = cut_spec(model, from_layer, opts.input_size)
     # both inputs are read and checked before anything is embedded or written
     train_set = open_collection(train, "train", spec, work_dir)
     test_set = None if test is None else open_collection(test, "test", spec, work_dir)

@@ -42,14 +42,16 @@ class CachedMaps:
         return self.spec.fingerprint()
 
 
-def cut_spec(model: str, layer: str) -> tuple[FeatureSpec, tuple[int, int, int]]:
-    """The spec of the maps a fine-tune from ``layer`` of ``model`` needs, and their shape.
+def cut_spec(model: str, layer: str, input_size: int | None = None
+             ) -> tuple[FeatureSpec, tuple[int, int, int]]:
+    """The spec of the maps a fine-tune from ``layer`` of ``model`` (exported at
+    ``input_size``, default its own) needs, and their shape.
 
     Refuses anything but a registry EfficientNet-Lite cut at ``blocks.N``: those are the models
     whose layers above the cut exist as torch modules to train.
     """
-    from featurebank.export import get_model_entry, read_onnx_metadata
-    from featurebank.extractor import Extractor, resolve_model_path
+    from featurebank.export import ensure_exported, get_model_entry, read_onnx_metadata
+    from featurebank.extractor import Extractor
 
     if str(model).lower().endswith(".onnx"):
         raise FeaturebankError(f"finetune --model {model}: give a registry model name such as "
@@ -58,13 +60,13 @@ def cut_spec(model: str, layer: str) -> tuple[FeatureSpec, tuple[int, int, int]]
     if entry.source != "featurebank":
         raise FeaturebankError(f"finetune supports the EfficientNet-Lite models "
                                f"(efficientnet_lite0/1/2), not {model!r}")
-    info = read_onnx_metadata(resolve_model_path(model))
+    info = read_onnx_metadata(ensure_exported(model, input_size=input_size))
     blocks = [la.name for la in info.layers if la.name.startswith("blocks.")]
     if layer not in blocks:
         raise FeaturebankError(f"finetune --from {layer!r}: cut at one of {blocks[0]} .. "
                                f"{blocks[-1]} of {model} (the layers above it are trained)")
     shape = tuple(int(v) for v in info.layer(layer).shape)
-    spec = Extractor(model, layers=(layer,), pool="none").specs[0]
+    spec = Extractor(model, layers=(layer,), pool="none", input_size=input_size).specs[0]
     return spec, shape  # type: ignore[return-value]
 
 
@@ -90,7 +92,8 @@ def _embed(inputs: list[str], store: Path, spec: FeatureSpec, batch_size: int, p
 
     store.parent.mkdir(parents=True, exist_ok=True)
     cls = _flipped_extractor_class() if flip else Extractor
-    ex = cls(spec.model.model, layers=(spec.layer,), pool="none", batch_size=batch_size)
+    ex = cls(spec.model.model, layers=(spec.layer,), pool="none", batch_size=batch_size,
+             input_size=spec.model.preprocessing.input_size[0])
     if ex.specs[0].fingerprint() != spec.fingerprint():
         raise FeaturebankError(f"the extractor computes {ex.specs[0].describe()}, not "
                                f"{spec.describe()}; the model cache changed under the run")

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from featurebank.export import export_module
@@ -19,8 +20,38 @@ from featurebank.finetune._tuned import META_FINETUNE
 from featurebank.spec import ModelSpec
 
 
-def export_tuned(full: nn.Module, out: Path, base_spec: ModelSpec, lineage: dict[str, Any]) -> ModelSpec:
-    """Write ``full`` (an assembled, eval-mode EfficientNetLite) to ``out`` atomically."""
+class FlipAveraged(nn.Module):
+    """A classifier whose ``logits`` are the mean of its logits on the image and on its mirror
+    (flip test-time augmentation inside the graph); every other layer is the image's own.
+
+    The mirror's pass is a second pass, not a doubled batch, so an extractor cutting the file
+    at ``blocks.N`` keeps only the image's pass. ``forward`` is the plain single pass: the
+    exporter counts each cut's share of the multiply-adds with it.
+    """
+
+    def __init__(self, full: nn.Module):
+        super().__init__()
+        self.full = full
+        self.weights_sha256 = full.weights_sha256
+        # the catalogue modules, where the exporter looks for them
+        self.stem, self.blocks, self.head, self.classifier = (full.stem, full.blocks, full.head,
+                                                              full.classifier)
+
+    def features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = self.full.features(x)
+        out["logits"] = (out["logits"] + self.full(torch.flip(x, dims=[3]))) / 2  # NCHW: width
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.full(x)
+
+
+def export_tuned(full: nn.Module, out: Path, base_spec: ModelSpec, lineage: dict[str, Any],
+                 tta_flip: bool = False) -> ModelSpec:
+    """Write ``full`` (an assembled, eval-mode EfficientNetLite) to ``out`` atomically; with
+    ``tta_flip``, its logits average the image's and its mirror's."""
+    if tta_flip:
+        full = FlipAveraged(full)
     pre = base_spec.preprocessing
     spec = ModelSpec(model=f"{base_spec.model}.finetuned", weights_sha256=full.weights_sha256,
                      preprocessing=pre, source="finetune")

@@ -8,7 +8,7 @@ from typing import Any
 from featurebank.errors import FeaturebankError
 
 #: fields that do not change the weights (a checkpoint resumes whatever they are)
-RUN_ONLY = ("patience", "threads", "keep_checkpoint")
+RUN_ONLY = ("patience", "threads", "keep_checkpoint", "tta_flip")
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,15 @@ class FinetuneOptions:
         Dropout before the head while training (Lite's own is 0.2).
     keep_checkpoint : bool
         Keep ``OUTPUT.ckpt`` once the tuned file is written (by default it is removed then).
+    ema : float, optional
+        Decay of an exponential moving average of the trained weights, updated after every
+        step (e.g. 0.999); validation, the best epoch and the export use the averaged weights.
+    input_size : int, optional
+        Square input side the model is exported and the maps are computed at (default: the
+        model's own, 224 for Lite0): smaller inputs make every map, and every epoch, cheaper.
+    tta_flip : bool
+        Flip test-time augmentation in the exported graph: its ``logits`` are the mean of the
+        image's and its mirror's (the report's validation and test figures are without it).
     """
 
     epochs: int = 8
@@ -64,6 +73,9 @@ class FinetuneOptions:
     threads: int | None = None
     dropout: float = 0.2
     keep_checkpoint: bool = False
+    ema: float | None = None
+    input_size: int | None = None
+    tta_flip: bool = False
 
     def __post_init__(self) -> None:
         checks = [
@@ -77,6 +89,8 @@ class FinetuneOptions:
             (self.probe_c is None or self.probe_c > 0, "probe_c must be > 0"),
             (self.threads is None or self.threads >= 1, "threads must be >= 1"),
             (0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)"),
+            (self.ema is None or 0.0 <= self.ema < 1.0, "ema (a decay) must be in [0, 1)"),
+            (self.input_size is None or self.input_size >= 32, "input_size must be >= 32"),
         ]
         for ok, message in checks:
             if not ok:

@@ -30,6 +30,7 @@ class TopNet(nn.Module):
         super().__init__()
         k = block_index(layer)
         self.cut = layer
+        self.input_size = base.input_size  # the size the maps were computed at
         self.blocks = nn.ModuleList(base.blocks[k + 1:])
         self.head = base.head
         self.dropout = nn.Dropout(dropout)
@@ -55,11 +56,13 @@ class TopNet(nn.Module):
         return [*self.blocks.parameters(), *self.head.parameters()]
 
 
-def build_top(model: str, layer: str, n_classes: int, dropout: float) -> tuple[TopNet, str]:
-    """A fresh :class:`TopNet` on the pretrained weights, and the base weights' SHA-256."""
+def build_top(model: str, layer: str, n_classes: int, dropout: float,
+              input_size: int | None = None) -> tuple[TopNet, str]:
+    """A fresh :class:`TopNet` on the pretrained weights (built for ``input_size``), and the
+    base weights' SHA-256."""
     from featurebank.export import build_torch_model
 
-    base = build_torch_model(model)
+    base = build_torch_model(model, input_size=input_size)
     return TopNet(base, layer, n_classes, dropout), base.weights_sha256
 
 
@@ -68,7 +71,7 @@ def assemble(model: str, top: TopNet) -> nn.Module:
     its head as ``classifier``; eval mode, ``features(x)`` like any registry model."""
     from featurebank.export import build_torch_model
 
-    base = build_torch_model(model)
+    base = build_torch_model(model, input_size=top.input_size)
     k = block_index(top.cut)
     full = type(base)(base.variant, input_size=base.input_size,
                       num_classes=top.classifier.out_features)

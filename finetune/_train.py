@@ -190,7 +190,7 @@ def prepare(maps: CachedMaps, classes: list[str], model: str, opts: FinetuneOpti
     weights the maps were cut from)."""
     if opts.threads:
         torch.set_num_threads(opts.threads)
-    top, base_sha = build_top(model, maps.spec.layer, len(classes), opts.dropout)
+    top, base_sha = build_top(model, maps.spec.layer, len(classes), opts.dropout, opts.input_size)
     if base_sha != maps.spec.model.weights_sha256:
         raise FeaturebankError(f"the maps were cut from weights {maps.spec.model.weights_sha256[:12]}"
                                f", {model} has {base_sha[:12]} here; embed them again")
@@ -203,7 +203,8 @@ def prepare(maps: CachedMaps, classes: list[str], model: str, opts: FinetuneOpti
 def new_top(setup: Setup, seed: int, head: dict[str, torch.Tensor] | None = None) -> TopNet:
     """A fresh top on the pretrained weights (its new head seeded, or ``head``'s weights)."""
     torch.manual_seed(seed)
-    top, _ = build_top(setup.model, setup.maps.spec.layer, setup.n_classes, setup.opts.dropout)
+    top, _ = build_top(setup.model, setup.maps.spec.layer, setup.n_classes, setup.opts.dropout,
+                       setup.opts.input_size)
     if head is not None:
         top.classifier.load_state_dict(head)
     return top.eval()
@@ -218,6 +219,8 @@ def fit(setup: Setup, train: np.ndarray, val: np.ndarray, seed: int,
     top = new_top(setup, seed)
     steps_per_epoch = math.ceil(len(train) / opts.batch_size)
     opt, sched = _optimizer(top, opts, opts.epochs * steps_per_epoch, steps_per_epoch)
+    ema = _averaged(top, opts.ema)
+    scored = top if ema is None else ema.module  # what validation, the best epoch, export see
     saved = checkpoint.load() if checkpoint is not None else None
     if saved is None:
         probe, W, b = fit_probe(setup, train, val)
@@ -234,6 +237,8 @@ def fit(setup: Setup, train: np.ndarray, val: np.ndarray, seed: int,
         top.load_state_dict(saved["model"])
         opt.load_state_dict(saved["optimizer"])
         sched.load_state_dict(saved["scheduler"])
+        if ema is not None:
+            ema.load_state_dict(saved["ema"])
         history, best, probe = saved["history"], saved["best"], saved["probe"]
         head = saved["probe_head"]
         done, stopped = int(saved["epoch"]), bool(saved["stopped"])
@@ -242,20 +247,21 @@ def fit(setup: Setup, train: np.ndarray, val: np.ndarray, seed: int,
     for epoch in range(done + 1, opts.epochs + 1):
         if stopped:
             break
-        row = _epoch(setup, top, opt, sched, train, seed, epoch)
+        row = _epoch(setup, (top, opt, sched, ema), train, seed, epoch)
         row["val_loss"], row["val_accuracy"] = _loss_acc(
-            predict_logits(top, setup.maps.X, setup.maps.shape, val), setup.y[val])
+            predict_logits(scored, setup.maps.X, setup.maps.shape, val), setup.y[val])
         history.append(row)
         if not len(val) or _better(row, best):
             best = {"epoch": epoch, "val_accuracy": row["val_accuracy"],
                     "val_loss": row["val_loss"],
-                    "state": {k: v.clone() for k, v in top.state_dict().items()}}
+                    "state": {k: v.clone() for k, v in scored.state_dict().items()}}
         stopped = opts.patience > 0 and epoch - best["epoch"] >= opts.patience and \
             epoch < opts.epochs
         if checkpoint is not None:
             checkpoint.save(epoch=epoch, model=top.state_dict(), optimizer=opt.state_dict(),
                             scheduler=sched.state_dict(), history=history, best=best,
-                            probe=probe, probe_head=head, stopped=stopped)
+                            probe=probe, probe_head=head, stopped=stopped,
+                            ema=None if ema is None else ema.state_dict())
         if setup.progress or checkpoint is not None:
             log.info("epoch %d/%d: train loss %.4f acc %.4f | val loss %.4f acc %.4f | %.1f s%s",
                      epoch, opts.epochs, row["train_loss"], row["train_accuracy"],
@@ -272,10 +278,22 @@ def _better(row: dict, best: dict) -> bool:
         row["val_accuracy"] == best["val_accuracy"] and row["val_loss"] < best["val_loss"])
 
 
-def _epoch(setup: Setup, top: TopNet, opt, sched, train: np.ndarray, seed: int,
-           epoch: int) -> dict[str, float]:
-    """One pass over the training rows; its randomness (order, flips, dropout) is seeded from
-    (seed, epoch), so a resumed run repeats an uninterrupted one."""
+def _averaged(top: TopNet, decay: float | None):
+    """torch's exponential moving average of ``top``'s parameters, or None without ``decay``
+    (its buffers stay the pretrained ones: BatchNorm's statistics are frozen in training)."""
+    if decay is None:
+        return None
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    return AveragedModel(top, multi_avg_fn=get_ema_multi_avg_fn(decay))
+
+
+def _epoch(setup: Setup, state: tuple, train: np.ndarray, seed: int, epoch: int
+           ) -> dict[str, float]:
+    """One pass over the training rows; ``state`` is (top, optimiser, schedule, moving
+    average or None). Its randomness (order, flips, dropout) is seeded from (seed, epoch), so
+    a resumed run repeats an uninterrupted one."""
+    top, opt, sched, ema = state
     maps, opts = setup.maps, setup.opts
     started = time.perf_counter()
     rng = np.random.default_rng([seed, epoch])
@@ -296,6 +314,8 @@ def _epoch(setup: Setup, top: TopNet, opt, sched, train: np.ndarray, seed: int,
         loss.backward()
         opt.step()
         sched.step()
+        if ema is not None:
+            ema.update_parameters(top)
         seen += len(idx)
         loss_sum += float(loss.item()) * len(idx)
         correct += int((logits.argmax(1) == yb).sum())

@@ -202,3 +202,53 @@ def test_honest_choice_on_a_few_hundred_images(few_hundred, model_cache, tmp_pat
     base.classifier.load_state_dict(head)
     np.testing.assert_allclose(_onnx_logits(out, files[::13]), _torch_logits(base, out, files[::13]),
                                atol=1e-4)
+
+
+@pytest.mark.slow
+def test_ema_validates_and_exports_the_averaged_weights(two_collections, tmp_path):
+    """With ``ema``, the raw training runs as without it, and the model kept (validated,
+    exported) holds the moving average; a decay of 0 is the raw weights themselves."""
+    import torch
+
+    from featurebank.finetune import finetune
+
+    photos, _ = two_collections
+    common = {"from_layer": CUT, "epochs": 1, "threads": 1, "seed": 0, "progress": False,
+              "batch_size": 16, "probe_c": 0.1, "keep_checkpoint": True}
+    plain = finetune(photos, output=tmp_path / "plain.onnx", **common)
+    zero = finetune(photos, output=tmp_path / "zero.onnx", ema=0.0, **common)
+    averaged = finetune(photos, output=tmp_path / "ema.onnx", ema=0.5, **common)
+    ckpt = torch.load(tmp_path / "ema.onnx.ckpt", weights_only=True)
+    raw = ckpt["model"]  # the last (only) epoch's trained weights
+    ema = {k.removeprefix("module."): v for k, v in ckpt["ema"].items() if k.startswith("module.")}
+    kept = averaged.torch_model("finetuned").state_dict()
+    weights = [k for k in raw if k.startswith("classifier.") or k.startswith("head.")]
+    for k in raw:
+        assert torch.equal(raw[k], plain.top.state_dict()[k])  # the same raw trajectory
+        assert torch.equal(zero.top.state_dict()[k], raw[k])
+        if k in ema:
+            assert torch.equal(averaged.top.state_dict()[k], ema[k])
+    assert torch.equal(kept["classifier.weight"], ema["classifier.weight"])
+    assert any(not torch.allclose(raw[k], ema[k]) for k in weights)
+
+
+@pytest.mark.slow
+def test_flip_tta_is_inside_the_exported_graph_at_112_px(two_collections, tmp_path):
+    """``tta_flip``: the file's logits are the mean of torch's logits on the image and on its
+    mirror (within 1e-4). The run is at ``input_size`` 112: maps, top and file at that size."""
+    from featurebank.export import read_onnx_metadata
+    from featurebank.finetune import finetune, load_tuned
+
+    photos, _ = two_collections
+    result = finetune(photos, output=tmp_path / "tta.onnx", from_layer=CUT, epochs=1, threads=2,
+                      seed=0, progress=False, probe_c=0.1, tta_flip=True, input_size=112)
+    assert result.trained.main.top.input_size == 112
+    out = result.export(tmp_path / "tta.onnx")
+    assert load_tuned(out).lineage["options"]["tta_flip"] is True
+    assert read_onnx_metadata(out).spec.preprocessing.input_size == (112, 112)
+    full = result.torch_model()
+    files = sorted(photos.rglob("*.png"))[::6]
+    got = _onnx_logits(out, files)
+    mirrored = _torch_logits(lambda x: (full(x) + full(x.flip(3))) / 2, out, files)
+    np.testing.assert_allclose(got, mirrored, atol=1e-4)
+    assert np.abs(got - _torch_logits(full, out, files)).max() > 1e-3  # digits are not symmetric

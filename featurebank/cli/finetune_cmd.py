@@ -11,6 +11,7 @@ DEFAULTS = FinetuneOptions()  # the one place the defaults live (no torch import
 SWITCHES = {
     "flip": "also cache horizontally mirrored maps and train on them half the time",
     "keep_checkpoint": "keep OUTPUT.ckpt once the tuned file is written",
+    "tta_flip": "exported logits average the image's and its mirror's (flip TTA in the graph)",
 }
 #: FinetuneOptions fields given as ``--name VALUE`` flags: (type, help)
 OPTION_FLAGS = {
@@ -26,6 +27,9 @@ OPTION_FLAGS = {
     "patience": (int, "early stopping after this many epochs without progress (0: off)"),
     "probe_c": (float, "C of the probe that starts the head (default: chosen on validation)"),
     "threads": (int, "torch threads (default: torch's choice)"),
+    "input_size": (int, "square input side the maps are computed at (default: the model's)"),
+    "ema": (float, "decay of an exponential moving average of the weights, used for "
+                   "validation and export (e.g. 0.999; default: none)"),
 }
 
 
