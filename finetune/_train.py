@@ -26,7 +26,7 @@ from featurebank.finetune._options import FinetuneOptions
 from featurebank.finetune._top import TopNet, build_top
 
 log = logging.getLogger(__name__)
-CHECKPOINT_FORMAT = "featurebank.finetune.checkpoint/1"
+CHECKPOINT_FORMAT = "featurebank.finetune.checkpoint/2"  # /2: probe head, folds, EMA
 EVAL_BATCH = 128
 #: inverse L2 strengths tried for the probe (on standardised features); the validation split
 #: picks one. A probe that fits the training set exactly (C large) leaves the fine-tuning
@@ -174,8 +174,11 @@ def _load(path: Path, identity: dict) -> dict | None:
         raise FeaturebankError(f"checkpoint {path} is unreadable ({type(exc).__name__}); delete "
                                "it to start over") from exc
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise FeaturebankError(f"{path} is not a featurebank fine-tuning checkpoint; delete it "
-                               "or write the model elsewhere")
+        older = isinstance(ckpt, dict) and str(ckpt.get("format", "")).startswith(
+            CHECKPOINT_FORMAT.rsplit("/", 1)[0])
+        raise FeaturebankError(f"{path} is " + ("a checkpoint of an older featurebank" if older
+                                                else "not a featurebank fine-tuning checkpoint")
+                               + "; delete it or write the model elsewhere")
     if ckpt["identity"] != identity:
         diff = sorted(k for k in set(identity) | set(ckpt["identity"])
                       if identity.get(k) != ckpt["identity"].get(k))
@@ -230,7 +233,7 @@ def fit(setup: Setup, train: np.ndarray, val: np.ndarray, seed: int,
         head = {k: v.clone() for k, v in top.classifier.state_dict().items()}
         # the best *fine-tuned* epoch is kept; whether it beats the probe is decided later
         best = {"epoch": 0, "val_accuracy": -1.0, "val_loss": math.inf,
-                "state": {k: v.clone() for k, v in top.state_dict().items()}}
+                "state": _copy(top.state_dict())}
         history: list[dict[str, float]] = []
         done, stopped, resumed = 0, False, None
     else:
@@ -254,11 +257,13 @@ def fit(setup: Setup, train: np.ndarray, val: np.ndarray, seed: int,
         if not len(val) or _better(row, best):
             best = {"epoch": epoch, "val_accuracy": row["val_accuracy"],
                     "val_loss": row["val_loss"],
-                    "state": {k: v.clone() for k, v in scored.state_dict().items()}}
+                    "state": _copy(scored.state_dict())}
         stopped = opts.patience > 0 and epoch - best["epoch"] >= opts.patience and \
             epoch < opts.epochs
         if checkpoint is not None:
-            checkpoint.save(epoch=epoch, model=top.state_dict(), optimizer=opt.state_dict(),
+            # a copy: the run keeps the payload to add its folds to, and the live weights
+            # change after this epoch (the best epoch's are loaded into them at the end)
+            checkpoint.save(epoch=epoch, model=_copy(top.state_dict()), optimizer=opt.state_dict(),
                             scheduler=sched.state_dict(), history=history, best=best,
                             probe=probe, probe_head=head, stopped=stopped,
                             ema=None if ema is None else ema.state_dict())
@@ -270,6 +275,10 @@ def fit(setup: Setup, train: np.ndarray, val: np.ndarray, seed: int,
     top.load_state_dict(best["state"])
     return Fit(top.eval(), history, int(best["epoch"]), float(best["val_accuracy"]), probe, head,
                resumed, stopped)
+
+
+def _copy(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in state.items()}
 
 
 def _better(row: dict, best: dict) -> bool:
