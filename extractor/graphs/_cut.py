@@ -12,7 +12,7 @@ layout (NCHW or NHWC); a cut whose layout is unknown or odd is refused, never gu
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +20,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from featurebank.errors import FeaturebankError
+from featurebank.export._batch import prepare_foreign
 from featurebank.export._catalogue import describe_tensor, input_layout_from_shape
 from featurebank.export._metadata import (
     LayerInfo,
@@ -28,6 +29,7 @@ from featurebank.export._metadata import (
     load_onnx,
     read_onnx_metadata,
 )
+from featurebank.extractor.graphs._chunks import run_in_chunks
 from featurebank.spec import FeatureSpec, ModelSpec, Preprocessing
 
 PIXELS = "pixels"
@@ -43,6 +45,9 @@ class FeatureGraph:
     dims: list[int]
     output_names: list[str]
     model_spec: ModelSpec
+    #: None when the model takes any batch; else the only batch it runs at (the feature graph
+    #: then feeds it chunks of that size, see ``_chunks``).
+    batch: int | None = None
 
 
 def resolve_layer(layers: list[LayerInfo], wanted: str, path: Path,
@@ -143,14 +148,17 @@ def build_feature_graph(
     """
     path = Path(onnx_path)
     info = read_onnx_metadata(path)
-    if info.spec is not None:
-        model_spec = info.spec
-    else:
-        model_spec = _foreign_spec(path, info, preprocessing)
-        info = read_onnx_metadata(path, model_spec.preprocessing)  # exact shapes and layouts
     if not layers:
         raise FeaturebankError("no layer given; name at least one (see 'featurebank layers')")
     proto = load_onnx(path)
+    if info.spec is not None:
+        model_spec = info.spec
+        batch = info.extra.get("batch")  # an adopted graph that keeps its own batch
+    else:  # what 'adopt' would record: the batch plan and the catalogue on measured shapes
+        model_spec = _foreign_spec(path, info, preprocessing)
+        plan, catalogue = prepare_foreign(proto, model_spec.preprocessing, path.name)
+        proto, batch = plan.model, plan.batch
+        info = replace(info, layers=catalogue)
     chosen = [resolve_layer(info.layers, name, path, proto, model_spec.preprocessing)
               for name in dict.fromkeys(layers)]
     layouts = [cut_layout(la, model_spec, path) for la in chosen]
@@ -158,7 +166,17 @@ def build_feature_graph(
     graph = proto.graph
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 18)
     head, nodes, inits, outputs, dims = [], [], [], [], []
-    _prepend_normalisation(head, inits, info.input_name, model_spec.preprocessing)
+    targets = list(dict.fromkeys(la.tensor for la in chosen))
+    kept = _needed_nodes(list(graph.node), targets)
+    used = {i for n in kept for i in n.input}
+    weights = [t for t in graph.initializer if t.name in used]
+    where = {t: t for t in targets}
+    if batch:  # the model runs on chunks of its own batch, inside a Scan
+        _prepend_normalisation(head, inits, "fb.input", model_spec.preprocessing)
+        kept, weights, where = run_in_chunks(kept, weights, info.input_name, "fb.input", targets,
+                                             int(batch), opset)
+    else:
+        _prepend_normalisation(head, inits, info.input_name, model_spec.preprocessing)
     prefixes: set[str] = set()
     for la, layout in zip(chosen, layouts, strict=True):
         out = f"feat.{la.name}"
@@ -166,25 +184,24 @@ def build_feature_graph(
         prefix = la.tensor.replace("/", "_")
         prefix = prefix if prefix not in prefixes else f"{prefix}.{la.name}"
         prefixes.add(prefix)
-        _append_pooling(nodes, inits, la.tensor, out, layout, pool, gem_p, normalize, opset,
+        _append_pooling(nodes, inits, where[la.tensor], out, layout, pool, gem_p, normalize, opset,
                         prefix)
         outputs.append(helper.make_tensor_value_info(out, TensorProto.FLOAT, ["N", None]))
         channels = la.shape[0] if layout == "NCHW" else la.shape[-1]
         dims.append(int(np.prod(la.shape)) if pool == "none" or layout == "NC" else channels)
-    kept = _needed_nodes(list(graph.node), [la.tensor for la in chosen])
-    used = {i for n in kept for i in n.input}
     h, w = model_spec.preprocessing.input_size
     new_graph = helper.make_graph(
         head + kept + nodes, f"{graph.name or 'model'}_features",
         [helper.make_tensor_value_info(PIXELS, TensorProto.UINT8, ["N", h, w, 3])],
-        outputs, initializer=[t for t in graph.initializer if t.name in used] + inits,
+        outputs, initializer=weights + inits,
     )
     model = helper.make_model(new_graph, opset_imports=proto.opset_import, producer_name="featurebank")
     model.ir_version = proto.ir_version
     for spec in specs:
         model.metadata_props.add(key=f"featurebank.feature.{spec.layer}", value=spec.to_json())
     onnx.checker.check_model(model)
-    return FeatureGraph(model, specs, dims, [o.name for o in outputs], model_spec)
+    return FeatureGraph(model, specs, dims, [o.name for o in outputs], model_spec,
+                        int(batch) if batch else None)
 
 
 def _const(inits: list, name: str, value) -> str:
