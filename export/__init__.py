@@ -15,6 +15,7 @@ from featurebank.export._adopt import (
     remembered_models,
     resolve_conventions,
 )
+from featurebank.export._batch import BatchPlan, plan_batch, prepare_foreign, rewrite_batch
 from featurebank.export._cache import ensure_exported
 from featurebank.export._labels import imagenet_classes
 from featurebank.export._metadata import (
@@ -69,9 +70,9 @@ def build_torch_model(
 
 
 __all__ = [
-    "DEFAULT_MODEL", "LayerInfo", "ModelEntry", "OnnxInfo", "adopt", "build_torch_model",
+    "DEFAULT_MODEL", "BatchPlan", "LayerInfo", "ModelEntry", "OnnxInfo", "adopt", "build_torch_model",
     "ensure_exported", "export_module", "export_onnx", "find_model_by_digest", "foreign_model_spec",
     "get_model_entry", "imagenet_classes", "is_onnx_path", "list_models", "load_preprocessing",
-    "read_conventions", "read_onnx_metadata", "remember_model", "remembered_models",
-    "resolve_conventions",
+    "plan_batch", "prepare_foreign", "read_conventions", "read_onnx_metadata", "remember_model",
+    "remembered_models", "resolve_conventions", "rewrite_batch",
 ]

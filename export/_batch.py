@@ -175,13 +175,14 @@ def _fixed(proto, batch, measured, reason) -> BatchPlan:
 
 
 def _with_every_output(model: onnx.ModelProto) -> onnx.ModelProto:
-    """``model`` (in place) with every node output also a graph output."""
+    """``model`` (in place) with every image-dependent node output also a graph output."""
+    from featurebank.export._graph_ops import static_tensors
+
     have = {o.name for o in model.graph.output}
+    static = static_tensors(model)
     for node in model.graph.node:
-        if node.op_type == "Constant":
-            continue
         for out in node.output:
-            if out and out not in have:
+            if out and out not in have and out not in static:
                 model.graph.output.append(onnx.helper.make_empty_tensor_value_info(out))
                 have.add(out)
     return model

@@ -21,9 +21,9 @@ from featurebank.export._graph_ops import (
     GLOBAL_POOLS,
     KEEPS_LAYOUT,
     REDUCE_POOLS,
-    SHAPE_OPS,
     WEIGHTED,
     Flow,
+    static_tensors,
 )
 from featurebank.export._layers import LayerInfo
 
@@ -148,14 +148,13 @@ def foreign_catalogue(proto: onnx.ModelProto, input_layout: str | None = None,
 
 def _follow_layouts(proto, input_name, layout, shapes, stated) -> Flow:
     """Follow the input's layout through the graph (see the module docstring)."""
-    static = {t.name for t in proto.graph.initializer}
+    static = static_tensors(proto)  # a Constant, a Shape, a weight cast or transposed
     tags: dict[str, str] = {input_name: layout} if layout else {}
     learned: set[str] = set()
     pools: list[tuple[onnx.NodeProto, str]] = []
     for node in proto.graph.node:
         inputs = [i for i in node.input if i]
-        if node.op_type in SHAPE_OPS or all(i in static for i in inputs):
-            static.update(node.output)  # a Constant, a Shape, a weight cast or transposed
+        if all(o in static for o in node.output):
             continue
         if node.op_type in WEIGHTED or any(i in learned for i in inputs):
             learned.update(node.output)
@@ -248,6 +247,7 @@ def describe_tensor(proto: onnx.ModelProto, tensor: str, input_size=None, layout
     shape = infer_shapes(proto, fixed).get(tensor)
     shown = "x".join(str(d) for d in shape[1:]) if shape else "unknown"
     return (f"tensor {tensor!r} has {len(shape) if shape else 'an unknown'} dimensions "
-            f"(shape {shown} after the batch) or is not computed from the image by a learned "
-            f"layer; featurebank cuts only 4-D activations (NCHW or NHWC, pooled over their "
-            f"spatial axes) and 2-D vectors")
+            f"(shape {shown} after the batch), is not float32, or is not computed from the "
+            f"image by a learned layer (a shape, an index, a constant); featurebank cuts only "
+            f"float 4-D activations (NCHW or NHWC, pooled over their spatial axes) and 2-D "
+            f"vectors")

@@ -44,7 +44,7 @@ def friendly_names(proto: onnx.ModelProto, entries: list[tuple[str, str | None]]
     pool_tensor = head = classifier = None
     if flow.pools:
         node, head = flow.pools[-1]
-        classifier = _classifier_conv(nodes, producer, flow, head, node, logits)
+        classifier = _classifier_conv(nodes, producer, flow, shapes, head, node, logits)
         pool_tensor = _flattened(node.output[0], consumers, shapes)
         while head in producer and nodes[producer[head]].op_type in _COPIES - {"Pad"} \
                 and nodes[producer[head]].input[0] in listed:
@@ -92,8 +92,9 @@ def _data_inputs(node: onnx.NodeProto, flow: Flow) -> list[str]:
     return [i for i in node.input if i and i not in flow.static]
 
 
-def _classifier_conv(nodes, producer, flow, pooled_input, pool_node, logits) -> int | None:
-    """Index of the classifier conv (a conv whose map is pooled into the logits, with no
+def _classifier_conv(nodes, producer, flow, shapes, pooled_input, pool_node,
+                     logits) -> int | None:
+    """Index of the classifier conv (a 1x1 conv whose map is pooled into the logits, with no
     weighted op after the pool), or None. It and everything after it are never stages."""
     if logits is None or logits not in producer:
         return None
@@ -103,8 +104,13 @@ def _classifier_conv(nodes, producer, flow, pooled_input, pool_node, logits) -> 
     tensor = pooled_input
     while tensor in producer:
         node = nodes[producer[tensor]]
-        if node.op_type in WEIGHTED:
-            return producer[tensor]
+        if node.op_type in WEIGHTED:  # a classifier is a 1x1 conv at stride 1 (SqueezeNet,
+            # NiN); a strided or wider conv there starts a stage of a headless network
+            attrs = {a.name: list(a.ints) for a in node.attribute}
+            kernel = attrs.get("kernel_shape") or list(shapes.get(node.input[1], ())[2:])
+            one_by_one = node.op_type == "Conv" and kernel == [1, 1] \
+                and set(attrs.get("strides", [1])) == {1}
+            return producer[tensor] if one_by_one else None
         data = _data_inputs(node, flow)
         if len(data) != 1:
             return None

@@ -40,3 +40,13 @@ class Flow:
     pools: list[tuple[onnx.NodeProto, str]]
     learned: set[str]
     static: set[str]
+
+
+def static_tensors(proto: onnx.ModelProto) -> set[str]:
+    """Constants, shapes and whatever is computed from them alone: never image-dependent
+    values (a weight cast or transposed by the graph, a shape, an index)."""
+    static = {t.name for t in proto.graph.initializer}
+    for node in proto.graph.node:
+        if node.op_type in SHAPE_OPS or all(i in static for i in node.input if i):
+            static.update(node.output)
+    return static

@@ -8,7 +8,9 @@ are. Variants are made from that graph with onnx's tools, the way converters rew
 - ``dynamic``: exported with a dynamic batch axis (the baseline);
 - ``converted``: NHWC BGR 0-255 input (the graph transposes and reorders it itself), every
   channel-first op wrapped in Transposes so every activation is NHWC, float64 Cast pairs around
-  each ReLU and float32 Cast pairs around each Add, every tensor renamed ``t<N>``.
+  each ReLU and float32 Cast pairs around each Add, NHWC Concats followed by an Identity, an
+  explicit Pad before each strided conv, conv biases as NHWC Adds of a float64 constant cast
+  to float32, every tensor renamed ``t<N>``.
 
 Each family names the module scopes whose last output is a stage (``STAGES``): the test reads
 those tensors from the torch export and checks that the catalogue's ``stage.K`` of every variant
@@ -232,8 +234,10 @@ def stage_tensors(proto: onnx.ModelProto, scopes) -> list[str]:
     return [[n.output[0] for n in proto.graph.node if n.name.startswith(s)][-1] for s in scopes]
 
 
-def make_classics(root: Path, families=tuple(FAMILIES), variants=tuple(FLAGS)) -> list[Classic]:
-    """Export every family in every variant under ``root``."""
+def make_classics(root: Path, families=tuple(FAMILIES),
+                  variants=("fixed", "converted")) -> list[Classic]:
+    """Export the families in the variants under ``root`` (``dynamic`` on request: it differs
+    from ``fixed`` only in its declared batch axis)."""
     out = []
     for family in families:
         torch.manual_seed(0)
@@ -270,28 +274,17 @@ def convert_like_a_converter(proto: onnx.ModelProto) -> onnx.ModelProto:
     inits = [onnx.numpy_helper.from_array(np.array([2, 1, 0], np.int64), "pre_bgr_idx"),
              onnx.numpy_helper.from_array(np.float32(1 / 255), "pre_inv255"),
              onnx.numpy_helper.from_array(np.float32([123, 117, 104]) / 255, "pre_mean_unit")]
-    weights = {t.name for t in g.initializer}
+    weights = {t.name: t for t in g.initializer}
     rank4 = _rank4(proto)
     for k, node in enumerate(g.node):
         if node.op_type == "Concat" and all(i in rank4 for i in node.input):
             new = onnx.NodeProto()
-            new.CopyFrom(node)  # the channel axis of NHWC maps
+            new.CopyFrom(node)  # the channel axis of NHWC maps, then an Identity as tf2onnx leaves
             next(a for a in new.attribute if a.name == "axis").i = 3
-            nodes.append(new)
+            new.output[0] = f"{node.output[0]}__concat"
+            nodes += [new, helper.make_node("Identity", [new.output[0]], [node.output[0]])]
         elif node.op_type in _CHANNEL_FIRST or node.op_type in ("Reshape", "Flatten"):
-            new = onnx.NodeProto()
-            new.CopyFrom(node)
-            for j, name in enumerate(node.input):
-                if name in rank4 and name not in weights:
-                    nodes.append(helper.make_node("Transpose", [name], [f"{name}__nchw{k}"],
-                                                  perm=[0, 3, 1, 2]))
-                    new.input[j] = f"{name}__nchw{k}"
-            outs = [o for o in node.output if o in rank4]
-            for o in outs:
-                new.output[list(node.output).index(o)] = f"{o}__nchw"
-            nodes.append(new)
-            nodes += [helper.make_node("Transpose", [f"{o}__nchw"], [o], perm=[0, 2, 3, 1])
-                      for o in outs]
+            nodes += _channel_first(node, k, rank4, weights, inits)
         elif node.op_type in ("Relu", "Add", "Clip"):
             to = TensorProto.DOUBLE if node.op_type == "Relu" else TensorProto.FLOAT
             new = onnx.NodeProto()
@@ -314,6 +307,50 @@ def convert_like_a_converter(proto: onnx.ModelProto) -> onnx.ModelProto:
     onnx.checker.check_model(model)
     opaque_names(model)
     return model
+
+
+def _channel_first(node, k, rank4, weights, inits) -> list:
+    """``node`` run on NCHW copies of its NHWC inputs, its outputs transposed back to NHWC.
+
+    As TensorFlow converters leave them, a strided conv reads an explicit Pad of the NHWC map
+    and a conv's bias is a separate NHWC Add of a float64 constant cast to float32."""
+    new = onnx.NodeProto()
+    new.CopyFrom(node)
+    nodes = []
+    for j, name in enumerate(node.input):
+        if name not in rank4 or name in weights:
+            continue
+        if node.op_type == "Conv" and _strided_padded(node):
+            pads = next(a for a in new.attribute if a.name == "pads")
+            top, left, bottom, right = pads.ints
+            pads.ints[:] = [0, 0, 0, 0]
+            inits.append(onnx.numpy_helper.from_array(
+                np.array([0, top, left, 0, 0, bottom, right, 0], np.int64), f"pre_pads{k}"))
+            nodes.append(helper.make_node("Pad", [name, f"pre_pads{k}"], [f"pad{k}"]))
+            name = f"pad{k}"
+        nodes.append(helper.make_node("Transpose", [name], [f"{name}__nchw{k}"], perm=[0, 3, 1, 2]))
+        new.input[j] = f"{name}__nchw{k}"
+    bias = None
+    if node.op_type == "Conv" and len(node.input) > 2 and node.input[2] in weights:
+        bias = onnx.numpy_helper.to_array(weights[node.input[2]]).astype(np.float64)
+        del new.input[2]
+        inits.append(onnx.numpy_helper.from_array(bias.reshape(1, 1, 1, -1), f"pre_bias{k}"))
+        nodes.append(helper.make_node("Cast", [f"pre_bias{k}"], [f"bias{k}"], to=TensorProto.FLOAT))
+    outs = [o for o in node.output if o in rank4]
+    for o in outs:
+        new.output[list(node.output).index(o)] = f"{o}__nchw"
+    nodes.append(new)
+    for o in outs:
+        after = f"{o}__nobias" if bias is not None else o
+        nodes.append(helper.make_node("Transpose", [f"{o}__nchw"], [after], perm=[0, 2, 3, 1]))
+        if bias is not None:
+            nodes.append(helper.make_node("Add", [after, f"bias{k}"], [o]))
+    return nodes
+
+
+def _strided_padded(node: onnx.NodeProto) -> bool:
+    attrs = {a.name: list(a.ints) for a in node.attribute}
+    return any(v > 1 for v in attrs.get("strides", [])) and any(attrs.get("pads", []))
 
 
 def _rank4(proto: onnx.ModelProto) -> set[str]:
