@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
+import onnx.version_converter
 from onnx import numpy_helper
 
 from featurebank.errors import FeaturebankError
@@ -28,6 +29,8 @@ log = logging.getLogger(__name__)
 #: Largest difference accepted between the rewritten graph on a batch and the original graph on
 #: one image at a time: max |a - b| / max(1, max |b|), per tensor.
 PARITY_TOLERANCE = 1e-5
+#: The oldest opset whose ops feed a fixed-batch graph chunks (Pad and Slice with inputs).
+CHUNK_OPSET = 11
 #: Images in the parity check (a batch of 3: a batch axis of 2 can hide a transposed one).
 CHECK_IMAGES = 3
 
@@ -153,10 +156,11 @@ def plan_batch(proto: onnx.ModelProto, input_shape: tuple[int, ...], pixel_range
         batched = _run(_with_every_output(candidate), images)
     except Exception as exc:  # noqa: BLE001 - a graph that bakes in its batch in other ways
         return _fixed(proto, own, measured, f"it does not run on a batch of {CHECK_IMAGES} "
-                      f"after the rewrite ({str(exc).splitlines()[0][:200]})")
+                      f"after the rewrite ({str(exc).splitlines()[0][:200]})", reference, images,
+                      name)
     worst, why = _compare(reference, batched)
     if why is not None:
-        return _fixed(proto, own, measured, why)
+        return _fixed(proto, own, measured, why, reference, images, name)
     if changes:
         log.info("%s: batch axis made dynamic (%s); parity %.1e", name, "; ".join(changes), worst)
     return BatchPlan(candidate, None, tuple(changes), worst, measured)
@@ -169,9 +173,24 @@ def _plain(proto: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def _fixed(proto, batch, measured, reason) -> BatchPlan:
-    log.info("the graph keeps its batch of %d: %s", batch, reason)
-    return BatchPlan(_plain(proto), batch, (), None, measured, reason)
+def _fixed(proto, batch, measured, reason, reference, images, name) -> BatchPlan:
+    log.warning("%s keeps its batch of %d (featurebank feeds it chunks of that size): %s",
+                name, batch, reason)
+    model = _plain(proto)
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset < CHUNK_OPSET:  # feeding chunks needs newer ops: convert, and check the result
+        try:
+            model = onnx.version_converter.convert_version(model, CHUNK_OPSET)
+            _, why = _compare(reference, _run_in_chunks(_with_every_output(_plain(model)),
+                                                        images, batch))
+        except Exception as exc:  # noqa: BLE001 - the converter and onnxruntime raise many types
+            why = str(exc).splitlines()[0][:200]
+        if why is not None:
+            raise FeaturebankError(
+                f"{name} runs only at a batch of {batch} ({reason}), and its ONNX opset {opset} "
+                f"is too old to feed it chunks; converting it to opset {CHUNK_OPSET} failed "
+                f"({why}). Export it with a dynamic batch axis or a newer opset") from None
+    return BatchPlan(model, batch, (), None, measured, reason)
 
 
 def _with_every_output(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -18,9 +18,10 @@ _END = np.iinfo(np.int64).max
 
 
 def run_in_chunks(nodes: list, initializers: list, input_name: str, source: str,
-                  targets: list[str], batch: int, opset: int) -> tuple[list, list, dict[str, str]]:
-    """Nodes that compute ``targets`` for a batch ``source`` of any size with ``nodes``, which
-    read ``input_name`` and run only on batches of ``batch``.
+                  targets: dict[str, int], batch: int,
+                  opset: int) -> tuple[list, list, dict[str, str]]:
+    """Nodes that compute ``targets`` (tensor -> rank) for a batch ``source`` of any size with
+    ``nodes``, which read ``input_name`` and run only on batches of ``batch``.
 
     Returns the outer nodes, their initializers, and target -> its name in the outer graph
     (``[N, ...]``, in the order of ``source``).
@@ -57,7 +58,9 @@ def run_in_chunks(nodes: list, initializers: list, input_name: str, source: str,
                                             "fb.chunk.to", axis=0)], "fb.chunk.chunks")
     body = helper.make_graph(
         nodes, "fb_chunk", [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, None)],
-        [helper.make_tensor_value_info(t, TensorProto.FLOAT, None) for t in targets],
+        # onnxruntime wants the rank of a Scan body's outputs
+        [helper.make_tensor_value_info(t, TensorProto.FLOAT, [None] * rank)
+         for t, rank in targets.items()],
         initializer=initializers)
     stacked = [f"fb.chunk.out{i}" for i in range(len(targets))]
     nodes_out.append(helper.make_node("Scan", [chunked], stacked, body=body, num_scan_inputs=1))

@@ -173,7 +173,8 @@ def build_feature_graph(
     where = {t: t for t in targets}
     if batch:  # the model runs on chunks of its own batch, inside a Scan
         _prepend_normalisation(head, inits, "fb.input", model_spec.preprocessing)
-        kept, weights, where = run_in_chunks(kept, weights, info.input_name, "fb.input", targets,
+        ranks = {la.tensor: len(la.shape) + 1 for la in chosen}
+        kept, weights, where = run_in_chunks(kept, weights, info.input_name, "fb.input", ranks,
                                              int(batch), opset)
     else:
         _prepend_normalisation(head, inits, info.input_name, model_spec.preprocessing)
