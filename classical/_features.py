@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from featurebank.errors import FeaturebankError
-from featurebank.extractor.store._store import FeatureStore
+from featurebank.extractor.store import FeatureStore
 from featurebank.spec import FeatureSpec
 
 

@@ -25,7 +25,7 @@ from featurebank.classical._report import (
     write_json,
 )
 from featurebank.errors import FeaturebankError
-from featurebank.extractor.store._store import FeatureStore
+from featurebank.extractor.store import FeatureStore
 
 UNSEEN = ("error", "wrong")
 

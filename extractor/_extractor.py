@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from featurebank.errors import FeaturebankError
-from featurebank.export._registry import is_onnx_path
+from featurebank.export import is_onnx_path
 from featurebank.extractor._preprocess import DEFAULT_MAX_PIXELS, DecodeError, decode
 from featurebank.spec import FeatureOptions, FeatureSpec, Preprocessing
 from featurebank.spec import feature_options as feature_options_of
@@ -25,7 +25,7 @@ def resolve_model_path(model: str | Path, input_size: int | None = None) -> Path
         if not path.is_file():
             raise FeaturebankError(f"ONNX file {path} does not exist")
         return path
-    from featurebank.export._cache import ensure_exported
+    from featurebank.export import ensure_exported
 
     return ensure_exported(str(model), input_size=input_size)
 

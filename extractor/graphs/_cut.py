@@ -20,11 +20,12 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from featurebank.errors import FeaturebankError
-from featurebank.export._catalogue import describe_tensor, input_layout_from_shape
-from featurebank.export._metadata import (
+from featurebank.export import (
     LayerInfo,
     OnnxInfo,
+    describe_tensor,
     foreign_model_spec,
+    input_layout_from_shape,
     load_onnx,
     read_onnx_metadata,
 )

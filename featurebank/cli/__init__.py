@@ -25,15 +25,26 @@ COMMAND_MODULES = (
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from featurebank import __version__
+class _VersionAction(argparse.Action):
+    """``--version``: the version is looked up only when asked for (it costs ~30 ms)."""
 
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        import featurebank
+
+        print(f"featurebank {featurebank.__version__}")
+        parser.exit()
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="featurebank",
         description="Cut pretrained CNNs at any layer, embed images into an HDF5 feature store, "
         "train classical models on the features.",
     )
-    parser.add_argument("--version", action="version", version=f"featurebank {__version__}")
+    parser.add_argument("--version", action=_VersionAction, help="print the version and exit")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:

@@ -49,7 +49,7 @@ def _dataset(name: str):
 
 def _say_if_exporting(model: str) -> None:
     """The first run exports the model (about 100 s on a CPU): say so instead of going silent."""
-    from featurebank.export._cache import cached_path
+    from featurebank.export import cached_path
 
     path = cached_path(model)
     if not path.is_file():

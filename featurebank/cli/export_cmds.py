@@ -105,22 +105,11 @@ def run_models(args) -> int:
     for entry in list_models():
         available = entry.availability()
         h, w = entry.preprocessing.input_size
+        count = entry.parameter_count() if available == "yes" else None
         rows.append([entry.name, entry.source, f"{h}x{w}",
-                     _param_count(entry.name) if available == "yes" else "-", available])
+                     "-" if count is None else f"{count / 1e6:.2f}M", available])
     _table(["name", "source", "input", "params", "available"], rows)
     return 0
-
-
-def _param_count(name: str) -> str:
-    if ":" in name:  # a pattern entry (torchvision:NAME) has no single size
-        return "-"
-    import torch
-
-    from featurebank.export._efficientnet_lite import EfficientNetLite
-
-    with torch.device("meta"):  # shapes only: no memory, no weights read
-        module = EfficientNetLite(name)
-    return f"{sum(p.numel() for p in module.parameters()) / 1e6:.2f}M"
 
 
 def run_layers(args) -> int:

@@ -49,7 +49,7 @@ def run_finetune(args) -> int:
                       progress=not args.no_progress)
     result.export(args.output)
     if args.report:  # again, now that the file (and its export time) exists
-        from featurebank.finetune._report import write_report
+        from featurebank.finetune import write_report
 
         write_report(result, Path(args.report))
     if args.json:
