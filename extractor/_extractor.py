@@ -93,7 +93,7 @@ class Extractor:
             o = self.options
             graph = build_feature_graph(
                 resolve_model_path(o.model, o.input_size), list(o.layers), o.pool, o.gem_p,
-                o.normalize, o.preprocessing)
+                o.normalize, o.preprocessing, name=o.model)
             if self.precision == "fp16":
                 from featurebank.extractor.graphs._fp16 import to_fp16
 

@@ -321,8 +321,8 @@ def test_command_line_help_and_version_load_no_stage():
         for argv in (["--help"], ["--version"], *([c, "--help"] for c in commands)):
             with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):
                 main(argv)
-        print(len(commands), sorted(m for m in %r if m in sys.modules))
-    """ % (HEAVY,))
+        print(len(commands), sorted(m for m in HEAVY if m in sys.modules))
+    """).replace("HEAVY", repr(HEAVY))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=120, env=subprocess_env(), cwd=REPO)
     assert out.returncode == 0, out.stderr[-2000:]

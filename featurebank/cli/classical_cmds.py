@@ -6,6 +6,10 @@ import json
 
 from featurebank.classical import CLASSIFIERS
 
+#: command-specific exit statuses (featurebank.cli puts them in each --help)
+EXIT_CODES = {"predict": {1: "an error, or an input file could not be read (every other file "
+                             "is still predicted and printed; the broken one gets an error line)"}}
+
 
 def register(sub) -> None:
     p = sub.add_parser("train", help="train a classifier on a store's labelled features")
@@ -32,12 +36,18 @@ def register(sub) -> None:
                         "refuse such a store)")
     p.set_defaults(func=run_evaluate)
 
-    p = sub.add_parser("predict", help="predict labels of images")
-    p.add_argument("model")
+    p = sub.add_parser("predict", help="predict labels of images",
+                       description="Print the most likely labels of each image, one line per "
+                       "file in input order (tab-separated, or JSON with --json). A file that "
+                       "cannot be read gets an error line and the others go on.")
+    p.add_argument("model", metavar="MODEL",
+                   help="a 'featurebank train' model (.joblib) or a 'featurebank finetune' "
+                        "model (.onnx)")
     p.add_argument("images", nargs="+", metavar="INPUT",
                    help="folders, image files, list files or glob patterns (as for embed)")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
-    p.add_argument("--top", type=int, default=1, help="show the K most likely labels")
+    p.add_argument("--top", type=int, default=1, metavar="K",
+                   help="show the K most likely labels (default: %(default)s)")
     p.add_argument("--model", dest="onnx", metavar="FILE.onnx", default=None,
                    help="where the classifier's ONNX model is (found by its SHA-256 in the "
                         "cache otherwise)")
