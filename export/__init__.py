@@ -73,10 +73,9 @@ def build_torch_model(
 
 __all__ = [
     "DEFAULT_MODEL", "LayerInfo", "ModelEntry", "OnnxInfo", "adopt", "build_torch_model",
-    "cache_dir", "cached_path", "describe_tensor", "ensure_exported", "export_module", "export_onnx", "featurebank_version", "find_model_by_digest",
-    "foreign_model_spec", "input_layout_from_shape",
-    "get_model_entry", "imagenet_classes", "is_onnx_path", "list_models", "load_onnx",
-    "load_preprocessing",
-    "read_conventions", "read_onnx_metadata", "remember_model", "remembered_models",
-    "resolve_conventions",
+    "cache_dir", "cached_path", "describe_tensor", "ensure_exported", "export_module",
+    "export_onnx", "featurebank_version", "find_model_by_digest", "foreign_model_spec",
+    "get_model_entry", "imagenet_classes", "input_layout_from_shape", "is_onnx_path",
+    "list_models", "load_onnx", "load_preprocessing", "read_conventions", "read_onnx_metadata",
+    "remember_model", "remembered_models", "resolve_conventions",
 ]

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import sys
 
+from featurebank.spec import DEFAULT_MODEL
+
 
 def register(sub) -> None:
     p = sub.add_parser("export", help="export a registry model to a self-describing ONNX file",
                        description="Write MODEL as ONNX with its spec and layer catalogue inside. "
                        "The file alone is enough to embed images (no torch needed).")
-    p.add_argument("model", metavar="MODEL", help="registry name, e.g. efficientnet_lite0")
+    p.add_argument("model", metavar="MODEL", help=f"registry name, e.g. {DEFAULT_MODEL}")
     p.add_argument("-o", "--output", required=True, metavar="OUT.onnx")
     p.add_argument("--weights", metavar="STATE_DICT",
                    help="state dict of the same architecture (e.g. fine-tuned); default: ImageNet")
