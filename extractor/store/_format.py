@@ -1,7 +1,7 @@
 """The store's on-disk vocabulary (layout in docs/STORE_FORMAT.md): dtypes, the committed-row
 counters, appends to resizable datasets, path/label encodings, and the read results.
 
-Shared by the store, its repair (``featurebank.extractor.store._lock``) and the sharded Ray store;
+Shared by the store, its repair (``featurebank.extractor.store._repair``) and the sharded Ray store;
 imports nothing of theirs.
 """
 

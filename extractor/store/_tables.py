@@ -26,6 +26,7 @@ from featurebank.extractor.store._format import (
     encode_path,
     row_shape_of,
 )
+from featurebank.extractor.store._retry import retry_read
 from featurebank.spec import FeatureSpec
 
 
@@ -88,6 +89,7 @@ class TableWriter:
         append_rows(g, "rows_written", np.array([written], np.int64), n)
         g.attrs["committed"] = n + 1
 
+    @retry_read
     def _load_tables(self) -> None:
         if self._image_keys is None:
             with self._open("r") as f:
