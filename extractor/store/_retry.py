@@ -35,7 +35,7 @@ def retry_read(method: F) -> F:
     answer, not a race: it is raised at once.
     """
     @functools.wraps(method)
-    def wrapper(self, *args, **kwargs):
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
         if getattr(_inside, "active", False):
             return method(self, *args, **kwargs)
         _inside.active = True

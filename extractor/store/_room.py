@@ -8,16 +8,21 @@ from __future__ import annotations
 
 import resource
 import shutil
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from featurebank.errors import FeaturebankError
 
 __all__ = ["check_room"]
 
 
-def check_room(path: Path, rows, images, failures) -> None:
+def check_room(path: Path, rows: Mapping[Any, tuple[Sequence[str], ArrayLike]] | None,
+               images: Sequence[tuple[str, str, str]] | None,
+               failures: Sequence[tuple[str, str]] | None) -> None:
     """Raise :class:`FeaturebankError` when the disk (or the per-file size cap) may not hold
     the batch: its bytes plus whole new chunks (<= 1 MiB each) and metadata, with a generous
     margin."""

@@ -67,7 +67,7 @@ def is_sharded(store_path: str | Path) -> bool:
 def write_shard(folder: str | Path, name: str,
                 rows: dict[FeatureSpec, tuple[list[str], np.ndarray]],
                 images: list[tuple[str, str, str]], failures: list[tuple[str, str]],
-                dtype: str = "float16", roots=None) -> Path:
+                dtype: str = "float16", roots: Iterable[str | Path] | None = None) -> Path:
     """Write one shard atomically: a temporary file in the store layout, then a rename.
 
     A retried task writing the same ``name`` replaces the earlier file with equal content.
@@ -131,7 +131,7 @@ class ShardedStore:
             raise
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         if self._lock is not None:
             self._lock.release()
             self._lock = None

@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import h5py
 import numpy as np
+from numpy.typing import ArrayLike
 
 from featurebank.errors import FeaturebankError
 from featurebank.extractor.store._format import (
@@ -160,17 +162,18 @@ class FeatureStore(TableWriter):
 
     def close(self) -> None:
         # getattr: __del__ also runs on an object whose __init__ raised before the lock existed
-        if getattr(self, "_lock", None) is not None:
-            self._lock.release()
+        lock = getattr(self, "_lock", None)
+        if lock is not None:
+            lock.release()
             self._lock = None
 
     def __enter__(self) -> FeatureStore:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def __del__(self):
+    def __del__(self) -> None:
         self.close()
 
     # -- reading ------------------------------------------------------------------------
@@ -241,7 +244,7 @@ class FeatureStore(TableWriter):
             n = committed_rows(g) if g is not None else 0
             return set(g["keys"][:n].astype(str)) if n else set()
 
-    def has(self, fingerprint: str, keys) -> np.ndarray:
+    def has(self, fingerprint: str, keys: Iterable[str]) -> np.ndarray:
         """Which content keys already have a committed row in the feature set."""
         seen = self.keys(fingerprint)
         return np.array([k in seen for k in keys], dtype=bool)
@@ -258,7 +261,7 @@ class FeatureStore(TableWriter):
             return {k: i for i, k in enumerate(g["keys"][:n].astype(str))} if n else {}
 
     @retry_read
-    def rows(self, fingerprint: str, rows, shaped: bool = False) -> np.ndarray:
+    def rows(self, fingerprint: str, rows: ArrayLike, shaped: bool = False) -> np.ndarray:
         """Rows (float32) at row positions of a feature set, in the order asked: ``[n, dim]``,
         or ``[n, *row_shape]`` with ``shaped`` (maps of an unpooled set)."""
         rows = np.asarray(rows, dtype=np.int64)
@@ -271,7 +274,7 @@ class FeatureStore(TableWriter):
             out = np.asarray(g["X"][unique], np.float32)[np.searchsorted(unique, rows)]
             return out.reshape(len(rows), *shape)
 
-    def get(self, fingerprint: str, keys) -> np.ndarray:
+    def get(self, fingerprint: str, keys: Iterable[str]) -> np.ndarray:
         """Committed vectors (float32) for content keys, in the order asked."""
         index = self.key_index(fingerprint)
         try:
@@ -338,7 +341,7 @@ class FeatureStore(TableWriter):
     def commit(self, rows: dict[FeatureSpec, tuple[list[str], np.ndarray]] | None = None,
                images: list[tuple[str, str, str]] | None = None,
                failures: list[tuple[str, str]] | None = None, dtype: str = "float16",
-               roots=None) -> None:
+               roots: Iterable[str | Path] | None = None) -> None:
         """Durably append one batch: feature rows per spec, (key, path, label) images, failures.
 
         Rows of a spec are ``[N, D]`` vectors or ``[N, *row_shape]`` maps (stored flattened,
@@ -377,7 +380,8 @@ class FeatureStore(TableWriter):
                 f"writing store {self.path} failed ({exc}); rows committed before are intact — "
                 "free disk space and run again to continue") from exc
 
-    def add_rows(self, spec: FeatureSpec, keys, features: np.ndarray, paths, labels=None,
+    def add_rows(self, spec: FeatureSpec, keys: Sequence[str], features: ArrayLike,
+                 paths: Sequence[str | Path], labels: Sequence[str] | None = None,
                  dtype: str = "float16") -> None:
         """Durably add vectors of ``spec`` for content ``keys`` with their paths and labels.
 
@@ -393,7 +397,8 @@ class FeatureStore(TableWriter):
         self.commit({spec: (keys, features)}, list(zip(keys, map(str, paths), labels, strict=True)),
                     dtype=dtype)
 
-    def add_paths(self, keys, paths, labels=None) -> None:
+    def add_paths(self, keys: Sequence[str], paths: Sequence[str | Path],
+                  labels: Sequence[str] | None = None) -> None:
         """Durably record more paths for contents (duplicates and cached files)."""
         keys = [str(k) for k in keys]
         labels = [""] * len(keys) if labels is None else [str(x) for x in labels]
@@ -418,7 +423,7 @@ class FeatureStore(TableWriter):
         return out
 
 
-def upgrade_message(path, version: int) -> str:
+def upgrade_message(path: str | Path, version: int) -> str:
     return (f"store {path} has format version {version}, whose paths are relative to the folder "
             f"'featurebank embed' ran in; it can be read but not added to. Upgrade it once with "
             f"'featurebank store upgrade {path} --root DIR' (DIR: that folder) to store them "
