@@ -24,6 +24,8 @@ import onnx.version_converter
 from onnx import numpy_helper
 
 from featurebank.errors import FeaturebankError
+from featurebank.export._catalogue import foreign_catalogue
+from featurebank.export._graph_ops import static_tensors
 
 log = logging.getLogger(__name__)
 #: Largest difference accepted between the rewritten graph on a batch and the original graph on
@@ -86,8 +88,6 @@ def rewrite_batch(proto: onnx.ModelProto, batch: int = 1,
     Returns the copy and a description of each change. The copy is a candidate: only
     :func:`plan_batch` decides whether it computes what the original does.
     """
-    from featurebank.export._graph_ops import static_tensors
-
     model = onnx.ModelProto()
     model.CopyFrom(proto)
     del model.graph.value_info[:]  # exporter shapes with a fixed batch would contradict runs
@@ -208,8 +208,6 @@ def _fixed(proto, batch, measured, reason, reference, images, name) -> BatchPlan
 
 def _with_every_output(model: onnx.ModelProto) -> onnx.ModelProto:
     """``model`` (in place) with every image-dependent node output also a graph output."""
-    from featurebank.export._graph_ops import static_tensors
-
     have = {o.name for o in model.graph.output}
     static = static_tensors(model)
     for node in model.graph.node:
@@ -281,8 +279,6 @@ def prepare_foreign(proto: onnx.ModelProto, pre, name: str = "the model") -> tup
 
     ``pre`` is the model's :class:`featurebank.spec.Preprocessing`.
     """
-    from featurebank.export._catalogue import foreign_catalogue
-
     h, w = pre.input_size
     plan = plan_batch(proto, (3, h, w) if pre.layout == "nchw" else (h, w, 3), pre.pixel_range,
                       name)

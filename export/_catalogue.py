@@ -16,6 +16,7 @@ import onnx
 from onnx import numpy_helper, shape_inference
 
 from featurebank.errors import FeaturebankError
+from featurebank.export._friendly import friendly_names
 from featurebank.export._graph_ops import (
     CHANNEL_FIRST,
     GLOBAL_POOLS,
@@ -103,8 +104,6 @@ def foreign_catalogue(proto: onnx.ModelProto, input_layout: str | None = None,
         listed. Friendly names (see :func:`featurebank.export._friendly.friendly_names`):
         ``stage.K``, ``head``, ``pool``, ``logits``; every other entry is named by its tensor.
     """
-    from featurebank.export._friendly import friendly_names
-
     weights = {t.name for t in proto.graph.initializer}
     graph_input = next(i for i in proto.graph.input if i.name not in weights)
     in_dims = tuple(d.dim_value if d.dim_value else -1 for d in graph_input.type.tensor_type.shape.dim)

@@ -16,6 +16,7 @@ from typing import Any
 import onnx
 
 from featurebank.errors import FeaturebankError
+from featurebank.export._batch import prepare_foreign
 from featurebank.export._catalogue import foreign_catalogue
 from featurebank.export._layers import LayerInfo
 from featurebank.spec import (
@@ -149,8 +150,6 @@ def candidate_tensors(proto: onnx.ModelProto,
     """
     if preprocessing is None:
         return foreign_catalogue(proto)
-    from featurebank.export._batch import prepare_foreign
-
     return prepare_foreign(proto, preprocessing)[1]  # runs it once: exact shapes, as adopt
 
 
