@@ -116,21 +116,29 @@ class SqueezeNetish(nn.Module):
 
 
 class DenseBlock(nn.Module):
-    def __init__(self, cin, growth, layers):
+    def __init__(self, cin, growth, layers, incremental=False):
         super().__init__()
+        self.incremental = incremental
         self.layers = nn.ModuleList(
             nn.Sequential(nn.BatchNorm2d(cin + k * growth), nn.ReLU(),
                           nn.Conv2d(cin + k * growth, growth, 3, 1, 1, bias=False))
             for k in range(layers))
 
     def forward(self, x):
+        if self.incremental:  # Caffe's way: each layer's map is appended to one growing map
+            for layer in self.layers:
+                x = torch.cat([x, layer(x)], 1)
+            return x
         features = [x]
         for layer in self.layers:  # torchvision's way: every layer reads all earlier maps
             features.append(layer(torch.cat(features, 1)))
         return torch.cat(features, 1)
 
 
-class DenseNetish(_Net):
+class DenseNetish(nn.Module):
+    """DenseNet: dense blocks in torchvision's and in Caffe's form, and Caffe's classifier: a
+    1x1 conv on the pooled map, then a Softmax."""
+
     STAGES = ("/stem_act", "/block1/", "/block2/", "/block3/")
 
     def __init__(self):
@@ -140,17 +148,18 @@ class DenseNetish(_Net):
         self.block1 = DenseBlock(8, 4, 3)  # 20 channels at 16x16
         self.trans1 = nn.Sequential(nn.BatchNorm2d(20), nn.ReLU(), nn.Conv2d(20, 10, 1),
                                     nn.AvgPool2d(2))
-        self.block2 = DenseBlock(10, 4, 3)  # 22 channels at 8x8
+        self.block2 = DenseBlock(10, 4, 3, incremental=True)  # 22 channels at 8x8
         self.trans2 = nn.Sequential(nn.BatchNorm2d(22), nn.ReLU(), nn.Conv2d(22, 11, 1),
                                     nn.AvgPool2d(2))
         self.block3 = DenseBlock(11, 4, 2)  # 19 channels at 4x4
         self.norm = nn.Sequential(nn.BatchNorm2d(19), nn.ReLU())
-        self.fc = nn.Linear(19, CLASSES)
+        self.fc = nn.Conv2d(19, CLASSES, 1)
 
     def forward(self, x):
         x = nn.functional.max_pool2d(self.stem_act(self.stem(x)), 3, 2, 1)
         x = self.block3(self.trans2(self.block2(self.trans1(self.block1(x)))))
-        return self.head(self.norm(x))
+        x = self.fc(nn.functional.adaptive_avg_pool2d(self.norm(x), 1))
+        return torch.softmax(x.reshape(1, -1), 1)
 
 
 class Inverted(nn.Module):
