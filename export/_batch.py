@@ -148,7 +148,7 @@ def plan_batch(proto: onnx.ModelProto, input_shape: tuple[int, ...], pixel_range
     own = declared_batch(proto) or 1
     rng = np.random.default_rng(0)
     images = rng.uniform(0, pixel_range, (CHECK_IMAGES, *input_shape)).astype(np.float32)
-    original = _with_every_output(_plain(proto))
+    original = _with_every_output(proto)
     try:
         reference = _run_in_chunks(original, images, own)
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises many types; all mean "cannot run"
@@ -194,7 +194,7 @@ def _fixed(proto, batch, measured, reason, reference, images, name) -> BatchPlan
     if opset < CHUNK_OPSET:  # feeding chunks needs newer ops: convert, and check the result
         try:
             model = onnx.version_converter.convert_version(model, CHUNK_OPSET)
-            _, why = _compare(reference, _run_in_chunks(_with_every_output(_plain(model)),
+            _, why = _compare(reference, _run_in_chunks(_with_every_output(model),
                                                         images, batch))
         except Exception as exc:  # noqa: BLE001 - the converter and onnxruntime raise many types
             why = str(exc).splitlines()[0][:200]
@@ -207,7 +207,8 @@ def _fixed(proto, batch, measured, reason, reference, images, name) -> BatchPlan
 
 
 def _with_every_output(model: onnx.ModelProto) -> onnx.ModelProto:
-    """``model`` (in place) with every image-dependent node output also a graph output."""
+    """A copy of ``model`` with every image-dependent node output also a graph output."""
+    model = _plain(model)
     have = {o.name for o in model.graph.output}
     static = static_tensors(model)
     for node in model.graph.node:

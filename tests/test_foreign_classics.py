@@ -75,7 +75,9 @@ def test_classic_graph_adopts_with_its_stages_and_parity(classics, family, varia
     # the batch axis became dynamic, and the rewrite was checked against one image at a time
     assert "batch" not in info.extra
     assert info.extra["batch_rewrite"] and info.extra["batch_parity"] <= 1e-5
-    assert [d.dim_param for d in onnx.load(str(adopted)).graph.input[0].type.tensor_type.shape.dim][:1] == ["N"]
+    graph = onnx.load(str(adopted)).graph
+    assert [d.dim_param for d in graph.input[0].type.tensor_type.shape.dim][:1] == ["N"]
+    assert [o.name for o in graph.output] == [o.name for o in onnx.load(str(c.path)).graph.output]
     # every listed tensor is a float activation with a followed layout: no '?', no shapes
     assert {la.layout for la in info.layers} <= {"NCHW", "NHWC", "NC"}
     by_name = {la.name: la for la in info.layers}
@@ -180,9 +182,10 @@ class PerImagePair(nn.Module):
         return torch.stack([self.fc(y[0]), self.fc(y[1])])
 
 
-@pytest.mark.parametrize("module, batch, opset", [(BakedFlat, 1, 17), (BatchCentred, 1, 17),
-                                                  (PerImagePair, 2, 17), (BakedFlat, 1, 9)])
-def test_a_graph_that_keeps_its_batch_runs_in_chunks(tmp_path, module, batch, opset):
+@pytest.mark.parametrize("module, batch, opset, why", [
+    (BakedFlat, 1, 17, "does not run on a batch of 3"), (BatchCentred, 1, 17, "differs by"),
+    (PerImagePair, 2, 17, "comes out as"), (BakedFlat, 1, 9, "does not run on a batch of 3")])
+def test_a_graph_that_keeps_its_batch_runs_in_chunks(tmp_path, module, batch, opset, why):
     """The rewrite fails to run, gives other values, or finds no constant: the graph keeps its
     batch, and the feature graph feeds it chunks of that size (opset 9: converted to 11)."""
     src, dst = tmp_path / "model.onnx", tmp_path / "adopted.onnx"
@@ -193,7 +196,7 @@ def test_a_graph_that_keeps_its_batch_runs_in_chunks(tmp_path, module, batch, op
                           output_names=["output"])
     adopt(src, dst, pixel_range=1, channel_order="rgb")
     info = read_onnx_metadata(dst)
-    assert info.extra["batch"] == batch and info.extra["batch_reason"]
+    assert info.extra["batch"] == batch and why in info.extra["batch_reason"]
     relu = next(la for la in info.layers if la.layout == "NCHW")
     pixels = np.random.default_rng(3).integers(0, 256, (5, 16, 16, 3), np.uint8)
     x = pixels.transpose(0, 3, 1, 2).astype(np.float32) / 255
@@ -211,6 +214,42 @@ def test_a_graph_that_keeps_its_batch_runs_in_chunks(tmp_path, module, batch, op
         assert relative(logits, want_logits[:n]) <= 1e-5 and relative(pooled, want_map[:n]) <= 1e-5
     with pytest.raises(FeaturebankError, match="any batch"):
         _ = Extractor(str(dst), layers=["logits"], precision="fp16").graph
+
+
+def test_batch_constants_of_reshape_and_flatten_are_rewritten_and_checked():
+    """A Flatten on axis 0 and a Reshape to a Constant [1, -1]: both become batch-free, and
+    the rewritten graph on 3 images equals the original one image at a time."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from featurebank.export import plan_batch, rewrite_batch
+
+    rng = np.random.default_rng(0)
+    weights = [numpy_helper.from_array(rng.normal(size=(4, 3, 3, 3)).astype(np.float32), "w"),
+               numpy_helper.from_array(rng.normal(size=(5, 64)).astype(np.float32), "fc")]
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["conv"], strides=[2, 2], pads=[1, 1, 1, 1]),
+        helper.make_node("Flatten", ["conv"], ["flat"], axis=0),
+        helper.make_node("Gemm", ["flat", "fc"], ["logits"], transB=1),
+        helper.make_node("Constant", [], ["shape"],
+                         value=numpy_helper.from_array(np.array([1, -1], np.int64))),
+        helper.make_node("Reshape", ["conv", "shape"], ["vector"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 5]),
+         helper.make_tensor_value_info("vector", TensorProto.FLOAT, [1, 64])], weights)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    _, changes = rewrite_batch(proto)
+    assert len(changes) == 2 and "axis 0 -> 1" in changes[0] and "[0, ...]" in changes[1]
+    plan = plan_batch(proto, (3, 8, 8))
+    assert plan.batch is None and plan.changes == tuple(changes) and plan.worst <= 1e-5
+    assert plan.measured["conv"] == (1, 4, 4, 4) and plan.measured["vector"] == (1, 64)
+    x = rng.uniform(0, 1, (3, 3, 8, 8)).astype(np.float32)
+    batched = ort.InferenceSession(plan.model.SerializeToString()).run(None, {"x": x})
+    single = ort.InferenceSession(proto.SerializeToString())
+    for k in range(3):
+        for got, want in zip(batched, single.run(None, {"x": x[k:k + 1]}), strict=True):
+            assert relative(got[k:k + 1], want) <= 1e-6
 
 
 def test_one_off_preprocessing_on_a_batch1_file_equals_the_adopted_copy(classics):
