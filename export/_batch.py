@@ -16,7 +16,7 @@ The same runs measure the shape of every float tensor, for the layer catalogue.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import onnx
@@ -54,7 +54,10 @@ class BatchPlan:
         Largest relative difference of the rewritten graph on a batch from the original on one
         image at a time, over every float tensor (None when the rewrite was not run).
     measured : dict
-        Shape (batch axis first, as run) of every float32 tensor of the original graph.
+        Shape (batch axis first, as run) of every floating-point tensor of the original graph
+        computed from the image.
+    dtypes : dict
+        ONNX element type of each measured tensor.
     reason : str or None
         Why the batch stays fixed.
     """
@@ -65,6 +68,7 @@ class BatchPlan:
     worst: float | None = None
     measured: dict[str, tuple] = field(default_factory=dict)
     reason: str | None = None
+    dtypes: dict[str, int] = field(default_factory=dict)
 
 
 def graph_input(proto: onnx.ModelProto) -> onnx.ValueInfoProto:
@@ -100,6 +104,7 @@ def rewrite_batch(proto: onnx.ModelProto, batch: int = 1,
     constants.update({n.output[0]: a.t for n in model.graph.node if n.op_type == "Constant"
                       for a in n.attribute if a.name == "value"})
     changes: list[str] = []
+    replaced: list[str] = []
     static = static_tensors(model)  # a Reshape of constants does not depend on the batch
     for k, node in enumerate(model.graph.node):
         if not constants or not node.input or node.input[0] in static:
@@ -112,17 +117,42 @@ def rewrite_batch(proto: onnx.ModelProto, batch: int = 1,
             if allow_zero and -1 in shape[1:]:
                 continue  # 0 would mean an empty axis and -1 is taken: leave it to the check
             shape[0] = -1 if allow_zero else 0  # 0: copy the input's batch axis
-            name = f"{node.input[1]}.fb_any_batch.{k}"
+            shape_name, name = node.input[1], f"{node.input[1]}.fb_any_batch.{k}"
             model.graph.initializer.append(numpy_helper.from_array(shape, name))
+            if model.ir_version < 4:  # then every initializer is also a graph input
+                model.graph.input.append(onnx.helper.make_tensor_value_info(
+                    name, onnx.TensorProto.INT64, list(shape.shape)))
             node.input[1] = name
             changes.append(f"Reshape {node.name or node.output[0]!r}: shape "
                            f"[{batch}, ...] -> [{shape[0]}, ...]")
+            replaced.append(shape_name)
         elif node.op_type == "Flatten" and batch == 1:
             axis = next((a for a in node.attribute if a.name == "axis"), None)
             if axis is not None and axis.i == 0:
                 axis.i = 1
                 changes.append(f"Flatten {node.name or node.output[0]!r}: axis 0 -> 1")
+    for shape_name in replaced:  # after the loop: deleting a node inside it would skip one
+        _drop_if_unused(model, shape_name)
     return model, changes
+
+
+def _drop_if_unused(model: onnx.ModelProto, name: str) -> None:
+    """Remove the constant ``name`` (an initializer or a Constant node) once nothing reads it."""
+    g = model.graph
+    if any(name in n.input for n in g.node) or name in {o.name for o in g.output}:
+        return
+    for k, t in enumerate(g.initializer):
+        if t.name == name:
+            del g.initializer[k]
+            for j, i in enumerate(g.input):
+                if i.name == name:
+                    del g.input[j]
+                    break
+            return
+    for k, n in enumerate(g.node):
+        if n.op_type == "Constant" and list(n.output) == [name]:
+            del g.node[k]
+            return
 
 
 def plan_batch(proto: onnx.ModelProto, input_shape: tuple[int, ...], pixel_range: float = 1.0,
@@ -156,8 +186,10 @@ def plan_batch(proto: onnx.ModelProto, input_shape: tuple[int, ...], pixel_range
             f"{name} cannot run on {'one image' if own == 1 else f'a batch of {own}'} of "
             f"{'x'.join(map(str, input_shape))}: {str(exc).splitlines()[0][:300]}; state the "
             f"input size and layout the model was made for") from None
-    measured = {t: (own, *v.shape[1:]) for t, v in reference.items()
-                if v.dtype == np.float32 and v.ndim >= 1 and len(v) == CHECK_IMAGES}
+    per_image = {t: v for t, v in reference.items()
+                 if _floating(v) and v.ndim >= 1 and len(v) == CHECK_IMAGES}
+    measured = {t: (own, *v.shape[1:]) for t, v in per_image.items()}
+    dtypes = {t: onnx.helper.np_dtype_to_tensor_dtype(v.dtype) for t, v in per_image.items()}
     why = None
     for constants in (True, False):  # the rewrite, then the batch axis alone
         candidate, changes = rewrite_batch(proto, own, constants)
@@ -172,11 +204,11 @@ def plan_batch(proto: onnx.ModelProto, input_shape: tuple[int, ...], pixel_range
             if changes:
                 log.info("%s: batch axis made dynamic (%s); parity %.1e", name,
                          "; ".join(changes), worst)
-            return BatchPlan(candidate, None, tuple(changes), worst, measured)
+            return BatchPlan(candidate, None, tuple(changes), worst, measured, None, dtypes)
         why = why or failed
         if not changes:
             break  # the same graph again
-    return _fixed(proto, own, measured, why, reference, images, name)
+    return replace(_fixed(proto, own, measured, why, reference, images, name), dtypes=dtypes)
 
 
 def _plain(proto: onnx.ModelProto) -> onnx.ModelProto:
@@ -254,21 +286,28 @@ def _run_in_chunks(model: onnx.ModelProto, images: np.ndarray, batch: int) -> di
     return out
 
 
+def _floating(value: np.ndarray) -> bool:
+    return value.dtype in (np.float16, np.float32, np.float64)
+
+
 def _compare(reference: dict, batched: dict) -> tuple[float, str | None]:
     """Worst relative difference over the float tensors both runs have per image, and why the
     rewrite is rejected (None when it is kept)."""
     worst = 0.0
     for tensor, ref in reference.items():
-        if ref.dtype != np.float32 or ref.ndim < 1 or len(ref) != CHECK_IMAGES:
+        if not _floating(ref) or ref.ndim < 1 or len(ref) != CHECK_IMAGES:
             continue  # not per image: shapes, indices, constants
         got = batched.get(tensor)
         if got is None or got.shape != ref.shape:
             return worst, (f"tensor {tensor!r} comes out as {None if got is None else list(got.shape)}"
                            f" for a batch of {CHECK_IMAGES}, {list(ref.shape)} one image at a time")
+        got, ref = got.astype(np.float64), ref.astype(np.float64)
         diff = float(np.abs(got - ref).max(initial=0.0)) / max(1.0, float(np.abs(ref).max(initial=0.0)))
-        if not diff <= PARITY_TOLERANCE:  # also catches NaN
+        # a float16 tensor is as exact as float16 is: a few of its units in the last place
+        tolerance = max(PARITY_TOLERANCE, 4 * float(np.finfo(reference[tensor].dtype).eps))
+        if not diff <= tolerance:  # also catches NaN
             return diff, (f"tensor {tensor!r} differs by {diff:.1e} on a batch from one image "
-                          f"at a time (tolerance {PARITY_TOLERANCE:g})")
+                          f"at a time (tolerance {tolerance:g})")
         worst = max(worst, diff)
     return worst, None
 
@@ -284,5 +323,5 @@ def prepare_foreign(proto: onnx.ModelProto, pre, name: str = "the model") -> tup
     plan = plan_batch(proto, (3, h, w) if pre.layout == "nchw" else (h, w, 3), pre.pixel_range,
                       name)
     layers = foreign_catalogue(proto, pre.layout.upper(), pre.input_size, dict(pre.tensor_layouts),
-                               plan.measured)
+                               plan.measured, plan.dtypes)
     return plan, layers

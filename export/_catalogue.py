@@ -28,6 +28,10 @@ from featurebank.export._graph_ops import (
 )
 from featurebank.export._layers import LayerInfo
 
+#: Element types of activations that can be cut (cast to float32 before pooling).
+_FLOATS = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
+           onnx.TensorProto.BFLOAT16}
+
 
 def input_layout_from_shape(dims: tuple) -> str | None:
     """``NCHW`` or ``NHWC`` when exactly one of axes 1 and 3 has 3 channels, else None."""
@@ -77,7 +81,8 @@ def _infer(proto: onnx.ModelProto, input_dims: list[int] | None = None):
 def foreign_catalogue(proto: onnx.ModelProto, input_layout: str | None = None,
                       input_size: tuple[int, int] | None = None,
                       tensor_layouts: dict[str, str] | None = None,
-                      measured: dict[str, tuple] | None = None) -> list:
+                      measured: dict[str, tuple] | None = None,
+                      measured_types: dict[str, int] | None = None) -> list:
     """Cut points of a foreign graph: 4-D activations with their layout, 2-D vectors, names.
 
     Parameters
@@ -94,7 +99,9 @@ def foreign_catalogue(proto: onnx.ModelProto, input_layout: str | None = None,
     measured : dict, optional
         Shapes (with batch) of the float32 tensors observed by running the graph
         (:func:`featurebank.export._batch.plan_batch`); they win over shape inference, and
-        when given, only these tensors are float activations.
+        when given, only these tensors are floating-point activations.
+    measured_types : dict, optional
+        The ONNX element types of the measured tensors.
 
     Returns
     -------
@@ -115,11 +122,12 @@ def foreign_catalogue(proto: onnx.ModelProto, input_layout: str | None = None,
     shapes, types = _infer(proto, fixed)
     if measured:
         shapes.update(measured)
+    types.update(measured_types or {})
 
     def is_float(t: str) -> bool:
         if measured:
             return t in measured
-        return types.get(t, onnx.TensorProto.FLOAT) == onnx.TensorProto.FLOAT
+        return types.get(t, onnx.TensorProto.FLOAT) in _FLOATS
 
     stated = {t: v.upper() for t, v in (tensor_layouts or {}).items()}
     flow = _follow_layouts(proto, graph_input.name, layout, shapes, stated)
@@ -141,7 +149,10 @@ def foreign_catalogue(proto: onnx.ModelProto, input_layout: str | None = None,
     for tensor, lay in entries:
         share = round(macs[tensor] / total, 6) if total and tensor in macs else None
         for name in names.get(tensor, [tensor]):
-            layers.append(LayerInfo(name, tensor, tuple(shapes[tensor][1:]), share, lay))
+            dtype = types.get(tensor, onnx.TensorProto.FLOAT)
+            layers.append(LayerInfo(name, tensor, tuple(shapes[tensor][1:]), share, lay,
+                                    None if dtype == onnx.TensorProto.FLOAT else
+                                    onnx.TensorProto.DataType.Name(dtype).lower()))
     return layers
 
 

@@ -25,7 +25,8 @@ _MERGES = {"Add", "Sum", "Concat"}
 #: Ops that only copy values (or change their layout or type): never a stage of their own.
 _COPIES = {"Transpose", "Identity", "Dropout", "Pad"}
 #: Ops after the classifier that do not change what the logits are.
-_AFTER_LOGITS = {"Softmax", "LogSoftmax", "Identity", "Cast", "Dropout"}
+_SOFTMAX = {"Softmax", "LogSoftmax"}
+_AFTER_LOGITS = _SOFTMAX | {"Identity", "Cast", "Dropout"}
 _DOWNSAMPLING_POOLS = {"MaxPool", "AveragePool", "LpPool"}
 
 
@@ -78,11 +79,16 @@ def _flattened(tensor: str, consumers, shapes) -> str:
 
 
 def _logits(proto, listed, shapes, nodes, producer) -> str | None:
-    """The first graph output that is a listed 2-D vector, before any Softmax."""
+    """The first graph output that is a listed 2-D vector, before any Softmax (and the
+    nearest to the output of its copies: a float32 output over its float16 source)."""
     for out in proto.graph.output:
         tensor = out.name
-        while tensor in producer and nodes[producer[tensor]].op_type in _AFTER_LOGITS:
-            tensor = nodes[producer[tensor]].input[0]
+        for _ in range(8):
+            op = nodes[producer[tensor]].op_type if tensor in producer else None
+            if op in _SOFTMAX or (op in _AFTER_LOGITS and tensor not in listed):
+                tensor = nodes[producer[tensor]].input[0]
+            else:
+                break
         if tensor in listed and len(shapes.get(tensor, ())) == 2:
             return tensor
     return None

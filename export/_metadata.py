@@ -124,7 +124,7 @@ def read_onnx_metadata(path: str | Path, preprocessing: Preprocessing | None = N
     if META_SPEC in meta:
         try:
             layers = [LayerInfo(d["name"], d["tensor"], tuple(d["shape"]), d.get("flops_share"),
-                                d.get("layout"))
+                                d.get("layout"), d.get("dtype"))
                       for d in json.loads(meta[META_LAYERS])]
             spec = ModelSpec.from_dict(json.loads(meta[META_SPEC]))
             extra = json.loads(meta.get(META_INPUT, "{}"))

@@ -27,11 +27,13 @@ from benchmarks.harness.classic_cnns import (  # noqa: E402 - torch first, or sk
     SIZE,
     make_classics,
     stage_tensors,
+    to_float16,
 )
 
 nn = torch.nn
 PARITY: dict[str, float] = {}  # graph -> worst relative difference from the original graph
 STAGES_FOUND: dict[str, str] = {}
+FP16_PARITY: dict[str, float] = {}
 
 
 def outputs_of(path, tensors: list[str], x: np.ndarray) -> list[np.ndarray]:
@@ -108,6 +110,32 @@ def test_classic_graph_adopts_with_its_stages_and_parity(classics, family, varia
         assert relative(got, want) <= 1e-5, cut
 
 
+@pytest.mark.parametrize("family", ["resnet", "mobilenet"])
+def test_float16_activations_are_cut_and_cast_before_pooling(classics, tmp_path, family):
+    """Float16 weights and activations, float32 input and output: the stages are float16
+    maps, pooled in float32, equal to the original graph's within float16's precision
+    (onnxruntime's optimiser may drop a float16 rounding where the cut graph casts a map to
+    float32: about 3e-5 here; float16's own step is 1e-3)."""
+    c, _ = classics[family, "fixed"]
+    src, adopted = tmp_path / "fp16.onnx", tmp_path / "fp16.adopted.onnx"
+    onnx.save(to_float16(onnx.load(str(c.path))), str(src))
+    adopt(src, adopted, pixel_range=1, channel_order="rgb")
+    info = read_onnx_metadata(adopted)
+    by_name = {la.name: la for la in info.layers}
+    stages = [n for n in by_name if n.startswith("stage.")]
+    assert len(stages) == len(c.stage_scopes) and by_name[stages[0]].dtype == "float16"
+    assert by_name["logits"].tensor == "output" and by_name["logits"].dtype is None
+    cuts = [*stages, "head", "pool", "logits"]
+    pixels = np.random.default_rng(8).integers(0, 256, (3, SIZE, SIZE, 3), np.uint8)
+    refs = outputs_of(src, [by_name[n].tensor for n in cuts], c.to_torch_input(pixels))
+    ex = Extractor(str(adopted), layers=cuts, device="cpu", threads=1)
+    for cut, got, ref in zip(cuts, ex.embed_pixels(pixels), refs, strict=True):
+        ref = ref.astype(np.float64)
+        want = ref if ref.ndim == 2 else ref.mean((2, 3))
+        assert got.dtype == np.float32 and relative(got, want) <= 1e-3, cut
+        FP16_PARITY[family] = max(FP16_PARITY.get(family, 0.0), relative(got, want))
+
+
 def test_classifier_conv_is_never_a_stage(classics):
     """SqueezeNet: the 10x9x9 classifier map is the head, its pooled map the logits."""
     c, adopted = classics["squeezenet", "fixed"]
@@ -132,15 +160,17 @@ def test_layers_lists_the_friendly_cuts_of_a_converted_graph(classics, capsys):
     assert main(["layers", str(adopted), "--all", "--json"]) == 0
     every = json.loads(capsys.readouterr().out)
     assert len(every) > 3 * len(rows) and all(la["layout"] in ("NHWC", "NCHW", "NC") for la in every)
-    # every raw tensor listed is a float activation of the listed shape: no shape, index or
-    # constant tensor (the graph computes many: Casts of biases, a Reshape's shape)
+    # every raw tensor listed is a floating-point activation of the listed shape and type: no
+    # shape, index or constant tensor (the graph computes many: Casts of biases, a shape)
     c, _ = classics["resnet", "converted"]
     tensors = list(dict.fromkeys(la["tensor"] for la in every))
     pixels = np.random.default_rng(1).integers(0, 256, (1, SIZE, SIZE, 3), np.uint8)
     values = outputs_of(c.path, tensors, c.model_input(pixels))
-    shapes = {la["tensor"]: tuple(la["shape"]) for la in every}
+    listed = {la["tensor"]: (tuple(la["shape"]), np.dtype(la.get("dtype", "float32")))
+              for la in every}
+    assert {d for _, d in listed.values()} == {np.dtype("float32"), np.dtype("float64")}  # Casts
     for tensor, value in zip(tensors, values, strict=True):
-        assert value.dtype == np.float32 and value.shape[1:] == shapes[tensor], tensor
+        assert (value.shape[1:], value.dtype) == listed[tensor], tensor
 
 
 class BakedFlat(nn.Module):
@@ -324,4 +354,5 @@ def test_classic_parity_figures():
         print("\nstages found/expected:", json.dumps(STAGES_FOUND, indent=1))
         print("parity (max |diff| / max(1, max |ref|)):",
               json.dumps({k: f"{v:.1e}" for k, v in PARITY.items()}, indent=1))
+        print("float16 graphs:", json.dumps({k: f"{v:.1e}" for k, v in FP16_PARITY.items()}))
         assert max(PARITY.values()) <= 1e-5

@@ -6,6 +6,7 @@ are. Variants are made from that graph with onnx's tools, the way converters rew
 
 - ``fixed``: the torch export as it is (NCHW, RGB, 0-1);
 - ``dynamic``: exported with a dynamic batch axis (the baseline);
+- ``fp16``: float16 weights and activations, float32 input and output (``keep_io_types``);
 - ``converted``: NHWC BGR 0-255 input (the graph transposes and reorders it itself), every
   channel-first op wrapped in Transposes so every activation is NHWC, float64 Cast pairs around
   each ReLU and float32 Cast pairs around each Add, NHWC Concats followed by an Identity, an
@@ -202,7 +203,8 @@ FAMILIES = {"resnet": ResNetish, "squeezenet": SqueezeNetish, "densenet": DenseN
 #: What ``featurebank adopt`` is told about each variant.
 FLAGS = {"fixed": {"pixel_range": 1, "channel_order": "rgb"},
          "dynamic": {"pixel_range": 1, "channel_order": "rgb"},
-         "converted": {"pixel_range": 255, "channel_order": "bgr", "mean": "104,117,123"}}
+         "converted": {"pixel_range": 255, "channel_order": "bgr", "mean": "104,117,123"},
+         "fp16": {"pixel_range": 1, "channel_order": "rgb"}}
 
 
 @dataclass
@@ -222,7 +224,7 @@ class Classic:
 
     def model_input(self, pixels: np.ndarray) -> np.ndarray:
         """This variant's input for uint8 RGB NHWC pixels, converted by hand."""
-        if self.variant != "converted":
+        if self.variant != "converted":  # fp16 takes float32 and casts it itself
             return self.to_torch_input(pixels)
         return np.ascontiguousarray(pixels[..., ::-1].astype(np.float32)
                                     - np.float32([104, 117, 123]))
@@ -258,8 +260,9 @@ def make_classics(root: Path, families=tuple(FAMILIES),
             if variant == "dynamic":
                 export(module, path, dynamic=True)
             elif variant == "converted":
-                proto = convert_like_a_converter(onnx.load(str(fixed)))
-                onnx.save(proto, str(path))
+                onnx.save(convert_like_a_converter(onnx.load(str(fixed))), str(path))
+            elif variant == "fp16":
+                onnx.save(to_float16(onnx.load(str(fixed))), str(path))
             out.append(Classic(family, variant, path if variant != "fixed" else fixed,
                                FLAGS[variant], module.STAGES, fixed))
     return out
@@ -360,6 +363,38 @@ def _channel_first(node, k, rank4, weights, inits) -> list:
 def _strided_padded(node: onnx.NodeProto) -> bool:
     attrs = {a.name: list(a.ints) for a in node.attribute}
     return any(v > 1 for v in attrs.get("strides", [])) and any(attrs.get("pads", []))
+
+
+def to_float16(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """Float16 weights and activations with float32 input and output (as converters'
+    ``keep_io_types`` leave a graph): one Cast after the input, one before each output."""
+    model = onnx.ModelProto()
+    model.CopyFrom(proto)
+    g = model.graph
+    for t in g.initializer:
+        if t.data_type == TensorProto.FLOAT:
+            t.CopyFrom(onnx.numpy_helper.from_array(
+                onnx.numpy_helper.to_array(t).astype(np.float16), t.name))
+    for node in g.node:
+        for a in node.attribute:
+            if a.name == "value" and a.t.data_type == TensorProto.FLOAT:
+                a.t.CopyFrom(onnx.numpy_helper.from_array(
+                    onnx.numpy_helper.to_array(a.t).astype(np.float16)))
+        if node.op_type == "Cast":
+            next(a for a in node.attribute if a.name == "to").i = TensorProto.FLOAT16
+    source, outputs = g.input[0].name, [o.name for o in g.output]
+    renamed = {source: f"{source}__f16", **{o: f"{o}__f16" for o in outputs}}
+    for node in g.node:
+        node.input[:] = [renamed.get(i, i) for i in node.input]
+        node.output[:] = [renamed.get(o, o) for o in node.output]
+    nodes = [helper.make_node("Cast", [source], [renamed[source]], to=TensorProto.FLOAT16),
+             *g.node, *(helper.make_node("Cast", [renamed[o]], [o], to=TensorProto.FLOAT)
+                        for o in outputs)]
+    del g.node[:]
+    g.node.extend(nodes)
+    del g.value_info[:]
+    onnx.checker.check_model(model)
+    return model
 
 
 def _rank4(proto: onnx.ModelProto) -> set[str]:

@@ -18,10 +18,11 @@ _END = np.iinfo(np.int64).max
 
 
 def run_in_chunks(nodes: list, initializers: list, input_name: str, source: str,
-                  targets: dict[str, int], batch: int,
+                  targets: dict[str, tuple[int, int]], batch: int,
                   opset: int) -> tuple[list, list, dict[str, str]]:
-    """Nodes that compute ``targets`` (tensor -> rank) for a batch ``source`` of any size with
-    ``nodes``, which read ``input_name`` and run only on batches of ``batch``.
+    """Nodes that compute ``targets`` (tensor -> (rank, ONNX element type)) for a batch
+    ``source`` of any size with ``nodes``, which read ``input_name`` and run only on batches
+    of ``batch``.
 
     Returns the outer nodes, their initializers, and target -> its name in the outer graph
     (``[N, ...]``, in the order of ``source``).
@@ -59,8 +60,8 @@ def run_in_chunks(nodes: list, initializers: list, input_name: str, source: str,
     body = helper.make_graph(
         nodes, "fb_chunk", [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, None)],
         # onnxruntime wants the rank of a Scan body's outputs
-        [helper.make_tensor_value_info(t, TensorProto.FLOAT, [None] * rank)
-         for t, rank in targets.items()],
+        [helper.make_tensor_value_info(t, elem_type, [None] * rank)
+         for t, (rank, elem_type) in targets.items()],
         initializer=initializers)
     stacked = [f"fb.chunk.out{i}" for i in range(len(targets))]
     nodes_out.append(helper.make_node("Scan", [chunked], stacked, body=body, num_scan_inputs=1))

@@ -193,7 +193,7 @@ def build_feature_graph(
     where = {t: t for t in targets}
     if batch:  # the model runs on chunks of its own batch, inside a Scan
         _prepend_normalisation(head, inits, "fb.input", model_spec.preprocessing)
-        ranks = {la.tensor: len(la.shape) + 1 for la in chosen}
+        ranks = {la.tensor: (len(la.shape) + 1, _elem_type(la)) for la in chosen}
         kept, weights, where = run_in_chunks(kept, weights, info.input_name, "fb.input", ranks,
                                              int(batch), opset)
     else:
@@ -205,8 +205,11 @@ def build_feature_graph(
         prefix = la.tensor.replace("/", "_")
         prefix = prefix if prefix not in prefixes else f"{prefix}.{la.name}"
         prefixes.add(prefix)
-        _append_pooling(nodes, inits, where[la.tensor], out, layout, pool, gem_p, normalize, opset,
-                        prefix)
+        source = where[la.tensor]
+        if la.dtype is not None:  # a float16 or double activation: pooled in float32
+            nodes.append(helper.make_node("Cast", [source], [f"{prefix}.f32"], to=TensorProto.FLOAT))
+            source = f"{prefix}.f32"
+        _append_pooling(nodes, inits, source, out, layout, pool, gem_p, normalize, opset, prefix)
         outputs.append(helper.make_tensor_value_info(out, TensorProto.FLOAT, ["N", None]))
         channels = la.shape[0] if layout == "NCHW" else la.shape[-1]
         dims.append(int(np.prod(la.shape)) if pool == "none" or layout == "NC" else channels)
@@ -223,6 +226,11 @@ def build_feature_graph(
     onnx.checker.check_model(model)
     return FeatureGraph(model, specs, dims, [o.name for o in outputs], model_spec,
                         int(batch) if batch else None)
+
+
+def _elem_type(la: LayerInfo) -> int:
+    """The ONNX element type of a cut (float32 unless its catalogue entry says otherwise)."""
+    return getattr(TensorProto, la.dtype.upper()) if la.dtype else TensorProto.FLOAT
 
 
 def _const(inits: list, name: str, value) -> str:
