@@ -27,8 +27,8 @@ from benchmarks.harness.classic_cnns import (  # noqa: E402 - torch first, or sk
     SIZE,
     make_classics,
     stage_tensors,
-    to_float16,
 )
+from benchmarks.harness.onnx_variants import to_float16  # noqa: E402
 
 nn = torch.nn
 PARITY: dict[str, float] = {}  # graph -> worst relative difference from the original graph
