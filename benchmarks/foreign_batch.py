@@ -83,7 +83,7 @@ def main() -> int:
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        for c in make_classics(root):
+        for c in make_classics(root, variants=("fixed", "converted", "fp16")):
             rows[f"{c.family}.{c.variant}"] = measure(f"{c.family}.{c.variant}", c.path, c.flags,
                                                       SIZE, args.images, root)
         rows["lite0.converted"] = measure("lite0.converted", make_foreign_lite(root), LITE_FLAGS,

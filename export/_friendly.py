@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import onnx
 
-from featurebank.export._graph_ops import FLATTENS, KEEPS_LAYOUT, WEIGHTED, Flow
+from featurebank.export._graph_ops import FLATTENS, WEIGHTED, Flow
 
 #: A block's output is a merge of two or more activations (a residual sum, a concatenation).
 _MERGES = {"Add", "Sum", "Concat"}
@@ -28,6 +28,11 @@ _COPIES = {"Transpose", "Identity", "Dropout", "Pad"}
 _SOFTMAX = {"Softmax", "LogSoftmax"}
 _AFTER_LOGITS = _SOFTMAX | {"Identity", "Cast", "Dropout"}
 _DOWNSAMPLING_POOLS = {"MaxPool", "AveragePool", "LpPool"}
+#: What may follow a block's merge and still be its output: activations and copies (not a
+#: normalisation: ConvNeXt's down-sampling LayerNorm after the last block starts the next stage).
+_AFTER_MERGE = {"Relu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "LeakyRelu", "PRelu",
+                "Elu", "Selu", "Celu", "Gelu", "Tanh", "Softplus", "Mish", "Swish",
+                "ThresholdedRelu", "Cast", "Identity", "Dropout", "Transpose"}
 
 
 def friendly_names(proto: onnx.ModelProto, entries: list[tuple[str, str | None]],
@@ -169,8 +174,7 @@ def stage_outputs(proto: onnx.ModelProto, entries, shapes, flow: Flow,
             inputs = _data_inputs(node, flow)
             if node.op_type in _MERGES and len(inputs) >= 2:
                 return True
-            if len(inputs) != 1 or inputs[0] not in producer or \
-                    node.op_type not in KEEPS_LAYOUT | {"Transpose"}:
+            if len(inputs) != 1 or inputs[0] not in producer or node.op_type not in _AFTER_MERGE:
                 return False
             t = inputs[0]
         return False

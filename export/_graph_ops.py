@@ -16,7 +16,12 @@ KEEPS_LAYOUT = {"Relu", "Clip", "Add", "Sub", "Mul", "Div", "Sigmoid", "HardSigm
                  "HardSwish", "LeakyRelu", "PRelu", "Elu", "Selu", "Gelu", "Tanh", "Erf", "Pow",
                  "Sqrt", "Max", "Min", "Neg", "Abs", "Exp", "Log", "Softplus", "Softsign", "Mish",
                  "Sum", "Mean", "Identity", "Cast", "Dropout", "Concat", "Slice", "Split", "Pad",
-                 "Resize", "Upsample", "Where", "Celu", "ThresholdedRelu", "Round", "Floor"}
+                 "Resize", "Upsample", "Where", "Celu", "ThresholdedRelu", "Round", "Floor",
+                 "Ceil", "Reciprocal", "Swish",
+                 # normalisations that leave every value where it is (ConvNeXt's LayerNorm on
+                 # NHWC maps normalises over C; the axes keep their meaning)
+                 "LayerNormalization", "GroupNormalization", "LpNormalization",
+                 "MeanVarianceNormalization", "Softmax", "LogSoftmax"}
 WEIGHTED = {"Conv", "ConvTranspose", "Gemm", "MatMul", "QLinearConv", "ConvInteger",
              "MatMulInteger", "QLinearMatMul"}
 REDUCE_POOLS = {"ReduceMean", "ReduceMax"}

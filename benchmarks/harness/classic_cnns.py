@@ -198,8 +198,51 @@ class MobileNetish(_Net):
         return self.head(self.conv_head(self.blocks(self.stem(x))))
 
 
+class LayerNorm2d(nn.LayerNorm):
+    """ConvNeXt's channel LayerNorm on NCHW maps: permute to NHWC, normalise, permute back."""
+
+    def forward(self, x):
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class NeXtBlock(nn.Module):
+    def __init__(self, dim):
+        super().__init__()
+        self.dw = nn.Conv2d(dim, dim, 7, 1, 3, groups=dim)
+        self.norm = nn.LayerNorm(dim)
+        self.fc1, self.fc2 = nn.Linear(dim, 4 * dim), nn.Linear(4 * dim, dim)
+        self.gamma = nn.Parameter(torch.full((dim,), 0.5))
+
+    def forward(self, x):
+        y = self.norm(self.dw(x).permute(0, 2, 3, 1))  # NHWC: LayerNorm and Linear on C
+        y = self.gamma * self.fc2(nn.functional.gelu(self.fc1(y)))
+        return x + y.permute(0, 3, 1, 2)
+
+
+class ConvNeXtish(_Net):
+    """ConvNeXt: NHWC LayerNorms and Linears inside NCHW blocks (not converted: its NHWC
+    stretches are not NCHW maps a converter would transpose)."""
+
+    STAGES = ("/stage1/stage1.1/", "/stage2/stage2.1/", "/stage3/stage3.1/")
+    CONVERTIBLE = False
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 4, 4), LayerNorm2d(8))
+        self.stage1 = nn.Sequential(NeXtBlock(8), NeXtBlock(8))
+        self.down2 = nn.Sequential(LayerNorm2d(8), nn.Conv2d(8, 16, 2, 2))
+        self.stage2 = nn.Sequential(NeXtBlock(16), NeXtBlock(16))
+        self.down3 = nn.Sequential(LayerNorm2d(16), nn.Conv2d(16, 24, 2, 2))
+        self.stage3 = nn.Sequential(NeXtBlock(24), NeXtBlock(24))
+        self.fc = nn.Linear(24, CLASSES)
+
+    def forward(self, x):
+        x = self.stage2(self.down2(self.stage1(self.stem(x))))
+        return self.head(self.stage3(self.down3(x)))
+
+
 FAMILIES = {"resnet": ResNetish, "squeezenet": SqueezeNetish, "densenet": DenseNetish,
-            "mobilenet": MobileNetish}
+            "mobilenet": MobileNetish, "convnext": ConvNeXtish}
 #: What ``featurebank adopt`` is told about each variant.
 FLAGS = {"fixed": {"pixel_range": 1, "channel_order": "rgb"},
          "dynamic": {"pixel_range": 1, "channel_order": "rgb"},
@@ -256,6 +299,8 @@ def make_classics(root: Path, families=tuple(FAMILIES),
         fixed = root / f"{family}.fixed.onnx"
         export(module, fixed)
         for variant in variants:
+            if variant == "converted" and not getattr(module, "CONVERTIBLE", True):
+                continue
             path = root / f"{family}.{variant}.onnx"
             if variant == "dynamic":
                 export(module, path, dynamic=True)

@@ -61,7 +61,8 @@ def convert_like_a_converter(proto: onnx.ModelProto) -> onnx.ModelProto:
     graph = helper.make_graph(
         nodes, "converted", [helper.make_tensor_value_info("x_bgr", TensorProto.FLOAT,
                                                            [1, *hw, 3])],
-        list(g.output), initializer=list(g.initializer) + inits)
+        list(g.output), initializer=[t for t in [*g.initializer, *inits]
+                                     if any(t.name in n.input for n in nodes)])
     model = helper.make_model(graph, opset_imports=proto.opset_import,
                               producer_name="converter-like")
     model.ir_version = proto.ir_version
