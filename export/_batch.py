@@ -4,11 +4,13 @@ Model-zoo graphs are often exported at a fixed batch of 1: the input is ``[1, 3,
 and a ``Reshape`` to ``[1, -1]`` (or a ``Flatten`` on axis 0) sits before the classifier.
 :func:`rewrite_batch` declares the input's batch axis symbolic and turns those batch
 constants into "copy the input's batch" (``[0, -1]``). The rewrite is trusted only when
-:func:`plan_batch` has run it: on a batch of images, every float tensor it computes must equal
-what the untouched graph computes on the images one at a time (within 1e-5, relative to
-``max(1, max |reference|)``). Otherwise the graph keeps its own batch and featurebank feeds it
-chunks of that batch (``featurebank.extractor.graphs`` wraps it in a ``Scan``): a graph that
-runs on one image is never refused.
+:func:`plan_batch` has run it: on a batch of images, every floating-point tensor it computes
+from the image must equal what the untouched graph computes on the images one at a time
+(within 1e-5, relative to ``max(1, max |reference|)``; a float16 tensor within 4 of its own
+units in the last place). If not, the batch axis alone is tried; otherwise the graph keeps its
+own batch and featurebank feeds it chunks of that batch (``featurebank.extractor.graphs``
+wraps it in a ``Scan``; a graph older than opset 11 is converted for that, and checked): a
+graph that runs on one image is never refused.
 
 The same runs measure the shape of every float tensor, for the layer catalogue.
 """
@@ -84,9 +86,9 @@ def declared_batch(proto: onnx.ModelProto) -> int | None:
 
 
 def rewrite_batch(proto: onnx.ModelProto, batch: int = 1,
-                  constants: bool = True) -> tuple[onnx.ModelProto, list[str]]:
+                  rewrite_constants: bool = True) -> tuple[onnx.ModelProto, list[str]]:
     """A copy that takes any batch: symbolic batch axis on the input and outputs and, with
-    ``constants``, the batch constants of ``Reshape`` (a leading ``batch``) and
+    ``rewrite_constants``, the batch constants of ``Reshape`` (a leading ``batch``) and
     ``Flatten(axis=0)`` of image data made batch-free.
 
     Returns the copy and a description of each change. The copy is a candidate: only
@@ -107,7 +109,7 @@ def rewrite_batch(proto: onnx.ModelProto, batch: int = 1,
     replaced: list[str] = []
     static = static_tensors(model)  # a Reshape of constants does not depend on the batch
     for k, node in enumerate(model.graph.node):
-        if not constants or not node.input or node.input[0] in static:
+        if not rewrite_constants or not node.input or node.input[0] in static:
             continue
         if node.op_type == "Reshape" and len(node.input) > 1 and node.input[1] in constants:
             shape = numpy_helper.to_array(constants[node.input[1]]).astype(np.int64).ravel()
@@ -189,10 +191,10 @@ def plan_batch(proto: onnx.ModelProto, input_shape: tuple[int, ...], pixel_range
     per_image = {t: v for t, v in reference.items()
                  if _floating(v) and v.ndim >= 1 and len(v) == CHECK_IMAGES}
     measured = {t: (own, *v.shape[1:]) for t, v in per_image.items()}
-    dtypes = {t: onnx.helper.np_dtype_to_tensor_dtype(v.dtype) for t, v in per_image.items()}
+    dtypes = {t: int(onnx.helper.np_dtype_to_tensor_dtype(v.dtype)) for t, v in per_image.items()}
     why = None
-    for constants in (True, False):  # the rewrite, then the batch axis alone
-        candidate, changes = rewrite_batch(proto, own, constants)
+    for rewrite_constants in (True, False):  # the rewrite, then the batch axis alone
+        candidate, changes = rewrite_batch(proto, own, rewrite_constants)
         try:
             batched = _run(_with_every_output(candidate), images)
         except Exception as exc:  # noqa: BLE001 - a graph that bakes in its batch in other ways

@@ -134,7 +134,7 @@ def foreign_catalogue(proto: onnx.ModelProto, input_layout: str | None = None,
     macs = _cumulative_macs(proto, shapes)
     total = max(macs.values(), default=0)
 
-    entries: list[tuple[str, str]] = []  # (tensor, layout) of every cut candidate, graph order
+    entries: list[tuple[str, str | None]] = []  # (tensor, layout) of every cut candidate
     for node in proto.graph.node:
         for out in node.output:
             if out not in flow.learned or out in flow.static or not is_float(out):
