@@ -192,9 +192,12 @@ def plan_batch(proto: onnx.ModelProto, input_shape: tuple[int, ...], pixel_range
                  if _floating(v) and v.ndim >= 1 and len(v) == CHECK_IMAGES}
     measured = {t: (own, *v.shape[1:]) for t, v in per_image.items()}
     dtypes = {t: int(onnx.helper.np_dtype_to_tensor_dtype(v.dtype)) for t, v in per_image.items()}
-    why = None
+    why, rewritten = None, True
     for rewrite_constants in (True, False):  # the rewrite, then the batch axis alone
         candidate, changes = rewrite_batch(proto, own, rewrite_constants)
+        if not rewrite_constants and not rewritten:
+            break  # the rewrite changed no constant: the same graph failed already
+        rewritten = bool(changes)
         try:
             batched = _run(_with_every_output(candidate), images)
         except Exception as exc:  # noqa: BLE001 - a graph that bakes in its batch in other ways
@@ -208,8 +211,6 @@ def plan_batch(proto: onnx.ModelProto, input_shape: tuple[int, ...], pixel_range
                          "; ".join(changes), worst)
             return BatchPlan(candidate, None, tuple(changes), worst, measured, None, dtypes)
         why = why or failed
-        if not changes:
-            break  # the same graph again
     return replace(_fixed(proto, own, measured, why, reference, images, name), dtypes=dtypes)
 
 
