@@ -160,12 +160,10 @@ class ModelSpec:
     weights_sha256: str
     preprocessing: Preprocessing = field(default_factory=Preprocessing)
     source: str = "featurebank"  # featurebank | torchvision | timm | onnx (foreign file)
-    naming: int = 1
+    naming: int = option(1, Options(NAMING_RULES))
 
     def __post_init__(self) -> None:
-        if self.naming not in NAMING_RULES:
-            raise ValueError(f"model spec naming rule must be one of {NAMING_RULES}, got "
-                             f"{self.naming!r}; a newer featurebank wrote this spec")
+        check_options(self, prefix="model.")  # a rule this version does not know: a newer spec
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -345,7 +345,7 @@ def test_naming_rule_in_the_spec():
     new = ModelSpec("onnx-0", "0" * 64, source="onnx", naming=2)
     assert ModelSpec.from_dict(new.to_dict()) == new
     assert FeatureSpec(new, "stage.1").fingerprint() != FeatureSpec(old, "stage.1").fingerprint()
-    with pytest.raises(ValueError, match="naming"):
+    with pytest.raises(ValueError, match="model.naming must be one of"):
         ModelSpec("onnx-0", "0" * 64, naming=3)
 
 
