@@ -24,6 +24,7 @@ from featurebank.errors import FeaturebankError
 from featurebank.extractor._extractor import Extractor
 from featurebank.extractor._inputs import ImageItem
 from featurebank.extractor.engines._common import EmbedRun, EmbedSummary, Prepared, prepare_file
+from featurebank.extractor.sources import iter_payloads
 from featurebank.extractor.store._store import FeatureStore
 from featurebank.spec import FeatureSpec
 
@@ -102,9 +103,11 @@ def _run(items: list[ImageItem], ex: Extractor, store: FeatureStore,
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode")
     try:
         pending: deque = deque()
-        for item in items:
+        # container members arrive read (one streaming pass per shard or parquet file);
+        # plain files and URLs are read by the pool's threads
+        for item, data in iter_payloads(items):
             pending.append((pool.submit(prepare_file, item.path, ex.spec_preprocessing,
-                                        ex.max_pixels, done), item))
+                                        ex.max_pixels, done, data), item))
             if len(pending) >= window:
                 _consume(result(*pending.popleft()), summary, done, in_run, batch, images, failures)
                 if len(batch) >= batch_size or len(images) + len(failures) >= 4 * batch_size:

@@ -17,7 +17,9 @@ import numpy as np
 from featurebank.spec import FeatureSpec
 
 # 2: absolute paths, the collection roots, per-set row shapes and the /commits log.
-FORMAT_VERSION = 2
+# 3: a path may also be a URL, a tar shard member (``shard.tar#KEY.jpg``) or a parquet row
+#    (``file.parquet#row=N``); every version-2 store is a valid version-3 store.
+FORMAT_VERSION = 3
 KEY_DTYPE = "S64"
 BYTES_DTYPE = h5py.vlen_dtype(bytes)  # paths as bytes: file names need not be UTF-8
 STR_DTYPE = h5py.string_dtype("utf-8")

@@ -14,8 +14,10 @@ A second writer is refused (or, with ``wait``, waits its turn) by an ``fcntl.flo
 ``STORE.h5.lock``; the kernel drops that lock when its process dies, so a killed run never leaves
 a stale lock behind, and a writer that closes removes the file.
 
-Paths are stored absolute (format version 2): a store read from another folder finds its images.
-A version-1 store (relative paths) opens read-only; ``featurebank store upgrade`` converts it."""
+Paths are stored absolute (format version 2), or as URLs, tar members and parquet rows (3): a
+store read from another folder finds its images. A version-1 store (relative paths) opens
+read-only; ``featurebank store upgrade`` converts it. A version-2 store is raised to 3 when a
+writer first opens it (the paths stay valid)."""
 
 from __future__ import annotations
 
@@ -49,6 +51,7 @@ from featurebank.extractor.store._lock import (
     retry_read,
 )
 from featurebank.extractor.store._tables import TableWriter
+from featurebank.extractor.store._upgrade import raise_version
 from featurebank.spec import FeatureSpec
 
 log = logging.getLogger(__name__)
@@ -152,6 +155,10 @@ class FeatureStore(TableWriter):
                 raise FeaturebankError(
                     f"store {self.path} is a sharded store written by the Ray engine; add to it "
                     "with 'featurebank embed --engine ray', or embed into another store")
+        if self.format_version == 2:  # every version-2 path is a version-3 path
+            raise_version(self.path)
+            log.info("store %s: format version 2 raised to %d", self.path, FORMAT_VERSION)
+            self.format_version = FORMAT_VERSION
         if self.format_version < FORMAT_VERSION:
             raise FeaturebankError(upgrade_message(self.path, self.format_version))
 
@@ -416,6 +423,9 @@ class FeatureStore(TableWriter):
 
 
 def upgrade_message(path, version: int) -> str:
+    if version == 2:
+        return (f"store {path} has format version 2; 'featurebank store upgrade {path}' raises "
+                f"it to {FORMAT_VERSION} (nothing in it changes)")
     return (f"store {path} has format version {version}, whose paths are relative to the folder "
             f"'featurebank embed' ran in; it can be read but not added to. Upgrade it once with "
             f"'featurebank store upgrade {path} --root DIR' (DIR: that folder) to store them "

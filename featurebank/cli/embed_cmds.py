@@ -64,7 +64,9 @@ def feature_options_from_args(args, **extra) -> FeatureOptions:
 
 def register(sub) -> None:
     p = sub.add_parser("embed", help="embed images into an HDF5 feature store",
-                       description="Embed folders (sub-folder = label), list files or globs. "
+                       description="Embed folders (sub-folder = label), list files (CSV, JSON lines, "
+                       "parquet), webdataset tar shards, parquet files with image bytes or globs, "
+                       "local or as fsspec URLs (s3://, gs://, az://, https://). "
                        "Only content not yet in the store is computed.")
     p.add_argument("inputs", nargs="+", metavar="INPUT")
     p.add_argument("--store", required=True, help="HDF5 store (created when absent)")
@@ -79,6 +81,13 @@ def register(sub) -> None:
                    help="images sampled from the input to calibrate int8 on (default: 128)")
     p.add_argument("--engine", default="local", choices=ENGINES)
     p.add_argument("--address", default=None, help="Ray cluster address (with --engine ray)")
+    p.add_argument("--split", default=None, metavar="NAME",
+                   help="keep only rows of list/parquet inputs whose 'split' column is NAME")
+    p.add_argument("--image-column", default=None, metavar="NAME",
+                   help="parquet column holding image bytes (default: 'image', else the only "
+                        "binary column)")
+    p.add_argument("--label-column", default="label", metavar="NAME",
+                   help="label column of list and parquet inputs (default: label)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=run_embed)
@@ -86,11 +95,15 @@ def register(sub) -> None:
 
 def run_embed(args) -> int:
     from featurebank.extractor.engines import EmbedRun, embed_collection
+    from featurebank.extractor.sources import SourceOptions
 
     run = EmbedRun(batch_size=args.batch_size, workers=args.workers, device=args.device,
                    threads=args.threads, dtype=args.dtype, progress=not args.no_progress,
                    engine=args.engine, address=args.address, calibration_size=args.calibration)
+    sources = SourceOptions(split=args.split, image_column=args.image_column,
+                            label_column=args.label_column)
     summary = embed_collection(args.inputs, args.store,
-                               feature_options_from_args(args, precision=args.precision), run=run)
+                               feature_options_from_args(args, precision=args.precision), run=run,
+                               sources=sources)
     print(json.dumps(summary.to_dict()) if args.json else summary)
     return 0
