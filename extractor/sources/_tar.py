@@ -97,11 +97,12 @@ def iter_tar(container: str, members: list[str]) -> Iterator[tuple[str, bytes | 
             for m in tf:
                 if m.name not in wanted:
                     continue
-                wanted.discard(m.name)
                 where = member_path(container, m.name)
                 data = tf.extractfile(m) if m.isfile() else None
-                yield m.name, (data.read() if data is not None else
-                               DecodeError("not a regular file in the shard", where))
+                payload = (data.read() if data is not None else
+                           DecodeError("not a regular file in the shard", where))
+                wanted.discard(m.name)  # after the read: a member cut short is reported below
+                yield m.name, payload
                 if not wanted:
                     return
         reason = "not in the shard"

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import h5py
 import numpy as np
 
+from featurebank.extractor.sources import local_form
 from featurebank.spec import FeatureSpec
 
 # 2: absolute paths, the collection roots, per-set row shapes and the /commits log.
@@ -78,8 +79,9 @@ def decode_path(raw) -> str:
 
 def absolute(path: str) -> str:
     """The absolute form of a path as the user gave it (against the current folder); symlinks
-    are kept, since the link's name is what the user chose."""
-    return os.path.abspath(os.fspath(path))
+    are kept, since the link's name is what the user chose. URLs stay as they are (``file://``
+    ones become local paths)."""
+    return local_form(os.fspath(path))
 
 
 def decode_texts(values) -> list[str]:
