@@ -77,3 +77,34 @@ def write_bytes_parquet(path: Path, images, column: str = "jpg") -> Path:
                              "thumb": [d[:16] for _, _, d in images],
                              "label": [lab for _, lab, _ in images]}), path)
     return path
+
+
+def folder_reference(root: Path, images, extractor) -> dict:
+    """Embed the images as a folder: content key -> (vector, label) of its store."""
+    from featurebank.extractor import FeatureStore, embed_collection
+
+    store = root / "folder.h5"
+    embed_collection([str(write_folder(root / "images", images))], store, extractor=extractor,
+                     dtype="float32", progress=False, batch_size=4)
+    f = FeatureStore(store).read()
+    return {k: (x, y) for k, x, y in zip(f.keys, f.X, f.y, strict=True)}
+
+
+def assert_same_as_folder(store, reference: dict, expected_rows: int | None = None):
+    """Same content keys, labels and vectors as the folder's store, row for row, and each
+    stored path reads back the very bytes its key was computed from (features stay aligned
+    with their sources). Returns the store's features."""
+    import hashlib
+
+    from featurebank.extractor import FeatureStore
+    from featurebank.extractor.sources import open_source
+
+    f = FeatureStore(store).read()
+    assert len(f.keys) == (expected_rows or len(reference))
+    for key, x, y, path in zip(f.keys, f.X, f.y, f.paths, strict=True):
+        ref_x, ref_y = reference[key]
+        assert y == ref_y, (path, y, ref_y)
+        np.testing.assert_allclose(x, ref_x, rtol=1e-4, atol=1e-5)
+        assert hashlib.sha256(open_source(path)).hexdigest() == key, path
+    assert FeatureStore(store).failures() == []
+    return f

@@ -8,7 +8,6 @@ import hashlib
 import json
 import tarfile
 
-import numpy as np
 import pytest
 
 from featurebank.cli import main
@@ -22,7 +21,9 @@ from featurebank.extractor.sources import (
 )
 from featurebank.extractor.store._store import FORMAT_VERSION, FeatureStore
 from tests._collections import (
+    assert_same_as_folder,
     digit_images,
+    folder_reference,
     write_bytes_parquet,
     write_folder,
     write_hf_parquet,
@@ -44,27 +45,7 @@ def extractor(lite0_onnx) -> Extractor:
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, images, extractor):
-    """The folder's store: content key -> (vector, label)."""
-    root = tmp_path_factory.mktemp("ref")
-    store = root / "folder.h5"
-    embed_collection([str(write_folder(root / "images", images))], store, extractor=extractor,
-                     dtype="float32", progress=False, batch_size=4)
-    f = FeatureStore(store).read()
-    return {k: (x, y) for k, x, y in zip(f.keys, f.X, f.y, strict=True)}
-
-
-def assert_same_as_folder(store, reference, expected_rows=None):
-    """Same content keys, labels and vectors as the folder's store, and each stored path reads
-    back the very bytes its key was computed from (features stay aligned with sources)."""
-    f = FeatureStore(store).read()
-    assert len(f.keys) == (expected_rows or len(reference))
-    for key, x, y, path in zip(f.keys, f.X, f.y, f.paths, strict=True):
-        ref_x, ref_y = reference[key]
-        assert y == ref_y, (path, y, ref_y)
-        np.testing.assert_allclose(x, ref_x, rtol=1e-4, atol=1e-5)
-        assert hashlib.sha256(open_source(path)).hexdigest() == key, path
-    assert FeatureStore(store).failures() == []
-    return f
+    return folder_reference(tmp_path_factory.mktemp("ref"), images, extractor)
 
 
 def test_each_input_kind_embeds_to_the_folders_vectors(tmp_path, images, extractor, reference):

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import os
+import posixpath
 import re
 from dataclasses import dataclass
 
@@ -145,6 +146,7 @@ def join(base: str, relative: str) -> str:
         return local_form(relative)
     if os.path.isabs(relative):
         return os.path.abspath(relative)
-    if is_url(base):
-        return f"{base.rstrip('/')}/{relative}"
+    if is_url(base):  # ../x against s3://b/lists -> s3://b/x
+        scheme, _, rest = base.partition("://")
+        return f"{scheme}://" + posixpath.normpath(rest.rstrip("/") + "/" + relative)
     return os.path.abspath(os.path.join(base, relative))
