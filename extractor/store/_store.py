@@ -411,15 +411,21 @@ class FeatureStore(TableWriter):
         """The rows of one feature set shaped ``[rows, *row_shape]`` (float32)."""
         return self.read(layer_or_fingerprint).maps()
 
+    def export(self, out: str | Path, layer_or_fingerprint: str | None = None,
+               chunk_rows: int | None = None) -> Path:
+        """Write one feature set to ``out``: ``.parquet``, ``.npz`` or ``.npy`` by its extension
+        (another one is refused), streamed by row chunks (bounded memory); see
+        :func:`featurebank.extractor.store._export.export_features`."""
+        from featurebank.extractor.store._export import export_features
+
+        return export_features(self, out, layer_or_fingerprint, chunk_rows)
+
     def export_npz(self, out: str | Path, layer_or_fingerprint: str | None = None) -> Path:
-        """Write ``features``, ``keys``, ``paths``, ``labels`` (and the spec JSON) to ``out``."""
-        feats = self.read(layer_or_fingerprint)
-        out = Path(out)
-        tmp = out.with_name(f".{out.name}.tmp.npz")
-        np.savez(tmp, features=feats.X, keys=feats.keys, paths=feats.paths, labels=feats.y,
-                 spec=np.array(feats.spec.to_json()))
-        os.replace(tmp, out)
-        return out
+        """Write ``features``, ``keys``, ``paths``, ``labels`` (and the spec JSON) to ``out``
+        as an npz file, whatever its name."""
+        from featurebank.extractor.store._export import export_features
+
+        return export_features(self, out, layer_or_fingerprint, fmt=".npz")
 
 
 def upgrade_message(path, version: int) -> str:

@@ -12,9 +12,13 @@ def register(sub) -> None:
     info.add_argument("store")
     info.add_argument("--json", action="store_true")
     info.set_defaults(func=run_info)
-    exp = ssub.add_parser("export", help="write one feature set to .npz")
+    exp = ssub.add_parser("export", help="write one feature set to .parquet, .npz or .npy",
+                          description="The format follows the output's extension: .parquet "
+                          "(key, path, label, vector; the spec in the file's metadata), .npz "
+                          "(features, keys, paths, labels, spec) or .npy (the vectors alone). "
+                          "Rows are streamed in chunks: memory stays bounded.")
     exp.add_argument("store")
-    exp.add_argument("-o", "--output", required=True)
+    exp.add_argument("-o", "--output", required=True, metavar="FILE.parquet|npz|npy")
     exp.add_argument("--layer", default=None, help="layer name or fingerprint")
     exp.set_defaults(func=run_export)
     up = ssub.add_parser("upgrade", help="rewrite an older store at the current format (3)",
@@ -65,7 +69,7 @@ def run_info(args) -> int:
 def run_export(args) -> int:
     from featurebank.extractor.store import FeatureStore
 
-    out = FeatureStore(args.store).export_npz(args.output, args.layer)
+    out = FeatureStore(args.store).export(args.output, args.layer)
     print(f"wrote {out}")
     return 0
 
