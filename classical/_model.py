@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from featurebank.errors import FeaturebankError
-from featurebank.export._metadata import featurebank_version
+from featurebank.export import featurebank_version
 from featurebank.extractor.sources import is_url, parse_source, read_all
 from featurebank.spec import FeatureSpec
 
@@ -37,7 +37,7 @@ def raw_pixels(paths, side: int = PIXEL_SIDE) -> np.ndarray:
             if isinstance(data, Exception):
                 raise data
             with Image.open(io.BytesIO(data)) as im:
-                out[i] = np.asarray(im.convert("L").resize((side, side), Image.BILINEAR),
+                out[i] = np.asarray(im.convert("L").resize((side, side), Image.Resampling.BILINEAR),
                                     np.float32).ravel() / 255.0
         except Exception as exc:
             raise FeaturebankError(f"raw-pixel baseline: cannot read {paths[i]} ({exc})") from exc
@@ -47,7 +47,8 @@ def raw_pixels(paths, side: int = PIXEL_SIDE) -> np.ndarray:
 def check_images(paths, where: str) -> None:
     """Refuse, before any work, to re-read images that are not there.
 
-    Stores (format 2 and 3) hold absolute paths or URLs; a relative one comes from a version-1 store, whose
+    Stores (format 2 and 3) hold absolute paths or URLs; a relative one comes from a version-1
+    store, whose
     paths meant the folder embed ran in, and is never guessed against the current folder.
     """
     paths = [str(p) for p in paths]
@@ -114,7 +115,7 @@ class TrainedModel:
             Extractor options (``device``, ``threads``, ``max_pixels``, ...).
         """
         from featurebank.export import find_model_by_digest, remembered_models
-        from featurebank.extractor._extractor import Extractor
+        from featurebank.extractor import Extractor
 
         spec = self.specs[0]
         given = model or next(iter(remembered_models()), None)

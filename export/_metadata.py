@@ -73,10 +73,6 @@ class OnnxInfo:
     extra: dict = field(default_factory=dict)
     classes: list[str] | None = None
 
-    @property
-    def is_featurebank(self) -> bool:
-        return self.spec is not None
-
     def layer(self, name_or_tensor: str) -> LayerInfo | None:
         for la in self.layers:
             if name_or_tensor in (la.name, la.tensor):
@@ -222,13 +218,8 @@ def load_preprocessing(path: str | Path | None = None, **overrides: Any) -> Prep
 
 
 def _read_toml(text: str) -> dict[str, Any]:
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10: the same parser as the tomli backport
-        try:
-            import tomli as tomllib
-        except ModuleNotFoundError as exc:
-            raise ValueError("TOML needs Python >= 3.11 or 'pip install tomli'; use JSON") from exc
+    import tomllib
+
     return tomllib.loads(text)
 
 

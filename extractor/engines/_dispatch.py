@@ -47,8 +47,8 @@ def embed_collection(inputs: Sequence[str | Path], store_path: str | Path,
         ``label_column``).
     **options
         Fields of :class:`featurebank.FeatureOptions`, :class:`EmbedRun` or
-        :class:`SourceOptions`, applied over ``features``, ``run`` and ``sources``: ``embed_collection(["photos"], "s.h5", layers=["head"],
-        batch_size=64)``.
+        :class:`SourceOptions`, applied over ``features``, ``run`` and ``sources``:
+        ``embed_collection(["photos"], "s.h5", layers=["head"], batch_size=64)``.
 
     Returns
     -------

@@ -18,23 +18,17 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import replace
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from featurebank.errors import FeaturebankError
 from featurebank.extractor._extractor import Extractor
 from featurebank.extractor._inputs import ImageItem
+from featurebank.extractor._progress import progress
 from featurebank.extractor.engines._common import EmbedRun, EmbedSummary, Prepared, prepare_file
 from featurebank.extractor.sources import iter_payloads
 from featurebank.extractor.store._store import FeatureStore
 from featurebank.spec import FeatureSpec
 
 log = logging.getLogger(__name__)
-
-
-def embed_local(items: list[ImageItem], store: FeatureStore, ex: Extractor,
-                run: EmbedRun) -> EmbedSummary:
-    """Embed ``items`` with ``ex`` into the open ``store`` (see :func:`embed_collection`)."""
-    return _run(items, ex, store, run)
 
 
 def int8_calibration(items: list[ImageItem], store: FeatureStore, float_specs: list[FeatureSpec],
@@ -58,8 +52,9 @@ def int8_calibration(items: list[ImageItem], store: FeatureStore, float_specs: l
     return [items[i].path for i in picks]
 
 
-def _run(items: list[ImageItem], ex: Extractor, store: FeatureStore,
-         run: EmbedRun) -> EmbedSummary:
+def embed_local(items: list[ImageItem], store: FeatureStore, ex: Extractor,
+                run: EmbedRun) -> EmbedSummary:
+    """Embed ``items`` with ``ex`` into the open ``store`` (see :func:`embed_collection`)."""
     batch_size, workers, file_timeout = run.batch_size, run.decode_threads, run.file_timeout
     started = time.perf_counter()
     summary = EmbedSummary(total=len(items))
@@ -71,8 +66,7 @@ def _run(items: list[ImageItem], ex: Extractor, store: FeatureStore,
     batch: list[tuple[ImageItem, Prepared]] = []
     images: list[tuple[str, str, str]] = []
     failures: list[tuple[str, str]] = []
-    bar = tqdm(total=len(items), unit="img", disable=not run.progress, dynamic_ncols=True,
-               desc="embedding", smoothing=0.1)
+    bar = progress(len(items), enabled=run.progress, desc="embedding")
 
     def flush() -> None:
         rows = {}

@@ -28,7 +28,8 @@ from featurebank.extractor.store._format import (
     encode_path,
     write_roots,
 )
-from featurebank.extractor.store._lock import acquire_writer_lock, release_writer_lock
+from featurebank.extractor.store._lock import WriterLock
+from featurebank.extractor.store._repair import dirty_marker
 
 
 def upgrade_store(path: str | Path, root: str | Path | None = None, force: bool = False) -> dict:
@@ -54,7 +55,7 @@ def upgrade_store(path: str | Path, root: str | Path | None = None, force: bool 
     path = Path(path)
     if not path.is_file():
         raise FeaturebankError(f"store {path} does not exist")
-    fd = acquire_writer_lock(path)
+    lock = WriterLock(path).acquire()
     try:
         with h5py.File(path, "r", locking=False) as f:
             version = int(f.attrs.get("format_version", -1))
@@ -84,7 +85,7 @@ def upgrade_store(path: str | Path, root: str | Path | None = None, force: bool 
                 "give the folder 'featurebank embed' ran in as --root (or --force to upgrade "
                 "anyway, for images that are gone)")
         # the same marker as a commit: a kill inside this write gets the file rewritten first
-        dirty = path.with_name(path.name + ".dirty")
+        dirty = dirty_marker(path)
         dirty.touch()
         with h5py.File(path, "a", locking=False) as f:
             for group, new in rewritten.items():
@@ -100,13 +101,13 @@ def upgrade_store(path: str | Path, root: str | Path | None = None, force: bool 
             f.attrs["format_version"] = FORMAT_VERSION  # last: a kill before it leaves version 1
         dirty.unlink()
     finally:
-        release_writer_lock(fd, path)
+        lock.release()
     return counts
 
 
 def raise_version(path: Path) -> None:
     """Version 2 -> 3 in place (the caller holds the writer lock): the paths stay as they are."""
-    dirty = path.with_name(path.name + ".dirty")
+    dirty = dirty_marker(path)
     dirty.touch()
     with h5py.File(path, "a", locking=False) as f:
         f.attrs["format_version"] = FORMAT_VERSION
