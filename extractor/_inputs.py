@@ -32,6 +32,7 @@ from featurebank.extractor.sources import (
     local_form,
     parent_of,
     parse_source,
+    remote_info,
 )
 
 __all__ = ["IMAGE_EXTENSIONS", "ImageItem", "collect", "describe_input", "input_roots",
@@ -62,10 +63,19 @@ def collect(inputs: list[str] | tuple[str, ...], require_images: bool = True,
     and columns of list and parquet files (:class:`featurebank.extractor.sources.SourceOptions`).
     """
     items: list[ImageItem] = []
+    containers: set[str] = set()  # those of member inputs, checked once each
     for raw in inputs:
         text = str(raw)
         if is_url(text) and not is_remote(text):  # file://
             text = local_form(text)
+        ref = parse_source(text)
+        if ref.kind != "file":  # a stored member/row form, as fine-tuning gives them back
+            container = local_form(ref.container)
+            if container not in containers:
+                _check_container(text, container)
+                containers.add(container)
+            items.append(ImageItem(container + text[len(ref.container):]))
+            continue
         if is_remote(text):
             items.extend(collect_remote(text, sources))
             continue
@@ -80,12 +90,6 @@ def collect(inputs: list[str] | tuple[str, ...], require_images: bool = True,
             items.append(ImageItem(os.path.abspath(text), ""))
         elif any(ch in text for ch in "*?["):
             items.extend(_glob(text, sources))
-        elif parse_source(text).kind != "file":  # a stored member/row form, as fine-tuning gives
-            ref = parse_source(text)
-            if not (is_remote(ref.container) or os.path.isfile(ref.container)):
-                raise FeaturebankError(f"input {text!r}: container {ref.container} does not "
-                                       "exist")
-            items.append(ImageItem(local_form(ref.container) + text[len(ref.container):]))
         else:
             raise FeaturebankError(f"input {text!r} does not exist (give folders, image files, "
                                    "list files, tar shards, parquet files, URLs or glob patterns)")
@@ -94,6 +98,13 @@ def collect(inputs: list[str] | tuple[str, ...], require_images: bool = True,
         raise FeaturebankError(f"no image to embed: {found}. Images are files ending in "
                                f"{', '.join(sorted(IMAGE_EXTENSIONS))}")
     return items
+
+
+def _check_container(text: str, container: str) -> None:
+    if is_remote(container):
+        remote_info(container)  # refuses a missing bucket or object, naming it
+    elif not os.path.isfile(container):
+        raise FeaturebankError(f"input {text!r}: container {container} does not exist")
 
 
 def _no_split(sources: SourceOptions, text: str, what: str) -> None:

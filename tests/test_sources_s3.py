@@ -74,6 +74,10 @@ def test_s3_inputs_embed_to_the_folders_vectors(tmp_path, s3_bucket, images, ext
     # a re-run reads the shards again but embeds nothing: resume works on content keys
     s = embed_collection(cases["shards"], tmp_path / "shards.h5", **kw)
     assert (s.cached, s.embedded) == (len(images), 0)
+    # stored paths are inputs too (fine-tuning re-embeds a store's paths mirrored)
+    stored = FeatureStore(tmp_path / "parquet.h5").read().paths.tolist()
+    s = embed_collection(stored[::-1], tmp_path / "again.h5", **kw)
+    assert (s.embedded, s.failed) == (len(images), 0)
     # and the command line takes the same URLs
     assert main(["embed", f"s3://{bucket}/data/hf.parquet", "--store", str(tmp_path / "c.h5"),
                  "--no-progress", "--json", "--threads", "1"]) == 0
@@ -103,6 +107,7 @@ def test_s3_refusals_come_before_any_file(tmp_path, s3_bucket, images, extractor
     refused(f"s3://no-such-bucket-{bucket}/s.tar", "bucket 'no-such-bucket-.*' does not exist")
     refused(f"s3://{bucket}/missing.tar", f"input s3://{bucket}/missing.tar does not exist")
     refused(f"s3://{bucket}/missing/*.tar", "matches no object")
+    refused(f"s3://{bucket}/gone.tar#00001.png", f"input s3://{bucket}/gone.tar does not exist")
     with monkeypatch.context() as m:  # no credentials anywhere
         for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
             m.delenv(var)

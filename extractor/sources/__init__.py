@@ -35,9 +35,10 @@ from featurebank.extractor.sources._read import (
     read_all,
     read_local,
 )
+from featurebank.extractor.sources._remote import info as remote_info
 
 __all__ = ["CONTAINER_EXTENSIONS", "DEFAULT_SOURCES", "IMAGE_EXTENSIONS", "LIST_EXTENSIONS", "DecodeError",
            "ImageItem", "Payload", "SourceOptions", "SourceRef", "collect_remote",
            "container_kind", "expand_file", "is_image_name", "is_list_name", "is_remote",
            "is_tabular", "is_url", "iter_payloads", "local_form", "open_source", "parent_of",
-           "parse_source", "read_all", "read_local"]
+           "parse_source", "read_all", "read_local", "remote_info"]
