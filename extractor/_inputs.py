@@ -158,9 +158,9 @@ def input_roots(inputs) -> list[str]:
         if is_url(text) and not is_remote(text):
             text = local_form(text)
         if is_remote(text):
-            fixed = text.split("*")[0].split("?")[0].split("[")[0]
+            prefix = text.split("*")[0].split("?")[0].split("[")[0]
             named_file = container_kind(text) or is_image_name(text) or is_list_name(text)
-            root = parent_of(fixed) if named_file or fixed != text else text.rstrip("/")
+            root = parent_of(prefix) if named_file or prefix != text else text.rstrip("/")
             if root not in roots:
                 roots.append(root)
             continue

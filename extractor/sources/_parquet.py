@@ -82,7 +82,7 @@ def read_columns(pf, container: str, options: SourceOptions, required: tuple[str
     label = options.label_column if options.label_column in names else None
     columns = [*required, *([label] if label else []),
                *(["split"] if options.split is not None else [])]
-    table = pf.read(columns=columns) if columns else None
+    table = pf.read(columns=columns)
     n = pf.metadata.num_rows
     labels = [""] * n
     if label:

@@ -102,12 +102,12 @@ def read_all(paths: Sequence[str]) -> Iterator[tuple[int, bytes | DecodeError]]:
 def _container_payloads(container: str, refs: list[SourceRef]
                         ) -> Iterator[tuple[SourceRef, bytes | DecodeError]]:
     if refs[0].kind == "tar":
-        for member, payload in iter_tar(container, [r.member for r in refs]):
+        for member, payload in iter_tar(container, [str(r.member) for r in refs]):
             yield SourceRef(container, member=member), payload
         return
     by_column: dict[str | None, list[int]] = {}
     for r in refs:
-        by_column.setdefault(r.column, []).append(r.row)
+        by_column.setdefault(r.column, []).append(int(r.row or 0))
     for column, rows in by_column.items():
         for row, payload in iter_parquet(container, rows, column):
             yield SourceRef(container, row=row, column=column), payload

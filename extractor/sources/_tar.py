@@ -69,8 +69,9 @@ def list_tar(container: str) -> list[ImageItem]:
             with _open(container, f) as tf:
                 for m in tf:
                     key, ext = _key(m.name)
-                    if ext in ("cls", "json") and m.isfile():
-                        label = _label(ext, tf.extractfile(m).read())
+                    member = tf.extractfile(m) if ext in ("cls", "json") else None
+                    if member is not None:
+                        label = _label(ext, member.read())
                         if label is not None and (ext == "cls" or key not in labels):
                             labels[key] = label
                     elif is_image_name(m.name):

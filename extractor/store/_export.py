@@ -23,11 +23,15 @@ import os
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from featurebank.errors import FeaturebankError
 from featurebank.extractor.store._format import FeatureSetInfo, committed_rows
+
+if TYPE_CHECKING:
+    from featurebank.extractor.store._store import FeatureStore
 
 EXPORT_FORMATS = (".parquet", ".npz", ".npy")
 CHUNK_BYTES = 64 << 20
@@ -42,7 +46,7 @@ def export_format(out: str | Path) -> str:
     return suffix
 
 
-def export_features(store, out: str | Path, layer_or_fingerprint: str | None = None,
+def export_features(store: FeatureStore, out: str | Path, layer_or_fingerprint: str | None = None,
                     chunk_rows: int | None = None, fmt: str | None = None) -> Path:
     """Write one feature set of ``store`` (a :class:`FeatureStore`) to ``out`` in ``fmt``
     (default: by ``out``'s extension; see the module docstring). Returns ``out``."""
@@ -65,7 +69,7 @@ def export_features(store, out: str | Path, layer_or_fingerprint: str | None = N
     return out
 
 
-def _chunks(store, info: FeatureSetInfo, rows: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def _chunks(store: FeatureStore, info: FeatureSetInfo, rows: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(keys, float32 vectors) of the committed rows, ``rows`` at a time."""
     with store._open("r") as f:
         g = f["features"][info.fingerprint]
@@ -75,13 +79,13 @@ def _chunks(store, info: FeatureSetInfo, rows: int) -> Iterator[tuple[np.ndarray
             yield g["keys"][start:stop].astype(str), np.asarray(g["X"][start:stop], np.float32)
 
 
-def _rows_meta(store, keys) -> tuple[list[str], list[str]]:
+def _rows_meta(store: FeatureStore, keys: list[str]) -> tuple[list[str], list[str]]:
     table = store.image_table()
     meta = [table.get(k, ("", "")) for k in keys]
     return [m[0] for m in meta], [m[1] for m in meta]
 
 
-def _parquet(store, info: FeatureSetInfo, tmp: Path, chunk: int) -> None:
+def _parquet(store: FeatureStore, info: FeatureSetInfo, tmp: Path, chunk: int) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -106,7 +110,7 @@ def _text(value: str) -> str:
     return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
-def _npy(store, info: FeatureSetInfo, tmp: Path, chunk: int) -> None:
+def _npy(store: FeatureStore, info: FeatureSetInfo, tmp: Path, chunk: int) -> None:
     X = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(info.rows, info.dim))
     start = 0
     for _, part in _chunks(store, info, chunk):
@@ -116,7 +120,7 @@ def _npy(store, info: FeatureSetInfo, tmp: Path, chunk: int) -> None:
     del X
 
 
-def _npz(store, info: FeatureSetInfo, tmp: Path, chunk: int) -> None:
+def _npz(store: FeatureStore, info: FeatureSetInfo, tmp: Path, chunk: int) -> None:
     # np.savez needs every array whole: the features are written into the zip member by chunks
     # after an npy header, the way np.savez lays them out (stored, not compressed)
     keys: list[str] = []
