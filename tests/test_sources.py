@@ -101,6 +101,18 @@ def test_containers_given_to_embed_are_never_taken_for_images(tmp_path, images, 
     summary = json.loads(capsys.readouterr().out)
     assert (summary["embedded"], summary["failed"]) == (len(images), 0)
     assert summary["labels"] == {"zero": 3, "one": 3, "two": 3}
+    # rows of a parquet file by split, image bytes in a column named on the command line
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"png": [d for _, _, d in images], "label": [lab for _, lab, _ in images],
+                             "split": ["val" if i % 2 else "train" for i in range(len(images))]}),
+                   tmp_path / "t.parquet")
+    assert main(["embed", str(tmp_path / "t.parquet"), "--store", str(tmp_path / "val.h5"),
+                 "--split", "val", "--image-column", "png", "--no-progress", "--json",
+                 "--threads", "1"]) == 0
+    assert json.loads(capsys.readouterr().out)["embedded"] == len(images) // 2
+    assert FeatureStore(tmp_path / "val.h5").read().paths[0] == f"{tmp_path / 't.parquet'}#row=1"
     # a file named like a container that is not one is refused, before any store is created
     (tmp_path / "fake.tar").write_bytes(b"\x89PNG not a tar at all" * 40)
     (tmp_path / "fake.parquet").write_bytes(b"PAR1 nope")

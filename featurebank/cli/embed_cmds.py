@@ -78,7 +78,8 @@ def register(sub) -> None:
                                 "calibration_size": {
                                     "metavar": "N", "help": "images sampled from the input to "
                                     "calibrate int8 on (default: %(default)s)"}})
-    add_option_flags(p, SourceOptions)
+    add_option_flags(p, SourceOptions, overrides={name: {"metavar": "NAME"} for name in
+                                                  ("split", "image_column", "label_column")})
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=run_embed)
 
