@@ -228,3 +228,17 @@ def test_a_version_2_store_is_raised_to_3(tmp_path, images):
         pass
     s = FeatureStore(store)
     assert s.format_version == 3 and s.image_table()["a" * 64][0] == str(tmp_path / "x.png")
+
+
+def test_without_the_io_extra_urls_and_parquet_name_it(tmp_path, images, monkeypatch):
+    import sys
+
+    write_hf_parquet(tmp_path / "h.parquet", images[:2])
+    write_shard(tmp_path / "s.tar", images[:2])
+    for module in ("fsspec", "fsspec.core", "pyarrow", "pyarrow.parquet"):
+        monkeypatch.setitem(sys.modules, module, None)  # import fails as if not installed
+    with pytest.raises(FeaturebankError, match=r"needs fsspec: pip install 'featurebank\[io\]'"):
+        collect(["s3://bucket/x.tar"])
+    with pytest.raises(FeaturebankError, match=r"needs pyarrow: pip install 'featurebank\[io\]'"):
+        collect([str(tmp_path / "h.parquet")])
+    assert len(collect([str(tmp_path / "s.tar")])) == 2  # local shards need no extra
