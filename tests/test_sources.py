@@ -242,3 +242,35 @@ def test_without_the_io_extra_urls_and_parquet_name_it(tmp_path, images, monkeyp
     with pytest.raises(FeaturebankError, match=r"needs pyarrow: pip install 'featurebank\[io\]'"):
         collect([str(tmp_path / "h.parquet")])
     assert len(collect([str(tmp_path / "s.tar")])) == 2  # local shards need no extra
+
+
+def test_http_urls_through_fsspec(tmp_path, images, extractor, reference):
+    """Shards, parquet files and image files behind plain HTTP (a server on 127.0.0.1)."""
+    pytest.importorskip("aiohttp", reason="fsspec's HTTP file system needs aiohttp")
+    import functools
+    import http.server
+    import threading
+
+    serve = tmp_path / "www"
+    serve.mkdir()
+    write_shard(serve / "s.tar", images)
+    write_hf_parquet(serve / "h.parquet", images)
+    write_folder(serve / "img", images)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(serve))
+    handler.log_message = lambda *a, **k: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        kw = dict(extractor=extractor, dtype="float32", progress=False, batch_size=4)
+        for name, url in (("tar", f"{base}/s.tar"), ("pq", f"{base}/h.parquet")):
+            s = embed_collection([url], tmp_path / f"{name}.h5", **kw)
+            assert (s.embedded, s.failed) == (len(images), 0)
+            assert_same_as_folder(tmp_path / f"{name}.h5", reference)
+        key, label, data = images[0]
+        assert open_source(f"{base}/img/{label}/{key}.png") == data
+        with pytest.raises(FeaturebankError, match="does not exist or cannot be reached"):
+            collect([f"{base}/nothing.tar"])
+    finally:
+        server.shutdown()
+        server.server_close()

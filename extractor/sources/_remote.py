@@ -26,8 +26,8 @@ def filesystem(url: str) -> tuple[Any, str]:
     try:
         return url_to_fs(url)
     except ImportError as exc:  # the protocol's own package (s3fs, gcsfs, adlfs) is missing
-        raise FeaturebankError(f"reading {url} needs {exc.name or 'its fsspec backend'}: "
-                               f"{EXTRA} (s3fs), or gcsfs / adlfs for gs:// / az://") from exc
+        raise FeaturebankError(f"reading {url}: {exc} (s3:// comes with {EXTRA}; gs:// needs "
+                               "gcsfs, az:// adlfs, installed by you)") from exc
     except ValueError as exc:
         raise FeaturebankError(f"{url}: {exc}") from exc
 
@@ -50,6 +50,8 @@ def input_error(url: str, exc: BaseException) -> FeaturebankError:
     if isinstance(exc, FeaturebankError):
         return exc
     if isinstance(exc, FileNotFoundError):
+        if url.lower().startswith(("http://", "https://")):  # fsspec's HTTP says no more
+            return FeaturebankError(f"input {url} does not exist or cannot be reached")
         bucket = _missing_bucket(url)
         if bucket:
             return FeaturebankError(f"input {url}: bucket {bucket!r} does not exist")
