@@ -4,6 +4,8 @@ store is created."""
 
 from __future__ import annotations
 
+import logging
+
 from featurebank.errors import FeaturebankError
 from featurebank.extractor.sources._forms import (
     ImageItem,
@@ -15,6 +17,8 @@ from featurebank.extractor.sources._options import DEFAULT_SOURCES, SourceOption
 from featurebank.extractor.sources._parquet import image_column, list_parquet_images, parquet_file
 from featurebank.extractor.sources._remote import find, info, input_error
 from featurebank.extractor.sources._tar import list_tar
+
+log = logging.getLogger(__name__)
 
 
 def is_tabular(path: str) -> bool:
@@ -70,8 +74,14 @@ def collect_remote(url: str, options: SourceOptions = DEFAULT_SOURCES) -> list[I
         if not matches:
             raise FeaturebankError(f"input pattern {url!r} matches no object")
         items: list[ImageItem] = []
+        containers = sum(1 for m in matches if container_kind(m))
+        done = 0
         for m in matches:
             found = expand_file(m, options)
+            if container_kind(m):  # a remote shard is read whole to list it: say how far
+                done += 1
+                log.info("listed %s (%d of %d): %d images", m, done, containers,
+                         len(found or []))
             items.extend(found if found is not None else
                          [ImageItem(m)] if is_image_name(m) else [])
         return items
