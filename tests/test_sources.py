@@ -171,6 +171,9 @@ def test_list_files_headers_split_and_refusals(tmp_path, images):
     (tmp_path / "c.csv").write_text("path\ns.tar\n")
     with pytest.raises(FeaturebankError, match="names a whole container"):
         collect([str(tmp_path / "c.csv")])
+    (tmp_path / "m.csv").write_text("path\ns.parquet#17\n")
+    with pytest.raises(FeaturebankError, match=r"m.csv row 2: .*is named '.*#row=N'"):
+        collect([str(tmp_path / "m.csv")])
     (tmp_path / "bad.jsonl").write_text('{"path": "x.png"}\nnot json\n')
     with pytest.raises(FeaturebankError, match="line 2 is not JSON"):
         collect([str(tmp_path / "bad.jsonl")])

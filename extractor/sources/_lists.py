@@ -20,6 +20,7 @@ from featurebank.extractor.sources._forms import (
     container_kind,
     join,
     parent_of,
+    parse_source,
 )
 from featurebank.extractor.sources._options import DEFAULT_SOURCES, SourceOptions
 from featurebank.extractor.sources._remote import open_binary
@@ -52,6 +53,10 @@ def list_rows_of_parquet(path: str, pf, options: SourceOptions) -> list[ImageIte
 
 def _item(list_path: str, raw: str, label: str, row: int) -> ImageItem:
     target = join(parent_of(list_path), str(raw).strip())
+    try:
+        parse_source(target)  # a malformed member form is refused now, not mid-run
+    except FeaturebankError as exc:
+        raise FeaturebankError(f"list {list_path} row {row}: {exc}") from None
     if container_kind(target):
         raise FeaturebankError(f"list {list_path} row {row} names a whole container "
                                f"({raw}); give containers as inputs, or name a member "
