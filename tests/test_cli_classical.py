@@ -80,6 +80,16 @@ def test_spec_mismatch_is_a_clear_error(stores, tmp_path, capsys):
     assert main(["evaluate", str(model), str(other)]) == 1
     err = capsys.readouterr().err
     assert "blocks.13" in err and "head" in err and "fingerprint" in err
+    # a sweep has no classifier: the message says what needs the missing spec (issue 22)
+    assert main(["sweep", str(stores["train"]), "--test-store", str(other)]) == 1
+    err = capsys.readouterr().err
+    assert "classifier" not in err and "?" not in err, err
+    assert f"the sweep of {stores['train']} needs" in err and "blocks.13" in err, err
+    # the folder that was embedded, given instead of its store: named as a folder (issue 22)
+    folder = stores["root"] / "test"
+    assert main(["evaluate", str(model), str(folder)]) == 1
+    err = capsys.readouterr().err
+    assert "is a folder, not a feature store" in err and "does not exist" not in err, err
 
 
 def test_predict_embeds_with_the_model_spec(stores, tmp_path, capsys):
