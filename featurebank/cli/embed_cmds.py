@@ -22,10 +22,13 @@ _FEATURE_OVERRIDES = {
 }
 
 
-def add_spec_arguments(p, precision: bool = False) -> None:
+def add_spec_arguments(p, precision: bool = False, model_help: str | None = None) -> None:
     """The feature options (:class:`featurebank.FeatureOptions`) shared by embed and serve,
     and the device they run on."""
-    add_option_flags(p, FeatureOptions, flags=_FEATURE_FLAGS, overrides=_FEATURE_OVERRIDES,
+    overrides = _FEATURE_OVERRIDES
+    if model_help:
+        overrides = {**overrides, "model": {"help": model_help}}
+    add_option_flags(p, FeatureOptions, flags=_FEATURE_FLAGS, overrides=overrides,
                      only=["model", "layers", "pool", "gem_p", "normalize"]
                      + (["precision"] if precision else []))
     p.add_argument("--preprocessing", metavar="FILE",
