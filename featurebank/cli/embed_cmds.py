@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from featurebank.cli.flags import add_option_flags, options_from_args
 from featurebank.extractor import EmbedRun
@@ -11,7 +12,7 @@ from featurebank.spec import FeatureOptions
 
 #: how FeatureOptions fields are spelt on the command line where not ``--field-name``
 _FEATURE_FLAGS = {"layers": "--layer", "normalize": "--l2"}
-_FEATURE_OVERRIDES = {
+_FEATURE_OVERRIDES: dict[str, dict[str, Any]] = {
     "model": {"help": "registry name or .onnx file (default: %(default)s)"},
     "layers": {"action": "append", "metavar": "NAME", "default": None, "type": str,
                "help": "layer to cut at (catalogue or tensor name); repeat for several "
@@ -23,10 +24,13 @@ _FEATURE_OVERRIDES = {
 }
 
 
-def add_spec_arguments(p, precision: bool = False) -> None:
+def add_spec_arguments(p, precision: bool = False, model_help: str | None = None) -> None:
     """The feature options (:class:`featurebank.FeatureOptions`) shared by embed and serve,
     and the device they run on."""
-    add_option_flags(p, FeatureOptions, flags=_FEATURE_FLAGS, overrides=_FEATURE_OVERRIDES,
+    overrides = _FEATURE_OVERRIDES
+    if model_help:
+        overrides = {**overrides, "model": {"help": model_help}}
+    add_option_flags(p, FeatureOptions, flags=_FEATURE_FLAGS, overrides=overrides,
                      only=["model", "layers", "pool", "gem_p", "normalize"]
                      + (["precision"] if precision else []))
     p.add_argument("--preprocessing", metavar="FILE",
