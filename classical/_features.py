@@ -70,9 +70,8 @@ def load_features(store: str | Path | FeatureStore, layers=None,
                 f"store {fs.path} has no feature set with fingerprint {', '.join(missing)}"
                 f"{spec}; it has: {listed}. Embed the images with that spec first (same model, "
                 "weights, layer and pooling).")
-        names = fingerprints
-    else:
-        names = list(layers) if layers else [None]
+    names: list[str | None] = (list(fingerprints) if fingerprints is not None
+                               else list(layers) if layers else [None])  # None: the only set
     parts = [fs.read(name) for name in names]
     first = parts[0]
     if len(parts) == 1:

@@ -205,10 +205,10 @@ def sweep(store, test_store=None, classifier: str = "logreg", holdout: float = 0
                                           stratify=data.y, random_state=random_state)
             tr, te = _take(data, i_tr), _take(data, i_te)
         probe = _quiet_fit(LinearProbe(classifier=classifier, random_state=random_state), tr.X, tr.y)
-        costs = [_depth_cost(s)[1] for s in data.specs]
+        costs = [c for c in (_depth_cost(s)[1] for s in data.specs) if c is not None]
         rows.append({"layer": "+".join(s.layer for s in data.specs), "dim": int(data.X.shape[1]),
                      "accuracy": float(probe.score(te.X, te.y)), "C": probe.C_,
-                     "flops_share": max(costs) if None not in costs else None,
+                     "flops_share": max(costs) if len(costs) == len(data.specs) else None,
                      "fingerprints": fps})
     if report_dir:
         out = Path(report_dir)

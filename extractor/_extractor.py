@@ -170,7 +170,7 @@ class Extractor:
         return [s.layer for s in self.specs]
 
     @property
-    def output_shapes(self) -> dict[str, tuple[int, ...]]:
+    def output_shapes(self) -> dict[str, tuple[str | int, ...]]:
         return {s.layer: ("N", d) for s, d in zip(self.specs, self.graph.dims, strict=True)}
 
     # -- running ------------------------------------------------------------------------

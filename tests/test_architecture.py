@@ -43,7 +43,11 @@ def _package_files() -> dict[str, Path]:
     found = {}
     for package in declared:
         spec = importlib.util.find_spec(package)
-        assert spec is not None and spec.origin, f"{package} is declared but does not import"
+        assert spec is not None, f"{package} is declared but does not import"
+        if spec.origin is None:  # a data folder declared as a package (export/data): no code
+            folders = [Path(p) for p in spec.submodule_search_locations or ()]
+            assert folders and not any(any(f.rglob("*.py")) for f in folders), package
+            continue
         found[package] = Path(spec.origin)
         for path in sorted(Path(spec.origin).parent.iterdir()):
             if path.suffix == ".py" and path.name != "__init__.py":

@@ -55,7 +55,8 @@ def _document_exit_codes(parser: argparse.ArgumentParser, extra: dict) -> None:
     """Give ``parser`` and its nested command parsers ('store info') the exit-status epilog;
     ``extra`` (command name -> {code: meaning}, a module's ``EXIT_CODES``) adds their own."""
     for action in parser._subparsers._group_actions if parser._subparsers else ():
-        for name, child in action.choices.items():
+        choices: dict[str, argparse.ArgumentParser] = action.choices  # type: ignore[assignment]
+        for name, child in choices.items():
             if child.epilog is None:
                 child.epilog = exit_codes_epilog(extra.get(name))
             _document_exit_codes(child, extra)

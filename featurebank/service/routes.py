@@ -62,8 +62,9 @@ def _binary(engine: ServingEngine, out: Embedded, kind: str) -> Response:
         np.save(buf, out.X)
     else:  # one array per layer, named by layer
         offsets = np.cumsum([0, *engine.extractor.graph.dims])
-        np.savez(buf, **{s.layer: out.X[:, a:b] for s, a, b in
-                         zip(engine.extractor.specs, offsets[:-1], offsets[1:], strict=True)})
+        arrays: dict[str, Any] = {s.layer: out.X[:, a:b] for s, a, b in zip(
+            engine.extractor.specs, offsets[:-1], offsets[1:], strict=True)}
+        np.savez(buf, **arrays)
     headers = {"X-Featurebank-Fingerprints": ",".join(engine.fingerprints),
                "X-Featurebank-Layers": ",".join(f"{s.layer}:{d}" for s, d in zip(
                    engine.extractor.specs, engine.extractor.graph.dims, strict=True)),
