@@ -34,6 +34,8 @@ from featurebank.export._metadata import (
 from featurebank.spec import META_SPEC, ModelSpec, Preprocessing, sha256_file
 
 log = logging.getLogger(__name__)
+#: Element types of a graph input featurebank can feed (normalised in float32, then cast).
+INPUT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE)
 #: Paths given on the command line (``--model``) searched first for a classifier's model.
 _REMEMBERED: list[Path] = []
 
@@ -82,11 +84,11 @@ def resolve_conventions(model: str | Path | onnx.ModelProto, path: str | Path | 
     graph_input = _graph_input(proto)
     tensor_type = graph_input.type.tensor_type
     dims = tuple(d.dim_value if d.dim_value else -1 for d in tensor_type.shape.dim)
-    if len(dims) != 4 or tensor_type.elem_type != onnx.TensorProto.FLOAT:
+    if len(dims) != 4 or tensor_type.elem_type not in INPUT_TYPES:
         raise FeaturebankError(
             f"{name}: input {graph_input.name!r} is {len(dims)}-D "
             f"{onnx.TensorProto.DataType.Name(tensor_type.elem_type).lower()}; featurebank "
-            f"feeds a 4-D float image batch (NCHW or NHWC)")
+            f"feeds a 4-D float image batch (NCHW or NHWC; float32, float16 or double)")
     shown = input_layout_from_shape(dims)
     layout = str(data.get("layout") or (shown or "")).lower()
     if not layout:

@@ -179,7 +179,8 @@ def plan_batch(proto: onnx.ModelProto, input_shape: tuple[int, ...], pixel_range
     """
     own = declared_batch(proto) or 1
     rng = np.random.default_rng(0)
-    images = rng.uniform(0, pixel_range, (CHECK_IMAGES, *input_shape)).astype(np.float32)
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(graph_input(proto).type.tensor_type.elem_type)
+    images = rng.uniform(0, pixel_range, (CHECK_IMAGES, *input_shape)).astype(dtype)
     original = _with_every_output(proto)
     try:
         reference = _run_in_chunks(original, images, own)

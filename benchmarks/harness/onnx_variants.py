@@ -115,9 +115,10 @@ def _strided_padded(node: onnx.NodeProto) -> bool:
     return any(v > 1 for v in attrs.get("strides", [])) and any(attrs.get("pads", []))
 
 
-def to_float16(proto: onnx.ModelProto) -> onnx.ModelProto:
+def to_float16(proto: onnx.ModelProto, keep_io_types: bool = True) -> onnx.ModelProto:
     """Float16 weights and activations with float32 input and output (as converters'
-    ``keep_io_types`` leave a graph): one Cast after the input, one before each output."""
+    ``keep_io_types`` leave a graph: one Cast after the input, one before each output), or
+    float16 input and outputs too."""
     model = onnx.ModelProto()
     model.CopyFrom(proto)
     g = model.graph
@@ -132,6 +133,12 @@ def to_float16(proto: onnx.ModelProto) -> onnx.ModelProto:
                     onnx.numpy_helper.to_array(a.t).astype(np.float16)))
         if node.op_type == "Cast":
             next(a for a in node.attribute if a.name == "to").i = TensorProto.FLOAT16
+    if not keep_io_types:
+        for vi in [g.input[0], *g.output]:
+            vi.type.tensor_type.elem_type = TensorProto.FLOAT16
+        del g.value_info[:]
+        onnx.checker.check_model(model)
+        return model
     source, outputs = g.input[0].name, [o.name for o in g.output]
     renamed = {source: f"{source}__f16", **{o: f"{o}__f16" for o in outputs}}
     for node in g.node:

@@ -10,19 +10,19 @@ joined back to ``[N, ...]``. Everything stays in the one feature graph, so every
 from __future__ import annotations
 
 import numpy as np
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 
 from featurebank.errors import FeaturebankError
 
 _END = np.iinfo(np.int64).max
 
 
-def run_in_chunks(nodes: list, initializers: list, input_name: str, source: str,
+def run_in_chunks(nodes: list, initializers: list, model_input: tuple[str, int], source: str,
                   targets: dict[str, tuple[int, int]], batch: int,
                   opset: int) -> tuple[list, list, dict[str, str]]:
     """Nodes that compute ``targets`` (tensor -> (rank, ONNX element type)) for a batch
-    ``source`` of any size with ``nodes``, which read ``input_name`` and run only on batches
-    of ``batch``.
+    ``source`` of any size with ``nodes``, which read ``model_input`` (name, element type) and
+    run only on batches of ``batch``.
 
     Returns the outer nodes, their initializers, and target -> its name in the outer graph
     (``[N, ...]``, in the order of ``source``).
@@ -58,7 +58,7 @@ def run_in_chunks(nodes: list, initializers: list, input_name: str, source: str,
     chunked = node("Reshape", [padded, node("Concat", [const("m", [-1, batch]), rest],
                                             "fb.chunk.to", axis=0)], "fb.chunk.chunks")
     body = helper.make_graph(
-        nodes, "fb_chunk", [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, None)],
+        nodes, "fb_chunk", [helper.make_tensor_value_info(*model_input, None)],
         # onnxruntime wants the rank of a Scan body's outputs
         [helper.make_tensor_value_info(t, elem_type, [None] * rank)
          for t, (rank, elem_type) in targets.items()],

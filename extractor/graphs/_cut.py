@@ -191,13 +191,15 @@ def build_feature_graph(
     used = {i for n in kept for i in n.input}
     weights = [t for t in graph.initializer if t.name in used]
     where = {t: t for t in targets}
+    input_type = next(i.type.tensor_type.elem_type for i in graph.input
+                      if i.name == info.input_name)
     if batch:  # the model runs on chunks of its own batch, inside a Scan
-        _prepend_normalisation(head, inits, "fb.input", model_spec.preprocessing)
+        _prepend_normalisation(head, inits, "fb.input", model_spec.preprocessing, input_type)
         ranks = {la.tensor: (len(la.shape) + 1, _elem_type(la)) for la in chosen}
-        kept, weights, where = run_in_chunks(kept, weights, info.input_name, "fb.input", ranks,
-                                             int(batch), opset)
+        kept, weights, where = run_in_chunks(kept, weights, (info.input_name, input_type),
+                                             "fb.input", ranks, int(batch), opset)
     else:
-        _prepend_normalisation(head, inits, info.input_name, model_spec.preprocessing)
+        _prepend_normalisation(head, inits, info.input_name, model_spec.preprocessing, input_type)
     prefixes: set[str] = set()
     for la, layout in zip(chosen, layouts, strict=True):
         out = f"feat.{la.name}"
@@ -238,7 +240,8 @@ def _const(inits: list, name: str, value) -> str:
     return name
 
 
-def _prepend_normalisation(nodes: list, inits: list, input_name: str, pre: Preprocessing) -> None:
+def _prepend_normalisation(nodes: list, inits: list, input_name: str, pre: Preprocessing,
+                           input_type: int = TensorProto.FLOAT) -> None:
     # (x * range / 255 - mean) / std == x * scale + bias: one Mul and one Add, in the graph's
     # own layout and channel order (mean and std are given in that order and range).
     std = np.array(pre.std, np.float32)
@@ -257,10 +260,13 @@ def _prepend_normalisation(nodes: list, inits: list, input_name: str, pre: Prepr
     if pre.layout == "nchw":
         nodes.append(helper.make_node("Transpose", ["fb.pixels_f"], ["fb.nchw"], perm=[0, 3, 1, 2]))
         laid = "fb.nchw"
+    normalised = input_name if input_type == TensorProto.FLOAT else "fb.normalised"
     nodes += [
         helper.make_node("Mul", [laid, scale], ["fb.scaled"]),
-        helper.make_node("Add", ["fb.scaled", bias], [input_name]),
+        helper.make_node("Add", ["fb.scaled", bias], [normalised]),
     ]
+    if normalised != input_name:  # a float16 (or double) graph input
+        nodes.append(helper.make_node("Cast", [normalised], [input_name], to=input_type))
 
 
 def _append_pooling(nodes, inits, src, out, layout, pool, gem_p, normalize, opset=18,
