@@ -118,7 +118,7 @@ def test_float16_activations_are_cut_and_cast_before_pooling(classics, tmp_path,
     """Float16 weights and activations (float32 or float16 input and output): the stages are
     float16 maps, pooled in float32, equal to the original graph's within float16's precision
     (onnxruntime's optimiser may drop a float16 rounding where the cut graph casts a map to
-    float32: about 3e-5 here; float16's own step is 1e-3)."""
+    float32: up to 2.3e-4 here; float16's own step is 1e-3)."""
     c, _ = classics[family, "fixed"]
     src, adopted = tmp_path / "fp16.onnx", tmp_path / "fp16.adopted.onnx"
     onnx.save(to_float16(onnx.load(str(c.path)), keep_io_types), str(src))
