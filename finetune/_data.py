@@ -14,13 +14,16 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import h5py
 import numpy as np
 
 from featurebank.errors import FeaturebankError
-from featurebank.finetune._inputs import Collection
 from featurebank.spec import FeatureSpec
+
+if TYPE_CHECKING:  # _inputs opens collections with this module's store check
+    from featurebank.finetune._inputs import Collection
 
 log = logging.getLogger(__name__)
 

@@ -57,9 +57,9 @@ def maps_root(work_dir: str | Path | None = None) -> Path:
     """``work_dir``, else the ``maps`` folder of featurebank's cache."""
     if work_dir is not None:
         return Path(work_dir)
-    from featurebank.export._cache import resolve_cache_dir
+    from featurebank.export import cache_dir
 
-    return resolve_cache_dir() / MAPS_FOLDER
+    return cache_dir() / MAPS_FOLDER
 
 
 def collection_folder(source: str | Path, work_dir: str | Path | None = None) -> Path:

@@ -18,28 +18,24 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import replace
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from featurebank.errors import FeaturebankError
 from featurebank.extractor._extractor import Extractor
 from featurebank.extractor._inputs import ImageItem
+from featurebank.extractor._progress import progress
 from featurebank.extractor.engines._common import EmbedRun, EmbedSummary, Prepared, prepare_file
+from featurebank.extractor.sources import iter_payloads, read_all
 from featurebank.extractor.store._store import FeatureStore
 from featurebank.spec import FeatureSpec
 
 log = logging.getLogger(__name__)
 
 
-def embed_local(items: list[ImageItem], store: FeatureStore, ex: Extractor,
-                run: EmbedRun) -> EmbedSummary:
-    """Embed ``items`` with ``ex`` into the open ``store`` (see :func:`embed_collection`)."""
-    return _run(items, ex, store, run)
-
-
 def int8_calibration(items: list[ImageItem], store: FeatureStore, float_specs: list[FeatureSpec],
-                     size: int) -> str | list[str]:
-    """The store's int8 tag for these specs when it has one (and the graph is cached), else
-    ``size`` paths spread evenly over the collection (sorted folders: every class is sampled)."""
+                     size: int) -> str | list[bytes]:
+    """The store's int8 tag for these specs when it has one (and the graph is cached), else the
+    bytes of ``size`` images spread evenly over the collection (sorted folders: every class is
+    sampled), read once per container (shards, parquet files)."""
     from featurebank.extractor.graphs._int8 import int8_graph_path
 
     wanted = {s.fingerprint() for s in float_specs}
@@ -54,11 +50,18 @@ def int8_calibration(items: list[ImageItem], store: FeatureStore, float_specs: l
         raise FeaturebankError(f"int8 needs calibration images: calibration_size={size}, "
                                f"{len(items)} inputs")
     picks = np.unique(np.linspace(0, len(items) - 1, min(size, len(items))).round().astype(int))
-    return [items[i].path for i in picks]
+    images = []
+    for _, data in read_all([items[i].path for i in picks]):
+        if isinstance(data, bytes):
+            images.append(data)
+        else:  # one unreadable sample must not stop the run
+            log.warning("calibration: skipped %s", data)
+    return images
 
 
-def _run(items: list[ImageItem], ex: Extractor, store: FeatureStore,
-         run: EmbedRun) -> EmbedSummary:
+def embed_local(items: list[ImageItem], store: FeatureStore, ex: Extractor,
+                run: EmbedRun) -> EmbedSummary:
+    """Embed ``items`` with ``ex`` into the open ``store`` (see :func:`embed_collection`)."""
     batch_size, workers, file_timeout = run.batch_size, run.decode_threads, run.file_timeout
     started = time.perf_counter()
     summary = EmbedSummary(total=len(items))
@@ -70,8 +73,7 @@ def _run(items: list[ImageItem], ex: Extractor, store: FeatureStore,
     batch: list[tuple[ImageItem, Prepared]] = []
     images: list[tuple[str, str, str]] = []
     failures: list[tuple[str, str]] = []
-    bar = tqdm(total=len(items), unit="img", disable=not run.progress, dynamic_ncols=True,
-               desc="embedding", smoothing=0.1)
+    bar = progress(len(items), enabled=run.progress, desc="embedding")
 
     def flush() -> None:
         rows = {}
@@ -102,9 +104,11 @@ def _run(items: list[ImageItem], ex: Extractor, store: FeatureStore,
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode")
     try:
         pending: deque = deque()
-        for item in items:
+        # container members arrive read (one streaming pass per shard or parquet file);
+        # plain files and URLs are read by the pool's threads
+        for item, data in iter_payloads(items):
             pending.append((pool.submit(prepare_file, item.path, ex.spec_preprocessing,
-                                        ex.max_pixels, done), item))
+                                        ex.max_pixels, done, data), item))
             if len(pending) >= window:
                 _consume(result(*pending.popleft()), summary, done, in_run, batch, images, failures)
                 if len(batch) >= batch_size or len(images) + len(failures) >= 4 * batch_size:

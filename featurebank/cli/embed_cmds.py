@@ -3,94 +3,96 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
-from featurebank.spec import DEFAULT_MODEL, DTYPES, POOLS, PRECISIONS, FeatureOptions
+from featurebank.cli.flags import add_option_flags, options_from_args
+from featurebank.extractor import EmbedRun
+from featurebank.extractor.sources import SourceOptions
+from featurebank.spec import FeatureOptions
 
-DEVICES = ("auto", "cpu", "cuda")
-ENGINES = ("local", "ray")  # featurebank.extractor.engines._common.ENGINES, without importing it
+#: how FeatureOptions fields are spelt on the command line where not ``--field-name``
+_FEATURE_FLAGS = {"layers": "--layer", "normalize": "--l2"}
+_FEATURE_OVERRIDES: dict[str, dict[str, Any]] = {
+    "model": {"help": "registry name or .onnx file (default: %(default)s)"},
+    "layers": {"action": "append", "metavar": "NAME", "default": None, "type": str,
+               "help": "layer to cut at (catalogue or tensor name); repeat for several "
+                       "(default: head)"},
+    "gem_p": {"help": "GeM exponent (with --pool gem; default: %(default)s)"},
+    "normalize": {"help": "L2-normalise each vector"},
+    "precision": {"help": "int8: static int8 graph calibrated on this collection (CPU speed; "
+                          "vectors get a spec of their own); fp16: for --device cuda"},
+}
 
 
-def add_spec_arguments(p) -> None:
-    """The feature options (:class:`featurebank.FeatureOptions`) shared by embed and serve."""
-    p.add_argument("--model", default=DEFAULT_MODEL,
-                   help=f"registry name or .onnx file (default: {DEFAULT_MODEL})")
-    p.add_argument("--layer", dest="layers", action="append", metavar="NAME",
-                   help="layer to cut at (catalogue or tensor name); repeat for several "
-                        "(default: head)")
-    p.add_argument("--pool", default="avg", choices=POOLS)
-    p.add_argument("--gem-p", type=float, default=3.0, help="GeM exponent (with --pool gem)")
-    p.add_argument("--l2", action="store_true", help="L2-normalise each vector")
+def add_spec_arguments(p, precision: bool = False, model_help: str | None = None) -> None:
+    """The feature options (:class:`featurebank.FeatureOptions`) shared by embed and serve,
+    and the device they run on."""
+    overrides = _FEATURE_OVERRIDES
+    if model_help:
+        overrides = {**overrides, "model": {"help": model_help}}
+    add_option_flags(p, FeatureOptions, flags=_FEATURE_FLAGS, overrides=overrides,
+                     only=["model", "layers", "pool", "gem_p", "normalize"]
+                     + (["precision"] if precision else []))
     p.add_argument("--preprocessing", metavar="FILE",
                    help="conventions of a foreign .onnx model (JSON/TOML, the fields of "
                         "'featurebank adopt'); adopting it once makes this unnecessary")
-    p.add_argument("--device", default="auto", choices=DEVICES)
-    p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
+    add_option_flags(p, EmbedRun, only=["device", "threads"])
 
 
 def feature_options_from_args(args, **extra) -> FeatureOptions:
     """The one place the command line becomes :class:`featurebank.FeatureOptions`.
 
-    A foreign ``.onnx`` model is checked here, before any store is opened: it needs
-    ``--preprocessing FILE`` (resolved against its graph), and a model that describes itself
-    refuses one.
+    ``--preprocessing FILE`` is resolved against a foreign ``.onnx`` model's graph here; a
+    model that describes itself refuses one. A foreign model without it is refused by the
+    extractor when it cuts the graph (``extractor/graphs/_cut.py``, the one check), before any
+    store is opened.
     """
     from featurebank.errors import FeaturebankError
     from featurebank.export import is_onnx_path
 
-    model = args.model
+    model, given = args.model, getattr(args, "preprocessing", None)
     preprocessing = None
-    if model is not None and is_onnx_path(model):
+    if given and is_onnx_path(model):
         from featurebank.export import read_onnx_metadata, resolve_conventions
 
-        described = read_onnx_metadata(model).spec is not None
-        given = getattr(args, "preprocessing", None)
-        if described and given:
+        if read_onnx_metadata(model).spec is not None:
             raise FeaturebankError(f"{model} describes its own preprocessing; drop "
                                    f"--preprocessing {given}")
-        if not described and not given:
-            raise FeaturebankError(
-                f"{model} was not made by featurebank, so its preprocessing is unknown: adopt it "
-                f"once ('featurebank adopt {model} -o ADOPTED.onnx --pixel-range 1|255 "
-                f"--channel-order rgb|bgr ...') or state --preprocessing FILE")
-        if given:
-            preprocessing, _ = resolve_conventions(model, given)
-    elif getattr(args, "preprocessing", None):
+        preprocessing, _ = resolve_conventions(model, given)
+    elif given:
         raise FeaturebankError(f"--preprocessing is for a foreign .onnx model; {model} is a "
                                f"registry model that knows its own")
-    return FeatureOptions(model=model, layers=tuple(args.layers or ("head",)),
-                          pool=args.pool, gem_p=args.gem_p, normalize=args.l2,
-                          preprocessing=preprocessing, **extra)
+    return options_from_args(FeatureOptions, args, preprocessing=preprocessing, **extra)
 
 
 def register(sub) -> None:
     p = sub.add_parser("embed", help="embed images into an HDF5 feature store",
-                       description="Embed folders (sub-folder = label), list files or globs. "
+                       description="Embed folders (sub-folder = label), list files (CSV, JSON lines, "
+                       "parquet), webdataset tar shards, parquet files with image bytes or globs, "
+                       "local or as fsspec URLs (s3://, gs://, az://, https://). "
                        "Only content not yet in the store is computed.")
     p.add_argument("inputs", nargs="+", metavar="INPUT")
     p.add_argument("--store", required=True, help="HDF5 store (created when absent)")
-    add_spec_arguments(p)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--workers", type=int, default=None, help="decoding threads (default: cores)")
-    p.add_argument("--dtype", default="float16", choices=DTYPES)
-    p.add_argument("--precision", default="fp32", choices=PRECISIONS,
-                   help="int8: static int8 graph calibrated on this collection (CPU speed; "
-                        "vectors get a spec of their own); fp16: for --device cuda")
-    p.add_argument("--calibration", type=int, default=128, metavar="N",
-                   help="images sampled from the input to calibrate int8 on (default: 128)")
-    p.add_argument("--engine", default="local", choices=ENGINES)
-    p.add_argument("--address", default=None, help="Ray cluster address (with --engine ray)")
-    p.add_argument("--no-progress", action="store_true")
+    add_spec_arguments(p, precision=True)
+    add_option_flags(p, EmbedRun, flags={"calibration_size": "--calibration"},
+                     only=["batch_size", "workers", "dtype", "calibration_size", "engine",
+                           "address", "progress"],
+                     overrides={"workers": {"help": "decoding threads (local) or actors (Ray) "
+                                                    "(default: by the machine)"},
+                                "calibration_size": {
+                                    "metavar": "N", "help": "images sampled from the input to "
+                                    "calibrate int8 on (default: %(default)s)"}})
+    add_option_flags(p, SourceOptions, overrides={name: {"metavar": "NAME"} for name in
+                                                  ("split", "image_column", "label_column")})
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=run_embed)
 
 
 def run_embed(args) -> int:
-    from featurebank.extractor.engines import EmbedRun, embed_collection
+    from featurebank.extractor import embed_collection
 
-    run = EmbedRun(batch_size=args.batch_size, workers=args.workers, device=args.device,
-                   threads=args.threads, dtype=args.dtype, progress=not args.no_progress,
-                   engine=args.engine, address=args.address, calibration_size=args.calibration)
-    summary = embed_collection(args.inputs, args.store,
-                               feature_options_from_args(args, precision=args.precision), run=run)
+    summary = embed_collection(args.inputs, args.store, feature_options_from_args(args),
+                               run=options_from_args(EmbedRun, args),
+                               sources=options_from_args(SourceOptions, args))
     print(json.dumps(summary.to_dict()) if args.json else summary)
     return 0

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import sys
 
+from featurebank.spec import DEFAULT_MODEL
+
 
 def register(sub) -> None:
     p = sub.add_parser("export", help="export a registry model to a self-describing ONNX file",
                        description="Write MODEL as ONNX with its spec and layer catalogue inside. "
                        "The file alone is enough to embed images (no torch needed).")
-    p.add_argument("model", metavar="MODEL", help="registry name, e.g. efficientnet_lite0")
+    p.add_argument("model", metavar="MODEL", help=f"registry name, e.g. {DEFAULT_MODEL}")
     p.add_argument("-o", "--output", required=True, metavar="OUT.onnx")
     p.add_argument("--weights", metavar="STATE_DICT",
                    help="state dict of the same architecture (e.g. fine-tuned); default: ImageNet")
@@ -29,6 +31,9 @@ def register(sub) -> None:
                    help="conventions of a foreign ONNX file (JSON/TOML, as for 'adopt'): exact "
                         "shapes and layouts for its input size")
     p.add_argument("--json", action="store_true", help="print the layers as JSON")
+    p.add_argument("--all", action="store_true",
+                   help="also list every raw tensor a foreign model can be cut at (default: its "
+                        "friendly cuts stage.K, head, pool, logits)")
     p.set_defaults(func=run_layers)
 
     p = sub.add_parser(
@@ -105,22 +110,11 @@ def run_models(args) -> int:
     for entry in list_models():
         available = entry.availability()
         h, w = entry.preprocessing.input_size
+        count = entry.parameter_count() if available == "yes" else None
         rows.append([entry.name, entry.source, f"{h}x{w}",
-                     _param_count(entry.name) if available == "yes" else "-", available])
+                     "-" if count is None else f"{count / 1e6:.2f}M", available])
     _table(["name", "source", "input", "params", "available"], rows)
     return 0
-
-
-def _param_count(name: str) -> str:
-    if ":" in name:  # a pattern entry (torchvision:NAME) has no single size
-        return "-"
-    import torch
-
-    from featurebank.export._efficientnet_lite import EfficientNetLite
-
-    with torch.device("meta"):  # shapes only: no memory, no weights read
-        module = EfficientNetLite(name)
-    return f"{sum(p.numel() for p in module.parameters()) / 1e6:.2f}M"
 
 
 def run_layers(args) -> int:
@@ -136,17 +130,22 @@ def run_layers(args) -> int:
 
         pre, _ = resolve_conventions(path, args.preprocessing)
     info = read_onnx_metadata(path, pre)
+    native = info.spec is not None and info.spec.source != "onnx"
+    friendly = [la for la in info.layers if la.name != la.tensor]
+    shown = info.layers if args.all or native or not friendly else friendly
     if args.json:
-        print(json.dumps([la.to_dict() for la in info.layers], indent=1))
+        print(json.dumps([la.to_dict() for la in shown], indent=1))
         return 0
     if info.spec is None:
         print(f"{path}: not made by featurebank; candidate tensors from shape inference "
               f"(adopt it with 'featurebank adopt', or state --preprocessing FILE)")
-    native = info.spec is not None and info.spec.source != "onnx"
     rows = [[la.name, la.tensor, "x".join(str(d) for d in la.shape) or "?",
              _layout(la, native), "-" if la.flops_share is None else f"{100 * la.flops_share:.1f}"]
-            for la in info.layers]
+            for la in shown]
     _table(["name", "tensor", "shape", "layout", "FLOPs %"], rows)
+    if len(shown) < len(info.layers):
+        print(f"({len(info.layers) - len(shown)} more tensors can be cut at by name: "
+              f"'featurebank layers {args.model} --all')")
     return 0
 
 
