@@ -221,7 +221,7 @@ def frontier(payload: dict) -> dict:
                          "epochs_planned": r["options"]["epochs"],
                          "minutes": round(minutes, 2), "val_accuracy": h["val_accuracy"]})
     runs = [{"run": run, "input_size": r.get("input_size", 224), "best_epoch": r["best_epoch"],
-             "val_accuracy": r["val_accuracy"], "chosen": r.get("chosen", "finetuned"),
+             "val_accuracy": r["val_accuracy"], "chosen": r.get("chosen"),  # None: before the choice
              "test_accuracy": r["test_accuracy"], "probe_test_accuracy": r["probe"]["test_accuracy"],
              "training_minutes": r["training_minutes"]} for run, r in payload["cuts"].items()]
     within = [r for r in runs if r["training_minutes"] <= BUDGET_MIN] or runs
