@@ -45,7 +45,8 @@ def _register(parser: Any, cls: type, names: dict[str, str]) -> None:
     flags = parser.get_default(FLAGS_KEY) or {}
     fields = parser.get_default(FIELDS_KEY) or {}
     flags.update(names)
-    fields.setdefault(cls, []).extend(n for n in names if n not in fields.get(cls, []))
+    known = fields.setdefault(cls, [])
+    known += [n for n in names if n not in known]
     parser.set_defaults(**{FLAGS_KEY: flags, FIELDS_KEY: fields})
 
 
