@@ -26,7 +26,7 @@ _LAZY = {
     "decode": "featurebank.extractor._preprocess",
     "image_key": "featurebank.extractor._preprocess",
     "read_bytes": "featurebank.extractor._preprocess",
-    "label_table": "featurebank.extractor.engines._common",
+    "label_table": "featurebank.extractor._labels",
     "upgrade_message": "featurebank.extractor.store._store",
     "EmbedRun": "featurebank.extractor._options",
     "ENGINES": "featurebank.extractor._options",
@@ -45,6 +45,7 @@ __all__ = ["DEFAULT_MAX_PIXELS", "DEVICES", "DecodeError", "ENGINES", "EmbedRun"
 if TYPE_CHECKING:
     from featurebank.extractor._extractor import Extractor, resolve_model_path
     from featurebank.extractor._inputs import ImageItem, collect
+    from featurebank.extractor._labels import label_table
     from featurebank.extractor._options import DEVICES, ENGINES, EmbedRun
     from featurebank.extractor._preprocess import (
         DEFAULT_MAX_PIXELS,
@@ -54,7 +55,6 @@ if TYPE_CHECKING:
         read_bytes,
     )
     from featurebank.extractor.engines import EmbedSummary, embed_collection
-    from featurebank.extractor.engines._common import label_table
     from featurebank.extractor.store import FeatureSet, FeatureStore
     from featurebank.extractor.store._store import upgrade_message
 

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from featurebank.extractor._labels import label_table
 from featurebank.extractor._options import ENGINES, EmbedRun
 from featurebank.extractor._preprocess import DecodeError, decode, image_key, read_bytes
 from featurebank.spec import Preprocessing
@@ -49,17 +50,6 @@ class EmbedSummary:
             lines.append(label_table(self.labels, "images in the input per label"))
         lines += [f"warning: {w}" for w in self.warnings]
         return "\n".join(lines)
-
-
-def label_table(counts: dict[str, int], title: str, limit: int = 50) -> str:
-    """A small text table of label -> count (``(no label)`` for ''), most frequent first."""
-    rows = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
-    width = max([len(k or "(no label)") for k, _ in rows[:limit]] + [5])
-    out = [f"{len(rows)} label(s), {title}:"]
-    out += [f"  {k or '(no label)':<{width}}  {n:>7}" for k, n in rows[:limit]]
-    if len(rows) > limit:
-        out.append(f"  ... and {len(rows) - limit} more labels")
-    return "\n".join(out)
 
 
 @dataclass
