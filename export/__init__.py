@@ -28,7 +28,14 @@ from featurebank.export._metadata import (
     read_conventions,
     read_onnx_metadata,
 )
-from featurebank.export._registry import ModelEntry, get_model_entry, is_onnx_path, list_models
+from featurebank.export._registry import (
+    ModelEntry,
+    get_model_entry,
+    is_onnx_path,
+    list_models,
+    require_torch,
+    torch_installed,
+)
 from featurebank.spec import DEFAULT_MODEL, ModelSpec
 
 if TYPE_CHECKING:  # annotations only: importing export must not import torch
@@ -42,6 +49,7 @@ def export_onnx(
 
     See :func:`featurebank.export._onnx_export.export_onnx`; torch is imported only when this is called.
     """
+    require_torch(f"exporting {model!r}")
     from featurebank.export._onnx_export import export_onnx as _export
 
     return _export(model, out, weights=weights, input_size=input_size)
@@ -53,6 +61,7 @@ def export_module(module: torch.nn.Module, spec: ModelSpec, out: str | Path,
 
     See :func:`featurebank.export._onnx_export.export_module`; torch is imported only when called.
     """
+    require_torch("exporting a torch module")
     from featurebank.export._onnx_export import export_module as _export_module
 
     _export_module(module, spec, out, extra)
@@ -66,6 +75,7 @@ def build_torch_model(
 
     See :func:`featurebank.export._torch_models.build_torch_model`; torch is imported only when called.
     """
+    require_torch(f"building the torch model {name!r}")
     from featurebank.export._torch_models import build_torch_model as _build
 
     return _build(name, weights=weights, input_size=input_size)
@@ -77,5 +87,5 @@ __all__ = [
     "export_onnx", "featurebank_version", "find_model_by_digest", "foreign_model_spec",
     "get_model_entry", "imagenet_classes", "input_layout_from_shape", "is_onnx_path",
     "list_models", "load_onnx", "load_preprocessing", "read_conventions", "read_onnx_metadata",
-    "remember_model", "remembered_models", "resolve_conventions",
+    "remember_model", "remembered_models", "require_torch", "resolve_conventions", "torch_installed",
 ]

@@ -35,7 +35,7 @@ sys.meta_path.insert(0, NotInstalled())
 import io
 from featurebank.classical import train
 from featurebank.errors import FeaturebankError
-from featurebank.export import ensure_exported
+from featurebank.export import ensure_exported, export_onnx
 from featurebank.extractor import embed_collection
 from featurebank.service import create_app
 from fastapi.testclient import TestClient
@@ -56,6 +56,10 @@ try:
     ensure_exported("efficientnet_lite2", cache_dir=work / "fresh-cache")
 except FeaturebankError as exc:
     out["registry_error"] = str(exc)
+try:
+    export_onnx("efficientnet_lite0", work / "lite0.onnx")
+except FeaturebankError as exc:
+    out["export_error"] = str(exc)
 out["torch_loaded"] = sorted(m for m, v in sys.modules.items()
                              if m.split(".")[0] in BLOCKED)
 print(json.dumps(out))
@@ -82,4 +86,5 @@ def test_without_torch_embed_train_and_serve_from_an_exported_file(tmp_path, lit
     error = out["registry_error"]
     assert "efficientnet_lite2" in error and "pip install 'featurebank[torch]'" in error
     assert ".onnx" in error  # and what works without torch
+    assert "featurebank[torch]" in out["export_error"] and not (tmp_path / "lite0.onnx").exists()
     assert not (tmp_path / "fresh-cache").exists() or not any((tmp_path / "fresh-cache").iterdir())
