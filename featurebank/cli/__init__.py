@@ -72,10 +72,14 @@ class _LogFormat(logging.Formatter):
         message = record.getMessage()
         if record.exc_info:
             message += "\n" + self.formatException(record.exc_info)
-        ours = record.name.split(".")[0] == "featurebank"
+        package = record.name.split(".")[0]
+        ours = package == "featurebank"
         if record.levelno == logging.INFO and ours:
             return message
-        where = "" if ours and record.levelno != logging.DEBUG else f" ({record.name})"
+        if ours:  # where in featurebank only matters when debugging
+            where = f" ({record.name})" if record.levelno == logging.DEBUG else ""
+        else:  # uvicorn, onnxscript, ...: the library, not its inner logger ('uvicorn.error')
+            where = f" ({package})"
         return f"{record.levelname.lower()}{where}: {message}"
 
 
