@@ -71,6 +71,8 @@ class EmbedRun:
             raise FeaturebankError(f"engine must be one of {ENGINES}, got {self.engine!r}")
         if self.workers is not None and self.workers < 1:
             raise FeaturebankError(f"--workers must be >= 1, got {self.workers}")
+        if self.shard_rows is not None and self.shard_rows < 1:
+            raise FeaturebankError(f"--shard-rows must be >= 1, got {self.shard_rows}")
 
     @property
     def decode_threads(self) -> int:
@@ -92,6 +94,7 @@ class EmbedSummary:
     failed: int = 0
     seconds: float = 0.0
     labels: dict[str, int] = field(default_factory=dict)
+    nodes: dict[str, int] = field(default_factory=dict)  # Ray engine: images embedded per node id
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -105,6 +108,9 @@ class EmbedSummary:
         lines = [f"{self.total} images in {self.seconds:.1f} s ({self.images_per_s:.1f} img/s): "
                  f"embedded {self.embedded}, already cached {self.cached}, duplicates "
                  f"{self.duplicates}, failed {self.failed}"]
+        if len(self.nodes) > 1:
+            lines.append(f"embedded on {len(self.nodes)} Ray nodes: " + ", ".join(
+                f"{node[:8]} {n}" for node, n in sorted(self.nodes.items())))
         if self.labels:
             lines.append(label_table(self.labels, "images in the input per label"))
         lines += [f"warning: {w}" for w in self.warnings]

@@ -6,15 +6,18 @@ The job is a Ray Data pipeline over the collected ``(path, label)`` items:
    decode with :func:`featurebank.extractor._preprocess.decode` -- the same function the local engine uses;
 2. **embed** (an actor pool, one onnxruntime session per actor, ``num_gpus=1`` per actor when
    the cluster has GPUs): the truncated, pooled feature graph built once on the driver;
-3. **write** (tasks): one shard per batch in the store's own layout, written under a temporary
-   name and renamed (:func:`featurebank.extractor.store._shards.write_shard`).
+3. **write** (on the driver): the rows come back to the driver, which writes one shard per
+   ``shard_rows`` rows in the store's own layout, under a temporary name and renamed
+   (:func:`featurebank.extractor.store._shards.write_shard`). Workers never open the store, so
+   the nodes share no file system: each reads its images from their paths or URLs.
 
 The driver then rebuilds the manifest and the virtual HDF5 file over the shards
 (:class:`featurebank.extractor.store._shards.ShardedStore`), so every reader sees one store at the path given.
 Ray restarts a killed embedding actor and retries its batches; a killed driver loses only the
 shards in flight, and a rerun embeds only content missing from the committed shards.
 
-Paths must mean the same file on every node (a shared file system) -- see docs/ray.md.
+Image paths must be readable on every node (a shared file system, or URLs); the store only
+on the driver -- see docs/ray.md.
 """
 
 from __future__ import annotations
@@ -63,14 +66,16 @@ def _decode_batch(batch: dict[str, np.ndarray], preprocessing: Preprocessing, ma
 class _Embedder:
     """One onnxruntime session per actor, built from the feature graph's bytes."""
 
-    def __init__(self, graph: bytes, output_names: list[str], dims: list[int],
+    def __init__(self, graph: list[ray.ObjectRef], output_names: list[str], dims: list[int],
                  input_size: tuple[int, int], device: str, threads: int | None):
         import onnx
 
         from featurebank.extractor.graphs._sessions import make_session
 
-        self.session = make_session(onnx.load_from_string(graph), device, threads)
+        model = onnx.load_from_string(ray.get(graph[0]))
+        self.session = make_session(model, device, threads)
         self.names, self.dims, self.shape = output_names, dims, (*input_size, 3)
+        self.node = ray.get_runtime_context().get_node_id()  # recorded per row: where it ran
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         pixels = batch.pop("pixels")  # not shipped on to the writers
@@ -83,26 +88,50 @@ class _Embedder:
             col = np.zeros((len(batch["status"]), d), np.float32)
             col[new] = out
             batch[f"f{j}"] = col
+        batch["node"] = np.full(len(batch["status"]), self.node, dtype=object)
         return batch
 
 
-# -- stage 3: write one shard per batch (Ray tasks) -----------------------------------------
-def _write_batch(batch: dict[str, np.ndarray], folder: str, run_id: str, specs: list[str],
-                 dtype: str, roots: list[str]) -> dict[str, np.ndarray]:
-    status = batch["status"]
-    paths = [os.fsdecode(bytes(p)) for p in batch["path"]]
-    new = np.flatnonzero(status == NEW)
-    keys = [str(batch["key"][i]) for i in new]
-    rows = {FeatureSpec.from_json(js): (keys, batch[f"f{j}"][new]) for j, js in enumerate(specs)}
-    images = [(str(batch["key"][i]), paths[i], str(batch["label"][i]))
-              for i in np.flatnonzero(status != FAILED)]
-    failures = [(paths[i], str(batch["reason"][i])) for i in np.flatnonzero(status == FAILED)]
-    # Named by its first item: a retried task rewrites the same shard instead of adding one.
-    name = f"{run_id}-{int(np.min(batch['idx'])):010d}.h5"
-    write_shard(folder, name, rows, images, failures, dtype, roots=roots)
-    return {"shard": np.array([name], dtype=object), "rows": np.array([len(status)]),
-            "cached": np.array([int(np.sum(status == CACHED))]),
-            "failed": np.array([len(failures)]), "new_keys": np.array(["".join(keys)], dtype=object)}
+# -- on the driver: one shard per ``shard_rows`` rows ------------------------------------------
+class _ShardWriter:
+    """Collects the actors' rows on the driver and writes them as shards of the driver's store.
+
+    The rows come back to the driver (Ray moves them as objects), so no node but the driver
+    ever opens the store: workers need no shared file system, and the shards are committed
+    by one process in order (``benchmarks/ray_transport.py`` measures this choice against
+    workers writing shards to object storage).
+    """
+
+    def __init__(self, store: ShardedStore, specs: list[FeatureSpec], dtype: str,
+                 roots: list[str], shard_rows: int):
+        self.store, self.specs, self.dtype, self.roots = store, specs, dtype, roots
+        self.shard_rows, self.run_id, self.seq = shard_rows, store.new_run_id(), 0
+        self.batches: list[dict[str, np.ndarray]] = []
+        self.rows = 0
+
+    def add(self, batch: dict[str, np.ndarray]) -> None:
+        self.batches.append(batch)
+        self.rows += len(batch["status"])
+        if self.rows >= self.shard_rows:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.batches:
+            return
+        cat = {c: np.concatenate([b[c] for b in self.batches]) for c in self.batches[0]}
+        self.batches, self.rows = [], 0
+        status = cat["status"]
+        new = np.flatnonzero(status == NEW)
+        keys = [str(k) for k in cat["key"][new]]
+        rows = {spec: (keys, cat[f"f{j}"][new]) for j, spec in enumerate(self.specs)}
+        paths = [os.fsdecode(bytes(p)) for p in cat["path"]]
+        images = [(str(cat["key"][i]), paths[i], str(cat["label"][i]))
+                  for i in np.flatnonzero(status != FAILED)]
+        failures = [(paths[i], str(cat["reason"][i])) for i in np.flatnonzero(status == FAILED)]
+        nodes = sorted({str(n) for n in cat["node"][new]})
+        write_shard(self.store.dir, f"{self.run_id}-{self.seq:08d}.h5", rows, images, failures,
+                    self.dtype, roots=self.roots, attrs={"ray_nodes": nodes})
+        self.seq += 1
 
 
 # -- driver -----------------------------------------------------------------------------------
@@ -176,6 +205,10 @@ def embed_ray(items: list[ImageItem], store_path: str | Path, ex: Extractor,
         known = {state.dtypes[fp] for fp in fps if fp in state.dtypes}
         store_dtype = known.pop() if len(known) == 1 else run.dtype  # an existing set keeps its dtype
         remote, size, actor_device = _actor_resources(device, workers, threads)
+        # The graph's bytes go to the object store once; the driver holds the reference for the
+        # whole run, so an actor restarted after its node died can still fetch them (an inline
+        # constructor argument of this size is not kept for restarts).
+        graph_ref = ray.put(graph.model.SerializeToString())
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
         ctx.wait_for_min_actors_s = int(run.actor_wait_s)
@@ -189,24 +222,21 @@ def embed_ray(items: list[ImageItem], store_path: str | Path, ex: Extractor,
                                        "max_pixels": ex.max_pixels, "done": done})
         ds = ds.map_batches(_Embedder, batch_size=batch_size, compute=ray.data.ActorPoolStrategy(
             min_size=1, max_size=size), fn_constructor_kwargs={
-                "graph": graph.model.SerializeToString(), "output_names": list(graph.output_names),
+                "graph": [graph_ref], "output_names": list(graph.output_names),
                 "dims": list(graph.dims), "input_size": tuple(ex.spec_preprocessing.input_size),
                 "device": actor_device, "threads": threads or remote.get("num_cpus", 1)},
-            **remote)
-        ds = ds.map_batches(_write_batch, batch_size=run.shard_rows or 16 * batch_size, num_cpus=0,
-                            max_retries=3, fn_kwargs={
-                                "folder": str(store.dir), "run_id": store.new_run_id(),
-                                "specs": [s.to_json() for s in specs], "dtype": store_dtype,
-                                "roots": list(roots or ())})
+            scheduling_strategy="SPREAD", **remote)  # actors on as many nodes as there are
+        writer = _ShardWriter(store, list(specs), store_dtype, list(roots or ()),
+                              run.shard_rows or 16 * batch_size)
         in_run: set[str] = set()
         bar = tqdm(total=len(items), unit="img", disable=not run.progress,
                    desc="embedding (ray)")
         try:
             for out in ds.iter_batches(batch_size=None, batch_format="numpy"):
-                for rows, cached, failed, blob in zip(out["rows"], out["cached"], out["failed"],
-                                                      out["new_keys"], strict=True):
-                    _count(summary, in_run, int(cached), int(failed), str(blob))
-                    bar.update(int(rows))
+                _count(summary, in_run, out)
+                writer.add(out)
+                bar.update(len(out["status"]))
+            writer.flush()
         except ray.exceptions.RayError as exc:
             raise FeaturebankError(f"the Ray job failed ({type(exc).__name__}: {exc}); the shards "
                                    "committed so far are kept: run again to continue") from exc
@@ -217,15 +247,18 @@ def embed_ray(items: list[ImageItem], store_path: str | Path, ex: Extractor,
     return summary
 
 
-def _count(summary: EmbedSummary, in_run: set[str], cached: int, failed: int, blob: str) -> None:
-    summary.cached += cached
-    summary.failed += failed
-    for k in (blob[i:i + 64] for i in range(0, len(blob), 64)):
-        if k in in_run:
+def _count(summary: EmbedSummary, in_run: set[str], batch: dict[str, np.ndarray]) -> None:
+    status = batch["status"]
+    summary.cached += int(np.sum(status == CACHED))
+    summary.failed += int(np.sum(status == FAILED))
+    for i in np.flatnonzero(status == NEW):
+        key, node = str(batch["key"][i]), str(batch["node"][i])
+        if key in in_run:
             summary.duplicates += 1
         else:
-            in_run.add(k)
+            in_run.add(key)
             summary.embedded += 1
+            summary.nodes[node] = summary.nodes.get(node, 0) + 1
 
 
 # -- scikit-learn on the cluster ---------------------------------------------------------------

@@ -67,10 +67,12 @@ def is_sharded(store_path: str | Path) -> bool:
 def write_shard(folder: str | Path, name: str,
                 rows: dict[FeatureSpec, tuple[list[str], np.ndarray]],
                 images: list[tuple[str, str, str]], failures: list[tuple[str, str]],
-                dtype: str = "float16", roots=None) -> Path:
+                dtype: str = "float16", roots=None, attrs: dict | None = None) -> Path:
     """Write one shard atomically: a temporary file in the store layout, then a rename.
 
     A retried task writing the same ``name`` replaces the earlier file with equal content.
+    ``attrs`` (JSON-able values) go to the shard's root attributes, e.g. the Ray nodes that
+    computed its rows.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -79,6 +81,9 @@ def write_shard(folder: str | Path, name: str,
     try:
         with FeatureStore(tmp, mode="a") as shard:
             shard.commit(rows, images, failures, dtype=dtype, roots=roots)
+        if attrs:
+            with h5py.File(tmp, "a", locking=False) as f:
+                f.attrs.update({k: json.dumps(v) for k, v in attrs.items()})
         with open(tmp, "rb+") as f:  # the rename below must not expose unflushed data
             os.fsync(f.fileno())
         os.replace(tmp, final)

@@ -79,6 +79,8 @@ def register(sub) -> None:
                    help="images sampled from the input to calibrate int8 on (default: 128)")
     p.add_argument("--engine", default="local", choices=ENGINES)
     p.add_argument("--address", default=None, help="Ray cluster address (with --engine ray)")
+    p.add_argument("--shard-rows", type=int, default=None, metavar="N",
+                   help="with --engine ray: rows per shard file (default: 16 x batch size)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=run_embed)
@@ -89,7 +91,8 @@ def run_embed(args) -> int:
 
     run = EmbedRun(batch_size=args.batch_size, workers=args.workers, device=args.device,
                    threads=args.threads, dtype=args.dtype, progress=not args.no_progress,
-                   engine=args.engine, address=args.address, calibration_size=args.calibration)
+                   engine=args.engine, address=args.address, calibration_size=args.calibration,
+                   shard_rows=args.shard_rows)
     summary = embed_collection(args.inputs, args.store,
                                feature_options_from_args(args, precision=args.precision), run=run)
     print(json.dumps(summary.to_dict()) if args.json else summary)
