@@ -221,7 +221,7 @@ def embed_ray(items: list[ImageItem], store_path: str | Path, ex: Extractor,
                             fn_kwargs={"preprocessing": ex.spec_preprocessing,
                                        "max_pixels": ex.max_pixels, "done": done})
         ds = ds.map_batches(_Embedder, batch_size=batch_size, compute=ray.data.ActorPoolStrategy(
-            min_size=1, max_size=size), fn_constructor_kwargs={
+            min_size=size, max_size=size), fn_constructor_kwargs={
                 "graph": [graph_ref], "output_names": list(graph.output_names),
                 "dims": list(graph.dims), "input_size": tuple(ex.spec_preprocessing.input_size),
                 "device": actor_device, "threads": threads or remote.get("num_cpus", 1)},
