@@ -92,8 +92,9 @@ def test_cluster_run_spans_both_nodes_and_survives_losing_one(cluster, digit_lis
         if driver.poll() is None:
             driver.kill()
             driver.wait(timeout=30)
-    assert driver.returncode == 0, "\n".join(  # the errors, without Ray's retry chatter
-        line for line in err.splitlines() if "rror" in line and "push error" not in line)[-4000:]
+    (tmp_path / "driver.err").write_text(err)
+    assert driver.returncode == 0, "\n".join(  # without the raylet's and core worker's chatter
+        line for line in err.splitlines() if not line.startswith("["))[-4000:]
     summary = json.loads(out.strip().splitlines()[-1])
     assert summary["embedded"] + summary["duplicates"] == N_IMAGES and summary["failed"] == 0
     assert set(summary["nodes"]) == {head_id, worker_id}  # the summary names both nodes too
