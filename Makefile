@@ -1,9 +1,11 @@
 # Two entry points for a fresh machine: `make demo` (the main job) and `make test`.
 # Both create .venv and install the project from its own files first:
-#   demo: the core and the service extra (no Ray, pandas or pyarrow);
+#   demo: the core with the torch and service extras (the demo exports EfficientNet-Lite0 on
+#         first use, which needs torch; no Ray, pandas or pyarrow);
 #   test: adds the dev and ray extras.
 # tools/install.py keeps torch on its CPU build: pip's configured CPU wheel where there is one,
 # else PyTorch's CPU wheel index (`python tools/install.py --which-torch` says which).
+# `make lint` runs ruff and mypy (as .ci/run does before the tests).
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -17,14 +19,14 @@ $(BIN)/python:
 	$(BIN)/python -m pip install -q --upgrade pip
 
 $(DEMO_STAMP): pyproject.toml constraints.txt tools/install.py | $(BIN)/python
-	$(BIN)/python tools/install.py service
+	$(BIN)/python tools/install.py torch,service
 	@# Fashion-MNIST for the demo and benchmarks (Debian package); digits is the fallback.
 	@test -d /usr/share/datasets/fashion-mnist || (command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
 		(apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) >/dev/null 2>&1) || true
 	touch $@
 
 $(TEST_STAMP): $(DEMO_STAMP)
-	$(BIN)/python tools/install.py service,dev,ray
+	$(BIN)/python tools/install.py torch,service,dev,ray
 	touch $@
 
 install: $(DEMO_STAMP)
@@ -42,6 +44,7 @@ test: $(TEST_STAMP)
 
 lint: $(TEST_STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/python tools/typecheck.py
 
 clean-venv:
 	rm -rf $(VENV)

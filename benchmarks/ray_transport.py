@@ -43,7 +43,6 @@ import numpy as np
 from benchmarks._common import RESULTS, load_average, write_result
 
 
-
 def _spec():
     from featurebank.spec import FeatureSpec, ModelSpec, Preprocessing
 

@@ -176,8 +176,7 @@ async def open_loop(base: str, bodies: list[bytes], rate: float, seconds: float)
         try:
             statuses.append(await asyncio.wait_for(
                 conn.post(heads[j % len(bodies)], bodies[j % len(bodies)]), 120))
-        except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, ValueError,
-                IndexError):
+        except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError, IndexError):
             statuses.append(0)  # refused / reset / timed out / garbled
         finally:
             await conn.close()

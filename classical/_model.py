@@ -34,7 +34,7 @@ def raw_pixels(paths, side: int = PIXEL_SIDE) -> np.ndarray:
     for i, path in enumerate(paths):
         try:
             with Image.open(io.BytesIO(read_bytes(path))) as im:
-                out[i] = np.asarray(im.convert("L").resize((side, side), Image.BILINEAR),
+                out[i] = np.asarray(im.convert("L").resize((side, side), Image.Resampling.BILINEAR),
                                     np.float32).ravel() / 255.0
         except Exception as exc:
             raise FeaturebankError(f"raw-pixel baseline: cannot read {path} ({exc})") from exc

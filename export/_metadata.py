@@ -222,13 +222,8 @@ def load_preprocessing(path: str | Path | None = None, **overrides: Any) -> Prep
 
 
 def _read_toml(text: str) -> dict[str, Any]:
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10: the same parser as the tomli backport
-        try:
-            import tomli as tomllib
-        except ModuleNotFoundError as exc:
-            raise ValueError("TOML needs Python >= 3.11 or 'pip install tomli'; use JSON") from exc
+    import tomllib
+
     return tomllib.loads(text)
 
 

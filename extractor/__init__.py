@@ -6,7 +6,7 @@ store.
   the local engine or on a Ray cluster (``engine='ray'``);
 - :func:`decode`: the one decode path (also used by the service and the classifiers).
 
-The store (``h5py``) and the engines load on first use.
+Every name loads on first use (the store needs ``h5py``, the extractor ``onnxruntime``).
 """
 
 from __future__ import annotations
@@ -14,28 +14,47 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from featurebank.extractor._extractor import Extractor, resolve_model_path
-from featurebank.extractor._inputs import ImageItem, collect
-from featurebank.extractor._preprocess import DEFAULT_MAX_PIXELS, DecodeError, decode, image_key
-
+# public name -> the module that defines it: everything loads on first use, so that
+# ``from featurebank.extractor import EmbedRun`` (the command line's flags) costs no onnxruntime
 _LAZY = {
+    "Extractor": "featurebank.extractor._extractor",
+    "resolve_model_path": "featurebank.extractor._extractor",
+    "ImageItem": "featurebank.extractor._inputs",
+    "collect": "featurebank.extractor._inputs",
+    "DEFAULT_MAX_PIXELS": "featurebank.extractor._preprocess",
+    "DecodeError": "featurebank.extractor._preprocess",
+    "decode": "featurebank.extractor._preprocess",
+    "image_key": "featurebank.extractor._preprocess",
+    "EmbedRun": "featurebank.extractor._options",
+    "ENGINES": "featurebank.extractor._options",
+    "DEVICES": "featurebank.extractor._options",
     "FeatureStore": "featurebank.extractor.store",
     "FeatureSet": "featurebank.extractor.store",
     "embed_collection": "featurebank.extractor.engines",
     "EmbedSummary": "featurebank.extractor.engines",
-    "EmbedRun": "featurebank.extractor.engines",
 }
 
-__all__ = ["DEFAULT_MAX_PIXELS", "DecodeError", "EmbedRun", "EmbedSummary", "Extractor",
-           "FeatureSet", "FeatureStore", "ImageItem", "collect", "decode", "embed_collection",
-           "image_key", "resolve_model_path"]
+__all__ = ["DEFAULT_MAX_PIXELS", "DEVICES", "DecodeError", "ENGINES", "EmbedRun", "EmbedSummary",
+           "Extractor", "FeatureSet", "FeatureStore", "ImageItem", "collect", "decode",
+           "embed_collection", "image_key", "resolve_model_path"]
 
 if TYPE_CHECKING:
-    from featurebank.extractor.engines import EmbedRun, EmbedSummary, embed_collection
+    from featurebank.extractor._extractor import Extractor, resolve_model_path
+    from featurebank.extractor._inputs import ImageItem, collect
+    from featurebank.extractor._options import DEVICES, ENGINES, EmbedRun
+    from featurebank.extractor._preprocess import (
+        DEFAULT_MAX_PIXELS,
+        DecodeError,
+        decode,
+        image_key,
+    )
+    from featurebank.extractor.engines import EmbedSummary, embed_collection
     from featurebank.extractor.store import FeatureSet, FeatureStore
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value  # later look-ups skip this hook
+        return value
     raise AttributeError(f"module 'featurebank.extractor' has no attribute {name!r}")

@@ -41,8 +41,9 @@ from featurebank.spec import Preprocessing
 
 DEFAULT_MAX_PIXELS = 100_000_000  # 100 MP: above any camera, far below a bomb's 2.5 GP
 DRAFT_FACTOR = 2  # decode no smaller than 2x the resize target
-_RESAMPLE = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC,
-             "lanczos": Image.LANCZOS, "area": Image.BOX}  # BOX: each output pixel averages its area
+_R = Image.Resampling
+_RESAMPLE = {"nearest": _R.NEAREST, "bilinear": _R.BILINEAR, "bicubic": _R.BICUBIC,
+             "lanczos": _R.LANCZOS, "area": _R.BOX}  # BOX: each output pixel averages its area
 
 
 class DecodeError(FeaturebankError):

@@ -12,8 +12,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import KW_ONLY, asdict, dataclass, field, replace
+import os
+from dataclasses import KW_ONLY, MISSING, asdict, dataclass, field, replace
 from typing import Any
+
+from featurebank.errors import OptionError
+from featurebank.options import Interval, Items, Options, check_options, option
 
 #: Keys under which an exported ONNX file describes itself (``ModelProto.metadata_props``).
 META_SPEC = "featurebank.spec"
@@ -55,49 +59,37 @@ class Preprocessing:
     (NCHW, RGB, 0-1, none), so specs written before these fields existed keep their identity.
     """
 
-    input_size: tuple[int, int] = (224, 224)
-    resize_size: int = 256
-    interpolation: str = "bicubic"
-    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
-    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
-    background: tuple[int, int, int] = (255, 255, 255)
-    layout: str = "nchw"
-    channel_order: str = "rgb"
-    pixel_range: int = 1
-    tensor_layouts: tuple[tuple[str, str], ...] = ()
+    input_size: tuple[int, int] = option((224, 224), Items(Interval(int, 1, None), 2))
+    resize_size: int = option(256, Interval(int, 1, None))
+    interpolation: str = option("bicubic", Options(INTERPOLATIONS))
+    mean: tuple[float, float, float] = option((0.5, 0.5, 0.5), Items(float, 3))
+    std: tuple[float, float, float] = option((0.5, 0.5, 0.5),
+                                             Items(Interval(float, 0, None, "neither"), 3))
+    background: tuple[int, int, int] = option((255, 255, 255), Items(Interval(int, 0, 255), 3))
+    layout: str = option("nchw", Options(LAYOUTS))
+    channel_order: str = option("rgb", Options(CHANNEL_ORDERS))
+    pixel_range: int = option(1, Options(PIXEL_RANGES))
+    tensor_layouts: tuple[tuple[str, str], ...] = option((), "any")  # checked by _tensor_layouts
 
     def __post_init__(self) -> None:
         # Normalise lists (from JSON) to tuples so equal specs hash and compare equal.
-        object.__setattr__(self, "input_size", tuple(int(v) for v in self.input_size))
-        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
-        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
-        object.__setattr__(self, "background", tuple(int(v) for v in self.background))
-        object.__setattr__(self, "layout", str(self.layout).lower())
-        object.__setattr__(self, "channel_order", str(self.channel_order).lower())
+        for name, kind in (("input_size", int), ("mean", float), ("std", float),
+                           ("background", int)):
+            value = getattr(self, name)
+            if isinstance(value, (list, tuple)):
+                object.__setattr__(self, name, tuple(_number(kind, v) for v in value))
+        for name in ("layout", "channel_order", "interpolation"):
+            if isinstance(getattr(self, name), str):
+                object.__setattr__(self, name, getattr(self, name).lower())
         object.__setattr__(self, "tensor_layouts", _tensor_layouts(self.tensor_layouts))
-        if len(self.input_size) != 2 or min(self.input_size) < 1:
-            raise ValueError(f"preprocessing.input_size must be (height, width) > 0, got {self.input_size}")
-        if self.interpolation not in INTERPOLATIONS:
-            raise ValueError(
-                f"preprocessing.interpolation must be one of {INTERPOLATIONS}, got {self.interpolation!r}"
-            )
-        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
-            raise ValueError("preprocessing.mean and .std need 3 values each, std > 0")
-        if int(self.resize_size) < min(self.input_size):
-            raise ValueError(
-                f"preprocessing.resize_size ({self.resize_size}) must be >= the crop {self.input_size}"
-            )
-        if self.layout not in LAYOUTS:
-            raise ValueError(f"preprocessing.layout must be one of {LAYOUTS}, got {self.layout!r}")
-        if self.channel_order not in CHANNEL_ORDERS:
-            raise ValueError(f"preprocessing.channel_order must be one of {CHANNEL_ORDERS}, "
-                             f"got {self.channel_order!r}")
-        if self.pixel_range not in PIXEL_RANGES:
-            raise ValueError(f"preprocessing.pixel_range must be 1 or 255, got {self.pixel_range!r}")
-        object.__setattr__(self, "pixel_range", int(self.pixel_range))
+        check_options(self, prefix="preprocessing.")
+        if self.resize_size < min(self.input_size):
+            raise OptionError("preprocessing.resize_size", f"({self.resize_size}) must be >= the "
+                              f"crop {self.input_size}", related=("preprocessing.input_size",))
         if not all(0.0 <= m <= self.pixel_range for m in self.mean):
-            raise ValueError(f"preprocessing.mean {list(self.mean)} is outside the pixel range "
-                             f"0..{self.pixel_range}; give it in the model's pixel range")
+            raise OptionError("preprocessing.mean", f"{list(self.mean)} is outside the pixel "
+                              f"range 0..{self.pixel_range}; give it in the model's pixel range",
+                              related=("preprocessing.pixel_range",))
 
     @property
     def crop_pct(self) -> float:
@@ -121,8 +113,18 @@ class Preprocessing:
         known = {f for f in cls.__dataclass_fields__}
         unknown = set(data) - known
         if unknown:
-            raise ValueError(f"unknown preprocessing field(s) {sorted(unknown)}; known: {sorted(known)}")
+            raise OptionError("preprocessing", f"has unknown field(s) {sorted(unknown)}; known: "
+                              f"{sorted(known)}")
         return cls(**data)
+
+
+def _number(kind: type, value: Any) -> Any:
+    """``value`` as ``kind`` when it is a number (numpy's and JSON's included); anything else is
+    left for the checks to refuse with a message naming the field."""
+    try:
+        return kind(value) if not isinstance(value, (bool, str)) else value
+    except (TypeError, ValueError):
+        return value
 
 
 def _tensor_layouts(value: Any) -> tuple[tuple[str, str], ...]:
@@ -132,8 +134,8 @@ def _tensor_layouts(value: Any) -> tuple[tuple[str, str], ...]:
         tensor, layout = pair
         layout = str(layout).lower()
         if layout not in LAYOUTS:
-            raise ValueError(f"preprocessing.tensor_layouts[{tensor!r}] must be one of {LAYOUTS}, "
-                             f"got {layout!r}")
+            raise OptionError(f"preprocessing.tensor_layouts[{tensor!r}]",
+                              f"must be one of {LAYOUTS}, got {layout!r}")
         out[str(tensor)] = layout
     return tuple(sorted(out.items()))
 
@@ -163,20 +165,19 @@ class ModelSpec:
 class FeatureSpec:
     """A model cut at one layer and pooled: the identity of a feature set."""
 
-    model: ModelSpec
-    layer: str
-    pool: str = "avg"
-    gem_p: float = 3.0
-    normalize: bool = False
+    model: ModelSpec = option(MISSING, ModelSpec)
+    layer: str = option(MISSING, str)
+    pool: str = option("avg", Options(POOLS))
+    gem_p: float = option(3.0, float)
+    normalize: bool = option(False, bool)
     # None for the exported float graph; "int8-<digest>" for a graph statically quantized on
-    # one calibration set (extractor/quantize.py): its vectors differ, so must its fingerprint.
-    quantization: str | None = None
+    # one calibration set (extractor/graphs/_int8.py): its vectors differ, so must its
+    # fingerprint.
+    quantization: str | None = option(None, None, str)
 
     def __post_init__(self) -> None:
-        if self.pool not in POOLS:
-            raise ValueError(f"pool must be one of {POOLS}, got {self.pool!r}")
-        if self.pool == "gem" and self.gem_p <= 0:
-            raise ValueError(f"gem_p must be > 0, got {self.gem_p}")
+        check_options(self)
+        _check_gem_p(self.pool, self.gem_p)
 
     def to_dict(self) -> dict[str, Any]:
         data = {
@@ -213,14 +214,18 @@ class FeatureSpec:
         """16 hex digits of SHA-256 over the canonical JSON of the spec."""
         return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
 
-    def with_layer(self, layer: str) -> FeatureSpec:
-        return replace(self, layer=layer)
-
     def describe(self) -> str:
         pool = f"gem(p={self.gem_p:g})" if self.pool == "gem" else self.pool
         norm = "+l2" if self.normalize else ""
         quant = f" [{self.quantization}]" if self.quantization else ""
         return f"{self.model.model}@{self.model.weights_sha256[:8]}:{self.layer}/{pool}{norm}{quant}"
+
+
+def _check_gem_p(pool: str, gem_p: float) -> None:
+    """gem_p matters only for GeM pooling (and enters no fingerprint otherwise)."""
+    if pool == "gem" and not gem_p > 0:
+        raise OptionError("gem_p", f"must be > 0 with pool 'gem', got {gem_p!r}",
+                          related=("pool",))
 
 
 def canonical_json(data: Any) -> str:
@@ -276,36 +281,28 @@ class FeatureOptions:
         Export a registry model at this square input size instead of its native one.
     """
 
-    model: str = DEFAULT_MODEL
+    model: str = option(DEFAULT_MODEL, str)
     _: KW_ONLY  # everything after the model is named
-    layers: tuple[str, ...] = ("head",)
-    pool: str = "avg"
-    gem_p: float = 3.0
-    normalize: bool = False
-    precision: str = "fp32"
-    calibration: Any = None
-    preprocessing: Preprocessing | None = None
-    input_size: int | None = None
+    layers: tuple[str, ...] = option(("head",), Items(str))
+    pool: str = option("avg", Options(POOLS))
+    gem_p: float = option(3.0, float)
+    normalize: bool = option(False, bool)
+    precision: str = option("fp32", Options(PRECISIONS))
+    calibration: Any = option(None, "any")
+    preprocessing: Preprocessing | None = option(None, None, Preprocessing)
+    input_size: int | None = option(None, None, Interval(int, 8, None))
 
     def __post_init__(self) -> None:
-        from featurebank.errors import FeaturebankError
-
         layers = (self.layers,) if isinstance(self.layers, str) else tuple(self.layers or ())
         object.__setattr__(self, "layers", layers or ("head",))
-        object.__setattr__(self, "model", str(self.model))
+        if isinstance(self.model, os.PathLike):
+            object.__setattr__(self, "model", os.fspath(self.model))
         if isinstance(self.calibration, list):  # hashable, so options can key caches
             object.__setattr__(self, "calibration", tuple(self.calibration))
-        if self.pool not in POOLS:
-            raise FeaturebankError(f"pool must be one of {POOLS}, got {self.pool!r}")
-        if self.pool == "gem" and not self.gem_p > 0:
-            raise FeaturebankError(f"gem_p must be > 0, got {self.gem_p}")
-        if self.precision not in PRECISIONS:
-            raise FeaturebankError(f"precision must be one of {PRECISIONS}, "
-                                   f"got {self.precision!r}")
+        check_options(self)
+        _check_gem_p(self.pool, self.gem_p)
         if len(set(self.layers)) != len(self.layers):
-            raise FeaturebankError(f"layers named twice: {list(self.layers)}")
-        if self.input_size is not None and int(self.input_size) < 8:
-            raise FeaturebankError(f"input_size must be >= 8, got {self.input_size}")
+            raise OptionError("layers", f"name a layer twice: {list(self.layers)}")
 
     def replace(self, **changes: Any) -> FeatureOptions:
         """A copy with ``changes`` applied (and validated)."""
@@ -320,12 +317,10 @@ def feature_options(features: FeatureOptions | str | None = None,
                     **options: Any) -> FeatureOptions:
     """``features`` as :class:`FeatureOptions`: an options object (``options`` then replace its
     fields), a model name or ONNX path, or None (the default model)."""
-    from featurebank.errors import FeaturebankError
-
     unknown = set(options) - set(FEATURE_OPTION_NAMES)
     if unknown:
-        raise FeaturebankError(f"unknown feature option(s) {sorted(unknown)}; known: "
-                               f"{list(FEATURE_OPTION_NAMES)}")
+        raise OptionError("options", f"name unknown feature option(s) {sorted(unknown)}; known: "
+                          f"{list(FEATURE_OPTION_NAMES)}")
     if isinstance(features, FeatureOptions):
         return features.replace(**options) if options else features
     if features is not None:

@@ -2,7 +2,7 @@
 
 The trunk below the cut runs once per image (its unpooled float16 maps are stored); only the
 layers above it train, epoch after epoch, in torch. ``import featurebank.finetune`` imports
-neither torch nor the extractor: :func:`load_tuned` (used by ``predict`` and the service) needs
+neither torch, scikit-learn nor the extractor: :func:`load_tuned` (used by ``predict`` and the service) needs
 only onnx and numpy.
 """
 
@@ -12,21 +12,27 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from featurebank.finetune._options import FinetuneOptions
-from featurebank.finetune._tuned import (
-    META_FINETUNE,
-    TunedClassifier,
-    is_tuned_onnx,
-    load_tuned,
-    tuned_lineage,
-)
 
-_LAZY = {"finetune": "featurebank.finetune._api", "FinetuneResult": "featurebank.finetune._api"}
+# public name -> its module: the options load at once (standard library only); the rest, which
+# needs numpy, onnx and the classical stage (scikit-learn), on first use
+_LAZY = {"finetune": "featurebank.finetune._api", "FinetuneResult": "featurebank.finetune._api",
+         "META_FINETUNE": "featurebank.finetune._tuned",
+         "TunedClassifier": "featurebank.finetune._tuned",
+         "is_tuned_onnx": "featurebank.finetune._tuned", "load_tuned": "featurebank.finetune._tuned",
+         "tuned_lineage": "featurebank.finetune._tuned"}
 
 __all__ = ["META_FINETUNE", "FinetuneOptions", "FinetuneResult", "TunedClassifier", "finetune",
            "is_tuned_onnx", "load_tuned", "tuned_lineage"]
 
 if TYPE_CHECKING:
     from featurebank.finetune._api import FinetuneResult, finetune
+    from featurebank.finetune._tuned import (
+        META_FINETUNE,
+        TunedClassifier,
+        is_tuned_onnx,
+        load_tuned,
+        tuned_lineage,
+    )
 
 
 def __getattr__(name: str) -> Any:

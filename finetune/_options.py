@@ -1,11 +1,12 @@
-"""The options of a fine-tuning run, validated before any file is touched (no torch here)."""
+"""The options of a fine-tuning run, validated before any file is touched (standard library
+only: the command line builds its flags from them)."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from featurebank.errors import FeaturebankError
+from featurebank.options import Interval, check_options, option
 
 
 @dataclass(frozen=True)
@@ -45,36 +46,31 @@ class FinetuneOptions:
         Dropout before the head while training (Lite's own is 0.2).
     """
 
-    epochs: int = 8
-    val_size: float = 0.1
-    seed: int = 0
-    flip: bool = False
-    lr_head: float = 1e-3
-    lr_top: float = 1e-4
-    batch_size: int = 64
-    weight_decay: float = 1e-4
-    label_smoothing: float = 0.0
-    patience: int = 3
-    probe_c: float | None = None
-    threads: int | None = None
-    dropout: float = 0.2
+    epochs: int = option(8, Interval(int, 1, None), help="most epochs of fine-tuning")
+    val_size: float = option(0.1, Interval(float, 0, 1, "neither"),
+                             help="validation fraction, stratified")
+    seed: int = option(0, int, help="seeds the split, batch order, flips and dropout")
+    flip: bool = option(False, bool, help="also cache horizontally mirrored maps and train on "
+                        "them half the time")
+    lr_head: float = option(1e-3, Interval(float, 0, None, "neither"),
+                            help="AdamW learning rate of the new head")
+    lr_top: float = option(1e-4, Interval(float, 0, None, "neither"),
+                           help="AdamW learning rate of the unfrozen top layers")
+    batch_size: int = option(64, Interval(int, 1, None), help="maps per step")
+    weight_decay: float = option(1e-4, Interval(float, 0, None), help="AdamW weight decay")
+    label_smoothing: float = option(0.0, Interval(float, 0, 1, "left"))
+    patience: int = option(3, Interval(int, 0, None), help="early stopping after this many "
+                           "epochs without progress (0: off)")
+    probe_c: float | None = option(None, None, Interval(float, 0, None, "neither"),
+                                   help="C of the probe that starts the head (default: chosen "
+                                   "on validation)")
+    threads: int | None = option(None, None, Interval(int, 1, None),
+                                 help="torch threads (default: torch's choice)")
+    dropout: float = option(0.2, Interval(float, 0, 1, "left"),
+                            help="dropout before the head while training")
 
     def __post_init__(self) -> None:
-        checks = [
-            (self.epochs >= 1, "epochs must be >= 1"),
-            (0.0 < self.val_size < 1.0, "val_size must be a fraction between 0 and 1"),
-            (self.lr_head > 0 and self.lr_top > 0, "lr_head and lr_top must be > 0"),
-            (self.batch_size >= 1, "batch_size must be >= 1"),
-            (self.weight_decay >= 0, "weight_decay must be >= 0"),
-            (0.0 <= self.label_smoothing < 1.0, "label_smoothing must be in [0, 1)"),
-            (self.patience >= 0, "patience must be >= 0"),
-            (self.probe_c is None or self.probe_c > 0, "probe_c must be > 0"),
-            (self.threads is None or self.threads >= 1, "threads must be >= 1"),
-            (0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise FeaturebankError(f"finetune: {message}")
+        check_options(self)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

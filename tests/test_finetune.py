@@ -13,7 +13,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -203,21 +202,41 @@ def test_killed_mid_epoch_resumes_from_the_saved_epoch(tuned, tmp_path):
     args = ["finetune", str(result.train_store), "--from", "blocks.12", "--epochs", str(EPOCHS),
             "--val-size", "0.25", "--threads", str(THREADS), "--no-progress", "-o", str(out)]
     env = {**os.environ, "OMP_NUM_THREADS": str(THREADS)}
-    proc = subprocess.Popen([sys.executable, "-c", "import sys; from featurebank.cli import main; "
-                             "sys.exit(main())", *args], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT)
+    # The child pauses itself at the first optimiser step after epoch 1's checkpoint (inside
+    # epoch 2, on any machine) and says so; the kill waits on that line, not on the clock.
+    child = f"""
+import sys, threading, torch
+from torch.optim.optimizer import register_optimizer_step_post_hook
+from featurebank.cli import main
+ckpt, seen = {str(ckpt)!r}, set()
+def pause_in_epoch_2(opt, args, kwargs):
     try:
-        deadline = time.monotonic() + 240
-        while _checkpoint_epoch(ckpt) != 1:
-            assert proc.poll() is None, proc.stdout.read().decode()[-2000:]
-            assert time.monotonic() < deadline, "epoch 1 never finished"
-            time.sleep(0.05)
-        import torch
-
-        epoch1 = torch.load(ckpt, weights_only=True)["history"][0]["train_seconds"]
-        time.sleep(epoch1 / 3)  # inside epoch 2, whatever the machine's speed
+        import os
+        st = os.stat(ckpt)
+    except OSError:
+        return
+    if (st.st_ino, st.st_mtime_ns) in seen:
+        return
+    seen.add((st.st_ino, st.st_mtime_ns))
+    if torch.load(ckpt, map_location="cpu", weights_only=True)["epoch"] == 1:
+        print("PAUSED IN EPOCH 2", flush=True)
+        threading.Event().wait()
+register_optimizer_step_post_hook(pause_in_epoch_2)
+sys.exit(main(sys.argv[1:]))
+"""
+    proc = subprocess.Popen([sys.executable, "-c", child, *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    output = []
+    try:
+        for line in proc.stdout:
+            output.append(line)
+            if line.strip() == "PAUSED IN EPOCH 2":
+                break
+        else:
+            pytest.fail("the run ended before epoch 2:\n" + "".join(output)[-2000:])
         proc.send_signal(signal.SIGKILL)
     finally:
+        proc.kill()
         proc.wait(30)
     assert proc.returncode == -signal.SIGKILL
     assert _checkpoint_epoch(ckpt) == 1  # killed mid-epoch 2: the last finished epoch is kept
@@ -311,9 +330,10 @@ def test_every_option_is_a_command_line_flag():
     args = parser.parse_args(["finetune", "train", "-o", "t.onnx", "--flip",
                               "--label-smoothing", "0.1", "--weight-decay", "0.01",
                               "--dropout", "0.3", "--probe-c", "0.1", "--epochs", "2"])
-    assert {f.name for f in fields(FinetuneOptions)} == {"flip", *finetune_cmd.OPTION_FLAGS}
-    chosen = FinetuneOptions(flip=args.flip, **{k: getattr(args, k)
-                                                for k in finetune_cmd.OPTION_FLAGS})
+    from featurebank.cli.flags import flag_names, options_from_args
+
+    assert set(flag_names(args)) == {f.name for f in fields(FinetuneOptions)}
+    chosen = options_from_args(FinetuneOptions, args)
     assert chosen == FinetuneOptions(flip=True, label_smoothing=0.1, weight_decay=0.01,
                                      dropout=0.3, probe_c=0.1, epochs=2)
 

@@ -12,17 +12,13 @@ import os
 import re
 import subprocess
 import sys
+import tomllib
 import zipfile
 from importlib import metadata
 from pathlib import Path
 
 import pytest
 from packaging.requirements import Requirement
-
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    tomllib = pytest.importorskip("tomli")
 
 ROOT = Path(__file__).resolve().parent.parent
 spec = importlib.util.spec_from_file_location("fb_install", ROOT / "tools" / "install.py")
@@ -50,10 +46,15 @@ def only(folder: Path) -> tuple[str, ...]:
 
 
 def test_constraints_pin_the_torch_the_project_allows():
+    """torch is in the torch extra only, with no upper cap; this machine's pin is in
+    constraints.txt."""
     assert re.fullmatch(r"\d+\.\d+\.\d+", TORCH)
-    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-    torch = next(Requirement(d) for d in deps if Requirement(d).name == "torch")
-    assert TORCH in torch.specifier
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert not [d for d in project["dependencies"] if Requirement(d).name == "torch"]
+    torch = next(Requirement(d) for d in project["optional-dependencies"]["torch"]
+                 if Requirement(d).name == "torch")
+    assert TORCH in torch.specifier and "99.0" in torch.specifier  # no cap
+    assert "featurebank[torch]" in project["optional-dependencies"]["dev"]
 
 
 @pytest.mark.parametrize("present, expected", [
@@ -70,10 +71,10 @@ def test_detects_a_local_cpu_wheel(tmp_path, present, expected):
 
 
 def test_without_a_cpu_wheel_torch_comes_from_the_cpu_index(tmp_path):
-    steps = install.plan("service", only(tmp_path), platform="linux")
+    steps = install.plan("torch,service", only(tmp_path), platform="linux")
     assert len(steps) == 2
     assert steps[0][-3:] == ["--index-url", install.CPU_INDEX, f"torch=={TORCH}"]
-    assert "-e" in steps[1] and steps[1][-1].endswith("[service]")
+    assert "-e" in steps[1] and steps[1][-1].endswith("[torch,service]")
     # the project step does not name an index: only torch takes PyTorch's
     assert install.CPU_INDEX not in steps[1]
 
@@ -89,6 +90,11 @@ def test_with_a_cpu_wheel_or_on_macos_one_step(tmp_path):
                                  f"{install.ROOT}[service,dev,ray]"]
 
 
+def test_without_the_torch_extra_no_torch_step(tmp_path):
+    steps = install.plan("service", only(tmp_path), platform="linux")
+    assert len(steps) == 1 and steps[0][-1].endswith("[service]")
+
+
 def test_make_targets_install_what_they_need(tmp_path):
     env = dict(os.environ, MAKEFLAGS="")
     venv = tmp_path / "venv"
@@ -100,8 +106,9 @@ def test_make_targets_install_what_they_need(tmp_path):
     def installs(target: str) -> list[str]:
         return re.findall(r"tools/install\.py (\S+)", dry(target))
 
-    assert installs("demo") == ["service"]
-    assert installs("test") == ["service", "service,dev,ray"]
+    assert installs("demo") == ["torch,service"]
+    assert installs("test") == ["torch,service", "torch,service,dev,ray"]
+    assert re.search(r"ruff check .*\n.*tools/typecheck.py", dry("lint"))
 
 
 def closure(requirements: list[str], extras: frozenset[str] = frozenset()) -> set[str]:
@@ -126,8 +133,9 @@ def closure(requirements: list[str], extras: frozenset[str] = frozenset()) -> se
 def test_demo_install_has_no_ray_pandas_or_pyarrow():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     extras = project["optional-dependencies"]
-    demo = closure(project["dependencies"] + extras["service"])
+    demo = closure(project["dependencies"] + extras["torch"] + extras["service"])
     assert {"fastapi", "uvicorn", "fastapi-offline", "torch", "onnxruntime"} <= demo
+    assert "torch" not in closure(project["dependencies"] + extras["service"])
     assert not {"ray", "pandas", "pyarrow"} & demo, {"ray", "pandas", "pyarrow"} & demo
     assert {"ray", "pandas", "pyarrow"} <= closure(extras["ray"])
     assert not {"ray", "pandas", "pyarrow"} & closure(extras["dev"])
@@ -141,3 +149,26 @@ def test_this_machine_answer_is_consistent():
     local = install.cpu_wheel_at_hand(TORCH)
     assert ("local CPU wheel" in done.stdout) is local
     assert (install.CPU_INDEX in done.stdout) is not local
+
+
+def test_packages_config_declares_every_folder_the_wheel_ships():
+    """Every folder under the mapped stage folders that holds package files or data is a
+    declared package: setuptools otherwise warns on every install (BuildBackendWarning:
+    "Package 'featurebank.export.data' is absent from the packages configuration")."""
+    tool = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    declared = set(tool["packages"])
+    for name, folder in tool["package-dir"].items():
+        for sub in [ROOT / folder, *(ROOT / folder).rglob("*")]:
+            if sub.is_dir() and sub.name != "__pycache__" and any(
+                    f.is_file() and not f.name.endswith(".pyc") for f in sub.iterdir()):
+                dotted = ".".join([name, *sub.relative_to(ROOT / folder).parts])
+                assert dotted in declared, f"{dotted} ({sub}) is missing from packages"
+    assert tool["package-data"]["featurebank.export.data"] == ["*.json", "*.txt"]
+
+
+def test_python_and_tool_targets_agree():
+    """Python >= 3.11 (asyncio.TimeoutError is TimeoutError there); ruff and mypy target it."""
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert config["project"]["requires-python"] == ">=3.11"
+    assert config["tool"]["ruff"]["target-version"] == "py311"
+    assert config["tool"]["mypy"]["python_version"] == "3.11"

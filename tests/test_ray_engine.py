@@ -92,14 +92,16 @@ def test_ray_engine_yields_the_local_engines_vectors(ray_local, collection, refe
     _same_store(path, reference[0])
 
 
-def _embedder_pids() -> list[int]:
-    """Processes of this test's Ray running an embedding actor (Ray titles them by class)."""
+def _embedder_pids(stages: tuple[str, ...] = ("_Embedder",)) -> list[int]:
+    """Processes of this test's Ray running one of ``stages`` (Ray titles a worker by the task
+    or actor class it runs; an idle one is ``ray::IDLE``)."""
     import psutil
 
     pids = []
     for proc in psutil.Process().children(recursive=True):
         with contextlib.suppress(psutil.Error):
-            if "_Embedder" in " ".join(proc.cmdline()) and proc.status() != psutil.STATUS_ZOMBIE:
+            title = " ".join(proc.cmdline())
+            if any(s in title for s in stages) and proc.status() != psutil.STATUS_ZOMBIE:
                 pids.append(proc.pid)
     return pids
 
@@ -155,9 +157,10 @@ def test_rerun_after_killed_driver_embeds_only_whats_missing(ray_local, collecti
     finally:
         driver.kill()
         driver.wait(timeout=CALL_S)
-    # The dead job's workers are reaped by Ray; a late shard from them would only add duplicates.
-    _wait_for(lambda: not _embedder_pids(), "the killed job's actors to go", timeout=60)
-    time.sleep(1.0)
+    # The dead job's workers are reaped by Ray; once none runs an embedding actor or a shard
+    # write, no late shard can appear (a shard is written whole under a temporary name).
+    _wait_for(lambda: not _embedder_pids(("_Embedder", "_write_batch")),
+              "the killed job's actors and writers to go", timeout=60)
     committed = set()
     for shard in shard_dir(path).glob("shard-*.h5"):
         with FeatureStore(shard) as s:

@@ -6,10 +6,11 @@ Vectors are real data (sklearn digits pixels, 64-D) so float16 rounding is check
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import subprocess
 import sys
-import time
+import threading
 from pathlib import Path
 
 import h5py
@@ -235,22 +236,79 @@ def test_waiting_writers_take_turns_and_leave_no_lock_file(tmp_path, digits):
         assert lock.is_file()
         s.add_rows(_spec(), keys[:5], X[:5], paths[:5], labels[:5])
     assert not lock.exists()  # a finished writer leaves only the store
-    # A writer in another process holds the lock for a moment; a waiting writer gets it after.
-    code = (f"import time; from featurebank.extractor.store._store import FeatureStore\n"
-            f"s = FeatureStore({str(path)!r}, mode='a'); print('locked', flush=True); time.sleep(1.0)\n"
-            "s.close()")
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    # A writer in another process holds the lock until told to stop; a waiting writer gets it
+    # after. Each step waits on a line or a log record, never on the clock.
+    code = (f"import sys; from featurebank.extractor.store._store import FeatureStore\n"
+            f"s = FeatureStore({str(path)!r}, mode='a'); print('locked', flush=True)\n"
+            "sys.stdin.readline(); s.close()")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    waiting, done, errors = threading.Event(), threading.Event(), []
+
+    class Waiting(logging.Handler):
+        def emit(self, record):
+            if "waiting up to" in record.getMessage():
+                waiting.set()
+
+    def writer():
+        try:
+            with FeatureStore(path, mode="a", wait=120) as s:
+                s.add_rows(_spec(), keys[5:8], X[5:8], paths[5:8], labels[5:8])
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+        done.set()
+
+    handler = Waiting(logging.INFO)
+    logger = logging.getLogger("featurebank.extractor.store._lock")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
     try:
         assert proc.stdout.readline().strip() == "locked"
-        with pytest.raises(StoreLockedError):
-            FeatureStore(path, mode="a")  # no wait: refused at once
-        t0 = time.monotonic()
-        with FeatureStore(path, mode="a", wait=30) as s:
-            assert time.monotonic() - t0 > 0.3  # it did wait for the other writer
-            s.add_rows(_spec(), keys[5:8], X[5:8], paths[5:8], labels[5:8])
+        with pytest.raises(StoreLockedError, match=rf"another process \(pid {proc.pid}\)"):
+            FeatureStore(path, mode="a")  # no wait: refused at once, naming the holder
+        thread = threading.Thread(target=writer)
+        thread.start()
+        assert waiting.wait(60), "the waiting writer never said it waits"
+        assert not done.is_set()  # the holder still holds it: the writer is waiting its turn
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        thread.join(120)
+        assert done.is_set() and not errors, errors
     finally:
+        logger.removeHandler(handler)
+        logger.setLevel(logging.NOTSET)
+        proc.kill()
         proc.wait(timeout=30)
     assert len(FeatureStore(path).read().keys) == 8 and not lock.exists()
+
+
+def test_a_store_in_a_missing_folder_is_refused_not_created(tmp_path):
+    with pytest.raises(FeaturebankError, match="folder .*missing.* does not exist"):
+        FeatureStore(tmp_path / "missing" / "s.h5", mode="a")
+    assert not (tmp_path / "missing").exists()
+
+
+def test_reads_retry_in_one_layer_then_fail_clearly(tmp_path, digits, monkeypatch):
+    """A read that keeps failing is tried 1 + len(DELAYS) times in all, however many read
+    methods it goes through (read -> resolve -> feature_sets), then named in a clear error."""
+    from featurebank.extractor.store import _retry, _store
+
+    X, keys, paths, labels = digits
+    path = tmp_path / "s.h5"
+    with FeatureStore(path, mode="a") as s:
+        s.add_rows(_spec(), keys[:2], X[:2], paths[:2], labels[:2])
+    store = FeatureStore(path)
+    opens = []
+
+    def half_written(*args, **kwargs):
+        opens.append(args[0])
+        raise OSError("Unable to synchronously open object (bad heap free list)")
+
+    monkeypatch.setattr(_store.h5py, "File", half_written)
+    monkeypatch.setattr(_retry.time, "sleep", lambda s: None)
+    with pytest.raises(FeaturebankError, match="cannot read store .*s.h5 .*bad heap.*try again"):
+        store.read()
+    assert len(opens) == 1 + len(_retry.DELAYS)
 
 
 def test_relative_paths_are_stored_absolute(tmp_path, digits, monkeypatch):

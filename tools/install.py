@@ -1,8 +1,9 @@
 """Install featurebank into the running Python environment with a CPU-only torch.
 
-torch is used only to export models to ONNX (never on the embedding path), so its CPU build is
-always enough, on a machine with a GPU too. What pip does with ``torch==VERSION`` depends on
-where it looks:
+torch comes only with the ``torch`` extra (``dev`` pulls it in too): it exports models to ONNX and
+fine-tunes, never on the embedding path, so its CPU build is always enough, on a machine with a
+GPU too. Without that extra nothing of torch is installed. What pip does with ``torch==VERSION``
+depends on where it looks:
 
 - where pip's configured sources (``find-links``, ``index-url``, ``extra-index-url``) offer the
   CPU wheel ``torch==VERSION+cpu``, it is taken (a local version sorts above the plain one);
@@ -14,8 +15,9 @@ where it looks:
 
 Usage (the Makefile runs it with the virtual environment's Python)::
 
-    .venv/bin/python tools/install.py service            # make demo
-    .venv/bin/python tools/install.py service,dev,ray    # make test
+    .venv/bin/python tools/install.py torch,service            # make demo
+    .venv/bin/python tools/install.py torch,service,dev,ray    # make test
+    .venv/bin/python tools/install.py service                  # no torch: exported files only
     .venv/bin/python tools/install.py --which-torch      # where torch would come from
 """
 
@@ -53,13 +55,18 @@ def cpu_wheel_at_hand(version: str, pip_args: tuple[str, ...] = (),
     return done.returncode == 0
 
 
+# The extras that bring torch (dev requires featurebank[torch]).
+TORCH_EXTRAS = frozenset({"torch", "dev"})
+
+
 def plan(extras: str, pip_args: tuple[str, ...] = (), python: str = sys.executable,
          platform: str = sys.platform) -> list[list[str]]:
     """The pip commands that install the project with ``extras`` (comma-separated)."""
     version = pinned_torch()
     pip = [python, "-m", "pip", "install", "--quiet", *pip_args]
     steps = []
-    if platform != "darwin" and not cpu_wheel_at_hand(version, pip_args, python):
+    wants_torch = bool(TORCH_EXTRAS & {e.strip() for e in extras.split(",")})
+    if wants_torch and platform != "darwin" and not cpu_wheel_at_hand(version, pip_args, python):
         # torch only: the rest of the project comes from the configured index as usual
         steps.append([*pip, "--index-url", CPU_INDEX, f"torch=={version}"])
     target = f"{ROOT}[{extras}]" if extras else str(ROOT)
@@ -69,8 +76,8 @@ def plan(extras: str, pip_args: tuple[str, ...] = (), python: str = sys.executab
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("extras", nargs="?", default="service",
-                    help="comma-separated extras (default: service)")
+    ap.add_argument("extras", nargs="?", default="torch,service",
+                    help="comma-separated extras (default: torch,service, what make demo installs)")
     ap.add_argument("--which-torch", action="store_true",
                     help="say where torch would come from, install nothing")
     ap.add_argument("--dry-run", action="store_true", help="print the pip commands only")

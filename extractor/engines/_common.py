@@ -1,82 +1,20 @@
-"""What both engines share: the run's options, the per-file step and the summary type."""
+"""What both engines share: the run's options (:class:`EmbedRun`, defined in the light
+``extractor/_options.py``), the per-file step and the summary type."""
 
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Collection
-from dataclasses import KW_ONLY, asdict, dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from featurebank.errors import FeaturebankError
+from featurebank.extractor._options import ENGINES, EmbedRun
 from featurebank.extractor._preprocess import DecodeError, decode, image_key, read_bytes
-from featurebank.spec import DTYPES, Preprocessing
+from featurebank.spec import Preprocessing
 
 log = logging.getLogger(__name__)
-ENGINES = ("local", "ray")
-
-
-@dataclass(frozen=True)
-class EmbedRun:
-    """How a collection is embedded (not what: that is :class:`featurebank.FeatureOptions`).
-
-    Parameters
-    ----------
-    batch_size : int
-        Images per inference call and per commit.
-    workers : int, optional
-        Decoding threads (local) or embedding actors (Ray); default: by the machine.
-    device : {'auto', 'cpu', 'cuda'}
-    threads : int, optional
-        onnxruntime intra-op threads.
-    dtype : {'float16', 'float32'}
-        Storage type of new feature sets.
-    progress : bool
-        Show a progress bar.
-    engine : {'local', 'ray'}
-    address : str, optional
-        Ray cluster address (``engine='ray'``).
-    file_timeout : float
-        Seconds one file may take to read and decode; a file over it is recorded as a failure.
-    calibration_size : int
-        Images to calibrate ``precision='int8'`` on.
-    shard_rows : int, optional
-        Rows per shard file of the Ray engine; default ``16 * batch_size``.
-    actor_wait_s : float
-        Ray engine: how long to wait for the first actor before failing (a cluster without
-        room for it).
-    """
-
-    batch_size: int = 32
-    _: KW_ONLY  # everything after the batch size is named
-    workers: int | None = None
-    device: str = "auto"
-    threads: int | None = None
-    dtype: str = "float16"
-    progress: bool = True
-    engine: str = "local"
-    address: str | None = None
-    file_timeout: float = 60.0
-    calibration_size: int = 128
-    shard_rows: int | None = None
-    actor_wait_s: float = 600.0
-
-    def __post_init__(self) -> None:
-        if self.dtype not in DTYPES:
-            raise FeaturebankError(f"--dtype must be one of {DTYPES}, got {self.dtype!r}")
-        if self.batch_size < 1:
-            raise FeaturebankError(f"--batch-size must be >= 1, got {self.batch_size}")
-        if self.engine not in ENGINES:
-            raise FeaturebankError(f"engine must be one of {ENGINES}, got {self.engine!r}")
-        if self.workers is not None and self.workers < 1:
-            raise FeaturebankError(f"--workers must be >= 1, got {self.workers}")
-        if self.shard_rows is not None and self.shard_rows < 1:
-            raise FeaturebankError(f"--shard-rows must be >= 1, got {self.shard_rows}")
-
-    @property
-    def decode_threads(self) -> int:
-        return self.workers or os.cpu_count() or 2
+__all__ = ["ENGINES", "EmbedRun", "EmbedSummary", "Prepared", "label_table", "prepare_file"]
 
 
 @dataclass

@@ -30,12 +30,6 @@ from featurebank.spec import FeatureSpec
 log = logging.getLogger(__name__)
 
 
-def embed_local(items: list[ImageItem], store: FeatureStore, ex: Extractor,
-                run: EmbedRun) -> EmbedSummary:
-    """Embed ``items`` with ``ex`` into the open ``store`` (see :func:`embed_collection`)."""
-    return _run(items, ex, store, run)
-
-
 def int8_calibration(items: list[ImageItem], store: FeatureStore, float_specs: list[FeatureSpec],
                      size: int) -> str | list[str]:
     """The store's int8 tag for these specs when it has one (and the graph is cached), else
@@ -57,8 +51,9 @@ def int8_calibration(items: list[ImageItem], store: FeatureStore, float_specs: l
     return [items[i].path for i in picks]
 
 
-def _run(items: list[ImageItem], ex: Extractor, store: FeatureStore,
-         run: EmbedRun) -> EmbedSummary:
+def embed_local(items: list[ImageItem], store: FeatureStore, ex: Extractor,
+                run: EmbedRun) -> EmbedSummary:
+    """Embed ``items`` with ``ex`` into the open ``store`` (see :func:`embed_collection`)."""
     batch_size, workers, file_timeout = run.batch_size, run.decode_threads, run.file_timeout
     started = time.perf_counter()
     summary = EmbedSummary(total=len(items))

@@ -17,9 +17,9 @@ import onnxruntime as ort
 
 from featurebank.errors import FeaturebankError
 from featurebank.export._cache import cache_dir
+from featurebank.extractor._options import DEVICES
 
 log = logging.getLogger(__name__)
-DEVICES = ("auto", "cpu", "cuda")
 
 
 def available_devices() -> list[str]:
@@ -37,7 +37,7 @@ def providers_for(device: str) -> list:
     if "CUDAExecutionProvider" not in available:
         raise FeaturebankError(
             "device 'cuda' asked for, but onnxruntime has no CUDA provider here; install "
-            "featurebank[gpu] (onnxruntime-gpu) on a machine with an NVIDIA GPU, or use --device cpu")
+            "featurebank[gpu] (onnxruntime-gpu) on a machine with an NVIDIA GPU, or use device 'cpu'")
     chosen: list = []
     if "TensorrtExecutionProvider" in available and os.environ.get("FEATUREBANK_TENSORRT") == "1":
         chosen.append(("TensorrtExecutionProvider", {"trt_fp16_enable": True,

@@ -1,7 +1,7 @@
 """The store's on-disk vocabulary (layout in docs/STORE_FORMAT.md): dtypes, the committed-row
 counters, appends to resizable datasets, path/label encodings, and the read results.
 
-Shared by the store, its repair (``featurebank.extractor.store._lock``) and the sharded Ray store;
+Shared by the store, its repair (``featurebank.extractor.store._repair``) and the sharded Ray store;
 imports nothing of theirs.
 """
 
@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import h5py
 import numpy as np
+import numpy.typing as npt
+from numpy.typing import ArrayLike
 
 from featurebank.spec import FeatureSpec
 
@@ -70,17 +73,17 @@ def encode_path(path: str) -> bytes:
     return os.fsencode(path)
 
 
-def decode_path(raw) -> str:
+def decode_path(raw: bytes | np.bytes_) -> str:
     return os.fsdecode(bytes(raw))
 
 
-def absolute(path: str) -> str:
+def absolute(path: str | os.PathLike[str]) -> str:
     """The absolute form of a path as the user gave it (against the current folder); symlinks
     are kept, since the link's name is what the user chose."""
     return os.path.abspath(os.fspath(path))
 
 
-def decode_texts(values) -> list[str]:
+def decode_texts(values: Iterable[bytes | str]) -> list[str]:
     return [v.decode("utf-8", "surrogateescape") if isinstance(v, bytes) else str(v) for v in values]
 
 
@@ -97,7 +100,7 @@ def read_roots(f: h5py.File) -> list[str]:
     return list(json.loads(raw.decode() if isinstance(raw, bytes) else str(raw)))
 
 
-def write_roots(f: h5py.File, roots) -> None:
+def write_roots(f: h5py.File, roots: Iterable[str]) -> None:
     merged = read_roots(f)
     merged += [r for r in roots if r not in merged]
     f.attrs[ROOTS_ATTR] = json.dumps(merged)
@@ -108,12 +111,15 @@ def row_shape_of(g: h5py.Group) -> tuple[int, ...]:
     return tuple(int(x) for x in np.atleast_1d(raw)) if raw is not None else (int(g.attrs["dim"]),)
 
 
-def committed_rows(obj) -> int:
+def committed_rows(obj: h5py.HLObject | None) -> int:
+    if obj is None:
+        return 0
     return int(obj.attrs.get("committed", 0))
 
 
-def append_rows(group: h5py.Group, name: str, values: np.ndarray, start: int, dtype=None) -> None:
-    values = np.asarray(values) if dtype is None else np.asarray(values, dtype=dtype)
+def append_rows(group: h5py.Group, name: str, rows: ArrayLike, start: int,
+                dtype: npt.DTypeLike | None = None) -> None:
+    values = np.asarray(rows) if dtype is None else np.asarray(rows, dtype=dtype)
     if name not in group:
         shape = (0, *values.shape[1:])
         group.create_dataset(name, shape=shape, maxshape=(None, *values.shape[1:]),

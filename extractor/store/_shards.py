@@ -31,7 +31,7 @@ import numpy as np
 
 from featurebank.errors import FeaturebankError
 from featurebank.extractor.store._format import write_roots
-from featurebank.extractor.store._lock import acquire_writer_lock, release_writer_lock
+from featurebank.extractor.store._lock import WriterLock
 from featurebank.extractor.store._shard_index import (
     IDENT,
     dtype_of,
@@ -66,7 +66,8 @@ def is_sharded(store_path: str | Path) -> bool:
 def write_shard(folder: str | Path, name: str,
                 rows: dict[FeatureSpec, tuple[list[str], np.ndarray]],
                 images: list[tuple[str, str, str]], failures: list[tuple[str, str]],
-                dtype: str = "float16", roots=None, attrs: dict | None = None) -> Path:
+                dtype: str = "float16", roots: Iterable[str | Path] | None = None,
+                attrs: dict | None = None) -> Path:
     """Write one shard atomically: a temporary file in the store layout, then a rename.
 
     A retried task writing the same ``name`` replaces the earlier file with equal content.
@@ -119,7 +120,7 @@ class ShardedStore:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.dir = shard_dir(self.path)
-        self._lock_fd: int | None = None
+        self._lock: WriterLock | None = None
 
     def __enter__(self) -> ShardedStore:
         try:
@@ -127,7 +128,7 @@ class ShardedStore:
         except OSError as exc:
             raise FeaturebankError(f"cannot write store {self.path}: {exc.strerror}") from exc
         # the same lock as FeatureStore: a local and a Ray run never write one store at once
-        self._lock_fd = acquire_writer_lock(self.path)
+        self._lock = WriterLock(self.path).acquire()
         try:
             self.dir.mkdir(exist_ok=True)
             self._adopt_plain_store()
@@ -136,10 +137,10 @@ class ShardedStore:
             raise
         return self
 
-    def __exit__(self, *exc) -> None:
-        if self._lock_fd is not None:
-            release_writer_lock(self._lock_fd, self.path)
-            self._lock_fd = None
+    def __exit__(self, *exc: object) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def _adopt_plain_store(self) -> None:
         """A store written by the local engine becomes the first shard (nothing is re-embedded)."""
@@ -164,7 +165,7 @@ class ShardedStore:
 
     def rebuild(self) -> ShardState:
         """Rebuild manifest and virtual file from the committed shards; return what they hold."""
-        if self._lock_fd is None:
+        if self._lock is None:
             raise FeaturebankError(f"store {self.path}: rebuild needs the writer lock (use 'with')")
         sizes = self._shard_sizes()
         names = sorted(sizes)

@@ -6,13 +6,14 @@ therefore finds a cleanly closed file, and rows past a ``committed`` counter (a 
 short) are ignored by readers and overwritten by the next writer. A kill *inside* a commit can
 leave HDF5 file-space metadata that still reads but breaks later appends; a ``STORE.h5.dirty``
 marker present only while a commit has the file open tells the next writer to rewrite the
-file from its committed rows first (``featurebank.extractor.store._lock.repair``). A new store is created under
-a temporary name and renamed, and a commit that may not fit on the disk is refused before the
-file is touched. No manual repair step is ever needed.
+file from its committed rows first (``_repair``). A new store is created under a temporary
+name and renamed, and a commit that may not fit on the disk is refused before the file is
+touched (``_room``). No manual repair step is ever needed. Reads that meet a commit in flight
+are retried (``_retry``, the one retry layer).
 
-A second writer is refused (or, with ``wait``, waits its turn) by an ``fcntl.flock`` on
-``STORE.h5.lock``; the kernel drops that lock when its process dies, so a killed run never leaves
-a stale lock behind, and a writer that closes removes the file.
+A second writer is refused (or, with ``wait``, waits its turn) by the writer lock on
+``STORE.h5.lock`` (``_lock``, filelock's ``flock``); the kernel drops that lock when its process
+dies, so a killed run never leaves a stale lock behind, and a writer that closes removes the file.
 
 Paths are stored absolute (format version 2): a store read from another folder finds its images.
 A version-1 store (relative paths) opens read-only; ``featurebank store upgrade`` converts it."""
@@ -21,11 +22,12 @@ from __future__ import annotations
 
 import logging
 import os
-import time
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import h5py
 import numpy as np
+from numpy.typing import ArrayLike
 
 from featurebank.errors import FeaturebankError
 from featurebank.extractor.store._format import (
@@ -40,14 +42,10 @@ from featurebank.extractor.store._format import (
     row_shape_of,
     write_roots,
 )
-from featurebank.extractor.store._lock import (
-    StoreLockedError,
-    acquire_writer_lock,
-    check_room,
-    release_writer_lock,
-    repair,
-    retry_read,
-)
+from featurebank.extractor.store._lock import StoreLockedError, WriterLock
+from featurebank.extractor.store._repair import dirty_marker, repair
+from featurebank.extractor.store._retry import retry_read
+from featurebank.extractor.store._room import check_room
 from featurebank.extractor.store._tables import TableWriter
 from featurebank.spec import FeatureSpec
 
@@ -73,16 +71,16 @@ class FeatureStore(TableWriter):
             raise ValueError("mode must be 'r' or 'a'")
         self.path = Path(path)
         self.mode = mode
-        self._lock_fd: int | None = None
+        self._lock: WriterLock | None = None
         # Present while a commit has the file open: a writer that finds it died mid-commit.
-        self._dirty = self.path.with_name(self.path.name + ".dirty")
+        self._dirty = dirty_marker(self.path)
         self._seen: dict[str, set[str]] = {}
         self._image_keys: set[str] | None = None
         self._path_pairs: dict[tuple[str, str], str] | None = None  # (path, key) -> label
         self._failure_pairs: set[tuple[str, str]] | None = None
         self.format_version = FORMAT_VERSION
         if mode == "a":
-            self._lock_fd = acquire_writer_lock(self.path, wait)
+            self._lock = WriterLock(self.path).acquire(wait)
             try:
                 if self._dirty.exists() and self.path.is_file():
                     repair(self.path)
@@ -94,19 +92,33 @@ class FeatureStore(TableWriter):
         elif not self.path.is_file():
             raise FeaturebankError(f"store {self.path} does not exist; create it with 'featurebank embed'")
         else:
-            with self._open("r"):
-                pass  # validates format and version now, not at first read
+            self._check_readable()  # format and version now, not at first read
 
     # -- files and locks -----------------------------------------------------------------
+    @retry_read
+    def _check_readable(self) -> None:
+        with self._open("r"):
+            pass
+
     def _open(self, mode: str) -> h5py.File:
-        try:
-            f = self._h5(mode)
-        except OSError as exc:
-            if mode == "r" or self.path.exists():
-                why = "permission denied" if not os.access(self.path, os.W_OK if mode != "r" else os.R_OK) \
-                    else f"not a readable HDF5 store ({exc})"
-                raise FeaturebankError(f"store {self.path}: {why}") from exc
-            raise FeaturebankError(f"cannot create store {self.path}: {exc}") from exc
+        """The file, its format checked. In mode ``'r'`` an HDF5 file that fails to open is
+        left to the caller's retry layer (a commit may be in flight); anything else that is
+        not a store gets a clear error at once."""
+        if mode == "r":
+            if not os.access(self.path, os.R_OK):
+                raise FeaturebankError(f"store {self.path}: permission denied")
+            if not h5py.is_hdf5(self.path):
+                raise FeaturebankError(f"store {self.path}: not a readable HDF5 store")
+            f = h5py.File(self.path, "r", locking=False)
+        else:
+            try:
+                f = h5py.File(self.path, mode, locking=False)
+            except OSError as exc:
+                if self.path.exists():
+                    why = "permission denied" if not os.access(self.path, os.W_OK) \
+                        else f"not a writable HDF5 store ({exc})"
+                    raise FeaturebankError(f"store {self.path}: {why}") from exc
+                raise FeaturebankError(f"cannot create store {self.path}: {exc}") from exc
         version = int(f.attrs.get("format_version", FORMAT_VERSION if mode != "r" else -1))
         if version > FORMAT_VERSION:
             f.close()
@@ -118,17 +130,6 @@ class FeatureStore(TableWriter):
             raise FeaturebankError(f"{self.path} is an HDF5 file but not a featurebank store")
         self.format_version = max(version, 1)
         return f
-
-    def _h5(self, mode: str) -> h5py.File:
-        # A reader may catch a writer mid-commit (metadata half written); the writer closes the
-        # file within milliseconds, so a reader retries briefly before calling the file bad.
-        tries = 4 if mode == "r" and self.path.is_file() else 1
-        for attempt in range(tries - 1):
-            try:
-                return h5py.File(self.path, mode, locking=False)
-            except OSError:
-                time.sleep(0.05 * (attempt + 1))
-        return h5py.File(self.path, mode, locking=False)
 
     def _init_file(self) -> None:
         if self.path.exists() and not os.access(self.path, os.W_OK):
@@ -147,27 +148,32 @@ class FeatureStore(TableWriter):
             except OSError as exc:
                 tmp.unlink(missing_ok=True)
                 raise FeaturebankError(f"cannot create store {self.path}: {exc}") from exc
-        with self._open("r") as f:
-            if f.attrs.get("featurebank_sharded", False):
-                raise FeaturebankError(
-                    f"store {self.path} is a sharded store written by the Ray engine; add to it "
-                    "with 'featurebank embed --engine ray', or embed into another store")
+        if self._is_sharded():
+            raise FeaturebankError(
+                f"store {self.path} is a sharded store written by the Ray engine; add to it "
+                "with 'featurebank embed --engine ray', or embed into another store")
         if self.format_version < FORMAT_VERSION:
             raise FeaturebankError(upgrade_message(self.path, self.format_version))
 
+    @retry_read
+    def _is_sharded(self) -> bool:
+        with self._open("r") as f:
+            return bool(f.attrs.get("featurebank_sharded", False))
+
     def close(self) -> None:
         # getattr: __del__ also runs on an object whose __init__ raised before the lock existed
-        if getattr(self, "_lock_fd", None) is not None:
-            release_writer_lock(self._lock_fd, self.path)
-            self._lock_fd = None
+        lock = getattr(self, "_lock", None)
+        if lock is not None:
+            lock.release()
+            self._lock = None
 
     def __enter__(self) -> FeatureStore:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def __del__(self):
+    def __del__(self) -> None:
         self.close()
 
     # -- reading ------------------------------------------------------------------------
@@ -238,7 +244,7 @@ class FeatureStore(TableWriter):
             n = committed_rows(g) if g is not None else 0
             return set(g["keys"][:n].astype(str)) if n else set()
 
-    def has(self, fingerprint: str, keys) -> np.ndarray:
+    def has(self, fingerprint: str, keys: Iterable[str]) -> np.ndarray:
         """Which content keys already have a committed row in the feature set."""
         seen = self.keys(fingerprint)
         return np.array([k in seen for k in keys], dtype=bool)
@@ -255,7 +261,7 @@ class FeatureStore(TableWriter):
             return {k: i for i, k in enumerate(g["keys"][:n].astype(str))} if n else {}
 
     @retry_read
-    def rows(self, fingerprint: str, rows, shaped: bool = False) -> np.ndarray:
+    def rows(self, fingerprint: str, rows: ArrayLike, shaped: bool = False) -> np.ndarray:
         """Rows (float32) at row positions of a feature set, in the order asked: ``[n, dim]``,
         or ``[n, *row_shape]`` with ``shaped`` (maps of an unpooled set)."""
         rows = np.asarray(rows, dtype=np.int64)
@@ -268,7 +274,7 @@ class FeatureStore(TableWriter):
             out = np.asarray(g["X"][unique], np.float32)[np.searchsorted(unique, rows)]
             return out.reshape(len(rows), *shape)
 
-    def get(self, fingerprint: str, keys) -> np.ndarray:
+    def get(self, fingerprint: str, keys: Iterable[str]) -> np.ndarray:
         """Committed vectors (float32) for content keys, in the order asked."""
         index = self.key_index(fingerprint)
         try:
@@ -329,13 +335,13 @@ class FeatureStore(TableWriter):
 
     # -- writing ------------------------------------------------------------------------
     def _writer_check(self) -> None:
-        if self._lock_fd is None:
+        if self._lock is None:
             raise FeaturebankError(f"store {self.path} is open read-only; open it with mode='a'")
 
     def commit(self, rows: dict[FeatureSpec, tuple[list[str], np.ndarray]] | None = None,
                images: list[tuple[str, str, str]] | None = None,
                failures: list[tuple[str, str]] | None = None, dtype: str = "float16",
-               roots=None) -> None:
+               roots: Iterable[str | Path] | None = None) -> None:
         """Durably append one batch: feature rows per spec, (key, path, label) images, failures.
 
         Rows of a spec are ``[N, D]`` vectors or ``[N, *row_shape]`` maps (stored flattened,
@@ -374,7 +380,8 @@ class FeatureStore(TableWriter):
                 f"writing store {self.path} failed ({exc}); rows committed before are intact — "
                 "free disk space and run again to continue") from exc
 
-    def add_rows(self, spec: FeatureSpec, keys, features: np.ndarray, paths, labels=None,
+    def add_rows(self, spec: FeatureSpec, keys: Sequence[str], features: ArrayLike,
+                 paths: Sequence[str | Path], labels: Sequence[str] | None = None,
                  dtype: str = "float16") -> None:
         """Durably add vectors of ``spec`` for content ``keys`` with their paths and labels.
 
@@ -390,7 +397,8 @@ class FeatureStore(TableWriter):
         self.commit({spec: (keys, features)}, list(zip(keys, map(str, paths), labels, strict=True)),
                     dtype=dtype)
 
-    def add_paths(self, keys, paths, labels=None) -> None:
+    def add_paths(self, keys: Sequence[str], paths: Sequence[str | Path],
+                  labels: Sequence[str] | None = None) -> None:
         """Durably record more paths for contents (duplicates and cached files)."""
         keys = [str(k) for k in keys]
         labels = [""] * len(keys) if labels is None else [str(x) for x in labels]
@@ -415,7 +423,7 @@ class FeatureStore(TableWriter):
         return out
 
 
-def upgrade_message(path, version: int) -> str:
+def upgrade_message(path: str | Path, version: int) -> str:
     return (f"store {path} has format version {version}, whose paths are relative to the folder "
             f"'featurebank embed' ran in; it can be read but not added to. Upgrade it once with "
             f"'featurebank store upgrade {path} --root DIR' (DIR: that folder) to store them "

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import h5py
 import numpy as np
+from numpy.typing import ArrayLike
 
 from featurebank.errors import FeaturebankError
 from featurebank.extractor.store._format import (
@@ -26,11 +29,21 @@ from featurebank.extractor.store._format import (
     encode_path,
     row_shape_of,
 )
+from featurebank.extractor.store._retry import retry_read
 from featurebank.spec import FeatureSpec
 
 
 class TableWriter:
     """Appends of one commit (called with the file open, counters written last per group)."""
+
+    # What FeatureStore provides: the tables read once per writer (None: not read yet), ...
+    _image_keys: set[str] | None
+    _path_pairs: dict[tuple[str, str], str] | None  # (path, key) -> label
+    _failure_pairs: set[tuple[str, str]] | None
+    if TYPE_CHECKING:  # ... and its reads
+        def keys(self, fingerprint: str) -> set[str]: ...
+        def failures(self) -> list[tuple[str, str]]: ...
+        def _open(self, mode: str) -> h5py.File: ...
 
     @staticmethod
     def _image_table(f: h5py.File) -> dict[str, tuple[str, str]]:
@@ -49,7 +62,8 @@ class TableWriter:
                     table[key] = (table[key][0], label)
         return table
 
-    def _commit_rows(self, f, spec: FeatureSpec, keys, X, dtype: str) -> int:
+    def _commit_rows(self, f: h5py.File, spec: FeatureSpec, keys: Sequence[str], X: ArrayLike,
+                     dtype: str) -> int:
         fp = spec.fingerprint()
         seen = self.keys(fp)
         fresh = [i for i, k in enumerate(keys) if k not in seen]
@@ -78,7 +92,7 @@ class TableWriter:
         return len(keys)
 
     @staticmethod
-    def _log_commit(f, offered: int, written: int) -> None:
+    def _log_commit(f: h5py.File, offered: int, written: int) -> None:
         """One /commits row: who wrote how many feature rows (parallel writers are countable)."""
         g = f.require_group("commits")
         n = committed_rows(g)
@@ -88,6 +102,7 @@ class TableWriter:
         append_rows(g, "rows_written", np.array([written], np.int64), n)
         g.attrs["committed"] = n + 1
 
+    @retry_read
     def _load_tables(self) -> None:
         if self._image_keys is None:
             with self._open("r") as f:
@@ -102,7 +117,8 @@ class TableWriter:
                     self._path_pairs = dict(zip(pairs, labels, strict=True))
             self._failure_pairs = set(self.failures())
 
-    def _commit_images(self, f, images: list[tuple[str, str, str]]) -> None:
+    def _commit_images(self, f: h5py.File, images: list[tuple[str, str, str]]) -> None:
+        assert self._image_keys is not None and self._path_pairs is not None  # _load_tables ran
         new_images = {}
         new_pairs = []
         for key, path, label in images:
@@ -118,9 +134,9 @@ class TableWriter:
             n = committed_rows(p)
             append_rows(p, "paths", [encode_path(x) for x, _, _ in new_pairs], n, BYTES_DTYPE)
             append_rows(p, "keys", np.array([k for _, k, _ in new_pairs], dtype=KEY_DTYPE), n)
-            labels = [encode_label(lab) for _, _, lab in new_pairs]
+            labels: list[bytes | str] = [encode_label(lab) for _, _, lab in new_pairs]
             if "labels" not in p:  # stores from before the column existed: old rows get ''
-                labels, start = [""] * n + labels, 0
+                labels, start = [*[""] * n, *labels], 0
             else:
                 start = n
             append_rows(p, "labels", labels, start, STR_DTYPE)
@@ -134,7 +150,8 @@ class TableWriter:
             g.attrs["committed"] = n + len(new_images)
             self._image_keys.update(new_images)
 
-    def _commit_failures(self, f, failures: list[tuple[str, str]]) -> None:
+    def _commit_failures(self, f: h5py.File, failures: list[tuple[str, str]]) -> None:
+        assert self._failure_pairs is not None  # _load_tables ran
         failures = [x for x in failures if x not in self._failure_pairs]
         self._failure_pairs.update(failures)  # a re-run does not record a failure twice
         if failures:

@@ -23,7 +23,8 @@ from featurebank.extractor.store._format import (
     encode_path,
     write_roots,
 )
-from featurebank.extractor.store._lock import acquire_writer_lock, release_writer_lock
+from featurebank.extractor.store._lock import WriterLock
+from featurebank.extractor.store._repair import dirty_marker
 
 
 def upgrade_store(path: str | Path, root: str | Path, force: bool = False) -> dict:
@@ -49,7 +50,7 @@ def upgrade_store(path: str | Path, root: str | Path, force: bool = False) -> di
         raise FeaturebankError(f"store {path} does not exist")
     if not root.is_dir():
         raise FeaturebankError(f"--root {root} is not a folder; give the folder embed ran in")
-    fd = acquire_writer_lock(path)
+    lock = WriterLock(path).acquire()
     try:
         with h5py.File(path, "r", locking=False) as f:
             version = int(f.attrs.get("format_version", -1))
@@ -70,7 +71,7 @@ def upgrade_store(path: str | Path, root: str | Path, force: bool = False) -> di
                 "give the folder 'featurebank embed' ran in as --root (or --force to upgrade "
                 "anyway, for images that are gone)")
         # the same marker as a commit: a kill inside this write gets the file rewritten first
-        dirty = path.with_name(path.name + ".dirty")
+        dirty = dirty_marker(path)
         dirty.touch()
         with h5py.File(path, "a", locking=False) as f:
             for group, new in rewritten.items():
@@ -86,7 +87,7 @@ def upgrade_store(path: str | Path, root: str | Path, force: bool = False) -> di
             f.attrs["format_version"] = FORMAT_VERSION  # last: a kill before it leaves version 1
         dirty.unlink()
     finally:
-        release_writer_lock(fd, path)
+        lock.release()
     return counts
 
 

@@ -12,7 +12,7 @@ import importlib
 import logging
 import sys
 
-from featurebank.errors import FeaturebankError
+from featurebank.errors import FeaturebankError, OptionError
 
 COMMAND_MODULES = (
     "featurebank.cli.export_cmds",  # export, models, layers
@@ -61,7 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except FeaturebankError as exc:
-        print(f"featurebank {args.command}: error: {exc}", file=sys.stderr)
+        from featurebank.cli.flags import flag_names
+
+        message = exc.with_names(flag_names(args)) if isinstance(exc, OptionError) else exc
+        print(f"featurebank {args.command}: error: {message}", file=sys.stderr)
         return 1
     except BrokenPipeError:  # output piped into `head` and friends: not an error
         sys.stderr.close()

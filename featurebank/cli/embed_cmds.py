@@ -4,27 +4,34 @@ from __future__ import annotations
 
 import json
 
-from featurebank.spec import DEFAULT_MODEL, DTYPES, POOLS, PRECISIONS, FeatureOptions
+from featurebank.cli.flags import add_option_flags, options_from_args
+from featurebank.extractor import EmbedRun
+from featurebank.spec import FeatureOptions
 
-DEVICES = ("auto", "cpu", "cuda")
-ENGINES = ("local", "ray")  # featurebank.extractor.engines._common.ENGINES, without importing it
+#: how FeatureOptions fields are spelt on the command line where not ``--field-name``
+_FEATURE_FLAGS = {"layers": "--layer", "normalize": "--l2"}
+_FEATURE_OVERRIDES = {
+    "model": {"help": "registry name or .onnx file (default: %(default)s)"},
+    "layers": {"action": "append", "metavar": "NAME", "default": None, "type": str,
+               "help": "layer to cut at (catalogue or tensor name); repeat for several "
+                       "(default: head)"},
+    "gem_p": {"help": "GeM exponent (with --pool gem; default: %(default)s)"},
+    "normalize": {"help": "L2-normalise each vector"},
+    "precision": {"help": "int8: static int8 graph calibrated on this collection (CPU speed; "
+                          "vectors get a spec of their own); fp16: for --device cuda"},
+}
 
 
-def add_spec_arguments(p) -> None:
-    """The feature options (:class:`featurebank.FeatureOptions`) shared by embed and serve."""
-    p.add_argument("--model", default=DEFAULT_MODEL,
-                   help=f"registry name or .onnx file (default: {DEFAULT_MODEL})")
-    p.add_argument("--layer", dest="layers", action="append", metavar="NAME",
-                   help="layer to cut at (catalogue or tensor name); repeat for several "
-                        "(default: head)")
-    p.add_argument("--pool", default="avg", choices=POOLS)
-    p.add_argument("--gem-p", type=float, default=3.0, help="GeM exponent (with --pool gem)")
-    p.add_argument("--l2", action="store_true", help="L2-normalise each vector")
+def add_spec_arguments(p, precision: bool = False) -> None:
+    """The feature options (:class:`featurebank.FeatureOptions`) shared by embed and serve,
+    and the device they run on."""
+    add_option_flags(p, FeatureOptions, flags=_FEATURE_FLAGS, overrides=_FEATURE_OVERRIDES,
+                     only=["model", "layers", "pool", "gem_p", "normalize"]
+                     + (["precision"] if precision else []))
     p.add_argument("--preprocessing", metavar="FILE",
                    help="conventions of a foreign .onnx model (JSON/TOML, the fields of "
                         "'featurebank adopt'); adopting it once makes this unnecessary")
-    p.add_argument("--device", default="auto", choices=DEVICES)
-    p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
+    add_option_flags(p, EmbedRun, only=["device", "threads"])
 
 
 def feature_options_from_args(args, **extra) -> FeatureOptions:
@@ -57,9 +64,7 @@ def feature_options_from_args(args, **extra) -> FeatureOptions:
     elif getattr(args, "preprocessing", None):
         raise FeaturebankError(f"--preprocessing is for a foreign .onnx model; {model} is a "
                                f"registry model that knows its own")
-    return FeatureOptions(model=model, layers=tuple(args.layers or ("head",)),
-                          pool=args.pool, gem_p=args.gem_p, normalize=args.l2,
-                          preprocessing=preprocessing, **extra)
+    return options_from_args(FeatureOptions, args, preprocessing=preprocessing, **extra)
 
 
 def register(sub) -> None:
@@ -68,32 +73,23 @@ def register(sub) -> None:
                        "Only content not yet in the store is computed.")
     p.add_argument("inputs", nargs="+", metavar="INPUT")
     p.add_argument("--store", required=True, help="HDF5 store (created when absent)")
-    add_spec_arguments(p)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--workers", type=int, default=None, help="decoding threads (default: cores)")
-    p.add_argument("--dtype", default="float16", choices=DTYPES)
-    p.add_argument("--precision", default="fp32", choices=PRECISIONS,
-                   help="int8: static int8 graph calibrated on this collection (CPU speed; "
-                        "vectors get a spec of their own); fp16: for --device cuda")
-    p.add_argument("--calibration", type=int, default=128, metavar="N",
-                   help="images sampled from the input to calibrate int8 on (default: 128)")
-    p.add_argument("--engine", default="local", choices=ENGINES)
-    p.add_argument("--address", default=None, help="Ray cluster address (with --engine ray)")
-    p.add_argument("--shard-rows", type=int, default=None, metavar="N",
-                   help="with --engine ray: rows per shard file (default: 16 x batch size)")
-    p.add_argument("--no-progress", action="store_true")
+    add_spec_arguments(p, precision=True)
+    add_option_flags(p, EmbedRun, flags={"calibration_size": "--calibration"},
+                     only=["batch_size", "workers", "dtype", "calibration_size", "engine",
+                           "address", "shard_rows", "progress"],
+                     overrides={"workers": {"help": "decoding threads (local) or actors (Ray) "
+                                                    "(default: by the machine)"},
+                                "calibration_size": {
+                                    "metavar": "N", "help": "images sampled from the input to "
+                                    "calibrate int8 on (default: %(default)s)"}})
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=run_embed)
 
 
 def run_embed(args) -> int:
-    from featurebank.extractor.engines import EmbedRun, embed_collection
+    from featurebank.extractor import embed_collection
 
-    run = EmbedRun(batch_size=args.batch_size, workers=args.workers, device=args.device,
-                   threads=args.threads, dtype=args.dtype, progress=not args.no_progress,
-                   engine=args.engine, address=args.address, calibration_size=args.calibration,
-                   shard_rows=args.shard_rows)
-    summary = embed_collection(args.inputs, args.store,
-                               feature_options_from_args(args, precision=args.precision), run=run)
+    summary = embed_collection(args.inputs, args.store, feature_options_from_args(args),
+                               run=options_from_args(EmbedRun, args))
     print(json.dumps(summary.to_dict()) if args.json else summary)
     return 0

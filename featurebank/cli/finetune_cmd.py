@@ -4,24 +4,9 @@ from __future__ import annotations
 
 import json
 
+from featurebank.cli.flags import add_option_flags, options_from_args
 from featurebank.finetune import FinetuneOptions
-
-DEFAULTS = FinetuneOptions()  # the one place the defaults live (no torch imported here)
-#: FinetuneOptions fields given as ``--name`` flags: (type, help); ``flip`` is a switch
-OPTION_FLAGS = {
-    "epochs": (int, "most epochs of fine-tuning"),
-    "val_size": (float, "validation fraction, stratified"),
-    "seed": (int, "seeds the split, batch order, flips and dropout"),
-    "lr_head": (float, "AdamW learning rate of the new head"),
-    "lr_top": (float, "AdamW learning rate of the unfrozen top layers"),
-    "batch_size": (int, "maps per step"),
-    "weight_decay": (float, "AdamW weight decay"),
-    "label_smoothing": (float, "cross-entropy label smoothing"),
-    "dropout": (float, "dropout before the head while training"),
-    "patience": (int, "early stopping after this many epochs without progress (0: off)"),
-    "probe_c": (float, "C of the probe that starts the head (default: chosen on validation)"),
-    "threads": (int, "torch threads (default: torch's choice)"),
-}
+from featurebank.spec import DEFAULT_MODEL
 
 
 def register(sub) -> None:
@@ -35,19 +20,15 @@ def register(sub) -> None:
         "ONNX classifier: 'featurebank predict OUTPUT IMAGE...', 'featurebank serve --model "
         "OUTPUT'.")
     p.add_argument("train", metavar="TRAIN", help="folder of labelled images, or a store")
-    p.add_argument("--model", default="efficientnet_lite0", help="EfficientNet-Lite registry name")
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help=f"EfficientNet-Lite registry name (default: {DEFAULT_MODEL})")
     p.add_argument("--from", dest="from_layer", default="blocks.12", metavar="LAYER",
                    help="cut: layers up to it stay frozen (default: blocks.12)")
     p.add_argument("--test", default=None, metavar="FOLDER_OR_STORE",
                    help="held-out images scored with the best epoch and the frozen probe")
     p.add_argument("--report", default=None, metavar="DIR", help="write finetune.json, curves.png")
     p.add_argument("-o", "--output", required=True, metavar="TUNED.onnx")
-    p.add_argument("--flip", action="store_true",
-                   help="also cache horizontally mirrored maps and train on them half the time")
-    for name, (kind, why) in OPTION_FLAGS.items():
-        default = getattr(DEFAULTS, name)
-        p.add_argument("--" + name.replace("_", "-"), type=kind, default=default,
-                       help=why if "default" in why else f"{why} (default: {default})")
+    add_option_flags(p.add_argument_group("training (FinetuneOptions)"), FinetuneOptions)
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=run_finetune)
@@ -62,7 +43,7 @@ def run_finetune(args) -> int:
     if not args.output.lower().endswith(".onnx"):
         raise FeaturebankError(f"-o {args.output}: the tuned model is an ONNX file; end the name "
                                "in .onnx")
-    options = FinetuneOptions(flip=args.flip, **{k: getattr(args, k) for k in OPTION_FLAGS})
+    options = options_from_args(FinetuneOptions, args)
     result = finetune(args.train, model=args.model, from_layer=args.from_layer, test=args.test,
                       output=Path(args.output), report=args.report, options=options,
                       progress=not args.no_progress)

@@ -1,10 +1,26 @@
 """HTTP service: embeddings and predictions on demand, with dynamic batching (FastAPI).
 
 ``create_app(...)`` returns the ASGI application; ``featurebank serve`` runs it with uvicorn.
-FastAPI is an optional extra (``pip install 'featurebank[service]'``).
+FastAPI is an optional extra (``pip install 'featurebank[service]'``). :class:`ServiceConfig`
+(its limits and their defaults) loads without FastAPI; ``create_app`` loads on first use.
 """
 
-from featurebank.service.app import API_KEY_ENV, create_app
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from featurebank.service.config import ServiceConfig
 
+_LAZY = {"API_KEY_ENV": "featurebank.service.app", "create_app": "featurebank.service.app"}
+
 __all__ = ["API_KEY_ENV", "ServiceConfig", "create_app"]
+
+if TYPE_CHECKING:
+    from featurebank.service.app import API_KEY_ENV, create_app
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'featurebank.service' has no attribute {name!r}")

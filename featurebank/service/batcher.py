@@ -21,6 +21,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from featurebank.service.config import ServiceConfig
+
+_DEFAULTS = ServiceConfig()
+
 log = logging.getLogger(__name__)
 
 
@@ -61,15 +65,16 @@ class DynamicBatcher:
     ----------
     run : callable
         ``run(pixels uint8 [N, H, W, 3]) -> list of float32 [N, D]`` (one array per layer).
-    max_batch_size : int
-    max_wait_ms : float
-    max_queue_images : int
+    max_batch_size, max_wait_ms, max_queue_images
+        As in :class:`featurebank.service.ServiceConfig` (whose defaults they take).
     on_batch : callable, optional
         ``on_batch(size, seconds)`` after every inference call (metrics).
     """
 
-    def __init__(self, run: Callable[[np.ndarray], list[np.ndarray]], max_batch_size: int = 32,
-                 max_wait_ms: float = 5.0, max_queue_images: int = 256,
+    def __init__(self, run: Callable[[np.ndarray], list[np.ndarray]],
+                 max_batch_size: int = _DEFAULTS.max_batch_size,
+                 max_wait_ms: float = _DEFAULTS.max_wait_ms,
+                 max_queue_images: int = _DEFAULTS.max_queue_images,
                  on_batch: Callable[[int, float], None] | None = None):
         self.run = run
         self.max_batch_size = max_batch_size
@@ -103,10 +108,6 @@ class DynamicBatcher:
     @property
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
-
-    @property
-    def queued_images(self) -> int:
-        return self._queued_images
 
     # -- requests -------------------------------------------------------------------------
     async def submit(self, pixels: np.ndarray) -> tuple[list[np.ndarray], list[BatchInfo]]:

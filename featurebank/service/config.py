@@ -1,10 +1,14 @@
-"""Limits and batching knobs of the HTTP service, with the defaults ``featurebank serve`` uses."""
+"""Limits and batching knobs of the HTTP service: the one place their defaults live
+(``featurebank serve`` builds its flags from :class:`ServiceConfig`)."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from featurebank.errors import FeaturebankError
+from featurebank.errors import OptionError
+from featurebank.options import Interval, check_options, option
+
+_POSITIVE = Interval(int, 1, None)
 
 
 @dataclass(frozen=True)
@@ -34,28 +38,24 @@ class ServiceConfig:
         The Retry-After value sent with 503.
     """
 
-    max_batch_size: int = 32
-    max_wait_ms: float = 5.0
-    max_queue_images: int = 256
-    max_request_bytes: int = 32 * 2**20
-    max_images_per_request: int = 64
-    max_pixels: int = 50_000_000
-    request_timeout_s: float = 30.0
-    decode_workers: int | None = None
-    retry_after_s: int = 1
+    max_batch_size: int = option(32, _POSITIVE)
+    max_wait_ms: float = option(5.0, Interval(float, 0, None))
+    max_queue_images: int = option(256, _POSITIVE,
+                                   help="images waiting for an answer before 503")
+    max_request_bytes: int = option(32 * 2**20, _POSITIVE)
+    max_images_per_request: int = option(64, _POSITIVE)
+    max_pixels: int = option(50_000_000, _POSITIVE)
+    request_timeout_s: float = option(30.0, Interval(float, 0, None, "neither"),
+                                      help="seconds per request before 504")
+    decode_workers: int | None = option(None, None, _POSITIVE)
+    retry_after_s: int = option(1, _POSITIVE)
 
     def __post_init__(self) -> None:
-        positive = ("max_batch_size", "max_queue_images", "max_request_bytes",
-                    "max_images_per_request", "max_pixels", "request_timeout_s", "retry_after_s")
-        for name in positive:
-            if not getattr(self, name) > 0:
-                raise FeaturebankError(f"service setting {name} must be > 0, got {getattr(self, name)!r}")
-        if self.max_wait_ms < 0:
-            raise FeaturebankError(f"service setting max_wait_ms must be >= 0, got {self.max_wait_ms!r}")
+        check_options(self)
         if self.max_queue_images < self.max_batch_size:
-            raise FeaturebankError(
-                f"max_queue_images ({self.max_queue_images}) must be >= max_batch_size "
-                f"({self.max_batch_size}): a full batch must fit in the queue")
+            raise OptionError("max_queue_images", f"({self.max_queue_images}) must be >= "
+                              f"max_batch_size ({self.max_batch_size}): a full batch must fit "
+                              "in the queue", related=("max_batch_size",))
 
     def to_dict(self) -> dict:
         return asdict(self)
