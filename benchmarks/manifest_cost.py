@@ -68,6 +68,9 @@ def _synthetic(store: ShardedStore, shards: int, rows: int) -> None:
 
 
 def _timed_rebuild(store: ShardedStore) -> dict:
+    import psutil
+
+    rss = psutil.Process().memory_info().rss
     names = store.committed_shards()
     t = time.perf_counter()
     for n in names:  # the index reads alone (size 0: the placeholders, or real sizes)
@@ -76,7 +79,9 @@ def _timed_rebuild(store: ShardedStore) -> dict:
     t = time.perf_counter()
     state = store.rebuild()
     total = time.perf_counter() - t
-    return {"shards": len(names), "rows": state.images, "rebuild_s": round(total, 3),
+    grown = psutil.Process().memory_info().rss - rss  # the key sets the state holds, mostly
+    return {"rss_growth_mb": round(grown / 2**20, 1),
+            "per_row_us": round(1e6 * total / max(1, state.images), 3),"shards": len(names), "rows": state.images, "rebuild_s": round(total, 3),
             "index_reads_s": round(reads, 3), "per_shard_ms": round(1e3 * total / len(names), 3),
             "manifest_bytes": (store.dir / "manifest.json").stat().st_size,
             "virtual_file_bytes": store.path.stat().st_size}
@@ -86,6 +91,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shards", type=int, nargs="+", default=[1000, 10000, 100000])
     ap.add_argument("--rows", type=int, default=4, help="rows per synthetic shard")
+    ap.add_argument("--big", type=int, nargs=2, default=[1000, 512], metavar=("SHARDS", "ROWS"),
+                    help="one more index run with realistic shards: the cost per row")
     ap.add_argument("--legacy", type=int, nargs="*", default=[1000],
                     help="real shards rebuilt without indexes first")
     ap.add_argument("--out", type=Path, default=RESULTS / "manifest_cost.json")
@@ -100,6 +107,11 @@ def main(argv: list[str] | None = None) -> dict:
                 index_runs.append(_timed_rebuild(store))
             print("index", index_runs[-1], flush=True)
             shutil.rmtree(tmp / f"idx-{n}")
+        with ShardedStore(tmp / "big" / "s.h5") as store:
+            _synthetic(store, *args.big)
+            big = {"rows_per_shard": args.big[1], **_timed_rebuild(store)}
+        print("big", big, flush=True)
+        shutil.rmtree(tmp / "big")
         for n in args.legacy:
             with ShardedStore(tmp / f"legacy-{n}" / "s.h5") as store:
                 for s in range(n):
@@ -120,7 +132,7 @@ def main(argv: list[str] | None = None) -> dict:
               "load_average_before": load_before, "load_average_after": load_average(),
               "note": "one rebuild each; index runs: cloned indexes + empty placeholder shard "
                       "files (never opened); legacy: real tiny shards, first rebuild opens each "
-                      "with HDF5", "index": index_runs, "legacy": legacy_runs}
+                      "with HDF5", "index": index_runs, "big_shards": big, "legacy": legacy_runs}
     write_result(args.out, result)
     _plot(result, args.out.with_suffix(".png"))
     return result

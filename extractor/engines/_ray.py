@@ -181,6 +181,29 @@ def _actor_resources(device: str, workers: int | None, threads: int | None) -> t
     return {"num_cpus": per_actor}, size, "cpu"
 
 
+_ATTEMPTS = 3  # jobs started over the items still missing after a failure Ray cannot recover
+
+
+def _pipeline(left: dict[int, ImageItem], ex: Extractor, run: EmbedRun, done: set[str],
+              embedder: dict, attempt: int) -> ray.data.Dataset:
+    """The decode -> embed dataset over the items ``left`` (index -> item).
+
+    The first attempt waits for every actor (one per node at least, with SPREAD); a restarted
+    one for a single actor, as a lost node may have left room for fewer."""
+    size, batch_size = embedder["size"], run.batch_size
+    ds = ray.data.from_items(
+        [{"idx": i, "path": os.fsencode(it.path), "label": it.label} for i, it in left.items()],
+        override_num_blocks=max(1, min(len(left) // batch_size, 4 * size * 8)))
+    # Each stage asks for different resources, which also keeps Ray Data from fusing decode
+    # into the actors: decoding stays parallel to inference.
+    ds = ds.map_batches(_decode_batch, batch_size=batch_size, num_cpus=0.5, max_retries=3,
+                        fn_kwargs={"preprocessing": ex.spec_preprocessing,
+                                   "max_pixels": ex.max_pixels, "done": frozenset(done)})
+    return ds.map_batches(_Embedder, batch_size=batch_size, compute=ray.data.ActorPoolStrategy(
+        min_size=size if attempt == 1 else 1, max_size=size), fn_constructor_kwargs=embedder["fn_constructor_kwargs"],
+        scheduling_strategy="SPREAD", **embedder["remote"])  # actors on as many nodes as there are
+
+
 def embed_ray(items: list[ImageItem], store_path: str | Path, ex: Extractor,
               run: EmbedRun, roots: list[str] | None = None) -> EmbedSummary:
     """Embed ``items`` into the sharded store ``store_path`` on a Ray cluster.
@@ -201,7 +224,7 @@ def embed_ray(items: list[ImageItem], store_path: str | Path, ex: Extractor,
         state = store.rebuild()
         if not items:
             return summary
-        done = frozenset(state.done(fps))
+        done = state.done(fps)
         known = {state.dtypes[fp] for fp in fps if fp in state.dtypes}
         store_dtype = known.pop() if len(known) == 1 else run.dtype  # an existing set keeps its dtype
         remote, size, actor_device = _actor_resources(device, workers, threads)
@@ -212,34 +235,38 @@ def embed_ray(items: list[ImageItem], store_path: str | Path, ex: Extractor,
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
         ctx.wait_for_min_actors_s = int(run.actor_wait_s)
-        ds = ray.data.from_items(
-            [{"idx": i, "path": os.fsencode(it.path), "label": it.label} for i, it in enumerate(items)],
-            override_num_blocks=max(1, min(len(items) // batch_size, 4 * size * 8)))
-        # Each stage asks for different resources, which also keeps Ray Data from fusing decode
-        # into the actors: decoding stays parallel to inference.
-        ds = ds.map_batches(_decode_batch, batch_size=batch_size, num_cpus=0.5, max_retries=3,
-                            fn_kwargs={"preprocessing": ex.spec_preprocessing,
-                                       "max_pixels": ex.max_pixels, "done": done})
-        ds = ds.map_batches(_Embedder, batch_size=batch_size, compute=ray.data.ActorPoolStrategy(
-            min_size=size, max_size=size), fn_constructor_kwargs={
-                "graph": [graph_ref], "output_names": list(graph.output_names),
-                "dims": list(graph.dims), "input_size": tuple(ex.spec_preprocessing.input_size),
-                "device": actor_device, "threads": threads or remote.get("num_cpus", 1)},
-            scheduling_strategy="SPREAD", **remote)  # actors on as many nodes as there are
+        embedder = dict(size=size, remote=remote, fn_constructor_kwargs={
+            "graph": [graph_ref], "output_names": list(graph.output_names),
+            "dims": list(graph.dims), "input_size": tuple(ex.spec_preprocessing.input_size),
+            "device": actor_device, "threads": threads or remote.get("num_cpus", 1)})
         writer = _ShardWriter(store, list(specs), store_dtype, list(roots or ()),
                               run.shard_rows or 16 * batch_size)
         in_run: set[str] = set()
+        left = dict(enumerate(items))  # items whose row has not come back to the driver yet
         bar = tqdm(total=len(items), unit="img", disable=not run.progress,
                    desc="embedding (ray)")
         try:
-            for out in ds.iter_batches(batch_size=None, batch_format="numpy"):
-                _count(summary, in_run, out)
-                writer.add(out)
-                bar.update(len(out["status"]))
+            for attempt in range(1, _ATTEMPTS + 1):
+                ds = _pipeline(left, ex, run, done | in_run, embedder, attempt)
+                try:
+                    for out in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                        _count(summary, in_run, out)
+                        writer.add(out)
+                        for i in out["idx"]:
+                            left.pop(int(i), None)
+                        bar.update(len(out["status"]))
+                    break
+                except ray.exceptions.RayError as exc:
+                    # Rows already back are kept; a job Ray cannot recover (objects lost with
+                    # a node, say) is started again over the items still missing.
+                    writer.flush()
+                    if attempt == _ATTEMPTS:
+                        raise FeaturebankError(
+                            f"the Ray job failed {attempt} times ({type(exc).__name__}: {exc}); "
+                            "the shards committed so far are kept: run again to continue") from exc
+                    log.warning("the Ray job failed (%s); starting again over the %d items left",
+                                type(exc).__name__, len(left))
             writer.flush()
-        except ray.exceptions.RayError as exc:
-            raise FeaturebankError(f"the Ray job failed ({type(exc).__name__}: {exc}); the shards "
-                                   "committed so far are kept: run again to continue") from exc
         finally:
             bar.close()
             store.rebuild()
@@ -249,15 +276,17 @@ def embed_ray(items: list[ImageItem], store_path: str | Path, ex: Extractor,
 
 def _count(summary: EmbedSummary, in_run: set[str], batch: dict[str, np.ndarray]) -> None:
     status = batch["status"]
-    summary.cached += int(np.sum(status == CACHED))
     summary.failed += int(np.sum(status == FAILED))
-    for i in np.flatnonzero(status == NEW):
-        key, node = str(batch["key"][i]), str(batch["node"][i])
-        if key in in_run:
+    for i in np.flatnonzero(status != FAILED):
+        key = str(batch["key"][i])
+        if key in in_run:  # a second copy in this run (cached: seen by a restarted job)
             summary.duplicates += 1
+        elif status[i] == CACHED:
+            summary.cached += 1
         else:
             in_run.add(key)
             summary.embedded += 1
+            node = str(batch["node"][i])
             summary.nodes[node] = summary.nodes.get(node, 0) + 1
 
 
