@@ -37,6 +37,7 @@ from featurebank.errors import FeaturebankError
 from featurebank.extractor._extractor import Extractor
 from featurebank.extractor._inputs import ImageItem
 from featurebank.extractor.engines._common import EmbedRun, EmbedSummary, prepare_file
+from featurebank.extractor.store._format import chunk_rows
 from featurebank.extractor.store._shards import ShardedStore, write_shard
 from featurebank.spec import FeatureSpec, Preprocessing
 
@@ -181,6 +182,14 @@ def _actor_resources(device: str, workers: int | None, threads: int | None) -> t
     return {"num_cpus": per_actor}, size, "cpu"
 
 
+def _default_shard_rows(batch_size: int, dims: list[int], dtype: str) -> int:
+    """16 batches, rounded up to whole HDF5 chunks of the widest feature set: a shard of 512
+    rows of 1280 float16 values filled 2 chunks of 409 rows, and its file was 2x its payload
+    (``benchmarks/results/ray_transport.json``)."""
+    per_chunk = chunk_rows(max(dims), np.dtype(dtype).itemsize)
+    return per_chunk * -(-16 * batch_size // per_chunk)
+
+
 _ATTEMPTS = 3  # jobs started over the items still missing after a failure Ray cannot recover
 
 
@@ -240,7 +249,7 @@ def embed_ray(items: list[ImageItem], store_path: str | Path, ex: Extractor,
             "dims": list(graph.dims), "input_size": tuple(ex.spec_preprocessing.input_size),
             "device": actor_device, "threads": threads or remote.get("num_cpus", 1)})
         writer = _ShardWriter(store, list(specs), store_dtype, list(roots or ()),
-                              run.shard_rows or 16 * batch_size)
+                              run.shard_rows or _default_shard_rows(batch_size, graph.dims, store_dtype))
         in_run: set[str] = set()
         left = dict(enumerate(items))  # items whose row has not come back to the driver yet
         bar = tqdm(total=len(items), unit="img", disable=not run.progress,
