@@ -4,20 +4,25 @@ Each command runs ``--repeat`` times (default 5) in a fresh process; the median 
 (issue 22's target: under 0.3 s for ``--version`` and ``--help`` at a load below 1). The load
 average is recorded beside it, since the machine is shared.
 
-    python -m benchmarks.startup                          # this checkout's .venv/bin/featurebank
-    python -m benchmarks.startup --command /work/main/.venv/bin/featurebank --out before.json
+    python -m benchmarks.startup --label after             # this checkout's .venv/bin/featurebank
+    python -m benchmarks.startup --label before --command /other/checkout/.venv/bin/featurebank
+
+Each run is kept in ``benchmarks/results/startup.json`` under its label (a run with the same
+label replaces the earlier one), so the file holds the figures before and after a change side
+by side, each with its load average and date.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from benchmarks._common import REPO, load_average, spread, write_result
+from benchmarks._common import REPO, RESULTS, load_average, machine, spread
 
 #: what is timed: the top-level answers, and commands whose stages differ in weight
 CASES = (("--version",), ("--help",), ("embed", "--help"), ("train", "--help"),
@@ -42,23 +47,26 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--command", default=default_command(), help="the featurebank executable")
     parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--out", default="startup", help="result name or JSON path")
-    parser.add_argument("--label", default="", help="what was measured (e.g. 'before: main')")
+    parser.add_argument("--out", default=str(RESULTS / "startup.json"), help="JSON file")
+    parser.add_argument("--label", default="current", help="what was measured ('before', ...)")
     args = parser.parse_args(argv)
     load_before = load_average()
     time_once([args.command, "--version"])  # warm the file cache: the figures are warm starts
     rows = {}
     for case in CASES:
-        times = [time_once([args.command, *case]) for _ in range(args.repeat)]
-        rows[" ".join(case)] = spread(times)
-        print(f"{' '.join(case):<18} median {rows[' '.join(case)]['median']:.3f} s "
-              f"(min {min(times):.3f}, max {max(times):.3f})")
-    payload = {"command": args.command, "label": args.label, "repeat": args.repeat,
-               "load_before": load_before, "load_after": load_average(), "seconds": rows,
-               "python": sys.version.split()[0]}
-    path = write_result(args.out if args.out.endswith(".json") is False else Path(args.out),
-                        payload)
-    print(f"load average {load_before} -> {payload['load_after']}; wrote {path}")
+        name = " ".join(case)
+        rows[name] = spread([time_once([args.command, *case]) for _ in range(args.repeat)])
+        print(f"{name:<18} median {rows[name]['median']:.3f} s "
+              f"(min {rows[name]['min']:.3f}, max {rows[name]['max']:.3f})")
+    run = {"command": args.command, "repeat": args.repeat, "load_before": load_before,
+           "load_after": load_average(), "median_s": {k: v["median"] for k, v in rows.items()},
+           "seconds": rows, "machine": machine()}
+    out = Path(args.out)
+    runs = json.loads(out.read_text())["runs"] if out.is_file() else {}
+    runs[args.label] = run
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"target_s": 0.3, "runs": runs}, indent=2) + "\n")
+    print(f"load average {load_before} -> {run['load_after']}; wrote {out} ({args.label!r})")
     return 0
 
 

@@ -1,16 +1,62 @@
-"""featurebank.classical: scikit-learn on stored features (probes, SVMs, sweeps, reports)."""
+"""featurebank.classical: scikit-learn on stored features (probes, SVMs, sweeps, reports).
 
-from featurebank.classical._features import (
-    LabelledFeatures,
-    SpecMismatchError,
-    labelled_only,
-    load_features,
-)
-from featurebank.classical._model import TrainedModel, load_model, raw_pixels
-from featurebank.classical._probe import LinearProbe, cross_validate_probe, k_shot_indices
-from featurebank.classical._transformer import EmbeddingTransformer
-from featurebank.classical._workflow import evaluate, fewshot_curve, sweep, train
+Every name loads on first use: ``from featurebank.classical import CLASSIFIERS`` (what the
+command line offers) costs no scikit-learn, and a tuned model's ``check_same_specs`` no more than
+its own module.
+"""
 
-__all__ = ["EmbeddingTransformer", "LabelledFeatures", "LinearProbe", "SpecMismatchError",
-           "TrainedModel", "cross_validate_probe", "evaluate", "fewshot_curve", "k_shot_indices",
-           "labelled_only", "load_features", "load_model", "raw_pixels", "sweep", "train"]
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# public name -> the module that defines it
+_LAZY = {
+    "CLASSIFIERS": "featurebank.classical._options",
+    "EmbeddingTransformer": "featurebank.classical._transformer",
+    "LabelledFeatures": "featurebank.classical._features",
+    "LinearProbe": "featurebank.classical._probe",
+    "SpecMismatchError": "featurebank.classical._features",
+    "TrainedModel": "featurebank.classical._model",
+    "check_same_specs": "featurebank.classical._features",
+    "cross_validate_probe": "featurebank.classical._probe",
+    "evaluate": "featurebank.classical._workflow",
+    "fewshot_curve": "featurebank.classical._workflow",
+    "k_shot_indices": "featurebank.classical._probe",
+    "labelled_only": "featurebank.classical._features",
+    "load_features": "featurebank.classical._features",
+    "load_model": "featurebank.classical._model",
+    "pyplot": "featurebank.classical._report",
+    "raw_pixels": "featurebank.classical._model",
+    "save_figure": "featurebank.classical._report",
+    "sweep": "featurebank.classical._workflow",
+    "train": "featurebank.classical._workflow",
+}
+
+__all__ = ["CLASSIFIERS", "EmbeddingTransformer", "LabelledFeatures", "LinearProbe",
+           "SpecMismatchError", "TrainedModel", "check_same_specs", "cross_validate_probe",
+           "evaluate", "fewshot_curve", "k_shot_indices", "labelled_only", "load_features",
+           "load_model", "pyplot", "raw_pixels", "save_figure", "sweep", "train"]
+
+if TYPE_CHECKING:
+    from featurebank.classical._features import (
+        LabelledFeatures,
+        SpecMismatchError,
+        check_same_specs,
+        labelled_only,
+        load_features,
+    )
+    from featurebank.classical._model import TrainedModel, load_model, raw_pixels
+    from featurebank.classical._options import CLASSIFIERS
+    from featurebank.classical._probe import LinearProbe, cross_validate_probe, k_shot_indices
+    from featurebank.classical._report import pyplot, save_figure
+    from featurebank.classical._transformer import EmbeddingTransformer
+    from featurebank.classical._workflow import evaluate, fewshot_curve, sweep, train
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value  # later look-ups skip this hook
+        return value
+    raise AttributeError(f"module 'featurebank.classical' has no attribute {name!r}")

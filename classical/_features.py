@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from featurebank.errors import FeaturebankError
-from featurebank.extractor.store._store import FeatureStore
+from featurebank.extractor.store import FeatureStore
 from featurebank.spec import FeatureSpec
 
 
@@ -30,6 +30,15 @@ def check_same_specs(expected: list[FeatureSpec], got: list[FeatureSpec], traine
                                 f"[{theirs}] ({have}); {advice}")
 
 
+def open_store(path: str | Path) -> FeatureStore:
+    """The feature store at ``path``, read-only; a folder of images is named as such (people
+    give the folder they embedded instead of its store)."""
+    if Path(path).is_dir():
+        raise FeaturebankError(f"{path} is a folder, not a feature store; embed it first "
+                               f"('featurebank embed {path} --store STORE.h5') and give the store")
+    return FeatureStore(path)
+
+
 @dataclass
 class LabelledFeatures:
     X: np.ndarray
@@ -41,27 +50,28 @@ class LabelledFeatures:
 
 def load_features(store: str | Path | FeatureStore, layers=None,
                   fingerprints: list[str] | None = None,
-                  wanted: list[FeatureSpec] | None = None) -> LabelledFeatures:
+                  wanted: list[FeatureSpec] | None = None,
+                  wanted_by: str = "the classifier") -> LabelledFeatures:
     """Features of one or several feature sets, concatenated column-wise on common keys.
 
     ``layers`` names feature sets by layer or fingerprint (default: the only one);
     ``fingerprints`` demands exact specs and raises :class:`SpecMismatchError` when the store
-    lacks one of them (``wanted``, the classifier's specs, are named in that message).
+    lacks one of them (``wanted``, the specs ``wanted_by`` needs, are named in that message).
     """
-    fs = store if isinstance(store, FeatureStore) else FeatureStore(store)
+    fs = store if isinstance(store, FeatureStore) else open_store(store)
     if fingerprints is not None:
         have = {s.fingerprint: s for s in fs.feature_sets()}
         missing = [fp for fp in fingerprints if fp not in have]
         if missing:
             listed = "; ".join(f"{fp} = {s.spec.describe()}" for fp, s in have.items()) or "none"
             need = ", ".join(s.describe() for s in wanted or [] if s.fingerprint() in missing)
+            spec = f" ({wanted_by} needs {need})" if need else ""
             raise SpecMismatchError(
-                f"store {fs.path} has no feature set with fingerprint {', '.join(missing)} (the "
-                f"classifier's spec {need or '?'}); it has: {listed}. Embed the images with the classifier's "
-                "spec first (same model, weights, layer and pooling).")
-        names = fingerprints
-    else:
-        names = list(layers) if layers else [None]
+                f"store {fs.path} has no feature set with fingerprint {', '.join(missing)}"
+                f"{spec}; it has: {listed}. Embed the images with that spec first (same model, "
+                "weights, layer and pooling).")
+    names: list[str | None] = (list(fingerprints) if fingerprints is not None
+                               else list(layers) if layers else [None])  # None: the only set
     parts = [fs.read(name) for name in names]
     first = parts[0]
     if len(parts) == 1:

@@ -18,8 +18,8 @@ import numpy as np
 from PIL import Image
 
 from featurebank.errors import FeaturebankError
-from featurebank.export._metadata import featurebank_version
-from featurebank.extractor._preprocess import read_bytes
+from featurebank.export import featurebank_version
+from featurebank.extractor import read_bytes
 from featurebank.spec import FeatureSpec
 
 FORMAT = "featurebank.classifier/1"
@@ -108,7 +108,7 @@ class TrainedModel:
             Extractor options (``device``, ``threads``, ``max_pixels``, ...).
         """
         from featurebank.export import find_model_by_digest, remembered_models
-        from featurebank.extractor._extractor import Extractor
+        from featurebank.extractor import Extractor
 
         spec = self.specs[0]
         given = model or next(iter(remembered_models()), None)

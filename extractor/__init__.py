@@ -25,6 +25,9 @@ _LAZY = {
     "DecodeError": "featurebank.extractor._preprocess",
     "decode": "featurebank.extractor._preprocess",
     "image_key": "featurebank.extractor._preprocess",
+    "read_bytes": "featurebank.extractor._preprocess",
+    "label_table": "featurebank.extractor.engines._common",
+    "upgrade_message": "featurebank.extractor.store._store",
     "EmbedRun": "featurebank.extractor._options",
     "ENGINES": "featurebank.extractor._options",
     "DEVICES": "featurebank.extractor._options",
@@ -36,7 +39,8 @@ _LAZY = {
 
 __all__ = ["DEFAULT_MAX_PIXELS", "DEVICES", "DecodeError", "ENGINES", "EmbedRun", "EmbedSummary",
            "Extractor", "FeatureSet", "FeatureStore", "ImageItem", "collect", "decode",
-           "embed_collection", "image_key", "resolve_model_path"]
+           "embed_collection", "image_key", "label_table", "read_bytes", "resolve_model_path",
+           "upgrade_message"]
 
 if TYPE_CHECKING:
     from featurebank.extractor._extractor import Extractor, resolve_model_path
@@ -47,9 +51,12 @@ if TYPE_CHECKING:
         DecodeError,
         decode,
         image_key,
+        read_bytes,
     )
     from featurebank.extractor.engines import EmbedSummary, embed_collection
+    from featurebank.extractor.engines._common import label_table
     from featurebank.extractor.store import FeatureSet, FeatureStore
+    from featurebank.extractor.store._store import upgrade_message
 
 
 def __getattr__(name: str) -> Any:

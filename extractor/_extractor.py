@@ -10,12 +10,15 @@ from typing import Any
 import numpy as np
 
 from featurebank.errors import FeaturebankError
-from featurebank.export._registry import is_onnx_path
+from featurebank.export import is_onnx_path
+from featurebank.extractor._options import DEVICES
 from featurebank.extractor._preprocess import DEFAULT_MAX_PIXELS, DecodeError, decode
+from featurebank.options import Interval, Options, check_value
 from featurebank.spec import FeatureOptions, FeatureSpec, Preprocessing
 from featurebank.spec import feature_options as feature_options_of
 
 log = logging.getLogger(__name__)
+_POSITIVE = Interval(int, 1, None)
 
 
 def resolve_model_path(model: str | Path, input_size: int | None = None) -> Path:
@@ -25,7 +28,7 @@ def resolve_model_path(model: str | Path, input_size: int | None = None) -> Path
         if not path.is_file():
             raise FeaturebankError(f"ONNX file {path} does not exist")
         return path
-    from featurebank.export._cache import ensure_exported
+    from featurebank.export import ensure_exported
 
     return ensure_exported(str(model), input_size=input_size)
 
@@ -63,6 +66,11 @@ class Extractor:
                  device: str = "auto", batch_size: int = 32, threads: int | None = None,
                  max_pixels: int = DEFAULT_MAX_PIXELS, **feature_options: Any):
         self.options = feature_options_of(features, **feature_options)
+        for name, value, constraints in (("device", device, (Options(DEVICES),)),
+                                         ("batch_size", batch_size, (_POSITIVE,)),
+                                         ("threads", threads, (None, _POSITIVE)),
+                                         ("max_pixels", max_pixels, (_POSITIVE,))):
+            check_value(name, value, *constraints, owner="Extractor")
         self.device = device
         self.batch_size = batch_size
         self.threads = threads
@@ -93,7 +101,7 @@ class Extractor:
             o = self.options
             graph = build_feature_graph(
                 resolve_model_path(o.model, o.input_size), list(o.layers), o.pool, o.gem_p,
-                o.normalize, o.preprocessing)
+                o.normalize, o.preprocessing, name=o.model)
             if self.precision == "fp16":
                 from featurebank.extractor.graphs._fp16 import to_fp16
 
@@ -157,7 +165,7 @@ class Extractor:
         return [s.layer for s in self.specs]
 
     @property
-    def output_shapes(self) -> dict[str, tuple[int, ...]]:
+    def output_shapes(self) -> dict[str, tuple[str | int, ...]]:
         return {s.layer: ("N", d) for s, d in zip(self.specs, self.graph.dims, strict=True)}
 
     # -- running ------------------------------------------------------------------------

@@ -15,16 +15,10 @@ imports neither torch, h5py nor onnxruntime.
 from __future__ import annotations
 
 import importlib
-from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
 from featurebank.errors import FeaturebankError
 from featurebank.spec import FeatureOptions, FeatureSpec, ModelSpec, Preprocessing
-
-try:
-    __version__ = version("featurebank")
-except PackageNotFoundError:  # running from a source tree that was not installed
-    __version__ = "0.0.0+unknown"
 
 # public name -> the stage that owns it
 _LAZY = {
@@ -48,7 +42,20 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time these load on first
     from featurebank.extractor import Extractor, FeatureStore, embed_collection
 
 
+def _version() -> str:
+    """The installed distribution's version (importlib.metadata costs ~30 ms: read on demand)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("featurebank")
+    except PackageNotFoundError:  # running from a source tree that was not installed
+        return "0.0.0+unknown"
+
+
 def __getattr__(name: str) -> Any:
+    if name == "__version__":
+        globals()[name] = value = _version()
+        return value
     if name in _LAZY:
         value = getattr(importlib.import_module(_LAZY[name]), name)
         globals()[name] = value  # later look-ups skip this hook

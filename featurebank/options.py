@@ -30,8 +30,8 @@ from typing import Any
 
 from featurebank.errors import OptionError
 
-__all__ = ["Interval", "Items", "OptionError", "Options", "check_options", "describe", "option",
-           "option_fields", "param_docs"]
+__all__ = ["Interval", "Items", "OptionError", "Options", "check_options", "check_value",
+           "describe", "option", "option_fields", "param_docs"]
 
 #: metadata keys of an option field
 _CONSTRAINTS = "featurebank.constraints"
@@ -57,6 +57,7 @@ class Interval:
         kind = Integral if self.type is int else Real
         if isinstance(value, bool) or not isinstance(value, kind):
             return False
+        value = float(value)  # numbers.Real has no ordering for type checkers; a float has
         if self.left is not None:
             if value < self.left or (value == self.left and self.closed in ("right", "neither")):
                 return False

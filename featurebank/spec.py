@@ -313,7 +313,7 @@ class FeatureOptions:
 FEATURE_OPTION_NAMES = tuple(FeatureOptions.__dataclass_fields__)
 
 
-def feature_options(features: FeatureOptions | str | None = None,
+def feature_options(features: FeatureOptions | str | os.PathLike[str] | None = None,
                     **options: Any) -> FeatureOptions:
     """``features`` as :class:`FeatureOptions`: an options object (``options`` then replace its
     fields), a model name or ONNX path, or None (the default model)."""

@@ -19,13 +19,15 @@ _LAZY = {"finetune": "featurebank.finetune._api", "FinetuneResult": "featurebank
          "META_FINETUNE": "featurebank.finetune._tuned",
          "TunedClassifier": "featurebank.finetune._tuned",
          "is_tuned_onnx": "featurebank.finetune._tuned", "load_tuned": "featurebank.finetune._tuned",
-         "tuned_lineage": "featurebank.finetune._tuned"}
+         "tuned_lineage": "featurebank.finetune._tuned",
+         "write_report": "featurebank.finetune._report"}
 
 __all__ = ["META_FINETUNE", "FinetuneOptions", "FinetuneResult", "TunedClassifier", "finetune",
-           "is_tuned_onnx", "load_tuned", "tuned_lineage"]
+           "is_tuned_onnx", "load_tuned", "tuned_lineage", "write_report"]
 
 if TYPE_CHECKING:
     from featurebank.finetune._api import FinetuneResult, finetune
+    from featurebank.finetune._report import write_report
     from featurebank.finetune._tuned import (
         META_FINETUNE,
         TunedClassifier,

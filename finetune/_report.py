@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from featurebank.classical._report import pyplot, save_figure
+from featurebank.classical import pyplot, save_figure
 from featurebank.errors import FeaturebankError
 
 

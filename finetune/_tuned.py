@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from featurebank.classical._features import check_same_specs
+from featurebank.classical import check_same_specs
 from featurebank.errors import FeaturebankError
 from featurebank.spec import FeatureSpec
 

@@ -121,6 +121,9 @@ def run_unprivileged():
     prelude = ("import os, sys\n"
                "import featurebank.extractor, featurebank.extractor.store, PIL.Image, h5py\n"
                "PIL.Image.init()  # every format plugin, while the interpreter can read them\n"
+               "# the packages load their public names lazily: load them now, while readable\n"
+               "for _m in (featurebank.extractor, featurebank.extractor.store):\n"
+               "    [getattr(_m, _n) for _n in _m.__all__]\n"
                f"if os.geteuid() == 0:\n    os.setgroups([]); os.setgid({NOBODY}); os.setuid({NOBODY})\n"
                "assert os.geteuid() != 0\n")
 

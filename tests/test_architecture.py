@@ -43,7 +43,11 @@ def _package_files() -> dict[str, Path]:
     found = {}
     for package in declared:
         spec = importlib.util.find_spec(package)
-        assert spec is not None and spec.origin, f"{package} is declared but does not import"
+        assert spec is not None, f"{package} is declared but does not import"
+        if spec.origin is None:  # a data folder declared as a package (export/data): no code
+            folders = [Path(p) for p in spec.submodule_search_locations or ()]
+            assert folders and not any(any(f.rglob("*.py")) for f in folders), package
+            continue
         found[package] = Path(spec.origin)
         for path in sorted(Path(spec.origin).parent.iterdir()):
             if path.suffix == ".py" and path.name != "__init__.py":
@@ -275,3 +279,56 @@ def test_suite_is_hermetic(model_cache, tmp_path_factory):
     assert resolve_cache_dir() == model_cache and model_cache.is_relative_to(base)
     env = subprocess_env()  # what children get, stated explicitly
     assert (env["FEATUREBANK_CACHE"], env["HOME"]) == (str(model_cache), os.environ["HOME"])
+
+
+def _stage_of(module: str) -> str:
+    """The stage (or entry point) a module belongs to: ``featurebank.<first part>`` for the
+    stage folders, cli and service; the ground floor (spec, errors, options, ...) otherwise."""
+    parts = module.split(".")
+    if len(parts) > 1 and parts[1] in (*STAGES, "cli", "service"):
+        return ".".join(parts[:2])
+    return "featurebank"
+
+
+def _is_private(module: str) -> bool:
+    return any(p.startswith("_") and not p.startswith("__") for p in module.split("."))
+
+
+def private_imports_across_stages() -> list[str]:
+    """``importer -> target`` for every import of a private ``_module`` from another stage."""
+    return sorted(f"{module} -> {t}" for module, targets in import_graph().items()
+                  for t in targets if _is_private(t) and _stage_of(t) != _stage_of(module))
+
+
+def test_private_modules_are_imported_only_inside_their_stage():
+    """docs/layout.md: implementation modules are private; other stages import the public names
+    of a stage's ``__init__`` (which lists them in ``__all__``)."""
+    assert _stage_of("featurebank.extractor.store._lock") == "featurebank.extractor"
+    assert _stage_of("featurebank.options") == "featurebank" and _is_private("a._b.c")
+    assert not _is_private("featurebank.cli.__main__")
+    wrong = private_imports_across_stages()
+    assert not wrong, "private modules imported from another stage:\n" + "\n".join(wrong)
+
+
+HEAVY = ("numpy", "sklearn", "scipy", "onnx", "onnxruntime", "h5py", "torch", "PIL", "fastapi",
+         "tqdm", "uvicorn")
+
+
+def test_command_line_help_and_version_load_no_stage():
+    """Building the parser imports no stage: ``featurebank --help``, ``--version`` and every
+    command's ``--help`` load none of the heavy libraries (start-up time itself is measured by
+    benchmarks/startup.py, never by a test). One subprocess for all of them."""
+    code = textwrap.dedent("""
+        import contextlib, io, sys
+        from featurebank.cli import build_parser, main
+        commands = [c for c in build_parser()._subparsers._group_actions[0].choices]
+        for argv in (["--help"], ["--version"], *([c, "--help"] for c in commands)):
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):
+                main(argv)
+        print(len(commands), sorted(m for m in HEAVY if m in sys.modules))
+    """).replace("HEAVY", repr(HEAVY))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, env=subprocess_env(), cwd=REPO)
+    assert out.returncode == 0, out.stderr[-2000:]
+    count, loaded = out.stdout.strip().split(" ", 1)
+    assert int(count) >= 12 and loaded == "[]", out.stdout

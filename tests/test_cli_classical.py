@@ -80,6 +80,16 @@ def test_spec_mismatch_is_a_clear_error(stores, tmp_path, capsys):
     assert main(["evaluate", str(model), str(other)]) == 1
     err = capsys.readouterr().err
     assert "blocks.13" in err and "head" in err and "fingerprint" in err
+    # a sweep has no classifier: the message says what needs the missing spec (issue 22)
+    assert main(["sweep", str(stores["train"]), "--test-store", str(other)]) == 1
+    err = capsys.readouterr().err
+    assert "classifier" not in err and "?" not in err, err
+    assert f"the sweep of {stores['train']} needs" in err and "blocks.13" in err, err
+    # the folder that was embedded, given instead of its store: named as a folder (issue 22)
+    folder = stores["root"] / "test"
+    assert main(["evaluate", str(model), str(folder)]) == 1
+    err = capsys.readouterr().err
+    assert "is a folder, not a feature store" in err and "does not exist" not in err, err
 
 
 def test_predict_embeds_with_the_model_spec(stores, tmp_path, capsys):
@@ -245,3 +255,26 @@ def test_ctrl_c_says_a_rerun_resumes(monkeypatch, capsys):
     monkeypatch.setattr(store_cmds, "run_info", interrupted)
     assert main(["store", "info", "x.h5"]) == 130
     assert "run the same command again to resume" in capsys.readouterr().err.lower()
+
+
+def test_predict_prints_every_file_and_exits_1_for_a_broken_one(stores, tmp_path, capsys):
+    """featurebank.predict is the one predict path: the CLI prints what predict_images yields,
+    a broken file gets an error line in its place, the others are still printed, exit 1."""
+    from featurebank.predict import Prediction, load_classifier, predict_images, ranked
+
+    model = tmp_path / "m.joblib"
+    assert main(["train", str(stores["train"]), "-o", str(model), "--layer", "head",
+                 "--no-baseline"]) == 0
+    images = sorted((stores["root"] / "test").rglob("*.png"))[:2]
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(images[0].read_bytes()[:40])  # a PNG cut short
+    inputs = [str(images[0]), str(broken), str(images[1])]
+    capsys.readouterr()
+    assert main(["predict", str(model), *inputs, "--json", "--top", "3"]) == 1
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [d["path"] for d in lines] == inputs and "error" in lines[1]
+    expected = list(predict_images(load_classifier(model), inputs, top=3))
+    assert [p.to_dict() for p in expected] == lines
+    assert len(lines[0]["top"]) == 3 and lines[0]["label"] == lines[0]["top"][0]["label"]
+    assert ranked([0.1, 0.7, 0.2], ["a", "b", "c"], top=2) == [("b", 0.7), ("c", 0.2)]
+    assert Prediction("x", error="cut short").to_line() == "x\terror: cut short"

@@ -61,6 +61,12 @@ def test_models_lists_the_registry(capsys):
     assert {"efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"} <= set(rows)
     assert "224x224" in rows["efficientnet_lite0"] and "4.65M" in rows["efficientnet_lite0"]
     assert "260x260" in rows["efficientnet_lite2"] and rows["efficientnet_lite2"].endswith("yes")
+    # the count comes from the registry entry (no CLI reaching into the export stage's modules):
+    # EfficientNet-Lite0's published size, 4,652,008 parameters; a pattern entry has none
+    from featurebank.export import get_model_entry, list_models
+
+    assert get_model_entry("efficientnet_lite0").parameter_count() == 4_652_008
+    assert [e.parameter_count() for e in list_models() if ":" in e.name] == [None, None]
 
 
 def test_layers_of_an_exported_file(capsys, lite0_onnx):

@@ -135,3 +135,13 @@ def test_foreign_onnx_needs_preprocessing(tmp_path):
     ref = np.maximum(conv, 0).max(axis=(2, 3))
     assert graph.specs[0].model.source == "onnx"
     np.testing.assert_allclose(out, ref, atol=1e-4)
+
+
+def test_every_bad_layer_is_reported_with_the_models_own_name(lite0_onnx):
+    """Two misspelt layers: both named in one error, and the hint lists the layers of the model
+    as the user named it, not of the cached file's path."""
+    with pytest.raises(FeaturebankError) as err:
+        build_feature_graph(lite0_onnx, ["haed", "head", "blokcs.3"], name="efficientnet_lite0")
+    msg = str(err.value)
+    assert "'haed'" in msg and "'blokcs.3'" in msg and "closest: blocks.3" in msg
+    assert msg.endswith("(see 'featurebank layers efficientnet_lite0')") and msg.count("(see") == 1

@@ -140,3 +140,15 @@ def test_defaults_have_one_source():
     args = build_parser().parse_args(["serve"])
     assert args.max_batch_size == config.max_batch_size and args.max_queue_images == config.max_queue_images
     assert int(args.max_request_mb * 2**20) == config.max_request_bytes
+
+
+def test_extractor_checks_its_run_arguments_at_the_boundary():
+    """Extractor's own arguments are checked when it is made (no session, no file), with the
+    same error type, before anything is loaded."""
+    from featurebank.extractor import Extractor
+
+    for changes, name in (({"device": "tpu"}, "device"), ({"batch_size": 0}, "batch_size"),
+                          ({"threads": 0}, "threads")):
+        with pytest.raises(OptionError) as err:
+            Extractor("no_such_model", **changes)
+        assert err.value.parameter == name and err.value.owner == "Extractor"

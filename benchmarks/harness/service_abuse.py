@@ -21,6 +21,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from benchmarks.harness.serving import ProcessOutput, wait_ready
+
 Route = tuple[str, str, str]  # (path, "multipart" | "raw", field or content type)
 # A small queue: 16 concurrent one-image requests cannot all be admitted, so overload sheds.
 ABUSE_CONFIG = {"max_batch_size": 2, "max_wait_ms": 2.0, "max_queue_images": 4,
@@ -154,31 +156,19 @@ def fuzz_requests(app, routes: list[Route], examples: int = 60) -> dict:
 
 @contextlib.contextmanager
 def running_server(kw: dict):
-    """``make_app(kw)`` under uvicorn in a child process on a free loopback port."""
-    import httpx
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    """``make_app(kw)`` under uvicorn in a child process on a loopback port of its choosing
+    (port 0, read back from its log: no race for the port); raises
+    :class:`~benchmarks.harness.serving.ServerDidNotStart` with its output if it does not start."""
     code = ("import json, sys, uvicorn\nfrom featurebank.service import ServiceConfig, create_app\n"
             "kw = json.loads(sys.argv[1]); cfg = kw.pop('config', None)\n"
             "app = create_app(**kw, config=ServiceConfig(**cfg) if cfg else None)\n"
-            "uvicorn.run(app, host='127.0.0.1', port=int(sys.argv[2]), log_level='warning')\n")
-    proc = subprocess.Popen([sys.executable, "-c", code, json.dumps(kw), str(port)],
+            "uvicorn.run(app, host='127.0.0.1', port=0, log_level='info', access_log=False)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, json.dumps(kw)],
                             env=dict(os.environ, OMP_NUM_THREADS="1"),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    base = f"http://127.0.0.1:{port}"
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    out = ProcessOutput(proc.stderr)
+    base = wait_ready(proc, out, ready_s=120)
     try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                if httpx.get(base + "/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError("server did not start: " + proc.stderr.read().decode()[-2000:])
-            time.sleep(0.3)
         yield proc, base
     finally:
         proc.terminate()

@@ -18,11 +18,11 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import replace
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from featurebank.errors import FeaturebankError
 from featurebank.extractor._extractor import Extractor
 from featurebank.extractor._inputs import ImageItem
+from featurebank.extractor._progress import progress
 from featurebank.extractor.engines._common import EmbedRun, EmbedSummary, Prepared, prepare_file
 from featurebank.extractor.store._store import FeatureStore
 from featurebank.spec import FeatureSpec
@@ -65,8 +65,7 @@ def embed_local(items: list[ImageItem], store: FeatureStore, ex: Extractor,
     batch: list[tuple[ImageItem, Prepared]] = []
     images: list[tuple[str, str, str]] = []
     failures: list[tuple[str, str]] = []
-    bar = tqdm(total=len(items), unit="img", disable=not run.progress, dynamic_ncols=True,
-               desc="embedding", smoothing=0.1)
+    bar = progress(len(items), enabled=run.progress, desc="embedding")
 
     def flush() -> None:
         rows = {}

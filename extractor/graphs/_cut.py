@@ -12,6 +12,7 @@ layout (NCHW or NHWC); a cut whose layout is unknown or odd is refused, never gu
 from __future__ import annotations
 
 import difflib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,11 +21,12 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from featurebank.errors import FeaturebankError
-from featurebank.export._catalogue import describe_tensor, input_layout_from_shape
-from featurebank.export._metadata import (
+from featurebank.export import (
     LayerInfo,
     OnnxInfo,
+    describe_tensor,
     foreign_model_spec,
+    input_layout_from_shape,
     load_onnx,
     read_onnx_metadata,
 )
@@ -58,8 +60,22 @@ def resolve_layer(layers: list[LayerInfo], wanted: str, path: Path,
     candidates = list(dict.fromkeys(names + [la.tensor for la in layers]))  # no name twice
     close = difflib.get_close_matches(wanted, candidates, n=5, cutoff=0.4)
     hint = f"closest: {', '.join(close)}" if close else f"valid: {', '.join(names[:12])} ..."
-    raise FeaturebankError(f"layer {wanted!r} is not in {path.name}; {hint} "
-                           f"(see 'featurebank layers {path}')")
+    raise FeaturebankError(f"layer {wanted!r} is not in {path.name}; {hint}")
+
+
+def resolve_layers(layers: list[LayerInfo], wanted: Sequence[str], path: Path,
+                   proto: onnx.ModelProto, pre: Preprocessing, shown: str) -> list[LayerInfo]:
+    """:func:`resolve_layer` for each name; every bad name is reported in one error, with the
+    command that lists the layers of ``shown`` (the model as the user named it)."""
+    chosen, problems = [], []
+    for name in dict.fromkeys(wanted):
+        try:
+            chosen.append(resolve_layer(layers, name, path, proto, pre))
+        except FeaturebankError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise FeaturebankError(f"{'; '.join(problems)} (see 'featurebank layers {shown}')")
+    return chosen
 
 
 def cut_layout(la: LayerInfo, model_spec: ModelSpec, path: Path) -> str:
@@ -121,6 +137,7 @@ def build_feature_graph(
     gem_p: float = 3.0,
     normalize: bool = False,
     preprocessing: Preprocessing | None = None,
+    name: str | None = None,
 ) -> FeatureGraph:
     """Truncate ``onnx_path`` at ``layers`` and pool each cut.
 
@@ -140,6 +157,9 @@ def build_feature_graph(
         L2-normalise each output vector.
     preprocessing : Preprocessing, optional
         The conventions of a foreign file (ignored for files that describe themselves).
+    name : str, optional
+        The model as the user named it (a registry name for a cached export), for messages;
+        default: ``onnx_path``.
     """
     path = Path(onnx_path)
     info = read_onnx_metadata(path)
@@ -151,8 +171,8 @@ def build_feature_graph(
     if not layers:
         raise FeaturebankError("no layer given; name at least one (see 'featurebank layers')")
     proto = load_onnx(path)
-    chosen = [resolve_layer(info.layers, name, path, proto, model_spec.preprocessing)
-              for name in dict.fromkeys(layers)]
+    chosen = resolve_layers(info.layers, layers, path, proto, model_spec.preprocessing,
+                            name or str(path))
     layouts = [cut_layout(la, model_spec, path) for la in chosen]
     specs = [FeatureSpec(model_spec, la.name, pool, gem_p, normalize) for la in chosen]
     graph = proto.graph

@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 
 from featurebank.errors import FeaturebankError
-from featurebank.export._cache import cache_dir
+from featurebank.export import cache_dir
 
 # The options `precision="int8"` uses: every convolution but the first and last int8, weights in
 # a 7-bit range (reduce_range: AVX2 without VNNI saturates full-range u8s8 products; without it

@@ -16,7 +16,7 @@ import onnx
 import onnxruntime as ort
 
 from featurebank.errors import FeaturebankError
-from featurebank.export._cache import cache_dir
+from featurebank.export import cache_dir
 from featurebank.extractor._options import DEVICES
 
 log = logging.getLogger(__name__)

@@ -55,10 +55,6 @@ class WriterLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
 
-    @property
-    def held(self) -> bool:
-        return self._lock.is_locked
-
     def acquire(self, wait: float = 0.0) -> WriterLock:
         """Take the lock, waiting up to ``wait`` seconds for another writer (0: refuse at once).
 

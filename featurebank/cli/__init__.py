@@ -25,15 +25,74 @@ COMMAND_MODULES = (
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from featurebank import __version__
+class _VersionAction(argparse.Action):
+    """``--version``: the version is looked up only when asked for (it costs ~30 ms)."""
 
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        import featurebank
+
+        print(f"featurebank {featurebank.__version__}")
+        parser.exit()
+
+
+#: what every command's exit status means (each --help ends with it)
+EXIT_CODES = {0: "success", 1: "error (the message on stderr says what to do)",
+              2: "usage error (unknown flag, missing argument)",
+              130: "interrupted (Ctrl-C; what was committed is kept)"}
+
+
+def exit_codes_epilog(extra: dict[int, str] | None = None) -> str:
+    """The exit statuses of a command: the common ones, with ``extra`` (command-specific
+    meanings) in their place."""
+    codes = {**EXIT_CODES, **(extra or {})}
+    return "exit status: " + "; ".join(f"{code} {codes[code]}" for code in sorted(codes))
+
+
+def _document_exit_codes(parser: argparse.ArgumentParser, extra: dict) -> None:
+    """Give ``parser`` and its nested command parsers ('store info') the exit-status epilog;
+    ``extra`` (command name -> {code: meaning}, a module's ``EXIT_CODES``) adds their own."""
+    for action in parser._subparsers._group_actions if parser._subparsers else ():
+        choices: dict[str, argparse.ArgumentParser] = action.choices  # type: ignore[assignment]
+        for name, child in choices.items():
+            if child.epilog is None:
+                child.epilog = exit_codes_epilog(extra.get(name))
+            _document_exit_codes(child, extra)
+
+
+class _LogFormat(logging.Formatter):
+    """One format for every command: our INFO lines plain (they are the command's progress),
+    anything else prefixed by its level, and by its logger when it is not ours."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        if record.exc_info:
+            message += "\n" + self.formatException(record.exc_info)
+        ours = record.name.split(".")[0] == "featurebank"
+        if record.levelno == logging.INFO and ours:
+            return message
+        where = "" if ours and record.levelno != logging.DEBUG else f" ({record.name})"
+        return f"{record.levelname.lower()}{where}: {message}"
+
+
+def configure_logging(verbose: bool = False) -> None:
+    """Our loggers at INFO (DEBUG with -v) in :class:`_LogFormat` on stderr; third-party
+    libraries (onnxscript, onnx_ir, torch's exporter log a lot at INFO) at WARNING."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(_LogFormat())
+    logging.basicConfig(level=logging.WARNING, handlers=[handler])
+    logging.getLogger("featurebank").setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="featurebank",
         description="Cut pretrained CNNs at any layer, embed images into an HDF5 feature store, "
         "train classical models on the features.",
     )
-    parser.add_argument("--version", action="version", version=f"featurebank {__version__}")
+    parser.add_argument("--version", action=_VersionAction, help="print the version and exit")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
@@ -44,17 +103,15 @@ def build_parser() -> argparse.ArgumentParser:
                 continue
             raise
         module.register(sub)
+        _document_exit_codes(parser, getattr(module, "EXIT_CODES", {}))  # this module's commands
+    parser.epilog = exit_codes_epilog()
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    # Third-party libraries (onnxscript, onnx_ir, torch's exporter) log a lot at INFO: keep
-    # them at WARNING and our own packages at INFO.
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    for ours in ("featurebank",):
-        logging.getLogger(ours).setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    configure_logging(args.verbose)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

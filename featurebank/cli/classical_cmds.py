@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import json
 
+from featurebank.classical import CLASSIFIERS
+
+#: command-specific exit statuses (featurebank.cli puts them in each --help)
+EXIT_CODES = {"predict": {1: "an error, or an input file could not be read (every other file "
+                             "is still predicted and printed; the broken one gets an error line)"}}
+
 
 def register(sub) -> None:
     p = sub.add_parser("train", help="train a classifier on a store's labelled features")
@@ -11,7 +17,8 @@ def register(sub) -> None:
     p.add_argument("-o", "--output", required=True, help="model file (.joblib)")
     p.add_argument("--layer", dest="layers", action="append", metavar="NAME",
                    help="feature set by layer or fingerprint; repeat to concatenate")
-    p.add_argument("--classifier", default="logreg", choices=["logreg", "linear-svm", "rbf-svm"])
+    p.add_argument("--classifier", default=CLASSIFIERS[0], choices=CLASSIFIERS,
+                   help="default: %(default)s")
     p.add_argument("--shots", type=int, default=None, help="use only K labelled images per class")
     p.add_argument("--holdout", type=float, default=0.0,
                    help="keep this fraction out of training (evaluate it later on the same store)")
@@ -29,12 +36,18 @@ def register(sub) -> None:
                         "refuse such a store)")
     p.set_defaults(func=run_evaluate)
 
-    p = sub.add_parser("predict", help="predict labels of images")
-    p.add_argument("model")
+    p = sub.add_parser("predict", help="predict labels of images",
+                       description="Print the most likely labels of each image, one line per "
+                       "file in input order (tab-separated, or JSON with --json). A file that "
+                       "cannot be read gets an error line and the others go on.")
+    p.add_argument("model", metavar="MODEL",
+                   help="a 'featurebank train' model (.joblib) or a 'featurebank finetune' "
+                        "model (.onnx)")
     p.add_argument("images", nargs="+", metavar="INPUT",
                    help="folders, image files, list files or glob patterns (as for embed)")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
-    p.add_argument("--top", type=int, default=1, help="show the K most likely labels")
+    p.add_argument("--top", type=int, default=1, metavar="K",
+                   help="show the K most likely labels (default: %(default)s)")
     p.add_argument("--model", dest="onnx", metavar="FILE.onnx", default=None,
                    help="where the classifier's ONNX model is (found by its SHA-256 in the "
                         "cache otherwise)")
@@ -43,7 +56,8 @@ def register(sub) -> None:
     p = sub.add_parser("sweep", help="accuracy per layer (and concatenated layers) with its cost")
     p.add_argument("store")
     p.add_argument("--test-store", default=None, help="score on this store instead of a split")
-    p.add_argument("--classifier", default="logreg", choices=["logreg", "linear-svm", "rbf-svm"])
+    p.add_argument("--classifier", default=CLASSIFIERS[0], choices=CLASSIFIERS,
+                   help="default: %(default)s")
     p.add_argument("--holdout", type=float, default=0.25)
     p.add_argument("--report", default=None, metavar="DIR")
     p.set_defaults(func=run_sweep)
@@ -100,39 +114,13 @@ def run_evaluate(args) -> int:
 
 
 def run_predict(args) -> int:
-    import numpy as np
+    from featurebank.predict import load_classifier, predict_images
 
-    from featurebank.classical import load_model
-    from featurebank.extractor import DecodeError, collect
-
-    if args.model.lower().endswith(".onnx"):  # a fine-tuned model classifies with its logits
-        from featurebank.finetune import load_tuned
-
-        model = load_tuned(args.model)
-    else:
-        model = load_model(args.model)
-    paths = [item.path for item in collect(args.images)]  # checked before the model loads
-    ex = model.extractor(args.onnx)
     status = 0
-    for path in paths:
-        try:
-            feats = ex.embed([path])
-        except DecodeError as exc:
-            print(json.dumps({"path": path, "error": exc.reason}) if args.json
-                  else f"{path}\terror: {exc.reason}")
-            status = 1
-            continue
-        X = feats if isinstance(feats, np.ndarray) else np.hstack(list(feats.values()))
-        proba = model.predict_proba(X, ex.specs)[0]
-        order = np.argsort(proba)[::-1][: max(1, args.top)]
-        classes = model.estimator.classes_
-        if args.json:
-            print(json.dumps({"path": path, "label": str(classes[order[0]]),
-                              "probability": float(proba[order[0]]),
-                              "top": [{"label": str(classes[i]), "probability": float(proba[i])}
-                                      for i in order]}))
-        else:
-            print(path + "\t" + "\t".join(f"{classes[i]}\t{proba[i]:.4f}" for i in order))
+    for answer in predict_images(load_classifier(args.model), args.images, top=args.top,
+                                 model=args.onnx):
+        print(json.dumps(answer.to_dict()) if args.json else answer.to_line(), flush=True)
+        status = status or (1 if answer.error is not None else 0)
     return status
 
 

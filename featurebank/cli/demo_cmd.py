@@ -12,6 +12,8 @@ import json
 import time
 from pathlib import Path
 
+from featurebank.spec import DEFAULT_MODEL
+
 
 def register(sub) -> None:
     p = sub.add_parser("demo", help="embed real images, train and evaluate a classifier")
@@ -49,7 +51,7 @@ def _dataset(name: str):
 
 def _say_if_exporting(model: str) -> None:
     """The first run exports the model (about 100 s on a CPU): say so instead of going silent."""
-    from featurebank.export._cache import cached_path
+    from featurebank.export import cached_path
 
     path = cached_path(model)
     if not path.is_file():
@@ -70,10 +72,10 @@ def run_demo(args) -> int:
     print(f"[1/4] writing {len(itr)} train + {len(ite)} test {name} images as PNG under {work}")
     write_image_folder(Xtr[itr], ytr[itr], work / "images" / "train", classes)
     write_image_folder(Xte[ite], yte[ite], work / "images" / "test", classes)
-    _say_if_exporting("efficientnet_lite0")
+    _say_if_exporting(DEFAULT_MODEL)
     stores = {}
     for split in ("train", "test"):
-        print(f"[2/4] embedding {split} images with efficientnet_lite0 at {', '.join(layers)}")
+        print(f"[2/4] embedding {split} images with {DEFAULT_MODEL} at {', '.join(layers)}")
         stores[split] = work / f"{split}.h5"
         summary = embed_collection([str(work / "images" / split)], stores[split], layers=layers,
                                    progress=not args.no_progress)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from featurebank.cli.flags import add_option_flags, options_from_args
 from featurebank.extractor import EmbedRun
@@ -10,7 +11,7 @@ from featurebank.spec import FeatureOptions
 
 #: how FeatureOptions fields are spelt on the command line where not ``--field-name``
 _FEATURE_FLAGS = {"layers": "--layer", "normalize": "--l2"}
-_FEATURE_OVERRIDES = {
+_FEATURE_OVERRIDES: dict[str, dict[str, Any]] = {
     "model": {"help": "registry name or .onnx file (default: %(default)s)"},
     "layers": {"action": "append", "metavar": "NAME", "default": None, "type": str,
                "help": "layer to cut at (catalogue or tensor name); repeat for several "
@@ -22,10 +23,13 @@ _FEATURE_OVERRIDES = {
 }
 
 
-def add_spec_arguments(p, precision: bool = False) -> None:
+def add_spec_arguments(p, precision: bool = False, model_help: str | None = None) -> None:
     """The feature options (:class:`featurebank.FeatureOptions`) shared by embed and serve,
     and the device they run on."""
-    add_option_flags(p, FeatureOptions, flags=_FEATURE_FLAGS, overrides=_FEATURE_OVERRIDES,
+    overrides = _FEATURE_OVERRIDES
+    if model_help:
+        overrides = {**overrides, "model": {"help": model_help}}
+    add_option_flags(p, FeatureOptions, flags=_FEATURE_FLAGS, overrides=overrides,
                      only=["model", "layers", "pool", "gem_p", "normalize"]
                      + (["precision"] if precision else []))
     p.add_argument("--preprocessing", metavar="FILE",
@@ -37,31 +41,24 @@ def add_spec_arguments(p, precision: bool = False) -> None:
 def feature_options_from_args(args, **extra) -> FeatureOptions:
     """The one place the command line becomes :class:`featurebank.FeatureOptions`.
 
-    A foreign ``.onnx`` model is checked here, before any store is opened: it needs
-    ``--preprocessing FILE`` (resolved against its graph), and a model that describes itself
-    refuses one.
+    ``--preprocessing FILE`` is resolved against a foreign ``.onnx`` model's graph here; a
+    model that describes itself refuses one. A foreign model without it is refused by the
+    extractor when it cuts the graph (``extractor/graphs/_cut.py``, the one check), before any
+    store is opened.
     """
     from featurebank.errors import FeaturebankError
     from featurebank.export import is_onnx_path
 
-    model = args.model
+    model, given = args.model, getattr(args, "preprocessing", None)
     preprocessing = None
-    if model is not None and is_onnx_path(model):
+    if given and is_onnx_path(model):
         from featurebank.export import read_onnx_metadata, resolve_conventions
 
-        described = read_onnx_metadata(model).spec is not None
-        given = getattr(args, "preprocessing", None)
-        if described and given:
+        if read_onnx_metadata(model).spec is not None:
             raise FeaturebankError(f"{model} describes its own preprocessing; drop "
                                    f"--preprocessing {given}")
-        if not described and not given:
-            raise FeaturebankError(
-                f"{model} was not made by featurebank, so its preprocessing is unknown: adopt it "
-                f"once ('featurebank adopt {model} -o ADOPTED.onnx --pixel-range 1|255 "
-                f"--channel-order rgb|bgr ...') or state --preprocessing FILE")
-        if given:
-            preprocessing, _ = resolve_conventions(model, given)
-    elif getattr(args, "preprocessing", None):
+        preprocessing, _ = resolve_conventions(model, given)
+    elif given:
         raise FeaturebankError(f"--preprocessing is for a foreign .onnx model; {model} is a "
                                f"registry model that knows its own")
     return options_from_args(FeatureOptions, args, preprocessing=preprocessing, **extra)

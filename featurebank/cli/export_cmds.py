@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import sys
 
+from featurebank.spec import DEFAULT_MODEL
+
 
 def register(sub) -> None:
     p = sub.add_parser("export", help="export a registry model to a self-describing ONNX file",
                        description="Write MODEL as ONNX with its spec and layer catalogue inside. "
                        "The file alone is enough to embed images (no torch needed).")
-    p.add_argument("model", metavar="MODEL", help="registry name, e.g. efficientnet_lite0")
+    p.add_argument("model", metavar="MODEL", help=f"registry name, e.g. {DEFAULT_MODEL}")
     p.add_argument("-o", "--output", required=True, metavar="OUT.onnx")
     p.add_argument("--weights", metavar="STATE_DICT",
                    help="state dict of the same architecture (e.g. fine-tuned); default: ImageNet")
@@ -105,22 +107,11 @@ def run_models(args) -> int:
     for entry in list_models():
         available = entry.availability()
         h, w = entry.preprocessing.input_size
+        count = entry.parameter_count() if available == "yes" else None
         rows.append([entry.name, entry.source, f"{h}x{w}",
-                     _param_count(entry.name) if available == "yes" else "-", available])
+                     "-" if count is None else f"{count / 1e6:.2f}M", available])
     _table(["name", "source", "input", "params", "available"], rows)
     return 0
-
-
-def _param_count(name: str) -> str:
-    if ":" in name:  # a pattern entry (torchvision:NAME) has no single size
-        return "-"
-    import torch
-
-    from featurebank.export._efficientnet_lite import EfficientNetLite
-
-    with torch.device("meta"):  # shapes only: no memory, no weights read
-        module = EfficientNetLite(name)
-    return f"{sum(p.numel() for p in module.parameters()) / 1e6:.2f}M"
 
 
 def run_layers(args) -> int:

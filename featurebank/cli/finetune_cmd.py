@@ -49,17 +49,16 @@ def run_finetune(args) -> int:
                       progress=not args.no_progress)
     result.export(args.output)
     if args.report:  # again, now that the file (and its export time) exists
-        from featurebank.finetune._report import write_report
+        from featurebank.finetune import write_report
 
         write_report(result, Path(args.report))
     if args.json:
         print(json.dumps(result.summary(), default=str))
         return 0
+    # the run logged its progress, the test accuracy and the file it wrote; what is left to
+    # say is the choice it made (once: the summary is not repeated)
     probe = result.probe
     print(f"best epoch {result.best_epoch}: validation accuracy {result.val_accuracy:.4f} "
-          f"(frozen linear probe {probe['val_accuracy']:.4f})")
-    if result.test_accuracy is not None:
-        print(f"test accuracy {result.test_accuracy:.4f} (frozen linear probe "
-              f"{probe['test_accuracy']:.4f})")
-    print(f"wrote {args.output}" + (f"; report in {args.report}" if args.report else ""))
+          f"(frozen linear probe {probe['val_accuracy']:.4f})"
+          + (f"; report in {args.report}" if args.report else ""))
     return 0

@@ -25,13 +25,15 @@ DESCRIPTION = (
 def register(sub) -> None:
     p = sub.add_parser("serve", help="serve embeddings and predictions over HTTP",
                        description=DESCRIPTION)
-    add_spec_arguments(p)
+    add_spec_arguments(p, model_help="registry name or .onnx file (default: the classifier's "
+                                     f"model, else {DEFAULT_MODEL})")
     p.set_defaults(model=None)  # None: the classifier's model, else DEFAULT_MODEL
-    p.add_argument("--classifier", metavar="MODEL.joblib", help="enables /v1/predictions")
+    p.add_argument("--classifier", metavar="MODEL", help="a 'featurebank train' model (.joblib) "
+                   "or a 'featurebank finetune' model (.onnx): enables /v1/predictions")
     p.add_argument("--store", metavar="STORE.h5",
                    help="answer images already in this store from it (read-only)")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=int, default=8000, help="default: %(default)s")
     g = p.add_argument_group("batching and limits (ServiceConfig)")
     add_option_flags(g, ServiceConfig, flags=_SERVICE_FLAGS,
                      exclude=("max_request_bytes", "decode_workers", "retry_after_s"))

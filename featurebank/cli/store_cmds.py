@@ -30,9 +30,8 @@ def register(sub) -> None:
 
 
 def run_info(args) -> int:
-    from featurebank.extractor.engines._common import label_table
+    from featurebank.extractor import label_table, upgrade_message
     from featurebank.extractor.store import FORMAT_VERSION, FeatureStore
-    from featurebank.extractor.store._store import upgrade_message
 
     info = FeatureStore(args.store).info()
     if args.json:

@@ -58,7 +58,7 @@ class StoreCache:
             FeatureStore(self.path, mode="r")
 
     def _refresh(self):
-        from featurebank.extractor.store._store import FeatureStore
+        from featurebank.extractor.store import FeatureStore
 
         st = os.stat(self.path)
         stamp = (st.st_mtime_ns, st.st_size)

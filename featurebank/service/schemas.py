@@ -98,13 +98,17 @@ class ErrorResponse(BaseModel):
     reason: str | None = Field(None, description="422: why (truncated, too many pixels, ...)")
 
 
-def _error(text: str, **extra) -> dict:
+#: what FastAPI's ``responses=`` takes: status -> OpenAPI response fields
+Responses = dict[int | str, dict[str, Any]]
+
+
+def _error(text: str, **extra: Any) -> dict[str, Any]:
     return {"model": ErrorResponse, "description": text, **extra}
 
 
 RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before retrying",
                                "schema": {"type": "integer"}}}
-ERRORS = {
+ERRORS: Responses = {
     400: _error("malformed request (multipart without boundary, body cut short)"),
     401: _error("missing or wrong API key"),
     413: _error("body over max_request_bytes or more than max_images_per_request images"),
@@ -121,14 +125,14 @@ _ARRAY_HEADERS = {
     "X-Featurebank-Cached": {"description": "1/0 per image: answered from the store",
                              "schema": {"type": "string"}},
 }
-EMBEDDINGS_OK = {200: {"description": "vectors, as JSON, .npy or .npz (by the Accept header)",
+EMBEDDINGS_OK: Responses = {200: {"description": "vectors, as JSON, .npy or .npz (by the Accept header)",
                        "content": {NPY: BINARY, NPZ: BINARY}, "headers": _ARRAY_HEADERS}}
-PREDICTIONS_ERRORS = ERRORS | {409: _error("no classifier loaded")}
-AUTH_ERROR = {401: ERRORS[401]}
+PREDICTIONS_ERRORS: Responses = ERRORS | {409: _error("no classifier loaded")}
+AUTH_ERROR: Responses = {401: ERRORS[401]}
 # /metrics answers text, but its 401 comes from the guard as JSON: said explicitly, since a
 # "model" entry would take the route's text/plain media type
-METRICS_AUTH_ERROR = {401: {"description": ERRORS[401]["description"], "content": {
+METRICS_AUTH_ERROR: Responses = {401: {"description": ERRORS[401]["description"], "content": {
     "application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}}}
-HEALTH_ERRORS = {503: {"model": Status, "description": "the inference thread died"}}
-READY_ERRORS = {503: {"model": Status, "description": "still loading",
+HEALTH_ERRORS: Responses = {503: {"model": Status, "description": "the inference thread died"}}
+READY_ERRORS: Responses = {503: {"model": Status, "description": "still loading",
                       "headers": RETRY_AFTER}}
