@@ -90,7 +90,7 @@ def _group_index(g: h5py.Group, ident: tuple[str, ...], attrs: tuple[str, ...] =
             "attrs": {a: _plain(g.attrs[a]) for a in attrs if a in g.attrs}}
 
 
-def _plain(v):
+def _plain(v: object) -> object:
     """A JSON value for an HDF5 value; bytes become text (undecodable bytes kept as escapes)."""
     if isinstance(v, (bytes, np.bytes_)):
         return bytes(v).decode("utf-8", "surrogateescape")

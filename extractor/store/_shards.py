@@ -252,7 +252,7 @@ class ShardedStore:
 class _Merge:
     """The rows of one group across shards, first occurrence of each identity only."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.cols: list[str] = []
         self.seen: set = set()
         # shard, dataset shapes, runs [a, b) of the rows kept (first occurrences)
@@ -273,15 +273,17 @@ class _Merge:
         cols = list(g["ident"].values())
         # A one-column identity is the value itself: no tuple per row (memory at 10M rows).
         rows = cols[0] if len(cols) == 1 else list(zip(*cols, strict=True))
+        keep: range | list[int]
         if self.seen.isdisjoint(rows):  # the usual shard: nothing seen before, one run, at C speed
             self.seen.update(rows)
             keep = range(len(rows))
         else:
-            keep = []
+            kept: list[int] = []
             for i, row in enumerate(rows):
                 if row not in self.seen:
                     self.seen.add(row)
-                    keep.append(i)
+                    kept.append(i)
+            keep = kept
         if keep:
             shapes = {c: tuple(ds["shape"]) for c, ds in g["datasets"].items()}
             self.sources.append((shard, shapes, _runs(keep)))
@@ -322,7 +324,7 @@ def _runs(index: range | list[int]) -> list[tuple[int, int]]:
     """Contiguous runs [a, b) of sorted indices: one virtual mapping each."""
     if index[-1] - index[0] + 1 == len(index):  # one run: the usual case, without numpy
         return [(index[0], index[-1] + 1)]
-    index = np.asarray(index)
-    breaks = np.flatnonzero(np.diff(index) != 1) + 1
-    return [(int(r[0]), int(r[-1]) + 1) for r in np.split(index, breaks)]
+    arr = np.asarray(index)
+    breaks = np.flatnonzero(np.diff(arr) != 1) + 1
+    return [(int(r[0]), int(r[-1]) + 1) for r in np.split(arr, breaks)]
 
