@@ -134,3 +134,20 @@ def test_rebuild_reads_key_indexes_and_repairs_missing_or_stale_ones(tmp_path, d
     feats = FeatureStore(path).read()
     np.testing.assert_array_equal(feats.keys, keys[:110])
     np.testing.assert_array_equal(feats.X, X[:110].astype(np.float16).astype(np.float32))
+
+
+def test_content_twice_in_one_shard_is_one_row(tmp_path, digits):
+    X, keys, paths, labels = digits
+    path = tmp_path / "s.h5"
+    with ShardedStore(path) as store:
+        _shard(store, "a", digits, np.arange(10))
+        # the content of row 11 comes three times in this shard (a file and two copies of it)
+        feats, images = [keys[i] for i in (10, 11, 11, 12, 11)], [(keys[11], f"/copy/{i}.png", "x") for i in (1, 2)]
+        write_shard(store.dir, f"{store.new_run_id()}-b.h5",
+                    {SPEC: (feats, X[[10, 11, 11, 12, 11]])},
+                    [(keys[i], paths[i], labels[i]) for i in (10, 11, 12)] + images, [])
+        state = store.rebuild()
+    assert state.done([SPEC.fingerprint()]) == set(keys[:13])
+    got = FeatureStore(path).read()
+    np.testing.assert_array_equal(got.keys, keys[:13])
+    np.testing.assert_array_equal(got.X, X[:13].astype(np.float16).astype(np.float32))

@@ -274,8 +274,9 @@ class _Merge:
         # A one-column identity is the value itself: no tuple per row (memory at 10M rows).
         rows = cols[0] if len(cols) == 1 else list(zip(*cols, strict=True))
         keep: range | list[int]
-        if self.seen.isdisjoint(rows):  # the usual shard: nothing seen before, one run, at C speed
-            self.seen.update(rows)
+        fresh = set(rows)
+        if len(fresh) == len(rows) and self.seen.isdisjoint(fresh):
+            self.seen |= fresh  # the usual shard: no row seen before, none twice: one run, C speed
             keep = range(len(rows))
         else:
             kept: list[int] = []
