@@ -19,7 +19,7 @@ from PIL import Image
 
 from featurebank.errors import FeaturebankError
 from featurebank.export import featurebank_version
-from featurebank.extractor import read_bytes
+from featurebank.extractor.sources import is_url, parse_source, read_all
 from featurebank.spec import FeatureSpec
 
 FORMAT = "featurebank.classifier/1"
@@ -31,25 +31,32 @@ def raw_pixels(paths, side: int = PIXEL_SIDE) -> np.ndarray:
     import io
 
     out = np.empty((len(paths), side * side), np.float32)
-    for i, path in enumerate(paths):
+    # any stored path form; each tar shard or parquet file is streamed once for all its images
+    for i, data in read_all([str(p) for p in paths]):
         try:
-            with Image.open(io.BytesIO(read_bytes(path))) as im:
+            if isinstance(data, Exception):
+                raise data
+            with Image.open(io.BytesIO(data)) as im:
                 out[i] = np.asarray(im.convert("L").resize((side, side), Image.Resampling.BILINEAR),
                                     np.float32).ravel() / 255.0
         except Exception as exc:
-            raise FeaturebankError(f"raw-pixel baseline: cannot read {path} ({exc})") from exc
+            raise FeaturebankError(f"raw-pixel baseline: cannot read {paths[i]} ({exc})") from exc
     return out
 
 
 def check_images(paths, where: str) -> None:
     """Refuse, before any work, to re-read images that are not there.
 
-    Stores (format 2) hold absolute paths; a relative one comes from a version-1 store, whose
+    Stores (format 2 and 3) hold absolute paths or URLs; a relative one comes from a version-1
+    store, whose
     paths meant the folder embed ran in, and is never guessed against the current folder.
     """
     paths = [str(p) for p in paths]
-    relative = [p for p in paths if not os.path.isabs(p)]
-    missing = [p for p in paths if os.path.isabs(p) and not os.path.isfile(p)]
+    relative = [p for p in paths if not os.path.isabs(p) and not is_url(p)]
+    # a local file or the local container of a member (format 3); URLs are checked when read,
+    # since asking an object store about each image first would cost a request per image
+    local = [p for p in paths if os.path.isabs(p)]
+    missing = [p for p in local if not os.path.isfile(parse_source(p).container)]
     if not relative and not missing:
         return
     if relative:

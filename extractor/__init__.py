@@ -4,7 +4,9 @@ store.
 - :class:`Extractor`: images in, vectors out (one dict keyed by layer);
 - :func:`embed_collection`: a whole collection into the :class:`FeatureStore`, resumably, with
   the local engine or on a Ray cluster (``engine='ray'``);
-- :func:`decode`: the one decode path (also used by the service and the classifiers).
+- :func:`decode`: the one decode path (also used by the service and the classifiers);
+- :func:`open_source`: the bytes behind any stored path (a file, a URL, a tar shard member, a
+  parquet row: :mod:`featurebank.extractor.sources`).
 
 Every name loads on first use (the store needs ``h5py``, the extractor ``onnxruntime``).
 """
@@ -35,12 +37,14 @@ _LAZY = {
     "FeatureSet": "featurebank.extractor.store",
     "embed_collection": "featurebank.extractor.engines",
     "EmbedSummary": "featurebank.extractor.engines",
+    "SourceOptions": "featurebank.extractor.sources",
+    "open_source": "featurebank.extractor.sources",
 }
 
 __all__ = ["DEFAULT_MAX_PIXELS", "DEVICES", "DecodeError", "ENGINES", "EmbedRun", "EmbedSummary",
            "Extractor", "FeatureSet", "FeatureStore", "ImageItem", "collect", "decode",
-           "embed_collection", "image_key", "label_table", "read_bytes", "resolve_model_path",
-           "upgrade_message"]
+           "SourceOptions", "embed_collection", "image_key", "label_table", "open_source",
+           "read_bytes", "resolve_model_path", "upgrade_message"]
 
 if TYPE_CHECKING:
     from featurebank.extractor._extractor import Extractor, resolve_model_path
@@ -55,6 +59,7 @@ if TYPE_CHECKING:
     )
     from featurebank.extractor.engines import EmbedSummary, embed_collection
     from featurebank.extractor.engines._common import label_table
+    from featurebank.extractor.sources import SourceOptions, open_source
     from featurebank.extractor.store import FeatureSet, FeatureStore
     from featurebank.extractor.store._store import upgrade_message
 

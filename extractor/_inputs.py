@@ -1,73 +1,129 @@
-"""What to embed: folders (ImageFolder labels), list files and globs -> (path, label) items.
+"""What to embed: folders (ImageFolder labels), list files, globs, tar shards, parquet files
+and URLs -> (path, label) items.
 
-Paths come back absolute (against the current folder), so a store written here is read
-correctly from anywhere. An input holding no image at all is an error naming what it holds.
+Paths come back absolute (against the current folder) or as URLs, so a store written here is
+read correctly from anywhere; items inside containers get the path forms of
+:mod:`featurebank.extractor.sources`. An input holding no image at all is an error naming what
+it holds.
 """
 
 from __future__ import annotations
 
-import csv
 import glob
 import os
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
 from featurebank.errors import FeaturebankError
+from featurebank.extractor.sources import (
+    CONTAINER_EXTENSIONS,
+    DEFAULT_SOURCES,
+    IMAGE_EXTENSIONS,
+    LIST_EXTENSIONS,
+    ImageItem,
+    SourceOptions,
+    collect_remote,
+    container_kind,
+    expand_file,
+    is_image_name,
+    is_list_name,
+    is_remote,
+    is_url,
+    local_form,
+    parent_of,
+    parse_source,
+    remote_info,
+)
 
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
-LIST_EXTENSIONS = {".txt", ".csv", ".lst"}
+__all__ = ["IMAGE_EXTENSIONS", "ImageItem", "collect", "describe_input", "input_roots",
+           "is_image_name", "split_layout_warning"]
 # Sub-folder names that are dataset splits rather than classes.
 SPLIT_NAMES = {"train", "training", "test", "testing", "val", "valid", "validation", "dev",
                "eval", "holdout"}
 
 
-@dataclass(frozen=True)
-class ImageItem:
-    path: str
-    label: str = ""
-
-
-def is_image_name(name: str) -> bool:
-    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
-
-
-def collect(inputs: list[str] | tuple[str, ...], require_images: bool = True) -> list[ImageItem]:
-    """Expand inputs into image items (absolute paths), in a deterministic order.
+def collect(inputs: list[str] | tuple[str, ...], require_images: bool = True,
+            sources: SourceOptions = DEFAULT_SOURCES) -> list[ImageItem]:
+    """Expand inputs into image items (absolute paths or URLs), in a deterministic order.
 
     - a folder: every image below it (symlinked folders not followed, so loops can't hang);
       the label is the first sub-folder under the folder (ImageFolder convention), '' for files
       directly in it;
-    - a list file (``.txt``/``.csv``/``.lst``): ``path[,label]`` per line, relative paths
-      resolved against the list file's folder;
-    - a glob pattern (``photos/**/*.jpg``);
-    - an image file.
+    - a list file (``.txt``/``.csv``/``.lst``/``.jsonl``, or ``.parquet`` with a ``path``
+      column): relative paths resolved against the list file's folder;
+    - a webdataset tar shard (``.tar``): its image members, labelled by ``KEY.cls``/``KEY.json``;
+    - a parquet file with image bytes: one item per row;
+    - a glob pattern (``photos/**/*.jpg``, ``shards/*.tar``);
+    - an image file, or a stored path form (``shard.tar#KEY.jpg``, ``file.parquet#row=N``);
+    - any of these as an fsspec URL (``s3://``, ``gs://``, ``az://``, ``https://``,
+      ``file://``); a URL prefix is read like a folder.
 
     With ``require_images``, inputs holding no image at all raise :class:`FeaturebankError`
-    naming what was found instead (nothing, or only non-image files).
+    naming what was found instead (nothing, or only non-image files). ``sources`` picks rows
+    and columns of list and parquet files (:class:`featurebank.extractor.sources.SourceOptions`).
     """
     items: list[ImageItem] = []
+    containers: set[str] = set()  # those of member inputs, checked once each
     for raw in inputs:
         text = str(raw)
+        if is_url(text) and not is_remote(text):  # file://
+            text = local_form(text)
+        ref = parse_source(text)
+        if ref.kind != "file":  # a stored member/row form, as fine-tuning gives them back
+            container = local_form(ref.container)
+            if container not in containers:
+                _check_container(text, container)
+                containers.add(container)
+            items.append(ImageItem(container + text[len(ref.container):]))
+            continue
+        if is_remote(text):
+            items.extend(collect_remote(text, sources))
+            continue
         path = Path(text)
         if path.is_dir():
+            _no_split(sources, text, "a folder")
             items.extend(_walk(path))
-        elif path.is_file() and path.suffix.lower() in LIST_EXTENSIONS:
-            items.extend(_read_list(path))
+        elif path.is_file() and (container_kind(text) or is_list_name(text)):
+            items.extend(expand_file(os.path.abspath(text), sources) or [])
         elif path.is_file() or (path.is_symlink() and is_image_name(text)):
+            _no_split(sources, text, "an image file")
             items.append(ImageItem(os.path.abspath(text), ""))
         elif any(ch in text for ch in "*?["):
-            matches = sorted(glob.glob(text, recursive=True))
-            if not matches:
-                raise FeaturebankError(f"input pattern {text!r} matches no file")
-            items.extend(ImageItem(os.path.abspath(m), "") for m in matches if is_image_name(m))
+            items.extend(_glob(text, sources))
         else:
             raise FeaturebankError(f"input {text!r} does not exist (give folders, image files, "
-                                   "list files or glob patterns)")
+                                   "list files, tar shards, parquet files, URLs or glob patterns)")
     if require_images and not items:
         found = "; ".join(describe_input(str(raw)) for raw in inputs) or "no input given"
         raise FeaturebankError(f"no image to embed: {found}. Images are files ending in "
                                f"{', '.join(sorted(IMAGE_EXTENSIONS))}")
+    return items
+
+
+def _check_container(text: str, container: str) -> None:
+    if is_remote(container):
+        remote_info(container)  # refuses a missing bucket or object, naming it
+    elif not os.path.isfile(container):
+        raise FeaturebankError(f"input {text!r}: container {container} does not exist")
+
+
+def _no_split(sources: SourceOptions, text: str, what: str) -> None:
+    if sources.split is not None:
+        raise FeaturebankError(f"--split {sources.split} selects rows of list and parquet files; "
+                               f"{text} is {what}")
+
+
+def _glob(text: str, sources: SourceOptions) -> list[ImageItem]:
+    matches = sorted(glob.glob(text, recursive=True))
+    if not matches:
+        raise FeaturebankError(f"input pattern {text!r} matches no file")
+    items: list[ImageItem] = []
+    for m in matches:
+        if container_kind(m) and os.path.isfile(m):  # shards/*.tar: each shard's members
+            items.extend(expand_file(os.path.abspath(m), sources) or [])
+        elif is_image_name(m):
+            _no_split(sources, text, "a pattern of image files")
+            items.append(ImageItem(os.path.abspath(m), ""))
     return items
 
 
@@ -84,6 +140,10 @@ def describe_input(text: str) -> str:
         return f"folder {text} holds {sum(counts.values())} file(s), none an image ({kinds})"
     if path.is_file() and path.suffix.lower() in LIST_EXTENSIONS:
         return f"list file {text} names no file"
+    if container_kind(text) or text.lower().endswith(CONTAINER_EXTENSIONS):
+        return f"{text} holds no image"
+    if is_remote(text):
+        return f"{text} holds no image"
     if any(ch in text for ch in "*?["):
         return f"pattern {text!r} matches only non-image files"
     return f"{text} is not an image"
@@ -95,6 +155,15 @@ def input_roots(inputs) -> list[str]:
     roots: list[str] = []
     for raw in inputs:
         text = str(raw)
+        if is_url(text) and not is_remote(text):
+            text = local_form(text)
+        if is_remote(text):
+            prefix = text.split("*")[0].split("?")[0].split("[")[0]
+            named_file = container_kind(text) or is_image_name(text) or is_list_name(text)
+            root = parent_of(prefix) if named_file or prefix != text else text.rstrip("/")
+            if root not in roots:
+                roots.append(root)
+            continue
         if any(ch in text for ch in "*?[") and not Path(text).exists():
             parts = Path(text).parts
             fixed = next(i for i, p in enumerate(parts) if any(ch in p for ch in "*?["))
@@ -135,16 +204,3 @@ def _walk(root: Path) -> list[ImageItem]:
         # recorded as a failure ("is a directory") rather than silently skipped
         found.extend(ImageItem(os.path.join(folder, d), label) for d in dirs if is_image_name(d))
     return found
-
-
-def _read_list(path: Path) -> list[ImageItem]:
-    base = path.parent
-    items = []
-    with open(path, newline="") as f:
-        for row in csv.reader(f):
-            if not row or not row[0].strip() or row[0].lstrip().startswith("#"):
-                continue
-            p = Path(row[0].strip())
-            p = p if p.is_absolute() else base / p
-            items.append(ImageItem(os.path.abspath(p), row[1].strip() if len(row) > 1 else ""))
-    return items

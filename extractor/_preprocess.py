@@ -25,9 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import re
-import stat
 import struct
 import warnings
 from pathlib import Path
@@ -36,7 +34,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from featurebank.errors import FeaturebankError
+from featurebank.extractor.sources import DecodeError, open_source
 from featurebank.spec import Preprocessing
 
 DEFAULT_MAX_PIXELS = 100_000_000  # 100 MP: above any camera, far below a bomb's 2.5 GP
@@ -46,36 +44,13 @@ _RESAMPLE = {"nearest": _R.NEAREST, "bilinear": _R.BILINEAR, "bicubic": _R.BICUB
              "lanczos": _R.LANCZOS, "area": _R.BOX}  # BOX: each output pixel averages its area
 
 
-class DecodeError(FeaturebankError):
-    """An image that cannot be embedded; ``reason`` is short and stable (stored in the store)."""
-
-    def __init__(self, reason: str, source: str = "image"):
-        super().__init__(f"{source}: {reason}")
-        self.reason = reason
-        self.source = source
-
-
 def image_key(data: bytes) -> str:
     """Content key of an image: SHA-256 of its bytes (hex)."""
     return hashlib.sha256(data).hexdigest()
 
 
-def read_bytes(path: str | Path) -> bytes:
-    """The bytes of an image file; unreadable paths become DecodeError with a reason."""
-    try:
-        mode = os.stat(path).st_mode
-        if stat.S_ISDIR(mode):
-            raise DecodeError("is a directory", str(path))
-        if not stat.S_ISREG(mode):  # a FIFO or device would block or never end
-            raise DecodeError("not a regular file", str(path))
-        with open(path, "rb") as f:
-            return f.read()
-    except IsADirectoryError:
-        raise DecodeError("is a directory", str(path)) from None
-    except PermissionError:
-        raise DecodeError("permission denied", str(path)) from None
-    except OSError as exc:
-        raise DecodeError(f"unreadable ({exc.strerror or exc})", str(path)) from None
+# Any stored path form (local file, URL, tar member, parquet row): one reader for them all.
+read_bytes = open_source
 
 
 def decode(source: Any, preprocessing: Preprocessing, max_pixels: int = DEFAULT_MAX_PIXELS,

@@ -186,3 +186,47 @@ def digits_dir(tmp_path_factory) -> Path:
         px = (img * (255.0 / 16.0)).astype(np.uint8)
         Image.fromarray(px, mode="L").save(folder / f"{i:04d}.png")
     return root
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A real S3 endpoint on the loopback address (moto's server mode), one per session, with
+    the AWS environment pointing at it (fake credentials); stopped at the end of the session.
+
+    fsspec caches S3 filesystems by their arguments, not the environment: tests that change the
+    environment clear that cache (``s3fs.S3FileSystem.clear_instance_cache()``)."""
+    pytest.importorskip("s3fs", reason="S3 inputs need the io extra")
+    moto_server = pytest.importorskip("moto.server", reason="needs moto[server] (dev extra)")
+    import s3fs
+
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+           "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://{host}:{port}"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    s3fs.S3FileSystem.clear_instance_cache()
+    try:
+        yield env["AWS_ENDPOINT_URL"]
+    finally:
+        server.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        s3fs.S3FileSystem.clear_instance_cache()
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint):
+    """A new, empty bucket on the session's S3 endpoint: ``(fs, name)``."""
+    import uuid
+
+    import s3fs
+
+    fs = s3fs.S3FileSystem()
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    fs.mkdir(name)
+    return fs, name

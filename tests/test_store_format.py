@@ -109,7 +109,7 @@ def test_every_documented_name_is_written_and_nothing_else(written):
                     assert len(ds) >= int(obj.attrs["committed"])
                 else:
                     assert kind == "group" and isinstance(obj[name], h5py.Group)
-        assert int(f.attrs["format_version"]) == FORMAT_VERSION == 2
+        assert int(f.attrs["format_version"]) == FORMAT_VERSION == 3
     doc_text = DOC.read_text()
     assert f"format version {FORMAT_VERSION}" in doc_text.splitlines()[0]
 

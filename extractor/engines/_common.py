@@ -78,13 +78,19 @@ class Prepared:
 
 
 def prepare_file(path: str, preprocessing: Preprocessing, max_pixels: int,
-                 done: Collection[str]) -> Prepared:
+                 done: Collection[str], data: bytes | DecodeError | None = None) -> Prepared:
     """Read, key (SHA-256 of the bytes) and decode one file, as both engines do.
 
+    ``path`` is any stored path form (:func:`featurebank.extractor.sources.open_source` reads
+    it); ``data`` is its bytes when already read (container members, streamed by
+    :func:`featurebank.extractor.sources.iter_payloads`), or the error reading them gave.
     Content in ``done`` is not decoded; a file that cannot be read or decoded becomes a failure
     with its reason, never an exception: one odd file must not abort a run of millions."""
     try:
-        data = read_bytes(path)
+        if isinstance(data, DecodeError):
+            raise data
+        if data is None:
+            data = read_bytes(path)
         key = image_key(data)
         if key in done:
             return Prepared(key)

@@ -13,22 +13,27 @@ from featurebank.errors import FeaturebankError
 from featurebank.extractor._extractor import Extractor
 from featurebank.extractor._inputs import collect, input_roots, split_layout_warning
 from featurebank.extractor.engines._common import EmbedRun, EmbedSummary
+from featurebank.extractor.sources import SourceOptions
 from featurebank.spec import FEATURE_OPTION_NAMES, FeatureOptions, feature_options
 
 log = logging.getLogger(__name__)
 _RUN_NAMES = tuple(f.name for f in fields(EmbedRun))
+_SOURCE_NAMES = tuple(f.name for f in fields(SourceOptions))
 
 
 def embed_collection(inputs: Sequence[str | Path], store_path: str | Path,
                      features: FeatureOptions | str | None = None, *,
                      run: EmbedRun | None = None, extractor: Extractor | None = None,
-                     **options: Any) -> EmbedSummary:
+                     sources: SourceOptions | None = None, **options: Any) -> EmbedSummary:
     """Embed every image of ``inputs`` into ``store_path``; only new content is computed.
 
     Parameters
     ----------
     inputs : sequence of str or path
-        Folders (sub-folder = label), list files, globs or image files.
+        Folders (sub-folder = label), list files (CSV, JSON lines, parquet), webdataset tar
+        shards, parquet files with image bytes, globs, image files, and any of these as fsspec
+        URLs (``s3://``, ``gs://``, ``az://``, ``https://``); see
+        :func:`featurebank.extractor.collect`.
     store_path : path
         The HDF5 store; created when absent.
     features : FeatureOptions or str, optional
@@ -37,10 +42,13 @@ def embed_collection(inputs: Sequence[str | Path], store_path: str | Path,
         How the run goes (batch size, workers, device, dtype, engine, ...).
     extractor : Extractor, optional
         A ready extractor; it replaces ``features`` and ``run.device`` / ``run.threads``.
+    sources : SourceOptions, optional
+        Rows and columns of list and parquet inputs (``split``, ``image_column``,
+        ``label_column``).
     **options
-        Fields of :class:`featurebank.FeatureOptions` or of :class:`EmbedRun`, applied over
-        ``features`` and ``run``: ``embed_collection(["photos"], "s.h5", layers=["head"],
-        batch_size=64)``.
+        Fields of :class:`featurebank.FeatureOptions`, :class:`EmbedRun` or
+        :class:`SourceOptions`, applied over ``features``, ``run`` and ``sources``:
+        ``embed_collection(["photos"], "s.h5", layers=["head"], batch_size=64)``.
 
     Returns
     -------
@@ -63,14 +71,16 @@ def embed_collection(inputs: Sequence[str | Path], store_path: str | Path,
     """
     feature_kw = {k: v for k, v in options.items() if k in FEATURE_OPTION_NAMES}
     run_kw = {k: v for k, v in options.items() if k in _RUN_NAMES}
-    unknown = set(options) - set(feature_kw) - set(run_kw)
+    source_kw = {k: v for k, v in options.items() if k in _SOURCE_NAMES}
+    unknown = set(options) - set(feature_kw) - set(run_kw) - set(source_kw)
     if unknown:
         raise FeaturebankError(f"embed_collection: unknown option(s) {sorted(unknown)}")
     run = replace(run or EmbedRun(), **run_kw)
+    sources = replace(sources or SourceOptions(), **source_kw)
     # Everything that can be wrong in the request is checked before the store is touched:
     # first the inputs (cheap: an input without images fails at once), then the model and
     # layers (the graph is cut now; a registry model may be exported first, which takes time).
-    items = collect(list(inputs))
+    items = collect(list(inputs), sources=sources)
     if extractor is None:
         extractor = Extractor(feature_options(features, **feature_kw), device=run.device,
                               batch_size=run.batch_size, threads=run.threads)

@@ -24,6 +24,7 @@ from featurebank.extractor._extractor import Extractor
 from featurebank.extractor._inputs import ImageItem
 from featurebank.extractor._progress import progress
 from featurebank.extractor.engines._common import EmbedRun, EmbedSummary, Prepared, prepare_file
+from featurebank.extractor.sources import iter_payloads, read_all
 from featurebank.extractor.store._store import FeatureStore
 from featurebank.spec import FeatureSpec
 
@@ -31,9 +32,10 @@ log = logging.getLogger(__name__)
 
 
 def int8_calibration(items: list[ImageItem], store: FeatureStore, float_specs: list[FeatureSpec],
-                     size: int) -> str | list[str]:
-    """The store's int8 tag for these specs when it has one (and the graph is cached), else
-    ``size`` paths spread evenly over the collection (sorted folders: every class is sampled)."""
+                     size: int) -> str | list[bytes]:
+    """The store's int8 tag for these specs when it has one (and the graph is cached), else the
+    bytes of ``size`` images spread evenly over the collection (sorted folders: every class is
+    sampled), read once per container (shards, parquet files)."""
     from featurebank.extractor.graphs._int8 import int8_graph_path
 
     wanted = {s.fingerprint() for s in float_specs}
@@ -48,7 +50,13 @@ def int8_calibration(items: list[ImageItem], store: FeatureStore, float_specs: l
         raise FeaturebankError(f"int8 needs calibration images: calibration_size={size}, "
                                f"{len(items)} inputs")
     picks = np.unique(np.linspace(0, len(items) - 1, min(size, len(items))).round().astype(int))
-    return [items[i].path for i in picks]
+    images = []
+    for _, data in read_all([items[i].path for i in picks]):
+        if isinstance(data, bytes):
+            images.append(data)
+        else:  # one unreadable sample must not stop the run
+            log.warning("calibration: skipped %s", data)
+    return images
 
 
 def embed_local(items: list[ImageItem], store: FeatureStore, ex: Extractor,
@@ -96,9 +104,11 @@ def embed_local(items: list[ImageItem], store: FeatureStore, ex: Extractor,
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode")
     try:
         pending: deque = deque()
-        for item in items:
+        # container members arrive read (one streaming pass per shard or parquet file);
+        # plain files and URLs are read by the pool's threads
+        for item, data in iter_payloads(items):
             pending.append((pool.submit(prepare_file, item.path, ex.spec_preprocessing,
-                                        ex.max_pixels, done), item))
+                                        ex.max_pixels, done, data), item))
             if len(pending) >= window:
                 _consume(result(*pending.popleft()), summary, done, in_run, batch, images, failures)
                 if len(batch) >= batch_size or len(images) + len(failures) >= 4 * batch_size:

@@ -17,10 +17,13 @@ import numpy as np
 import numpy.typing as npt
 from numpy.typing import ArrayLike
 
+from featurebank.extractor.sources import local_form
 from featurebank.spec import FeatureSpec
 
 # 2: absolute paths, the collection roots, per-set row shapes and the /commits log.
-FORMAT_VERSION = 2
+# 3: a path may also be a URL, a tar shard member (``shard.tar#KEY.jpg``) or a parquet row
+#    (``file.parquet#row=N``); every version-2 store is a valid version-3 store.
+FORMAT_VERSION = 3
 KEY_DTYPE = "S64"
 BYTES_DTYPE = h5py.vlen_dtype(bytes)  # paths as bytes: file names need not be UTF-8
 STR_DTYPE = h5py.string_dtype("utf-8")
@@ -79,8 +82,9 @@ def decode_path(raw: bytes | np.bytes_) -> str:
 
 def absolute(path: str | os.PathLike[str]) -> str:
     """The absolute form of a path as the user gave it (against the current folder); symlinks
-    are kept, since the link's name is what the user chose."""
-    return os.path.abspath(os.fspath(path))
+    are kept, since the link's name is what the user chose. URLs stay as they are (``file://``
+    ones become local paths)."""
+    return local_form(os.fspath(path))
 
 
 def decode_texts(values: Iterable[bytes | str]) -> list[str]:

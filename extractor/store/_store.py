@@ -15,8 +15,10 @@ A second writer is refused (or, with ``wait``, waits its turn) by the writer loc
 ``STORE.h5.lock`` (``_lock``, filelock's ``flock``); the kernel drops that lock when its process
 dies, so a killed run never leaves a stale lock behind, and a writer that closes removes the file.
 
-Paths are stored absolute (format version 2): a store read from another folder finds its images.
-A version-1 store (relative paths) opens read-only; ``featurebank store upgrade`` converts it."""
+Paths are stored absolute (format version 2), or as URLs, tar members and parquet rows (3): a
+store read from another folder finds its images. A version-1 store (relative paths) opens
+read-only; ``featurebank store upgrade`` converts it. A version-2 store is raised to 3 when a
+writer first opens it (the paths stay valid)."""
 
 from __future__ import annotations
 
@@ -47,6 +49,7 @@ from featurebank.extractor.store._repair import dirty_marker, repair
 from featurebank.extractor.store._retry import retry_read
 from featurebank.extractor.store._room import check_room
 from featurebank.extractor.store._tables import TableWriter
+from featurebank.extractor.store._upgrade import raise_version
 from featurebank.spec import FeatureSpec
 
 log = logging.getLogger(__name__)
@@ -152,6 +155,10 @@ class FeatureStore(TableWriter):
             raise FeaturebankError(
                 f"store {self.path} is a sharded store written by the Ray engine; add to it "
                 "with 'featurebank embed --engine ray', or embed into another store")
+        if self.format_version == 2:  # every version-2 path is a version-3 path
+            raise_version(self.path)
+            log.info("store %s: format version 2 raised to %d", self.path, FORMAT_VERSION)
+            self.format_version = FORMAT_VERSION
         if self.format_version < FORMAT_VERSION:
             raise FeaturebankError(upgrade_message(self.path, self.format_version))
 
@@ -412,18 +419,27 @@ class FeatureStore(TableWriter):
         """The rows of one feature set shaped ``[rows, *row_shape]`` (float32)."""
         return self.read(layer_or_fingerprint).maps()
 
+    def export(self, out: str | Path, layer_or_fingerprint: str | None = None,
+               chunk_rows: int | None = None) -> Path:
+        """Write one feature set to ``out``: ``.parquet``, ``.npz`` or ``.npy`` by its extension
+        (another one is refused), streamed by row chunks (bounded memory); see
+        :func:`featurebank.extractor.store._export.export_features`."""
+        from featurebank.extractor.store._export import export_features
+
+        return export_features(self, out, layer_or_fingerprint, chunk_rows)
+
     def export_npz(self, out: str | Path, layer_or_fingerprint: str | None = None) -> Path:
-        """Write ``features``, ``keys``, ``paths``, ``labels`` (and the spec JSON) to ``out``."""
-        feats = self.read(layer_or_fingerprint)
-        out = Path(out)
-        tmp = out.with_name(f".{out.name}.tmp.npz")
-        np.savez(tmp, features=feats.X, keys=feats.keys, paths=feats.paths, labels=feats.y,
-                 spec=np.array(feats.spec.to_json()))
-        os.replace(tmp, out)
-        return out
+        """Write ``features``, ``keys``, ``paths``, ``labels`` (and the spec JSON) to ``out``
+        as an npz file, whatever its name."""
+        from featurebank.extractor.store._export import export_features
+
+        return export_features(self, out, layer_or_fingerprint, fmt=".npz")
 
 
 def upgrade_message(path: str | Path, version: int) -> str:
+    if version == 2:
+        return (f"store {path} has format version 2; 'featurebank store upgrade {path}' raises "
+                f"it to {FORMAT_VERSION} (nothing in it changes)")
     return (f"store {path} has format version {version}, whose paths are relative to the folder "
             f"'featurebank embed' ran in; it can be read but not added to. Upgrade it once with "
             f"'featurebank store upgrade {path} --root DIR' (DIR: that folder) to store them "

@@ -1,8 +1,13 @@
-"""``featurebank store upgrade``: a format-version-1 store rewritten in place as version 2.
+"""``featurebank store upgrade``: an older store rewritten in place at the current version (3).
 
 Version 1 stored paths as given to ``embed`` -- relative to the folder it ran in -- so reading
 them from anywhere else found no image or, worse, another one. Version 2 stores them absolute.
 Only the user knows which folder version-1 paths were relative to, so the upgrade asks for it.
+
+Version 3 lets a path also be a URL, a tar shard member or a parquet row
+(:mod:`featurebank.extractor.sources`). A version-2 path is a valid version-3 path, so 2 -> 3
+changes only the version number (a writer does it when it first opens a version-2 store); it
+exists so that an older featurebank refuses a store whose paths it could not read.
 """
 
 from __future__ import annotations
@@ -27,15 +32,17 @@ from featurebank.extractor.store._lock import WriterLock
 from featurebank.extractor.store._repair import dirty_marker
 
 
-def upgrade_store(path: str | Path, root: str | Path, force: bool = False) -> dict:
-    """Rewrite a version-1 store as version 2: relative paths become absolute against ``root``.
+def upgrade_store(path: str | Path, root: str | Path | None = None, force: bool = False) -> dict:
+    """Rewrite an older store at the current version: version-1 relative paths become absolute
+    against ``root``; a version-2 store only has its version raised.
 
     Parameters
     ----------
     path : path
         The store.
-    root : path
-        The folder ``featurebank embed`` ran in when the store was written.
+    root : path, optional
+        The folder ``featurebank embed`` ran in when a version-1 store was written (required
+        for version 1 only).
     force : bool
         Upgrade even when no image exists under ``root`` (images deleted since).
 
@@ -45,25 +52,32 @@ def upgrade_store(path: str | Path, root: str | Path, force: bool = False) -> di
         ``{"from_version", "to_version", "paths", "made_absolute", "found"}``: how many stored
         paths there are, how many were relative, and how many name an existing file now.
     """
-    path, root = Path(path), Path(root).resolve()
+    path = Path(path)
     if not path.is_file():
         raise FeaturebankError(f"store {path} does not exist")
-    if not root.is_dir():
-        raise FeaturebankError(f"--root {root} is not a folder; give the folder embed ran in")
     lock = WriterLock(path).acquire()
     try:
         with h5py.File(path, "r", locking=False) as f:
             version = int(f.attrs.get("format_version", -1))
             sharded = bool(f.attrs.get("featurebank_sharded", False))
+        unchanged = {"from_version": version, "to_version": FORMAT_VERSION, "paths": 0,
+                     "made_absolute": 0, "found": 0}
         if version == FORMAT_VERSION:
-            return {"from_version": version, "to_version": version, "paths": 0,
-                    "made_absolute": 0, "found": 0}
-        if version != 1:
+            return unchanged
+        if version not in (1, 2):
             raise FeaturebankError(f"store {path} has format version {version}; this featurebank "
-                                   f"upgrades version 1 to {FORMAT_VERSION} only")
+                                   f"upgrades versions 1 and 2 to {FORMAT_VERSION} only")
         if sharded:
-            raise FeaturebankError(f"store {path} is a version-1 sharded store; embed its images "
-                                   "again into a new store")
+            raise FeaturebankError(f"store {path} is a version-{version} sharded store; embed its "
+                                   "images again into a new store")
+        if version == 2:
+            raise_version(path)
+            return unchanged
+        if root is None or not Path(root).is_dir():
+            raise FeaturebankError(f"store {path} has format version 1 (relative paths): give "
+                                   "the folder 'featurebank embed' ran in as --root"
+                                   + (f" ({root} is not a folder)" if root is not None else ""))
+        root = Path(root).resolve()
         rewritten, counts = _absolute_paths(path, root)
         if counts["paths"] and not counts["found"] and not force:
             raise FeaturebankError(
@@ -89,6 +103,15 @@ def upgrade_store(path: str | Path, root: str | Path, force: bool = False) -> di
     finally:
         lock.release()
     return counts
+
+
+def raise_version(path: Path) -> None:
+    """Version 2 -> 3 in place (the caller holds the writer lock): the paths stay as they are."""
+    dirty = dirty_marker(path)
+    dirty.touch()
+    with h5py.File(path, "a", locking=False) as f:
+        f.attrs["format_version"] = FORMAT_VERSION
+    dirty.unlink()
 
 
 def _absolute_paths(path: Path, root: Path) -> tuple[dict[str, list[str]], dict]:

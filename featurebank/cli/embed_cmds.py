@@ -7,6 +7,7 @@ from typing import Any
 
 from featurebank.cli.flags import add_option_flags, options_from_args
 from featurebank.extractor import EmbedRun
+from featurebank.extractor.sources import SourceOptions
 from featurebank.spec import FeatureOptions
 
 #: how FeatureOptions fields are spelt on the command line where not ``--field-name``
@@ -66,7 +67,9 @@ def feature_options_from_args(args, **extra) -> FeatureOptions:
 
 def register(sub) -> None:
     p = sub.add_parser("embed", help="embed images into an HDF5 feature store",
-                       description="Embed folders (sub-folder = label), list files or globs. "
+                       description="Embed folders (sub-folder = label), list files (CSV, JSON lines, "
+                       "parquet), webdataset tar shards, parquet files with image bytes or globs, "
+                       "local or as fsspec URLs (s3://, gs://, az://, https://). "
                        "Only content not yet in the store is computed.")
     p.add_argument("inputs", nargs="+", metavar="INPUT")
     p.add_argument("--store", required=True, help="HDF5 store (created when absent)")
@@ -79,6 +82,8 @@ def register(sub) -> None:
                                 "calibration_size": {
                                     "metavar": "N", "help": "images sampled from the input to "
                                     "calibrate int8 on (default: %(default)s)"}})
+    add_option_flags(p, SourceOptions, overrides={name: {"metavar": "NAME"} for name in
+                                                  ("split", "image_column", "label_column")})
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=run_embed)
 
@@ -87,6 +92,7 @@ def run_embed(args) -> int:
     from featurebank.extractor import embed_collection
 
     summary = embed_collection(args.inputs, args.store, feature_options_from_args(args),
-                               run=options_from_args(EmbedRun, args))
+                               run=options_from_args(EmbedRun, args),
+                               sources=options_from_args(SourceOptions, args))
     print(json.dumps(summary.to_dict()) if args.json else summary)
     return 0

@@ -12,18 +12,24 @@ def register(sub) -> None:
     info.add_argument("store")
     info.add_argument("--json", action="store_true")
     info.set_defaults(func=run_info)
-    exp = ssub.add_parser("export", help="write one feature set to .npz")
+    exp = ssub.add_parser("export", help="write one feature set to .parquet, .npz or .npy",
+                          description="The format follows the output's extension: .parquet "
+                          "(key, path, label, vector; the spec in the file's metadata), .npz "
+                          "(features, keys, paths, labels, spec) or .npy (the vectors alone). "
+                          "Rows are streamed in chunks: memory stays bounded.")
     exp.add_argument("store")
-    exp.add_argument("-o", "--output", required=True)
+    exp.add_argument("-o", "--output", required=True, metavar="FILE.parquet|npz|npy")
     exp.add_argument("--layer", default=None, help="layer name or fingerprint")
     exp.set_defaults(func=run_export)
-    up = ssub.add_parser("upgrade", help="rewrite a format-1 store (relative paths) as format 2",
+    up = ssub.add_parser("upgrade", help="rewrite an older store at the current format (3)",
                          description="Format 1 stored image paths relative to the folder "
-                         "'featurebank embed' ran in; format 2 stores them absolute. Give that "
-                         "folder as --root.")
+                         "'featurebank embed' ran in; format 2 stores them absolute (give that "
+                         "folder as --root). Format 3 also allows URLs, tar members and parquet "
+                         "rows; a format-2 store only has its version raised.")
     up.add_argument("store")
-    up.add_argument("--root", required=True, metavar="DIR",
-                    help="the folder 'featurebank embed' ran in when the store was written")
+    up.add_argument("--root", default=None, metavar="DIR",
+                    help="format 1 only: the folder 'featurebank embed' ran in when the store "
+                         "was written")
     up.add_argument("--force", action="store_true",
                     help="upgrade even if no image is found under --root")
     up.set_defaults(func=run_upgrade)
@@ -62,7 +68,7 @@ def run_info(args) -> int:
 def run_export(args) -> int:
     from featurebank.extractor.store import FeatureStore
 
-    out = FeatureStore(args.store).export_npz(args.output, args.layer)
+    out = FeatureStore(args.store).export(args.output, args.layer)
     print(f"wrote {out}")
     return 0
 
@@ -73,6 +79,9 @@ def run_upgrade(args) -> int:
     done = upgrade_store(args.store, args.root, force=args.force)
     if done["from_version"] == done["to_version"]:
         print(f"store {args.store} is already format {done['to_version']}; nothing to do")
+        return 0
+    if done["from_version"] == 2:
+        print(f"upgraded {args.store} from format 2 to {done['to_version']} (paths unchanged)")
         return 0
     print(f"upgraded {args.store} from format {done['from_version']} to {done['to_version']}: "
           f"{done['made_absolute']} of {done['paths']} image paths made absolute against "
