@@ -35,8 +35,8 @@ from tqdm.auto import tqdm
 
 from featurebank.errors import FeaturebankError
 from featurebank.extractor._extractor import Extractor
-from featurebank.extractor._inputs import ImageItem
 from featurebank.extractor.engines._common import EmbedRun, EmbedSummary, prepare_file
+from featurebank.extractor.sources import ImageItem, iter_payloads
 from featurebank.extractor.store._format import chunk_rows
 from featurebank.extractor.store._shards import ShardedStore, write_shard
 from featurebank.spec import FeatureSpec, Preprocessing
@@ -50,8 +50,14 @@ def _decode_batch(batch: dict[str, np.ndarray], preprocessing: Preprocessing, ma
                   done: frozenset[str]) -> dict[str, np.ndarray]:
     n = len(batch["idx"])
     keys, status, reasons, pixels = [""] * n, np.full(n, NEW, np.uint8), [""] * n, [b""] * n
-    for i, raw in enumerate(batch["path"]):
-        p = prepare_file(os.fsdecode(bytes(raw)), preprocessing, max_pixels, done)
+    items = [ImageItem(os.fsdecode(bytes(raw)), error=str(err))
+             for raw, err in zip(batch["path"], batch["error"], strict=True)]
+    at = {id(item): i for i, item in enumerate(items)}
+    # Plain files and URLs are read here, from the node this task runs on; the members of a tar
+    # shard or parquet file in this batch come from one streaming pass over their container.
+    for item, data in iter_payloads(items):
+        i = at[id(item)]
+        p = prepare_file(item.path, preprocessing, max_pixels, done, data)
         keys[i] = p.key or ""
         if p.error is not None:
             status[i], reasons[i] = FAILED, p.error
@@ -201,7 +207,8 @@ def _pipeline(left: dict[int, ImageItem], ex: Extractor, run: EmbedRun, done: se
     one for a single actor, as a lost node may have left room for fewer."""
     size, batch_size = embedder["size"], run.batch_size
     ds = ray.data.from_items(
-        [{"idx": i, "path": os.fsencode(it.path), "label": it.label} for i, it in left.items()],
+        [{"idx": i, "path": os.fsencode(it.path), "label": it.label, "error": it.error}
+         for i, it in left.items()],
         override_num_blocks=max(1, min(len(left) // batch_size, 4 * size * 8)))
     # Each stage asks for different resources, which also keeps Ray Data from fusing decode
     # into the actors: decoding stays parallel to inference.
