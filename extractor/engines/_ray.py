@@ -31,10 +31,10 @@ from pathlib import Path
 
 import numpy as np
 import ray
-from tqdm.auto import tqdm
 
 from featurebank.errors import FeaturebankError
 from featurebank.extractor._extractor import Extractor
+from featurebank.extractor._progress import progress
 from featurebank.extractor.engines._common import EmbedRun, EmbedSummary, prepare_file
 from featurebank.extractor.sources import ImageItem, iter_payloads
 from featurebank.extractor.store._format import chunk_rows
@@ -259,10 +259,11 @@ def embed_ray(items: list[ImageItem], store_path: str | Path, ex: Extractor,
                               run.shard_rows or _default_shard_rows(batch_size, graph.dims, store_dtype))
         in_run: set[str] = set()
         left = dict(enumerate(items))  # items whose row has not come back to the driver yet
-        bar = tqdm(total=len(items), unit="img", disable=not run.progress,
-                   desc="embedding (ray)")
+        bar = progress(len(items), enabled=run.progress, desc="embedding (ray)")
         try:
             for attempt in range(1, _ATTEMPTS + 1):
+                if not left:  # the failure came after the last row
+                    break
                 ds = _pipeline(left, ex, run, done | in_run, embedder, attempt)
                 try:
                     for out in ds.iter_batches(batch_size=None, batch_format="numpy"):
