@@ -46,8 +46,36 @@ NEW, CACHED, FAILED = 0, 1, 2
 
 
 # -- stage 1: decode (Ray tasks) ------------------------------------------------------------
+class _SortedKeys:
+    """The stored content keys as one sorted fixed-width bytes array, for ``key in keys``.
+
+    Put in Ray's object store once, it is read zero-copy by every task of a node (a Python set
+    of 25M keys would be ~3 GB unpickled in every decoding process)."""
+
+    def __init__(self, keys: set[str]):
+        self.ref = ray.put(np.array(sorted(keys), dtype="S64"))
+
+    def __reduce__(self):  # tasks get the reference, not the array
+        return (_LoadedKeys, (self.ref,))
+
+
+class _LoadedKeys:
+    """A task's view of :class:`_SortedKeys`, fetched at the first lookup (not while Ray
+    unpickles the task's arguments)."""
+
+    def __init__(self, ref: ray.ObjectRef):
+        self.ref, self.keys = ref, None
+
+    def __contains__(self, key: object) -> bool:
+        if self.keys is None:
+            self.keys = ray.get(self.ref)
+        k = str(key).encode()
+        i = int(np.searchsorted(self.keys, k))
+        return i < len(self.keys) and self.keys[i] == k
+
+
 def _decode_batch(batch: dict[str, np.ndarray], preprocessing: Preprocessing, max_pixels: int,
-                  done: frozenset[str]) -> dict[str, np.ndarray]:
+                  done: _LoadedKeys) -> dict[str, np.ndarray]:
     n = len(batch["idx"])
     keys, status, reasons, pixels = [""] * n, np.full(n, NEW, np.uint8), [""] * n, [b""] * n
     items = [ImageItem(os.fsdecode(bytes(raw)), error=str(err))
@@ -214,7 +242,7 @@ def _pipeline(left: dict[int, ImageItem], ex: Extractor, run: EmbedRun, done: se
     # into the actors: decoding stays parallel to inference.
     ds = ds.map_batches(_decode_batch, batch_size=batch_size, num_cpus=0.5, max_retries=3,
                         fn_kwargs={"preprocessing": ex.spec_preprocessing,
-                                   "max_pixels": ex.max_pixels, "done": frozenset(done)})
+                                   "max_pixels": ex.max_pixels, "done": _SortedKeys(done)})
     return ds.map_batches(_Embedder, batch_size=batch_size, compute=ray.data.ActorPoolStrategy(
         min_size=size if attempt == 1 else 1, max_size=size), fn_constructor_kwargs=embedder["fn_constructor_kwargs"],
         scheduling_strategy="SPREAD", **embedder["remote"])  # actors on as many nodes as there are
