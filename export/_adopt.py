@@ -17,11 +17,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import onnx
 
 from featurebank.errors import FeaturebankError
-from featurebank.export._catalogue import foreign_catalogue, input_layout_from_shape
+from featurebank.export._batch import graph_input as _graph_input
+from featurebank.export._batch import prepare_foreign
+from featurebank.export._catalogue import input_layout_from_shape
 from featurebank.export._metadata import (
     META_CLASSES,
     describe,
@@ -33,13 +34,10 @@ from featurebank.export._metadata import (
 from featurebank.spec import META_SPEC, ModelSpec, Preprocessing, sha256_file
 
 log = logging.getLogger(__name__)
+#: Element types of a graph input featurebank can feed (normalised in float32, then cast).
+INPUT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE)
 #: Paths given on the command line (``--model``) searched first for a classifier's model.
 _REMEMBERED: list[Path] = []
-
-
-def _graph_input(proto: onnx.ModelProto) -> onnx.ValueInfoProto:
-    weights = {t.name for t in proto.graph.initializer}
-    return next(i for i in proto.graph.input if i.name not in weights)
 
 
 def resolve_conventions(model: str | Path | onnx.ModelProto, path: str | Path | None = None, *,
@@ -86,11 +84,11 @@ def resolve_conventions(model: str | Path | onnx.ModelProto, path: str | Path | 
     graph_input = _graph_input(proto)
     tensor_type = graph_input.type.tensor_type
     dims = tuple(d.dim_value if d.dim_value else -1 for d in tensor_type.shape.dim)
-    if len(dims) != 4 or tensor_type.elem_type != onnx.TensorProto.FLOAT:
+    if len(dims) != 4 or tensor_type.elem_type not in INPUT_TYPES:
         raise FeaturebankError(
             f"{name}: input {graph_input.name!r} is {len(dims)}-D "
             f"{onnx.TensorProto.DataType.Name(tensor_type.elem_type).lower()}; featurebank "
-            f"feeds a 4-D float image batch (NCHW or NHWC)")
+            f"feeds a 4-D float image batch (NCHW or NHWC; float32, float16 or double)")
     shown = input_layout_from_shape(dims)
     layout = str(data.get("layout") or (shown or "")).lower()
     if not layout:
@@ -163,21 +161,20 @@ def adopt(source: str | Path, out: str | Path, preprocessing: str | Path | None 
                                f"as it is")
     _check_output(source, out)
     pre, classes = resolve_conventions(proto, preprocessing, name=source.name, **flags)
-    layers = foreign_catalogue(proto, pre.layout.upper(), pre.input_size, dict(pre.tensor_layouts))
+    plan, layers = prepare_foreign(proto, pre, source.name)
     logits = next((la for la in layers if la.name == "logits"), None)
     if classes is not None and logits is not None and logits.shape[0] != len(classes):
         raise FeaturebankError(f"the classes file names {len(classes)} classes but the model's "
                                f"logits have {logits.shape[0]}")
-    adopted = _with_dynamic_batch(proto)
-    measured = _check_runs(adopted, source, pre, layers)
-    if measured:  # sizes shape inference could not follow (computed padding, say)
-        layers = foreign_catalogue(proto, pre.layout.upper(), pre.input_size,
-                                   dict(pre.tensor_layouts), measured)
+    adopted = plan.model
     spec = foreign_model_spec(source, pre)
     input_name = _graph_input(adopted).name
     describe(adopted, spec, layers,
              {"name": input_name, "layout": pre.layout.upper(), "dtype": "float32",
-              "normalized": True, "adopted_from": source.name},
+              "normalized": True, "adopted_from": source.name,
+              **({"batch": plan.batch, "batch_reason": plan.reason} if plan.batch else {}),
+              **({"batch_rewrite": list(plan.changes), "batch_parity": plan.worst}
+                 if plan.changes else {})},
              {META_CLASSES: json.dumps(classes)} if classes is not None else None,
              keep_others=True)
     _atomic_save(adopted, out)
@@ -194,63 +191,6 @@ def _check_output(source: Path, out: Path) -> None:
         raise FeaturebankError(f"the adopted copy must not overwrite its source {source}")
     if not os.access(out.parent, os.W_OK):
         raise FeaturebankError(f"cannot write {out}: folder {out.parent} is not writable")
-
-
-def _with_dynamic_batch(proto: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy whose input and outputs have a symbolic batch axis (batches of any size)."""
-    model = onnx.ModelProto()
-    model.CopyFrom(proto)
-    del model.graph.value_info[:]  # exporter shapes with a fixed batch would contradict runs
-    for vi in [_graph_input(model), *model.graph.output]:
-        dims = vi.type.tensor_type.shape.dim
-        if dims:
-            dims[0].ClearField("dim_value")
-            dims[0].dim_param = "N"
-    return model
-
-
-def _check_runs(model: onnx.ModelProto, source: Path, pre: Preprocessing,
-                layers: list) -> dict[str, tuple]:
-    """Run the graph on a batch of 2 at the stated size: it must run, and every named cut must
-    come out with that batch and the catalogued shape (a graph that bakes in batch 1 fails).
-
-    Returns the measured shapes (batch 1) of the cuts whose size shape inference left unknown.
-    """
-    import onnxruntime as ort
-
-    unknown = {la.tensor for la in layers if min(la.shape, default=-1) < 1}
-    named = {la.tensor: la for la in layers if la.name != la.tensor or la.tensor in unknown}
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    have = {o.name for o in probe.graph.output}
-    probe.graph.output.extend(onnx.helper.make_empty_tensor_value_info(t) for t in named
-                              if t not in have)
-    h, w = pre.input_size
-    shape = (2, 3, h, w) if pre.layout == "nchw" else (2, h, w, 3)
-    x = np.random.default_rng(0).uniform(0, pre.pixel_range, shape).astype(np.float32)
-    try:
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 4  # the failure is reported below, in the user's terms
-        session = ort.InferenceSession(probe.SerializeToString(), opts,
-                                       providers=["CPUExecutionProvider"])
-        results = session.run(None, {_graph_input(probe).name: x})
-    except Exception as exc:  # noqa: BLE001 - onnxruntime raises many types; all mean "cannot run"
-        raise FeaturebankError(
-            f"{source.name} cannot run on a batch of 2 images of {h}x{w} ({pre.layout}): "
-            f"{str(exc).splitlines()[0][:300]}; state the input size the model was made for, or "
-            f"export it with a dynamic batch axis") from None
-    measured = {}
-    for out, value in zip(session.get_outputs(), results, strict=True):
-        la = named.get(out.name)
-        if la is not None and la.tensor in unknown and value.ndim == len(la.shape) + 1:
-            measured[out.name] = (1, *value.shape[1:])
-            la = None  # its size is now measured; its batch is still checked
-        if value.shape[:1] != (2,) or (la is not None and tuple(value.shape[1:]) != la.shape):
-            raise FeaturebankError(
-                f"{source.name}: tensor {out.name!r} came out as {list(value.shape)} for a batch "
-                f"of 2 (expected [2, {', '.join(map(str, la.shape)) if la else '...'}]); the "
-                f"graph bakes in its batch size. Export it with a dynamic batch axis")
-    return measured
 
 
 def _atomic_save(proto: onnx.ModelProto, out: Path) -> None:

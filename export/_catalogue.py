@@ -16,23 +16,21 @@ import onnx
 from onnx import numpy_helper, shape_inference
 
 from featurebank.errors import FeaturebankError
+from featurebank.export._friendly import friendly_names
+from featurebank.export._graph_ops import (
+    CHANNEL_FIRST,
+    GLOBAL_POOLS,
+    KEEPS_LAYOUT,
+    REDUCE_POOLS,
+    WEIGHTED,
+    Flow,
+    static_tensors,
+)
 from featurebank.export._layers import LayerInfo
 
-#: Ops that ONNX defines on channel-first data: their 4-D output is NCHW by definition.
-_CHANNEL_FIRST = {"Conv", "ConvTranspose", "MaxPool", "AveragePool", "GlobalAveragePool",
-                  "GlobalMaxPool", "LpPool", "GlobalLpPool", "InstanceNormalization", "LRN",
-                  "BatchNormalization", "QLinearConv", "ConvInteger"}
-#: Ops whose 4-D output keeps the layout of their 4-D inputs (elementwise, merges, resampling).
-_KEEPS_LAYOUT = {"Relu", "Clip", "Add", "Sub", "Mul", "Div", "Sigmoid", "HardSigmoid",
-                 "HardSwish", "LeakyRelu", "PRelu", "Elu", "Selu", "Gelu", "Tanh", "Erf", "Pow",
-                 "Sqrt", "Max", "Min", "Neg", "Abs", "Exp", "Log", "Softplus", "Softsign", "Mish",
-                 "Sum", "Mean", "Identity", "Cast", "Dropout", "Concat", "Slice", "Split", "Pad",
-                 "Resize", "Upsample", "Where", "Celu", "ThresholdedRelu", "Round", "Floor"}
-_WEIGHTED = {"Conv", "ConvTranspose", "Gemm", "MatMul", "QLinearConv", "ConvInteger",
-             "MatMulInteger", "QLinearMatMul"}
-_REDUCE_POOLS = {"ReduceMean", "ReduceMax"}
-_GLOBAL_POOLS = {"GlobalAveragePool", "GlobalMaxPool"}
-_FLATTENS = {"Flatten", "Reshape", "Squeeze"}
+#: Element types of activations that can be cut (cast to float32 before pooling).
+_FLOATS = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
+           onnx.TensorProto.BFLOAT16}
 
 
 def input_layout_from_shape(dims: tuple) -> str | None:
@@ -45,6 +43,11 @@ def input_layout_from_shape(dims: tuple) -> str | None:
 
 def infer_shapes(proto: onnx.ModelProto, input_dims: list[int] | None = None) -> dict[str, tuple]:
     """Every tensor's inferred shape (-1 where unknown), the graph input fixed to ``input_dims``."""
+    return _infer(proto, input_dims)[0]
+
+
+def _infer(proto: onnx.ModelProto, input_dims: list[int] | None = None):
+    """Inferred shapes (as :func:`infer_shapes`) and element types (``TensorProto`` codes)."""
     model = onnx.ModelProto()
     model.CopyFrom(proto)
     del model.graph.value_info[:]  # stale dynamic shapes from the exporter would win otherwise
@@ -65,17 +68,21 @@ def infer_shapes(proto: onnx.ModelProto, input_dims: list[int] | None = None) ->
         except Exception:  # noqa: BLE001 - inference is best effort; shapes stay unknown
             continue
     shapes = {t.name: tuple(t.dims) for t in proto.graph.initializer}
+    types = {t.name: t.data_type for t in proto.graph.initializer}
     for vi in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]:
+        if vi.type.tensor_type.elem_type:
+            types[vi.name] = vi.type.tensor_type.elem_type
         if vi.type.tensor_type.HasField("shape"):
             shapes[vi.name] = tuple(d.dim_value if d.dim_value else -1
                                     for d in vi.type.tensor_type.shape.dim)
-    return shapes
+    return shapes, types
 
 
 def foreign_catalogue(proto: onnx.ModelProto, input_layout: str | None = None,
                       input_size: tuple[int, int] | None = None,
                       tensor_layouts: dict[str, str] | None = None,
-                      measured: dict[str, tuple] | None = None) -> list:
+                      measured: dict[str, tuple] | None = None,
+                      measured_types: dict[str, int] | None = None) -> list:
     """Cut points of a foreign graph: 4-D activations with their layout, 2-D vectors, names.
 
     Parameters
@@ -90,15 +97,19 @@ def foreign_catalogue(proto: onnx.ModelProto, input_layout: str | None = None,
         Stated layouts of activations the graph cannot show; a statement that contradicts the
         graph is refused.
     measured : dict, optional
-        Shapes (with batch) observed by running the graph, for tensors inference cannot size.
+        Shapes (with batch) of the float32 tensors observed by running the graph
+        (:func:`featurebank.export._batch.plan_batch`); they win over shape inference, and
+        when given, only these tensors are floating-point activations.
+    measured_types : dict, optional
+        The ONNX element types of the measured tensors.
 
     Returns
     -------
     list of LayerInfo
-        In graph order. Friendly names: ``stage.K`` (the output of the K-th spatial resolution
-        stage, see :func:`_stage_outputs`), ``head`` (the input of the last global pool),
-        ``pool`` (the pooled vector), ``logits`` (the classifier output); every other entry is
-        named by its tensor.
+        In graph order: every float activation computed from the image by a learned layer
+        that is 4-D (with its layout) or 2-D; shape, index and constant tensors are never
+        listed. Friendly names (see :func:`featurebank.export._friendly.friendly_names`):
+        ``stage.K``, ``head``, ``pool``, ``logits``; every other entry is named by its tensor.
     """
     weights = {t.name for t in proto.graph.initializer}
     graph_input = next(i for i in proto.graph.input if i.name not in weights)
@@ -108,56 +119,71 @@ def foreign_catalogue(proto: onnx.ModelProto, input_layout: str | None = None,
     if input_size is not None and layout is not None and len(in_dims) == 4:
         h, w = input_size
         fixed = [1, in_dims[1], h, w] if layout == "NCHW" else [1, h, w, in_dims[3]]
-    shapes = infer_shapes(proto, fixed)
-    shapes.update(measured or {})
+    shapes, types = _infer(proto, fixed)
+    if measured:
+        shapes.update(measured)
+    types.update(measured_types or {})
+
+    def is_float(t: str) -> bool:
+        if measured:
+            return t in measured
+        return types.get(t, onnx.TensorProto.FLOAT) in _FLOATS
+
     stated = {t: v.upper() for t, v in (tensor_layouts or {}).items()}
-    tags, pools, learned = _follow_layouts(proto, graph_input.name, layout, shapes, stated)
+    flow = _follow_layouts(proto, graph_input.name, layout, shapes, stated)
     macs = _cumulative_macs(proto, shapes)
     total = max(macs.values(), default=0)
 
-    entries: list[tuple[str, str]] = []  # (tensor, layout) of every cut candidate, graph order
+    entries: list[tuple[str, str | None]] = []  # (tensor, layout) of every cut candidate
     for node in proto.graph.node:
         for out in node.output:
+            if out not in flow.learned or out in flow.static or not is_float(out):
+                continue
             rank = len(shapes.get(out, ()))
-            if out in learned and rank == 4:
-                entries.append((out, tags.get(out)))
-            elif out in learned and rank == 2:
+            if rank == 4:
+                entries.append((out, flow.tags.get(out)))
+            elif rank == 2:
                 entries.append((out, "NC"))
-    names = _friendly_names(proto, entries, shapes, pools)
+    names = friendly_names(proto, entries, shapes, flow)
     layers = []
     for tensor, lay in entries:
         share = round(macs[tensor] / total, 6) if total and tensor in macs else None
         for name in names.get(tensor, [tensor]):
-            layers.append(LayerInfo(name, tensor, tuple(shapes[tensor][1:]), share, lay))
+            dtype = types.get(tensor, onnx.TensorProto.FLOAT)
+            layers.append(LayerInfo(name, tensor, tuple(shapes[tensor][1:]), share, lay,
+                                    None if dtype == onnx.TensorProto.FLOAT else
+                                    onnx.TensorProto.DataType.Name(dtype).lower()))
     return layers
 
 
-def _follow_layouts(proto, input_name, layout, shapes, stated):
-    """Layout tag (axis letters, e.g. ``NHWC``) of each 4-D tensor, the global pools found
-    (node, pooled input) and the tensors computed by a weighted op (learned activations)."""
-    consts = {t.name for t in proto.graph.initializer}
+def _follow_layouts(proto, input_name, layout, shapes, stated) -> Flow:
+    """Follow the input's layout through the graph (see the module docstring)."""
+    static = static_tensors(proto)  # a Constant, a Shape, a weight cast or transposed
     tags: dict[str, str] = {input_name: layout} if layout else {}
     learned: set[str] = set()
     pools: list[tuple[onnx.NodeProto, str]] = []
     for node in proto.graph.node:
-        if node.op_type == "Constant":
-            consts.update(node.output)
+        inputs = [i for i in node.input if i]
+        if all(o in static for o in node.output):
             continue
-        if node.op_type in _WEIGHTED or any(i in learned for i in node.input):
+        if node.op_type in WEIGHTED or any(i in learned for i in inputs):
             learned.update(node.output)
-        data = [i for i in node.input if i and i not in consts and len(shapes.get(i, ())) == 4]
+        data = [i for i in inputs if i not in static and len(shapes.get(i, ())) == 4]
         tag = None
-        if node.op_type in _CHANNEL_FIRST:
+        if node.op_type in CHANNEL_FIRST:
             tag = "NCHW"
         elif node.op_type == "Transpose" and data and tags.get(data[0]):
             perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), [3, 2, 1, 0])
             tag = "".join(tags[data[0]][p] for p in perm)
-        elif node.op_type in _KEEPS_LAYOUT or (node.op_type in _REDUCE_POOLS and _keepdims(node)):
+        elif node.op_type == "MatMul" and len(data) == 1 and data[0] == inputs[0] \
+                and tags.get(data[0]) == "NHWC":  # a dense layer on channels-last maps
+            tag = "NHWC"
+        elif node.op_type in KEEPS_LAYOUT or (node.op_type in REDUCE_POOLS and _keepdims(node)):
             found = {tags.get(i) for i in data}
             tag = found.pop() if len(found) == 1 else None
-        if node.op_type in _GLOBAL_POOLS and data and tags.get(data[0]) in ("NCHW", None):
+        if node.op_type in GLOBAL_POOLS and data and tags.get(data[0]) in ("NCHW", None):
             pools.append((node, data[0]))
-        if node.op_type in _REDUCE_POOLS and data and tags.get(data[0]):
+        if node.op_type in REDUCE_POOLS and data and tags.get(data[0]):
             spatial = sorted(tags[data[0]].index(a) for a in "HW")
             if _reduce_axes(node, proto, len(shapes[data[0]])) == spatial:
                 pools.append((node, data[0]))
@@ -176,7 +202,7 @@ def _follow_layouts(proto, input_name, layout, shapes, stated):
     if unknown:
         raise FeaturebankError(f"tensor-layout names tensor(s) {sorted(unknown)} that are not in "
                                f"the graph; see 'featurebank layers FILE.onnx' for tensor names")
-    return tags, pools, learned
+    return Flow(tags, pools, learned, static)
 
 
 def _keepdims(node: onnx.NodeProto) -> bool:
@@ -192,91 +218,6 @@ def _reduce_axes(node: onnx.NodeProto, proto: onnx.ModelProto, rank: int) -> lis
         source = inits.get(node.input[1]) or consts.get(node.input[1])
         axes = None if source is None else [int(v) for v in numpy_helper.to_array(source).ravel()]
     return None if axes is None else sorted(a % rank for a in axes)
-
-
-def _friendly_names(proto, entries, shapes, pools) -> dict[str, list[str]]:
-    """tensor -> catalogue names: stage.K, head, pool, logits (else the tensor's own name)."""
-    listed = {t for t, _ in entries}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in proto.graph.node:
-        for i in node.input:
-            consumers.setdefault(i, []).append(node)
-    names: dict[str, list[str]] = {}
-    for k, tensor in enumerate(_stage_outputs(proto, entries, shapes), 1):
-        names.setdefault(tensor, []).append(f"stage.{k}")
-    pool_tensor = None
-    if pools:
-        node, pooled_input = pools[-1]
-        pool_tensor = node.output[0]
-        after = consumers.get(pool_tensor, [])
-        if len(shapes.get(pool_tensor, ())) == 4 and len(after) == 1 and after[0].op_type in _FLATTENS \
-                and len(shapes.get(after[0].output[0], ())) == 2:
-            pool_tensor = after[0].output[0]
-        if pooled_input in listed:
-            names.setdefault(pooled_input, []).append("head")
-        if pool_tensor in listed:
-            names.setdefault(pool_tensor, []).append("pool")
-    producer = {o: n for n in proto.graph.node for o in n.output}
-    for out in proto.graph.output:
-        tensor = out.name
-        if producer.get(tensor) is not None and producer[tensor].op_type == "Softmax":
-            tensor = producer[tensor].input[0]
-        if tensor in listed and tensor != pool_tensor and len(shapes.get(tensor, ())) == 2 \
-                and producer.get(tensor) is not None \
-                and producer[tensor].op_type in ("Gemm", "MatMul", "Add"):
-            names.setdefault(tensor, []).append("logits")
-            break
-    return names
-
-
-def _stage_outputs(proto, entries, shapes) -> list[str]:
-    """The output of each resolution stage, in graph order.
-
-    Candidates are the activations all data flows through (nothing else is alive after them:
-    a residual shortcut bypassing a tensor disqualifies it). Per spatial size, the last
-    candidate that is a merge (``Add``/``Concat``, or an activation right after one: the
-    output of a residual block) wins; a stage without a merge takes its narrowest candidate
-    (a block's projection rather than the wide expansion feeding the next stride). Outputs of
-    ``Pad`` (SAME padding before a strided conv) are never stage outputs.
-    """
-    nodes = list(proto.graph.node)
-    producer = {o: i for i, n in enumerate(nodes) for o in n.output}
-    last_use: dict[str, int] = {}
-    for i, n in enumerate(nodes):
-        for t in n.input:
-            last_use[t] = i
-    data = {t for t, shape in shapes.items() if len(shape) >= 2 and t in producer}
-    alive: set[str] = set()
-    through: set[str] = set()
-    for i, n in enumerate(nodes):
-        alive = {t for t in alive if last_use.get(t, -1) > i}
-        alive.update(o for o in n.output if o in data and last_use.get(o, -1) > i)
-        if len(alive) == 1 and next(iter(alive)) in n.output:
-            through.add(next(iter(alive)))
-    layouts = dict(entries)
-    by_size: dict[tuple, list[str]] = {}
-    for tensor, lay in entries:
-        if lay in ("NCHW", "NHWC") and tensor in through and nodes[producer[tensor]].op_type != "Pad":
-            hw = tuple(shapes[tensor][lay.index(a)] for a in "HW")
-            if min(hw) > 1:
-                by_size.setdefault(hw, []).append(tensor)
-
-    def merged(t: str) -> bool:
-        node = nodes[producer[t]]
-        if node.op_type in ("Add", "Sum", "Concat"):
-            return True
-        first = node.input[0] if node.input else ""
-        return node.op_type in _KEEPS_LAYOUT and first in producer and \
-            nodes[producer[first]].op_type in ("Add", "Sum", "Concat")
-
-    def channels(t: str) -> int:
-        return shapes[t][layouts[t].index("C")]
-
-    chosen = []
-    for tensors in by_size.values():
-        merges = [t for t in tensors if merged(t)]
-        chosen.append(merges[-1] if merges else min(reversed(tensors), key=channels))
-    return sorted(chosen, key=producer.__getitem__)
 
 
 def _cumulative_macs(proto: onnx.ModelProto, shapes: dict[str, tuple]) -> dict[str, int]:
@@ -316,6 +257,7 @@ def describe_tensor(proto: onnx.ModelProto, tensor: str, input_size=None, layout
     shape = infer_shapes(proto, fixed).get(tensor)
     shown = "x".join(str(d) for d in shape[1:]) if shape else "unknown"
     return (f"tensor {tensor!r} has {len(shape) if shape else 'an unknown'} dimensions "
-            f"(shape {shown} after the batch) or is not computed from the image by a learned "
-            f"layer; featurebank cuts only 4-D activations (NCHW or NHWC, pooled over their "
-            f"spatial axes) and 2-D vectors")
+            f"(shape {shown} after the batch), is not float32, or is not computed from the "
+            f"image by a learned layer (a shape, an index, a constant); featurebank cuts only "
+            f"float 4-D activations (NCHW or NHWC, pooled over their spatial axes) and 2-D "
+            f"vectors")

@@ -15,6 +15,10 @@ class LayerInfo:
     after the batch), ``NC`` for a 2-D vector, another axis string for an odd layout (refused
     when cut) and None where the graph does not show it (refused until stated). Exports made
     by featurebank leave it None: their activations are NCHW.
+
+    ``dtype`` is None for float32 (every featurebank export), else the ONNX element type's
+    name (``float16``, ``double``, ``bfloat16``): the feature graph casts such a cut to float32
+    before pooling.
     """
 
     name: str
@@ -22,10 +26,13 @@ class LayerInfo:
     shape: tuple[int, ...]
     flops_share: float | None = None
     layout: str | None = None
+    dtype: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = {"name": self.name, "tensor": self.tensor, "shape": list(self.shape),
                 "flops_share": self.flops_share}
         if self.layout is not None:  # featurebank's own exports stay byte-identical
             data["layout"] = self.layout
+        if self.dtype is not None:
+            data["dtype"] = self.dtype
         return data

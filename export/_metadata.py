@@ -16,6 +16,7 @@ from typing import Any
 import onnx
 
 from featurebank.errors import FeaturebankError
+from featurebank.export._batch import prepare_foreign
 from featurebank.export._catalogue import foreign_catalogue
 from featurebank.export._layers import LayerInfo
 from featurebank.spec import (
@@ -27,6 +28,10 @@ from featurebank.spec import (
     Preprocessing,
     sha256_file,
 )
+
+#: The friendly-name rule of the catalogues this version builds (see ``spec.NAMING_RULES``):
+#: part of every foreign spec, so a name that now means another tensor gets a new fingerprint.
+NAMING_RULE = 2
 
 #: Metadata key of the class names of an adopted model's ``logits`` (JSON list).
 META_CLASSES = "featurebank.classes"
@@ -119,7 +124,7 @@ def read_onnx_metadata(path: str | Path, preprocessing: Preprocessing | None = N
     if META_SPEC in meta:
         try:
             layers = [LayerInfo(d["name"], d["tensor"], tuple(d["shape"]), d.get("flops_share"),
-                                d.get("layout"))
+                                d.get("layout"), d.get("dtype"))
                       for d in json.loads(meta[META_LAYERS])]
             spec = ModelSpec.from_dict(json.loads(meta[META_SPEC]))
             extra = json.loads(meta.get(META_INPUT, "{}"))
@@ -139,13 +144,13 @@ def candidate_tensors(proto: onnx.ModelProto,
                       preprocessing: Preprocessing | None = None) -> list[LayerInfo]:
     """The catalogue of a foreign graph (see :func:`featurebank.export._catalogue.foreign_catalogue`).
 
+    With ``preprocessing``, the graph is run once (as ``adopt`` does) so shapes are measured.
     ``flops_share`` is estimated from the inferred shapes (Conv, Gemm and MatMul multiply-adds,
     in graph order); it is None when shapes are unknown.
     """
     if preprocessing is None:
         return foreign_catalogue(proto)
-    return foreign_catalogue(proto, preprocessing.layout.upper(), preprocessing.input_size,
-                             dict(preprocessing.tensor_layouts))
+    return prepare_foreign(proto, preprocessing)[1]  # runs it once: exact shapes, as adopt
 
 
 #: Names a preprocessing file may use for a field (the command-line flag's name, underscores).
@@ -228,8 +233,9 @@ def foreign_model_spec(onnx_path: str | Path, preprocessing: Preprocessing) -> M
 
     The name is ``onnx-`` and 16 hex digits of the file's SHA-256 (the full digest is
     ``weights_sha256``): renaming or moving the file keeps its features' identity, and a saved
-    classifier finds the file again by that digest.
+    classifier finds the file again by that digest. ``naming`` is :data:`NAMING_RULE`, the
+    rule the catalogue built now gives friendly names by.
     """
     digest = sha256_file(str(onnx_path))
     return ModelSpec(model=f"onnx-{digest[:16]}", weights_sha256=digest,
-                     preprocessing=preprocessing, source="onnx")
+                     preprocessing=preprocessing, source="onnx", naming=NAMING_RULE)

@@ -102,6 +102,11 @@ class Extractor:
             graph = build_feature_graph(
                 resolve_model_path(o.model, o.input_size), list(o.layers), o.pool, o.gem_p,
                 o.normalize, o.preprocessing, name=o.model)
+            if graph.batch and self.precision != "fp32":
+                raise FeaturebankError(
+                    f"precision {self.precision!r} needs a model that takes any batch; "
+                    f"{o.model} runs only at its own batch of {graph.batch} (its batch axis "
+                    f"could not be made dynamic: 'featurebank adopt' logs why), so use fp32")
             if self.precision == "fp16":
                 from featurebank.extractor.graphs._fp16 import to_fp16
 

@@ -140,18 +140,36 @@ def _tensor_layouts(value: Any) -> tuple[tuple[str, str], ...]:
     return tuple(sorted(out.items()))
 
 
+#: Versions of the rule that gives a foreign graph's tensors friendly names (``stage.K``,
+#: ``head``, ``pool``, ``logits``): 1 is the first rule (absent from ``to_dict``); 2 follows
+#: layouts through constants and Cast/Transpose chains, never names a classifier conv a stage.
+#: A name may mean another tensor under another rule, so the rule enters the fingerprint.
+NAMING_RULES = (1, 2)
+
+
 @dataclass(frozen=True)
 class ModelSpec:
-    """What network an ONNX file holds: name, weights digest and preprocessing."""
+    """What network an ONNX file holds: name, weights digest and preprocessing.
+
+    ``naming`` is the version of the friendly-name rule a foreign graph's catalogue was made
+    with (see :data:`NAMING_RULES`); it enters :meth:`to_dict` only when it is not 1, so
+    every spec written before the field existed keeps its fingerprint.
+    """
 
     model: str
     weights_sha256: str
     preprocessing: Preprocessing = field(default_factory=Preprocessing)
     source: str = "featurebank"  # featurebank | torchvision | timm | onnx (foreign file)
+    naming: int = option(1, Options(NAMING_RULES))
+
+    def __post_init__(self) -> None:
+        check_options(self, prefix="model.")  # a rule this version does not know: a newer spec
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["preprocessing"] = self.preprocessing.to_dict()
+        if self.naming == 1:  # the first rule: absent, so older fingerprints never change
+            del d["naming"]
         return _jsonable(d)
 
     @classmethod

@@ -153,15 +153,22 @@ def test_adopt_refuses_what_contradicts_the_graph(foreign, tmp_path):
     _refused(flat, dst, "cannot run", **{**conventions_of(flat_conv), "input_size": "48"})
 
 
-def test_a_graph_that_bakes_in_batch_1_is_refused(tmp_path):
+def test_a_graph_that_bakes_in_batch_1_is_rewritten(tmp_path):
+    """A Reshape to [1, -1] no longer stops adopt: it becomes [0, -1], checked by a run."""
+
     class Baked(Tiny):
         def forward(self, x):
             return self.fc(torch.relu(self.c3(self.c2(self.c1(x)))).reshape(1, -1))
 
     conv = Convention("baked", "nchw", "rgb", 1, (0,) * 3, (1,) * 3, "flatten", batch="fixed")
-    src = tmp_path / "baked.onnx"
+    src, dst = tmp_path / "baked.onnx", tmp_path / "out.onnx"
     export_module(Baked(False, "flatten", 32), conv, src)
-    _refused(src, tmp_path / "out.onnx", "batch", **conventions_of(conv))
+    adopt(src, dst, **conventions_of(conv))
+    info = read_onnx_metadata(dst)
+    assert "[1, ...] -> [0, ...]" in info.extra["batch_rewrite"][0] and "batch" not in info.extra
+    pixels = np.random.default_rng(5).integers(0, 256, (3, 32, 32, 3), np.uint8)
+    (got,) = Extractor(str(dst), layers=["logits"]).embed_pixels(pixels)
+    assert_parity(got, reference(src, "output", pixels, conv, one_by_one=True), "baked:logits")
 
 
 class Scrambled(nn.Module):

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,8 +28,10 @@ from featurebank.export import (
     foreign_model_spec,
     input_layout_from_shape,
     load_onnx,
+    prepare_foreign,
     read_onnx_metadata,
 )
+from featurebank.extractor.graphs._chunks import run_in_chunks
 from featurebank.spec import FeatureSpec, ModelSpec, Preprocessing
 
 PIXELS = "pixels"
@@ -45,6 +47,9 @@ class FeatureGraph:
     dims: list[int]
     output_names: list[str]
     model_spec: ModelSpec
+    #: None when the model takes any batch; else the only batch it runs at (the feature graph
+    #: then feeds it chunks of that size, see ``_chunks``).
+    batch: int | None = None
 
 
 def resolve_layer(layers: list[LayerInfo], wanted: str, path: Path,
@@ -163,14 +168,17 @@ def build_feature_graph(
     """
     path = Path(onnx_path)
     info = read_onnx_metadata(path)
-    if info.spec is not None:
-        model_spec = info.spec
-    else:
-        model_spec = _foreign_spec(path, info, preprocessing)
-        info = read_onnx_metadata(path, model_spec.preprocessing)  # exact shapes and layouts
     if not layers:
         raise FeaturebankError("no layer given; name at least one (see 'featurebank layers')")
     proto = load_onnx(path)
+    if info.spec is not None:
+        model_spec = info.spec
+        batch = info.extra.get("batch")  # an adopted graph that keeps its own batch
+    else:  # what 'adopt' would record: the batch plan and the catalogue on measured shapes
+        model_spec = _foreign_spec(path, info, preprocessing)
+        plan, catalogue = prepare_foreign(proto, model_spec.preprocessing, path.name)
+        proto, batch = plan.model, plan.batch
+        info = replace(info, layers=catalogue)
     chosen = resolve_layers(info.layers, layers, path, proto, model_spec.preprocessing,
                             name or str(path))
     layouts = [cut_layout(la, model_spec, path) for la in chosen]
@@ -178,7 +186,20 @@ def build_feature_graph(
     graph = proto.graph
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 18)
     head, nodes, inits, outputs, dims = [], [], [], [], []
-    _prepend_normalisation(head, inits, info.input_name, model_spec.preprocessing)
+    targets = list(dict.fromkeys(la.tensor for la in chosen))
+    kept = _needed_nodes(list(graph.node), targets)
+    used = {i for n in kept for i in n.input}
+    weights = [t for t in graph.initializer if t.name in used]
+    where = {t: t for t in targets}
+    input_type = next(i.type.tensor_type.elem_type for i in graph.input
+                      if i.name == info.input_name)
+    if batch:  # the model runs on chunks of its own batch, inside a Scan
+        _prepend_normalisation(head, inits, "fb.input", model_spec.preprocessing, input_type)
+        ranks = {la.tensor: (len(la.shape) + 1, _elem_type(la)) for la in chosen}
+        kept, weights, where = run_in_chunks(kept, weights, (info.input_name, input_type),
+                                             "fb.input", ranks, int(batch), opset)
+    else:
+        _prepend_normalisation(head, inits, info.input_name, model_spec.preprocessing, input_type)
     prefixes: set[str] = set()
     for la, layout in zip(chosen, layouts, strict=True):
         out = f"feat.{la.name}"
@@ -186,25 +207,32 @@ def build_feature_graph(
         prefix = la.tensor.replace("/", "_")
         prefix = prefix if prefix not in prefixes else f"{prefix}.{la.name}"
         prefixes.add(prefix)
-        _append_pooling(nodes, inits, la.tensor, out, layout, pool, gem_p, normalize, opset,
-                        prefix)
+        source = where[la.tensor]
+        if la.dtype is not None:  # a float16 or double activation: pooled in float32
+            nodes.append(helper.make_node("Cast", [source], [f"{prefix}.f32"], to=TensorProto.FLOAT))
+            source = f"{prefix}.f32"
+        _append_pooling(nodes, inits, source, out, layout, pool, gem_p, normalize, opset, prefix)
         outputs.append(helper.make_tensor_value_info(out, TensorProto.FLOAT, ["N", None]))
         channels = la.shape[0] if layout == "NCHW" else la.shape[-1]
         dims.append(int(np.prod(la.shape)) if pool == "none" or layout == "NC" else channels)
-    kept = _needed_nodes(list(graph.node), [la.tensor for la in chosen])
-    used = {i for n in kept for i in n.input}
     h, w = model_spec.preprocessing.input_size
     new_graph = helper.make_graph(
         head + kept + nodes, f"{graph.name or 'model'}_features",
         [helper.make_tensor_value_info(PIXELS, TensorProto.UINT8, ["N", h, w, 3])],
-        outputs, initializer=[t for t in graph.initializer if t.name in used] + inits,
+        outputs, initializer=weights + inits,
     )
     model = helper.make_model(new_graph, opset_imports=proto.opset_import, producer_name="featurebank")
     model.ir_version = proto.ir_version
     for spec in specs:
         model.metadata_props.add(key=f"featurebank.feature.{spec.layer}", value=spec.to_json())
     onnx.checker.check_model(model)
-    return FeatureGraph(model, specs, dims, [o.name for o in outputs], model_spec)
+    return FeatureGraph(model, specs, dims, [o.name for o in outputs], model_spec,
+                        int(batch) if batch else None)
+
+
+def _elem_type(la: LayerInfo) -> int:
+    """The ONNX element type of a cut (float32 unless its catalogue entry says otherwise)."""
+    return getattr(TensorProto, la.dtype.upper()) if la.dtype else TensorProto.FLOAT
 
 
 def _const(inits: list, name: str, value) -> str:
@@ -212,7 +240,8 @@ def _const(inits: list, name: str, value) -> str:
     return name
 
 
-def _prepend_normalisation(nodes: list, inits: list, input_name: str, pre: Preprocessing) -> None:
+def _prepend_normalisation(nodes: list, inits: list, input_name: str, pre: Preprocessing,
+                           input_type: int = TensorProto.FLOAT) -> None:
     # (x * range / 255 - mean) / std == x * scale + bias: one Mul and one Add, in the graph's
     # own layout and channel order (mean and std are given in that order and range).
     std = np.array(pre.std, np.float32)
@@ -231,10 +260,13 @@ def _prepend_normalisation(nodes: list, inits: list, input_name: str, pre: Prepr
     if pre.layout == "nchw":
         nodes.append(helper.make_node("Transpose", ["fb.pixels_f"], ["fb.nchw"], perm=[0, 3, 1, 2]))
         laid = "fb.nchw"
+    normalised = input_name if input_type == TensorProto.FLOAT else "fb.normalised"
     nodes += [
         helper.make_node("Mul", [laid, scale], ["fb.scaled"]),
-        helper.make_node("Add", ["fb.scaled", bias], [input_name]),
+        helper.make_node("Add", ["fb.scaled", bias], [normalised]),
     ]
+    if normalised != input_name:  # a float16 (or double) graph input
+        nodes.append(helper.make_node("Cast", [normalised], [input_name], to=input_type))
 
 
 def _append_pooling(nodes, inits, src, out, layout, pool, gem_p, normalize, opset=18,

@@ -31,6 +31,9 @@ def register(sub) -> None:
                    help="conventions of a foreign ONNX file (JSON/TOML, as for 'adopt'): exact "
                         "shapes and layouts for its input size")
     p.add_argument("--json", action="store_true", help="print the layers as JSON")
+    p.add_argument("--all", action="store_true",
+                   help="also list every raw tensor a foreign model can be cut at (default: its "
+                        "friendly cuts stage.K, head, pool, logits)")
     p.set_defaults(func=run_layers)
 
     p = sub.add_parser(
@@ -127,17 +130,22 @@ def run_layers(args) -> int:
 
         pre, _ = resolve_conventions(path, args.preprocessing)
     info = read_onnx_metadata(path, pre)
+    native = info.spec is not None and info.spec.source != "onnx"
+    friendly = [la for la in info.layers if la.name != la.tensor]
+    shown = info.layers if args.all or native or not friendly else friendly
     if args.json:
-        print(json.dumps([la.to_dict() for la in info.layers], indent=1))
+        print(json.dumps([la.to_dict() for la in shown], indent=1))
         return 0
     if info.spec is None:
         print(f"{path}: not made by featurebank; candidate tensors from shape inference "
               f"(adopt it with 'featurebank adopt', or state --preprocessing FILE)")
-    native = info.spec is not None and info.spec.source != "onnx"
     rows = [[la.name, la.tensor, "x".join(str(d) for d in la.shape) or "?",
              _layout(la, native), "-" if la.flops_share is None else f"{100 * la.flops_share:.1f}"]
-            for la in info.layers]
+            for la in shown]
     _table(["name", "tensor", "shape", "layout", "FLOPs %"], rows)
+    if len(shown) < len(info.layers):
+        print(f"({len(info.layers) - len(shown)} more tensors can be cut at by name: "
+              f"'featurebank layers {args.model} --all')")
     return 0
 
 

@@ -1,0 +1,331 @@
+"""A foreign graph's batch axis: made dynamic where the graph allows, kept where it does not.
+
+Model-zoo graphs are often exported at a fixed batch of 1: the input is ``[1, 3, 224, 224]``
+and a ``Reshape`` to ``[1, -1]`` (or a ``Flatten`` on axis 0) sits before the classifier.
+:func:`rewrite_batch` declares the input's batch axis symbolic and turns those batch
+constants into "copy the input's batch" (``[0, -1]``). The rewrite is trusted only when
+:func:`plan_batch` has run it: on a batch of images, every floating-point tensor it computes
+from the image must equal what the untouched graph computes on the images one at a time
+(within 1e-5, relative to ``max(1, max |reference|)``; a float16 tensor within 4 of its own
+units in the last place). If not, the batch axis alone is tried; otherwise the graph keeps its
+own batch and featurebank feeds it chunks of that batch (``featurebank.extractor.graphs``
+wraps it in a ``Scan``; a graph older than opset 11 is converted for that, and checked): a
+graph that runs on one image is never refused.
+
+The same runs measure the shape of every float tensor, for the layer catalogue.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import onnx
+import onnx.version_converter
+from onnx import numpy_helper
+
+from featurebank.errors import FeaturebankError
+from featurebank.export._catalogue import foreign_catalogue
+from featurebank.export._graph_ops import static_tensors
+
+log = logging.getLogger(__name__)
+#: Largest difference accepted between the rewritten graph on a batch and the original graph on
+#: one image at a time: max |a - b| / max(1, max |b|), per tensor.
+PARITY_TOLERANCE = 1e-5
+#: The oldest opset whose ops feed a fixed-batch graph chunks (Pad and Slice with inputs).
+CHUNK_OPSET = 11
+#: Images in the parity check (a batch of 3: a batch axis of 2 can hide a transposed one).
+CHECK_IMAGES = 3
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """How featurebank runs a foreign graph.
+
+    Attributes
+    ----------
+    model : onnx.ModelProto
+        The graph to run: rewritten for any batch, or the original (exporter shapes dropped).
+    batch : int or None
+        None: any batch size. Else the graph runs only at this batch size, and featurebank
+        feeds it chunks of that many images.
+    changes : tuple of str
+        What the rewrite changed (empty when nothing needed changing or it was not kept).
+    worst : float or None
+        Largest relative difference of the rewritten graph on a batch from the original on one
+        image at a time, over every float tensor (None when the rewrite was not run).
+    measured : dict
+        Shape (batch axis first, as run) of every floating-point tensor of the original graph
+        computed from the image.
+    dtypes : dict
+        ONNX element type of each measured tensor.
+    reason : str or None
+        Why the batch stays fixed.
+    """
+
+    model: onnx.ModelProto
+    batch: int | None
+    changes: tuple[str, ...] = ()
+    worst: float | None = None
+    measured: dict[str, tuple] = field(default_factory=dict)
+    reason: str | None = None
+    dtypes: dict[str, int] = field(default_factory=dict)
+
+
+def graph_input(proto: onnx.ModelProto) -> onnx.ValueInfoProto:
+    """The graph's data input (the first input that is not a weight)."""
+    weights = {t.name for t in proto.graph.initializer}
+    return next(i for i in proto.graph.input if i.name not in weights)
+
+
+def declared_batch(proto: onnx.ModelProto) -> int | None:
+    """The batch size the graph input declares (None when its first axis is symbolic)."""
+    dims = graph_input(proto).type.tensor_type.shape.dim
+    return int(dims[0].dim_value) if dims and dims[0].dim_value > 0 else None
+
+
+def rewrite_batch(proto: onnx.ModelProto, batch: int = 1,
+                  rewrite_constants: bool = True) -> tuple[onnx.ModelProto, list[str]]:
+    """A copy that takes any batch: symbolic batch axis on the input and outputs and, with
+    ``rewrite_constants``, the batch constants of ``Reshape`` (a leading ``batch``) and
+    ``Flatten(axis=0)`` of image data made batch-free.
+
+    Returns the copy and a description of each change. The copy is a candidate: only
+    :func:`plan_batch` decides whether it computes what the original does.
+    """
+    model = onnx.ModelProto()
+    model.CopyFrom(proto)
+    del model.graph.value_info[:]  # exporter shapes with a fixed batch would contradict runs
+    for vi in [graph_input(model), *model.graph.output]:
+        dims = vi.type.tensor_type.shape.dim
+        if dims:
+            dims[0].ClearField("dim_value")
+            dims[0].dim_param = "N"
+    constants = {t.name: t for t in model.graph.initializer}
+    constants.update({n.output[0]: a.t for n in model.graph.node if n.op_type == "Constant"
+                      for a in n.attribute if a.name == "value"})
+    changes: list[str] = []
+    replaced: list[str] = []
+    static = static_tensors(model)  # a Reshape of constants does not depend on the batch
+    for k, node in enumerate(model.graph.node):
+        if not rewrite_constants or not node.input or node.input[0] in static:
+            continue
+        if node.op_type == "Reshape" and len(node.input) > 1 and node.input[1] in constants:
+            shape = numpy_helper.to_array(constants[node.input[1]]).astype(np.int64).ravel()
+            if len(shape) < 2 or shape[0] != batch:
+                continue
+            allow_zero = any(a.name == "allowzero" and a.i for a in node.attribute)
+            if allow_zero and -1 in shape[1:]:
+                continue  # 0 would mean an empty axis and -1 is taken: leave it to the check
+            shape[0] = -1 if allow_zero else 0  # 0: copy the input's batch axis
+            shape_name, name = node.input[1], f"{node.input[1]}.fb_any_batch.{k}"
+            model.graph.initializer.append(numpy_helper.from_array(shape, name))
+            if model.ir_version < 4:  # then every initializer is also a graph input
+                model.graph.input.append(onnx.helper.make_tensor_value_info(
+                    name, onnx.TensorProto.INT64, list(shape.shape)))
+            node.input[1] = name
+            changes.append(f"Reshape {node.name or node.output[0]!r}: shape "
+                           f"[{batch}, ...] -> [{shape[0]}, ...]")
+            replaced.append(shape_name)
+        elif node.op_type == "Flatten" and batch == 1:
+            axis = next((a for a in node.attribute if a.name == "axis"), None)
+            if axis is not None and axis.i == 0:
+                axis.i = 1
+                changes.append(f"Flatten {node.name or node.output[0]!r}: axis 0 -> 1")
+    for shape_name in replaced:  # after the loop: deleting a node inside it would skip one
+        _drop_if_unused(model, shape_name)
+    return model, changes
+
+
+def _drop_if_unused(model: onnx.ModelProto, name: str) -> None:
+    """Remove the constant ``name`` (an initializer or a Constant node) once nothing reads it."""
+    g = model.graph
+    if any(name in n.input for n in g.node) or name in {o.name for o in g.output}:
+        return
+    for k, t in enumerate(g.initializer):
+        if t.name == name:
+            del g.initializer[k]
+            for j, i in enumerate(g.input):
+                if i.name == name:
+                    del g.input[j]
+                    break
+            return
+    for k, n in enumerate(g.node):
+        if n.op_type == "Constant" and list(n.output) == [name]:
+            del g.node[k]
+            return
+
+
+def plan_batch(proto: onnx.ModelProto, input_shape: tuple[int, ...], pixel_range: float = 1.0,
+               name: str = "the model") -> BatchPlan:
+    """Decide how the graph runs batches, by running it.
+
+    Parameters
+    ----------
+    proto : onnx.ModelProto
+        The foreign graph (not modified).
+    input_shape : tuple of int
+        The shape of one image as the graph takes it, without the batch axis.
+    pixel_range : float
+        Inputs are drawn uniformly from ``[0, pixel_range]``.
+    name : str
+        How errors name the model.
+
+    Raises
+    ------
+    FeaturebankError
+        The graph does not run even on one image (at its own batch size).
+    """
+    own = declared_batch(proto) or 1
+    rng = np.random.default_rng(0)
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(graph_input(proto).type.tensor_type.elem_type)
+    images = rng.uniform(0, pixel_range, (CHECK_IMAGES, *input_shape)).astype(dtype)
+    original = _with_every_output(proto)
+    try:
+        reference = _run_in_chunks(original, images, own)
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises many types; all mean "cannot run"
+        raise FeaturebankError(
+            f"{name} cannot run on {'one image' if own == 1 else f'a batch of {own}'} of "
+            f"{'x'.join(map(str, input_shape))}: {str(exc).splitlines()[0][:300]}; state the "
+            f"input size and layout the model was made for") from None
+    per_image = {t: v for t, v in reference.items()
+                 if _floating(v) and v.ndim >= 1 and len(v) == CHECK_IMAGES}
+    measured = {t: (own, *v.shape[1:]) for t, v in per_image.items()}
+    dtypes = {t: int(onnx.helper.np_dtype_to_tensor_dtype(v.dtype)) for t, v in per_image.items()}
+    why, rewritten = None, True
+    for rewrite_constants in (True, False):  # the rewrite, then the batch axis alone
+        candidate, changes = rewrite_batch(proto, own, rewrite_constants)
+        if not rewrite_constants and not rewritten:
+            break  # the rewrite changed no constant: the same graph failed already
+        rewritten = bool(changes)
+        try:
+            batched = _run(_with_every_output(candidate), images)
+        except Exception as exc:  # noqa: BLE001 - a graph that bakes in its batch in other ways
+            why = why or (f"it does not run on a batch of {CHECK_IMAGES} after the rewrite "
+                          f"({str(exc).splitlines()[0][:200]})")
+            continue
+        worst, failed = _compare(reference, batched)
+        if failed is None:
+            if changes:
+                log.info("%s: batch axis made dynamic (%s); parity %.1e", name,
+                         "; ".join(changes), worst)
+            return BatchPlan(candidate, None, tuple(changes), worst, measured, None, dtypes)
+        why = why or failed
+    return replace(_fixed(proto, own, measured, why, reference, images, name), dtypes=dtypes)
+
+
+def _plain(proto: onnx.ModelProto) -> onnx.ModelProto:
+    model = onnx.ModelProto()
+    model.CopyFrom(proto)
+    del model.graph.value_info[:]
+    return model
+
+
+def _fixed(proto, batch, measured, reason, reference, images, name) -> BatchPlan:
+    log.warning("%s keeps its batch of %d (featurebank feeds it chunks of that size): %s",
+                name, batch, reason)
+    model = _plain(proto)
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset < CHUNK_OPSET:  # feeding chunks needs newer ops: convert, and check the result
+        try:
+            model = onnx.version_converter.convert_version(model, CHUNK_OPSET)
+            _, why = _compare(reference, _run_in_chunks(_with_every_output(model),
+                                                        images, batch))
+        except Exception as exc:  # noqa: BLE001 - the converter and onnxruntime raise many types
+            why = str(exc).splitlines()[0][:200]
+        if why is not None:
+            raise FeaturebankError(
+                f"{name} runs only at a batch of {batch} ({reason}), and its ONNX opset {opset} "
+                f"is too old to feed it chunks; converting it to opset {CHUNK_OPSET} failed "
+                f"({why}). Export it with a dynamic batch axis or a newer opset") from None
+    return BatchPlan(model, batch, (), None, measured, reason)
+
+
+def _with_every_output(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` with every image-dependent node output also a graph output."""
+    model = _plain(model)
+    have = {o.name for o in model.graph.output}
+    static = static_tensors(model)
+    for node in model.graph.node:
+        for out in node.output:
+            if out and out not in have and out not in static:
+                model.graph.output.append(onnx.helper.make_empty_tensor_value_info(out))
+                have.add(out)
+    return model
+
+
+def _session(model: onnx.ModelProto):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 4  # failures are reported in the user's terms
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+
+def _run(model: onnx.ModelProto, x: np.ndarray) -> dict[str, np.ndarray]:
+    session = _session(model)
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(None, {session.get_inputs()[0].name: x}), strict=True))
+
+
+def _run_in_chunks(model: onnx.ModelProto, images: np.ndarray, batch: int) -> dict:
+    """Every output for ``images`` fed ``batch`` at a time (padded with the last image);
+    outputs without a leading batch axis come from the first chunk."""
+    session = _session(model)
+    names = [o.name for o in session.get_outputs()]
+    feed = session.get_inputs()[0].name
+    chunks = []
+    for start in range(0, len(images), batch):
+        chunk = images[start:start + batch]
+        pad = np.repeat(chunk[-1:], batch - len(chunk), axis=0)
+        chunks.append(session.run(None, {feed: np.concatenate([chunk, pad])}))
+    out = {}
+    for k, name in enumerate(names):
+        parts = [c[k] for c in chunks]
+        if all(p.ndim >= 1 and len(p) == batch for p in parts):
+            out[name] = np.concatenate(parts)[:len(images)]
+        else:
+            out[name] = parts[0]
+    return out
+
+
+def _floating(value: np.ndarray) -> bool:
+    return value.dtype in (np.float16, np.float32, np.float64)
+
+
+def _compare(reference: dict, batched: dict) -> tuple[float, str | None]:
+    """Worst relative difference over the float tensors both runs have per image, and why the
+    rewrite is rejected (None when it is kept)."""
+    worst = 0.0
+    for tensor, ref in reference.items():
+        if not _floating(ref) or ref.ndim < 1 or len(ref) != CHECK_IMAGES:
+            continue  # not per image: shapes, indices, constants
+        got = batched.get(tensor)
+        if got is None or got.shape != ref.shape:
+            return worst, (f"tensor {tensor!r} comes out as {None if got is None else list(got.shape)}"
+                           f" for a batch of {CHECK_IMAGES}, {list(ref.shape)} one image at a time")
+        got, ref = got.astype(np.float64), ref.astype(np.float64)
+        diff = float(np.abs(got - ref).max(initial=0.0)) / max(1.0, float(np.abs(ref).max(initial=0.0)))
+        # a float16 tensor is as exact as float16 is: a few of its units in the last place
+        tolerance = max(PARITY_TOLERANCE, 4 * float(np.finfo(reference[tensor].dtype).eps))
+        if not diff <= tolerance:  # also catches NaN
+            return diff, (f"tensor {tensor!r} differs by {diff:.1e} on a batch from one image "
+                          f"at a time (tolerance {tolerance:g})")
+        worst = max(worst, diff)
+    return worst, None
+
+
+def prepare_foreign(proto: onnx.ModelProto, pre, name: str = "the model") -> tuple[BatchPlan, list]:
+    """How a foreign graph runs batches (:func:`plan_batch`) and its layer catalogue built on
+    the measured shapes: what ``adopt`` records, and what a one-off ``--preprocessing`` run
+    uses, so both give the same names, vectors and fingerprints.
+
+    ``pre`` is the model's :class:`featurebank.spec.Preprocessing`.
+    """
+    h, w = pre.input_size
+    plan = plan_batch(proto, (3, h, w) if pre.layout == "nchw" else (h, w, 3), pre.pixel_range,
+                      name)
+    layers = foreign_catalogue(proto, pre.layout.upper(), pre.input_size, dict(pre.tensor_layouts),
+                               plan.measured, plan.dtypes)
+    return plan, layers

@@ -1,0 +1,191 @@
+"""Friendly names of a foreign image CNN's cut points: ``stage.K``, ``head``, ``pool``, ``logits``.
+
+Read from the graph's structure alone, so converter-made graphs with opaque tensor names get
+them too. The rule is versioned (``featurebank.spec.NAMING_RULES``, this is rule 2): a name
+must never come to mean another tensor under the same fingerprint.
+
+- ``stage.K``: the output of the last block at the K-th spatial resolution (see
+  :func:`stage_outputs`); never an expansion layer inside a block, never a classifier conv.
+- ``head``: the input of the last global pool; without one, the last 4-D map before the
+  classifier (a Flatten + Gemm head).
+- ``pool``: the global-pooled vector (GlobalAveragePool, or ReduceMean/ReduceMax over the
+  spatial axes, then any Flatten).
+- ``logits``: the graph's output (before a Softmax); the pooled vector itself when a
+  classifier conv comes before the pool (SqueezeNet).
+"""
+
+from __future__ import annotations
+
+import onnx
+
+from featurebank.export._graph_ops import FLATTENS, WEIGHTED, Flow
+
+#: A block's output is a merge of two or more activations (a residual sum, a concatenation).
+_MERGES = {"Add", "Sum", "Concat"}
+#: Ops that only copy values (or change their layout or type): never a stage of their own.
+_COPIES = {"Transpose", "Identity", "Dropout", "Pad"}
+#: Ops after the classifier that do not change what the logits are.
+_SOFTMAX = {"Softmax", "LogSoftmax"}
+_AFTER_LOGITS = _SOFTMAX | {"Identity", "Cast", "Dropout"}
+_DOWNSAMPLING_POOLS = {"MaxPool", "AveragePool", "LpPool"}
+#: What may follow a block's merge and still be its output: activations and copies (not a
+#: normalisation: ConvNeXt's down-sampling LayerNorm after the last block starts the next stage).
+_AFTER_MERGE = {"Relu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "LeakyRelu", "PRelu",
+                "Elu", "Selu", "Celu", "Gelu", "Tanh", "Softplus", "Mish", "Swish",
+                "ThresholdedRelu", "Cast", "Identity", "Dropout", "Transpose"}
+
+
+def friendly_names(proto: onnx.ModelProto, entries: list[tuple[str, str | None]],
+                   shapes: dict[str, tuple], flow: Flow) -> dict[str, list[str]]:
+    """tensor -> its friendly names, for the catalogue entries ``(tensor, layout)``."""
+    nodes = list(proto.graph.node)
+    producer = {o: i for i, n in enumerate(nodes) for o in n.output}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in nodes:
+        for i in node.input:
+            consumers.setdefault(i, []).append(node)
+    listed = dict(entries)
+    names: dict[str, list[str]] = {}
+    logits = _logits(proto, listed, shapes, nodes, producer)
+    pool_tensor = head = classifier = None
+    if flow.pools:
+        node, head = flow.pools[-1]
+        classifier = _classifier_conv(nodes, producer, flow, shapes, head, node, logits)
+        pool_tensor = _flattened(node.output[0], consumers, shapes)
+        while head in producer and nodes[producer[head]].op_type in _COPIES - {"Pad"} \
+                and nodes[producer[head]].input[0] in listed:
+            head = nodes[producer[head]].input[0]  # the map itself, not a transposed copy
+    elif logits is not None:  # a Flatten + Gemm head: the last map before the classifier
+        maps = [t for t, lay in entries if lay in ("NCHW", "NHWC")
+                and producer[t] < producer[logits]]
+        head = maps[-1] if maps else None
+    for k, tensor in enumerate(stage_outputs(proto, entries, shapes, flow, classifier), 1):
+        names.setdefault(tensor, []).append(f"stage.{k}")
+    if head in listed:
+        names.setdefault(head, []).append("head")
+    if pool_tensor in listed:
+        names.setdefault(pool_tensor, []).append("pool")
+    if logits is not None:
+        names.setdefault(logits, []).append("logits")
+    return names
+
+
+def _flattened(tensor: str, consumers, shapes) -> str:
+    """The 2-D vector a pooled ``[N, C, 1, 1]`` map becomes (through copies and a Flatten),
+    else the map itself."""
+    t = tensor
+    for _ in range(8):
+        after = consumers.get(t, [])
+        if len(shapes.get(t, ())) == 2 or len(after) != 1 or \
+                after[0].op_type not in FLATTENS | _COPIES | {"Cast"}:
+            break
+        t = after[0].output[0]
+    return t if len(shapes.get(t, ())) == 2 else tensor
+
+
+def _logits(proto, listed, shapes, nodes, producer) -> str | None:
+    """The first graph output that is a listed 2-D vector, before any Softmax (and the
+    nearest to the output of its copies: a float32 output over its float16 source)."""
+    for out in proto.graph.output:
+        tensor = out.name
+        for _ in range(8):
+            op = nodes[producer[tensor]].op_type if tensor in producer else None
+            if op in _SOFTMAX or (op in _AFTER_LOGITS and tensor not in listed):
+                tensor = nodes[producer[tensor]].input[0]
+            else:
+                break
+        if tensor in listed and len(shapes.get(tensor, ())) == 2:
+            return tensor
+    return None
+
+
+def _data_inputs(node: onnx.NodeProto, flow: Flow) -> list[str]:
+    return [i for i in node.input if i and i not in flow.static]
+
+
+def _classifier_conv(nodes, producer, flow, shapes, pooled_input, pool_node,
+                     logits) -> int | None:
+    """Index of the classifier conv (a 1x1 conv whose map is pooled into the logits, with no
+    weighted op after the pool), or None. It and everything after it are never stages."""
+    if logits is None or logits not in producer:
+        return None
+    pool_at = next(i for i, n in enumerate(nodes) if n is pool_node)
+    if any(n.op_type in WEIGHTED for n in nodes[pool_at + 1:producer[logits] + 1]):
+        return None  # a Gemm (or a 1x1 conv on the pooled map) after the pool classifies
+    tensor = pooled_input
+    while tensor in producer:
+        node = nodes[producer[tensor]]
+        if node.op_type in WEIGHTED:  # a classifier is a 1x1 conv at stride 1 (SqueezeNet,
+            # NiN); a strided or wider conv there starts a stage of a headless network
+            attrs = {a.name: list(a.ints) for a in node.attribute}
+            kernel = attrs.get("kernel_shape") or list(shapes.get(node.input[1], ())[2:])
+            one_by_one = node.op_type == "Conv" and kernel == [1, 1] \
+                and set(attrs.get("strides", [1])) == {1}
+            return producer[tensor] if one_by_one else None
+        data = _data_inputs(node, flow)
+        if len(data) != 1:
+            return None
+        tensor = data[0]
+    return None
+
+
+def stage_outputs(proto: onnx.ModelProto, entries, shapes, flow: Flow,
+                  before: int | None = None) -> list[str]:
+    """The output of each resolution stage, in graph order.
+
+    Candidates are the activations all data flows through (no other activation is alive
+    after them: a residual shortcut bypassing a tensor disqualifies it; constants and shape
+    tensors do not count), computed before the classifier conv (node index ``before``), that
+    are not mere copies (Transpose, Identity, Dropout, Pad). Per spatial size, the last
+    candidate that is a merge (``Add``/``Sum``/``Concat`` of two or more activations,
+    possibly followed by activations, Casts and Transposes: the output of a residual or dense
+    block) wins; a stage without a merge takes its narrowest candidate (a block's projection
+    rather than the wide expansion feeding the next stride), and a down-sampling pool's
+    output (the input of the stage) only when nothing else is at that size.
+    """
+    nodes = list(proto.graph.node)
+    producer = {o: i for i, n in enumerate(nodes) for o in n.output}
+    last_use: dict[str, int] = {}
+    for i, n in enumerate(nodes):
+        for t in n.input:
+            last_use[t] = i
+    data = {t for t, shape in shapes.items()
+            if len(shape) >= 2 and t in producer and t not in flow.static}
+    alive: set[str] = set()
+    through: set[str] = set()
+    for i, n in enumerate(nodes):
+        alive = {t for t in alive if last_use.get(t, -1) > i}
+        alive.update(o for o in n.output if o in data and last_use.get(o, -1) > i)
+        if len(alive) == 1 and next(iter(alive)) in n.output:
+            through.add(next(iter(alive)))
+    layouts = dict(entries)
+    by_size: dict[tuple, list[str]] = {}
+    for tensor, lay in entries:
+        at = producer[tensor]
+        if lay in ("NCHW", "NHWC") and tensor in through and nodes[at].op_type not in _COPIES \
+                and (before is None or at < before):
+            hw = tuple(shapes[tensor][lay.index(a)] for a in "HW")
+            if min(hw) > 1:
+                by_size.setdefault(hw, []).append(tensor)
+
+    def merged(t: str) -> bool:
+        for _ in range(16):  # a merge, then at most a few activations, casts and transposes
+            node = nodes[producer[t]]
+            inputs = _data_inputs(node, flow)
+            if node.op_type in _MERGES and len(inputs) >= 2:
+                return True
+            if len(inputs) != 1 or inputs[0] not in producer or node.op_type not in _AFTER_MERGE:
+                return False
+            t = inputs[0]
+        return False
+
+    def channels(t: str) -> int:
+        return shapes[t][layouts[t].index("C")]
+
+    chosen = []
+    for tensors in by_size.values():
+        inner = [t for t in tensors if nodes[producer[t]].op_type not in _DOWNSAMPLING_POOLS]
+        tensors = inner or tensors
+        merges = [t for t in tensors if merged(t)]
+        chosen.append(merges[-1] if merges else min(reversed(tensors), key=channels))
+    return sorted(chosen, key=producer.__getitem__)
