@@ -33,6 +33,7 @@ class EmbedSummary:
     failed: int = 0
     seconds: float = 0.0
     labels: dict[str, int] = field(default_factory=dict)
+    nodes: dict[str, int] = field(default_factory=dict)  # Ray engine: images embedded per node id
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -46,6 +47,9 @@ class EmbedSummary:
         lines = [f"{self.total} images in {self.seconds:.1f} s ({self.images_per_s:.1f} img/s): "
                  f"embedded {self.embedded}, already cached {self.cached}, duplicates "
                  f"{self.duplicates}, failed {self.failed}"]
+        if len(self.nodes) > 1:
+            lines.append(f"embedded on {len(self.nodes)} Ray nodes: " + ", ".join(
+                f"{node[:8]} {n}" for node, n in sorted(self.nodes.items())))
         if self.labels:
             lines.append(label_table(self.labels, "images in the input per label"))
         lines += [f"warning: {w}" for w in self.warnings]
