@@ -13,8 +13,9 @@ Every name loads on first use (the store needs ``h5py``, the extractor ``onnxrun
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from featurebank.lazy import attach
 
 # public name -> the module that defines it: everything loads on first use, so that
 # ``from featurebank.extractor import EmbedRun`` (the command line's flags) costs no onnxruntime
@@ -64,9 +65,4 @@ if TYPE_CHECKING:
     from featurebank.extractor.store._store import upgrade_message
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value  # later look-ups skip this hook
-        return value
-    raise AttributeError(f"module 'featurebank.extractor' has no attribute {name!r}")
+__getattr__, __dir__ = attach(__name__, _LAZY)
