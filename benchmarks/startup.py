@@ -2,7 +2,8 @@
 
 Each command runs ``--repeat`` times (default 5) in a fresh process; the median is the figure
 (issue 22's target: under 0.3 s for ``--version`` and ``--help`` at a load below 1). The load
-average is recorded beside it, since the machine is shared.
+average is recorded beside it, since the machine is shared, and so is the CPU time (user +
+system) of each run, which the load barely moves.
 
     python -m benchmarks.startup --label after             # this checkout's .venv/bin/featurebank
     python -m benchmarks.startup --label before --command /other/checkout/.venv/bin/featurebank
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import shutil
 import subprocess
 import sys
@@ -34,13 +36,18 @@ def default_command() -> str:
     return str(local) if local.exists() else shutil.which("featurebank") or "featurebank"
 
 
-def time_once(command: list[str]) -> float:
+def time_once(command: list[str]) -> tuple[float, float]:
+    """Wall seconds and CPU seconds (user + system) of one run of ``command``. The CPU time
+    barely moves with the machine's load; the wall time is what a user waits."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True)
     elapsed = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed ({done.returncode}): {done.stderr[-500:]}")
-    return elapsed
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return elapsed, cpu
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,15 +59,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     load_before = load_average()
     time_once([args.command, "--version"])  # warm the file cache: the figures are warm starts
-    rows = {}
+    rows, cpu = {}, {}
     for case in CASES:
         name = " ".join(case)
-        rows[name] = spread([time_once([args.command, *case]) for _ in range(args.repeat)])
+        walls, cpus = zip(*(time_once([args.command, *case]) for _ in range(args.repeat)),
+                          strict=True)
+        rows[name], cpu[name] = spread(walls), spread(cpus)
         print(f"{name:<18} median {rows[name]['median']:.3f} s "
-              f"(min {rows[name]['min']:.3f}, max {rows[name]['max']:.3f})")
+              f"(min {rows[name]['min']:.3f}, max {rows[name]['max']:.3f}); "
+              f"CPU {cpu[name]['median']:.3f} s")
     run = {"command": args.command, "repeat": args.repeat, "load_before": load_before,
            "load_after": load_average(), "median_s": {k: v["median"] for k, v in rows.items()},
-           "seconds": rows, "machine": machine()}
+           "median_cpu_s": {k: v["median"] for k, v in cpu.items()},
+           "seconds": rows, "cpu_seconds": cpu, "machine": machine()}
     out = Path(args.out)
     runs = json.loads(out.read_text())["runs"] if out.is_file() else {}
     runs[args.label] = run

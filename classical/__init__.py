@@ -7,8 +7,9 @@ its own module.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from featurebank.lazy import attach
 
 # public name -> the module that defines it
 _LAZY = {
@@ -54,9 +55,4 @@ if TYPE_CHECKING:
     from featurebank.classical._workflow import evaluate, fewshot_curve, sweep, train
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value  # later look-ups skip this hook
-        return value
-    raise AttributeError(f"module 'featurebank.classical' has no attribute {name!r}")
+__getattr__, __dir__ = attach(__name__, _LAZY)

@@ -13,8 +13,9 @@ Every name loads on first use (the store needs ``h5py``, the extractor ``onnxrun
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from featurebank.lazy import attach
 
 # public name -> the module that defines it: everything loads on first use, so that
 # ``from featurebank.extractor import EmbedRun`` (the command line's flags) costs no onnxruntime
@@ -28,7 +29,7 @@ _LAZY = {
     "decode": "featurebank.extractor._preprocess",
     "image_key": "featurebank.extractor._preprocess",
     "read_bytes": "featurebank.extractor._preprocess",
-    "label_table": "featurebank.extractor.engines._common",
+    "label_table": "featurebank.extractor._labels",
     "upgrade_message": "featurebank.extractor.store._store",
     "EmbedRun": "featurebank.extractor._options",
     "ENGINES": "featurebank.extractor._options",
@@ -49,6 +50,7 @@ __all__ = ["DEFAULT_MAX_PIXELS", "DEVICES", "DecodeError", "ENGINES", "EmbedRun"
 if TYPE_CHECKING:
     from featurebank.extractor._extractor import Extractor, resolve_model_path
     from featurebank.extractor._inputs import ImageItem, collect
+    from featurebank.extractor._labels import label_table
     from featurebank.extractor._options import DEVICES, ENGINES, EmbedRun
     from featurebank.extractor._preprocess import (
         DEFAULT_MAX_PIXELS,
@@ -58,15 +60,9 @@ if TYPE_CHECKING:
         read_bytes,
     )
     from featurebank.extractor.engines import EmbedSummary, embed_collection
-    from featurebank.extractor.engines._common import label_table
     from featurebank.extractor.sources import SourceOptions, open_source
     from featurebank.extractor.store import FeatureSet, FeatureStore
     from featurebank.extractor.store._store import upgrade_message
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value  # later look-ups skip this hook
-        return value
-    raise AttributeError(f"module 'featurebank.extractor' has no attribute {name!r}")
+__getattr__, __dir__ = attach(__name__, _LAZY)

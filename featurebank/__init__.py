@@ -14,10 +14,10 @@ imports neither torch, h5py nor onnxruntime.
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any
 
 from featurebank.errors import FeaturebankError
+from featurebank.lazy import attach
 from featurebank.spec import FeatureOptions, FeatureSpec, ModelSpec, Preprocessing
 
 # public name -> the stage that owns it
@@ -52,16 +52,11 @@ def _version() -> str:
         return "0.0.0+unknown"
 
 
+_load, __dir__ = attach(__name__, _LAZY)
+
+
 def __getattr__(name: str) -> Any:
     if name == "__version__":
         globals()[name] = value = _version()
         return value
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value  # later look-ups skip this hook
-        return value
-    raise AttributeError(f"module 'featurebank' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+    return _load(name)

@@ -173,11 +173,9 @@ def check_options(obj: Any, prefix: str = "") -> None:
 
     ``prefix`` is put before the field names in messages (``'preprocessing.'``)."""
     for f in option_fields(obj):
-        value = getattr(obj, f.name)
-        constraints = constraints_of(f)
-        if constraints and not any(_accepts(c, value) for c in constraints):
-            raise OptionError(prefix + f.name, f"must be {describe(constraints)}, got {value!r}",
-                              owner=type(obj).__name__)
+        if constraints_of(f):
+            check_value(prefix + f.name, getattr(obj, f.name), *constraints_of(f) or (),
+                        owner=type(obj).__name__)
 
 
 def check_value(name: str, value: Any, *constraints: Any, owner: str | None = None) -> Any:

@@ -195,7 +195,7 @@ class FeatureSpec:
 
     def __post_init__(self) -> None:
         check_options(self)
-        _check_gem_p(self.pool, self.gem_p)
+        _check_gem_p(self.pool, self.gem_p, type(self).__name__)
 
     def to_dict(self) -> dict[str, Any]:
         data = {
@@ -239,11 +239,11 @@ class FeatureSpec:
         return f"{self.model.model}@{self.model.weights_sha256[:8]}:{self.layer}/{pool}{norm}{quant}"
 
 
-def _check_gem_p(pool: str, gem_p: float) -> None:
+def _check_gem_p(pool: str, gem_p: float, owner: str) -> None:
     """gem_p matters only for GeM pooling (and enters no fingerprint otherwise)."""
     if pool == "gem" and not gem_p > 0:
         raise OptionError("gem_p", f"must be > 0 with pool 'gem', got {gem_p!r}",
-                          related=("pool",))
+                          related=("pool",), owner=owner)
 
 
 def canonical_json(data: Any) -> str:
@@ -318,9 +318,10 @@ class FeatureOptions:
         if isinstance(self.calibration, list):  # hashable, so options can key caches
             object.__setattr__(self, "calibration", tuple(self.calibration))
         check_options(self)
-        _check_gem_p(self.pool, self.gem_p)
+        _check_gem_p(self.pool, self.gem_p, type(self).__name__)
         if len(set(self.layers)) != len(self.layers):
-            raise OptionError("layers", f"name a layer twice: {list(self.layers)}")
+            raise OptionError("layers", f"name a layer twice: {list(self.layers)}",
+                              owner="FeatureOptions")
 
     def replace(self, **changes: Any) -> FeatureOptions:
         """A copy with ``changes`` applied (and validated)."""

@@ -8,10 +8,10 @@ only onnx and numpy.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from featurebank.finetune._options import FinetuneOptions
+from featurebank.lazy import attach
 
 # public name -> its module: the options load at once (standard library only); the rest, which
 # needs numpy, onnx and the classical stage (scikit-learn), on first use
@@ -37,7 +37,4 @@ if TYPE_CHECKING:
     )
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'featurebank.finetune' has no attribute {name!r}")
+__getattr__, __dir__ = attach(__name__, _LAZY)

@@ -92,10 +92,17 @@ def test_spec_mismatch_is_a_clear_error(stores, tmp_path, capsys):
     assert "is a folder, not a feature store" in err and "does not exist" not in err, err
 
 
-def test_predict_embeds_with_the_model_spec(stores, tmp_path, capsys):
-    model = tmp_path / "m.joblib"
+@pytest.fixture(scope="module")
+def head_model(stores, tmp_path_factory):
+    """A classifier on the train store's head features, trained once for the predict tests."""
+    model = tmp_path_factory.mktemp("head_model") / "m.joblib"
     assert main(["train", str(stores["train"]), "-o", str(model), "--layer", "head",
                  "--no-baseline"]) == 0
+    return model
+
+
+def test_predict_embeds_with_the_model_spec(stores, head_model, capsys):
+    model = head_model
     images = sorted((stores["root"] / "test").rglob("*.png"))[:3]
     capsys.readouterr()
     assert main(["predict", str(model), *map(str, images), "--json"]) == 0
@@ -257,14 +264,13 @@ def test_ctrl_c_says_a_rerun_resumes(monkeypatch, capsys):
     assert "run the same command again to resume" in capsys.readouterr().err.lower()
 
 
-def test_predict_prints_every_file_and_exits_1_for_a_broken_one(stores, tmp_path, capsys):
+def test_predict_prints_every_file_and_exits_1_for_a_broken_one(stores, head_model, tmp_path,
+                                                                capsys):
     """featurebank.predict is the one predict path: the CLI prints what predict_images yields,
     a broken file gets an error line in its place, the others are still printed, exit 1."""
     from featurebank.predict import Prediction, load_classifier, predict_images, ranked
 
-    model = tmp_path / "m.joblib"
-    assert main(["train", str(stores["train"]), "-o", str(model), "--layer", "head",
-                 "--no-baseline"]) == 0
+    model = head_model
     images = sorted((stores["root"] / "test").rglob("*.png"))[:2]
     broken = tmp_path / "broken.png"
     broken.write_bytes(images[0].read_bytes()[:40])  # a PNG cut short

@@ -60,3 +60,4 @@ def test_one_log_format_for_every_command():
     assert fmt.format(record("featurebank.extractor", logging.WARNING, "odd")) == "warning: odd"
     assert fmt.format(record("onnxscript", logging.WARNING, "x")) == "warning (onnxscript): x"
     assert fmt.format(record("featurebank.x", logging.DEBUG, "y")) == "debug (featurebank.x): y"
+    assert fmt.format(record("uvicorn.error", logging.INFO, "z")) == "info (uvicorn): z"

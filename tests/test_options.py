@@ -152,3 +152,17 @@ def test_extractor_checks_its_run_arguments_at_the_boundary():
         with pytest.raises(OptionError) as err:
             Extractor("no_such_model", **changes)
         assert err.value.parameter == name and err.value.owner == "Extractor"
+
+
+def test_a_parameter_keeps_its_name_when_the_flag_belongs_to_another_options_class():
+    """embed has --batch-size (EmbedRun); an OptionError about another class's batch_size (one a
+    stage builds internally) must not be printed as that flag."""
+    from featurebank.cli import build_parser
+    from featurebank.cli.flags import flag_names
+
+    args = build_parser().parse_args(["embed", "photos", "--store", "s.h5"])
+    assert flag_names(args, "EmbedRun")["batch_size"] == "--batch-size"
+    assert "batch_size" not in flag_names(args, "FinetuneOptions")
+    assert flag_names(args, "FeatureOptions")["normalize"] == "--l2"
+    err = OptionError("batch_size", "must be an int >= 1, got 0", owner="FinetuneOptions")
+    assert err.with_names(flag_names(args, err.owner)) == str(err)

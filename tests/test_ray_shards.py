@@ -101,3 +101,53 @@ def test_local_store_is_adopted_as_first_shard_and_lock_is_shared(tmp_path, digi
         state = store.rebuild()
     assert len(state.shards) == 2 and state.shards[0].startswith("shard-0-base")
     np.testing.assert_array_equal(FeatureStore(path).read().keys, keys[:50])
+
+
+def test_rebuild_reads_key_indexes_and_repairs_missing_or_stale_ones(tmp_path, digits, monkeypatch):
+    from featurebank.extractor.store import _shard_index
+
+    X, keys, _, _ = digits
+    path = tmp_path / "s.h5"
+    opened: list[str] = []
+    real_file = _shard_index.h5py.File
+
+    def counting_file(name, *a, **kw):  # counts shard files opened (not the virtual file)
+        if os.path.basename(str(name)).startswith("shard-"):
+            opened.append(os.path.basename(str(name)))
+        return real_file(name, *a, **kw)
+
+    with ShardedStore(path) as store:
+        shards = [_shard(store, n, digits, np.arange(i, i + 40)) for n, i in (("a", 0), ("b", 30), ("c", 70))]
+        monkeypatch.setattr(_shard_index.h5py, "File", counting_file)
+        store.rebuild()
+        assert opened == []  # every shard committed with its index: no shard file opened
+        _shard_index.index_path(shards[0]).unlink()  # a shard from before the indexes
+        stale = json.loads(_shard_index.index_path(shards[1]).read_text())
+        stale["size"] += 1  # an index that does not describe the file beside it
+        _shard_index.index_path(shards[1]).write_text(json.dumps(stale))
+        state = store.rebuild()
+        assert sorted(opened) == sorted(s.name for s in shards[:2])
+        opened.clear()
+        store.rebuild()
+        assert opened == []  # both indexes were rewritten
+    assert state.done([SPEC.fingerprint()]) == set(keys[:110])
+    feats = FeatureStore(path).read()
+    np.testing.assert_array_equal(feats.keys, keys[:110])
+    np.testing.assert_array_equal(feats.X, X[:110].astype(np.float16).astype(np.float32))
+
+
+def test_content_twice_in_one_shard_is_one_row(tmp_path, digits):
+    X, keys, paths, labels = digits
+    path = tmp_path / "s.h5"
+    with ShardedStore(path) as store:
+        _shard(store, "a", digits, np.arange(10))
+        # the content of row 11 comes three times in this shard (a file and two copies of it)
+        feats, images = [keys[i] for i in (10, 11, 11, 12, 11)], [(keys[11], f"/copy/{i}.png", "x") for i in (1, 2)]
+        write_shard(store.dir, f"{store.new_run_id()}-b.h5",
+                    {SPEC: (feats, X[[10, 11, 11, 12, 11]])},
+                    [(keys[i], paths[i], labels[i]) for i in (10, 11, 12)] + images, [])
+        state = store.rebuild()
+    assert state.done([SPEC.fingerprint()]) == set(keys[:13])
+    got = FeatureStore(path).read()
+    np.testing.assert_array_equal(got.keys, keys[:13])
+    np.testing.assert_array_equal(got.X, X[:13].astype(np.float16).astype(np.float32))

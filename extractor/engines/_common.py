@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from featurebank.extractor._labels import label_table
 from featurebank.extractor._options import ENGINES, EmbedRun
 from featurebank.extractor._preprocess import DecodeError, decode, image_key, read_bytes
 from featurebank.spec import Preprocessing
@@ -32,6 +33,7 @@ class EmbedSummary:
     failed: int = 0
     seconds: float = 0.0
     labels: dict[str, int] = field(default_factory=dict)
+    nodes: dict[str, int] = field(default_factory=dict)  # Ray engine: images embedded per node id
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -45,21 +47,13 @@ class EmbedSummary:
         lines = [f"{self.total} images in {self.seconds:.1f} s ({self.images_per_s:.1f} img/s): "
                  f"embedded {self.embedded}, already cached {self.cached}, duplicates "
                  f"{self.duplicates}, failed {self.failed}"]
+        if len(self.nodes) > 1:
+            lines.append(f"embedded on {len(self.nodes)} Ray nodes: " + ", ".join(
+                f"{node[:8]} {n}" for node, n in sorted(self.nodes.items())))
         if self.labels:
             lines.append(label_table(self.labels, "images in the input per label"))
         lines += [f"warning: {w}" for w in self.warnings]
         return "\n".join(lines)
-
-
-def label_table(counts: dict[str, int], title: str, limit: int = 50) -> str:
-    """A small text table of label -> count (``(no label)`` for ''), most frequent first."""
-    rows = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
-    width = max([len(k or "(no label)") for k, _ in rows[:limit]] + [5])
-    out = [f"{len(rows)} label(s), {title}:"]
-    out += [f"  {k or '(no label)':<{width}}  {n:>7}" for k, n in rows[:limit]]
-    if len(rows) > limit:
-        out.append(f"  ... and {len(rows) - limit} more labels")
-    return "\n".join(out)
 
 
 @dataclass

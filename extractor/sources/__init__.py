@@ -13,8 +13,9 @@ local tar shards need nothing more. Nothing heavy is imported until it is used.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from featurebank.lazy import attach
 
 # public name -> the module that defines it, loaded on first use: the command line builds its
 # flags from SourceOptions without loading the readers
@@ -81,9 +82,4 @@ if TYPE_CHECKING:
     from featurebank.extractor.sources._remote import info as remote_info
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), _RENAMED.get(name, name))
-        globals()[name] = value  # later look-ups skip this hook
-        return value
-    raise AttributeError(f"module 'featurebank.extractor.sources' has no attribute {name!r}")
+__getattr__, __dir__ = attach(__name__, _LAZY, _RENAMED)

@@ -30,21 +30,20 @@ import h5py
 import numpy as np
 
 from featurebank.errors import FeaturebankError
-from featurebank.extractor.store._format import read_roots, write_roots
+from featurebank.extractor.store._format import write_roots
 from featurebank.extractor.store._lock import WriterLock
+from featurebank.extractor.store._shard_index import (
+    IDENT,
+    dtype_of,
+    index_path,
+    read_index,
+    write_index,
+)
 from featurebank.extractor.store._store import FORMAT_VERSION, FeatureStore, upgrade_message
 from featurebank.spec import FeatureSpec
 
 MANIFEST = "manifest.json"
 SHARDED_ATTR = "featurebank_sharded"  # root attribute marking a virtual (sharded) store file
-# The columns that make a row "the same row" for de-duplication, per group. Every dataset of
-# a group is mapped, whatever the store layout adds later.
-_TABLES: dict[str, tuple[str, ...]] = {
-    "images": ("keys",), "paths": ("paths", "keys"), "failures": ("paths", "reasons"),
-    "commits": ("times", "pids", "rows_offered"),
-}
-_FEATURE_IDENT = ("keys",)
-
 
 def shard_dir(store_path: str | Path) -> Path:
     """The folder holding the shards of ``store_path``: ``STORE.h5.shards``."""
@@ -67,10 +66,13 @@ def is_sharded(store_path: str | Path) -> bool:
 def write_shard(folder: str | Path, name: str,
                 rows: dict[FeatureSpec, tuple[list[str], np.ndarray]],
                 images: list[tuple[str, str, str]], failures: list[tuple[str, str]],
-                dtype: str = "float16", roots: Iterable[str | Path] | None = None) -> Path:
+                dtype: str = "float16", roots: Iterable[str | Path] | None = None,
+                attrs: dict | None = None) -> Path:
     """Write one shard atomically: a temporary file in the store layout, then a rename.
 
     A retried task writing the same ``name`` replaces the earlier file with equal content.
+    ``attrs`` (JSON-able values) go to the shard's root attributes, e.g. the Ray nodes that
+    computed its rows.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -79,8 +81,12 @@ def write_shard(folder: str | Path, name: str,
     try:
         with FeatureStore(tmp, mode="a") as shard:
             shard.commit(rows, images, failures, dtype=dtype, roots=roots)
+        if attrs:
+            with h5py.File(tmp, "a", locking=False) as f:
+                f.attrs.update({k: json.dumps(v) for k, v in attrs.items()})
         with open(tmp, "rb+") as f:  # the rename below must not expose unflushed data
             os.fsync(f.fileno())
+        write_index(tmp, index_path(final))  # before the rename: a committed shard has its index
         os.replace(tmp, final)
     finally:
         tmp.unlink(missing_ok=True)
@@ -149,33 +155,40 @@ class ShardedStore:
         return f"shard-{time.time_ns():020d}"
 
     def committed_shards(self) -> list[str]:
-        return sorted(p.name for p in self.dir.glob("shard-*.h5"))
+        return sorted(self._shard_sizes())
+
+    def _shard_sizes(self) -> dict[str, int]:
+        """Committed shard name -> size in bytes (one directory scan)."""
+        with os.scandir(self.dir) as it:
+            return {e.name: e.stat().st_size for e in it
+                    if e.name.startswith("shard-") and e.name.endswith(".h5")}
 
     def rebuild(self) -> ShardState:
         """Rebuild manifest and virtual file from the committed shards; return what they hold."""
         if self._lock is None:
             raise FeaturebankError(f"store {self.path}: rebuild needs the writer lock (use 'with')")
-        names = self.committed_shards()
+        sizes = self._shard_sizes()
+        names = sorted(sizes)
         self._check_manifest(names)
         state = ShardState(shards=names)
         merged: dict[str, _Merge] = {}
         specs: dict[str, dict] = {}
         roots: list[str] = []
         for name in names:
-            with h5py.File(self.dir / name, "r", locking=False) as f:
-                version = int(f.attrs.get("format_version", 1))
-                if version != FORMAT_VERSION:
-                    raise FeaturebankError(
-                        f"store {self.path}: shard {name} has format version {version}, this "
-                        f"featurebank writes {FORMAT_VERSION}; embed into a new store")
-                roots += [r for r in read_roots(f) if r not in roots]
-                for group, ident in _TABLES.items():
-                    merged.setdefault(group, _Merge(ident)).add(name, f[group])
-                for fp, g in f["features"].items():
-                    merged.setdefault(f"features/{fp}", _Merge(_FEATURE_IDENT)).add(name, g)
-                    specs.setdefault(fp, {k: g.attrs[k] for k in ("spec", "dim", "row_shape",
-                                                                  "layer")})
-                    state.dtypes.setdefault(fp, str(g["X"].dtype))
+            # The shard's key index: its identity columns and shapes, no HDF5 opened.
+            index = read_index(self.dir / name, sizes[name])
+            version = index["format_version"]
+            if version != FORMAT_VERSION:
+                raise FeaturebankError(
+                    f"store {self.path}: shard {name} has format version {version}, this "
+                    f"featurebank writes {FORMAT_VERSION}; embed into a new store")
+            roots += [r for r in index["roots"] if r not in roots]
+            for group, g in index["groups"].items():
+                merged.setdefault(group, _Merge()).add(name, g)
+                if group.startswith("features/"):
+                    fp = group.split("/", 1)[1]
+                    specs.setdefault(fp, g["attrs"])
+                    state.dtypes.setdefault(fp, str(dtype_of(g["datasets"]["X"]["dtype"])))
         rel = os.path.relpath(self.dir, self.path.parent)
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         try:
@@ -183,7 +196,7 @@ class ShardedStore:
                 f.attrs["format_version"] = FORMAT_VERSION
                 f.attrs[SHARDED_ATTR] = True
                 write_roots(f, roots)
-                for group in (*_TABLES, "features"):
+                for group in (*IDENT, "features"):
                     f.require_group(group)
                 for group, m in merged.items():
                     g = f.require_group(group)
@@ -197,7 +210,7 @@ class ShardedStore:
             state.keys[fp] = merged[f"features/{fp}"].seen_keys()
         state.images = merged["images"].rows if "images" in merged else 0
         state.failures = merged["failures"].rows if "failures" in merged else 0
-        self._write_manifest(state, merged, specs)
+        self._write_manifest(state, merged, specs, sizes)
         return state
 
     # -- manifest --------------------------------------------------------------------------
@@ -217,7 +230,8 @@ class ShardedStore:
                 f"store {self.path}: shard(s) {', '.join(missing[:5])} listed in {path} are missing "
                 f"from {self.dir}; restore them, or delete {path} to accept the loss")
 
-    def _write_manifest(self, state: ShardState, merged: dict, specs: dict) -> None:
+    def _write_manifest(self, state: ShardState, merged: dict, specs: dict,
+                        sizes: dict[str, int]) -> None:
         doc = {
             "format": "featurebank-sharded-store", "format_version": FORMAT_VERSION,
             "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -225,51 +239,61 @@ class ShardedStore:
             "feature_sets": {fp: {"spec": json.loads(s["spec"]), "dim": int(s["dim"]),
                                   "dtype": state.dtypes[fp], "rows": len(state.keys[fp])}
                              for fp, s in specs.items()},
-            "shards": [{"name": n, "bytes": (self.dir / n).stat().st_size,
+            "shards": [{"name": n, "bytes": sizes[n],
                         "rows": {g: m.per_shard.get(n, 0) for g, m in merged.items()}}
                        for n in state.shards],
         }
         path = self.dir / MANIFEST
         tmp = path.with_name(f".{MANIFEST}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(doc, indent=1))
+        tmp.write_text(json.dumps(doc, separators=(",", ":")))  # 20 MB at 100k shards: compact
         os.replace(tmp, path)
 
 
 class _Merge:
     """The rows of one group across shards, first occurrence of each identity only."""
 
-    def __init__(self, ident: tuple[str, ...]):
-        self.ident = ident
+    def __init__(self) -> None:
         self.cols: list[str] = []
         self.seen: set = set()
-        self.sources: list[tuple[str, dict[str, tuple], np.ndarray]] = []  # shard, shapes, rows
+        # shard, dataset shapes, runs [a, b) of the rows kept (first occurrences)
+        self.sources: list[tuple[str, dict[str, tuple], list[tuple[int, int]]]] = []
         self.dtypes: dict[str, np.dtype] = {}
         self.tails: dict[str, tuple] = {}  # shape after the row axis
         self.per_shard: dict[str, int] = {}
         self.rows = 0
 
-    def add(self, shard: str, g: h5py.Group) -> None:
-        for c, ds in g.items():
-            if c not in self.dtypes and isinstance(ds, h5py.Dataset):
+    def add(self, shard: str, g: dict) -> None:
+        """Add one shard's group, as its key index describes it."""
+        for c, ds in g["datasets"].items():
+            if c not in self.dtypes:
                 self.cols.append(c)
-                self.dtypes[c], self.tails[c] = ds.dtype, ds.shape[1:]
-        n = int(g.attrs.get("committed", 0))
-        if not n:
+                self.dtypes[c], self.tails[c] = dtype_of(ds["dtype"]), tuple(ds["shape"][1:])
+        if not g["committed"]:
             return
-        ids = [_column(g[c], n) for c in self.ident]
-        keep = []
-        for i, row in enumerate(zip(*ids, strict=True)):
-            if row not in self.seen:
-                self.seen.add(row)
-                keep.append(i)
+        cols = list(g["ident"].values())
+        # A one-column identity is the value itself: no tuple per row (memory at 10M rows).
+        rows = cols[0] if len(cols) == 1 else list(zip(*cols, strict=True))
+        keep: range | list[int]
+        fresh = set(rows)
+        if len(fresh) == len(rows) and self.seen.isdisjoint(fresh):
+            self.seen |= fresh  # the usual shard: no row seen before, none twice: one run, C speed
+            keep = range(len(rows))
+        else:
+            kept: list[int] = []
+            for i, row in enumerate(rows):
+                if row not in self.seen:
+                    self.seen.add(row)
+                    kept.append(i)
+            keep = kept
         if keep:
-            shapes = {c: ds.shape for c, ds in g.items() if isinstance(ds, h5py.Dataset)}
-            self.sources.append((shard, shapes, np.asarray(keep)))
+            shapes = {c: tuple(ds["shape"]) for c, ds in g["datasets"].items()}
+            self.sources.append((shard, shapes, _runs(keep)))
             self.per_shard[shard] = len(keep)
             self.rows += len(keep)
 
     def seen_keys(self) -> set[str]:
-        return {row[0].decode() for row in self.seen}
+        """The content keys of a one-column (``keys``) identity."""
+        return self.seen
 
     def write(self, g: h5py.Group, rel: str) -> None:
         g.attrs["committed"] = self.rows
@@ -279,25 +303,29 @@ class _Merge:
                 g.create_dataset(c, shape=(0, *tail), maxshape=(None, *tail), dtype=self.dtypes[c])
                 continue
             layout = h5py.VirtualLayout(shape=(self.rows, *tail), dtype=self.dtypes[c])
+            # Mappings go straight to the property list: h5py's slicing of VirtualSource objects
+            # costs ~0.3 ms a mapping, which at 100k shards was most of a rebuild.
+            vspace = h5py.h5s.create_simple((self.rows, *tail))
+            zeros, dsname = (0,) * len(tail), f"{g.name}/{c}".encode()
             at = 0
-            for shard, shapes, keep in self.sources:
+            for shard, shapes, runs in self.sources:
                 # A column an older shard lacks stays unmapped: readers get its fill value.
-                src = (h5py.VirtualSource(f"{rel}/{shard}", f"{g.name}/{c}", shape=shapes[c])
-                       if c in shapes else None)
-                for a, b in _runs(keep):
+                src = h5py.h5s.create_simple(shapes[c]) if c in shapes else None
+                fname = f"{rel}/{shard}".encode()
+                for a, b in runs:
                     if src is not None:
-                        layout[at:at + b - a] = src[a:b]
+                        vspace.select_hyperslab((at, *zeros), (b - a, *tail))
+                        src.select_hyperslab((a, *zeros), (b - a, *tail))
+                        layout.dcpl.set_virtual(vspace, fname, dsname, src)
                     at += b - a
             g.create_virtual_dataset(c, layout)
 
 
-def _column(ds: h5py.Dataset, n: int) -> list:
-    values = ds[:n]
-    return [bytes(v) if isinstance(v, (bytes, np.bytes_)) else v for v in values]
-
-
-def _runs(index: np.ndarray) -> list[tuple[int, int]]:
+def _runs(index: range | list[int]) -> list[tuple[int, int]]:
     """Contiguous runs [a, b) of sorted indices: one virtual mapping each."""
-    breaks = np.flatnonzero(np.diff(index) != 1) + 1
-    return [(int(r[0]), int(r[-1]) + 1) for r in np.split(index, breaks)]
+    if index[-1] - index[0] + 1 == len(index):  # one run: the usual case, without numpy
+        return [(index[0], index[-1] + 1)]
+    arr = np.asarray(index)
+    breaks = np.flatnonzero(np.diff(arr) != 1) + 1
+    return [(int(r[0]), int(r[-1]) + 1) for r in np.split(arr, breaks)]
 

@@ -1,8 +1,10 @@
 """``featurebank`` console command: one subcommand module per step of the flow.
 
 Each module in ``COMMAND_MODULES`` exposes ``register(subparsers)``, which adds its subcommands
-and sets ``func`` (called with the parsed args, returning an exit code) on each parser. The
-modules are thin: they parse, call export / extractor / classical, and print.
+and sets ``func`` (called with the parsed args, returning an exit code) on each parser, and
+optionally ``EXIT_CODES`` (command -> {status: meaning}) for its --help. The modules are thin:
+they import only light modules at the top (flags come from the options dataclasses,
+``featurebank.cli.flags``), and inside ``func`` call export / extractor / classical and print.
 """
 
 from __future__ import annotations
@@ -70,10 +72,14 @@ class _LogFormat(logging.Formatter):
         message = record.getMessage()
         if record.exc_info:
             message += "\n" + self.formatException(record.exc_info)
-        ours = record.name.split(".")[0] == "featurebank"
+        package = record.name.split(".")[0]
+        ours = package == "featurebank"
         if record.levelno == logging.INFO and ours:
             return message
-        where = "" if ours and record.levelno != logging.DEBUG else f" ({record.name})"
+        if ours:  # where in featurebank only matters when debugging
+            where = f" ({record.name})" if record.levelno == logging.DEBUG else ""
+        else:  # uvicorn, onnxscript, ...: the library, not its inner logger ('uvicorn.error')
+            where = f" ({package})"
         return f"{record.levelname.lower()}{where}: {message}"
 
 
@@ -120,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     except FeaturebankError as exc:
         from featurebank.cli.flags import flag_names
 
-        message = exc.with_names(flag_names(args)) if isinstance(exc, OptionError) else exc
+        message = (exc.with_names(flag_names(args, exc.owner)) if isinstance(exc, OptionError)
+                   else exc)
         print(f"featurebank {args.command}: error: {message}", file=sys.stderr)
         return 1
     except BrokenPipeError:  # output piped into `head` and friends: not an error

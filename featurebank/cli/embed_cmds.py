@@ -76,7 +76,7 @@ def register(sub) -> None:
     add_spec_arguments(p, precision=True)
     add_option_flags(p, EmbedRun, flags={"calibration_size": "--calibration"},
                      only=["batch_size", "workers", "dtype", "calibration_size", "engine",
-                           "address", "progress"],
+                           "address", "shard_rows", "progress"],
                      overrides={"workers": {"help": "decoding threads (local) or actors (Ray) "
                                                     "(default: by the machine)"},
                                 "calibration_size": {

@@ -25,7 +25,7 @@ from featurebank.options import (
     option_fields,
 )
 
-#: argparse default holding, per parser, parameter name -> flag (for error messages)
+#: argparse default holding, per parser, (options class name, parameter name) -> flag
 FLAGS_KEY = "_option_flags"
 #: argparse default holding, per parser, options class -> the fields it got flags for
 FIELDS_KEY = "_option_fields"
@@ -44,8 +44,9 @@ def _kind(constraints: Iterable[Any]) -> type | None:
 def _register(parser: Any, cls: type, names: dict[str, str]) -> None:
     flags = parser.get_default(FLAGS_KEY) or {}
     fields = parser.get_default(FIELDS_KEY) or {}
-    flags.update(names)
-    fields.setdefault(cls, []).extend(n for n in names if n not in fields.get(cls, []))
+    flags.update({(cls.__name__, name): flag for name, flag in names.items()})
+    known = fields.setdefault(cls, [])
+    known += [n for n in names if n not in known]
     parser.set_defaults(**{FLAGS_KEY: flags, FIELDS_KEY: fields})
 
 
@@ -113,6 +114,9 @@ def options_from_args(cls: type, args: argparse.Namespace, **extra: Any) -> Any:
     return cls(**{**values, **extra})
 
 
-def flag_names(args: argparse.Namespace) -> dict[str, str]:
-    """Parameter name -> flag for the command that was parsed into ``args``."""
-    return dict(getattr(args, FLAGS_KEY, None) or {})
+def flag_names(args: argparse.Namespace, owner: str | None = None) -> dict[str, str]:
+    """Parameter name -> flag for the command that was parsed into ``args``: the flags of the
+    options class named ``owner`` (an :class:`~featurebank.errors.OptionError`'s), or of every
+    class when None. Another class's parameter of the same name keeps its own name."""
+    flags = getattr(args, FLAGS_KEY, None) or {}
+    return {name: flag for (cls, name), flag in flags.items() if owner in (None, cls)}

@@ -72,6 +72,8 @@ def run_serve(args) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1") and not os.environ.get(API_KEY_ENV):
         print(f"warning: listening on {args.host} without an API key; set {API_KEY_ENV} to "
               "require one", file=sys.stderr)
+    # log_config=None: uvicorn's records go through the command's one log format
+    # (featurebank.cli.configure_logging) instead of a format of its own
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
-                timeout_graceful_shutdown=10)
+                log_config=None, timeout_graceful_shutdown=10)
     return 0

@@ -7,9 +7,9 @@ FastAPI is an optional extra (``pip install 'featurebank[service]'``). :class:`S
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from featurebank.lazy import attach
 from featurebank.service.config import ServiceConfig
 
 _LAZY = {"API_KEY_ENV": "featurebank.service.app", "create_app": "featurebank.service.app"}
@@ -20,7 +20,4 @@ if TYPE_CHECKING:
     from featurebank.service.app import API_KEY_ENV, create_app
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'featurebank.service' has no attribute {name!r}")
+__getattr__, __dir__ = attach(__name__, _LAZY)

@@ -55,7 +55,8 @@ class ServiceConfig:
         if self.max_queue_images < self.max_batch_size:
             raise OptionError("max_queue_images", f"({self.max_queue_images}) must be >= "
                               f"max_batch_size ({self.max_batch_size}): a full batch must fit "
-                              "in the queue", related=("max_batch_size",))
+                              "in the queue", related=("max_batch_size",),
+                              owner="ServiceConfig")
 
     def to_dict(self) -> dict:
         return asdict(self)
