@@ -12,7 +12,7 @@ BIN := $(VENV)/bin
 DEMO_STAMP := $(VENV)/.installed-demo
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: demo test lint install install-test which-torch clean-venv
+.PHONY: demo test lint install install-test which-torch clean-venv zoo test-zoo
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -47,4 +47,18 @@ lint: $(TEST_STAMP)
 	$(BIN)/python tools/typecheck.py
 
 clean-venv:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(ZOO_VENV)
+
+# The zoo environment (docs/install.md): a second venv with PyPI's torch build, torchvision and
+# timm, featurebank installed editable; the timm/torchvision tests run there.
+ZOO_VENV ?= .venv-zoo
+ZOO_STAMP := $(ZOO_VENV)/.installed-zoo
+
+$(ZOO_STAMP): pyproject.toml tools/install_zoo.py
+	$(PY) tools/install_zoo.py --venv $(ZOO_VENV)
+	touch $@
+
+zoo: $(ZOO_STAMP)
+
+test-zoo: $(ZOO_STAMP)
+	$(ZOO_VENV)/bin/python -m pytest -q -m "timm or torchvision"

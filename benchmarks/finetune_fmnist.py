@@ -95,7 +95,7 @@ def compare_loops(result, maps, n: int, batch: int) -> dict:
         return x
 
     def fresh_top():
-        top, _ = build_top(result.model, result.layer, len(result.classes), 0.2, size)
+        top, _ = build_top(result.model, result.layer, len(result.classes), 0.2, input_size=size)
         opt = torch.optim.AdamW([{"params": top.top_parameters(), "lr": 1e-4},
                                  {"params": top.classifier.parameters(), "lr": 1e-3}])
         return top.train(), opt

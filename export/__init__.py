@@ -17,7 +17,7 @@ from featurebank.export._adopt import (
 )
 from featurebank.export._batch import BatchPlan, plan_batch, prepare_foreign, rewrite_batch
 from featurebank.export._cache import cache_dir, cached_path, ensure_exported
-from featurebank.export._catalogue import describe_tensor, input_layout_from_shape
+from featurebank.export._catalogue import describe_tensor, infer_shapes, input_layout_from_shape
 from featurebank.export._labels import imagenet_classes
 from featurebank.export._metadata import (
     LayerInfo,
@@ -86,9 +86,9 @@ __all__ = [
     "DEFAULT_MODEL", "BatchPlan", "LayerInfo", "ModelEntry", "OnnxInfo", "adopt",
     "build_torch_model", "cache_dir", "cached_path", "describe_tensor", "ensure_exported",
     "export_module", "export_onnx", "featurebank_version", "find_model_by_digest",
-    "foreign_model_spec", "get_model_entry", "imagenet_classes", "input_layout_from_shape",
-    "is_onnx_path", "list_models", "load_onnx", "load_preprocessing", "plan_batch",
-    "prepare_foreign", "read_conventions", "read_onnx_metadata", "remember_model",
+    "foreign_model_spec", "get_model_entry", "imagenet_classes", "infer_shapes",
+    "input_layout_from_shape", "is_onnx_path", "list_models", "load_onnx", "load_preprocessing",
+    "plan_batch", "prepare_foreign", "read_conventions", "read_onnx_metadata", "remember_model",
     "remembered_models", "require_torch", "resolve_conventions", "rewrite_batch",
     "torch_installed",
 ]

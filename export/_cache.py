@@ -98,9 +98,10 @@ def ensure_exported(model: str, cache_dir: str | Path | None = None,
 # the registry (preprocessing, layer names), and
 # featurebank/spec.py, whose spec is written into the file. Editing any of them gives exports a new cache key.
 EXPORTER_SOURCES = ("_onnx_export.py", "_efficientnet_lite.py", "_torch_models.py",
-                    "_metadata.py", "_catalogue.py", "_registry.py")
+                    "_metadata.py", "_catalogue.py", "_registry.py", "_zoo.py", "_weights.py")
 # The libraries that write the graph; read from the installed metadata (no torch import).
-EXPORTER_LIBRARIES = ("torch", "onnx", "onnxscript")
+EXPORTER_LIBRARIES = ("torch", "onnx", "onnxscript", "timm", "torchvision")  # the last two: their
+# architectures, pretrained weights and eval configs (timm:NAME, torchvision:NAME)
 
 
 @functools.cache

@@ -30,14 +30,12 @@ INPUT_NAME = "input"
 
 
 def _catalogue_modules(model: nn.Module) -> dict[str, nn.Module]:
-    if hasattr(model, "blocks"):  # EfficientNetLite
+    if hasattr(model, "blocks") and hasattr(model, "stem"):  # EfficientNetLite
         mods = {"stem": model.stem}
         mods.update({f"blocks.{i}": b for i, b in enumerate(model.blocks)})
         mods.update({"head": model.head, "logits": model.classifier})
         return mods
-    mods = dict(model.model.named_children())  # ChildrenFeatures
-    mods["logits"] = model.model
-    return mods
+    return {}
 
 
 def flops_shares(model: nn.Module, size: tuple[int, int]) -> dict[str, float]:
@@ -50,18 +48,25 @@ def flops_shares(model: nn.Module, size: tuple[int, int]) -> dict[str, float]:
             k = mod.kernel_size[0] * mod.kernel_size[1] * mod.in_channels // mod.groups
             total[0] += out.shape[1] * out.shape[2] * out.shape[3] * k
         elif isinstance(mod, nn.Linear):
-            total[0] += mod.in_features * mod.out_features
+            total[0] += mod.in_features * mod.out_features * (out.numel() // out.shape[-1])
 
     hooks = [m.register_forward_hook(count) for m in model.modules()
              if isinstance(m, (nn.Conv2d, nn.Linear))]
-    for name, mod in _catalogue_modules(model).items():
-        hooks.append(mod.register_forward_hook(lambda *_a, n=name: at_cut.__setitem__(n, total[0])))
+    zoo = hasattr(model, "on_cut")  # ZooFeatures says when each cut is produced
+    if zoo:
+        model.on_cut = lambda n: at_cut.__setitem__(n, total[0])
+    else:
+        for name, mod in _catalogue_modules(model).items():
+            hooks.append(mod.register_forward_hook(
+                lambda *_a, n=name: at_cut.__setitem__(n, total[0])))
     try:
         with torch.no_grad():
-            model(torch.zeros(1, 3, *size))
+            model.features(torch.zeros(1, 3, *size)) if zoo else model(torch.zeros(1, 3, *size))
     finally:
         for h in hooks:
             h.remove()
+        if zoo:
+            model.on_cut = None
     grand = max(total[0], 1)
     return {name: at_cut[name] / grand for name in at_cut}
 
@@ -110,7 +115,7 @@ def export_onnx(
     entry = get_model_entry(model)
     module = build_torch_model(model, weights, input_size)
     digest = module.weights_sha256
-    pre = entry.preprocessing
+    pre = getattr(module, "preprocessing", None) or entry.preprocessing  # zoo: eval transform
     if input_size:
         ratio = pre.resize_size / min(pre.input_size)
         pre = Preprocessing(**{**pre.to_dict(), "input_size": (input_size, input_size),
@@ -133,14 +138,23 @@ def export_module(module: nn.Module, spec: ModelSpec, out: str | Path,
     _check_writable(out)
     size = spec.preprocessing.input_size
     with torch.no_grad():
-        shapes = {k: tuple(v.shape[1:]) for k, v in module.features(torch.zeros(1, 3, *size)).items()}
-    names = ["logits", *[n for n in shapes if n != "logits"]]
+        feats = module.features(torch.zeros(1, 3, *size))
+    shapes = {k: tuple(v.shape[1:]) for k, v in feats.items()}
+    # one graph tensor per distinct activation: a name that is the same tensor as an earlier
+    # one (a ResNet's head is its last stage) points at that tensor
+    first: dict[str, str] = {}
+    for n in ["logits", *feats]:
+        first[n] = next(m for m in ["logits", *feats] if feats[m] is feats[n])
+    names = [n for n in dict.fromkeys(["logits", *feats]) if first[n] == n]
+    tensor = {n: first[n] if first[n] == "logits" else f"layer.{first[n]}" for n in shapes}
     shares = flops_shares(module, size)
-    proto = _trace(_AllOutputs(module, names), size, [f"layer.{n}" if n != "logits" else n for n in names])
+    proto = _trace(_AllOutputs(module, names), size, [tensor[n] for n in names])
     keep = [o for o in proto.graph.output if o.name == "logits"]
     del proto.graph.output[:]
     proto.graph.output.extend(keep)
-    layers = [LayerInfo(n, n if n == "logits" else f"layer.{n}", shapes[n], round(shares.get(n, 1.0), 6))
+    layout_of = getattr(module, "layout_of", lambda _v: None)  # channels-last zoo models
+    layers = [LayerInfo(n, tensor[n], shapes[n], round(shares.get(n, 1.0), 6),
+                        "tokens" if len(shapes[n]) == 2 else layout_of(feats[n]))
               for n in shapes]
     describe(proto, spec, layers, {"name": INPUT_NAME, "layout": "NCHW", "dtype": "float32",
                                    "normalized": True, "shape": ["N", 3, *size]}, extra)

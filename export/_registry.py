@@ -167,17 +167,11 @@ def get_model_entry(name: str) -> ModelEntry:
 
 
 def _optional_preprocessing(source: str, arch: str) -> Preprocessing:
-    if source == "timm":  # timm carries each model's pretrained config
-        import timm
+    """The model's own eval transform (timm's pretrained config, torchvision's weights
+    transforms); builds the architecture with random weights to read it (torch imported)."""
+    from featurebank.export._zoo import eval_preprocessing
 
-        cfg = timm.create_model(arch, pretrained=False).pretrained_cfg
-        size = tuple(cfg["input_size"][1:])
-        return Preprocessing(
-            input_size=size, resize_size=int(round(min(size) / cfg.get("crop_pct", 0.875))),
-            interpolation=cfg.get("interpolation", "bicubic"),
-            mean=tuple(cfg["mean"]), std=tuple(cfg["std"]),
-        )
-    return _IMAGENET
+    return eval_preprocessing(source, arch)
 
 
 def is_onnx_path(model: str) -> bool:

@@ -15,7 +15,8 @@ Rules, in order:
    with a 73 px resize target, max abs difference 27 grey levels, mean <= 1.8; on a real
    1411x1411 photo with the default 256/224 spec, max 39 at a few edge pixels, mean 0.5 --
    and that decode is ~3.5x faster (25 ms vs 89 ms). Small images are never drafted.
-5. Resize so the shorter side is ``resize_size`` (``interpolation``), center-crop ``input_size``.
+5. Resize so the shorter side is ``resize_size`` (``interpolation``), center-crop ``input_size``
+   (sizes and offsets rounded by ``resize_rule``: :func:`resized_geometry`).
 
 Normalisation (channel order, pixel range, mean/std, layout) is not done here: it is folded
 into the ONNX feature graph, so pixels stay uint8 RGB ``(H, W, 3)`` whatever the model wants.
@@ -174,13 +175,34 @@ def to_rgb(image: Image.Image, background: tuple[int, int, int] = (255, 255, 255
     return image.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV
 
 
+def resized_geometry(w: int, h: int, pre: Preprocessing) -> tuple[int, int, int, int]:
+    """Resized width and height, crop left and top, by ``pre.resize_rule``.
+
+    ``torchvision`` is what ``transforms.Resize(int)`` + ``CenterCrop`` do (timm's eval
+    transforms use them): the longer side is ``int(resize * long / short)`` (truncated) and the
+    offset ``int(round(excess / 2))`` (half to even). ``featurebank`` (the default, kept so
+    stored vectors stay reproducible) rounds the longer side and floors the offset. On a
+    non-square photo the two differ by a pixel of size or offset, which moves a ResNet-50
+    ``layer3`` vector by about 3e-3 (relative).
+    """
+    ch, cw = pre.input_size
+    if pre.resize_rule == "torchvision":
+        if w <= h:
+            nw, nh = pre.resize_size, int(pre.resize_size * h / w)
+        else:
+            nw, nh = int(pre.resize_size * w / h), pre.resize_size
+        nw, nh = max(cw, nw), max(ch, nh)
+        return nw, nh, int(round((nw - cw) / 2.0)), int(round((nh - ch) / 2.0))
+    scale = pre.resize_size / min(w, h)
+    nw, nh = max(cw, round(w * scale)), max(ch, round(h * scale))
+    return nw, nh, (nw - cw) // 2, (nh - ch) // 2
+
+
 def resize_crop(image: Image.Image, pre: Preprocessing) -> np.ndarray:
     """Shorter side to ``resize_size`` then a center crop of ``input_size``."""
     w, h = image.size
     ch, cw = pre.input_size
-    scale = pre.resize_size / min(w, h)
-    nw, nh = max(cw, round(w * scale)), max(ch, round(h * scale))
-    left, top = (nw - cw) // 2, (nh - ch) // 2
+    nw, nh, left, top = resized_geometry(w, h, pre)
     if nw * nh > 16 * cw * ch:
         # A thin strip (3000x1) would be resized to a huge image and then mostly cropped away:
         # resize only the source box that the crop keeps (Pillow samples around the box).

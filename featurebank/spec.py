@@ -27,19 +27,28 @@ META_INPUT = "featurebank.input"
 
 #: The registry model used when none is named (``featurebank.export.list_models()``).
 DEFAULT_MODEL = "efficientnet_lite0"
-POOLS = ("avg", "max", "gem", "none")
+POOLS = ("avg", "max", "gem", "none", "cls", "mean", "cls+mean")
+#: Pools of spatial maps (4-D cuts) and of transformer tokens (``[N, T, C]`` cuts); ``none``
+#: (flatten) applies to both.
+SPATIAL_POOLS = ("avg", "max", "gem")
+TOKEN_POOLS = ("cls", "mean", "cls+mean")
 #: How vectors are computed: float32 graph, float16 graph (GPU), statically quantized int8.
 PRECISIONS = ("fp32", "fp16", "int8")
 #: How vectors are stored in the feature store.
 DTYPES = ("float16", "float32")
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos", "area")
+#: How the resized size and the crop offset are rounded: featurebank's own rule (round the
+#: longer side, floor the crop offset) or torchvision's ``Resize``/``CenterCrop`` (truncate the
+#: longer side, round the offset half to even), which timm's eval transforms use too.
+RESIZE_RULES = ("featurebank", "torchvision")
 #: Conventions of a network's input: memory layout, channel order and pixel range.
 LAYOUTS = ("nchw", "nhwc")
 CHANNEL_ORDERS = ("rgb", "bgr")
 PIXEL_RANGES = (1, 255)
 #: Today's behaviour: these values stay out of ``to_dict`` so existing fingerprints never change.
 _CONVENTION_DEFAULTS = {"layout": "nchw", "channel_order": "rgb", "pixel_range": 1,
-                        "tensor_layouts": ()}
+                        "tensor_layouts": (), "resize_rule": "featurebank",
+                        "prefix_tokens": None, "class_token": True}
 
 
 @dataclass(frozen=True)
@@ -56,7 +65,10 @@ class Preprocessing:
     layout the graph cannot show (stated by the user; it decides which axes are pooled).
     ``layout``, ``channel_order``, ``pixel_range`` and ``tensor_layouts`` enter
     :meth:`to_dict` (and so every fingerprint) only when they differ from the defaults
-    (NCHW, RGB, 0-1, none), so specs written before these fields existed keep their identity.
+    (NCHW, RGB, 0-1, none), so specs written before these fields existed keep their identity;
+    so do ``resize_rule`` (see :data:`RESIZE_RULES`), ``prefix_tokens`` (a transformer's tokens
+    before its patch tokens: class and register tokens; None where unknown, which refuses token
+    cuts) and ``class_token`` (whether the first prefix token is a class token).
     """
 
     input_size: tuple[int, int] = option((224, 224), Items(Interval(int, 1, None), 2))
@@ -70,6 +82,9 @@ class Preprocessing:
     channel_order: str = option("rgb", Options(CHANNEL_ORDERS))
     pixel_range: int = option(1, Options(PIXEL_RANGES))
     tensor_layouts: tuple[tuple[str, str], ...] = option((), "any")  # checked by _tensor_layouts
+    resize_rule: str = option("featurebank", Options(RESIZE_RULES))
+    prefix_tokens: int | None = option(None, Interval(int, 0, None), None)
+    class_token: bool = option(True, bool)
 
     def __post_init__(self) -> None:
         # Normalise lists (from JSON) to tuples so equal specs hash and compare equal.

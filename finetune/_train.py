@@ -193,7 +193,8 @@ def prepare(maps: CachedMaps, classes: list[str], model: str, opts: FinetuneOpti
     weights the maps were cut from)."""
     if opts.threads:
         torch.set_num_threads(opts.threads)
-    top, base_sha = build_top(model, maps.spec.layer, len(classes), opts.dropout, opts.input_size)
+    top, base_sha = build_top(model, maps.spec.layer, len(classes), opts.dropout,
+                              input_size=opts.input_size)
     if base_sha != maps.spec.model.weights_sha256:
         raise FeaturebankError(f"the maps were cut from weights {maps.spec.model.weights_sha256[:12]}"
                                f", {model} has {base_sha[:12]} here; embed them again")
@@ -207,7 +208,7 @@ def new_top(setup: Setup, seed: int, head: dict[str, torch.Tensor] | None = None
     """A fresh top on the pretrained weights (its new head seeded, or ``head``'s weights)."""
     torch.manual_seed(seed)
     top, _ = build_top(setup.model, setup.maps.spec.layer, setup.n_classes, setup.opts.dropout,
-                       setup.opts.input_size)
+                       input_size=setup.opts.input_size)
     if head is not None:
         top.classifier.load_state_dict(head)
     return top.eval()
@@ -222,7 +223,7 @@ def fit(setup: Setup, train: np.ndarray, val: np.ndarray, seed: int,
     top = new_top(setup, seed)
     steps_per_epoch = math.ceil(len(train) / opts.batch_size)
     opt, sched = _optimizer(top, opts, opts.epochs * steps_per_epoch, steps_per_epoch)
-    ema = _averaged(top, opts.ema)
+    ema = None if opts.ema is None else MovingAverage(new_top(setup, seed), opts.ema)
     scored = top if ema is None else ema.module  # what validation, the best epoch, export see
     saved = checkpoint.load() if checkpoint is not None else None
     if saved is None:
@@ -287,14 +288,38 @@ def _better(row: dict, best: dict) -> bool:
         row["val_accuracy"] == best["val_accuracy"] and row["val_loss"] < best["val_loss"])
 
 
-def _averaged(top: TopNet, decay: float | None):
-    """torch's exponential moving average of ``top``'s parameters, or None without ``decay``
-    (its buffers stay the pretrained ones: BatchNorm's statistics are frozen in training)."""
-    if decay is None:
-        return None
-    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+class MovingAverage:
+    """An exponential moving average of a top's parameters (torch's EMA update,
+    ``get_ema_multi_avg_fn``), kept in ``module``: a second top of the same build.
 
-    return AveragedModel(top, multi_avg_fn=get_ema_multi_avg_fn(decay))
+    Not torch's ``AveragedModel``: it deep-copies the top, and a copy's pooling would still
+    call the original model's head modules (the split's pooling is a function of them). The
+    buffers stay the pretrained ones: BatchNorm's statistics are frozen in training.
+    """
+
+    def __init__(self, module: TopNet, decay: float):
+        from torch.optim.swa_utils import get_ema_multi_avg_fn
+
+        self.module, self.steps = module.eval(), 0
+        self._update = get_ema_multi_avg_fn(decay)
+
+    @torch.no_grad()
+    def update_parameters(self, top: TopNet) -> None:
+        mine = list(self.module.parameters())
+        current = [p.detach() for p in top.parameters()]
+        if self.steps == 0:  # the average starts at the first step's weights
+            for a, b in zip(mine, current, strict=True):
+                a.copy_(b)
+        else:
+            self._update(mine, current, torch.tensor(self.steps))
+        self.steps += 1
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"module": _copy(self.module.state_dict()), "steps": self.steps}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.module.load_state_dict(state["module"])
+        self.steps = int(state["steps"])
 
 
 def _epoch(setup: Setup, state: tuple, train: np.ndarray, seed: int, epoch: int

@@ -195,31 +195,6 @@ def test_imagenet_class_names():
     assert classes[0].startswith("tench") and classes[281].startswith("tabby")
 
 
-@pytest.mark.torchvision
-def test_torchvision_source_exports_when_available(tmp_path):
-    pytest.importorskip("torchvision", reason="torchvision does not import here")
-    torch = pytest.importorskip("torch")
-    import torchvision
-
-    weights = tmp_path / "r18.pth"  # local weights: no download needed
-    torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights)
-    spec = export.export_onnx("torchvision:resnet18", tmp_path / "r18.onnx", weights=str(weights))
-    info = export.read_onnx_metadata(tmp_path / "r18.onnx")
-    assert spec.source == "torchvision" and info.layer("layer4").shape == (512, 7, 7)
-
-
-@pytest.mark.timm
-def test_timm_source_exports_when_available(tmp_path):
-    pytest.importorskip("timm", reason="timm does not import here")
-    torch = pytest.importorskip("torch")
-    import timm
-
-    weights = tmp_path / "m.pth"
-    torch.save(timm.create_model("resnet18", pretrained=False).state_dict(), weights)
-    spec = export.export_onnx("timm:resnet18", tmp_path / "m.onnx", weights=str(weights))
-    assert spec.source == "timm" and export.read_onnx_metadata(tmp_path / "m.onnx").layers
-
-
 @pytest.mark.parametrize("source", ["torchvision", "timm"])
 def test_optional_sources_fail_clearly_when_missing(source, monkeypatch):
     """Where the library does not import (made so here, whether or not it is installed), the

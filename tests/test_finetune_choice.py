@@ -223,7 +223,7 @@ def test_ema_validates_and_exports_the_averaged_weights(two_collections, tmp_pat
     averaged = finetune(photos, output=tmp_path / "ema.onnx", ema=0.5, **common)
     ckpt = torch.load(tmp_path / "ema.onnx.ckpt", weights_only=True)
     raw = ckpt["model"]  # the last (only) epoch's trained weights
-    ema = {k.removeprefix("module."): v for k, v in ckpt["ema"].items() if k.startswith("module.")}
+    ema = ckpt["ema"]["module"]
     kept = averaged.torch_model("finetuned").state_dict()
     weights = [k for k in raw if k.startswith("classifier.") or k.startswith("head.")]
     for k in raw:

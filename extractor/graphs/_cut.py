@@ -31,6 +31,7 @@ from featurebank.export import (
     prepare_foreign,
     read_onnx_metadata,
 )
+from featurebank.extractor.graphs import _tokens
 from featurebank.extractor.graphs._chunks import run_in_chunks
 from featurebank.spec import FeatureSpec, ModelSpec, Preprocessing
 
@@ -58,6 +59,9 @@ def resolve_layer(layers: list[LayerInfo], wanted: str, path: Path,
     for la in layers:
         if wanted in (la.name, la.tensor):
             return la
+    token = _tokens.token_layer(proto, wanted, pre) if proto is not None else None
+    if token is not None:  # a transformer's [N, T, C] tensor named by the user
+        return token
     why = describe_tensor(proto, wanted, pre and pre.input_size, pre and pre.layout) if proto else None
     if why:
         raise FeaturebankError(f"layer {wanted!r} of {path.name}: {why}")
@@ -93,6 +97,8 @@ def cut_layout(la: LayerInfo, model_spec: ModelSpec, path: Path) -> str:
             f"measures the sizes)")
     if rank == 2:
         return "NC"
+    if rank == 3:
+        return _tokens.token_layout(la, model_spec, path)
     if rank != 4:
         raise FeaturebankError(
             f"layer {la.name!r} of {path.name} has shape {list(la.shape)} after the batch "
@@ -153,9 +159,10 @@ def build_feature_graph(
         ``preprocessing`` must state its conventions).
     layers : sequence of str
         Catalogue names (``blocks.10``, ``head``, ``pool``) or ONNX tensor names.
-    pool : {'avg', 'max', 'gem', 'none'}
+    pool : {'avg', 'max', 'gem', 'none', 'cls', 'mean', 'cls+mean'}
         Pooling over the spatial axes of each 4-D cut (in its own layout); ``none`` flattens
-        it channel-first.
+        it channel-first. Transformer token cuts take ``cls``, ``mean`` (patch tokens),
+        ``cls+mean`` or ``none`` (see :mod:`._tokens`).
     gem_p : float
         Exponent of generalised-mean pooling.
     normalize : bool
@@ -182,6 +189,8 @@ def build_feature_graph(
     chosen = resolve_layers(info.layers, layers, path, proto, model_spec.preprocessing,
                             name or str(path))
     layouts = [cut_layout(la, model_spec, path) for la in chosen]
+    for la, layout in zip(chosen, layouts, strict=True):
+        _tokens.check_pool(pool, layout, la, model_spec, path)
     specs = [FeatureSpec(model_spec, la.name, pool, gem_p, normalize) for la in chosen]
     graph = proto.graph
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 18)
@@ -211,10 +220,18 @@ def build_feature_graph(
         if la.dtype is not None:  # a float16 or double activation: pooled in float32
             nodes.append(helper.make_node("Cast", [source], [f"{prefix}.f32"], to=TensorProto.FLOAT))
             source = f"{prefix}.f32"
-        _append_pooling(nodes, inits, source, out, layout, pool, gem_p, normalize, opset, prefix)
+        if layout == _tokens.TOKENS:  # pooled to [N, D], then flattened/normalised as a vector
+            pooled = _tokens.append_token_pool(nodes, inits, source, pool,
+                                               model_spec.preprocessing.prefix_tokens, opset, prefix)
+            _append_pooling(nodes, inits, pooled, out, "NC", "none", gem_p, normalize, opset,
+                            prefix)
+            dims.append(_tokens.pooled_dim(la, pool))
+        else:
+            _append_pooling(nodes, inits, source, out, layout, pool, gem_p, normalize, opset,
+                            prefix)
+            channels = la.shape[0] if layout == "NCHW" else la.shape[-1]
+            dims.append(int(np.prod(la.shape)) if pool == "none" or layout == "NC" else channels)
         outputs.append(helper.make_tensor_value_info(out, TensorProto.FLOAT, ["N", None]))
-        channels = la.shape[0] if layout == "NCHW" else la.shape[-1]
-        dims.append(int(np.prod(la.shape)) if pool == "none" or layout == "NC" else channels)
     h, w = model_spec.preprocessing.input_size
     new_graph = helper.make_graph(
         head + kept + nodes, f"{graph.name or 'model'}_features",

@@ -1,0 +1,113 @@
+"""Fine-tuning from any source with torch code: the top above a cut comes from the module tree.
+
+For timm and torchvision models (zoo environment: ``make zoo``) the top is trained a few steps
+on maps cut at a stage or a ViT block, assembled back with the untouched trunk, and exported:
+the assembled torch model gives the top's logits, and onnxruntime gives torch's, within 1e-4
+(max|a - b| / max(1, max|b|), as every parity figure of the project).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from featurebank import FeaturebankError
+
+torch = pytest.importorskip("torch")
+
+
+def _relative(a: np.ndarray, b: np.ndarray) -> float:
+    """max|a - b| / max(1, max|b|): random-weight logits reach thousands, where float32 rounding
+    alone is 1e-3 absolute."""
+    return float(np.abs(a - b).max() / max(1.0, float(np.abs(b).max())))
+
+
+def test_an_onnx_file_is_refused_with_what_works(tmp_path):
+    from featurebank.finetune._top import build_top
+
+    with pytest.raises(FeaturebankError, match="no torch code.*timm:NAME or torchvision:NAME"):
+        build_top(str(tmp_path / "adopted.onnx"), "stage.3", 3, 0.2)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("lib, arch, layer", [
+    pytest.param("timm", "test_resnet", "stage.3", marks=pytest.mark.timm),
+    pytest.param("timm", "test_vit", "blocks.2", marks=pytest.mark.timm),
+    pytest.param("torchvision", "mobilenet_v3_small", "stage.3", marks=pytest.mark.torchvision),
+    pytest.param("torchvision", "resnet18", "stage.4", marks=pytest.mark.torchvision),
+])
+def test_top_above_a_cut_trains_assembles_and_exports(lib, arch, layer, tmp_path):
+    pytest.importorskip(lib, reason=f"{lib} does not import here (make zoo)")
+    import onnxruntime as ort
+
+    from featurebank.export import build_torch_model, export_module, read_onnx_metadata
+    from featurebank.finetune._top import assemble, build_top, finetune_cuts
+    from featurebank.spec import ModelSpec
+
+    torch.manual_seed(0)  # the new classifier's init and the few training steps repeat
+    if lib == "timm":
+        import timm
+
+        library_model = timm.create_model(arch, pretrained=False)
+    else:
+        import torchvision
+
+        library_model = torchvision.models.get_model(arch, weights=None)
+    weights = tmp_path / "w.pth"
+    torch.save(library_model.state_dict(), weights)
+    name = f"{lib}:{arch}"
+    base = build_torch_model(name, weights)
+    assert layer in finetune_cuts(base)
+    size = base.preprocessing.input_size
+    x = torch.randn(6, 3, *size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        maps = base.features(x)[layer]
+    top, base_sha = build_top(name, layer, 4, 0.0, weights=str(weights))
+    assert base_sha == base.weights_sha256
+    frozen = {k: v.clone() for k, v in top.state_dict().items()}
+    opt = torch.optim.SGD(top.parameters(), lr=0.05)
+    y = torch.tensor([0, 1, 2, 3, 0, 1])
+    top.train()
+    for _ in range(3):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(top(maps), y).backward()
+        opt.step()
+    top.eval()
+    trained = [k for k, v in top.state_dict().items()
+               if k in frozen and not k.startswith("classifier") and not torch.equal(v, frozen[k])]
+    assert trained, "the layers above the cut must train"
+    with torch.no_grad():
+        want = top(maps).numpy()
+    full = assemble(name, top, weights=str(weights))
+    with torch.no_grad():
+        got = full.features(x)["logits"].numpy()
+    assert _relative(got, want) <= 1e-4
+
+    out = tmp_path / "tuned.onnx"
+    spec = ModelSpec(f"{name}.finetuned", full.weights_sha256, base.preprocessing, "finetune")
+    export_module(full, spec, out)
+    assert read_onnx_metadata(out).layer("logits").shape == (4,)
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    onnx_logits = session.run(["logits"], {"input": x.numpy()})[0]
+    assert _relative(onnx_logits, got) <= 1e-4
+
+
+@pytest.mark.timm
+def test_a_cut_that_is_not_a_stage_is_refused_with_the_stages():
+    pytest.importorskip("timm", reason="timm does not import here (make zoo)")
+    from featurebank.export import build_torch_model
+    from featurebank.finetune._top import TopNet
+
+    base = build_torch_model("timm:test_resnet", _random_weights("test_resnet"))
+    with pytest.raises(FeaturebankError, match="cut at one of stage.1, stage.2"):
+        TopNet(base, "blocks.3", 3)
+
+
+def _random_weights(arch: str) -> str:
+    import tempfile
+
+    import timm
+
+    path = tempfile.NamedTemporaryFile(suffix=".pth", delete=False).name
+    torch.save(timm.create_model(arch, pretrained=False).state_dict(), path)
+    return path
