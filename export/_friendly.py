@@ -1,11 +1,14 @@
 """Friendly names of a foreign image CNN's cut points: ``stage.K``, ``head``, ``pool``, ``logits``.
 
 Read from the graph's structure alone, so converter-made graphs with opaque tensor names get
-them too. The rule is versioned (``featurebank.spec.NAMING_RULES``, this is rule 2): a name
+them too. The rule is versioned (``featurebank.spec.NAMING_RULES``, this is rule 3): a name
 must never come to mean another tensor under the same fingerprint.
 
 - ``stage.K``: the output of the last block at the K-th spatial resolution (see
   :func:`stage_outputs`); never an expansion layer inside a block, never a classifier conv.
+  The last stage is the ``head`` when only a normalisation and activations lie between its
+  block output and the pool (DenseNet's ``norm5``, which timm's last stage includes; rule 3:
+  rule 2 named the concatenation before it).
 - ``head``: the input of the last global pool; without one, the last 4-D map before the
   classifier (a Flatten + Gemm head).
 - ``pool``: the global-pooled vector (GlobalAveragePool, or ReduceMean/ReduceMax over the
@@ -33,6 +36,8 @@ _DOWNSAMPLING_POOLS = {"MaxPool", "AveragePool", "LpPool"}
 _AFTER_MERGE = {"Relu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "LeakyRelu", "PRelu",
                 "Elu", "Selu", "Celu", "Gelu", "Tanh", "Softplus", "Mish", "Swish",
                 "ThresholdedRelu", "Cast", "Identity", "Dropout", "Transpose"}
+_NORMS = {"BatchNormalization", "LayerNormalization", "InstanceNormalization",
+          "GroupNormalization"}
 
 
 def friendly_names(proto: onnx.ModelProto, entries: list[tuple[str, str | None]],
@@ -59,7 +64,10 @@ def friendly_names(proto: onnx.ModelProto, entries: list[tuple[str, str | None]]
         maps = [t for t, lay in entries if lay in ("NCHW", "NHWC")
                 and producer[t] < producer[logits]]
         head = maps[-1] if maps else None
-    for k, tensor in enumerate(stage_outputs(proto, entries, shapes, flow, classifier), 1):
+    stages = stage_outputs(proto, entries, shapes, flow, classifier)
+    if stages and head in listed and _normalised(stages[-1], head, nodes, producer, flow):
+        stages[-1] = head  # the last block's output normalised before the pool (DenseNet)
+    for k, tensor in enumerate(stages, 1):
         names.setdefault(tensor, []).append(f"stage.{k}")
     if head in listed:
         names.setdefault(head, []).append("head")
@@ -68,6 +76,24 @@ def friendly_names(proto: onnx.ModelProto, entries: list[tuple[str, str | None]]
     if logits is not None:
         names.setdefault(logits, []).append("logits")
     return names
+
+
+def _normalised(stage: str, head: str, nodes, producer, flow: Flow) -> bool:
+    """Whether ``head`` is ``stage`` through a normalisation and then only activations and
+    copies (each op with one data input), so the stage's last block ends in that norm."""
+    tensor, norm = head, False
+    for _ in range(16):
+        if tensor == stage:
+            return norm
+        if tensor not in producer:
+            return False
+        node = nodes[producer[tensor]]
+        inputs = _data_inputs(node, flow)
+        if len(inputs) != 1 or node.op_type not in _AFTER_MERGE | _NORMS:
+            return False
+        norm = norm or node.op_type in _NORMS
+        tensor = inputs[0]
+    return False
 
 
 def _flattened(tensor: str, consumers, shapes) -> str:

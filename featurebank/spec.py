@@ -157,9 +157,11 @@ def _tensor_layouts(value: Any) -> tuple[tuple[str, str], ...]:
 
 #: Versions of the rule that gives a foreign graph's tensors friendly names (``stage.K``,
 #: ``head``, ``pool``, ``logits``): 1 is the first rule (absent from ``to_dict``); 2 follows
-#: layouts through constants and Cast/Transpose chains, never names a classifier conv a stage.
+#: layouts through constants and Cast/Transpose chains, never names a classifier conv a stage;
+#: 3 makes the last stage the normalised map the pool reads when only a norm and activations
+#: follow the last block (DenseNet's ``norm5``: rule 2 named the concatenation before it).
 #: A name may mean another tensor under another rule, so the rule enters the fingerprint.
-NAMING_RULES = (1, 2)
+NAMING_RULES = (1, 2, 3)
 
 
 @dataclass(frozen=True)

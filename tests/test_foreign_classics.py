@@ -302,10 +302,12 @@ def test_one_off_preprocessing_on_a_batch1_file_equals_the_adopted_copy(classics
         np.testing.assert_array_equal(a, b)
 
 
-def test_a_new_naming_rule_changes_the_fingerprint_and_old_stores_refuse(classics, tmp_path):
-    """An adopted file written before the naming rule existed (its spec has no 'naming') keeps
-    its old fingerprints; the same model adopted now gets new ones, so rows made under the new
-    rule never join the old feature set, and a classifier of the old rows refuses them."""
+@pytest.mark.parametrize("old_rule", [1, 2])
+def test_a_new_naming_rule_changes_the_fingerprint_and_old_stores_refuse(classics, tmp_path,
+                                                                         old_rule):
+    """An adopted file written under an older naming rule (rule 1: its spec has no 'naming')
+    keeps its old fingerprints; the same model adopted now gets new ones, so rows made under the
+    new rule never join the old feature set, and a classifier of the old rows refuses them."""
     from featurebank.classical import SpecMismatchError, load_features
     from featurebank.extractor.store import FeatureStore
     from featurebank.spec import META_SPEC
@@ -314,14 +316,18 @@ def test_a_new_naming_rule_changes_the_fingerprint_and_old_stores_refuse(classic
     proto = onnx.load(str(adopted))
     meta = next(p for p in proto.metadata_props if p.key == META_SPEC)
     spec = json.loads(meta.value)
-    assert spec["naming"] == 2
-    del spec["naming"]  # what the first rule's adopt wrote
+    assert spec["naming"] == 3
+    if old_rule == 1:
+        del spec["naming"]  # what the first rule's adopt wrote
+    else:
+        spec["naming"] = old_rule
     meta.value = json.dumps(spec)
     old = tmp_path / "old.onnx"
     onnx.save(proto, str(old))
     old_ex = Extractor(str(old), layers=["stage.3"], device="cpu")
     new_ex = Extractor(str(adopted), layers=["stage.3"], device="cpu")
-    assert old_ex.specs[0].model.naming == 1 and "naming" not in old_ex.specs[0].model.to_dict()
+    assert old_ex.specs[0].model.naming == old_rule
+    assert ("naming" in old_ex.specs[0].model.to_dict()) == (old_rule != 1)
     assert old_ex.specs[0].fingerprint() != new_ex.specs[0].fingerprint()
     pixels = np.random.default_rng(4).integers(0, 256, (4, SIZE, SIZE, 3), np.uint8)
     keys, paths = [f"k{i}" for i in range(4)], [f"/img/{i}.png" for i in range(4)]
@@ -350,8 +356,10 @@ def test_naming_rule_in_the_spec():
     new = ModelSpec("onnx-0", "0" * 64, source="onnx", naming=2)
     assert ModelSpec.from_dict(new.to_dict()) == new
     assert FeatureSpec(new, "stage.1").fingerprint() != FeatureSpec(old, "stage.1").fingerprint()
+    newer = ModelSpec("onnx-0", "0" * 64, source="onnx", naming=3)
+    assert FeatureSpec(newer, "stage.1").fingerprint() != FeatureSpec(new, "stage.1").fingerprint()
     with pytest.raises(ValueError, match="model.naming must be one of"):
-        ModelSpec("onnx-0", "0" * 64, naming=3)
+        ModelSpec("onnx-0", "0" * 64, naming=4)
 
 
 def test_classic_parity_figures():

@@ -138,9 +138,10 @@ class DenseBlock(nn.Module):
 
 class DenseNetish(nn.Module):
     """DenseNet: dense blocks in torchvision's and in Caffe's form, and Caffe's classifier: a
-    1x1 conv on the pooled map, then a Softmax."""
+    1x1 conv on the pooled map, then a Softmax. The last stage ends in the norm + ReLU before
+    the pool (timm's DenseNet ``features.norm5``), not at the concatenation before it."""
 
-    STAGES = ("/stem_act", "/block1/", "/block2/", "/block3/")
+    STAGES = ("/stem_act", "/block1/", "/block2/", "/norm/")
 
     def __init__(self):
         super().__init__()
