@@ -370,3 +370,38 @@ def test_classic_parity_figures():
               json.dumps({k: f"{v:.1e}" for k, v in PARITY.items()}, indent=1))
         print("float16 graphs:", json.dumps({k: f"{v:.1e}" for k, v in FP16_PARITY.items()}))
         assert max(PARITY.values()) <= 1e-5
+
+
+@pytest.mark.slow  # ~20 s: torch's dynamo exporter traces the module
+def test_dynamo_convnext_stages_are_the_last_blocks_not_the_downsampling_norm(tmp_path):
+    """torch's dynamo exporter (opset 18) writes ConvNeXt's LayerNorms as one
+    LayerNormalization between Transposes and shares equal initialisers between them: each
+    ``stage.K`` is still the last block's residual sum (the torch stage's output), never the
+    next stage's down-sampling LayerNorm or a Transpose of it."""
+    pytest.importorskip("onnxscript", reason="torch's dynamo ONNX exporter needs onnxscript")
+    from benchmarks.harness.classic_cnns import ConvNeXtish, _bn_stats
+
+    torch.manual_seed(0)
+    module = _bn_stats(ConvNeXtish())
+    x = torch.from_numpy(np.random.default_rng(3).random((1, 3, SIZE, SIZE), np.float32))
+    want = []
+    hooks = [getattr(module, s).register_forward_hook(lambda m, i, o: want.append(o.numpy()))
+             for s in ("stage1", "stage2", "stage3")]
+    with torch.no_grad():
+        module(x)
+    for h in hooks:
+        h.remove()
+    src, adopted = tmp_path / "convnext.dynamo.onnx", tmp_path / "convnext.adopted.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (x,), dynamo=True, opset_version=18, input_names=["input"],
+                          output_names=["output"]).save(str(src), external_data=False)
+    proto = onnx.load(str(src))
+    assert {"LayerNormalization", "Transpose"} <= {n.op_type for n in proto.graph.node}
+    adopt(src, adopted, pixel_range=1, channel_order="rgb")
+    by_name = {la.name: la for la in read_onnx_metadata(adopted).layers}
+    stages = [f"stage.{k}" for k in (1, 2, 3)]
+    assert "stage.4" not in by_name
+    got = outputs_of(src, [by_name[s].tensor for s in stages], x.numpy())
+    for stage, g, w in zip(stages, got, want, strict=True):
+        assert relative(to_nchw(g, by_name[stage].layout), w) <= 1e-5, stage
