@@ -2,13 +2,17 @@
 # Both create .venv and install the project from its own files first:
 #   demo: the core with the torch and service extras (the demo exports EfficientNet-Lite0 on
 #         first use, which needs torch; no Ray, pandas or pyarrow);
-#   test: adds the dev and ray extras.
+#   test: adds the dev (with io) and ray extras, and the zoo venv (.venv-zoo: timm, torchvision).
 # tools/install.py keeps torch on its CPU build: pip's configured CPU wheel where there is one,
 # else PyTorch's CPU wheel index (`python tools/install.py --which-torch` says which).
 # `make lint` runs ruff and mypy (as .ci/run does before the tests).
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# The zoo environment (docs/install.md): a second venv with PyPI's torch build, torchvision and
+# timm, featurebank installed editable; the timm/torchvision tests run there.
+ZOO_VENV ?= .venv-zoo
+ZOO_STAMP := $(ZOO_VENV)/.installed-zoo
 DEMO_STAMP := $(VENV)/.installed-demo
 TEST_STAMP := $(VENV)/.installed-test
 
@@ -39,8 +43,11 @@ which-torch: | $(BIN)/python
 demo: $(DEMO_STAMP)
 	$(BIN)/featurebank demo
 
-test: $(TEST_STAMP)
+# The whole suite: the core tests in .venv, then the timm/torchvision tests in the zoo venv
+# (where those libraries import; in .venv they skip with that reason).
+test: $(TEST_STAMP) $(ZOO_STAMP)
 	$(BIN)/python -m pytest -q
+	$(ZOO_VENV)/bin/python -m pytest -q -m "timm or torchvision"
 
 lint: $(TEST_STAMP)
 	$(BIN)/ruff check .
@@ -48,11 +55,6 @@ lint: $(TEST_STAMP)
 
 clean-venv:
 	rm -rf $(VENV) $(ZOO_VENV)
-
-# The zoo environment (docs/install.md): a second venv with PyPI's torch build, torchvision and
-# timm, featurebank installed editable; the timm/torchvision tests run there.
-ZOO_VENV ?= .venv-zoo
-ZOO_STAMP := $(ZOO_VENV)/.installed-zoo
 
 $(ZOO_STAMP): pyproject.toml tools/install_zoo.py
 	$(PY) tools/install_zoo.py --venv $(ZOO_VENV)

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 
 def cached_path(model: str, cache_dir: str | Path | None = None,
-                input_size: int | None = None) -> Path:
+                input_size: int | None = None, weights: str | Path | None = None) -> Path:
     """Where the cached export of ``model`` lives (it may not exist yet).
 
     The name holds a digest of model, weights digest, input size, featurebank version and
@@ -37,7 +37,8 @@ def cached_path(model: str, cache_dir: str | Path | None = None,
     release, other weights or a local change to the exporter never reuse a stale export.
     """
     entry = get_model_entry(model)
-    weights = entry.default_weights() if entry.source == "featurebank" else "library"
+    if weights is None:
+        weights = entry.default_weights() if entry.source == "featurebank" else "library"
     size = input_size or entry.preprocessing.input_size[0]  # None and the native size share a file
     key = f"{model}|{_weights_digest(weights)}|{size}|{featurebank_version()}|{exporter_digest()}"
     safe = model.replace(":", "-").replace("/", "-")
@@ -45,7 +46,7 @@ def cached_path(model: str, cache_dir: str | Path | None = None,
 
 
 def ensure_exported(model: str, cache_dir: str | Path | None = None,
-                    input_size: int | None = None) -> Path:
+                    input_size: int | None = None, weights: str | Path | None = None) -> Path:
     """The cached ONNX export of a registry model, exported now if absent.
 
     Parameters
@@ -56,6 +57,9 @@ def ensure_exported(model: str, cache_dir: str | Path | None = None,
         Cache folder; default ``$FEATUREBANK_CACHE``, else ``~/.cache/featurebank``.
     input_size : int, optional
         Square input side; default: the model's pretrained size.
+    weights : path, optional
+        A local state dict of the architecture (keyed by its content); default: the model's
+        pretrained weights.
 
     Returns
     -------
@@ -66,7 +70,7 @@ def ensure_exported(model: str, cache_dir: str | Path | None = None,
     """
     purpose = f"exporting model {model!r} to ONNX (done once, on first use)"
     try:
-        out = cached_path(model, cache_dir, input_size)
+        out = cached_path(model, cache_dir, input_size, weights)
     except FeaturebankError:
         require_torch(purpose)  # a torch-free install lacks the weights packages too: say why
         raise
@@ -89,7 +93,7 @@ def ensure_exported(model: str, cache_dir: str | Path | None = None,
     with FileLock(str(out) + ".lock"):
         if not out.exists():
             log.info("exporting %s into the cache %s (first use)", model, out.parent)
-            export_onnx(model, out, input_size=input_size)
+            export_onnx(model, out, weights=weights, input_size=input_size)
     return out
 
 
@@ -121,5 +125,5 @@ def exporter_digest() -> str:
 
 
 @functools.lru_cache(maxsize=32)  # hashing 20 MB on every cache hit would dominate it
-def _weights_digest(path: str) -> str:
-    return path if path == "library" else sha256_file(path)
+def _weights_digest(path: str | Path) -> str:
+    return "library" if path == "library" else sha256_file(str(path))

@@ -15,6 +15,7 @@ import numpy as np
 from featurebank.errors import FeaturebankError
 from featurebank.finetune._data import (
     CachedMaps,
+    base_onnx,
     check_labels,
     cut_spec,
     ensure_flipped,
@@ -82,6 +83,7 @@ class FinetuneResult:
     def lineage(self) -> dict[str, Any]:
         choice = {k: v for k, v in self.choice.items() if k != "per_fold"}
         return {"base_model": self.model, "base_weights_sha256": self.base_sha256,
+                "base_weights_file": self.options.weights,
                 "from_layer": self.layer, "classes": self.classes,
                 "train_feature_set": self.train_fingerprint, "train_images": self.train_images,
                 "chosen": self.chosen,
@@ -97,19 +99,20 @@ class FinetuneResult:
         from featurebank.finetune._top import assemble
 
         which = which or self.chosen
-        return assemble(self.model, self.top if which == "finetuned" else self.trained.probe_top)
+        return assemble(self.model, self.top if which == "finetuned" else self.trained.probe_top,
+                        weights=self.options.weights)
 
     def export(self, path: str | Path) -> Path:
         """Write the chosen model as a self-describing ONNX classifier (original trunk, then
         the tuned top and head, or the frozen top and the probe's head); then remove the
         checkpoint unless ``options.keep_checkpoint``."""
-        from featurebank.export import ensure_exported, read_onnx_metadata
+        from featurebank.export import read_onnx_metadata
         from featurebank.finetune._export import export_tuned
 
         path = Path(path)
         started = time.perf_counter()
-        base_spec = read_onnx_metadata(ensure_exported(self.model,
-                                                       input_size=self.options.input_size)).spec
+        base_spec = read_onnx_metadata(base_onnx(self.model, self.options.input_size,
+                                                 self.options.weights)).spec
         export_tuned(self.torch_model(), path, base_spec, self.lineage(), self.options.tta_flip)
         self.seconds["export"] = round(time.perf_counter() - started, 2)
         self.exported = path
@@ -181,7 +184,7 @@ def finetune(train: str | Path, *, model: str = "efficientnet_lite0", from_layer
         if src is not None and not Path(src).exists():
             raise FeaturebankError(f"finetune {name} input {src} does not exist")
     # refuses a bad model or cut before any file
-    spec, shape = cut_spec(model, from_layer, opts.input_size)
+    spec, shape = cut_spec(model, from_layer, opts.input_size, opts.weights)
     # both inputs are read and checked before anything is embedded or written
     train_set = open_collection(train, "train", spec, work_dir)
     test_set = None if test is None else open_collection(test, "test", spec, work_dir)
@@ -189,9 +192,9 @@ def finetune(train: str | Path, *, model: str = "efficientnet_lite0", from_layer
     started = time.perf_counter()
     for collection in (train_set, test_set):
         if collection is not None:
-            ensure_maps(collection, spec, embed_batch_size, progress)
+            ensure_maps(collection, spec, embed_batch_size, progress, opts.weights)
     if opts.flip:
-        ensure_flipped(train_set, spec, embed_batch_size, progress)
+        ensure_flipped(train_set, spec, embed_batch_size, progress, opts.weights)
     timings["embed"] = round(time.perf_counter() - started, 2)
     maps = load_maps(train_set, spec, shape, flipped=opts.flip)
     classes = check_labels(maps)

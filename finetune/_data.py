@@ -45,58 +45,96 @@ class CachedMaps:
         return self.spec.fingerprint()
 
 
-def cut_spec(model: str, layer: str, input_size: int | None = None
+def refuse_onnx(model: str) -> None:
+    """Refuse an ONNX file as a fine-tuning base, saying what works instead."""
+    from featurebank.export import is_onnx_path
+
+    if is_onnx_path(str(model)):
+        raise FeaturebankError(
+            f"finetune --model {model}: an ONNX file has no torch code to train; give a registry "
+            f"model (efficientnet_lite0/1/2), timm:NAME or torchvision:NAME (with --weights FILE "
+            f"for your own weights), or train a classifier on its features ('featurebank "
+            f"train')")
+
+
+def base_onnx(model: str, input_size: int | None = None, weights: str | None = None) -> Path:
+    """The ONNX export the maps are cut from: the model's cached export, with the local state
+    dict ``weights`` when given (the cache keys it by content)."""
+    from featurebank.export import ensure_exported
+    from featurebank.extractor import resolve_model_path
+
+    if weights is None:
+        return resolve_model_path(model, input_size)
+    if not Path(weights).is_file():
+        raise FeaturebankError(f"finetune --weights {weights}: no such file (give the state dict "
+                               f"of {model} saved with torch.save(model.state_dict(), FILE))")
+    return ensure_exported(model, input_size=input_size, weights=weights)
+
+
+def cut_spec(model: str, layer: str, input_size: int | None = None, weights: str | None = None
              ) -> tuple[FeatureSpec, tuple[int, int, int]]:
     """The spec of the maps a fine-tune from ``layer`` of ``model`` (exported at
-    ``input_size``, default its own) needs, and their shape.
+    ``input_size``, default its own, with the state dict ``weights``, default the pretrained
+    one) needs, and their shape.
 
-    Refuses anything but a registry EfficientNet-Lite cut at ``blocks.N``: those are the models
-    whose layers above the cut exist as torch modules to train.
+    Refuses an ONNX file (no torch code to train) and a cut that is not a ``blocks.K`` or
+    ``stage.K`` of the model's catalogue; whether the layers above it split off as a chain is
+    checked when the top is built.
     """
-    from featurebank.export import ensure_exported, get_model_entry, read_onnx_metadata
-    from featurebank.extractor import Extractor
+    from featurebank.export import read_onnx_metadata
 
-    if str(model).lower().endswith(".onnx"):
-        raise FeaturebankError(f"finetune --model {model}: give a registry model name such as "
-                               "efficientnet_lite0 (its torch layers are what gets trained)")
-    entry = get_model_entry(model)
-    if entry.source != "featurebank":
-        raise FeaturebankError(f"finetune supports the EfficientNet-Lite models "
-                               f"(efficientnet_lite0/1/2), not {model!r}")
-    info = read_onnx_metadata(ensure_exported(model, input_size=input_size))
-    blocks = [la.name for la in info.layers if la.name.startswith("blocks.")]
-    if layer not in blocks:
-        raise FeaturebankError(f"finetune --from {layer!r}: cut at one of {blocks[0]} .. "
-                               f"{blocks[-1]} of {model} (the layers above it are trained)")
+    refuse_onnx(model)
+    path = base_onnx(model, input_size, weights)
+    info = read_onnx_metadata(path)
+    families = [[la.name for la in info.layers if la.name.startswith(prefix)]
+                for prefix in ("blocks.", "stage.")]
+    if not any(layer in names for names in families):
+        ranges = " or ".join(f"{names[0]} .. {names[-1]}" for names in families if names)
+        raise FeaturebankError(f"finetune --from {layer!r}: cut at one of "
+                               f"{ranges or 'its blocks/stages (it lists none)'} of {model} "
+                               f"(the layers above it are trained)")
     shape = tuple(int(v) for v in info.layer(layer).shape)
-    spec = Extractor(model, layers=(layer,), pool="none", input_size=input_size).specs[0]
+    spec = _extractor(model, layer, input_size, weights).specs[0]
     return spec, shape  # type: ignore[return-value]
 
 
+def _extractor(model: str, layer: str, input_size: int | None, weights: str | None,
+               cls: type | None = None, batch_size: int = 32):
+    """The unpooled extractor of the cut: by registry name, or on the export with ``weights``."""
+    from featurebank.extractor import Extractor
+
+    cls = cls or Extractor
+    if weights is None:
+        return cls(model, layers=(layer,), pool="none", input_size=input_size,
+                   batch_size=batch_size)
+    return cls(str(base_onnx(model, input_size, weights)), layers=(layer,), pool="none",
+               batch_size=batch_size)
+
+
 def ensure_maps(collection: Collection, spec: FeatureSpec, batch_size: int = 32,
-                progress: bool = True) -> None:
+                progress: bool = True, weights: str | None = None) -> None:
     """Embed the images of a folder collection into its cache store (only new content)."""
     if not collection.is_folder:
         return  # a store given holds its maps already (checked when it was opened)
-    _embed([str(collection.source)], collection.store, spec, batch_size, progress, flip=False)
+    _embed([str(collection.source)], collection.store, spec, batch_size, progress, flip=False,
+           weights=weights)
     check_store(collection.store, spec)
 
 
 def ensure_flipped(collection: Collection, spec: FeatureSpec, batch_size: int = 32,
-                   progress: bool = True) -> None:
+                   progress: bool = True, weights: str | None = None) -> None:
     """The mirrored maps of every image of ``collection`` in its flip store (only new content)."""
     _embed(sorted(set(collection.paths)), collection.flip_store, spec, batch_size, progress,
-           flip=True)
+           flip=True, weights=weights)
 
 
 def _embed(inputs: list[str], store: Path, spec: FeatureSpec, batch_size: int, progress: bool,
-           flip: bool) -> None:
-    from featurebank.extractor import EmbedRun, Extractor, embed_collection
+           flip: bool, weights: str | None = None) -> None:
+    from featurebank.extractor import EmbedRun, embed_collection
 
     store.parent.mkdir(parents=True, exist_ok=True)
-    cls = _flipped_extractor_class() if flip else Extractor
-    ex = cls(spec.model.model, layers=(spec.layer,), pool="none", batch_size=batch_size,
-             input_size=spec.model.preprocessing.input_size[0])
+    ex = _extractor(spec.model.model, spec.layer, spec.model.preprocessing.input_size[0], weights,
+                    cls=_flipped_extractor_class() if flip else None, batch_size=batch_size)
     if ex.specs[0].fingerprint() != spec.fingerprint():
         raise FeaturebankError(f"the extractor computes {ex.specs[0].describe()}, not "
                                f"{spec.describe()}; the model cache changed under the run")

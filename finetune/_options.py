@@ -58,6 +58,10 @@ class FinetuneOptions:
     tta_flip : bool
         Flip test-time augmentation in the exported graph: its ``logits`` are the mean of the
         image's and its mirror's (the report's validation and test figures are without it).
+    weights : str, optional
+        A local state dict of the model's architecture (``torch.save(model.state_dict(), F)``)
+        the maps are cut from and the top starts from (default: the model's pretrained weights,
+        which timm/torchvision download on first use); recorded in the tuned file's lineage.
     """
 
     epochs: int = option(8, Interval(int, 1, None), help="most epochs of fine-tuning")
@@ -92,6 +96,8 @@ class FinetuneOptions:
                                     "(default: the model's)")
     tta_flip: bool = option(False, bool, help="exported logits average the image's and its "
                             "mirror's (flip TTA in the graph)")
+    weights: str | None = option(None, None, str, help="local state dict of the model's "
+                                 "architecture to start from (default: its pretrained weights)")
 
     def __post_init__(self) -> None:
         check_options(self)

@@ -260,14 +260,10 @@ def build_top(model: str, layer: str, n_classes: int, dropout: float,
 
 
 def _base(model: str, weights: str | None, input_size: int | None = None):
-    from featurebank.export import build_torch_model, is_onnx_path
+    from featurebank.export import build_torch_model
+    from featurebank.finetune._data import refuse_onnx
 
-    if is_onnx_path(model):
-        raise FeaturebankError(
-            f"finetune --model {model}: an ONNX file has no torch code to train; give a registry "
-            f"model (efficientnet_lite0/1/2), timm:NAME or torchvision:NAME (with --weights FILE "
-            f"for your own weights), or train a classifier on its features ('featurebank "
-            f"train')")
+    refuse_onnx(model)
     return build_torch_model(model, weights, input_size=input_size)
 
 

@@ -194,7 +194,7 @@ def prepare(maps: CachedMaps, classes: list[str], model: str, opts: FinetuneOpti
     if opts.threads:
         torch.set_num_threads(opts.threads)
     top, base_sha = build_top(model, maps.spec.layer, len(classes), opts.dropout,
-                              input_size=opts.input_size)
+                              weights=opts.weights, input_size=opts.input_size)
     if base_sha != maps.spec.model.weights_sha256:
         raise FeaturebankError(f"the maps were cut from weights {maps.spec.model.weights_sha256[:12]}"
                                f", {model} has {base_sha[:12]} here; embed them again")
@@ -208,7 +208,7 @@ def new_top(setup: Setup, seed: int, head: dict[str, torch.Tensor] | None = None
     """A fresh top on the pretrained weights (its new head seeded, or ``head``'s weights)."""
     torch.manual_seed(seed)
     top, _ = build_top(setup.model, setup.maps.spec.layer, setup.n_classes, setup.opts.dropout,
-                       input_size=setup.opts.input_size)
+                       weights=setup.opts.weights, input_size=setup.opts.input_size)
     if head is not None:
         top.classifier.load_state_dict(head)
     return top.eval()

@@ -287,7 +287,7 @@ def test_mismatched_cut_or_model_is_refused(small_maps_store, tmp_path):
         finetune(small_maps_store, from_layer="blocks.13", output=out, epochs=1)
     with pytest.raises(FeaturebankError, match="cut at one of blocks.0 .. blocks.15"):
         finetune(small_maps_store, from_layer="head", output=out, epochs=1)
-    with pytest.raises(FeaturebankError, match="registry model name"):
+    with pytest.raises(FeaturebankError, match="an ONNX file has no torch code"):
         finetune(small_maps_store, model=str(tmp_path / "m.onnx"), output=out, epochs=1)
     # the same rows written as maps of other weights (a store made with another model file)
     with h5py.File(small_maps_store, "r") as f:

@@ -111,3 +111,72 @@ def _random_weights(arch: str) -> str:
     path = tempfile.NamedTemporaryFile(suffix=".pth", delete=False).name
     torch.save(timm.create_model(arch, pretrained=False).state_dict(), path)
     return path
+
+
+def test_finetune_refuses_an_onnx_file_and_a_missing_weights_file_before_any_file(tmp_path):
+    from featurebank.finetune import finetune
+
+    (tmp_path / "train" / "a").mkdir(parents=True)
+    with pytest.raises(FeaturebankError, match="no torch code.*timm:NAME or torchvision:NAME"):
+        finetune(tmp_path / "train", model=str(tmp_path / "adopted.onnx"), from_layer="stage.3",
+                 output=tmp_path / "tuned.onnx")
+    with pytest.raises(FeaturebankError, match="--weights .*gone.pth: no such file"):
+        finetune(tmp_path / "train", model="efficientnet_lite0", from_layer="blocks.12",
+                 output=tmp_path / "tuned.onnx", weights=str(tmp_path / "gone.pth"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["train"]
+
+
+@pytest.mark.slow
+@pytest.mark.torchvision
+def test_torchvision_resnet_fine_tunes_from_a_stage_and_its_tuned_file_predicts(
+        digits_dir, tmp_path, capsys):
+    """torchvision resnet18 with a locally saved state dict (users' machines download the
+    pretrained one), at 64x64 on 36 real digits: the maps are cut from the export with those
+    weights, layer4 trains above stage.3, and ``featurebank predict`` on the tuned file agrees
+    with the training code's evaluation from the cached maps on every test image."""
+    pytest.importorskip("torchvision", reason="torchvision does not import here (make zoo)")
+    import json
+    import shutil
+
+    import torchvision
+
+    from featurebank.cli import main
+    from featurebank.export import build_torch_model
+    from featurebank.finetune import finetune
+    from featurebank.finetune._data import cut_spec, load_maps
+    from featurebank.finetune._inputs import open_collection
+    from featurebank.finetune._train import predict_logits
+    from featurebank.finetune._tuned import tuned_lineage
+
+    torch.manual_seed(0)
+    weights = tmp_path / "resnet18.pth"
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights)
+    for split, first, count in (("train", 0, 12), ("test", 12, 4)):
+        for c in ("0", "1", "7"):
+            (tmp_path / split / c).mkdir(parents=True)
+            for f in sorted((digits_dir / c).glob("*.png"))[first:first + count]:
+                shutil.copy(f, tmp_path / split / c / f.name)
+    name, out = "torchvision:resnet18", tmp_path / "tuned.onnx"
+    result = finetune(tmp_path / "train", model=name, from_layer="stage.3",
+                      test=tmp_path / "test", output=out, epochs=1, threads=1, input_size=64,
+                      val_size=0.25, weights=str(weights), progress=False)
+    result.export(out)
+    lineage = tuned_lineage(out)
+    assert lineage["base_model"] == name and lineage["from_layer"] == "stage.3"
+    assert lineage["base_weights_file"] == str(weights)
+    assert lineage["base_weights_sha256"] == build_torch_model(name, weights, 64).weights_sha256
+
+    capsys.readouterr()
+    assert main(["predict", str(out), str(tmp_path / "test"), "--json"]) == 0
+    answers = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(answers) == 12
+    spec, shape = cut_spec(name, "stage.3", 64, str(weights))
+    maps = load_maps(open_collection(result.test_store, "test", spec), spec, shape)
+    from_maps = predict_logits(result.trained.chosen_top, maps.X, maps.shape).argmax(1)
+    from featurebank.extractor import FeatureStore
+
+    feats = FeatureStore(result.test_store).read()
+    row_of_path = {p: list(maps.keys).index(k) for k, p in zip(feats.keys, feats.paths,
+                                                               strict=True)}
+    predicted = [a["label"] for a in answers]
+    assert predicted == [result.classes[from_maps[row_of_path[a["path"]]]] for a in answers]

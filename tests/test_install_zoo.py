@@ -20,7 +20,11 @@ def test_make_zoo_runs_the_installer_and_test_zoo_the_marked_tests(tmp_path):
 
     assert f"tools/install_zoo.py --venv {tmp_path / 'z'}" in dry("zoo")
     assert '-m pytest -q -m "timm or torchvision"' in dry("test-zoo")
-    assert "make test-zoo" in (ROOT / ".ci" / "run").read_text()
+    # README's test command (what CI runs) covers the zoo tests too
+    test = dry("test")
+    assert f"{tmp_path / 'z'}/bin/python -m pytest -q -m \"timm or torchvision\"" in test
+    assert test.index(".venv/bin/python -m pytest -q") < test.index(f"{tmp_path / 'z'}/bin/python")
+    assert "make test" in (ROOT / ".ci" / "run").read_text()
 
 
 def test_installer_pins_the_torchvision_pair_and_keeps_pip_off_find_links(tmp_path):

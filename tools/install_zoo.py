@@ -42,7 +42,9 @@ def plan(venv: Path, extras: str = EXTRAS) -> list[list[str]]:
         [*pip, "--upgrade", "pip"],
         [*pip, *ZOO_PINS],
         # torch is already there: the project's own pin (torch==2.13.0) is satisfied by it
-        [*pip, "-e", f"{ROOT}[{extras}]"],
+        # the same pins as the core install (constraints.txt): torch==2.13.0 is the build just
+        # installed, and the boto family resolves without backtracking
+        [*pip, "-c", str(ROOT / "constraints.txt"), "-e", f"{ROOT}[{extras}]"],
     ]
 
 

@@ -21,7 +21,8 @@ def register(sub) -> None:
         "OUTPUT'.")
     p.add_argument("train", metavar="TRAIN", help="folder of labelled images, or a store")
     p.add_argument("--model", default=DEFAULT_MODEL,
-                   help=f"EfficientNet-Lite registry name (default: {DEFAULT_MODEL})")
+                   help=f"registry name, timm:NAME or torchvision:NAME (with --weights FILE "
+                   f"for a local state dict; default: {DEFAULT_MODEL})")
     p.add_argument("--from", dest="from_layer", default="blocks.12", metavar="LAYER",
                    help="cut: layers up to it stay frozen (default: blocks.12)")
     p.add_argument("--test", default=None, metavar="FOLDER_OR_STORE",
