@@ -118,7 +118,8 @@ class FinetuneResult:
         self.exported = path
         if self.checkpoint is not None and not self.options.keep_checkpoint:
             self.checkpoint.unlink(missing_ok=True)
-        log.info("wrote %s (%s from %s, %d classes): %s", path, self.model, self.layer,
+        # debug: the command line prints this line itself, as its last (said once)
+        log.debug("wrote %s (%s from %s, %d classes): %s", path, self.model, self.layer,
                  len(self.classes), self.conclusion())
         return path
 

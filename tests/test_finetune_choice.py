@@ -9,6 +9,7 @@ new linear head), one epoch or two.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import shutil
@@ -74,7 +75,7 @@ def test_each_run_trains_on_exactly_its_own_images(two_collections, model_cache,
 
 @pytest.mark.slow
 def test_a_run_from_a_scratch_folder_leaves_only_its_output(two_collections, tmp_path,
-                                                             monkeypatch, capsys):
+                                                             monkeypatch, capsys, caplog):
     """`featurebank finetune ... -o tuned.onnx` in an empty folder: afterwards the folder holds
     the tuned file only (maps in the cache, checkpoint removed); `--keep-checkpoint` keeps
     the checkpoint. The last line says which model the file holds and why."""
@@ -90,6 +91,9 @@ def test_a_run_from_a_scratch_folder_leaves_only_its_output(two_collections, tmp
     assert os.listdir(scratch) == ["tuned.onnx"]
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last.startswith("wrote tuned.onnx: the ") and "95 % interval" in last
+    # said once: the log (stderr) does not repeat the printed last line
+    assert not [r for r in caplog.records
+                if r.levelno >= logging.INFO and "wrote tuned.onnx" in r.getMessage()]
     assert main([*args, "-o", "kept.onnx", "--keep-checkpoint", "--work-dir",
                  str(tmp_path / "work")]) == 0
     assert sorted(os.listdir(scratch)) == ["kept.onnx", "kept.onnx.ckpt", "tuned.onnx"]
