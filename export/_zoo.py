@@ -274,17 +274,21 @@ def _torchvision_cuts(model: nn.Module, size: tuple[int, int]) -> dict[str, nn.M
     return _called_once(model, {f"stage.{k}": m for k, m in enumerate(last.values(), 1)}, size)
 
 
-def _output_shapes(model: nn.Module, mods: list[nn.Module], size) -> dict[nn.Module, tuple]:
-    shapes: dict[nn.Module, tuple] = {}
-    hooks = [m.register_forward_hook(
-        lambda mod, _i, o: shapes.__setitem__(mod, tuple(o.shape)) if torch.is_tensor(o) else None)
-        for m in mods]
+def _run_with_hooks(model: nn.Module, mods, hook, size: tuple[int, int]) -> None:
+    """One forward pass on a blank image with ``hook(module, output)`` on each of ``mods``."""
+    handles = [m.register_forward_hook(lambda mod, _i, o: hook(mod, o)) for m in mods]
     try:
         with torch.no_grad():
             model(torch.zeros(1, 3, *size))
     finally:
-        for h in hooks:
+        for h in handles:
             h.remove()
+
+
+def _output_shapes(model: nn.Module, mods: list[nn.Module], size) -> dict[nn.Module, tuple]:
+    shapes: dict[nn.Module, tuple] = {}
+    _run_with_hooks(model, mods, lambda mod, o: shapes.__setitem__(mod, tuple(o.shape))
+                    if torch.is_tensor(o) else None, size)
     return shapes
 
 
@@ -292,12 +296,6 @@ def _called_once(model: nn.Module, cuts: dict[str, nn.Module], size: tuple[int, 
     """Drops cut modules called more than once per forward (a shared activation module): their
     hook would see the last call, not the stage output."""
     calls: dict[int, int] = {}
-    hooks = [m.register_forward_hook(lambda mod, *_: calls.__setitem__(id(mod), calls.get(id(mod), 0) + 1))
-             for m in cuts.values()]
-    try:
-        with torch.no_grad():
-            model(torch.zeros(1, 3, *size))
-    finally:
-        for h in hooks:
-            h.remove()
+    _run_with_hooks(model, cuts.values(),
+                    lambda mod, _o: calls.__setitem__(id(mod), calls.get(id(mod), 0) + 1), size)
     return {n: m for n, m in cuts.items() if calls.get(id(m)) == 1}
