@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import h5py
 import numpy as np
 
-from featurebank.errors import FeaturebankError
+from featurebank.errors import FeaturebankError, OptionError
 from featurebank.spec import FeatureSpec
 
 if TYPE_CHECKING:  # _inputs opens collections with this module's store check
@@ -50,11 +50,11 @@ def refuse_onnx(model: str) -> None:
     from featurebank.export import is_onnx_path
 
     if is_onnx_path(str(model)):
-        raise FeaturebankError(
-            f"finetune --model {model}: an ONNX file has no torch code to train; give a registry "
-            f"model (efficientnet_lite0/1/2), timm:NAME or torchvision:NAME (with --weights FILE "
+        raise OptionError(
+            "model", f"{model!r} is an ONNX file: it has no torch code to train; give a registry "
+            f"model (efficientnet_lite0/1/2), timm:NAME or torchvision:NAME (with weights=FILE "
             f"for your own weights), or train a classifier on its features ('featurebank "
-            f"train')")
+            f"train')", owner="finetune")
 
 
 def base_onnx(model: str, input_size: int | None = None, weights: str | None = None) -> Path:
@@ -66,8 +66,9 @@ def base_onnx(model: str, input_size: int | None = None, weights: str | None = N
     if weights is None:
         return resolve_model_path(model, input_size)
     if not Path(weights).is_file():
-        raise FeaturebankError(f"finetune --weights {weights}: no such file (give the state dict "
-                               f"of {model} saved with torch.save(model.state_dict(), FILE))")
+        raise OptionError("weights", f"{str(weights)!r}: no such file (give the state dict of "
+                          f"{model} saved with torch.save(model.state_dict(), FILE))",
+                          owner="FinetuneOptions")
     return ensure_exported(model, input_size=input_size, weights=weights)
 
 
@@ -90,9 +91,9 @@ def cut_spec(model: str, layer: str, input_size: int | None = None, weights: str
                 for prefix in ("blocks.", "stage.")]
     if not any(layer in names for names in families):
         ranges = " or ".join(f"{names[0]} .. {names[-1]}" for names in families if names)
-        raise FeaturebankError(f"finetune --from {layer!r}: cut at one of "
-                               f"{ranges or 'its blocks/stages (it lists none)'} of {model} "
-                               f"(the layers above it are trained)")
+        raise OptionError("from_layer", f"{layer!r}: cut at one of "
+                          f"{ranges or 'its blocks/stages (it lists none)'} of {model} "
+                          f"(the layers above it are trained)", owner="finetune")
     shape = tuple(int(v) for v in info.layer(layer).shape)
     spec = _extractor(model, layer, input_size, weights).specs[0]
     return spec, shape  # type: ignore[return-value]
@@ -180,7 +181,7 @@ def check_store(store: Path, spec: FeatureSpec) -> None:
             break
     raise FeaturebankError(
         f"store {store} holds no unpooled maps of {spec.describe()}{why}; it has: {held}. "
-        f"Fine-tune with the --model/--from the maps were cut with, or embed them with "
+        f"Fine-tune with the model and cut the maps were made with, or embed them with "
         f"'featurebank embed ... --model {spec.model.model} --layer {spec.layer} --pool none'")
 
 
@@ -246,8 +247,9 @@ def stratified_split(labels: np.ndarray, val_size: float, seed: int) -> tuple[np
     idx = np.arange(len(labels))
     n_classes = len(set(labels.tolist()))
     if round(val_size * len(labels)) < n_classes:
-        raise FeaturebankError(f"val_size {val_size} of {len(labels)} images leaves fewer "
-                               f"validation images than classes ({n_classes}); raise --val-size")
+        raise OptionError("val_size", f"{val_size} of {len(labels)} images leaves fewer "
+                          f"validation images than classes ({n_classes}); raise it",
+                          owner="FinetuneOptions")
     train, val = train_test_split(idx, test_size=val_size, stratify=labels, random_state=seed)
     return np.sort(train), np.sort(val)
 

@@ -4,8 +4,13 @@ plain lines when stderr is no terminal, one log format (issue 22, item 5)."""
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
+
+import pytest
 
 from featurebank.cli import _LogFormat, build_parser
+from featurebank.errors import OptionError
 from featurebank.extractor._progress import ProgressLines, progress
 
 
@@ -61,3 +66,20 @@ def test_one_log_format_for_every_command():
     assert fmt.format(record("onnxscript", logging.WARNING, "x")) == "warning (onnxscript): x"
     assert fmt.format(record("featurebank.x", logging.DEBUG, "y")) == "debug (featurebank.x): y"
     assert fmt.format(record("uvicorn.error", logging.INFO, "z")) == "info (uvicorn): z"
+
+
+def test_finetune_errors_name_the_flags_on_the_command_line_and_parameters_in_python(tmp_path):
+    """The library's fine-tuning errors name its parameters (``from_layer``); the command
+    prints them with its own flags (``--from``)."""
+    from featurebank.finetune import finetune
+
+    photos = tmp_path / "photos" / "a"
+    photos.mkdir(parents=True)
+    with pytest.raises(OptionError, match=r"^from_layer 'blocks\.99': cut at one of"):
+        finetune(tmp_path / "photos", from_layer="blocks.99", output=tmp_path / "t.onnx")
+    r = subprocess.run([sys.executable, "-m", "featurebank", "finetune", str(tmp_path / "photos"),
+                        "--from", "blocks.99", "-o", str(tmp_path / "t.onnx")],
+                       capture_output=True, text=True)
+    assert r.returncode == 1
+    assert "error: --from 'blocks.99': cut at one of blocks.0 .. blocks.15" in r.stderr
+    assert not (tmp_path / "t.onnx").exists()

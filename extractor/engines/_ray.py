@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import ray
 
-from featurebank.errors import FeaturebankError
+from featurebank.errors import FeaturebankError, OptionError
 from featurebank.extractor._extractor import Extractor
 from featurebank.extractor._progress import progress
 from featurebank.extractor.engines._common import EmbedRun, EmbedSummary, prepare_file
@@ -187,8 +187,9 @@ def connected(address: str | None = None) -> Iterator[None]:
             ray.init(address=address, include_dashboard=False, log_to_driver=False,
                      logging_level=logging.WARNING)
         except (ConnectionError, ValueError, RuntimeError) as exc:
-            raise FeaturebankError(f"cannot connect to Ray at {address or 'a new local instance'} "
-                                   f"({exc}); start one with 'ray start --head' or check --address") from exc
+            raise OptionError("address", f"{address!r}: cannot connect to Ray at "
+                              f"{address or 'a new local instance'} ({exc}); start one with "
+                              "'ray start --head' or check the address", owner="EmbedRun") from exc
         started = True
     try:
         yield
@@ -202,8 +203,9 @@ def _actor_resources(device: str, workers: int | None, threads: int | None) -> t
     res = ray.cluster_resources()
     gpus, cpus = int(res.get("GPU", 0)), int(res.get("CPU", 1))
     if device == "cuda" and not gpus:
-        raise FeaturebankError("--device cuda asked for, but the Ray cluster has no GPU; start "
-                               "workers with GPUs ('ray start --num-gpus N') or use --device cpu")
+        raise OptionError("device", "'cuda' asked for, but the Ray cluster has no GPU; start "
+                          "workers with GPUs ('ray start --num-gpus N') or use device 'cpu'",
+                          owner="EmbedRun")
     if gpus and device in ("auto", "cuda"):
         return {"num_gpus": 1, "num_cpus": 1}, workers or gpus, "cuda"
     per_actor = threads or 1
@@ -211,8 +213,9 @@ def _actor_resources(device: str, workers: int | None, threads: int | None) -> t
     # pipeline starves upstream of its own actors.
     size = workers or max(1, cpus // (2 * per_actor))
     if size * per_actor >= cpus:
-        raise FeaturebankError(f"--workers {size} x {per_actor} thread(s) would take all {cpus} CPUs "
-                               "of the Ray cluster and leave none for decoding; use fewer workers")
+        raise OptionError("workers", f"{size} x {per_actor} thread(s) would take all {cpus} CPUs "
+                          "of the Ray cluster and leave none for decoding; use fewer workers",
+                          owner="EmbedRun")
     return {"num_cpus": per_actor}, size, "cpu"
 
 

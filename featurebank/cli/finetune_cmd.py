@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from featurebank.cli.flags import add_option_flags, options_from_args
+from featurebank.cli.flags import add_option_flags, options_from_args, register_flags
 from featurebank.finetune import FinetuneOptions
 from featurebank.spec import DEFAULT_MODEL
 
@@ -33,6 +33,8 @@ def register(sub) -> None:
                    help="where the maps of a folder are cached (default: maps/ in featurebank's "
                    "cache folder, $FEATUREBANK_CACHE or ~/.cache/featurebank)")
     add_option_flags(p.add_argument_group("training (FinetuneOptions)"), FinetuneOptions)
+    # finetune()'s own parameters, as its errors name them
+    register_flags(p, "finetune", {"model": "--model", "from_layer": "--from"})
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=run_finetune)

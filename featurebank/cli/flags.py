@@ -42,12 +42,20 @@ def _kind(constraints: Iterable[Any]) -> type | None:
 
 
 def _register(parser: Any, cls: type, names: dict[str, str]) -> None:
-    flags = parser.get_default(FLAGS_KEY) or {}
+    register_flags(parser, cls.__name__, names)
     fields = parser.get_default(FIELDS_KEY) or {}
-    flags.update({(cls.__name__, name): flag for name, flag in names.items()})
     known = fields.setdefault(cls, [])
     known += [n for n in names if n not in known]
-    parser.set_defaults(**{FLAGS_KEY: flags, FIELDS_KEY: fields})
+    parser.set_defaults(**{FIELDS_KEY: fields})
+
+
+def register_flags(parser: Any, owner: str, names: dict[str, str]) -> None:
+    """Record that parameter ``name`` of ``owner`` (an options class or a function, as an
+    :class:`~featurebank.errors.OptionError` names it) is the flag ``names[name]`` of this
+    command, so that such an error is printed with the user's flags."""
+    flags = parser.get_default(FLAGS_KEY) or {}
+    flags.update({(owner, name): flag for name, flag in names.items()})
+    parser.set_defaults(**{FLAGS_KEY: flags})
 
 
 def add_option_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: type, *,
