@@ -145,3 +145,5 @@ def test_every_bad_layer_is_reported_with_the_models_own_name(lite0_onnx):
     msg = str(err.value)
     assert "'haed'" in msg and "'blokcs.3'" in msg and "closest: blocks.3" in msg
     assert msg.endswith("(see 'featurebank layers efficientnet_lite0')") and msg.count("(see") == 1
+    # each problem names the model as the user did, never the cache file's digest-named path
+    assert "is not in efficientnet_lite0;" in msg and lite0_onnx.name not in msg

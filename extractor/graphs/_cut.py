@@ -54,8 +54,11 @@ class FeatureGraph:
 
 
 def resolve_layer(layers: list[LayerInfo], wanted: str, path: Path,
-                  proto: onnx.ModelProto | None = None, pre: Preprocessing | None = None) -> LayerInfo:
-    """The catalogue entry for a catalogue or tensor name; closest names in the error."""
+                  proto: onnx.ModelProto | None = None, pre: Preprocessing | None = None,
+                  shown: str | None = None) -> LayerInfo:
+    """The catalogue entry for a catalogue or tensor name; closest names in the error, which
+    names the model as ``shown`` (the user's name for it: a registry model's export is a cache
+    file whose name means nothing to them), else by its file name."""
     for la in layers:
         if wanted in (la.name, la.tensor):
             return la
@@ -64,12 +67,12 @@ def resolve_layer(layers: list[LayerInfo], wanted: str, path: Path,
         return token
     why = describe_tensor(proto, wanted, pre and pre.input_size, pre and pre.layout) if proto else None
     if why:
-        raise FeaturebankError(f"layer {wanted!r} of {path.name}: {why}")
+        raise FeaturebankError(f"layer {wanted!r} of {shown or path.name}: {why}")
     names = list(dict.fromkeys(la.name for la in layers))
     candidates = list(dict.fromkeys(names + [la.tensor for la in layers]))  # no name twice
     close = difflib.get_close_matches(wanted, candidates, n=5, cutoff=0.4)
     hint = f"closest: {', '.join(close)}" if close else f"valid: {', '.join(names[:12])} ..."
-    raise FeaturebankError(f"layer {wanted!r} is not in {path.name}; {hint}")
+    raise FeaturebankError(f"layer {wanted!r} is not in {shown or path.name}; {hint}")
 
 
 def resolve_layers(layers: list[LayerInfo], wanted: Sequence[str], path: Path,
@@ -79,7 +82,7 @@ def resolve_layers(layers: list[LayerInfo], wanted: Sequence[str], path: Path,
     chosen, problems = [], []
     for name in dict.fromkeys(wanted):
         try:
-            chosen.append(resolve_layer(layers, name, path, proto, pre))
+            chosen.append(resolve_layer(layers, name, path, proto, pre, shown))
         except FeaturebankError as exc:
             problems.append(str(exc))
     if problems:
