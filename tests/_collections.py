@@ -10,6 +10,7 @@ import tarfile
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 CLASS_NAMES = ["zero", "one", "two"]
@@ -108,3 +109,25 @@ def assert_same_as_folder(store, reference: dict, expected_rows: int | None = No
         assert hashlib.sha256(open_source(path)).hexdigest() == key, path
     assert FeatureStore(store).failures() == []
     return f
+
+
+def reference_fixtures():
+    """The module fixtures every input-kind test module shares: ``images`` (digits, 3 per
+    class), ``extractor`` (Lite0's ``head``, one thread) and ``reference`` (the folder's
+    vectors each input kind must give). ``images, extractor, reference = reference_fixtures()``
+    at a module's top level declares them there."""
+    @pytest.fixture(scope="module")
+    def images():
+        return digit_images(per_class=3)
+
+    @pytest.fixture(scope="module")
+    def extractor(lite0_onnx):
+        from featurebank.extractor import Extractor
+
+        return Extractor("efficientnet_lite0", layers=("head",), threads=1)
+
+    @pytest.fixture(scope="module")
+    def reference(tmp_path_factory, images, extractor):
+        return folder_reference(tmp_path_factory.mktemp("ref"), images, extractor)
+
+    return images, extractor, reference

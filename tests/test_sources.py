@@ -12,7 +12,7 @@ import pytest
 
 from featurebank.cli import main
 from featurebank.errors import FeaturebankError
-from featurebank.extractor import Extractor, collect, embed_collection
+from featurebank.extractor import collect, embed_collection
 from featurebank.extractor.sources import (
     SourceOptions,
     open_source,
@@ -22,8 +22,7 @@ from featurebank.extractor.sources import (
 from featurebank.extractor.store._store import FORMAT_VERSION, FeatureStore
 from tests._collections import (
     assert_same_as_folder,
-    digit_images,
-    folder_reference,
+    reference_fixtures,
     write_bytes_parquet,
     write_folder,
     write_hf_parquet,
@@ -33,19 +32,7 @@ from tests._collections import (
 pytest.importorskip("pyarrow", reason="parquet inputs need the io extra")
 
 
-@pytest.fixture(scope="module")
-def images():
-    return digit_images(per_class=3)
-
-
-@pytest.fixture(scope="module")
-def extractor(lite0_onnx) -> Extractor:
-    return Extractor("efficientnet_lite0", layers=("head",), threads=1)
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory, images, extractor):
-    return folder_reference(tmp_path_factory.mktemp("ref"), images, extractor)
+images, extractor, reference = reference_fixtures()
 
 
 def test_each_input_kind_embeds_to_the_folders_vectors(tmp_path, images, extractor, reference):

@@ -12,12 +12,11 @@ import pytest
 
 from featurebank.cli import main
 from featurebank.errors import FeaturebankError
-from featurebank.extractor import Extractor, embed_collection
+from featurebank.extractor import embed_collection
 from featurebank.extractor.store._store import FeatureStore
 from tests._collections import (
     assert_same_as_folder,
-    digit_images,
-    folder_reference,
+    reference_fixtures,
     write_folder,
     write_hf_parquet,
     write_shard,
@@ -26,19 +25,7 @@ from tests._collections import (
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def images():
-    return digit_images(per_class=3)
-
-
-@pytest.fixture(scope="module")
-def extractor(lite0_onnx) -> Extractor:
-    return Extractor("efficientnet_lite0", layers=("head",), threads=1)
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory, images, extractor):
-    return folder_reference(tmp_path_factory.mktemp("ref"), images, extractor)
+images, extractor, reference = reference_fixtures()
 
 
 def test_s3_inputs_embed_to_the_folders_vectors(tmp_path, s3_bucket, images, extractor,
