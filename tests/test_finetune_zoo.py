@@ -8,18 +8,12 @@ the assembled torch model gives the top's logits, and onnxruntime gives torch's,
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from featurebank import FeaturebankError
+from tests._finetune_checks import relative
 
 torch = pytest.importorskip("torch")
-
-
-def _relative(a: np.ndarray, b: np.ndarray) -> float:
-    """max|a - b| / max(1, max|b|): random-weight logits reach thousands, where float32 rounding
-    alone is 1e-3 absolute."""
-    return float(np.abs(a - b).max() / max(1.0, float(np.abs(b).max())))
 
 
 def test_an_onnx_file_is_refused_with_what_works(tmp_path):
@@ -81,7 +75,7 @@ def test_top_above_a_cut_trains_assembles_and_exports(lib, arch, layer, tmp_path
     full = assemble(name, top, weights=str(weights))
     with torch.no_grad():
         got = full.features(x)["logits"].numpy()
-    assert _relative(got, want) <= 1e-4
+    assert relative(got, want) <= 1e-4
 
     out = tmp_path / "tuned.onnx"
     spec = ModelSpec(f"{name}.finetuned", full.weights_sha256, base.preprocessing, "finetune")
@@ -89,7 +83,7 @@ def test_top_above_a_cut_trains_assembles_and_exports(lib, arch, layer, tmp_path
     assert read_onnx_metadata(out).layer("logits").shape == (4,)
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     onnx_logits = session.run(["logits"], {"input": x.numpy()})[0]
-    assert _relative(onnx_logits, got) <= 1e-4
+    assert relative(onnx_logits, got) <= 1e-4
 
 
 @pytest.mark.timm
@@ -124,59 +118,3 @@ def test_finetune_refuses_an_onnx_file_and_a_missing_weights_file_before_any_fil
         finetune(tmp_path / "train", model="efficientnet_lite0", from_layer="blocks.12",
                  output=tmp_path / "tuned.onnx", weights=str(tmp_path / "gone.pth"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["train"]
-
-
-@pytest.mark.slow
-@pytest.mark.torchvision
-def test_torchvision_resnet_fine_tunes_from_a_stage_and_its_tuned_file_predicts(
-        digits_dir, tmp_path, capsys):
-    """torchvision resnet18 with a locally saved state dict (users' machines download the
-    pretrained one), at 64x64 on 36 real digits: the maps are cut from the export with those
-    weights, layer4 trains above stage.3, and ``featurebank predict`` on the tuned file agrees
-    with the training code's evaluation from the cached maps on every test image."""
-    pytest.importorskip("torchvision", reason="torchvision does not import here (make zoo)")
-    import json
-    import shutil
-
-    import torchvision
-
-    from featurebank.cli import main
-    from featurebank.export import build_torch_model
-    from featurebank.finetune import finetune
-    from featurebank.finetune._data import cut_spec, load_maps
-    from featurebank.finetune._inputs import open_collection
-    from featurebank.finetune._train import predict_logits
-    from featurebank.finetune._tuned import tuned_lineage
-
-    torch.manual_seed(0)
-    weights = tmp_path / "resnet18.pth"
-    torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights)
-    for split, first, count in (("train", 0, 12), ("test", 12, 4)):
-        for c in ("0", "1", "7"):
-            (tmp_path / split / c).mkdir(parents=True)
-            for f in sorted((digits_dir / c).glob("*.png"))[first:first + count]:
-                shutil.copy(f, tmp_path / split / c / f.name)
-    name, out = "torchvision:resnet18", tmp_path / "tuned.onnx"
-    result = finetune(tmp_path / "train", model=name, from_layer="stage.3",
-                      test=tmp_path / "test", output=out, epochs=1, threads=1, input_size=64,
-                      val_size=0.25, weights=str(weights), progress=False)
-    result.export(out)
-    lineage = tuned_lineage(out)
-    assert lineage["base_model"] == name and lineage["from_layer"] == "stage.3"
-    assert lineage["base_weights_file"] == str(weights)
-    assert lineage["base_weights_sha256"] == build_torch_model(name, weights, 64).weights_sha256
-
-    capsys.readouterr()
-    assert main(["predict", str(out), str(tmp_path / "test"), "--json"]) == 0
-    answers = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert len(answers) == 12
-    spec, shape = cut_spec(name, "stage.3", 64, str(weights))
-    maps = load_maps(open_collection(result.test_store, "test", spec), spec, shape)
-    from_maps = predict_logits(result.trained.chosen_top, maps.X, maps.shape).argmax(1)
-    from featurebank.extractor import FeatureStore
-
-    feats = FeatureStore(result.test_store).read()
-    row_of_path = {p: list(maps.keys).index(k) for k, p in zip(feats.keys, feats.paths,
-                                                               strict=True)}
-    predicted = [a["label"] for a in answers]
-    assert predicted == [result.classes[from_maps[row_of_path[a["path"]]]] for a in answers]
