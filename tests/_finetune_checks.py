@@ -36,9 +36,9 @@ def model_input(onnx_path: Path, images: list[Path]) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=np.float32)
 
 
-def predict_agreement(result, answers: list[dict]) -> np.ndarray:
-    """Per ``featurebank predict`` answer (on ``result``'s test folder), whether its label is
-    the class the training code's evaluation from the cached float16 maps gives that image."""
+def maps_logits(result, images: list[str], top=None) -> np.ndarray:
+    """The training code's logits for ``images`` of ``result``'s test folder, from their
+    cached float16 maps, by ``top`` (default: the chosen one), in the order given."""
     from featurebank.extractor import FeatureStore
     from featurebank.finetune._data import cut_spec, load_maps
     from featurebank.finetune._inputs import open_collection
@@ -47,12 +47,19 @@ def predict_agreement(result, answers: list[dict]) -> np.ndarray:
     opts = result.options
     spec, shape = cut_spec(result.model, result.layer, opts.input_size, opts.weights)
     maps = load_maps(open_collection(result.test_store, "test", spec), spec, shape)
-    from_maps = predict_logits(result.trained.chosen_top, maps.X, maps.shape).argmax(1)
     feats = FeatureStore(result.test_store).read()
     key_of = dict(zip(feats.paths, feats.keys, strict=True))
     row = {k: i for i, k in enumerate(maps.keys)}
-    return np.array([a["label"] == result.classes[from_maps[row[key_of[a["path"]]]]]
-                     for a in answers])
+    rows = np.array([row[key_of[str(p)]] for p in images])
+    return predict_logits(top or result.trained.chosen_top, maps.X, maps.shape, rows)
+
+
+def predict_agreement(result, answers: list[dict]) -> np.ndarray:
+    """Per ``featurebank predict`` answer (on ``result``'s test folder), whether its label is
+    the class the training code's evaluation from the cached float16 maps gives that image."""
+    from_maps = maps_logits(result, [a["path"] for a in answers]).argmax(1)
+    return np.array([a["label"] == result.classes[c] for a, c in zip(answers, from_maps,
+                                                                     strict=True)])
 
 
 def checkpoint_epoch(path: Path) -> int | None:

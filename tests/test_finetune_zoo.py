@@ -118,3 +118,19 @@ def test_finetune_refuses_an_onnx_file_and_a_missing_weights_file_before_any_fil
         finetune(tmp_path / "train", model="efficientnet_lite0", from_layer="blocks.12",
                  output=tmp_path / "tuned.onnx", weights=str(tmp_path / "gone.pth"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["train"]
+
+
+def test_cached_rows_batch_as_tokens_or_channels_last_maps():
+    """A ViT's token rows come back as [N, T, C] (channels-last applies to 4-D maps only: it
+    refused the tokens before), a CNN's C, H, W rows as NCHW in channels-last memory."""
+    import numpy as np
+
+    from featurebank.finetune._train import as_batch
+
+    rows = np.arange(2 * 5 * 4, dtype=np.float16).reshape(2, 20)
+    tokens = as_batch(rows, (5, 4))
+    assert tokens.shape == (2, 5, 4) and tokens.dtype == torch.float32
+    np.testing.assert_array_equal(tokens.numpy().reshape(2, 20), rows.astype(np.float32))
+    maps = as_batch(rows, (5, 2, 2))
+    assert maps.shape == (2, 5, 2, 2) and maps.is_contiguous(memory_format=torch.channels_last)
+    np.testing.assert_array_equal(maps.numpy().reshape(2, 20), rows.astype(np.float32))

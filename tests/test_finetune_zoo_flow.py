@@ -19,7 +19,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests._finetune_checks import kill_in_epoch_2, model_input, predict_agreement, relative
+from tests._finetune_checks import (
+    kill_in_epoch_2,
+    maps_logits,
+    model_input,
+    predict_agreement,
+    relative,
+)
 
 torch = pytest.importorskip("torch")
 
@@ -114,6 +120,12 @@ def test_tuned_file_equals_torch_and_predicts_as_the_cached_maps(tuned, digit_sp
     got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(
         ["logits"], {"input": x})[0]
     assert got.shape == (len(images), 3) and relative(got, want) <= 1e-4
+    # the fine-tuned top (exported or not: the choice may be the probe) assembled on the
+    # library's model classifies the pixels as the trained top does the cached maps
+    with torch.no_grad():
+        tuned_logits = result.torch_model("finetuned")(torch.from_numpy(x)).numpy()
+    from_maps = maps_logits(result, images, result.top)
+    assert np.mean(tuned_logits.argmax(1) == from_maps.argmax(1)) >= 0.999
 
     capsys.readouterr()
     assert main(["predict", str(out), str(digit_split[1]), "--json"]) == 0
