@@ -134,3 +134,26 @@ def test_cached_rows_batch_as_tokens_or_channels_last_maps():
     maps = as_batch(rows, (5, 2, 2))
     assert maps.shape == (2, 5, 2, 2) and maps.is_contiguous(memory_format=torch.channels_last)
     np.testing.assert_array_equal(maps.numpy().reshape(2, 20), rows.astype(np.float32))
+
+
+def test_each_top_owns_its_modules_and_seeds_alike_built_or_copied():
+    """Every training of a run (main, folds, export) gets its own copy of the base: one
+    top's training leaves the next untouched, and a copied base seeds its new head as a
+    freshly built one does."""
+    from featurebank.finetune import _top
+
+    _top._PRISTINE.clear()
+    torch.manual_seed(3)
+    built, sha = _top.build_top("efficientnet_lite0", "blocks.14", 3, 0.2)  # built here
+    torch.manual_seed(3)
+    copied, sha_again = _top.build_top("efficientnet_lite0", "blocks.14", 3, 0.2)  # copied
+    assert sha == sha_again
+    want = {k: v.clone() for k, v in copied.state_dict().items()}
+    assert all(torch.equal(v, want[k]) for k, v in built.state_dict().items())
+    with torch.no_grad():
+        for p in built.parameters():
+            p.add_(1.0)
+    third, _ = _top.build_top("efficientnet_lite0", "blocks.14", 3, 0.2)
+    assert all(torch.equal(v, want[k]) for k, v in copied.state_dict().items())
+    assert all(torch.equal(v, want[k]) for k, v in third.state_dict().items()
+               if not k.startswith("classifier."))
