@@ -157,3 +157,21 @@ def test_each_top_owns_its_modules_and_seeds_alike_built_or_copied():
     assert all(torch.equal(v, want[k]) for k, v in copied.state_dict().items())
     assert all(torch.equal(v, want[k]) for k, v in third.state_dict().items()
                if not k.startswith("classifier."))
+
+
+@pytest.mark.timm
+def test_a_vit_at_a_size_it_cannot_take_is_refused_before_any_file(tmp_path):
+    """timm's vit_tiny_patch16_224 asserts on any other input size (its patch grid is fixed):
+    fine-tuning it at --input-size 64 is refused by name, not with the library's assertion;
+    timm's test_vit (dynamic image size) runs at 64 in tests/test_finetune_zoo_flow.py."""
+    timm = pytest.importorskip("timm", reason="timm does not import here (make zoo)")
+    from featurebank.finetune import finetune
+
+    weights = tmp_path / "vit_tiny.pth"
+    torch.save(timm.create_model("vit_tiny_patch16_224", pretrained=False).state_dict(), weights)
+    (tmp_path / "train" / "a").mkdir(parents=True)
+    with pytest.raises(FeaturebankError, match=r"does not run at 64x64 .*takes 224x224; leave "
+                                               r"--input-size unset"):
+        finetune(tmp_path / "train", model="timm:vit_tiny_patch16_224", from_layer="blocks.9",
+                 output=tmp_path / "tuned.onnx", input_size=64, weights=str(weights))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["train", "vit_tiny.pth"]
