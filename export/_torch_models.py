@@ -10,6 +10,7 @@ from pathlib import Path
 
 from torch import nn
 
+from featurebank.errors import FeaturebankError
 from featurebank.export._efficientnet_lite import EfficientNetLite, translate_state_dict
 from featurebank.export._registry import get_model_entry
 from featurebank.export._weights import load_checked, load_state_dict_file
@@ -56,9 +57,18 @@ def _build_optional(source: str, arch: str, weights: str | Path | None,
     from featurebank.export._zoo import ZooFeatures, create, eval_preprocessing, tensors_sha256
 
     model = create(source, arch, weights)
-    size = input_size or eval_preprocessing(source, arch, model).input_size[0]
+    preprocessing = eval_preprocessing(source, arch, model)
+    native = preprocessing.input_size[0]
+    size = input_size or native
     digest = sha256_file(str(weights)) if weights else tensors_sha256(model)
-    wrapped = ZooFeatures(model, source, (size, size))
-    wrapped.preprocessing = eval_preprocessing(source, arch, model)
+    try:
+        wrapped = ZooFeatures(model, source, (size, size))  # runs the model once at ``size``
+    except (AssertionError, RuntimeError) as exc:
+        if size == native:
+            raise
+        # a ViT's position embedding fixes its patch grid; the library asserts on the size
+        raise FeaturebankError(f"{source}:{arch} does not run at {size}x{size} ({exc}): it "
+                               f"takes {native}x{native}; leave --input-size unset") from exc
+    wrapped.preprocessing = preprocessing
     return wrapped, digest
 

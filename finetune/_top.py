@@ -21,9 +21,11 @@ model for export. An ONNX file has no torch code: it is refused with what works 
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -259,12 +261,28 @@ def build_top(model: str, layer: str, n_classes: int, dropout: float,
     return TopNet(base, layer, n_classes, dropout), base.weights_sha256
 
 
+#: the last base built in this process, untouched: ``(key, module)``
+_PRISTINE: list[tuple[tuple, nn.Module]] = []
+
+
 def _base(model: str, weights: str | None, input_size: int | None = None):
+    """A fresh copy of the base model: a run builds one top per training (the main one and
+    every cross-fitting fold) and one for export, and each trains or holds its own modules.
+    Building a zoo model (create, load, hash the weights, probe its catalogue) takes seconds
+    (10 s for a torchvision ResNet-50); a deep copy of the one built first takes under one.
+    The weights file is keyed by path, size and modification time. Building draws no random
+    numbers from torch's global generator (a library model is initialised randomly before
+    its weights load), so a run seeds alike whether its base was built or copied."""
     from featurebank.export import build_torch_model
     from featurebank.finetune._data import refuse_onnx
 
     refuse_onnx(model)
-    return build_torch_model(model, weights, input_size=input_size)
+    stat = Path(weights).stat() if weights is not None and Path(weights).is_file() else None
+    key = (model, weights, stat and (stat.st_size, stat.st_mtime_ns), input_size)
+    if not _PRISTINE or _PRISTINE[0][0] != key:
+        with torch.random.fork_rng(devices=[]):
+            _PRISTINE[:] = [(key, build_torch_model(model, weights, input_size=input_size))]
+    return copy.deepcopy(_PRISTINE[0][1])
 
 
 def assemble(model: str, top: TopNet, weights: str | None = None) -> nn.Module:

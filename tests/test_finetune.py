@@ -8,17 +8,14 @@ One small fine-tune (120 digits, 2 epochs, cut at blocks.12 of Lite0) is shared 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from featurebank.errors import FeaturebankError
+from tests._finetune_checks import kill_in_epoch_2, model_input, predict_agreement
 
 TRAIN_PER_CLASS, TEST_PER_CLASS = 12, 10
 EPOCHS = 2
@@ -89,17 +86,13 @@ def test_exported_onnx_equals_torch_and_carries_lineage(tuned, digit_folders):
     import torch
 
     from featurebank.export import build_torch_model, read_onnx_metadata
-    from featurebank.extractor import Extractor
     from featurebank.finetune import load_tuned
     from featurebank.finetune._top import state_sha256
 
     result, out = tuned
     full = result.torch_model()
-    pre = read_onnx_metadata(out).spec.preprocessing
     images = sorted(digit_folders[1].rglob("*.png"))[::15][:8]
-    pixels = np.stack([Extractor(str(out)).decode(str(p)) for p in images]).astype(np.float32)
-    x = ((pixels / 255.0 - np.array(pre.mean, np.float32)) / np.array(pre.std, np.float32))
-    x = np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=np.float32)
+    x = model_input(out, images)
     with torch.no_grad():
         want = full(torch.from_numpy(x)).numpy()
     got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(
@@ -118,7 +111,6 @@ def test_exported_onnx_equals_torch_and_carries_lineage(tuned, digit_folders):
 @pytest.mark.slow
 def test_predict_and_serve_classify_with_the_tuned_logits(tuned, digit_folders, capsys):
     from featurebank.cli import main
-    from featurebank.finetune._train import predict_logits
 
     result, out = tuned
     test_dir = digit_folders[1]
@@ -127,12 +119,7 @@ def test_predict_and_serve_classify_with_the_tuned_logits(tuned, digit_folders, 
     answers = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert len(answers) == 10 * TEST_PER_CLASS
     # pixels -> ONNX (float32) agree with the training code's evaluation from cached float16 maps
-    maps = _maps(result.test_store, result)
-    from_maps = predict_logits(result.trained.chosen_top, maps.X, maps.shape).argmax(1)
-    key_of = {p: k for p, k in zip(_paths(result.test_store, maps.keys), maps.keys, strict=True)}
-    row = {k: i for i, k in enumerate(maps.keys)}
-    agree = [a["label"] == result.classes[from_maps[row[key_of[a["path"]]]]] for a in answers]
-    assert np.mean(agree) >= 0.98
+    assert np.mean(predict_agreement(result, answers)) >= 0.98
     accuracy = np.mean([a["label"] == Path(a["path"]).parent.name for a in answers])
     assert accuracy == pytest.approx(result.chosen_test_accuracy, abs=0.02)
 
@@ -172,31 +159,6 @@ def test_tuned_file_works_as_a_model_for_embedding(tuned, digit_folders):
     assert {s.fingerprint() for s in mine.specs}.isdisjoint(s.fingerprint() for s in base.specs)
 
 
-def _maps(store: Path, result):
-    from featurebank.finetune._data import cut_spec, load_maps
-    from featurebank.finetune._inputs import open_collection
-
-    spec, shape = cut_spec(result.model, result.layer)
-    return load_maps(open_collection(store, "test", spec), spec, shape)
-
-
-def _paths(store: Path, keys) -> list[str]:
-    from featurebank.extractor import FeatureStore
-
-    feats = FeatureStore(store).read()
-    path_of = dict(zip(feats.keys, feats.paths, strict=True))
-    return [path_of[k] for k in keys]
-
-
-def _checkpoint_epoch(path: Path) -> int | None:
-    import torch
-
-    try:
-        return int(torch.load(path, map_location="cpu", weights_only=True)["epoch"])
-    except (OSError, EOFError, RuntimeError, KeyError):
-        return None
-
-
 @pytest.mark.slow
 def test_killed_mid_epoch_resumes_from_the_saved_epoch(tuned, tmp_path):
     """SIGKILL during epoch 2; the next run starts at epoch 2 and ends where an uninterrupted
@@ -205,49 +167,9 @@ def test_killed_mid_epoch_resumes_from_the_saved_epoch(tuned, tmp_path):
 
     result, _ = tuned
     out = tmp_path / "resumed.onnx"
-    ckpt = out.with_name(out.name + ".ckpt")
     args = ["finetune", str(result.train_store), "--from", "blocks.12", "--epochs", str(EPOCHS),
             "--val-size", "0.25", "--threads", str(THREADS), "--no-progress", "-o", str(out)]
-    env = {**os.environ, "OMP_NUM_THREADS": str(THREADS)}
-    # The child pauses itself at the first optimiser step after epoch 1's checkpoint (inside
-    # epoch 2, on any machine) and says so; the kill waits on that line, not on the clock.
-    child = f"""
-import sys, threading, torch
-from torch.optim.optimizer import register_optimizer_step_post_hook
-from featurebank.cli import main
-ckpt, seen = {str(ckpt)!r}, set()
-def pause_in_epoch_2(opt, args, kwargs):
-    try:
-        import os
-        st = os.stat(ckpt)
-    except OSError:
-        return
-    if (st.st_ino, st.st_mtime_ns) in seen:
-        return
-    seen.add((st.st_ino, st.st_mtime_ns))
-    if torch.load(ckpt, map_location="cpu", weights_only=True)["epoch"] == 1:
-        print("PAUSED IN EPOCH 2", flush=True)
-        threading.Event().wait()
-register_optimizer_step_post_hook(pause_in_epoch_2)
-sys.exit(main(sys.argv[1:]))
-"""
-    proc = subprocess.Popen([sys.executable, "-c", child, *args], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    output = []
-    try:
-        for line in proc.stdout:
-            output.append(line)
-            if line.strip() == "PAUSED IN EPOCH 2":
-                break
-        else:
-            pytest.fail("the run ended before epoch 2:\n" + "".join(output)[-2000:])
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.wait(30)
-    assert proc.returncode == -signal.SIGKILL
-    assert _checkpoint_epoch(ckpt) == 1  # killed mid-epoch 2: the last finished epoch is kept
-    assert not out.exists()
+    kill_in_epoch_2(args, out, THREADS)
     resumed = finetune(result.train_store, from_layer="blocks.12", output=out, epochs=EPOCHS,
                        val_size=0.25, seed=0, threads=THREADS, progress=False)
     assert resumed.resumed_from == 1

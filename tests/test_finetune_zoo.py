@@ -8,18 +8,12 @@ the assembled torch model gives the top's logits, and onnxruntime gives torch's,
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from featurebank import FeaturebankError
+from tests._finetune_checks import relative
 
 torch = pytest.importorskip("torch")
-
-
-def _relative(a: np.ndarray, b: np.ndarray) -> float:
-    """max|a - b| / max(1, max|b|): random-weight logits reach thousands, where float32 rounding
-    alone is 1e-3 absolute."""
-    return float(np.abs(a - b).max() / max(1.0, float(np.abs(b).max())))
 
 
 def test_an_onnx_file_is_refused_with_what_works(tmp_path):
@@ -81,7 +75,7 @@ def test_top_above_a_cut_trains_assembles_and_exports(lib, arch, layer, tmp_path
     full = assemble(name, top, weights=str(weights))
     with torch.no_grad():
         got = full.features(x)["logits"].numpy()
-    assert _relative(got, want) <= 1e-4
+    assert relative(got, want) <= 1e-4
 
     out = tmp_path / "tuned.onnx"
     spec = ModelSpec(f"{name}.finetuned", full.weights_sha256, base.preprocessing, "finetune")
@@ -89,7 +83,7 @@ def test_top_above_a_cut_trains_assembles_and_exports(lib, arch, layer, tmp_path
     assert read_onnx_metadata(out).layer("logits").shape == (4,)
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     onnx_logits = session.run(["logits"], {"input": x.numpy()})[0]
-    assert _relative(onnx_logits, got) <= 1e-4
+    assert relative(onnx_logits, got) <= 1e-4
 
 
 @pytest.mark.timm
@@ -126,57 +120,58 @@ def test_finetune_refuses_an_onnx_file_and_a_missing_weights_file_before_any_fil
     assert sorted(p.name for p in tmp_path.iterdir()) == ["train"]
 
 
-@pytest.mark.slow
-@pytest.mark.torchvision
-def test_torchvision_resnet_fine_tunes_from_a_stage_and_its_tuned_file_predicts(
-        digits_dir, tmp_path, capsys):
-    """torchvision resnet18 with a locally saved state dict (users' machines download the
-    pretrained one), at 64x64 on 36 real digits: the maps are cut from the export with those
-    weights, layer4 trains above stage.3, and ``featurebank predict`` on the tuned file agrees
-    with the training code's evaluation from the cached maps on every test image."""
-    pytest.importorskip("torchvision", reason="torchvision does not import here (make zoo)")
-    import json
-    import shutil
+def test_cached_rows_batch_as_tokens_or_channels_last_maps():
+    """A ViT's token rows come back as [N, T, C] (channels-last applies to 4-D maps only: it
+    refused the tokens before), a CNN's C, H, W rows as NCHW in channels-last memory."""
+    import numpy as np
 
-    import torchvision
+    from featurebank.finetune._train import as_batch
 
-    from featurebank.cli import main
-    from featurebank.export import build_torch_model
+    rows = np.arange(2 * 5 * 4, dtype=np.float16).reshape(2, 20)
+    tokens = as_batch(rows, (5, 4))
+    assert tokens.shape == (2, 5, 4) and tokens.dtype == torch.float32
+    np.testing.assert_array_equal(tokens.numpy().reshape(2, 20), rows.astype(np.float32))
+    maps = as_batch(rows, (5, 2, 2))
+    assert maps.shape == (2, 5, 2, 2) and maps.is_contiguous(memory_format=torch.channels_last)
+    np.testing.assert_array_equal(maps.numpy().reshape(2, 20), rows.astype(np.float32))
+
+
+def test_each_top_owns_its_modules_and_seeds_alike_built_or_copied():
+    """Every training of a run (main, folds, export) gets its own copy of the base: one
+    top's training leaves the next untouched, and a copied base seeds its new head as a
+    freshly built one does."""
+    from featurebank.finetune import _top
+
+    _top._PRISTINE.clear()
+    torch.manual_seed(3)
+    built, sha = _top.build_top("efficientnet_lite0", "blocks.14", 3, 0.2)  # built here
+    torch.manual_seed(3)
+    copied, sha_again = _top.build_top("efficientnet_lite0", "blocks.14", 3, 0.2)  # copied
+    assert sha == sha_again
+    want = {k: v.clone() for k, v in copied.state_dict().items()}
+    assert all(torch.equal(v, want[k]) for k, v in built.state_dict().items())
+    with torch.no_grad():
+        for p in built.parameters():
+            p.add_(1.0)
+    third, _ = _top.build_top("efficientnet_lite0", "blocks.14", 3, 0.2)
+    assert all(torch.equal(v, want[k]) for k, v in copied.state_dict().items())
+    assert all(torch.equal(v, want[k]) for k, v in third.state_dict().items()
+               if not k.startswith("classifier."))
+
+
+@pytest.mark.timm
+def test_a_vit_at_a_size_it_cannot_take_is_refused_before_any_file(tmp_path):
+    """timm's vit_tiny_patch16_224 asserts on any other input size (its patch grid is fixed):
+    fine-tuning it at --input-size 64 is refused by name, not with the library's assertion;
+    timm's test_vit (dynamic image size) runs at 64 in tests/test_finetune_zoo_flow.py."""
+    timm = pytest.importorskip("timm", reason="timm does not import here (make zoo)")
     from featurebank.finetune import finetune
-    from featurebank.finetune._data import cut_spec, load_maps
-    from featurebank.finetune._inputs import open_collection
-    from featurebank.finetune._train import predict_logits
-    from featurebank.finetune._tuned import tuned_lineage
 
-    torch.manual_seed(0)
-    weights = tmp_path / "resnet18.pth"
-    torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights)
-    for split, first, count in (("train", 0, 12), ("test", 12, 4)):
-        for c in ("0", "1", "7"):
-            (tmp_path / split / c).mkdir(parents=True)
-            for f in sorted((digits_dir / c).glob("*.png"))[first:first + count]:
-                shutil.copy(f, tmp_path / split / c / f.name)
-    name, out = "torchvision:resnet18", tmp_path / "tuned.onnx"
-    result = finetune(tmp_path / "train", model=name, from_layer="stage.3",
-                      test=tmp_path / "test", output=out, epochs=1, threads=1, input_size=64,
-                      val_size=0.25, weights=str(weights), progress=False)
-    result.export(out)
-    lineage = tuned_lineage(out)
-    assert lineage["base_model"] == name and lineage["from_layer"] == "stage.3"
-    assert lineage["base_weights_file"] == str(weights)
-    assert lineage["base_weights_sha256"] == build_torch_model(name, weights, 64).weights_sha256
-
-    capsys.readouterr()
-    assert main(["predict", str(out), str(tmp_path / "test"), "--json"]) == 0
-    answers = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert len(answers) == 12
-    spec, shape = cut_spec(name, "stage.3", 64, str(weights))
-    maps = load_maps(open_collection(result.test_store, "test", spec), spec, shape)
-    from_maps = predict_logits(result.trained.chosen_top, maps.X, maps.shape).argmax(1)
-    from featurebank.extractor import FeatureStore
-
-    feats = FeatureStore(result.test_store).read()
-    row_of_path = {p: list(maps.keys).index(k) for k, p in zip(feats.keys, feats.paths,
-                                                               strict=True)}
-    predicted = [a["label"] for a in answers]
-    assert predicted == [result.classes[from_maps[row_of_path[a["path"]]]] for a in answers]
+    weights = tmp_path / "vit_tiny.pth"
+    torch.save(timm.create_model("vit_tiny_patch16_224", pretrained=False).state_dict(), weights)
+    (tmp_path / "train" / "a").mkdir(parents=True)
+    with pytest.raises(FeaturebankError, match=r"does not run at 64x64 .*takes 224x224; leave "
+                                               r"--input-size unset"):
+        finetune(tmp_path / "train", model="timm:vit_tiny_patch16_224", from_layer="blocks.9",
+                 output=tmp_path / "tuned.onnx", input_size=64, weights=str(weights))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["train", "vit_tiny.pth"]
