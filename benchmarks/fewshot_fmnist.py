@@ -34,6 +34,7 @@ Called by ``benchmarks.transfer_extras``, which writes the JSON.
 
 from __future__ import annotations
 
+import json
 import warnings
 from functools import cache
 from pathlib import Path
@@ -149,11 +150,34 @@ class Stage:
                                        self.y_eval, name) for d in self.draws]))
 
 
-def _row(dev: Stage, test: Stage, protocol: dict) -> dict:
+class Memo:
+    """Figures already measured, in ``WORKDIR/fewshot_cache/protocols.json``: a run stopped
+    part-way resumes without fitting again what it has."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.figures = json.loads(path.read_text()) if path.exists() else {}
+
+    def get(self, key: dict, compute):
+        name = json.dumps(key, sort_keys=True)
+        if name not in self.figures:
+            self.figures[name] = compute()
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            tmp.write_text(json.dumps(self.figures, indent=1))
+            tmp.replace(self.path)
+        return self.figures[name]
+
+
+def _row(memo: Memo, dev: Stage, test: Stage, protocol: dict) -> dict:
     """One protocol's dev and test accuracy."""
     args = (VIEW_SETS[protocol["views"]], LAYER_SETS[protocol["layers"]], protocol["classifier"],
             protocol["mode"])
-    return {**protocol, "dev": dev.score(*args), "test": test.score(*args)}
+    key = {k: protocol[k] for k in ("views", "layers", "classifier", "mode")}
+    return {**protocol, **{stage.stage: memo.get({**key, "stage": stage.stage,
+                                                  "images": len(stage.eval_index)},
+                                                 lambda s=stage: s.score(*args))
+                           for stage in (dev, test)}}
 
 
 def run(workdir: Path, test_images: int = 3000, finetune: bool = True) -> dict:
@@ -162,24 +186,27 @@ def run(workdir: Path, test_images: int = 3000, finetune: bool = True) -> dict:
     images = {s: load_fashion_mnist(s) for s in ("train", "test")}
     bank = FeatureBank(workdir, images)
     dev, test = Stage(bank, "dev", test_images), Stage(bank, "test", test_images)
+    memo = Memo(workdir / "fewshot_cache" / "protocols.json")
     base = {"views": START_VIEWS, "classifier": "logreg", "mode": "rows"}
-    tried = [_row(dev, test, {**base, "step": "1 cuts", "layers": name}) for name in LAYER_SETS]
+    tried = [_row(memo, dev, test, {**base, "step": "1 cuts", "layers": name}) for name in LAYER_SETS]
     layers = max(tried, key=lambda r: r["dev"])["layers"]
-    tried += [_row(dev, test, {**base, "step": "1 views", "views": views, "layers": layers})
+    tried += [_row(memo, dev, test, {**base, "step": "1 views", "views": views, "layers": layers})
               for views in VIEW_SETS if views != START_VIEWS]
     best = max(tried, key=lambda r: r["dev"])
-    tried += [_row(dev, test, {**best, "step": "2 classifier", "classifier": name, "mode": mode})
+    tried += [_row(memo, dev, test, {**best, "step": "2 classifier", "classifier": name, "mode": mode})
               for name in CLASSIFIERS for mode in ("rows", "mean")
               if (name, mode) != ("logreg", "rows") and (mode == "rows" or
                                                          len(VIEW_SETS[best["views"]]) > 1)]
     if finetune:
-        from benchmarks._fewshot_finetune import finetune_rows
+        from benchmarks._fewshot_finetune import FROM_LAYER, OPTIONS, finetune_rows
 
-        tried += finetune_rows(workdir, images, splits(test_images))
+        tried += memo.get({"finetune": FROM_LAYER, "options": OPTIONS, "images": test_images},
+                          lambda: finetune_rows(workdir, images, splits(test_images)))
     chosen = max(tried, key=lambda r: r["dev"])
-    raw = {f"{name} flip={flip}": {"dev": dev.raw_pixels(name, flip),
-                                   "test": test.raw_pixels(name, flip)}
-           for name in CLASSIFIERS for flip in (False, True)}
+    raw = {f"{name} flip={flip}": {stage.stage: memo.get(
+        {"raw_pixels": name, "flip": flip, "stage": stage.stage, "images": len(stage.eval_index)},
+        lambda s=stage, n=name, f=flip: s.raw_pixels(n, f)) for stage in (dev, test)}
+        for name in CLASSIFIERS for flip in (False, True)}
     raw_best = max(r["test"] for r in raw.values())
     for row in tried:
         row["gain_points"] = 100 * (row["test"] - raw_best)
@@ -194,7 +221,6 @@ def run(workdir: Path, test_images: int = 3000, finetune: bool = True) -> dict:
 
 if __name__ == "__main__":
     import argparse
-    import json
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workdir", default="runs")
