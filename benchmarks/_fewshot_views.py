@@ -7,7 +7,8 @@ set* is what a protocol averages over: every view of a training image is a train
 their mean is, in ``mean`` mode); a test image's features are the mean over its views.
 
 Features of every cut in :data:`LAYERS` (average-pooled) are embedded once per (view, split,
-image) and cached in ``WORKDIR/fewshot_cache`` (only missing images are embedded).
+image) and cached in ``WORKDIR/fewshot_cache`` (only missing images are embedded); the
+pseudo-cut ``pixels`` is the view's own pixels / 255.
 """
 
 from __future__ import annotations
@@ -20,12 +21,14 @@ from tqdm import tqdm
 MODEL = "efficientnet_lite0"
 LAYERS = ["blocks.7", "blocks.10", "blocks.12", "blocks.13", "blocks.14", "blocks.15", "head"]
 
-#: name -> (rendering, frame pad, shift dx, shift dy, mirrored)
+#: name -> (rendering, frame pad, shift dx, shift dy, mirrored); ``@N``: at input size N
 VIEWS = {"plain": ("plain", 0, 0, 0, False),
          "inv-pad4": ("inv", 4, 0, 0, False), "inv-pad4-flip": ("inv", 4, 0, 0, True),
          "inv-pad4-left": ("inv", 4, -2, 0, False), "inv-pad4-right": ("inv", 4, 2, 0, False),
          "inv-pad4-up": ("inv", 4, 0, -2, False), "inv-pad4-down": ("inv", 4, 0, 2, False),
          "inv-pad2": ("inv", 2, 0, 0, False), "inv-pad7": ("inv", 7, 0, 0, False)}
+SIZES = (160, 288)  # besides the model's own 224
+VIEWS.update({f"{v}@{n}": VIEWS[v] for v in ("inv-pad4", "inv-pad4-flip") for n in SIZES})
 SHIFTS = ["inv-pad4-left", "inv-pad4-right", "inv-pad4-up", "inv-pad4-down"]
 #: name -> the views a protocol averages over
 VIEW_SETS = {"plain": ["plain"],
@@ -34,7 +37,8 @@ VIEW_SETS = {"plain": ["plain"],
              "inv-pad4 crops": ["inv-pad4", *SHIFTS],
              "inv-pad4 crops+flip": ["inv-pad4", *SHIFTS, "inv-pad4-flip"],
              "inv scales+flip": ["inv-pad2", "inv-pad4", "inv-pad7", "inv-pad4-flip"],
-             "inv all": [v for v in VIEWS if v != "plain"]}
+             "inv all": [v for v in VIEWS if v != "plain" and "@" not in v],
+             **{f"inv-pad4 flip @{n}px": [f"inv-pad4@{n}", f"inv-pad4-flip@{n}"] for n in SIZES}}
 
 
 def render(images: np.ndarray, view: str) -> np.ndarray:
@@ -56,7 +60,7 @@ class FeatureBank:
     def __init__(self, workdir: Path, images: dict[str, tuple[np.ndarray, np.ndarray]]):
         self.workdir = workdir
         self.images = images
-        self._extractor = None
+        self._extractors: dict = {}
         self._memory: dict = {}
 
     def _path(self, split: str, view: str) -> Path:
@@ -95,17 +99,19 @@ class FeatureBank:
         self.ensure(split, index, view)
         have = self._load(split, view)
         pos = np.searchsorted(have["index"], index)
-        return {layer: have[layer][pos] for layer in LAYERS}
+        pixels = render(self.images[split][0][index], view).reshape(len(index), -1) / 255.0
+        return {"pixels": pixels.astype(np.float32), **{la: have[la][pos] for la in LAYERS}}
 
     def _embed(self, images: np.ndarray, what: str, view: str) -> dict[str, np.ndarray]:
         from featurebank.extractor import Extractor
 
-        if self._extractor is None:
-            self._extractor = Extractor(MODEL, layers=LAYERS, batch_size=64)
+        size = int(view.split("@")[1]) if "@" in view else None
+        if size not in self._extractors:
+            self._extractors[size] = Extractor(MODEL, layers=LAYERS, batch_size=64, input_size=size)
         pixels = render(images, view)
         chunks = []
         with tqdm(total=len(pixels), desc=f"embed {what}", unit="img") as bar:
             for i in range(0, len(pixels), 256):
-                chunks.append(self._extractor.embed(list(pixels[i:i + 256])))
+                chunks.append(self._extractors[size].embed(list(pixels[i:i + 256])))
                 bar.update(len(chunks[-1][LAYERS[0]]))
         return {layer: np.concatenate([c[layer] for c in chunks]) for layer in LAYERS}

@@ -57,7 +57,8 @@ LAYER_SETS = {"blocks.13": ["blocks.13"], "blocks.15": ["blocks.15"], "head": ["
               "blocks.7+blocks.10+blocks.13": ["blocks.7", "blocks.10", "blocks.13"],
               "blocks.10+blocks.12+blocks.13+blocks.14+blocks.15":
                   ["blocks.10", "blocks.12", "blocks.13", "blocks.14", "blocks.15"],
-              "blocks.13+blocks.15+head": ["blocks.13", "blocks.15", "head"]}
+              "blocks.13+blocks.15+head": ["blocks.13", "blocks.15", "head"],
+              "blocks.10+blocks.13+pixels": ["blocks.10", "blocks.13", "pixels"]}
 START_VIEWS = "inv-pad4 flip"  # the previous benchmark's dev winner
 K, DRAWS = 10, 3
 CS = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
