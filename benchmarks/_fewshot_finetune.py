@@ -51,23 +51,24 @@ def _one(train: Path, evaluate: Path, workdir: Path) -> dict:
             "seconds": r.seconds.get("train")}
 
 
-def finetune_rows(workdir: Path, images: dict, splits: dict) -> list[dict]:
-    """The fine-tuning protocol's dev and test figures (the mean over each stage's draws)."""
+#: how the protocol is listed beside the feature protocols
+ROW = {"step": "3 fine-tune", "views": "inv-pad4 (+ mirrored in training)",
+       "layers": f"above {FROM_LAYER}", "mode": "rows",
+       "classifier": "featurebank.finetune, its rule", "options": OPTIONS}
+
+
+def finetune_stage(workdir: Path, images: dict, splits: dict, stage: str) -> dict:
+    """The fine-tuning protocol's figures on one stage ('dev' or 'test'): the mean over the
+    stage's draws of the chosen model's, the fine-tuned model's and the probe's accuracy."""
     logging.getLogger("featurebank").setLevel(logging.WARNING)
     root = workdir / "fewshot_images"
-    row: dict = {"step": "3 fine-tune", "views": "inv-pad4 (+ mirrored in training)",
-                 "layers": f"above {FROM_LAYER}", "mode": "rows",
-                 "classifier": "featurebank.finetune, its rule", "options": OPTIONS}
-    for stage, split in (("dev", "train"), ("test", "test")):
-        pixels, labels = images[split]
-        n = len(splits[stage])
-        evaluate = _folder(root / f"{stage}-eval-{n}", pixels, labels, splits[stage])
-        draws = []
-        for j, draw in enumerate(splits[f"{stage}_draws"]):
-            train = _folder(root / f"{stage}-draw{j}", *images["train"], draw)
-            draws.append(_one(train, evaluate, workdir))
-        row[stage] = float(np.mean([d["accuracy"] for d in draws]))
-        row[f"{stage}_finetuned"] = float(np.mean([d["finetuned"] for d in draws]))
-        row[f"{stage}_probe"] = float(np.mean([d["probe"] for d in draws]))
-        row[f"{stage}_draws"] = draws
-    return [row]
+    pixels, labels = images["train" if stage == "dev" else "test"]
+    n = len(splits[stage])
+    evaluate = _folder(root / f"{stage}-eval-{n}", pixels, labels, splits[stage])
+    draws = [_one(_folder(root / f"{stage}-draw{j}", *images["train"], draw), evaluate, workdir)
+             for j, draw in enumerate(splits[f"{stage}_draws"])]
+    return {stage: float(np.mean([d["accuracy"] for d in draws])),
+            f"{stage}_finetuned": float(np.mean([d["finetuned"] for d in draws])),
+            f"{stage}_probe": float(np.mean([d["probe"] for d in draws])),
+            f"{stage}_chosen_finetuned": sum(d["chosen"] == "finetuned" for d in draws),
+            f"{stage}_draws": draws}

@@ -199,10 +199,15 @@ def run(workdir: Path, test_images: int = 3000, finetune: bool = True) -> dict:
               if (name, mode) != ("logreg", "rows") and (mode == "rows" or
                                                          len(VIEW_SETS[best["views"]]) > 1)]
     if finetune:
-        from benchmarks._fewshot_finetune import FROM_LAYER, OPTIONS, finetune_rows
+        from benchmarks._fewshot_finetune import FROM_LAYER, OPTIONS, ROW, finetune_stage
 
-        tried += memo.get({"finetune": FROM_LAYER, "options": OPTIONS, "images": test_images},
-                          lambda: finetune_rows(workdir, images, splits(test_images)))
+        row = dict(ROW)
+        for stage in (dev, test):
+            key = {"finetune": FROM_LAYER, "options": OPTIONS, "stage": stage.stage,
+                   "images": len(stage.eval_index)}
+            row.update(memo.get(key, lambda s=stage.stage: finetune_stage(
+                workdir, images, splits(test_images), s)))
+        tried.append(row)
     chosen = max(tried, key=lambda r: r["dev"])
     raw = {f"{name} flip={flip}": {stage.stage: memo.get(
         {"raw_pixels": name, "flip": flip, "stage": stage.stage, "images": len(stage.eval_index)},
