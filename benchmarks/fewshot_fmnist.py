@@ -11,8 +11,9 @@ Protocol -- no choice looks at the test set:
   1. cuts (:data:`LAYER_SETS`) with the views of the previous benchmark's winner (a dark garment
      on white in a 4 px frame, and its mirror); then the view sets of
      :mod:`benchmarks._fewshot_views` (plain, mirrored, crops = the garment shifted by 2 px in
-     its frame, scales = 2/4/7 px frames, all) with the winning cuts. A view set's views are
-     extra training rows; a test image's features are the mean over its views;
+     its frame, scales = 2/4/7 px frames, all, the model at 160 or 288 px) with the winning
+     cuts. A view set's views are extra training rows; a test image's features are the mean
+     over its views. The cuts include ``pixels`` (the view's own pixels beside the features);
   2. with the winning views and cuts: the views averaged for training too (``mean``), and the
      classifiers of :data:`CLASSIFIERS`;
   3. fine-tuning (:mod:`benchmarks._fewshot_finetune`): ``featurebank.finetune`` on the 100
@@ -27,7 +28,10 @@ Protocol -- no choice looks at the test set:
 * **raw pixels** (28x28 grey / 255): every classifier, with and without mirrored rows; the gain
   is measured against the best raw-pixel *test* figure (the baseline is given every chance).
 
-    python -m benchmarks.fewshot_fmnist [--workdir runs] [--test-images 3000]
+Features, fine-tuning maps and measured figures are cached in ``WORKDIR`` (a stopped run
+resumes; delete ``WORKDIR/fewshot_cache/protocols.json`` after changing a protocol's code).
+
+    python -m benchmarks.fewshot_fmnist [--workdir runs] [--test-images 3000] [--no-finetune]
 
 Called by ``benchmarks.transfer_extras``, which writes the JSON.
 """
