@@ -1,9 +1,10 @@
 """Two transfer figures beside the full Fashion-MNIST run: 10-shot Fashion-MNIST and digits.
 
 1. Fashion-MNIST with 10 labelled images per class vs raw pixels: see
-   :mod:`benchmarks.fewshot_fmnist` (choices on a dev split of the training set, test on a
-   3,000-image sample of the test set, 3 draws). Needs the stores of
-   ``benchmarks.fashion_mnist_full`` (runs/fmnist_*.h5) for the plain rendering.
+   :mod:`benchmarks.fewshot_fmnist` (cuts, crops and mirrors averaged, classifiers and
+   fine-tuning, each chosen on a dev split of the training set; test on a 3,000-image sample
+   of the test set, 3 draws; every protocol tried is reported). Embeds what it needs, cached in
+   ``WORKDIR/fewshot_cache``, ``fewshot_images`` and ``fewshot_maps``.
 2. scikit-learn digits (all 1,797), 5-fold stratified CV (``StratifiedKFold(5, shuffle=True,
    random_state=0)``). Features: Lite0 cuts blocks.4+7+10+13 (avg-pooled, concatenated, 424-d).
    Candidates: rendering ``plain`` (white digit on black, the 8x8 scan upscaled by the model's
