@@ -88,16 +88,6 @@ def _expected(base) -> dict[str, tuple]:
     return {n: tuple(feats[n].shape[1:]) for n in base.cuts}
 
 
-def _adopt(src: Path, dst: Path, pre, nhwc: bool) -> None:
-    from featurebank.export import adopt
-
-    conv = {k: v for k, v in pre.to_dict().items() if k not in ("background",)}
-    conv.update(pixel_range=1, channel_order="rgb", layout="nhwc" if nhwc else "nchw")
-    conv_file = dst.with_suffix(".json")
-    conv_file.write_text(json.dumps(conv))
-    adopt(src, dst, conv_file)
-
-
 #: Parity that counts as the same tensor; float16 weights round at about 1e-3.
 TOL = {"fp16": 1e-2}
 DEFAULT_TOL = 1e-4
@@ -151,7 +141,7 @@ def _cell(path: Path, expected: dict, ref: dict, pixels: np.ndarray, tokens: boo
 def run_row(name: str, variants: tuple[str, ...], folder: Path) -> dict:
     import torch
 
-    from benchmarks._zoo_variants import build
+    from benchmarks._zoo_variants import adopt_stating, build
     from featurebank.export import build_torch_model, export_onnx
 
     arch = name.split(":")[1]
@@ -173,7 +163,7 @@ def run_row(name: str, variants: tuple[str, ...], folder: Path) -> dict:
                 how = "exported"
             else:
                 src = build(variant, base.model, pre.input_size[0], folder / f"{arch}.{variant}.src.onnx")
-                _adopt(src, out, pre, nhwc=variant == "nhwc")
+                adopt_stating(src, out, pre, nhwc=variant == "nhwc")
                 how = "adopted"
             cell = {"how": how, **_cell(out, expected, ref, pixels, tokens,
                                         TOL.get(variant, DEFAULT_TOL))}
