@@ -165,7 +165,9 @@ class ZooFeatures(nn.Module):
         out: dict[str, torch.Tensor] = {}
 
         def keep(name: str, value: torch.Tensor) -> None:
-            out[name] = value
+            # a copy: an in-place op after the module (torchvision DenseNet's F.relu_ on
+            # norm5's output) would otherwise change the kept value
+            out[name] = value.clone()
             if self.on_cut is not None:
                 self.on_cut(name)
 

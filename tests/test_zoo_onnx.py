@@ -44,16 +44,21 @@ def _random_norms(model):
     return model.eval()
 
 
+def _input(pixels) -> torch.Tensor:
+    """The library model's input for uint8 NHWC pixels (0-1, normalised, NCHW)."""
+    x = (pixels.astype(np.float32) / 255 - np.float32(PRE.mean)) / np.float32(PRE.std)
+    return torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
+
+
 def _library_stages(model, modules: dict, pixels, relu: tuple = ()) -> dict[str, np.ndarray]:
     """The modules' outputs for ``pixels`` (copied as the hook sees them; those named in
     ``relu`` through a ReLU), average-pooled."""
-    x = (pixels.astype(np.float32) / 255 - np.float32(PRE.mean)) / np.float32(PRE.std)
     seen = {}
     hooks = [m.register_forward_hook(lambda _m, _i, o, n=n: seen.__setitem__(n, o.clone()))
              for n, m in modules.items()]
     try:
         with torch.no_grad():
-            model(torch.from_numpy(x.transpose(0, 3, 1, 2).copy()))
+            model(_input(pixels))
     finally:
         for h in hooks:
             h.remove()
@@ -116,6 +121,12 @@ def test_densenet_last_stage_is_each_librarys_norm5(tmp_path, pixels, variant):
         assert max(worst.values()) <= TOL, (lib, worst)
         layers = {la.name: la.tensor for la in read_onnx_metadata(path).layers}
         assert (layers["stage.5"] == layers["head"]) == (lib == "timm"), lib
+        if lib == "torchvision":  # featurebank's own export means the same tensor
+            from featurebank.export._zoo import ZooFeatures
+
+            with torch.no_grad():
+                own = ZooFeatures(model, lib, (SIZE, SIZE)).features(_input(pixels))["stage.5"]
+            np.testing.assert_allclose(own.mean((2, 3)).numpy(), want["stage.5"], atol=1e-5)
 
 
 def _mobile(lib: str, arch: str):
