@@ -3,14 +3,16 @@
 Run in the zoo environment (``make zoo``)::
 
     .venv-zoo/bin/python -m benchmarks.zoo                  # every row; writes results/zoo.json
-    .venv-zoo/bin/python -m benchmarks.zoo --rows timm:resnet50 --variants export,onnx-b1
+    .venv-zoo/bin/python -m benchmarks.zoo --rows timm:resnet50 --variants export,onnx-b1 \
+        --out /tmp/check.json                               # a subset, elsewhere
 
 Rows: each architecture with random weights saved to a file (nothing downloads). Cells:
 
 - ``export``: ``featurebank export NAME --weights FILE`` (dynamic batch);
-- ``onnx-b1`` (opset 14, a fixed batch of 1), and for a ResNet, a MobileNet and a ConvNeXt
-  also ``onnx`` (opset 18, dynamic batch), ``fp16``, ``nhwc``, ``opaque``
-  (benchmarks/_zoo_variants.py): plain ONNX files, adopted with the model's conventions stated.
+- ``onnx`` (torch's dynamo exporter, opset 18, a dynamic batch) and ``onnx-b1`` (the
+  TorchScript exporter, opset 14, a fixed batch of 1), and for a ResNet, a MobileNet and a
+  ConvNeXt also ``fp16``, ``nhwc``, ``opaque`` (benchmarks/_zoo_variants.py): plain ONNX
+  files, adopted with the model's conventions stated.
 
 Each cell records how the file came in (``exported`` / ``adopted`` / the refusal), the friendly
 stages found / expected (the torch model's ``stage.K`` / ``blocks.K`` that the file names, with
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -37,10 +40,10 @@ from benchmarks._common import write_result
 ROWS = ["timm:resnet50", "timm:mobilenetv3_large_100", "timm:convnext_tiny",
         "timm:efficientnet_b0", "timm:regnety_008", "timm:densenet121",
         "timm:vit_small_patch16_224", "torchvision:resnet50", "torchvision:mobilenet_v3_large",
-        "torchvision:convnext_tiny", "torchvision:vit_b_16"]
+        "torchvision:convnext_tiny", "torchvision:vit_b_16", "torchvision:densenet121"]
 #: Rows that get every variant (a ResNet, a MobileNet, a ConvNeXt).
 FULL = {"timm:resnet50", "timm:mobilenetv3_large_100", "timm:convnext_tiny"}
-BASIC = ("export", "onnx-b1")  # a dynamic batch (featurebank's export) and a fixed batch of 1
+BASIC = ("export", "onnx", "onnx-b1")  # featurebank's export; a dynamic batch; a batch of 1
 ALL = ("export", "onnx", "onnx-b1", "fp16", "nhwc", "opaque")
 
 
@@ -135,6 +138,7 @@ def _cell(path: Path, expected: dict, ref: dict, pixels: np.ndarray, tokens: boo
             last.embed_pixels(batch)
             times.append(time.perf_counter() - t0)
         cell["images_per_s"] = round(len(batch) / min(times), 1)
+        cell["load_1min"] = round(os.getloadavg()[0], 2)  # what else ran while it was timed
     return cell
 
 
@@ -181,14 +185,15 @@ def _show(cell: dict) -> str:
     parity = cell.get("worst_parity")
     shown = "-" if parity is None else f"{parity:.1e}"
     return (f"{cell['how']:8s} stages {cell['stages_found']}/{cell['stages_expected']} "
-            f"parity {shown} {cell.get('images_per_s', '-')} img/s")
+            f"parity {shown} {cell.get('images_per_s', '-')} img/s "
+            f"(load {cell.get('load_1min', '-')})")
 
 
 #: Why a cell is what it is, where the figures alone do not say.
 NOTES = {
     "fp16": "float16 weights: the parity is their rounding, not featurebank's",
-    "missing": "{} not named from ONNX: the graph rule ends a resolution at its last residual "
-               "merge; the library's stage ends at a later block without one (or a 1x1 conv)",
+    "missing": "{} not named from ONNX with the library stage's shape (see the text below the "
+               "table)",
     "other": "{} (relative difference) named on another tensor of the library stage's shape: "
              "not counted as found; see the text below the table",
     "vit-adopted": "an ONNX ViT names no blocks; its token tensors are cut by name once "
@@ -218,6 +223,11 @@ def markdown(table: dict) -> str:
             lines.append(f"| {name} | {variant} | {c['how']} | {c['stages_found']}/"
                          f"{c['stages_expected']} | {'-' if p is None else f'{p:.1e}'} | "
                          f"{c.get('images_per_s', '-')} | {note} |")
+    loads = [c["load_1min"] for row in table.values() for c in row.values() if "load_1min" in c]
+    if loads:
+        lines += ["", f"images/s: onnxruntime on {os.cpu_count()} cores, timed at a 1-minute "
+                      f"load average of {min(loads):.1f} to {max(loads):.1f} (median "
+                      f"{sorted(loads)[len(loads) // 2]:.1f})."]
     return "\n".join(lines)
 
 
@@ -240,13 +250,16 @@ def main(argv: list[str] | None = None) -> int:
         print(markdown(merged))
         return 0
     table = {}
+    run = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "nice": os.nice(0),
+           "load_at_start": os.getloadavg()}
     with tempfile.TemporaryDirectory(prefix="fb-zoo-") as tmp:
         for name in args.rows.split(","):
             variants = tuple(args.variants.split(",")) if args.variants else \
                 (ALL if name in FULL else BASIC)
             table[name] = run_row(name, variants, Path(tmp))
             # after every row: a long run that is stopped keeps the rows it finished
-            write_result(args.out, {"table": table, "markdown": markdown(table)})
+            run["last_row_done"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            write_result(args.out, {"table": table, "markdown": markdown(table), "run": run})
     print(markdown(table))
     return 0
 
