@@ -231,6 +231,54 @@ def markdown(table: dict) -> str:
     return "\n".join(lines)
 
 
+def _run_row_in(name: str, variants: str | None, folder: Path) -> dict:
+    """One row in its own folder, removed after (the ONNX files of a row take gigabytes)."""
+    import shutil
+
+    folder.mkdir(parents=True)
+    try:
+        return run_row(name, tuple(variants.split(",")) if variants else
+                       (ALL if name in FULL else BASIC), folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _run_rows(rows: list[str], variants: str | None, jobs: int, tmp: Path):
+    """Yield ``(name, row)`` as rows finish; with ``jobs`` > 1, rows run in worker processes,
+    the longest first (the full-variant rows, then the transformers)."""
+    folders = {n: tmp / n.replace(":", "_") for n in rows}
+    if jobs <= 1:
+        for name in rows:
+            yield name, _run_row_in(name, variants, folders[name])
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    order = sorted(rows, key=lambda n: (n not in FULL, "vit" not in n))
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(_run_row_in, n, variants, folders[n]): n for n in order}
+        for future in as_completed(futures):
+            yield futures[future], future.result()
+
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "your-own-model.md"
+MARK = "<!-- zoo table: written from benchmarks/results/zoo.json -->"
+
+
+def write_docs(table_md: str, path: Path = DOCS) -> None:
+    """Put ``table_md`` in place of the table under :data:`MARK` in ``path``."""
+    text = path.read_text()
+    before, mark, after = text.partition(MARK)
+    if not mark:
+        raise SystemExit(f"{path}: no line {MARK!r} to put the table under")
+    lines = after.lstrip("\n").split("\n")
+    end = next((i for i, line in enumerate(lines) if not line.startswith("|")), len(lines))
+    if lines[end:end + 2] and lines[end] == "" and lines[end + 1].startswith("images/s:"):
+        end += 2  # the load line under the table
+    path.write_text(before + mark + "\n\n" + table_md + "\n" + "\n".join(lines[end:]))
+    print(f"wrote the table into {path}")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", default=",".join(ROWS))
@@ -238,7 +286,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="zoo")
     ap.add_argument("--merge", nargs="+", metavar="JSON",
                     help="combine the rows of earlier runs (run in parallel) into --out; no run")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="rows run at once, each in its own process (images/s then share "
+                         "the cores: the load average recorded with each cell says how much)")
+    ap.add_argument("--docs", action="store_true",
+                    help="put the table of --out (a JSON written before) into "
+                         "docs/your-own-model.md; no run")
     args = ap.parse_args(argv)
+    if args.docs:
+        out = Path(args.out) if Path(args.out).suffix == ".json" else \
+            Path(__file__).parent / "results" / f"{args.out}.json"
+        write_docs(json.loads(out.read_text())["markdown"])
+        return 0
     if args.merge:
         rows: dict = {}
         for path in args.merge:
@@ -249,14 +308,14 @@ def main(argv: list[str] | None = None) -> int:
                                 "merged_from": [Path(p).name for p in args.merge]})
         print(markdown(merged))
         return 0
-    table = {}
+    rows = args.rows.split(",")
     run = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "nice": os.nice(0),
-           "load_at_start": os.getloadavg()}
+           "jobs": args.jobs, "load_at_start": os.getloadavg()}
+    table: dict = {}
     with tempfile.TemporaryDirectory(prefix="fb-zoo-") as tmp:
-        for name in args.rows.split(","):
-            variants = tuple(args.variants.split(",")) if args.variants else \
-                (ALL if name in FULL else BASIC)
-            table[name] = run_row(name, variants, Path(tmp))
+        for name, row in _run_rows(rows, args.variants, args.jobs, Path(tmp)):
+            table[name] = row
+            table = {n: table[n] for n in rows if n in table}  # the order asked for
             # after every row: a long run that is stopped keeps the rows it finished
             run["last_row_done"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             write_result(args.out, {"table": table, "markdown": markdown(table), "run": run})
