@@ -174,6 +174,8 @@ def run_row(name: str, variants: tuple[str, ...], folder: Path) -> dict:
         except Exception as exc:  # noqa: BLE001 - a refusal is a result of the table
             cell = {"how": "refused", "reason": f"{type(exc).__name__}: {exc}"[:400]}
         cell["seconds"] = round(time.perf_counter() - started, 1)
+        for done in folder.glob(f"{arch}.{variant}.*"):  # the cell's files: a row's would
+            done.unlink()  # take gigabytes (each variant exports its own source)
         row[variant] = cell
         print(f"{name:32s} {variant:8s} {_show(cell)}", flush=True)
     return row
@@ -236,6 +238,8 @@ def _run_row_in(name: str, variants: str | None, folder: Path) -> dict:
     import shutil
 
     folder.mkdir(parents=True)
+    # adopt keeps a copy of each file in the model cache: a private one, removed with the row
+    os.environ["FEATUREBANK_CACHE"] = str(folder / "cache")
     try:
         return run_row(name, tuple(variants.split(",")) if variants else
                        (ALL if name in FULL else BASIC), folder)
