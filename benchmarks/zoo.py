@@ -304,12 +304,17 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.merge:
         rows: dict = {}
+        runs = {}
         for path in args.merge:
-            for name, row in json.loads(Path(path).read_text())["table"].items():
+            earlier = json.loads(Path(path).read_text())
+            runs[Path(path).name] = {"run": earlier.get("run"), "machine": earlier.get("machine"),
+                                     "cells": {n: list(r) for n, r in earlier["table"].items()}}
+            for name, row in earlier["table"].items():
                 rows.setdefault(name, {}).update(row)  # a later run's cells win
-        merged = {n: rows[n] for n in [*ROWS, *rows] if n in rows}
+        merged = {n: {v: rows[n][v] for v in [*ALL, *rows[n]] if v in rows[n]}
+                  for n in [*ROWS, *rows] if n in rows}
         write_result(args.out, {"table": merged, "markdown": markdown(merged),
-                                "merged_from": [Path(p).name for p in args.merge]})
+                                "merged_from": runs})
         print(markdown(merged))
         return 0
     rows = args.rows.split(",")
