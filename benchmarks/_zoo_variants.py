@@ -15,6 +15,7 @@ own tools (nothing is downloaded), the way such files come to users:
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 import warnings
@@ -43,6 +44,18 @@ def build(variant: str, model: torch.nn.Module, size: int, out: Path) -> Path:
     onnx.checker.check_model(proto)
     onnx.save(proto, str(out))
     return out
+
+
+def adopt_stating(src: Path, dst: Path, pre, nhwc: bool = False) -> None:
+    """``featurebank adopt`` with the library model's conventions stated (its preprocessing
+    ``pre``; 0-1 RGB pixels; NCHW input, or NHWC for the ``nhwc`` variant)."""
+    from featurebank.export import adopt
+
+    conv = {k: v for k, v in pre.to_dict().items() if k not in ("background",)}
+    conv.update(pixel_range=1, channel_order="rgb", layout="nhwc" if nhwc else "nchw")
+    conv_file = dst.with_suffix(".json")
+    conv_file.write_text(json.dumps(conv))
+    adopt(src, dst, conv_file)
 
 
 def _torch_export(model, size, out: Path, batch: int, opset: int, dynamo: bool) -> None:

@@ -3,14 +3,16 @@
 Run in the zoo environment (``make zoo``)::
 
     .venv-zoo/bin/python -m benchmarks.zoo                  # every row; writes results/zoo.json
-    .venv-zoo/bin/python -m benchmarks.zoo --rows timm:resnet50 --variants export,onnx-b1
+    .venv-zoo/bin/python -m benchmarks.zoo --rows timm:resnet50 --variants export,onnx-b1 \
+        --out /tmp/check.json                               # a subset, elsewhere
 
 Rows: each architecture with random weights saved to a file (nothing downloads). Cells:
 
 - ``export``: ``featurebank export NAME --weights FILE`` (dynamic batch);
-- ``onnx-b1`` (opset 14, a fixed batch of 1), and for a ResNet, a MobileNet and a ConvNeXt
-  also ``onnx`` (opset 18, dynamic batch), ``fp16``, ``nhwc``, ``opaque``
-  (benchmarks/_zoo_variants.py): plain ONNX files, adopted with the model's conventions stated.
+- ``onnx`` (torch's dynamo exporter, opset 18, a dynamic batch) and ``onnx-b1`` (the
+  TorchScript exporter, opset 14, a fixed batch of 1), and for a ResNet, a MobileNet and a
+  ConvNeXt also ``fp16``, ``nhwc``, ``opaque`` (benchmarks/_zoo_variants.py): plain ONNX
+  files, adopted with the model's conventions stated.
 
 Each cell records how the file came in (``exported`` / ``adopted`` / the refusal), the friendly
 stages found / expected (the torch model's ``stage.K`` / ``blocks.K`` that the file names, with
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -37,10 +40,10 @@ from benchmarks._common import write_result
 ROWS = ["timm:resnet50", "timm:mobilenetv3_large_100", "timm:convnext_tiny",
         "timm:efficientnet_b0", "timm:regnety_008", "timm:densenet121",
         "timm:vit_small_patch16_224", "torchvision:resnet50", "torchvision:mobilenet_v3_large",
-        "torchvision:convnext_tiny", "torchvision:vit_b_16"]
+        "torchvision:convnext_tiny", "torchvision:vit_b_16", "torchvision:densenet121"]
 #: Rows that get every variant (a ResNet, a MobileNet, a ConvNeXt).
 FULL = {"timm:resnet50", "timm:mobilenetv3_large_100", "timm:convnext_tiny"}
-BASIC = ("export", "onnx-b1")  # a dynamic batch (featurebank's export) and a fixed batch of 1
+BASIC = ("export", "onnx", "onnx-b1")  # featurebank's export; a dynamic batch; a batch of 1
 ALL = ("export", "onnx", "onnx-b1", "fp16", "nhwc", "opaque")
 
 
@@ -86,16 +89,6 @@ def _expected(base) -> dict[str, tuple]:
     with torch.no_grad():
         feats = base.features(torch.zeros(1, 3, *size))
     return {n: tuple(feats[n].shape[1:]) for n in base.cuts}
-
-
-def _adopt(src: Path, dst: Path, pre, nhwc: bool) -> None:
-    from featurebank.export import adopt
-
-    conv = {k: v for k, v in pre.to_dict().items() if k not in ("background",)}
-    conv.update(pixel_range=1, channel_order="rgb", layout="nhwc" if nhwc else "nchw")
-    conv_file = dst.with_suffix(".json")
-    conv_file.write_text(json.dumps(conv))
-    adopt(src, dst, conv_file)
 
 
 #: Parity that counts as the same tensor; float16 weights round at about 1e-3.
@@ -145,13 +138,14 @@ def _cell(path: Path, expected: dict, ref: dict, pixels: np.ndarray, tokens: boo
             last.embed_pixels(batch)
             times.append(time.perf_counter() - t0)
         cell["images_per_s"] = round(len(batch) / min(times), 1)
+        cell["load_1min"] = round(os.getloadavg()[0], 2)  # what else ran while it was timed
     return cell
 
 
 def run_row(name: str, variants: tuple[str, ...], folder: Path) -> dict:
     import torch
 
-    from benchmarks._zoo_variants import build
+    from benchmarks._zoo_variants import adopt_stating, build
     from featurebank.export import build_torch_model, export_onnx
 
     arch = name.split(":")[1]
@@ -173,13 +167,15 @@ def run_row(name: str, variants: tuple[str, ...], folder: Path) -> dict:
                 how = "exported"
             else:
                 src = build(variant, base.model, pre.input_size[0], folder / f"{arch}.{variant}.src.onnx")
-                _adopt(src, out, pre, nhwc=variant == "nhwc")
+                adopt_stating(src, out, pre, nhwc=variant == "nhwc")
                 how = "adopted"
             cell = {"how": how, **_cell(out, expected, ref, pixels, tokens,
                                         TOL.get(variant, DEFAULT_TOL))}
         except Exception as exc:  # noqa: BLE001 - a refusal is a result of the table
             cell = {"how": "refused", "reason": f"{type(exc).__name__}: {exc}"[:400]}
         cell["seconds"] = round(time.perf_counter() - started, 1)
+        for done in folder.glob(f"{arch}.{variant}.*"):  # the cell's files: a row's would
+            done.unlink()  # take gigabytes (each variant exports its own source)
         row[variant] = cell
         print(f"{name:32s} {variant:8s} {_show(cell)}", flush=True)
     return row
@@ -191,14 +187,15 @@ def _show(cell: dict) -> str:
     parity = cell.get("worst_parity")
     shown = "-" if parity is None else f"{parity:.1e}"
     return (f"{cell['how']:8s} stages {cell['stages_found']}/{cell['stages_expected']} "
-            f"parity {shown} {cell.get('images_per_s', '-')} img/s")
+            f"parity {shown} {cell.get('images_per_s', '-')} img/s "
+            f"(load {cell.get('load_1min', '-')})")
 
 
 #: Why a cell is what it is, where the figures alone do not say.
 NOTES = {
     "fp16": "float16 weights: the parity is their rounding, not featurebank's",
-    "missing": "{} not named from ONNX: the graph rule ends a resolution at its last residual "
-               "merge; the library's stage ends at a later block without one (or a 1x1 conv)",
+    "missing": "{} not named from ONNX with the library stage's shape (see the text below the "
+               "table)",
     "other": "{} (relative difference) named on another tensor of the library stage's shape: "
              "not counted as found; see the text below the table",
     "vit-adopted": "an ONNX ViT names no blocks; its token tensors are cut by name once "
@@ -228,7 +225,62 @@ def markdown(table: dict) -> str:
             lines.append(f"| {name} | {variant} | {c['how']} | {c['stages_found']}/"
                          f"{c['stages_expected']} | {'-' if p is None else f'{p:.1e}'} | "
                          f"{c.get('images_per_s', '-')} | {note} |")
+    loads = [c["load_1min"] for row in table.values() for c in row.values() if "load_1min" in c]
+    if loads:
+        lines += ["", f"images/s: onnxruntime on {os.cpu_count()} cores, timed at a 1-minute "
+                      f"load average of {min(loads):.1f} to {max(loads):.1f} (median "
+                      f"{sorted(loads)[len(loads) // 2]:.1f})."]
     return "\n".join(lines)
+
+
+def _run_row_in(name: str, variants: str | None, folder: Path) -> dict:
+    """One row in its own folder, removed after (the ONNX files of a row take gigabytes)."""
+    import shutil
+
+    folder.mkdir(parents=True)
+    # adopt keeps a copy of each file in the model cache: a private one, removed with the row
+    os.environ["FEATUREBANK_CACHE"] = str(folder / "cache")
+    try:
+        return run_row(name, tuple(variants.split(",")) if variants else
+                       (ALL if name in FULL else BASIC), folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _run_rows(rows: list[str], variants: str | None, jobs: int, tmp: Path):
+    """Yield ``(name, row)`` as rows finish; with ``jobs`` > 1, rows run in worker processes,
+    the longest first (the full-variant rows, then the transformers)."""
+    folders = {n: tmp / n.replace(":", "_") for n in rows}
+    if jobs <= 1:
+        for name in rows:
+            yield name, _run_row_in(name, variants, folders[name])
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    order = sorted(rows, key=lambda n: (n not in FULL, "vit" not in n))
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(_run_row_in, n, variants, folders[n]): n for n in order}
+        for future in as_completed(futures):
+            yield futures[future], future.result()
+
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "your-own-model.md"
+MARK = "<!-- zoo table: written from benchmarks/results/zoo.json -->"
+
+
+def write_docs(table_md: str, path: Path = DOCS) -> None:
+    """Put ``table_md`` in place of the table under :data:`MARK` in ``path``."""
+    text = path.read_text()
+    before, mark, after = text.partition(MARK)
+    if not mark:
+        raise SystemExit(f"{path}: no line {MARK!r} to put the table under")
+    lines = after.lstrip("\n").split("\n")
+    end = next((i for i, line in enumerate(lines) if not line.startswith("|")), len(lines))
+    if lines[end:end + 2] and lines[end] == "" and lines[end + 1].startswith("images/s:"):
+        end += 2  # the load line under the table
+    path.write_text(before + mark + "\n\n" + table_md + "\n" + "\n".join(lines[end:]))
+    print(f"wrote the table into {path}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -238,25 +290,44 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="zoo")
     ap.add_argument("--merge", nargs="+", metavar="JSON",
                     help="combine the rows of earlier runs (run in parallel) into --out; no run")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="rows run at once, each in its own process (images/s then share "
+                         "the cores: the load average recorded with each cell says how much)")
+    ap.add_argument("--docs", action="store_true",
+                    help="put the table of --out (a JSON written before) into "
+                         "docs/your-own-model.md; no run")
     args = ap.parse_args(argv)
+    if args.docs:
+        out = Path(args.out) if Path(args.out).suffix == ".json" else \
+            Path(__file__).parent / "results" / f"{args.out}.json"
+        write_docs(json.loads(out.read_text())["markdown"])
+        return 0
     if args.merge:
         rows: dict = {}
+        runs = {}
         for path in args.merge:
-            for name, row in json.loads(Path(path).read_text())["table"].items():
+            earlier = json.loads(Path(path).read_text())
+            runs[Path(path).name] = {"run": earlier.get("run"), "machine": earlier.get("machine"),
+                                     "cells": {n: list(r) for n, r in earlier["table"].items()}}
+            for name, row in earlier["table"].items():
                 rows.setdefault(name, {}).update(row)  # a later run's cells win
-        merged = {n: rows[n] for n in [*ROWS, *rows] if n in rows}
+        merged = {n: {v: rows[n][v] for v in [*ALL, *rows[n]] if v in rows[n]}
+                  for n in [*ROWS, *rows] if n in rows}
         write_result(args.out, {"table": merged, "markdown": markdown(merged),
-                                "merged_from": [Path(p).name for p in args.merge]})
+                                "merged_from": runs})
         print(markdown(merged))
         return 0
-    table = {}
+    rows = args.rows.split(",")
+    run = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "nice": os.nice(0),
+           "jobs": args.jobs, "load_at_start": os.getloadavg()}
+    table: dict = {}
     with tempfile.TemporaryDirectory(prefix="fb-zoo-") as tmp:
-        for name in args.rows.split(","):
-            variants = tuple(args.variants.split(",")) if args.variants else \
-                (ALL if name in FULL else BASIC)
-            table[name] = run_row(name, variants, Path(tmp))
+        for name, row in _run_rows(rows, args.variants, args.jobs, Path(tmp)):
+            table[name] = row
+            table = {n: table[n] for n in rows if n in table}  # the order asked for
             # after every row: a long run that is stopped keeps the rows it finished
-            write_result(args.out, {"table": table, "markdown": markdown(table)})
+            run["last_row_done"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            write_result(args.out, {"table": table, "markdown": markdown(table), "run": run})
     print(markdown(table))
     return 0
 

@@ -1,14 +1,20 @@
 """Friendly names of a foreign image CNN's cut points: ``stage.K``, ``head``, ``pool``, ``logits``.
 
-Read from the graph's structure alone, so converter-made graphs with opaque tensor names get
-them too. The rule is versioned (``featurebank.spec.NAMING_RULES``, this is rule 3): a name
-must never come to mean another tensor under the same fingerprint.
+Read from the graph's structure, so converter-made graphs with opaque tensor names get them
+too; only where the structure cannot tell (the activation after DenseNet's last norm) the module
+scopes torch's exporters record decide. The rule is versioned (``featurebank.spec.NAMING_RULES``,
+this is rule 4): a name must never come to mean another tensor under the same fingerprint.
 
 - ``stage.K``: the output of the last block at the K-th spatial resolution (see
   :func:`stage_outputs`); never an expansion layer inside a block, never a classifier conv.
-  The last stage is the ``head`` when only a normalisation and activations lie between its
-  block output and the pool (DenseNet's ``norm5``, which timm's last stage includes; rule 3:
-  rule 2 named the concatenation before it).
+  The last stage ends in the normalisation when only a normalisation and activations lie
+  between its block output and the pool (DenseNet's ``norm5``, rule 3; rule 2 named the
+  concatenation before it), with the activations when nothing says they lie outside the
+  module that holds the norm (timm's ``BatchNormAct2d``), without them when the exporter
+  recorded them outside it (torchvision's ``F.relu`` in ``DenseNet.forward``: rule 4).
+  When the network's head starts after the pool (a weighted layer between the pool and the
+  classifier: MobileNetV3's 1280-wide layer), the map the pool reads is the last stage (its
+  1x1 conv belongs to the trunk, MobileNetV3's last stage; rule 4).
 - ``head``: the input of the last global pool; without one, the last 4-D map before the
   classifier (a Flatten + Gemm head).
 - ``pool``: the global-pooled vector (GlobalAveragePool, or ReduceMean/ReduceMax over the
@@ -18,6 +24,8 @@ must never come to mean another tensor under the same fingerprint.
 """
 
 from __future__ import annotations
+
+import ast
 
 import onnx
 
@@ -65,8 +73,13 @@ def friendly_names(proto: onnx.ModelProto, entries: list[tuple[str, str | None]]
                 and producer[t] < producer[logits]]
         head = maps[-1] if maps else None
     stages = stage_outputs(proto, entries, shapes, flow, classifier)
-    if stages and head in listed and _normalised(stages[-1], head, nodes, producer, flow):
-        stages[-1] = head  # the last block's output normalised before the pool (DenseNet)
+    if stages and head in listed:
+        end = _normalised_end(stages[-1], head, nodes, producer, flow, listed)
+        if end is not None:  # the last block's output normalised before the pool (DenseNet)
+            stages[-1] = end
+        elif classifier is None and _head_after_pool(nodes, producer, flow, logits) \
+                and _hw(head, listed, shapes) == _hw(stages[-1], listed, shapes):
+            stages[-1] = head  # the pool's input is the trunk's last map (MobileNetV3)
     for k, tensor in enumerate(stages, 1):
         names.setdefault(tensor, []).append(f"stage.{k}")
     if head in listed:
@@ -78,22 +91,75 @@ def friendly_names(proto: onnx.ModelProto, entries: list[tuple[str, str | None]]
     return names
 
 
-def _normalised(stage: str, head: str, nodes, producer, flow: Flow) -> bool:
-    """Whether ``head`` is ``stage`` through a normalisation and then only activations and
-    copies (each op with one data input), so the stage's last block ends in that norm."""
-    tensor, norm = head, False
+def _normalised_end(stage: str, head: str, nodes, producer, flow: Flow,
+                    listed) -> str | None:
+    """Where the last stage ends when ``head`` is ``stage`` through a normalisation and then
+    only activations and copies (each op with one data input), else None.
+
+    That is ``head``, unless the exporter recorded an activation after the norm outside the
+    module that holds the norm (see :func:`_module_scope`): then the norm's output.
+    """
+    chain, tensor = [], head  # the ops from the stage to the head, last first
     for _ in range(16):
         if tensor == stage:
-            return norm
+            break
         if tensor not in producer:
-            return False
+            return None
         node = nodes[producer[tensor]]
         inputs = _data_inputs(node, flow)
         if len(inputs) != 1 or node.op_type not in _AFTER_MERGE | _NORMS:
-            return False
-        norm = norm or node.op_type in _NORMS
+            return None
+        chain.append(node)
         tensor = inputs[0]
-    return False
+    else:
+        return None
+    chain.reverse()
+    at = max((i for i, n in enumerate(chain) if n.op_type in _NORMS), default=None)
+    if at is None:
+        return None
+    norm_scope = _module_scope(chain[at])
+    parent = None if norm_scope is None else norm_scope[:-1]  # the module holding the norm
+    for node in chain[at + 1:]:
+        scope = _module_scope(node)
+        if node.op_type not in _COPIES | {"Cast"} and parent is not None and scope is not None \
+                and scope[:len(parent)] != parent:
+            end = node.input[0]
+            while end not in listed and end in producer \
+                    and nodes[producer[end]].op_type in _COPIES | {"Cast"}:
+                end = nodes[producer[end]].input[0]  # back to the listed map (NHWC graphs)
+            return end if end in listed else None
+    return head
+
+
+def _module_scope(node: onnx.NodeProto) -> tuple[str, ...] | None:
+    """The torch module path an exporter recorded for ``node``: the dynamo exporter's
+    ``pkg.torch.onnx.name_scopes``, the TorchScript exporter's ``/features/norm5/Relu`` node
+    name; None when the graph records none (opaque or converter-made graphs)."""
+    for prop in node.metadata_props:
+        if prop.key == "pkg.torch.onnx.name_scopes":
+            try:
+                return tuple(ast.literal_eval(prop.value))[:-1]  # the last is the op itself
+            except (ValueError, SyntaxError):
+                return None
+    if node.name.startswith("/"):
+        return tuple(node.name.split("/")[1:-1])
+    return None
+
+
+def _hw(tensor: str, listed, shapes) -> tuple | None:
+    lay = listed.get(tensor)
+    if lay not in ("NCHW", "NHWC"):
+        return None
+    return tuple(shapes[tensor][lay.index(a)] for a in "HW")
+
+
+def _head_after_pool(nodes, producer, flow: Flow, logits) -> bool:
+    """Whether a weighted layer lies between the last global pool and the classifier (the
+    network's head starts after the pool: MobileNetV3's 1280-wide conv or Linear)."""
+    if not flow.pools or logits is None or logits not in producer:
+        return False
+    pool_at = next(i for i, n in enumerate(nodes) if n is flow.pools[-1][0])
+    return sum(n.op_type in WEIGHTED for n in nodes[pool_at + 1:producer[logits] + 1]) >= 2
 
 
 def _flattened(tensor: str, consumers, shapes) -> str:
@@ -165,16 +231,20 @@ def stage_outputs(proto: onnx.ModelProto, entries, shapes, flow: Flow,
     are not mere copies (Transpose, Identity, Dropout, Pad). Per spatial size, the last
     candidate that is a merge (``Add``/``Sum``/``Concat`` of two or more activations,
     possibly followed by activations, Casts and Transposes: the output of a residual or dense
-    block) wins; a stage without a merge takes its narrowest candidate (a block's projection
-    rather than the wide expansion feeding the next stride), and a down-sampling pool's
-    output (the input of the stage) only when nothing else is at that size.
+    block) or a linear bottleneck's output (see :func:`_linear_output`: the last inverted
+    residual of a resolution without a shortcut, EfficientNet's 320-channel block; rule 4)
+    wins; a stage with neither takes its narrowest candidate (a block's projection rather
+    than the wide expansion feeding the next stride), and a down-sampling pool's output (the
+    input of the stage) only when nothing else is at that size.
     """
     nodes = list(proto.graph.node)
     producer = {o: i for i, n in enumerate(nodes) for o in n.output}
     last_use: dict[str, int] = {}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
     for i, n in enumerate(nodes):
         for t in n.input:
             last_use[t] = i
+            consumers.setdefault(t, []).append(n)
     data = {t for t, shape in shapes.items()
             if len(shape) >= 2 and t in producer and t not in flow.static}
     alive: set[str] = set()
@@ -212,6 +282,41 @@ def stage_outputs(proto: onnx.ModelProto, entries, shapes, flow: Flow,
     for tensors in by_size.values():
         inner = [t for t in tensors if nodes[producer[t]].op_type not in _DOWNSAMPLING_POOLS]
         tensors = inner or tensors
-        merges = [t for t in tensors if merged(t)]
-        chosen.append(merges[-1] if merges else min(reversed(tensors), key=channels))
+        blocks = [t for t in tensors
+                  if merged(t) or _linear_output(t, nodes, producer, consumers, flow)]
+        chosen.append(blocks[-1] if blocks else min(reversed(tensors), key=channels))
     return sorted(chosen, key=producer.__getitem__)
+
+
+def _linear_output(tensor: str, nodes, producer, consumers, flow: Flow) -> bool:
+    """Whether ``tensor`` is a linear bottleneck's output: a conv (with its normalisation,
+    bias and the copies a converter wraps around it) with no activation after it, read only
+    by weighted layers and merges of two or more activations: the next block or the head
+    conv. A transition conv feeding a down-sampling pool (DenseNet's) is not one; an
+    expansion is activated, so never one."""
+
+    def linear(node: onnx.NodeProto) -> bool:  # copies, casts, a norm, a constant's + - * /
+        data = _data_inputs(node, flow)
+        return len(data) == 1 and (node.op_type in _COPIES | _NORMS | {"Cast"} or (
+            node.op_type in {"Add", "Sub", "Mul", "Div"} and len(node.input) == 2))
+
+    t, node = tensor, None
+    for _ in range(12):  # back to the op that computed it
+        if t not in producer:
+            return False
+        node = nodes[producer[t]]
+        if not linear(node):
+            break
+        t = _data_inputs(node, flow)[0]
+    if node is None or node.op_type != "Conv":
+        return False
+    readers, todo = [], [(tensor, 0)]
+    while todo:
+        t, depth = todo.pop()
+        for c in consumers.get(t, []):
+            if linear(c) and depth < 12:
+                todo.append((c.output[0], depth + 1))
+            else:
+                readers.append(c)
+    return bool(readers) and all(c.op_type in WEIGHTED or (
+        c.op_type in _MERGES and len(_data_inputs(c, flow)) >= 2) for c in readers)

@@ -163,9 +163,16 @@ class ZooFeatures(nn.Module):
 
     def features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
+        copies: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
 
         def keep(name: str, value: torch.Tensor) -> None:
-            out[name] = value
+            # a copy: an in-place op after the module (torchvision DenseNet's F.relu_ on
+            # norm5's output) would otherwise change the kept value; one copy per tensor
+            # and version, so two names of one map stay one graph tensor (stage.5 and head)
+            key = (id(value), getattr(value, "_version", 0))
+            if key not in copies:  # the original is held too: its id is not reused meanwhile
+                copies[key] = (value, value.clone())
+            out[name] = copies[key][1]
             if self.on_cut is not None:
                 self.on_cut(name)
 

@@ -159,9 +159,13 @@ def _tensor_layouts(value: Any) -> tuple[tuple[str, str], ...]:
 #: ``head``, ``pool``, ``logits``): 1 is the first rule (absent from ``to_dict``); 2 follows
 #: layouts through constants and Cast/Transpose chains, never names a classifier conv a stage;
 #: 3 makes the last stage the normalised map the pool reads when only a norm and activations
-#: follow the last block (DenseNet's ``norm5``: rule 2 named the concatenation before it).
+#: follow the last block (DenseNet's ``norm5``: rule 2 named the concatenation before it);
+#: 4 counts a linear bottleneck (a conv and its norm, no activation) as a block output
+#: (EfficientNet's last block), makes the pool's input the last stage when a weighted layer
+#: follows the pool (MobileNetV3), and ends the last stage at the norm when the exporter
+#: recorded the activation after it outside the norm's module (torchvision's DenseNet).
 #: A name may mean another tensor under another rule, so the rule enters the fingerprint.
-NAMING_RULES = (1, 2, 3)
+NAMING_RULES = (1, 2, 3, 4)
 
 
 @dataclass(frozen=True)

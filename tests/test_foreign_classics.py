@@ -302,7 +302,7 @@ def test_one_off_preprocessing_on_a_batch1_file_equals_the_adopted_copy(classics
         np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("old_rule", [1, 2])
+@pytest.mark.parametrize("old_rule", [1, 2, 3])
 def test_a_new_naming_rule_changes_the_fingerprint_and_old_stores_refuse(classics, tmp_path,
                                                                          old_rule):
     """An adopted file written under an older naming rule (rule 1: its spec has no 'naming')
@@ -316,7 +316,7 @@ def test_a_new_naming_rule_changes_the_fingerprint_and_old_stores_refuse(classic
     proto = onnx.load(str(adopted))
     meta = next(p for p in proto.metadata_props if p.key == META_SPEC)
     spec = json.loads(meta.value)
-    assert spec["naming"] == 3
+    assert spec["naming"] == 4
     if old_rule == 1:
         del spec["naming"]  # what the first rule's adopt wrote
     else:
@@ -356,10 +356,11 @@ def test_naming_rule_in_the_spec():
     new = ModelSpec("onnx-0", "0" * 64, source="onnx", naming=2)
     assert ModelSpec.from_dict(new.to_dict()) == new
     assert FeatureSpec(new, "stage.1").fingerprint() != FeatureSpec(old, "stage.1").fingerprint()
-    newer = ModelSpec("onnx-0", "0" * 64, source="onnx", naming=3)
-    assert FeatureSpec(newer, "stage.1").fingerprint() != FeatureSpec(new, "stage.1").fingerprint()
+    prints = {FeatureSpec(ModelSpec("onnx-0", "0" * 64, source="onnx", naming=rule),
+                          "stage.1").fingerprint() for rule in (1, 2, 3, 4)}
+    assert len(prints) == 4  # each rule its own feature sets
     with pytest.raises(ValueError, match="model.naming must be one of"):
-        ModelSpec("onnx-0", "0" * 64, naming=4)
+        ModelSpec("onnx-0", "0" * 64, naming=5)
 
 
 def test_classic_parity_figures():

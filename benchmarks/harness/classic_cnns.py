@@ -180,9 +180,11 @@ class Inverted(nn.Module):
 
 
 class MobileNetish(_Net):
-    """MobileNetV2: inverted residuals whose wide expansion feeds the next stride."""
+    """MobileNetV2: inverted residuals whose wide expansion feeds the next stride; the last
+    resolution ends in a block without a shortcut (MobileNetV2's 320-channel block), whose
+    linear projection is the stage's output (naming rule 4; rule 3 took the residual before)."""
 
-    STAGES = ("/blocks/blocks.0/", "/blocks/blocks.2/", "/blocks/blocks.4/")
+    STAGES = ("/blocks/blocks.0/", "/blocks/blocks.2/", "/blocks/blocks.5/")
 
     def __init__(self):
         super().__init__()
@@ -190,8 +192,8 @@ class MobileNetish(_Net):
                                   nn.ReLU6())
         self.blocks = nn.Sequential(Inverted(8, 6, 1, 1), Inverted(6, 12, 2, 4),
                                     Inverted(12, 12, 1, 4), Inverted(12, 16, 2, 4),
-                                    Inverted(16, 16, 1, 4))
-        self.conv_head = nn.Sequential(nn.Conv2d(16, 48, 1, bias=False), nn.BatchNorm2d(48),
+                                    Inverted(16, 16, 1, 4), Inverted(16, 20, 1, 4))
+        self.conv_head = nn.Sequential(nn.Conv2d(20, 48, 1, bias=False), nn.BatchNorm2d(48),
                                        nn.ReLU6())
         self.fc = nn.Linear(48, CLASSES)
 
