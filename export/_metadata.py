@@ -31,7 +31,7 @@ from featurebank.spec import (
 
 #: The friendly-name rule of the catalogues this version builds (see ``spec.NAMING_RULES``):
 #: part of every foreign spec, so a name that now means another tensor gets a new fingerprint.
-NAMING_RULE = 3
+NAMING_RULE = 4
 
 #: Metadata key of the class names of an adopted model's ``logits`` (JSON list).
 META_CLASSES = "featurebank.classes"

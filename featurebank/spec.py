@@ -68,7 +68,8 @@ class Preprocessing:
     (NCHW, RGB, 0-1, none), so specs written before these fields existed keep their identity;
     so do ``resize_rule`` (see :data:`RESIZE_RULES`), ``prefix_tokens`` (a transformer's tokens
     before its patch tokens: class and register tokens; None where unknown, which refuses token
-    cuts) and ``class_token`` (whether the first prefix token is a class token).
+    cuts) and ``class_token`` (whether the first prefix token is a class token; None where
+    unknown, which refuses the ``cls`` pool).
     """
 
     input_size: tuple[int, int] = option((224, 224), Items(Interval(int, 1, None), 2))
@@ -84,7 +85,7 @@ class Preprocessing:
     tensor_layouts: tuple[tuple[str, str], ...] = option((), "any")  # checked by _tensor_layouts
     resize_rule: str = option("featurebank", Options(RESIZE_RULES))
     prefix_tokens: int | None = option(None, Interval(int, 0, None), None)
-    class_token: bool = option(True, bool)
+    class_token: bool | None = option(True, bool, None)
 
     def __post_init__(self) -> None:
         # Normalise lists (from JSON) to tuples so equal specs hash and compare equal.
@@ -159,9 +160,11 @@ def _tensor_layouts(value: Any) -> tuple[tuple[str, str], ...]:
 #: ``head``, ``pool``, ``logits``): 1 is the first rule (absent from ``to_dict``); 2 follows
 #: layouts through constants and Cast/Transpose chains, never names a classifier conv a stage;
 #: 3 makes the last stage the normalised map the pool reads when only a norm and activations
-#: follow the last block (DenseNet's ``norm5``: rule 2 named the concatenation before it).
+#: follow the last block (DenseNet's ``norm5``: rule 2 named the concatenation before it);
+#: 4 names a vision transformer's graph: ``blocks.K`` (token outputs), ``head`` (the final
+#: norm's tokens), ``pool``, ``logits`` (rule 3 named its patch embedding ``stage.1``/``head``).
 #: A name may mean another tensor under another rule, so the rule enters the fingerprint.
-NAMING_RULES = (1, 2, 3)
+NAMING_RULES = (1, 2, 3, 4)
 
 
 @dataclass(frozen=True)

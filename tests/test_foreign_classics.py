@@ -19,6 +19,7 @@ import pytest
 
 from featurebank import FeaturebankError
 from featurebank.export import adopt, read_onnx_metadata
+from featurebank.export._metadata import NAMING_RULE
 from featurebank.extractor import Extractor
 
 torch = pytest.importorskip("torch")
@@ -302,7 +303,7 @@ def test_one_off_preprocessing_on_a_batch1_file_equals_the_adopted_copy(classics
         np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("old_rule", [1, 2])
+@pytest.mark.parametrize("old_rule", [1, 2, 3])
 def test_a_new_naming_rule_changes_the_fingerprint_and_old_stores_refuse(classics, tmp_path,
                                                                          old_rule):
     """An adopted file written under an older naming rule (rule 1: its spec has no 'naming')
@@ -316,7 +317,7 @@ def test_a_new_naming_rule_changes_the_fingerprint_and_old_stores_refuse(classic
     proto = onnx.load(str(adopted))
     meta = next(p for p in proto.metadata_props if p.key == META_SPEC)
     spec = json.loads(meta.value)
-    assert spec["naming"] == 3
+    assert spec["naming"] == NAMING_RULE == 4
     if old_rule == 1:
         del spec["naming"]  # what the first rule's adopt wrote
     else:
