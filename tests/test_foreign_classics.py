@@ -359,8 +359,10 @@ def test_naming_rule_in_the_spec():
     assert FeatureSpec(new, "stage.1").fingerprint() != FeatureSpec(old, "stage.1").fingerprint()
     newer = ModelSpec("onnx-0", "0" * 64, source="onnx", naming=3)
     assert FeatureSpec(newer, "stage.1").fingerprint() != FeatureSpec(new, "stage.1").fingerprint()
+    tokens = ModelSpec("onnx-0", "0" * 64, source="onnx", naming=4)  # rule 4: ViT graphs
+    assert FeatureSpec(tokens, "head").fingerprint() != FeatureSpec(newer, "head").fingerprint()
     with pytest.raises(ValueError, match="model.naming must be one of"):
-        ModelSpec("onnx-0", "0" * 64, naming=4)
+        ModelSpec("onnx-0", "0" * 64, naming=5)
 
 
 def test_classic_parity_figures():
