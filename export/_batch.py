@@ -1,9 +1,10 @@
 """A foreign graph's batch axis: made dynamic where the graph allows, kept where it does not.
 
 Model-zoo graphs are often exported at a fixed batch of 1: the input is ``[1, 3, 224, 224]``
-and a ``Reshape`` to ``[1, -1]`` (or a ``Flatten`` on axis 0) sits before the classifier.
-:func:`rewrite_batch` declares the input's batch axis symbolic and turns those batch
-constants into "copy the input's batch" (``[0, -1]``). The rewrite is trusted only when
+and a ``Reshape`` to ``[1, -1]`` (or a ``Flatten`` on axis 0) sits before the classifier; a
+ViT's class token goes through an ``Expand`` to a batch of 1. :func:`rewrite_batch` declares
+the input's batch axis symbolic and turns those batch constants into "copy the input's
+batch" (``[0, -1]``; the input's batch for the ``Expand``). The rewrite is trusted only when
 :func:`plan_batch` has run it: on a batch of images, every floating-point tensor it computes
 from the image must equal what the untouched graph computes on the images one at a time
 (within 1e-5, relative to ``max(1, max |reference|)``; a float16 tensor within 4 of its own
@@ -91,7 +92,8 @@ def rewrite_batch(proto: onnx.ModelProto, batch: int = 1,
                   rewrite_constants: bool = True) -> tuple[onnx.ModelProto, list[str]]:
     """A copy that takes any batch: symbolic batch axis on the input and outputs and, with
     ``rewrite_constants``, the batch constants of ``Reshape`` (a leading ``batch``) and
-    ``Flatten(axis=0)`` of image data made batch-free.
+    ``Flatten(axis=0)`` of image data made batch-free, and learned tokens put through an
+    ``Expand`` to a batch of 1 (a ViT's class token) expanded to the input's batch.
 
     Returns the copy and a description of each change. The copy is a candidate: only
     :func:`plan_batch` decides whether it computes what the original does.
@@ -135,9 +137,40 @@ def rewrite_batch(proto: onnx.ModelProto, batch: int = 1,
             if axis is not None and axis.i == 0:
                 axis.i = 1
                 changes.append(f"Flatten {node.name or node.output[0]!r}: axis 0 -> 1")
+    if rewrite_constants and batch == 1:
+        _expand_to_any_batch(model, static, changes)
     for shape_name in replaced:  # after the loop: deleting a node inside it would skip one
         _drop_if_unused(model, shape_name)
     return model, changes
+
+
+def _expand_to_any_batch(model: onnx.ModelProto, static: set[str], changes: list[str]) -> None:
+    """Learned tokens expanded to a batch of 1 (a ViT's class token: ``cls.expand(B, -1, -1)``
+    traced at batch 1 becomes a constant shape) are expanded to ``[N, 1, ..., 1]`` instead, N
+    read from the input's shape; broadcasting keeps their other axes."""
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    weights = {t.name: t for t in model.graph.initializer}
+    read = {i for n in model.graph.node if any(o not in static for o in n.output) for i in n.input}
+    targets = [n for n in model.graph.node if n.op_type == "Expand" and n.output[0] in read
+               and n.input[0] in weights and list(weights[n.input[0]].dims[:1]) == [1]]
+    if not targets or opset < 10 or model.ir_version < 4:
+        return
+    make = onnx.helper.make_node
+    for name, value in (("fb.zero", [0]), ("fb.one", [1])):
+        model.graph.initializer.append(numpy_helper.from_array(np.array(value, np.int64), name))
+    added = [make("Shape", [graph_input(model).name], ["fb.input_shape"]),
+             make("Slice", ["fb.input_shape", "fb.zero", "fb.one"], ["fb.input_batch"])]
+    for k, node in enumerate(targets):
+        ones = f"fb.ones.{k}"
+        rank = len(weights[node.input[0]].dims)
+        model.graph.initializer.append(numpy_helper.from_array(np.ones(rank - 1, np.int64), ones))
+        added.append(make("Concat", ["fb.input_batch", ones], [f"fb.expand_shape.{k}"], axis=0))
+        node.input[1] = f"fb.expand_shape.{k}"
+        changes.append(f"Expand {node.name or node.output[0]!r} of {node.input[0]!r}: batch 1 "
+                       f"-> the input's batch")
+    nodes = added + list(model.graph.node)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
 
 
 def _drop_if_unused(model: onnx.ModelProto, name: str) -> None:
