@@ -22,15 +22,17 @@ of a shared machine falls on every case alike; best round per case:
 ``batch_curve``: images/s of the export (ViT ``blocks.11``, ResNet-50 ``stage.5``) when 32
 images are fed ``session.run`` B at a time (``embed``'s default ``batch_size`` is 32). On this
 shared 2-core machine one run (load ~2.5) had both models twice as fast at B = 4 as at
-B = 16-32, the run in ``results/vit_speed.json`` (load ~5) a flat curve: not settled here.
+B = 16-32, the runs at load ~5 (``results/vit_speed.json``) a nearly flat curve (ViT 8.4 at
+B = 1, 7.4 at B = 32): not settled here.
 
 What the runs show (ratios within one run; absolute figures follow the machine's load, which
-``machine.loadavg`` records): ViT-S embeds at 0.6-0.75x ResNet-50's images/s, close to their
-MACs (4.6 vs 4.1 G) once its unfused elementwise ops are counted (onnxruntime's profile: GELU
-as Div/Erf/Add/Mul, bias Adds, LayerNorm, Transpose: about a third of kernel time). The zoo
-table's 1.1 images/s came from a loaded moment (the same table has ResNet-50's ``onnx`` cell at
-1.3). Neither cutting all 12 blocks at once, nor the optimisation level, nor running chunks of
-one image changes it by more than the noise; token pooling runs inside the graph.
+``machine.loadavg`` records): ViT-S embeds at 0.6-0.95x ResNet-50's images/s, in line with
+their MACs (4.6 vs 4.1 G) and its elementwise ops (onnxruntime's profile ``kernel time by
+op``: MatMul 70-75 %, GELU as Div/Erf/Add/Mul, bias Adds, Transpose and LayerNorm most of the
+rest). The zoo table's 1.1 images/s came from a loaded moment (the same table has ResNet-50's
+``onnx`` cell at 1.3). Neither cutting all 12 blocks at once, nor the optimisation level, nor
+running chunks of one image changes it by more than the noise; token pooling runs inside the
+graph.
 """
 
 from __future__ import annotations
