@@ -198,8 +198,9 @@ NOTES = {
                "table)",
     "other": "{} (relative difference) named on another tensor of the library stage's shape: "
              "not counted as found; see the text below the table",
-    "vit-adopted": "an ONNX ViT names no blocks; its token tensors are cut by name once "
-                   "prefix_tokens is stated (your-own-model.md)",
+    "vit-adopted": "no blocks named: the graph is no pre-norm ViT chain (naming rule 4); its "
+                   "token tensors are cut by name once prefix_tokens is stated "
+                   "(your-own-model.md)",
 }
 
 

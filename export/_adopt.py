@@ -112,7 +112,8 @@ def resolve_conventions(model: str | Path | onnx.ModelProto, path: str | Path | 
                                f"input size is {size[0]}x{size[1]}")
     data.update(input_size=tuple(size), layout=layout)
     for key, default in (("mean", (0.0,) * 3), ("std", (1.0,) * 3), ("interpolation", "bilinear"),
-                         ("resize_size", min(size))):
+                         ("resize_size", min(size)),
+                         ("class_token", None)):  # unstated: what the graph shows (settle_tokens)
         data.setdefault(key, default)
     classes = _read_classes(data.pop("classes", None))
     try:
@@ -161,7 +162,7 @@ def adopt(source: str | Path, out: str | Path, preprocessing: str | Path | None 
                                f"as it is")
     _check_output(source, out)
     pre, classes = resolve_conventions(proto, preprocessing, name=source.name, **flags)
-    plan, layers = prepare_foreign(proto, pre, source.name)
+    plan, layers, pre = prepare_foreign(proto, pre, source.name)
     logits = next((la for la in layers if la.name == "logits"), None)
     if classes is not None and logits is not None and logits.shape[0] != len(classes):
         raise FeaturebankError(f"the classes file names {len(classes)} classes but the model's "

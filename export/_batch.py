@@ -1,9 +1,10 @@
 """A foreign graph's batch axis: made dynamic where the graph allows, kept where it does not.
 
 Model-zoo graphs are often exported at a fixed batch of 1: the input is ``[1, 3, 224, 224]``
-and a ``Reshape`` to ``[1, -1]`` (or a ``Flatten`` on axis 0) sits before the classifier.
-:func:`rewrite_batch` declares the input's batch axis symbolic and turns those batch
-constants into "copy the input's batch" (``[0, -1]``). The rewrite is trusted only when
+and a ``Reshape`` to ``[1, -1]`` (or a ``Flatten`` on axis 0) sits before the classifier; a
+ViT's class token goes through an ``Expand`` to a batch of 1. :func:`rewrite_batch` declares
+the input's batch axis symbolic and turns those batch constants into "copy the input's
+batch" (``[0, -1]``; the input's batch for the ``Expand``). The rewrite is trusted only when
 :func:`plan_batch` has run it: on a batch of images, every floating-point tensor it computes
 from the image must equal what the untouched graph computes on the images one at a time
 (within 1e-5, relative to ``max(1, max |reference|)``; a float16 tensor within 4 of its own
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 import onnx
@@ -27,6 +29,7 @@ from onnx import numpy_helper
 
 from featurebank.errors import FeaturebankError
 from featurebank.export._catalogue import foreign_catalogue
+from featurebank.export._friendly_tokens import settle_tokens, transformer_graph
 from featurebank.export._graph_ops import static_tensors
 
 log = logging.getLogger(__name__)
@@ -89,7 +92,8 @@ def rewrite_batch(proto: onnx.ModelProto, batch: int = 1,
                   rewrite_constants: bool = True) -> tuple[onnx.ModelProto, list[str]]:
     """A copy that takes any batch: symbolic batch axis on the input and outputs and, with
     ``rewrite_constants``, the batch constants of ``Reshape`` (a leading ``batch``) and
-    ``Flatten(axis=0)`` of image data made batch-free.
+    ``Flatten(axis=0)`` of image data made batch-free, and learned tokens put through an
+    ``Expand`` to a batch of 1 (a ViT's class token) expanded to the input's batch.
 
     Returns the copy and a description of each change. The copy is a candidate: only
     :func:`plan_batch` decides whether it computes what the original does.
@@ -133,9 +137,40 @@ def rewrite_batch(proto: onnx.ModelProto, batch: int = 1,
             if axis is not None and axis.i == 0:
                 axis.i = 1
                 changes.append(f"Flatten {node.name or node.output[0]!r}: axis 0 -> 1")
+    if rewrite_constants and batch == 1:
+        _expand_to_any_batch(model, static, changes)
     for shape_name in replaced:  # after the loop: deleting a node inside it would skip one
         _drop_if_unused(model, shape_name)
     return model, changes
+
+
+def _expand_to_any_batch(model: onnx.ModelProto, static: set[str], changes: list[str]) -> None:
+    """Learned tokens expanded to a batch of 1 (a ViT's class token: ``cls.expand(B, -1, -1)``
+    traced at batch 1 becomes a constant shape) are expanded to ``[N, 1, ..., 1]`` instead, N
+    read from the input's shape; broadcasting keeps their other axes."""
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    weights = {t.name: t for t in model.graph.initializer}
+    read = {i for n in model.graph.node if any(o not in static for o in n.output) for i in n.input}
+    targets = [n for n in model.graph.node if n.op_type == "Expand" and n.output[0] in read
+               and n.input[0] in weights and list(weights[n.input[0]].dims[:1]) == [1]]
+    if not targets or opset < 10 or model.ir_version < 4:
+        return
+    make = onnx.helper.make_node
+    for name, value in (("fb.zero", [0]), ("fb.one", [1])):
+        model.graph.initializer.append(numpy_helper.from_array(np.array(value, np.int64), name))
+    added = [make("Shape", [graph_input(model).name], ["fb.input_shape"]),
+             make("Slice", ["fb.input_shape", "fb.zero", "fb.one"], ["fb.input_batch"])]
+    for k, node in enumerate(targets):
+        ones = f"fb.ones.{k}"
+        rank = len(weights[node.input[0]].dims)
+        model.graph.initializer.append(numpy_helper.from_array(np.ones(rank - 1, np.int64), ones))
+        added.append(make("Concat", ["fb.input_batch", ones], [f"fb.expand_shape.{k}"], axis=0))
+        node.input[1] = f"fb.expand_shape.{k}"
+        changes.append(f"Expand {node.name or node.output[0]!r} of {node.input[0]!r}: batch 1 "
+                       f"-> the input's batch")
+    nodes = added + list(model.graph.node)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
 
 
 def _drop_if_unused(model: onnx.ModelProto, name: str) -> None:
@@ -183,14 +218,14 @@ def plan_batch(proto: onnx.ModelProto, input_shape: tuple[int, ...], pixel_range
     images = rng.uniform(0, pixel_range, (CHECK_IMAGES, *input_shape)).astype(dtype)
     original = _with_every_output(proto)
     try:
-        reference = _run_in_chunks(original, images, own)
+        chunks = _run_in_chunks(original, images, own)
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises many types; all mean "cannot run"
         raise FeaturebankError(
             f"{name} cannot run on {'one image' if own == 1 else f'a batch of {own}'} of "
             f"{'x'.join(map(str, input_shape))}: {str(exc).splitlines()[0][:300]}; state the "
             f"input size and layout the model was made for") from None
-    per_image = {t: v for t, v in reference.items()
-                 if _floating(v) and v.ndim >= 1 and len(v) == CHECK_IMAGES}
+    reference = _leading(chunks, own)
+    per_image = {t: v for t, v in reference.items() if _floating(v)}
     measured = {t: (own, *v.shape[1:]) for t, v in per_image.items()}
     dtypes = {t: int(onnx.helper.np_dtype_to_tensor_dtype(v.dtype)) for t, v in per_image.items()}
     why, rewritten = None, True
@@ -205,14 +240,14 @@ def plan_batch(proto: onnx.ModelProto, input_shape: tuple[int, ...], pixel_range
             why = why or (f"it does not run on a batch of {CHECK_IMAGES} after the rewrite "
                           f"({str(exc).splitlines()[0][:200]})")
             continue
-        worst, failed = _compare(reference, batched)
+        worst, failed = _compare(chunks, batched, own)
         if failed is None:
             if changes:
                 log.info("%s: batch axis made dynamic (%s); parity %.1e", name,
                          "; ".join(changes), worst)
             return BatchPlan(candidate, None, tuple(changes), worst, measured, None, dtypes)
         why = why or failed
-    return replace(_fixed(proto, own, measured, why, reference, images, name), dtypes=dtypes)
+    return replace(_fixed(proto, own, measured, why, chunks, images, name), dtypes=dtypes)
 
 
 def _plain(proto: onnx.ModelProto) -> onnx.ModelProto:
@@ -230,8 +265,8 @@ def _fixed(proto, batch, measured, reason, reference, images, name) -> BatchPlan
     if opset < CHUNK_OPSET:  # feeding chunks needs newer ops: convert, and check the result
         try:
             model = onnx.version_converter.convert_version(model, CHUNK_OPSET)
-            _, why = _compare(reference, _run_in_chunks(_with_every_output(model),
-                                                        images, batch))
+            converted = _run_in_chunks(_with_every_output(model), images, batch)
+            _, why = _compare(reference, _leading(converted, batch), batch)
         except Exception as exc:  # noqa: BLE001 - the converter and onnxruntime raise many types
             why = str(exc).splitlines()[0][:200]
         if why is not None:
@@ -269,9 +304,10 @@ def _run(model: onnx.ModelProto, x: np.ndarray) -> dict[str, np.ndarray]:
     return dict(zip(names, session.run(None, {session.get_inputs()[0].name: x}), strict=True))
 
 
-def _run_in_chunks(model: onnx.ModelProto, images: np.ndarray, batch: int) -> dict:
-    """Every output for ``images`` fed ``batch`` at a time (padded with the last image);
-    outputs without a leading batch axis come from the first chunk."""
+def _run_in_chunks(model: onnx.ModelProto, images: np.ndarray,
+                   batch: int) -> dict[str, list[np.ndarray]]:
+    """Every output for ``images`` fed ``batch`` at a time (padded with the last image): one
+    array per chunk."""
     session = _session(model)
     names = [o.name for o in session.get_outputs()]
     feed = session.get_inputs()[0].name
@@ -280,35 +316,56 @@ def _run_in_chunks(model: onnx.ModelProto, images: np.ndarray, batch: int) -> di
         chunk = images[start:start + batch]
         pad = np.repeat(chunk[-1:], batch - len(chunk), axis=0)
         chunks.append(session.run(None, {feed: np.concatenate([chunk, pad])}))
-    out = {}
-    for k, name in enumerate(names):
-        parts = [c[k] for c in chunks]
-        if all(p.ndim >= 1 and len(p) == batch for p in parts):
-            out[name] = np.concatenate(parts)[:len(images)]
-        else:
-            out[name] = parts[0]
-    return out
+    return {name: [c[k] for c in chunks] for k, name in enumerate(names)}
+
+
+def _leading(chunks: dict[str, list[np.ndarray]], batch: int) -> dict[str, np.ndarray]:
+    """The outputs whose leading axis is the batch (``batch`` long in every chunk), joined
+    along it and cut to :data:`CHECK_IMAGES` images."""
+    return {name: np.concatenate(parts)[:CHECK_IMAGES] for name, parts in chunks.items()
+            if all(p.ndim >= 1 and len(p) == batch for p in parts)}
+
+
+def _batch_axis(one: tuple, got: np.ndarray | None, batch: int) -> int | None:
+    """The axis that is ``batch`` long in a chunk's output (shape ``one``) and
+    :data:`CHECK_IMAGES` long in the batched run's (``got``), all others equal; axis 0 first
+    (a ViT's stacked query, key and value ``[3, N, heads, T, d]`` carry it on axis 1)."""
+    if got is None or got.ndim != len(one):
+        return None
+    for axis in range(len(one)):
+        if one[axis] == batch and got.shape[axis] == CHECK_IMAGES and \
+                all(a == b for k, (a, b) in enumerate(zip(one, got.shape, strict=True))
+                    if k != axis):
+            return axis
+    return None
 
 
 def _floating(value: np.ndarray) -> bool:
     return value.dtype in (np.float16, np.float32, np.float64)
 
 
-def _compare(reference: dict, batched: dict) -> tuple[float, str | None]:
-    """Worst relative difference over the float tensors both runs have per image, and why the
-    rewrite is rejected (None when it is kept)."""
+def _compare(chunks: dict[str, list[np.ndarray]], batched: dict,
+             batch: int) -> tuple[float, str | None]:
+    """Worst relative difference over the float tensors computed per image (the run in
+    chunks of ``batch``, joined along each tensor's batch axis, against ``batched``), and why
+    the rewrite is rejected (None when it is kept)."""
     worst = 0.0
-    for tensor, ref in reference.items():
-        if not _floating(ref) or ref.ndim < 1 or len(ref) != CHECK_IMAGES:
-            continue  # not per image: shapes, indices, constants
+    for tensor, parts in chunks.items():
+        if not _floating(parts[0]) or parts[0].ndim < 1:
+            continue  # shapes, indices
         got = batched.get(tensor)
-        if got is None or got.shape != ref.shape:
+        axis = _batch_axis(parts[0].shape, got, batch)
+        if axis is None:
+            if not all(len(p) == batch for p in parts):
+                continue  # not per image: constants
+            shown = [len(parts) * batch, *parts[0].shape[1:]]
             return worst, (f"tensor {tensor!r} comes out as {None if got is None else list(got.shape)}"
-                           f" for a batch of {CHECK_IMAGES}, {list(ref.shape)} one image at a time")
-        got, ref = got.astype(np.float64), ref.astype(np.float64)
+                           f" for a batch of {CHECK_IMAGES}, {shown} one image at a time")
+        ref = np.concatenate(parts, axis).take(range(CHECK_IMAGES), axis).astype(np.float64)
+        got = got.astype(np.float64)
         diff = float(np.abs(got - ref).max(initial=0.0)) / max(1.0, float(np.abs(ref).max(initial=0.0)))
         # a float16 tensor is as exact as float16 is: a few of its units in the last place
-        tolerance = max(PARITY_TOLERANCE, 4 * float(np.finfo(reference[tensor].dtype).eps))
+        tolerance = max(PARITY_TOLERANCE, 4 * float(np.finfo(parts[0].dtype).eps))
         if not diff <= tolerance:  # also catches NaN
             return diff, (f"tensor {tensor!r} differs by {diff:.1e} on a batch from one image "
                           f"at a time (tolerance {tolerance:g})")
@@ -316,10 +373,12 @@ def _compare(reference: dict, batched: dict) -> tuple[float, str | None]:
     return worst, None
 
 
-def prepare_foreign(proto: onnx.ModelProto, pre, name: str = "the model") -> tuple[BatchPlan, list]:
-    """How a foreign graph runs batches (:func:`plan_batch`) and its layer catalogue built on
-    the measured shapes: what ``adopt`` records, and what a one-off ``--preprocessing`` run
-    uses, so both give the same names, vectors and fingerprints.
+def prepare_foreign(proto: onnx.ModelProto, pre, name: str = "the model") -> tuple[BatchPlan, list, Any]:
+    """How a foreign graph runs batches (:func:`plan_batch`), its layer catalogue built on
+    the measured shapes, and ``pre`` completed with what the graph shows (a vision
+    transformer's prefix tokens, :func:`featurebank.export._friendly_tokens.settle_tokens`):
+    what ``adopt`` records, and what a one-off ``--preprocessing`` run uses, so both give the
+    same names, vectors and fingerprints.
 
     ``pre`` is the model's :class:`featurebank.spec.Preprocessing`.
     """
@@ -328,4 +387,4 @@ def prepare_foreign(proto: onnx.ModelProto, pre, name: str = "the model") -> tup
                       name)
     layers = foreign_catalogue(proto, pre.layout.upper(), pre.input_size, dict(pre.tensor_layouts),
                                plan.measured, plan.dtypes)
-    return plan, layers
+    return plan, layers, settle_tokens(pre, transformer_graph(proto, plan.measured), name)

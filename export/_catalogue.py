@@ -16,7 +16,8 @@ import onnx
 from onnx import numpy_helper, shape_inference
 
 from featurebank.errors import FeaturebankError
-from featurebank.export._friendly import friendly_names
+from featurebank.export._friendly import _logits, friendly_names
+from featurebank.export._friendly_tokens import token_entries, token_names, transformer_graph
 from featurebank.export._graph_ops import (
     CHANNEL_FIRST,
     GLOBAL_POOLS,
@@ -109,7 +110,10 @@ def foreign_catalogue(proto: onnx.ModelProto, input_layout: str | None = None,
         In graph order: every float activation computed from the image by a learned layer
         that is 4-D (with its layout) or 2-D; shape, index and constant tensors are never
         listed. Friendly names (see :func:`featurebank.export._friendly.friendly_names`):
-        ``stage.K``, ``head``, ``pool``, ``logits``; every other entry is named by its tensor.
+        ``stage.K``, ``head``, ``pool``, ``logits``; a vision transformer's (see
+        :mod:`featurebank.export._friendly_tokens`): ``blocks.K`` and ``head`` (``[N, T, C]``
+        tokens, layout ``tokens``), ``pool``, ``logits``. Every other entry is named by its
+        tensor.
     """
     weights = {t.name for t in proto.graph.initializer}
     graph_input = next(i for i in proto.graph.input if i.name not in weights)
@@ -144,7 +148,14 @@ def foreign_catalogue(proto: onnx.ModelProto, input_layout: str | None = None,
                 entries.append((out, flow.tags.get(out)))
             elif rank == 2:
                 entries.append((out, "NC"))
-    names = friendly_names(proto, entries, shapes, flow)
+    vit = transformer_graph(proto, measured or shapes)  # None for a CNN
+    if vit is None:
+        names = friendly_names(proto, entries, shapes, flow)
+    else:  # the token tensors of its blocks are cut points; its patch grid is no stage
+        producer = {o: i for i, n in enumerate(proto.graph.node) for o in n.output}
+        entries = token_entries(vit, entries, producer)
+        names = token_names(vit, _logits(proto, dict(entries), shapes, list(proto.graph.node),
+                                         producer))
     layers = []
     for tensor, lay in entries:
         share = round(macs[tensor] / total, 6) if total and tensor in macs else None

@@ -68,7 +68,8 @@ class Preprocessing:
     (NCHW, RGB, 0-1, none), so specs written before these fields existed keep their identity;
     so do ``resize_rule`` (see :data:`RESIZE_RULES`), ``prefix_tokens`` (a transformer's tokens
     before its patch tokens: class and register tokens; None where unknown, which refuses token
-    cuts) and ``class_token`` (whether the first prefix token is a class token).
+    cuts) and ``class_token`` (whether the first prefix token is a class token; None where
+    unknown, which refuses the ``cls`` pool).
     """
 
     input_size: tuple[int, int] = option((224, 224), Items(Interval(int, 1, None), 2))
@@ -84,7 +85,7 @@ class Preprocessing:
     tensor_layouts: tuple[tuple[str, str], ...] = option((), "any")  # checked by _tensor_layouts
     resize_rule: str = option("featurebank", Options(RESIZE_RULES))
     prefix_tokens: int | None = option(None, Interval(int, 0, None), None)
-    class_token: bool = option(True, bool)
+    class_token: bool | None = option(True, bool, None)
 
     def __post_init__(self) -> None:
         # Normalise lists (from JSON) to tuples so equal specs hash and compare equal.
@@ -163,7 +164,9 @@ def _tensor_layouts(value: Any) -> tuple[tuple[str, str], ...]:
 #: 4 counts a linear bottleneck (a conv and its norm, no activation) as a block output
 #: (EfficientNet's last block), makes the pool's input the last stage when a weighted layer
 #: follows the pool (MobileNetV3), and ends the last stage at the norm when the exporter
-#: recorded the activation after it outside the norm's module (torchvision's DenseNet).
+#: recorded the activation after it outside the norm's module (torchvision's DenseNet), and names a vision transformer's graph: ``blocks.K``
+#: (token outputs), ``head`` (the final norm's tokens), ``pool``, ``logits`` (rule 3 named
+#: its patch embedding ``stage.1``/``head``).
 #: A name may mean another tensor under another rule, so the rule enters the fingerprint.
 NAMING_RULES = (1, 2, 3, 4)
 

@@ -19,6 +19,7 @@ import pytest
 
 from featurebank import FeaturebankError
 from featurebank.export import adopt, read_onnx_metadata
+from featurebank.export._metadata import NAMING_RULE
 from featurebank.extractor import Extractor
 
 torch = pytest.importorskip("torch")
@@ -316,7 +317,7 @@ def test_a_new_naming_rule_changes_the_fingerprint_and_old_stores_refuse(classic
     proto = onnx.load(str(adopted))
     meta = next(p for p in proto.metadata_props if p.key == META_SPEC)
     spec = json.loads(meta.value)
-    assert spec["naming"] == 4
+    assert spec["naming"] == NAMING_RULE == 4
     if old_rule == 1:
         del spec["naming"]  # what the first rule's adopt wrote
     else:
@@ -359,6 +360,9 @@ def test_naming_rule_in_the_spec():
     prints = {FeatureSpec(ModelSpec("onnx-0", "0" * 64, source="onnx", naming=rule),
                           "stage.1").fingerprint() for rule in (1, 2, 3, 4)}
     assert len(prints) == 4  # each rule its own feature sets
+    newer = ModelSpec("onnx-0", "0" * 64, source="onnx", naming=3)
+    tokens = ModelSpec("onnx-0", "0" * 64, source="onnx", naming=4)  # rule 4: ViT graphs
+    assert FeatureSpec(tokens, "head").fingerprint() != FeatureSpec(newer, "head").fingerprint()
     with pytest.raises(ValueError, match="model.naming must be one of"):
         ModelSpec("onnx-0", "0" * 64, naming=5)
 

@@ -189,9 +189,11 @@ def test_token_pools_refused_on_maps(timm_resnet, photos):
 
 @pytest.mark.slow
 @pytest.mark.timm
-def test_vit_from_a_foreign_onnx_needs_its_prefix_tokens(timm_vit, tmp_path, photos):
-    """A ViT graph without featurebank's description: its token cuts are refused until the
-    prefix tokens are stated; stated, they equal the native export's vectors."""
+def test_vit_from_a_foreign_onnx_gets_its_prefix_tokens_from_the_graph(timm_vit, tmp_path,
+                                                                       photos):
+    """A ViT graph without featurebank's description (the dynamo export, metadata dropped): the
+    graph shows its one prefix token (naming rule 4), so its token cuts equal the native
+    export's vectors unstated; a statement the graph contradicts is refused."""
     import onnx
 
     _, path = timm_vit
@@ -201,14 +203,15 @@ def test_vit_from_a_foreign_onnx_needs_its_prefix_tokens(timm_vit, tmp_path, pho
     del proto.metadata_props[:]
     onnx.save(proto, str(foreign))
     stated = {k: v for k, v in native_pre.to_dict().items() if k != "prefix_tokens"}
-    with pytest.raises(FeaturebankError, match="prefix_tokens = N"):
+    with pytest.raises(FeaturebankError, match="shows 1 token.*prefix_tokens = 2"):
         Extractor(FeatureOptions(model=str(foreign), layers=("layer.blocks.2",), pool="mean",
-                                 preprocessing=Preprocessing(**stated))).embed([str(photos[0])])
-    got = Extractor(FeatureOptions(model=str(foreign), layers=("layer.blocks.2",), pool="mean",
-                                   preprocessing=Preprocessing(**stated, prefix_tokens=1)))
+                                 preprocessing=Preprocessing(**stated, prefix_tokens=2))
+                  ).embed([str(photos[0])])
+    got = Extractor(FeatureOptions(model=str(foreign), layers=("blocks.2",), pool="mean",
+                                   preprocessing=Preprocessing(**stated)))
     want = Extractor(FeatureOptions(model=str(path), layers=("blocks.2",), pool="mean"))
     images = [str(p) for p in photos[:2]]
-    np.testing.assert_allclose(got.embed(images)["layer.blocks.2"], want.embed(images)["blocks.2"],
+    np.testing.assert_allclose(got.embed(images)["blocks.2"], want.embed(images)["blocks.2"],
                                rtol=0, atol=1e-6)
 
 

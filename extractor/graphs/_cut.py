@@ -186,7 +186,8 @@ def build_feature_graph(
         batch = info.extra.get("batch")  # an adopted graph that keeps its own batch
     else:  # what 'adopt' would record: the batch plan and the catalogue on measured shapes
         model_spec = _foreign_spec(path, info, preprocessing)
-        plan, catalogue = prepare_foreign(proto, model_spec.preprocessing, path.name)
+        plan, catalogue, pre = prepare_foreign(proto, model_spec.preprocessing, path.name)
+        model_spec = replace(model_spec, preprocessing=pre)  # with the prefix tokens it shows
         proto, batch = plan.model, plan.batch
         info = replace(info, layers=catalogue)
     chosen = resolve_layers(info.layers, layers, path, proto, model_spec.preprocessing,

@@ -10,8 +10,10 @@ prefix is the class token (first) and any register tokens. Pools:
 - ``none``: every token, flattened (``T * C``).
 
 How many prefix tokens a model has is part of its preprocessing spec (``prefix_tokens``): the
-export of a timm/torchvision ViT writes it; a ViT adopted from ONNX must state it, or its token
-cuts are refused (a wrong count would average class tokens into the patch mean silently).
+export of a timm/torchvision ViT writes it; a ViT adopted from ONNX gets it from its graph
+where the graph shows it (:mod:`featurebank.export._friendly_tokens`), else must state it, or
+its token cuts are refused (a wrong count would average class tokens into the patch mean
+silently).
 """
 
 from __future__ import annotations
@@ -83,6 +85,12 @@ def check_pool(pool: str, layout: str, la: LayerInfo, model_spec: ModelSpec, pat
         raise FeaturebankError(
             f"pool {pool!r} pools transformer tokens, but layer {la.name!r} of {path.name} is a "
             f"{layout} map; use pool 'avg', 'max', 'gem' or 'none'")
+    if layout == TOKENS and "cls" in pool and model_spec.preprocessing.class_token is None:
+        raise FeaturebankError(
+            f"pool {pool!r} takes the class token, but the graph of {path.name} does not show "
+            f"whether its first prefix token is one (its head pools the patch tokens); state "
+            f"class_token = true (or false, for register tokens) in the preprocessing file and "
+            f"adopt again, or use pool 'mean'")
     if layout == TOKENS and "cls" in pool and not model_spec.preprocessing.class_token:
         raise FeaturebankError(
             f"pool {pool!r} takes the class token, but {path.name} has none (its "
