@@ -355,7 +355,7 @@ def _compare(chunks: dict[str, list[np.ndarray]], batched: dict,
             continue  # shapes, indices
         got = batched.get(tensor)
         axis = _batch_axis(parts[0].shape, got, batch)
-        if axis is None:
+        if axis is None or got is None:  # (got is None gives no axis: said for mypy)
             if not all(len(p) == batch for p in parts):
                 continue  # not per image: constants
             shown = [len(parts) * batch, *parts[0].shape[1:]]
