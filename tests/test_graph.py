@@ -147,3 +147,13 @@ def test_every_bad_layer_is_reported_with_the_models_own_name(lite0_onnx):
     assert msg.endswith("(see 'featurebank layers efficientnet_lite0')") and msg.count("(see") == 1
     # each problem names the model as the user did, never the cache file's digest-named path
     assert "is not in efficientnet_lite0;" in msg and lite0_onnx.name not in msg
+
+
+def test_a_layer_named_twice_by_name_and_by_tensor_is_one_cut(lite0_onnx):
+    """``blocks.2`` and its tensor's name are one cut: one output, named as the catalogue
+    names it (the graph built with both failed on duplicate metadata keys)."""
+    from featurebank.export import read_onnx_metadata
+
+    tensor = read_onnx_metadata(lite0_onnx).layer("blocks.2").tensor
+    graph = build_feature_graph(lite0_onnx, ["blocks.2", tensor, "head"])
+    assert [s.layer for s in graph.specs] == ["blocks.2", "head"]

@@ -82,9 +82,14 @@ def resolve_layers(layers: list[LayerInfo], wanted: Sequence[str], path: Path,
     chosen, problems = [], []
     for name in dict.fromkeys(wanted):
         try:
-            chosen.append(resolve_layer(layers, name, path, proto, pre, shown))
+            la = resolve_layer(layers, name, path, proto, pre, shown)
         except FeaturebankError as exc:
             problems.append(str(exc))
+            continue
+        # a friendly name and its tensor's name are one cut: one feature set, named as the
+        # catalogue names it (two would be two identical sets under one fingerprint)
+        if all(la.tensor != c.tensor for c in chosen):
+            chosen.append(la)
     if problems:
         raise FeaturebankError(f"{'; '.join(problems)} (see 'featurebank layers {shown}')")
     return chosen
