@@ -209,7 +209,7 @@ def test_mismatched_cut_or_model_is_refused(small_maps_store, tmp_path):
         finetune(small_maps_store, from_layer="blocks.13", output=out, epochs=1)
     with pytest.raises(FeaturebankError, match="cut at one of blocks.0 .. blocks.15"):
         finetune(small_maps_store, from_layer="head", output=out, epochs=1)
-    with pytest.raises(FeaturebankError, match="an ONNX file has no torch code"):
+    with pytest.raises(FeaturebankError, match="is an ONNX file: it has no torch code"):
         finetune(small_maps_store, model=str(tmp_path / "m.onnx"), output=out, epochs=1)
     # the same rows written as maps of other weights (a store made with another model file)
     with h5py.File(small_maps_store, "r") as f:
@@ -262,7 +262,8 @@ def test_every_option_is_a_command_line_flag():
                               "--keep-checkpoint", "--work-dir", "w"])
     from featurebank.cli.flags import flag_names, options_from_args
 
-    assert set(flag_names(args)) == {f.name for f in fields(FinetuneOptions)}
+    assert set(flag_names(args, "FinetuneOptions")) == {f.name for f in fields(FinetuneOptions)}
+    assert flag_names(args, "finetune") == {"model": "--model", "from_layer": "--from"}
     chosen = options_from_args(FinetuneOptions, args)
     assert chosen == FinetuneOptions(flip=True, label_smoothing=0.1, weight_decay=0.01,
                                      dropout=0.3, probe_c=0.1, epochs=2, keep_checkpoint=True)

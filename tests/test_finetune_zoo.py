@@ -114,7 +114,7 @@ def test_finetune_refuses_an_onnx_file_and_a_missing_weights_file_before_any_fil
     with pytest.raises(FeaturebankError, match="no torch code.*timm:NAME or torchvision:NAME"):
         finetune(tmp_path / "train", model=str(tmp_path / "adopted.onnx"), from_layer="stage.3",
                  output=tmp_path / "tuned.onnx")
-    with pytest.raises(FeaturebankError, match="--weights .*gone.pth: no such file"):
+    with pytest.raises(FeaturebankError, match="weights .*gone.pth'?: no such file"):
         finetune(tmp_path / "train", model="efficientnet_lite0", from_layer="blocks.12",
                  output=tmp_path / "tuned.onnx", weights=str(tmp_path / "gone.pth"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["train"]
