@@ -86,9 +86,10 @@ def resolve_layers(layers: list[LayerInfo], wanted: Sequence[str], path: Path,
         except FeaturebankError as exc:
             problems.append(str(exc))
             continue
-        # a friendly name and its tensor's name are one cut: one feature set, named as the
-        # catalogue names it (two would be two identical sets under one fingerprint)
-        if all(la.tensor != c.tensor for c in chosen):
+        # a friendly name and its tensor's name resolve to one catalogue entry: one feature
+        # set, named as the catalogue names it (two would be one fingerprint twice). Two
+        # friendly names of one tensor (``stage.3`` and ``head``) stay two sets, as asked.
+        if all(la.name != c.name for c in chosen):
             chosen.append(la)
     if problems:
         raise FeaturebankError(f"{'; '.join(problems)} (see 'featurebank layers {shown}')")
