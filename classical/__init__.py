@@ -17,9 +17,12 @@ _LAZY = {
     "EmbeddingTransformer": "featurebank.classical._transformer",
     "LabelledFeatures": "featurebank.classical._features",
     "LinearProbe": "featurebank.classical._probe",
+    "ONNX_KINDS": "featurebank.classical._onnx_ops",
+    "OnnxClassifier": "featurebank.classical._onnx_ops",
     "SpecMismatchError": "featurebank.classical._features",
     "TrainedModel": "featurebank.classical._model",
     "check_same_specs": "featurebank.classical._features",
+    "classifier_as_onnx": "featurebank.classical._onnx_ops",
     "cross_validate_probe": "featurebank.classical._probe",
     "evaluate": "featurebank.classical._workflow",
     "fewshot_curve": "featurebank.classical._workflow",
@@ -35,7 +38,8 @@ _LAZY = {
 }
 
 __all__ = ["CLASSIFIERS", "EmbeddingTransformer", "LabelledFeatures", "LinearProbe",
-           "SpecMismatchError", "TrainedModel", "check_same_specs", "cross_validate_probe",
+           "ONNX_KINDS", "OnnxClassifier", "SpecMismatchError", "TrainedModel",
+           "check_same_specs", "classifier_as_onnx", "cross_validate_probe",
            "evaluate", "fewshot_curve", "k_shot_indices", "labelled_only", "load_features",
            "load_model", "pyplot", "raw_pixels", "save_figure", "sweep", "train"]
 
@@ -48,6 +52,7 @@ if TYPE_CHECKING:
         load_features,
     )
     from featurebank.classical._model import TrainedModel, load_model, raw_pixels
+    from featurebank.classical._onnx_ops import ONNX_KINDS, OnnxClassifier, classifier_as_onnx
     from featurebank.classical._options import CLASSIFIERS
     from featurebank.classical._probe import LinearProbe, cross_validate_probe, k_shot_indices
     from featurebank.classical._report import pyplot, save_figure
