@@ -1,0 +1,40 @@
+"""featurebank.deploy: one ONNX file from pixels to probabilities, and a Triton repository.
+
+Above the stages, beside :mod:`featurebank.predict`: it loads a classifier as ``predict``
+does, takes the feature graph its extractor runs and appends the classifier as plain tensor
+ops (:func:`featurebank.classical.classifier_as_onnx`). Only the options load at once
+(standard library); the rest, which needs onnx and the stages, on first use.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from featurebank.deploy._options import INSTANCE_KINDS, PREFERRED_BATCH_SIZES, DeployOptions
+from featurebank.lazy import attach
+
+_LAZY = {"Deployable": "featurebank.deploy._fuse",
+         "META_DEPLOY": "featurebank.deploy._fuse",
+         "build_deployable": "featurebank.deploy._fuse",
+         "readme_path": "featurebank.deploy._fuse",
+         "training_digest": "featurebank.deploy._fuse",
+         "config_text": "featurebank.deploy._triton",
+         "triton_target": "featurebank.deploy._triton",
+         "write_triton": "featurebank.deploy._triton"}
+
+__all__ = ["INSTANCE_KINDS", "META_DEPLOY", "PREFERRED_BATCH_SIZES", "DeployOptions",
+           "Deployable", "build_deployable", "config_text", "readme_path", "training_digest",
+           "triton_target", "write_triton"]
+
+if TYPE_CHECKING:
+    from featurebank.deploy._fuse import (
+        META_DEPLOY,
+        Deployable,
+        build_deployable,
+        readme_path,
+        training_digest,
+    )
+    from featurebank.deploy._triton import config_text, triton_target, write_triton
+
+
+__getattr__, __dir__ = attach(__name__, _LAZY)
