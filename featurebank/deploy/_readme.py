@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-
 _RULES = {"featurebank": "the longer side is rounded to the nearest pixel and the crop "
                           "offsets are floor((side - crop) / 2).",
           "torchvision": "as torchvision's Resize(size) + CenterCrop (the longer side "

@@ -1,0 +1,247 @@
+"""``featurebank deploy``: train -> deploy -> plain onnxruntime answers as ``featurebank predict``.
+
+On held-out real images (scikit-learn's digits), for logistic regression, linear and RBF SVMs,
+binary and multi-class, on the registry model (a concatenated cut) and on an adopted foreign
+model (a concatenated cut of a batch-1 NHWC BGR graph): labels equal, probabilities within
+1e-5. The file loads in a child process where featurebank, scikit-learn and joblib cannot be
+imported. Refusals come before any file is written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from benchmarks.harness.faults import subprocess_env
+from featurebank.cli import main
+from tests._collections import digit_images, write_folder
+
+KINDS = ("logreg", "linear-svm", "rbf-svm")
+REGISTRY_LAYERS = ["blocks.10", "head"]
+FOREIGN_LAYERS = ["stage.2", "head"]
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory) -> dict[str, Path]:
+    """Train and test folders of real digits, 3 classes and 2 (binary), disjoint images."""
+    root = tmp_path_factory.mktemp("deploy_digits")
+    images = digit_images(per_class=10)
+    by_class: dict[str, list] = {}
+    for item in images:
+        by_class.setdefault(item[1], []).append(item)
+    train = [x for items in by_class.values() for x in items[:6]]
+    test = [x for items in by_class.values() for x in items[6:]]
+    out = {"train3": write_folder(root / "train3", train),
+           "test3": write_folder(root / "test3", test),
+           "train2": write_folder(root / "train2", [x for x in train if x[1] != "two"]),
+           "test2": write_folder(root / "test2", [x for x in test if x[1] != "two"])}
+    return out
+
+
+def _store(folder: Path, model, layers) -> Path:
+    from featurebank import embed_collection
+
+    store = folder.with_suffix(f".{Path(str(model)).stem}.h5")
+    embed_collection([str(folder)], store, str(model), layers=layers, progress=False)
+    return store
+
+
+@pytest.fixture(scope="module")
+def foreign_model(tmp_path_factory) -> Path:
+    """A small foreign graph (batch fixed at 1, NHWC, BGR, 0-255, opaque names), adopted."""
+    pytest.importorskip("torch", reason="the foreign test model is built with torch")
+    from benchmarks.harness.foreign_models import CONVENTIONS, Tiny, conventions_of, export_module
+    from featurebank.export import adopt
+
+    conv = next(c for c in CONVENTIONS if c.batch == "fixed")
+    root = tmp_path_factory.mktemp("deploy_foreign")
+    src, dst = root / "foreign.onnx", root / "foreign.adopted.onnx"
+    export_module(Tiny(conv.layout == "nhwc", conv.head, conv.size), conv, src)
+    adopt(src, dst, **conventions_of(conv))
+    return dst
+
+
+def _train(store: Path, layers, kind: str, out: Path) -> Path:
+    from featurebank.classical import train
+
+    train(store, layers, kind, baseline=False).save(out)
+    return out
+
+
+def _cli(argv: list[str]) -> tuple[int, str]:
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        code = main(argv)
+    return code, buf.getvalue()
+
+
+def predict_answers(classifier: Path, images: Path, model: Path | None = None) -> dict:
+    """``featurebank predict --json --top 99``: path -> (label, {class: probability})."""
+    argv = ["predict", str(classifier), str(images), "--json", "--top", "99"]
+    code, out = _cli(argv + (["--model", str(model)] if model else []))
+    assert code == 0, out
+    rows = [json.loads(line) for line in out.splitlines()]
+    return {r["path"]: (r["label"], {t["label"]: t["probability"] for t in r["top"]})
+            for r in rows}
+
+
+def fused_answers(path: Path, images: list[str]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """The deployed file in plain onnxruntime, on pixels decoded as its README says."""
+    from featurebank.extractor import decode
+    from featurebank.spec import Preprocessing
+
+    meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    description = json.loads(meta["featurebank.deploy"])
+    pre = Preprocessing.from_dict(description["lineage"]["specs"][0]["model"]["preprocessing"])
+    pixels = np.stack([decode(p, pre) for p in images])
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    proba, label = session.run(["probabilities", "label"], {"pixels": pixels})
+    return proba, label, description["classes"]
+
+
+def assert_parity(classifier: Path, test: Path, out: Path, model: Path | None = None) -> None:
+    argv = ["deploy", str(classifier), "-o", str(out)]
+    code, said = _cli(argv + (["--model", str(model)] if model else []))
+    assert code == 0 and f"wrote {out}" in said, said
+    expected = predict_answers(classifier, test, model)
+    paths = sorted(expected)
+    assert len(paths) >= 8
+    proba, label, classes = fused_answers(out, paths)
+    assert proba.dtype == np.float32 and label.dtype == np.int64
+    want = np.array([[expected[p][1][c] for c in classes] for p in paths])
+    np.testing.assert_allclose(proba, want, rtol=0, atol=1e-5)
+    assert [classes[i] for i in label] == [expected[p][0] for p in paths]
+    assert np.allclose(proba.sum(1), 1.0, atol=1e-5) and want.std() > 1e-3  # not uniform
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("classes", [2, 3])
+def test_registry_model_every_kind_matches_predict(folders, lite0_onnx, tmp_path, classes):
+    """Lite0 cut at blocks.10 + head (one concatenated feature vector), ~15 s per case."""
+    store = _store(folders[f"train{classes}"], "efficientnet_lite0", REGISTRY_LAYERS)
+    for kind in KINDS:
+        clf = _train(store, REGISTRY_LAYERS, kind, tmp_path / f"{kind}.joblib")
+        assert_parity(clf, folders[f"test{classes}"], tmp_path / f"{kind}.onnx")
+
+
+@pytest.mark.parametrize("classes", [2, 3])
+def test_adopted_foreign_model_every_kind_matches_predict(folders, foreign_model, tmp_path,
+                                                         classes):
+    store = _store(folders[f"train{classes}"], foreign_model, FOREIGN_LAYERS)
+    for kind in KINDS:
+        clf = _train(store, FOREIGN_LAYERS, kind, tmp_path / f"{kind}.joblib")
+        assert_parity(clf, folders[f"test{classes}"], tmp_path / f"{kind}.onnx", foreign_model)
+
+
+def test_file_describes_itself_and_holds_only_tensor_ops(folders, foreign_model, tmp_path):
+    store = _store(folders["train3"], foreign_model, FOREIGN_LAYERS)
+    clf = _train(store, FOREIGN_LAYERS, "rbf-svm", tmp_path / "svm.joblib")
+    from featurebank.classical import load_model
+    from featurebank.deploy import build_deployable, training_digest
+
+    deployable = build_deployable(clf, model=foreign_model)
+    path = deployable.save(tmp_path / "svm.onnx")
+    proto = onnx.load(str(path))
+    assert {n.domain for n in proto.graph.node} <= {"", "ai.onnx"}
+    assert not {"ZipMap", "SequenceConstruct"} & {n.op_type for n in proto.graph.node}
+    assert [i.name for i in proto.graph.input] == ["pixels"]
+    elem = proto.graph.input[0].type.tensor_type
+    assert elem.elem_type == onnx.TensorProto.UINT8
+    assert [d.dim_value for d in elem.shape.dim][1:] == [32, 32, 3]
+    for vi in proto.graph.output:
+        assert vi.type.WhichOneof("value") == "tensor_type"
+    meta = json.loads({p.key: p.value for p in proto.metadata_props}["featurebank.deploy"])
+    trained = load_model(clf)
+    assert meta["classes"] == trained.classes == ["one", "two", "zero"]
+    lineage = meta["lineage"]
+    assert lineage["fingerprints"] == trained.fingerprints
+    assert lineage["weights_sha256"] == trained.specs[0].model.weights_sha256
+    import hashlib
+
+    assert lineage["classifier_sha256"] == hashlib.sha256(clf.read_bytes()).hexdigest()
+    assert lineage["training_digest"] == training_digest(trained.fingerprints,
+                                                         trained.trained_keys)
+    assert lineage["trained_images"] == 18
+    assert meta["preprocessing"]["in_graph"]["channel_order"] == "bgr"
+    readme = (tmp_path / "svm.README.md").read_text()
+    assert "uint8 `[N, 32, 32, 3]`" in readme and "| 2 | zero |" in readme
+    assert "Resizing stays outside the graph" in readme
+
+
+def test_loads_in_plain_onnxruntime_without_featurebank(folders, foreign_model, tmp_path):
+    """A child where featurebank, scikit-learn and joblib cannot be imported runs the file
+    and gives the same answers."""
+    store = _store(folders["train3"], foreign_model, FOREIGN_LAYERS)
+    clf = _train(store, FOREIGN_LAYERS, "logreg", tmp_path / "lr.joblib")
+    out = tmp_path / "lr.onnx"
+    assert _cli(["deploy", str(clf), "-o", str(out), "--model", str(foreign_model)])[0] == 0
+    paths = sorted(str(p) for p in folders["test3"].rglob("*.png"))
+    proba, label, _ = fused_answers(out, paths)
+    from featurebank.extractor import decode
+    from featurebank.spec import Preprocessing
+
+    meta = json.loads({p.key: p.value for p in onnx.load(str(out)).metadata_props}[
+        "featurebank.deploy"])
+    pre = Preprocessing.from_dict(meta["lineage"]["specs"][0]["model"]["preprocessing"])
+    np.save(tmp_path / "pixels.npy", np.stack([decode(p, pre) for p in paths]))
+    code = textwrap.dedent("""
+        import sys
+        for name in ("featurebank", "sklearn", "joblib"):
+            sys.modules[name] = None  # any import of them now raises ImportError
+        import numpy as np, onnxruntime as ort
+        try:
+            import featurebank
+        except ImportError:
+            pass
+        else:
+            raise SystemExit("featurebank imported")
+        session = ort.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
+        proba, label = session.run(None, {"pixels": np.load(sys.argv[2])})
+        np.savez(sys.argv[3], proba=proba, label=label)
+        print(sorted(m for m in sys.modules if m.split(".")[0] in ("featurebank", "sklearn")
+                     and sys.modules[m] is not None))
+    """)
+    child = subprocess.run([sys.executable, "-c", code, str(out), str(tmp_path / "pixels.npy"),
+                            str(tmp_path / "child.npz")], capture_output=True, text=True,
+                           timeout=120, env=subprocess_env(), cwd=tmp_path)
+    assert child.returncode == 0, child.stderr[-2000:]
+    assert child.stdout.strip() == "[]"
+    got = np.load(tmp_path / "child.npz")
+    np.testing.assert_array_equal(got["label"], label)
+    np.testing.assert_allclose(got["proba"], proba, atol=1e-6)
+
+
+def test_refusals_come_before_any_file(folders, foreign_model, tmp_path, capsys):
+    store = _store(folders["train2"], foreign_model, FOREIGN_LAYERS)
+    clf = _train(store, FOREIGN_LAYERS, "logreg", tmp_path / "lr.joblib")
+
+    def refused(argv: list[str], message: str) -> None:
+        assert main(["deploy", *argv]) == 1
+        assert message in capsys.readouterr().err
+
+    refused([str(tmp_path / "missing.joblib")], "does not exist; train one")
+    refused([str(clf), "-o", str(tmp_path / "no" / "x.onnx")], "does not exist")
+    refused([str(clf), "-o", str(tmp_path / "x.pb")], "-o/--output is an ONNX file")
+    refused([str(clf), "--name", "x"], "--name names the model in a Triton repository; give "
+                                       "--triton too")
+    refused([str(clf), "--triton", str(tmp_path / "repo"), "--name", "../up"],
+            "--name must be letters")
+    # a kind with no tensor form: refused by name before the feature graph is built
+    from featurebank.classical import load_model
+
+    trained = load_model(clf)
+    trained.estimator.classifier = "knn"
+    trained.save(tmp_path / "knn.joblib")
+    refused([str(tmp_path / "knn.joblib"), "--model", str(foreign_model)],
+            "classifier kind 'knn' cannot be deployed as one ONNX file")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["knn.joblib", "lr.joblib"]
