@@ -1,7 +1,8 @@
 """The house rules of the package, checked on the installed package (issue 13).
 
 - No import cycle between featurebank's modules, imports inside functions included.
-- Imports run one way: spec/errors <- export <- extractor <- classical <- finetune <- cli, service.
+- Imports run one way: spec/errors <- export <- extractor <- classical <- finetune <- predict,
+  deploy <- cli, service.
 - The wheel installs one top-level name, ``featurebank``.
 - A user's own ``export.py``, ``extractor.py``, ``classical.py`` or ``spec.py`` beside their
   script changes nothing featurebank does.
@@ -175,6 +176,8 @@ def test_imports_run_one_way():
          "extractor imports no later stage"),
         ((stage["classical"],), (stage["finetune"],), "finetune comes after classical"),
         ((stage["classical"], stage["finetune"]), entry, "stages never import the entry points"),
+        ((*stage.values(), "featurebank.predict"), ("featurebank.deploy",),
+         "deploy sits above the stages and predict"),
     ]
     wrong = []
     for module, targets in import_graph().items():
@@ -285,7 +288,7 @@ def _stage_of(module: str) -> str:
     """The stage (or entry point) a module belongs to: ``featurebank.<first part>`` for the
     stage folders, cli and service; the ground floor (spec, errors, options, ...) otherwise."""
     parts = module.split(".")
-    if len(parts) > 1 and parts[1] in (*STAGES, "cli", "service"):
+    if len(parts) > 1 and parts[1] in (*STAGES, "cli", "service", "deploy"):
         return ".".join(parts[:2])
     return "featurebank"
 
