@@ -133,7 +133,7 @@ def _name(obj) -> str:
 
 def _checked_steps(estimator) -> tuple[str, list]:
     """The probe's kind and pipeline steps, or a refusal naming what cannot be reproduced."""
-    kind = getattr(estimator, "classifier", None)
+    kind = str(getattr(estimator, "classifier", None))
     if _name(estimator) != "LinearProbe" or not hasattr(estimator, "pipeline_"):
         raise FeaturebankError(
             f"a classifier of type {_name(estimator)} cannot be written as ONNX tensor ops: "

@@ -21,7 +21,7 @@ REGISTRY_LAYERS = ["blocks.10", "head"]
 FOREIGN_LAYERS = ["stage.2", "head"]
 
 
-@pytest.fixture(scope="module", name="folders")
+@pytest.fixture(scope="session", name="folders")
 def folders_fixture(tmp_path_factory) -> dict[str, Path]:
     """Train and test folders of real digits, 3 classes and 2 (binary), disjoint images."""
     root = tmp_path_factory.mktemp("deploy_digits")
@@ -46,7 +46,7 @@ def _store(folder: Path, model, layers) -> Path:
     return store
 
 
-@pytest.fixture(scope="module", name="foreign_model")
+@pytest.fixture(scope="session", name="foreign_model")
 def foreign_model_fixture(tmp_path_factory) -> Path:
     """A small foreign graph (batch fixed at 1, NHWC, BGR, 0-255, opaque names), adopted."""
     pytest.importorskip("torch", reason="the foreign test model is built with torch")

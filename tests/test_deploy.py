@@ -171,3 +171,21 @@ def test_refusals_come_before_any_file(folders, foreign_model, tmp_path, capsys)
     refused([str(tmp_path / "knn.joblib"), "--model", str(foreign_model)],
             "classifier kind 'knn' cannot be deployed as one ONNX file")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["knn.joblib", "lr.joblib"]
+
+
+def test_int8_features_deploy_with_their_quantised_graph(folders, foreign_model, tmp_path):
+    """A classifier trained on int8 features (QDQ graph, calibrated on its own images) deploys
+    with that graph: still default-domain ops, still predict's answers."""
+    from featurebank import embed_collection
+
+    calibration = sorted(str(p) for p in folders["train3"].rglob("*.png"))[::2]
+    store = tmp_path / "int8.h5"
+    embed_collection([str(folders["train3"])], store, str(foreign_model), layers=FOREIGN_LAYERS,
+                     precision="int8", calibration=calibration, progress=False)
+    clf = _train(store, FOREIGN_LAYERS, "linear-svm", tmp_path / "int8.joblib")
+    assert_parity(clf, folders["test3"], tmp_path / "int8.onnx", foreign_model)
+    proto = onnx.load(str(tmp_path / "int8.onnx"))
+    ops = {(n.domain, n.op_type) for n in proto.graph.node}
+    assert ("", "QuantizeLinear") in ops and {d for d, _ in ops} == {""}
+    meta = json.loads({p.key: p.value for p in proto.metadata_props}["featurebank.deploy"])
+    assert meta["lineage"]["specs"][0]["quantization"].startswith("int8-")
