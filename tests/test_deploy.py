@@ -189,3 +189,23 @@ def test_int8_features_deploy_with_their_quantised_graph(folders, foreign_model,
     assert ("", "QuantizeLinear") in ops and {d for d, _ in ops} == {""}
     meta = json.loads({p.key: p.value for p in proto.metadata_props}["featurebank.deploy"])
     assert meta["lineage"]["specs"][0]["quantization"].startswith("int8-")
+
+
+def test_the_docs_preprocessing_gives_featurebanks_pixels(real_photos, lite0_onnx, tmp_path):
+    """docs/deploy.md's Pillow function (for callers without featurebank) gives exactly the
+    pixels featurebank's decode gives Lite0, on real photos of several sizes and shapes."""
+    from PIL import Image
+
+    from featurebank.export import read_onnx_metadata
+    from featurebank.extractor import decode
+
+    text = (Path(__file__).parents[1] / "docs" / "deploy.md").read_text()
+    block = next(b for b in text.split("```python")[1:] if "def pixels" in b).split("```")[0]
+    scope: dict = {}
+    exec(compile(block, "docs/deploy.md", "exec"), scope)
+    pre = read_onnx_metadata(lite0_onnx).spec.preprocessing
+    assert (pre.resize_size, pre.input_size) == (254, (224, 224))  # the function's defaults
+    for name, photo in real_photos.items():
+        path = tmp_path / f"{name}.png"
+        Image.fromarray(photo).save(path)
+        np.testing.assert_array_equal(scope["pixels"](path), decode(path, pre), err_msg=name)

@@ -198,3 +198,10 @@ def test_tritonserver_answers_as_onnxruntime(classifier, folders, foreign_model,
     finally:
         server.terminate()
         server.wait(timeout=60)
+
+
+def test_preferred_batch_sizes_come_from_the_benchmark():
+    """config.pbtxt's preferred sizes are the ones benchmarks/deploy.py measured."""
+    result = json.loads((Path(__file__).parents[1] / "benchmarks" / "results" / "deploy.json")
+                        .read_text())
+    assert list(PREFERRED_BATCH_SIZES) == result["preferred_batch_sizes"]
