@@ -17,7 +17,7 @@ from dataclasses import KW_ONLY, MISSING, asdict, dataclass, field, replace
 from typing import Any
 
 from featurebank.errors import OptionError
-from featurebank.options import Interval, Items, Options, check_options, option
+from featurebank.options import Interval, Items, Options, check_names, check_options, option
 
 #: Keys under which an exported ONNX file describes itself (``ModelProto.metadata_props``).
 META_SPEC = "featurebank.spec"
@@ -126,11 +126,7 @@ class Preprocessing:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Preprocessing:
-        known = {f for f in cls.__dataclass_fields__}
-        unknown = set(data) - known
-        if unknown:
-            raise OptionError("preprocessing", f"has unknown field(s) {sorted(unknown)}; known: "
-                              f"{sorted(known)}")
+        check_names("Preprocessing", data, cls, parameter="preprocessing")
         return cls(**data)
 
 
@@ -335,8 +331,12 @@ class FeatureOptions:
     input_size: int | None = option(None, None, Interval(int, 8, None))
 
     def __post_init__(self) -> None:
-        layers = (self.layers,) if isinstance(self.layers, str) else tuple(self.layers or ())
-        object.__setattr__(self, "layers", layers or ("head",))
+        layers = self.layers
+        if isinstance(layers, str):
+            layers = (layers,)
+        elif isinstance(layers, (list, tuple)) or layers is None:  # anything else: the check
+            layers = tuple(layers or ()) or ("head",)
+        object.__setattr__(self, "layers", layers)
         if isinstance(self.model, os.PathLike):
             object.__setattr__(self, "model", os.fspath(self.model))
         if isinstance(self.calibration, list):  # hashable, so options can key caches
@@ -360,10 +360,7 @@ def feature_options(features: FeatureOptions | str | os.PathLike[str] | None = N
                     **options: Any) -> FeatureOptions:
     """``features`` as :class:`FeatureOptions`: an options object (``options`` then replace its
     fields), a model name or ONNX path, or None (the default model)."""
-    unknown = set(options) - set(FEATURE_OPTION_NAMES)
-    if unknown:
-        raise OptionError("options", f"name unknown feature option(s) {sorted(unknown)}; known: "
-                          f"{list(FEATURE_OPTION_NAMES)}")
+    check_names("feature_options", options, FeatureOptions)
     if isinstance(features, FeatureOptions):
         return features.replace(**options) if options else features
     if features is not None:

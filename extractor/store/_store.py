@@ -40,6 +40,7 @@ from featurebank.extractor.store._format import (
     absolute,
     committed_rows,
     decode_path,
+    is_sharded,
     read_roots,
     row_shape_of,
     write_roots,
@@ -151,10 +152,7 @@ class FeatureStore(TableWriter):
             except OSError as exc:
                 tmp.unlink(missing_ok=True)
                 raise FeaturebankError(f"cannot create store {self.path}: {exc}") from exc
-        if self._is_sharded():
-            raise FeaturebankError(
-                f"store {self.path} is a sharded store written by the Ray engine; add to it "
-                "with 'featurebank embed --engine ray', or embed into another store")
+        self._refuse_sharded()
         if self.format_version == 2:  # every version-2 path is a version-3 path
             raise_version(self.path)
             log.info("store %s: format version 2 raised to %d", self.path, FORMAT_VERSION)
@@ -163,9 +161,13 @@ class FeatureStore(TableWriter):
             raise FeaturebankError(upgrade_message(self.path, self.format_version))
 
     @retry_read
-    def _is_sharded(self) -> bool:
+    def _refuse_sharded(self) -> None:
         with self._open("r") as f:
-            return bool(f.attrs.get("featurebank_sharded", False))
+            sharded = is_sharded(f)
+        if sharded:
+            raise FeaturebankError(
+                f"store {self.path} is a sharded store written by the Ray engine; add to it "
+                "with 'featurebank embed --engine ray', or embed into another store")
 
     def close(self) -> None:
         # getattr: __del__ also runs on an object whose __init__ raised before the lock existed
