@@ -12,7 +12,7 @@ Constraints:
 
 - :class:`Interval` (``Interval(int, 1, None)``: an int >= 1; ``closed`` as in scikit-learn);
 - :class:`Options` (one of a tuple of values); :class:`Items` (a tuple whose items meet one);
-- :class:`Text` (a non-empty string);
+- :class:`Text` (a non-empty string); :class:`Pair` (a (key, value) pair);
 - ``None`` (the value may be None);
 - a type (``str``, ``bool``, a dataclass ...): an instance of it;
 - ``"any"``: anything (a documented field that is not checked here).
@@ -31,7 +31,7 @@ from typing import Any
 
 from featurebank.errors import OptionError
 
-__all__ = ["Interval", "Items", "OptionError", "Options", "Text", "check_names", "check_options",
+__all__ = ["Interval", "Items", "OptionError", "Options", "Pair", "Text", "check_names", "check_options",
            "check_params", "check_value", "describe", "field_constraints", "option", "option_fields", "param_docs"]
 
 #: metadata keys of an option field
@@ -124,6 +124,21 @@ class Text:
 
     def __str__(self) -> str:
         return "a non-empty string"
+
+
+@dataclass(frozen=True)
+class Pair:
+    """A (key, value) pair (a 2-tuple or list): the key meets ``key``, the value ``value``."""
+
+    key: Any
+    value: Any
+
+    def accepts(self, value: Any) -> bool:
+        return (isinstance(value, (tuple, list)) and len(value) == 2
+                and _accepts(self.key, value[0]) and _accepts(self.value, value[1]))
+
+    def __str__(self) -> str:
+        return f"a pair ({_describe_one(self.key)}, {_describe_one(self.value)})"
 
 
 def _accepts(constraint: Any, value: Any) -> bool:
@@ -298,7 +313,7 @@ def check_names(owner: str, names: Iterable[str], *known: Any,
     allowed = [n for source in known for n in _known_names(source)]
     unknown = sorted(set(names) - set(allowed))
     if unknown:
-        raise OptionError(parameter, f"of {owner}: unknown name(s) {unknown}; known: "
+        raise OptionError(parameter, f"of {owner}: unknown option(s) {unknown}; known: "
                           f"{sorted(set(allowed))}", owner=owner)
 
 

@@ -299,7 +299,7 @@ def test_one_unknown_keyword_check_names_every_unknown_name():
     from featurebank.options import check_names
     from featurebank.spec import Preprocessing, feature_options
 
-    with pytest.raises(OptionError, match=r"of f: unknown name\(s\) \['x', 'y'\]; known: \['a'"):
+    with pytest.raises(OptionError, match=r"of f: unknown option\(s\) \['x', 'y'\]; known: \['a'"):
         check_names("f", ["a", "y", "x"], ["a", "b"])
     calls = [lambda: feature_options(None, pools="avg"),
              lambda: Preprocessing.from_dict({"input_size": (224, 224), "crop": 1}),
@@ -307,7 +307,7 @@ def test_one_unknown_keyword_check_names_every_unknown_name():
              lambda: finetune("nowhere", output="t.onnx", epoch=3)]
     for call, owner in zip(calls, ("feature_options", "Preprocessing", "embed_collection",
                                    "finetune"), strict=True):
-        with pytest.raises(OptionError, match="unknown name") as err:
+        with pytest.raises(OptionError, match="unknown option") as err:
             call()
         assert err.value.owner == owner
 
@@ -353,3 +353,22 @@ def test_adopt_flags_are_generated_from_preprocessing_and_unstated_by_default():
                              ).resize_size == 300
     with pytest.raises(SystemExit):
         parser.parse_args(["adopt", "m.onnx", "-o", "a.onnx", "--mean", "a,b,c"])
+
+
+def test_former_hand_checks_are_constraints(tmp_path):
+    """Single-field rules that were raised by hand (issue 31) are declared constraints now:
+    the same OptionError naming the parameter, from the one mechanism."""
+    from featurebank.extractor import FeatureStore
+    from featurebank.extractor.sources import SourceOptions
+    from featurebank.spec import Preprocessing
+
+    with pytest.raises(OptionError, match=r"^label_column must be a non-empty string, got ' '"):
+        SourceOptions(label_column=" ")
+    with pytest.raises(OptionError, match=r"^preprocessing.tensor_layouts must be values, each a "
+                                          r"pair \(a non-empty string, one of \('nchw', 'nhwc'\)\)"):
+        Preprocessing(tensor_layouts={"t": "hwc"})
+    assert Preprocessing(tensor_layouts={"b": "NHWC", "a": "nchw"}).tensor_layouts == (
+        ("a", "nchw"), ("b", "nhwc"))
+    with FeatureStore(tmp_path / "s.h5", mode="a") as store:
+        with pytest.raises(OptionError, match=r"^dtype must be one of \('float16', 'float32'\)"):
+            store.commit(dtype="float64")

@@ -51,7 +51,8 @@ from featurebank.extractor.store._retry import retry_read
 from featurebank.extractor.store._room import check_room
 from featurebank.extractor.store._tables import TableWriter
 from featurebank.extractor.store._upgrade import raise_version
-from featurebank.spec import FeatureSpec
+from featurebank.options import Options, check_value
+from featurebank.spec import DTYPES, FeatureSpec
 
 log = logging.getLogger(__name__)
 __all__ = ["FORMAT_VERSION", "FeatureSetInfo", "FeatureStore", "Features", "StoreLockedError"]
@@ -360,8 +361,7 @@ class FeatureStore(TableWriter):
         none of the batch counts (counters are written last).
         """
         self._writer_check()
-        if dtype not in ("float16", "float32"):
-            raise FeaturebankError(f"store dtype must be 'float16' or 'float32', got {dtype!r}")
+        check_value("dtype", dtype, Options(DTYPES), owner="FeatureStore.commit")
         images = [(k, absolute(p), lab) for k, p, lab in images or ()]
         failures = [(absolute(p), r) for p, r in failures or ()]
         self._load_tables()
