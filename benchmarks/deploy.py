@@ -6,7 +6,7 @@ images (uint8 pixels; decoding is on neither side):
 
 - fused: the deployed file in a plain ``onnxruntime.InferenceSession`` (the session options the
   extractor uses: ``threads`` intra-op threads, one inter-op, no spinning, full optimisation);
-- two-step: ``Extractor.embed_pixels`` (batched) then ``TrainedModel.predict_proba``.
+- two-step: ``Extractor.embed_pixels`` (batched) then ``TrainedClassifier.predict_proba``.
 
 Each batch size is timed after one warm-up batch: the two paths alternate, and every call's
 fastest of ``--repeats`` timings counts (the machine is shared; the fastest timing of a call is
@@ -81,9 +81,9 @@ def fused_runner(path: Path, threads: int):
 
 
 def two_step_runner(classifier: Path, threads: int, batch: int):
-    from featurebank.classical import load_model
+    from featurebank.classical import load_trained
 
-    trained = load_model(classifier)
+    trained = load_trained(classifier)
     ex = trained.extractor(threads=threads, batch_size=batch, device="cpu")
 
     def run(px: np.ndarray) -> np.ndarray:

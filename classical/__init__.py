@@ -20,7 +20,8 @@ _LAZY = {
     "ONNX_KINDS": "featurebank.classical._onnx_ops",
     "OnnxClassifier": "featurebank.classical._onnx_ops",
     "SpecMismatchError": "featurebank.classical._features",
-    "TrainedModel": "featurebank.classical._model",
+    "TrainOptions": "featurebank.classical._options",
+    "TrainedClassifier": "featurebank.classical._model",
     "check_same_specs": "featurebank.classical._features",
     "classifier_as_onnx": "featurebank.classical._onnx_ops",
     "cross_validate_probe": "featurebank.classical._probe",
@@ -29,7 +30,7 @@ _LAZY = {
     "k_shot_indices": "featurebank.classical._probe",
     "labelled_only": "featurebank.classical._features",
     "load_features": "featurebank.classical._features",
-    "load_model": "featurebank.classical._model",
+    "load_trained": "featurebank.classical._model",
     "pyplot": "featurebank.classical._report",
     "raw_pixels": "featurebank.classical._model",
     "save_figure": "featurebank.classical._report",
@@ -38,10 +39,10 @@ _LAZY = {
 }
 
 __all__ = ["CLASSIFIERS", "EmbeddingTransformer", "LabelledFeatures", "LinearProbe",
-           "ONNX_KINDS", "OnnxClassifier", "SpecMismatchError", "TrainedModel",
-           "check_same_specs", "classifier_as_onnx", "cross_validate_probe",
+           "ONNX_KINDS", "OnnxClassifier", "SpecMismatchError", "TrainOptions",
+           "TrainedClassifier", "check_same_specs", "classifier_as_onnx", "cross_validate_probe",
            "evaluate", "fewshot_curve", "k_shot_indices", "labelled_only", "load_features",
-           "load_model", "pyplot", "raw_pixels", "save_figure", "sweep", "train"]
+           "load_trained", "pyplot", "raw_pixels", "save_figure", "sweep", "train"]
 
 if TYPE_CHECKING:
     from featurebank.classical._features import (
@@ -51,13 +52,16 @@ if TYPE_CHECKING:
         labelled_only,
         load_features,
     )
-    from featurebank.classical._model import TrainedModel, load_model, raw_pixels
+    from featurebank.classical._model import TrainedClassifier, load_trained, raw_pixels
     from featurebank.classical._onnx_ops import ONNX_KINDS, OnnxClassifier, classifier_as_onnx
-    from featurebank.classical._options import CLASSIFIERS
+    from featurebank.classical._options import CLASSIFIERS, TrainOptions
     from featurebank.classical._probe import LinearProbe, cross_validate_probe, k_shot_indices
     from featurebank.classical._report import pyplot, save_figure
     from featurebank.classical._transformer import EmbeddingTransformer
     from featurebank.classical._workflow import evaluate, fewshot_curve, sweep, train
 
 
-__getattr__, __dir__ = attach(__name__, _LAZY)
+#: names "model" meant before it meant the network only (issue 31)
+_DEPRECATED = {"TrainedModel": "TrainedClassifier", "load_model": "load_trained"}
+
+__getattr__, __dir__ = attach(__name__, _LAZY, deprecated=_DEPRECATED)

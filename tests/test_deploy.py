@@ -72,7 +72,7 @@ def test_adopted_foreign_model_every_kind_matches_predict(folders, foreign_model
 def test_file_describes_itself_and_holds_only_tensor_ops(folders, foreign_model, tmp_path):
     store = _store(folders["train3"], foreign_model, FOREIGN_LAYERS)
     clf = _train(store, FOREIGN_LAYERS, "rbf-svm", tmp_path / "svm.joblib")
-    from featurebank.classical import load_model
+    from featurebank.classical import load_trained
     from featurebank.deploy import build_deployable, training_digest
 
     deployable = build_deployable(clf, model=foreign_model)
@@ -87,7 +87,7 @@ def test_file_describes_itself_and_holds_only_tensor_ops(folders, foreign_model,
     for vi in proto.graph.output:
         assert vi.type.WhichOneof("value") == "tensor_type"
     meta = json.loads({p.key: p.value for p in proto.metadata_props}["featurebank.deploy"])
-    trained = load_model(clf)
+    trained = load_trained(clf)
     assert meta["classes"] == trained.classes == ["one", "two", "zero"]
     lineage = meta["lineage"]
     assert lineage["fingerprints"] == trained.fingerprints
@@ -163,9 +163,9 @@ def test_refusals_come_before_any_file(folders, foreign_model, tmp_path, capsys)
     refused([str(clf), "--triton", str(tmp_path / "repo"), "--name", "../up"],
             "--name must be letters")
     # a kind with no tensor form: refused by name before the feature graph is built
-    from featurebank.classical import load_model
+    from featurebank.classical import load_trained
 
-    trained = load_model(clf)
+    trained = load_trained(clf)
     trained.estimator.classifier = "knn"
     trained.save(tmp_path / "knn.joblib")
     refused([str(tmp_path / "knn.joblib"), "--model", str(foreign_model)],

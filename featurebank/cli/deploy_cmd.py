@@ -33,14 +33,17 @@ def register(sub) -> None:
 
 
 def default_output(classifier: str) -> str:
+    """CLASSIFIER with ``.onnx``; ``.deploy.onnx`` for a tuned ONNX file (not itself)."""
+    from featurebank.paths import is_onnx_path
+
     path = Path(classifier)
-    suffix = ".deploy.onnx" if path.suffix.lower() == ".onnx" else ".onnx"
+    suffix = ".deploy.onnx" if is_onnx_path(path) else ".onnx"
     return str(path.with_name(path.stem + suffix))
 
 
 def run_deploy(args) -> int:
-    from featurebank.cli.classical_cmds import _check_writable
     from featurebank.errors import FeaturebankError
+    from featurebank.paths import check_writable
 
     options = options_from_args(DeployOptions, args, output=args.output)
     if not Path(args.classifier).is_file():
@@ -51,10 +54,10 @@ def run_deploy(args) -> int:
     if output is not None:  # every output is checked before the graph is built
         if Path(output).resolve() == Path(args.classifier).resolve():
             raise FeaturebankError(f"-o {output} is the classifier itself; name another file")
-        _check_writable(output)
+        check_writable(output, suffix=".onnx")
         from featurebank.deploy import readme_path
 
-        _check_writable(str(readme_path(output)))
+        check_writable(readme_path(output), what="README")
     if options.triton:
         from featurebank.deploy import triton_target
 
