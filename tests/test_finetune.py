@@ -160,6 +160,29 @@ def test_tuned_file_works_as_a_model_for_embedding(tuned, digit_folders):
 
 
 @pytest.mark.slow
+def test_tuned_file_deploys_with_predicts_answers(tuned, digit_folders, tmp_path):
+    """`featurebank deploy tuned.onnx`: pixels in, the softmax of the tuned logits out, as
+    `predict` ranks them, in one file and in a Triton repository checked with Triton's own
+    model-config protobuf (issue 33)."""
+    from tests._deploy_helpers import _cli, fused_answers, predict_answers
+
+    _, out = tuned
+    fused, repo = tmp_path / "tuned.deploy.onnx", tmp_path / "repo"
+    code, said = _cli(["deploy", str(out), "-o", str(fused), "--triton", str(repo)])
+    assert code == 0, said
+    expected = predict_answers(out, digit_folders[1])
+    paths = sorted(expected)
+    for path in (fused, repo / "tuned" / "1" / "model.onnx"):
+        proba, label, classes = fused_answers(path, paths)
+        want = np.array([[expected[p][1][c] for c in classes] for p in paths])
+        np.testing.assert_allclose(proba, want, rtol=0, atol=1e-5)
+        assert [classes[i] for i in label] == [expected[p][0] for p in paths]
+    from tests.test_deploy_triton import check_config_against_graph, read_config
+
+    check_config_against_graph(repo / "tuned", read_config(repo / "tuned"), classes)
+
+
+@pytest.mark.slow
 def test_killed_mid_epoch_resumes_from_the_saved_epoch(tuned, tmp_path):
     """SIGKILL during epoch 2; the next run starts at epoch 2 and ends where an uninterrupted
     run (the module's, same data, options and threads) ends."""
