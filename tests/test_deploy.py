@@ -171,6 +171,16 @@ def test_refusals_come_before_any_file(folders, foreign_model, tmp_path, capsys)
     refused([str(tmp_path / "knn.joblib"), "--model", str(foreign_model)],
             "classifier kind 'knn' cannot be deployed as one ONNX file")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["knn.joblib", "lr.joblib"]
+    # the default output (lr.onnx) is a backbone here: never replaced
+    backbone = tmp_path / "lr.onnx"
+    backbone.write_bytes(foreign_model.read_bytes())
+    refused([str(clf), "--model", str(foreign_model)], "is not a file 'featurebank deploy' wrote")
+    assert backbone.read_bytes() == foreign_model.read_bytes()
+    # a file deploy wrote is replaced, as any output
+    backbone.unlink()
+    for _ in range(2):
+        assert main(["deploy", str(clf), "--model", str(foreign_model)]) == 0
+    assert (tmp_path / "lr.README.md").is_file()
 
 
 def test_int8_features_deploy_with_their_quantised_graph(folders, foreign_model, tmp_path):

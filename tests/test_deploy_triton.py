@@ -120,6 +120,12 @@ def test_an_existing_version_is_never_replaced(classifier, foreign_model, tmp_pa
     assert _cli(argv + ["--name", "other"])[0] == 0
     assert sorted(p.name for p in (repo / "other").iterdir()) == \
         ["1", "2", "README.md", "config.pbtxt", "labels.txt"]
+    # ... unless that version is served with another config (one config serves all versions)
+    (repo / "third" / "2").mkdir(parents=True)
+    (repo / "third" / "config.pbtxt").write_text('name: "third"\nmax_batch_size: 8\n')
+    assert _cli(argv + ["--name", "third"])[0] == 1
+    assert "holds versions with another config.pbtxt" in capsys.readouterr().err
+    assert sorted(p.name for p in (repo / "third").iterdir()) == ["2", "config.pbtxt"]
 
 
 def tuned_stand_in(foreign_model: Path, out: Path, classes: list[str]) -> Path:

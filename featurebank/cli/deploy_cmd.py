@@ -55,8 +55,9 @@ def run_deploy(args) -> int:
         if Path(output).resolve() == Path(args.classifier).resolve():
             raise FeaturebankError(f"-o {output} is the classifier itself; name another file")
         check_writable(output, suffix=".onnx")
-        from featurebank.deploy import readme_path
+        from featurebank.deploy import check_replaceable, readme_path
 
+        check_replaceable(output)
         check_writable(readme_path(output), what="README")
     if options.triton:
         from featurebank.deploy import triton_target

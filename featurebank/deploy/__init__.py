@@ -16,6 +16,8 @@ from featurebank.lazy import attach
 _LAZY = {"Deployable": "featurebank.deploy._fuse",
          "META_DEPLOY": "featurebank.deploy._fuse",
          "build_deployable": "featurebank.deploy._fuse",
+         "check_replaceable": "featurebank.deploy._fuse",
+         "is_deployed": "featurebank.deploy._fuse",
          "readme_path": "featurebank.deploy._fuse",
          "training_digest": "featurebank.deploy._fuse",
          "config_text": "featurebank.deploy._triton",
@@ -23,14 +25,16 @@ _LAZY = {"Deployable": "featurebank.deploy._fuse",
          "write_triton": "featurebank.deploy._triton"}
 
 __all__ = ["INSTANCE_KINDS", "META_DEPLOY", "PREFERRED_BATCH_SIZES", "DeployOptions",
-           "Deployable", "build_deployable", "config_text", "readme_path", "training_digest",
-           "triton_target", "write_triton"]
+           "Deployable", "build_deployable", "check_replaceable", "config_text", "is_deployed",
+           "readme_path", "training_digest", "triton_target", "write_triton"]
 
 if TYPE_CHECKING:
     from featurebank.deploy._fuse import (
         META_DEPLOY,
         Deployable,
         build_deployable,
+        check_replaceable,
+        is_deployed,
         readme_path,
         training_digest,
     )

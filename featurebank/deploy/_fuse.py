@@ -74,6 +74,25 @@ def _atomic_write(path: Path, data: bytes) -> None:
         raise FeaturebankError(f"cannot write {path}: {exc.strerror or exc}") from exc
 
 
+def is_deployed(path: str | Path) -> bool:
+    """Whether ``path`` is an ONNX file ``featurebank deploy`` wrote."""
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception:  # not ONNX at all (or unreadable): not ours
+        return False
+    return any(p.key == META_DEPLOY for p in proto.metadata_props)
+
+
+def check_replaceable(path: str | Path) -> None:
+    """Refuse, before any work, to replace a file that ``featurebank deploy`` did not write:
+    the default name (CLASSIFIER with ``.onnx``) may be the backbone's or another model's."""
+    path = Path(path)
+    if path.exists() and not is_deployed(path):
+        raise FeaturebankError(f"{path} exists and is not a file 'featurebank deploy' wrote (it "
+                               "may be a backbone or another model); give -o another name, or "
+                               "move it away")
+
+
 def file_sha256(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -112,6 +131,7 @@ def build_deployable(classifier_path: str | Path, *, model: str | Path | None = 
 
     classifier = load_classifier(classifier_path)
     tuned = getattr(classifier, "lineage", None) is not None
+    ops = None
     if not tuned:  # refuse an inexpressible kind before building any graph
         from featurebank.classical import classifier_as_onnx
 
@@ -121,26 +141,17 @@ def build_deployable(classifier_path: str | Path, *, model: str | Path | None = 
     proto = onnx.ModelProto()
     proto.CopyFrom(graph.model)
     opset = _default_opset(proto, classifier_path)
-    del proto.graph.output[:]
-    nodes = list(proto.graph.node)
-    if tuned:
-        nodes += [helper.make_node("Softmax", [graph.output_names[0]], [PROBABILITIES], axis=1),
-                  helper.make_node("ArgMax", [PROBABILITIES], [LABEL], axis=1, keepdims=0)]
-        n_classes = len(classifier.classes)
+    if ops is None:  # a tuned file's logits: their softmax, as TunedClassifier.predict_proba
+        nodes = [helper.make_node("Softmax", [graph.output_names[0]], [PROBABILITIES], axis=1),
+                 helper.make_node("ArgMax", [PROBABILITIES], [LABEL], axis=1, keepdims=0)]
+        inits, n_classes = [], len(classifier.classes)
     else:
-        width = sum(graph.dims)
-        if width != ops.n_features:
+        if sum(graph.dims) != ops.n_features:
             raise FeaturebankError(f"{classifier_path}: the classifier reads {ops.n_features} "
-                                   f"features but its feature graph gives {width}")
-        nodes.append(helper.make_node("Concat", list(graph.output_names), ["fb.features"], axis=1))
-        nodes += ops.nodes
-        proto.graph.initializer.extend(ops.initializers)
-        n_classes = ops.n_classes
-    del proto.graph.node[:]
-    proto.graph.node.extend(nodes)
-    proto.graph.output.extend(
-        [helper.make_tensor_value_info(PROBABILITIES, TensorProto.FLOAT, ["N", n_classes]),
-         helper.make_tensor_value_info(LABEL, TensorProto.INT64, ["N"])])
+                                   f"features but its feature graph gives {sum(graph.dims)}")
+        concat = helper.make_node("Concat", list(graph.output_names), ["fb.features"], axis=1)
+        nodes, inits, n_classes = [concat, *ops.nodes], ops.initializers, ops.n_classes
+    _append(proto, nodes, inits, n_classes, classifier_path)
     pre = graph.model_spec.preprocessing
     description = _description(classifier, classifier_path, extractor, pre, tuned, opset)
     proto.metadata_props.add(key=META_DEPLOY, value=json.dumps(description))
@@ -148,6 +159,22 @@ def build_deployable(classifier_path: str | Path, *, model: str | Path | None = 
                         f"{pre.input_size[1]}, 3] -> probabilities [N, {n_classes}], label [N]")
     _check(proto, classifier_path)
     return Deployable(proto, [str(c) for c in description["classes"]], pre, description)
+
+
+def _append(proto: onnx.ModelProto, nodes: list, inits: list, n_classes: int, where) -> None:
+    """Put the classifier's nodes after the feature graph's; its outputs replace the graph's."""
+    g = proto.graph
+    taken = {o for n in g.node for o in n.output} | {t.name for t in g.initializer}
+    clash = sorted(taken & ({o for n in nodes for o in n.output} | {t.name for t in inits}))
+    if clash:  # a tensor of the backbone named like one of ours: never merged silently
+        raise FeaturebankError(f"{where}: the feature graph already has tensors named "
+                               f"{clash[:5]}; rename them in the model (then adopt and retrain)")
+    g.node.extend(nodes)
+    g.initializer.extend(inits)
+    del g.output[:]
+    g.output.extend(
+        [helper.make_tensor_value_info(PROBABILITIES, TensorProto.FLOAT, ["N", n_classes]),
+         helper.make_tensor_value_info(LABEL, TensorProto.INT64, ["N"])])
 
 
 def _default_opset(proto: onnx.ModelProto, where) -> int:

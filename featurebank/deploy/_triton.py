@@ -98,6 +98,13 @@ def write_triton(deployable: Any, repo: str | Path, name: str,
     if bad:
         raise FeaturebankError(f"class name {bad[0]!r} holds a line break; Triton's labels file "
                                "has one class per line")
+    config = config_text(name, deployable, options)
+    existing = folder / "config.pbtxt"
+    if existing.is_file() and existing.read_text() != config:
+        # one config serves every version of a model: another one's inputs, classes or
+        # batching would not fit the versions already there
+        raise FeaturebankError(f"{folder} holds versions with another config.pbtxt (other "
+                               "inputs, classes or batching); choose another --name")
     staging = folder.with_name(f".{name}.{os.getpid()}.tmp")
     shutil.rmtree(staging, ignore_errors=True)
     try:
@@ -105,7 +112,7 @@ def write_triton(deployable: Any, repo: str | Path, name: str,
         deployable.save(staging / VERSION / "model.onnx")
         (staging / VERSION / "model.README.md").replace(staging / "README.md")
         (staging / "labels.txt").write_text("".join(f"{c}\n" for c in deployable.classes))
-        (staging / "config.pbtxt").write_text(config_text(name, deployable, options))
+        (staging / "config.pbtxt").write_text(config)
         folder.parent.mkdir(parents=True, exist_ok=True)
         if folder.exists():  # other versions are there: add ours beside them
             os.replace(staging / VERSION, folder / VERSION)
