@@ -32,8 +32,8 @@ PROBABILITIES = "probabilities"
 LABEL = "label"
 #: the oldest opset whose Softmax/ArgMax/Gemm/Where mean what the classifier ops need
 MIN_OPSET = 13
-#: domains a fused graph may hold: ONNX's own; onnxruntime's (its int8 feature graphs)
-_DOMAINS = {"", "ai.onnx", "com.microsoft"}
+#: the only domain a fused graph may hold: ONNX's own (int8 feature graphs are QDQ, in it too)
+_DOMAINS = {"", "ai.onnx"}
 
 
 @dataclass
@@ -190,8 +190,10 @@ def _default_opset(proto: onnx.ModelProto, where) -> int:
 def _check(proto: onnx.ModelProto, where) -> None:
     domains = {n.domain for n in proto.graph.node} - _DOMAINS
     if domains:
-        raise FeaturebankError(f"{where}: its feature graph uses ops of {sorted(domains)}, "
-                               "which a deployed file must not hold")
+        raise FeaturebankError(f"{where}: its feature graph uses ops of the domain(s) "
+                               f"{sorted(domains)}, which only some runtimes have; a deployed "
+                               "file holds standard ONNX ops only (export or adopt the model "
+                               "without them)")
     try:
         onnx.checker.check_model(proto)
     except onnx.checker.ValidationError as exc:
