@@ -21,6 +21,7 @@ import pytest
 
 from benchmarks.harness.faults import subprocess_env
 from featurebank.cli import main
+from featurebank.errors import FeaturebankError
 from tests._deploy_helpers import (  # noqa: F401 (fixtures)
     FOREIGN_LAYERS,
     KINDS,
@@ -219,3 +220,19 @@ def test_the_docs_preprocessing_gives_featurebanks_pixels(real_photos, lite0_onn
         path = tmp_path / f"{name}.png"
         Image.fromarray(photo).save(path)
         np.testing.assert_array_equal(scope["pixels"](path), decode(path, pre), err_msg=name)
+
+
+def test_ops_outside_the_onnx_domain_are_refused():
+    """onnxruntime's contrib ops (com.microsoft) would tie the file to onnxruntime."""
+    from onnx import TensorProto, helper
+
+    from featurebank.deploy._fuse import _check
+
+    graph = helper.make_graph(
+        [helper.make_node("Gelu", ["x"], ["y"], domain="com.microsoft")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                    helper.make_opsetid("com.microsoft", 1)])
+    with pytest.raises(FeaturebankError, match=r"\['com.microsoft'\], which only some runtimes"):
+        _check(proto, "x.joblib")
