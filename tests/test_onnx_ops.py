@@ -46,7 +46,7 @@ def test_probabilities_equal_predict_proba(digits, kind, n_classes, normalize):
     reference = probe.predict_proba(X[test])
     assert proba.dtype == np.float32 and proba.shape == reference.shape
     assert label.dtype == np.int64 and label.shape == (len(test),)
-    np.testing.assert_allclose(proba, reference, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(proba, reference, rtol=0, atol=2e-6)  # float32 ops vs float64 scikit-learn
     np.testing.assert_array_equal(label, reference.argmax(1))
     # the probe really separates the classes, so the parity above is not between constants
     assert (label == y[test]).mean() > 0.8
