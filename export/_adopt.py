@@ -162,13 +162,13 @@ def adopt(source: str | Path, out: str | Path, preprocessing: str | Path | None 
                                f"as it is")
     _check_output(source, out)
     pre, classes = resolve_conventions(proto, preprocessing, name=source.name, **flags)
-    plan, layers, pre = prepare_foreign(proto, pre, source.name)
+    plan, layers, pre, naming = prepare_foreign(proto, pre, source.name)
     logits = next((la for la in layers if la.name == "logits"), None)
     if classes is not None and logits is not None and logits.shape[0] != len(classes):
         raise FeaturebankError(f"the classes file names {len(classes)} classes but the model's "
                                f"logits have {logits.shape[0]}")
     adopted = plan.model
-    spec = foreign_model_spec(source, pre)
+    spec = foreign_model_spec(source, pre, naming)
     input_name = _graph_input(adopted).name
     describe(adopted, spec, layers,
              {"name": input_name, "layout": pre.layout.upper(), "dtype": "float32",

@@ -28,7 +28,7 @@ import onnx.version_converter
 from onnx import numpy_helper
 
 from featurebank.errors import FeaturebankError
-from featurebank.export._catalogue import foreign_catalogue
+from featurebank.export._catalogue import catalogue_and_rule
 from featurebank.export._friendly_tokens import settle_tokens, transformer_graph
 from featurebank.export._graph_ops import static_tensors
 
@@ -373,18 +373,20 @@ def _compare(chunks: dict[str, list[np.ndarray]], batched: dict,
     return worst, None
 
 
-def prepare_foreign(proto: onnx.ModelProto, pre, name: str = "the model") -> tuple[BatchPlan, list, Any]:
+def prepare_foreign(proto: onnx.ModelProto, pre,
+                    name: str = "the model") -> tuple[BatchPlan, list, Any, int]:
     """How a foreign graph runs batches (:func:`plan_batch`), its layer catalogue built on
     the measured shapes, and ``pre`` completed with what the graph shows (a vision
     transformer's prefix tokens, :func:`featurebank.export._friendly_tokens.settle_tokens`):
     what ``adopt`` records, and what a one-off ``--preprocessing`` run uses, so both give the
-    same names, vectors and fingerprints.
+    same names, vectors and fingerprints; and the naming rule those names need (the spec's
+    ``naming``, see :func:`featurebank.export._catalogue.catalogue_and_rule`).
 
     ``pre`` is the model's :class:`featurebank.spec.Preprocessing`.
     """
     h, w = pre.input_size
     plan = plan_batch(proto, (3, h, w) if pre.layout == "nchw" else (h, w, 3), pre.pixel_range,
                       name)
-    layers = foreign_catalogue(proto, pre.layout.upper(), pre.input_size, dict(pre.tensor_layouts),
-                               plan.measured, plan.dtypes)
-    return plan, layers, settle_tokens(pre, transformer_graph(proto, plan.measured), name)
+    layers, rule = catalogue_and_rule(proto, pre.layout.upper(), pre.input_size,
+                                      dict(pre.tensor_layouts), plan.measured, plan.dtypes)
+    return plan, layers, settle_tokens(pre, transformer_graph(proto, plan.measured), name), rule

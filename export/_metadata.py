@@ -18,6 +18,7 @@ import onnx
 from featurebank.errors import FeaturebankError
 from featurebank.export._batch import prepare_foreign
 from featurebank.export._catalogue import foreign_catalogue
+from featurebank.export._friendly import NAMING_RULE as _RULE
 from featurebank.export._layers import LayerInfo
 from featurebank.spec import (
     META_INPUT,
@@ -30,8 +31,9 @@ from featurebank.spec import (
 )
 
 #: The friendly-name rule of the catalogues this version builds (see ``spec.NAMING_RULES``):
-#: part of every foreign spec, so a name that now means another tensor gets a new fingerprint.
-NAMING_RULE = 4
+#: part of every foreign spec whose names it changed, so a name that now means another tensor
+#: gets a new fingerprint (a catalogue rule 5 names as rule 4 did keeps rule 4).
+NAMING_RULE = _RULE
 
 #: Metadata key of the class names of an adopted model's ``logits`` (JSON list).
 META_CLASSES = "featurebank.classes"
@@ -124,7 +126,7 @@ def read_onnx_metadata(path: str | Path, preprocessing: Preprocessing | None = N
     if META_SPEC in meta:
         try:
             layers = [LayerInfo(d["name"], d["tensor"], tuple(d["shape"]), d.get("flops_share"),
-                                d.get("layout"), d.get("dtype"))
+                                d.get("layout"), d.get("dtype"), bool(d.get("measured")))
                       for d in json.loads(meta[META_LAYERS])]
             spec = ModelSpec.from_dict(json.loads(meta[META_SPEC]))
             extra = json.loads(meta.get(META_INPUT, "{}"))
@@ -228,14 +230,16 @@ def _read_toml(text: str) -> dict[str, Any]:
     return tomllib.loads(text)
 
 
-def foreign_model_spec(onnx_path: str | Path, preprocessing: Preprocessing) -> ModelSpec:
+def foreign_model_spec(onnx_path: str | Path, preprocessing: Preprocessing,
+                       naming: int = NAMING_RULE) -> ModelSpec:
     """The spec of an ONNX file not made by featurebank, named by its content.
 
     The name is ``onnx-`` and 16 hex digits of the file's SHA-256 (the full digest is
     ``weights_sha256``): renaming or moving the file keeps its features' identity, and a saved
-    classifier finds the file again by that digest. ``naming`` is :data:`NAMING_RULE`, the
-    rule the catalogue built now gives friendly names by.
+    classifier finds the file again by that digest. ``naming`` is the rule the catalogue gives
+    friendly names by (:func:`featurebank.export.prepare_foreign` says which); default
+    :data:`NAMING_RULE`.
     """
     digest = sha256_file(str(onnx_path))
     return ModelSpec(model=f"onnx-{digest[:16]}", weights_sha256=digest,
-                     preprocessing=preprocessing, source="onnx", naming=NAMING_RULE)
+                     preprocessing=preprocessing, source="onnx", naming=naming)

@@ -317,7 +317,7 @@ def test_a_new_naming_rule_changes_the_fingerprint_and_old_stores_refuse(classic
     proto = onnx.load(str(adopted))
     meta = next(p for p in proto.metadata_props if p.key == META_SPEC)
     spec = json.loads(meta.value)
-    assert spec["naming"] == NAMING_RULE == 4
+    assert spec["naming"] == 4 < NAMING_RULE  # rule 5 renames nothing here: it keeps rule 4
     if old_rule == 1:
         del spec["naming"]  # what the first rule's adopt wrote
     else:
@@ -358,13 +358,13 @@ def test_naming_rule_in_the_spec():
     assert ModelSpec.from_dict(new.to_dict()) == new
     assert FeatureSpec(new, "stage.1").fingerprint() != FeatureSpec(old, "stage.1").fingerprint()
     prints = {FeatureSpec(ModelSpec("onnx-0", "0" * 64, source="onnx", naming=rule),
-                          "stage.1").fingerprint() for rule in (1, 2, 3, 4)}
-    assert len(prints) == 4  # each rule its own feature sets
+                          "stage.1").fingerprint() for rule in (1, 2, 3, 4, 5)}
+    assert len(prints) == 5  # each rule its own feature sets
     newer = ModelSpec("onnx-0", "0" * 64, source="onnx", naming=3)
     tokens = ModelSpec("onnx-0", "0" * 64, source="onnx", naming=4)  # rule 4: ViT graphs
     assert FeatureSpec(tokens, "head").fingerprint() != FeatureSpec(newer, "head").fingerprint()
     with pytest.raises(ValueError, match="model.naming must be one of"):
-        ModelSpec("onnx-0", "0" * 64, naming=5)
+        ModelSpec("onnx-0", "0" * 64, naming=6)
 
 
 def test_classic_parity_figures():

@@ -192,8 +192,9 @@ def build_feature_graph(
         batch = info.extra.get("batch")  # an adopted graph that keeps its own batch
     else:  # what 'adopt' would record: the batch plan and the catalogue on measured shapes
         model_spec = _foreign_spec(path, info, preprocessing)
-        plan, catalogue, pre = prepare_foreign(proto, model_spec.preprocessing, path.name)
-        model_spec = replace(model_spec, preprocessing=pre)  # with the prefix tokens it shows
+        plan, catalogue, pre, naming = prepare_foreign(proto, model_spec.preprocessing, path.name)
+        # with the prefix tokens it shows, and the naming rule its catalogue needs
+        model_spec = replace(model_spec, preprocessing=pre, naming=naming)
         proto, batch = plan.model, plan.batch
         info = replace(info, layers=catalogue)
     chosen = resolve_layers(info.layers, layers, path, proto, model_spec.preprocessing,
@@ -249,12 +250,24 @@ def build_feature_graph(
         outputs, initializer=weights + inits,
     )
     model = helper.make_model(new_graph, opset_imports=proto.opset_import, producer_name="featurebank")
-    model.ir_version = proto.ir_version
+    model.ir_version = feature_ir_version(proto)
     for spec in specs:
         model.metadata_props.add(key=f"featurebank.feature.{spec.layer}", value=spec.to_json())
     onnx.checker.check_model(model)
     return FeatureGraph(model, specs, dims, [o.name for o in outputs], model_spec,
                         int(batch) if batch else None)
+
+
+#: The first IR version whose initializers need not be graph inputs (IR 3 lists every weight
+#: as an input too; the feature graph and its Scan body declare only their data inputs).
+_IR_FREE_INITIALIZERS = 4
+
+
+def feature_ir_version(proto: onnx.ModelProto) -> int:
+    """The IR version of a feature graph cut from ``proto``: its own, raised to 4 where it is
+    older. IR 4 changed only that rule (initializers no longer have to be listed as graph
+    inputs), so the ops and their opset stay as they were."""
+    return max(int(proto.ir_version), _IR_FREE_INITIALIZERS)
 
 
 def _elem_type(la: LayerInfo) -> int:
