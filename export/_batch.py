@@ -250,6 +250,26 @@ def plan_batch(proto: onnx.ModelProto, input_shape: tuple[int, ...], pixel_range
     return replace(_fixed(proto, own, measured, why, chunks, images, name), dtypes=dtypes)
 
 
+def probe_shapes(proto: onnx.ModelProto) -> tuple[dict[str, tuple], dict[str, int]]:
+    """Shapes (batch axis first) and element types of the float tensors computed from the
+    image, from one run on a probe image; empty where the input shape is not fully known or
+    the graph does not run (then the catalogue keeps what static inference gives)."""
+    tensor_type = graph_input(proto).type.tensor_type
+    dims = [d.dim_value for d in tensor_type.shape.dim]
+    dims[:1] = [max(1, dims[0])] if dims else []  # a dynamic batch: one image
+    if not dims or min(dims) < 1 or tensor_type.elem_type in (0, onnx.TensorProto.STRING):
+        return {}, {}
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)
+    probe = np.random.default_rng(0).uniform(0, 1, dims).astype(dtype)
+    try:
+        ran = _run(_with_every_output(proto), probe)
+    except Exception:  # noqa: BLE001 - onnxruntime raises many types; inference stays the source
+        return {}, {}
+    floats = {t: v for t, v in ran.items() if _floating(v) and v.ndim >= 1 and len(v) == dims[0]}
+    return ({t: tuple(v.shape) for t, v in floats.items()},
+            {t: int(onnx.helper.np_dtype_to_tensor_dtype(v.dtype)) for t, v in floats.items()})
+
+
 def _plain(proto: onnx.ModelProto) -> onnx.ModelProto:
     model = onnx.ModelProto()
     model.CopyFrom(proto)

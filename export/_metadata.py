@@ -16,7 +16,7 @@ from typing import Any
 import onnx
 
 from featurebank.errors import FeaturebankError
-from featurebank.export._batch import prepare_foreign
+from featurebank.export._batch import prepare_foreign, probe_shapes
 from featurebank.export._catalogue import foreign_catalogue
 from featurebank.export._friendly import NAMING_RULE as _RULE
 from featurebank.export._layers import LayerInfo
@@ -147,11 +147,13 @@ def candidate_tensors(proto: onnx.ModelProto,
     """The catalogue of a foreign graph (see :func:`featurebank.export._catalogue.foreign_catalogue`).
 
     With ``preprocessing``, the graph is run once (as ``adopt`` does) so shapes are measured.
-    ``flops_share`` is estimated from the inferred shapes (Conv, Gemm and MatMul multiply-adds,
-    in graph order); it is None when shapes are unknown.
+    Without it, a graph whose input shape is fully known runs once on a probe image, so the
+    tensors static shape inference leaves without a shape get theirs from that run
+    (``LayerInfo.measured``). ``flops_share`` is estimated from the shapes (Conv, Gemm and
+    MatMul multiply-adds, in graph order); it is None when shapes are unknown.
     """
     if preprocessing is None:
-        return foreign_catalogue(proto)
+        return foreign_catalogue(proto, None, None, None, *probe_shapes(proto))
     return prepare_foreign(proto, preprocessing)[1]  # runs it once: exact shapes, as adopt
 
 

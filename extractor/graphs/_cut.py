@@ -282,6 +282,9 @@ def _const(inits: list, name: str, value) -> str:
 
 def _prepend_normalisation(nodes: list, inits: list, input_name: str, pre: Preprocessing,
                            input_type: int = TensorProto.FLOAT) -> None:
+    if input_type == TensorProto.UINT8:  # the graph takes the pixels as decoded
+        _prepend_raw_pixels(nodes, inits, input_name, pre)
+        return
     # (x * range / 255 - mean) / std == x * scale + bias: one Mul and one Add, in the graph's
     # own layout and channel order (mean and std are given in that order and range).
     std = np.array(pre.std, np.float32)
@@ -289,12 +292,7 @@ def _prepend_normalisation(nodes: list, inits: list, input_name: str, pre: Prepr
     shape = (1, 3, 1, 1) if pre.layout == "nchw" else (1, 1, 1, 3)
     scale = _const(inits, "fb.scale", (pre.pixel_range / (255.0 * std)).reshape(shape))
     bias = _const(inits, "fb.bias", (-mean / std).reshape(shape))
-    source = PIXELS
-    if pre.channel_order == "bgr":  # reorder the uint8 pixels: a third of the bytes of floats
-        order = numpy_helper.from_array(np.array([2, 1, 0], np.int64), "fb.bgr_order")
-        inits.append(order)
-        nodes.append(helper.make_node("Gather", [PIXELS, order.name], ["fb.bgr"], axis=3))
-        source = "fb.bgr"
+    source = _channel_order(nodes, inits, pre)
     nodes.append(helper.make_node("Cast", [source], ["fb.pixels_f"], to=TensorProto.FLOAT))
     laid = "fb.pixels_f"
     if pre.layout == "nchw":
@@ -307,6 +305,31 @@ def _prepend_normalisation(nodes: list, inits: list, input_name: str, pre: Prepr
     ]
     if normalised != input_name:  # a float16 (or double) graph input
         nodes.append(helper.make_node("Cast", [normalised], [input_name], to=input_type))
+
+
+def _channel_order(nodes: list, inits: list, pre: Preprocessing) -> str:
+    """The pixels in the model's channel order (a Gather of the uint8 pixels for BGR: a third
+    of the bytes of floats)."""
+    if pre.channel_order != "bgr":
+        return PIXELS
+    order = numpy_helper.from_array(np.array([2, 1, 0], np.int64), "fb.bgr_order")
+    inits.append(order)
+    nodes.append(helper.make_node("Gather", [PIXELS, order.name], ["fb.bgr"], axis=3))
+    return "fb.bgr"
+
+
+def _prepend_raw_pixels(nodes: list, inits: list, input_name: str, pre: Preprocessing) -> None:
+    """A uint8 graph input: the decoded pixels in its channel order and layout, nothing else."""
+    if pre.pixel_range != 255 or any(m != 0 for m in pre.mean) or any(s != 1 for s in pre.std):
+        raise FeaturebankError(
+            f"the model takes uint8 pixels (0-255, normalised inside its graph), but its "
+            f"preprocessing states pixel range {pre.pixel_range}, mean {list(pre.mean)} and std "
+            f"{list(pre.std)}; state pixel_range 255 and no mean or std")
+    source = _channel_order(nodes, inits, pre)
+    if pre.layout == "nchw":
+        nodes.append(helper.make_node("Transpose", [source], [input_name], perm=[0, 3, 1, 2]))
+    else:
+        nodes.append(helper.make_node("Identity", [source], [input_name]))
 
 
 def _append_pooling(nodes, inits, src, out, layout, pool, gem_p, normalize, opset=18,
