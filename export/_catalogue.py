@@ -130,9 +130,10 @@ def catalogue_and_rule(proto: onnx.ModelProto, input_layout: str | None = None,
     graph_input, layout, fixed = _fixed_input(proto, input_layout, input_size)
     shapes, types = _infer(proto, fixed)
     # tensors static inference left without a (full) shape: the run measured them
-    from_run = {t for t in measured or () if min(shapes.get(t, (-1,))[1:], default=1) < 1
-                or len(shapes.get(t, ())) != len(measured[t])}
-    shapes.update(measured or {})
+    measured = measured or {}
+    from_run = {t for t, shape in measured.items() if len(shapes.get(t, ())) != len(shape)
+                or min(shapes[t][1:], default=1) < 1}
+    shapes.update(measured)
     types.update(measured_types or {})
     stated = {t: v.upper() for t, v in (tensor_layouts or {}).items()}
     flow = _follow_layouts(proto, graph_input.name, layout, shapes, stated)
