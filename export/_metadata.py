@@ -37,6 +37,9 @@ NAMING_RULE = _RULE
 
 #: Metadata key of the class names of an adopted model's ``logits`` (JSON list).
 META_CLASSES = "featurebank.classes"
+#: Metadata key of where an export's eval transform came from (JSON: kind, entry, how; see
+#: :class:`featurebank.export._published.TransformOrigin`); not part of the spec.
+META_TRANSFORM = "featurebank.transform"
 
 
 def describe(proto: onnx.ModelProto, spec: ModelSpec, layers: list[LayerInfo],

@@ -71,27 +71,48 @@ def tensors_sha256(model: nn.Module) -> str:
     return h.hexdigest()
 
 
-def eval_preprocessing(source: str, arch: str, model: nn.Module | None = None) -> Preprocessing:
-    """The model's own eval transform as a :class:`Preprocessing` (plus its prefix tokens)."""
+def eval_preprocessing(source: str, arch: str, model: nn.Module | None = None,
+                       transform: dict[str, Any] | None = None) -> Preprocessing:
+    """The model's own eval transform as a :class:`Preprocessing` (plus its prefix tokens):
+    ``transform`` (Preprocessing fields: a published entry's, see
+    :mod:`featurebank.export._published`) or else the default weights'."""
     model = model if model is not None else create_random(source, arch)
-    if source == "timm":
-        cfg = model.pretrained_cfg
-        size = tuple(int(v) for v in cfg["input_size"][1:])
-        if size[0] != size[1]:
-            raise FeaturebankError(f"timm:{arch} takes {size[0]}x{size[1]} images; featurebank "
-                                   f"reproduces square eval inputs only")
-        if cfg.get("crop_mode", "center") != "center":
-            raise FeaturebankError(f"timm:{arch} evaluates with crop_mode={cfg['crop_mode']!r}; "
-                                   f"featurebank reproduces 'center' (resize, centre crop) only")
-        crop_pct = cfg.get("crop_pct") or 0.875
-        pre: dict[str, Any] = dict(input_size=size, resize_size=math.floor(size[0] / crop_pct),
-                                   interpolation=_interpolation(cfg.get("interpolation", "bicubic"), arch),
-                                   mean=tuple(cfg.get("mean", _IMAGENET_MEAN)),
-                                   std=tuple(cfg.get("std", _IMAGENET_STD)))
-    else:
-        pre = _torchvision_transform(arch)
+    if transform is None:
+        transform = timm_transform(model.pretrained_cfg, arch) if source == "timm" \
+            else _torchvision_transform(arch)
+    pre = {**transform, "interpolation": _interpolation(transform["interpolation"], arch)}
     prefix, cls = token_prefix(model)
     return Preprocessing(**pre, resize_rule="torchvision", prefix_tokens=prefix, class_token=cls)
+
+
+def timm_transform(cfg: dict[str, Any], arch: str) -> dict[str, Any]:
+    """A timm pretrained config's eval transform as Preprocessing fields (resize
+    ``floor(size / crop_pct)``, centre crop)."""
+    size = tuple(int(v) for v in cfg["input_size"][1:])
+    if size[0] != size[1]:
+        raise FeaturebankError(f"timm:{arch} takes {size[0]}x{size[1]} images; featurebank "
+                               f"reproduces square eval inputs only")
+    if cfg.get("crop_mode", "center") != "center":
+        raise FeaturebankError(f"timm:{arch} evaluates with crop_mode={cfg['crop_mode']!r}; "
+                               f"featurebank reproduces 'center' (resize, centre crop) only")
+    crop_pct = cfg.get("crop_pct") or 0.875
+    return dict(input_size=size, resize_size=math.floor(size[0] / crop_pct),
+                interpolation=cfg.get("interpolation", "bicubic"),
+                mean=tuple(cfg.get("mean", _IMAGENET_MEAN)), std=tuple(cfg.get("std", _IMAGENET_STD)))
+
+
+def default_entry(source: str, arch: str, model: nn.Module) -> str:
+    """The name of the weights entry whose transform :func:`eval_preprocessing` uses by default
+    (torchvision's ``DEFAULT``, timm's tag)."""
+    if source == "timm":
+        tag = model.pretrained_cfg.get("tag")
+        return f"timm:{arch.partition('.')[0]}.{tag}" if tag else f"timm:{arch}"
+    import torchvision
+
+    try:
+        return f"torchvision {torchvision.models.get_model_weights(arch).DEFAULT.name}"
+    except Exception:  # noqa: BLE001 - no weights enum: _torchvision_transform refuses it
+        return f"torchvision:{arch}"
 
 
 def create_random(source: str, arch: str) -> nn.Module:
@@ -111,15 +132,14 @@ def create_random(source: str, arch: str) -> nn.Module:
 def _torchvision_transform(arch: str) -> dict[str, Any]:
     import torchvision
 
+    from featurebank.export._published import torchvision_transform
+
     try:
-        t = torchvision.models.get_model_weights(arch).DEFAULT.transforms()
+        default = torchvision.models.get_model_weights(arch).DEFAULT
     except Exception as exc:  # an architecture without published weights
         raise FeaturebankError(f"torchvision:{arch} has no weights enum to read its eval "
                                f"transform from ({exc})") from exc
-    crop = int(t.crop_size[0])
-    return dict(input_size=(crop, crop), resize_size=int(t.resize_size[0]),
-                interpolation=_interpolation(t.interpolation.value, arch),
-                mean=tuple(t.mean), std=tuple(t.std))
+    return torchvision_transform(default)
 
 
 def _interpolation(name: str, arch: str) -> str:
