@@ -134,7 +134,8 @@ def export_onnx(
     if transform:
         pre = Preprocessing(**{**pre.to_dict(), **transform})
         origin = TransformOrigin("stated", "", f"stated at export: {sorted(transform)}")
-    spec = ModelSpec(model=model, weights_sha256=digest, preprocessing=pre, source=entry.source)
+    spec = ModelSpec(model=model, weights_sha256=digest, preprocessing=pre, source=entry.source,
+                     naming=getattr(module, "naming", 1))  # 5: a fully connected head's pool
     export_module(module, spec, out,
                   {META_TRANSFORM: json.dumps(origin.to_dict())} if origin else None)
     log.info("exported %s to %s", model, out)

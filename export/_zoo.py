@@ -12,8 +12,10 @@ Cuts (the layer catalogue of the exported file):
   ``[N, T, C]`` tokens (layout ``tokens``);
 - ``head``: what the classifier head pools (timm ``forward_features``; torchvision: the input of
   ``avgpool``, the encoder output of a ViT); ``pool``: the classifier's input vector (timm
-  ``forward_head(pre_logits=True)``; torchvision: the flattened ``avgpool`` output, a ViT's class
-  token); ``logits``.
+  ``forward_head(pre_logits=True)``; torchvision: the flattened ``avgpool`` output where it
+  pools to 1x1, else the input of the classifier's last Linear (VGG, AlexNet: fc7 after its
+  activation; naming rule 5, recorded as the spec's ``naming``), a ViT's class token);
+  ``logits``.
 
 Preprocessing is the model's own eval transform: timm's pretrained config (``input_size``,
 ``interpolation``, ``mean``/``std``, ``crop_pct``: resize ``floor(size / crop_pct)``, centre
@@ -179,6 +181,10 @@ class ZooFeatures(nn.Module):
         self.cuts = (_timm_cuts(model, size) if source == "timm"
                      else _torchvision_cuts(model, size))
         self._head_pool = _pool_module(model) if source == "torchvision" and not self.vit else None
+        # a pool to a map wider than 1x1 (VGG's 7x7, AlexNet's 6x6) is no global pool: the
+        # head is fully connected and ``pool`` is its classifier's input (naming rule 5)
+        self._fc_input = _fully_connected_input(model, size) if self._head_pool is not None else None
+        self.naming = 5 if self._fc_input is not None else 1
         self._split_head = source == "timm" and _classifier_follows_pre_logits(model, size)
 
     def features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -201,8 +207,12 @@ class ZooFeatures(nn.Module):
         if self._head_pool is not None:
             hooks.append(self._head_pool.register_forward_pre_hook(
                 lambda _m, i: keep("head", i[0])))
-            hooks.append(self._head_pool.register_forward_hook(
-                lambda _m, _i, o: keep("pool", torch.flatten(o, 1))))
+            if self._fc_input is not None:
+                hooks.append(self._fc_input.register_forward_pre_hook(
+                    lambda _m, i: keep("pool", i[0])))
+            else:
+                hooks.append(self._head_pool.register_forward_hook(
+                    lambda _m, _i, o: keep("pool", torch.flatten(o, 1))))
         try:
             logits = self._forward(x, keep)
         finally:
@@ -272,6 +282,20 @@ def _classifier_follows_pre_logits(model: nn.Module, size: tuple[int, int]) -> b
 def _pool_module(model: nn.Module) -> nn.Module | None:
     pool = getattr(model, "avgpool", None)
     return pool if isinstance(pool, nn.Module) else None
+
+
+def _fully_connected_input(model: nn.Module, size: tuple[int, int]) -> nn.Module | None:
+    """The last Linear of a torchvision classifier whose ``avgpool`` leaves a map wider than
+    1x1 (VGG, AlexNet: fully connected layers read the flattened map), else None. Its input is
+    fc7 after its activation (the eval-mode Dropout before it copies)."""
+    pool = _pool_module(model)
+    head = getattr(model, "classifier", None)
+    linears = [m for m in head.modules() if isinstance(m, nn.Linear)] \
+        if isinstance(head, nn.Module) else []
+    if pool is None or len(linears) < 2:
+        return None
+    shape = _output_shapes(model, [pool], size).get(pool, ())
+    return linears[-1] if len(shape) == 4 and tuple(shape[-2:]) != (1, 1) else None
 
 
 def _torchvision_cuts(model: nn.Module, size: tuple[int, int]) -> dict[str, nn.Module]:

@@ -180,8 +180,9 @@ class ModelSpec:
     """What network an ONNX file holds: name, weights digest and preprocessing.
 
     ``naming`` is the version of the friendly-name rule a foreign graph's catalogue was made
-    with (see :data:`NAMING_RULES`); it enters :meth:`to_dict` only when it is not 1, so
-    every spec written before the field existed keeps its fingerprint.
+    with (see :data:`NAMING_RULES`), and 5 for a torchvision export whose ``pool`` rule 5
+    moved (VGG, AlexNet: fc7, was the flattened map); it enters :meth:`to_dict` only when it
+    is not 1, so every spec written before the field existed keeps its fingerprint.
     """
 
     model: str

@@ -1,0 +1,54 @@
+"""Naming rule 5 in the torchvision zoo: ``pool`` is the input of the last classifier layer
+for every source. AlexNet and VGG pool to 6x6/7x7 maps, not globally, so their ``pool`` is fc7
+after its activation (was the flattened 9,216/25,088-d map), as for their ONNX graphs
+(``tests/test_light_graphs.py``) and timm's ``pre_logits``; the spec says rule 5 so that old
+stores refuse the new rows. Global-pool networks keep the pooled vector and rule 1."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from featurebank.export import export_onnx, read_onnx_metadata
+from featurebank.extractor import Extractor
+
+torch = pytest.importorskip("torch")
+
+
+@pytest.mark.slow
+@pytest.mark.torchvision
+def test_alexnet_pool_is_fc7_after_its_relu(tmp_path):
+    torchvision = pytest.importorskip("torchvision", reason="torchvision does not import here")
+    model = torchvision.models.alexnet(weights=None).eval()
+    weights, out = tmp_path / "alexnet.pth", tmp_path / "alexnet.onnx"
+    torch.save(model.state_dict(), weights)
+    spec = export_onnx("torchvision:alexnet", out, weights=weights)
+    assert spec.naming == 5 and spec.to_dict()["naming"] == 5
+    layers = {la.name: la for la in read_onnx_metadata(out).layers}
+    assert layers["pool"].shape == (4096,) and layers["head"].shape == (256, 6, 6)
+    pixels = np.random.default_rng(0).integers(0, 256, (2, 224, 224, 3), np.uint8)
+    got = Extractor(str(out), layers=["pool"], device="cpu").embed_pixels(pixels)[0]
+    pre = spec.preprocessing
+    mean, std = (torch.tensor(v)[:, None, None] for v in (pre.mean, pre.std))
+    x = (torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255 - mean) / std
+    seen = {}
+    hook = model.classifier[-1].register_forward_pre_hook(lambda _m, i: seen.setdefault("x", i[0]))
+    with torch.no_grad():
+        model(x)
+    hook.remove()
+    ref = seen["x"].numpy()
+    assert float(np.abs(got - ref).max()) / max(1.0, float(np.abs(ref).max())) <= 1e-5
+    assert (ref >= 0).all()  # after the ReLU
+
+
+@pytest.mark.torchvision
+def test_global_pool_networks_keep_the_pooled_vector_and_rule_1():
+    torchvision = pytest.importorskip("torchvision", reason="torchvision does not import here")
+    from featurebank.export._zoo import ZooFeatures
+
+    resnet = ZooFeatures(torchvision.models.resnet18(weights=None).eval(), "torchvision", (64, 64))
+    assert resnet.naming == 1
+    assert resnet.features(torch.zeros(1, 3, 64, 64))["pool"].shape == (1, 512)
+    vgg = ZooFeatures(torchvision.models.vgg11(weights=None).eval(), "torchvision", (64, 64))
+    assert vgg.naming == 5
+    assert vgg.features(torch.zeros(1, 3, 64, 64))["pool"].shape == (1, 4096)  # was 25,088
