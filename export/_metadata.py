@@ -82,6 +82,8 @@ class OnnxInfo:
     version: str | None = None
     extra: dict = field(default_factory=dict)
     classes: list[str] | None = None
+    #: where an export's eval transform came from (kind, entry, how), None when not recorded
+    transform: dict | None = None
 
     def layer(self, name_or_tensor: str) -> LayerInfo | None:
         for la in self.layers:
@@ -134,13 +136,14 @@ def read_onnx_metadata(path: str | Path, preprocessing: Preprocessing | None = N
             spec = ModelSpec.from_dict(json.loads(meta[META_SPEC]))
             extra = json.loads(meta.get(META_INPUT, "{}"))
             classes = json.loads(meta[META_CLASSES]) if META_CLASSES in meta else None
+            transform = json.loads(meta[META_TRANSFORM]) if META_TRANSFORM in meta else None
         except (KeyError, TypeError, ValueError) as exc:
             raise FeaturebankError(
                 f"{path}: damaged featurebank metadata ({type(exc).__name__}: {exc}); "
                 f"export the model again with 'featurebank export' (or 'featurebank adopt')"
             ) from exc
         return OnnxInfo(Path(path), spec, layers, graph_input.name, in_shape,
-                        meta.get(META_VERSION), extra, classes)
+                        meta.get(META_VERSION), extra, classes, transform)
     return OnnxInfo(Path(path), None, candidate_tensors(proto, preprocessing), graph_input.name,
                     in_shape)
 

@@ -134,7 +134,9 @@ def export_onnx(
     origin = getattr(module, "transform_origin", None)
     if transform:
         pre = Preprocessing(**{**pre.to_dict(), **transform})
-        origin = TransformOrigin("stated", "", f"stated at export: {sorted(transform)}")
+        rest = f"; the rest: {origin.kind} {origin.entry}" if origin else ""
+        origin = TransformOrigin("stated", origin.entry if origin else "",
+                                 f"{', '.join(sorted(transform))} stated at export{rest}")
     spec = ModelSpec(model=model, weights_sha256=digest, preprocessing=pre, source=entry.source,
                      naming=getattr(module, "naming", 1))  # 5: a fully connected head's pool
     export_module(module, spec, out,

@@ -9,7 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from featurebank.export import export_onnx, read_onnx_metadata
+from featurebank.cli import main as cli
+from featurebank.export import read_onnx_metadata
 from featurebank.extractor import Extractor
 
 torch = pytest.importorskip("torch")
@@ -17,13 +18,25 @@ torch = pytest.importorskip("torch")
 
 @pytest.mark.slow
 @pytest.mark.torchvision
-def test_alexnet_pool_is_fc7_after_its_relu(tmp_path):
+def test_alexnet_pool_is_fc7_after_its_relu(tmp_path, capsys):
+    """Exported through the command line with its eval transform stated (export's --resize,
+    --interpolation, --mean, --std: adopt's meaning), which the file records as stated."""
     torchvision = pytest.importorskip("torchvision", reason="torchvision does not import here")
     model = torchvision.models.alexnet(weights=None).eval()
     weights, out = tmp_path / "alexnet.pth", tmp_path / "alexnet.onnx"
     torch.save(model.state_dict(), weights)
-    spec = export_onnx("torchvision:alexnet", out, weights=weights)
-    assert spec.naming == 5 and spec.to_dict()["naming"] == 5
+    assert cli(["export", "torchvision:alexnet", "-o", str(out), "--weights", str(weights),
+                "--resize", "240", "--interpolation", "bicubic", "--mean", "0.5,0.4,0.3",
+                "--std", "0.2,0.25,0.3"]) == 0
+    printed = capsys.readouterr().out
+    info = read_onnx_metadata(out)
+    spec = info.spec
+    assert spec.naming == 5 and spec.to_dict()["model"] == "torchvision:alexnet"
+    pre = spec.preprocessing
+    assert (pre.resize_size, pre.interpolation, pre.mean, pre.std, pre.input_size) == \
+        (240, "bicubic", (0.5, 0.4, 0.3), (0.2, 0.25, 0.3), (224, 224))
+    assert info.transform["kind"] == "stated" and "resize_size" in info.transform["how"]
+    assert "eval transform: resize 240" in printed and "stated" in printed
     layers = {la.name: la for la in read_onnx_metadata(out).layers}
     assert layers["pool"].shape == (4096,) and layers["head"].shape == (256, 6, 6)
     pixels = np.random.default_rng(0).integers(0, 256, (2, 224, 224, 3), np.uint8)
