@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from featurebank import FeaturebankError
 from featurebank.cli import main as cli
 from featurebank.export import read_onnx_metadata
 from featurebank.extractor import Extractor
@@ -37,6 +38,15 @@ def test_alexnet_pool_is_fc7_after_its_relu(tmp_path, capsys):
         (240, "bicubic", (0.5, 0.4, 0.3), (0.2, 0.25, 0.3), (224, 224))
     assert info.transform["kind"] == "stated" and "resize_size" in info.transform["how"]
     assert "eval transform: resize 240" in printed and "stated" in printed
+    from featurebank.finetune import finetune  # the file names the command that tunes it
+    from featurebank.spec import sha256_file
+
+    (tmp_path / "train" / "a").mkdir(parents=True)
+    with pytest.raises(FeaturebankError) as refused:
+        finetune(tmp_path / "train", model=str(out), from_layer="stage.3", output=tmp_path / "t.onnx")
+    assert ("featurebank finetune TRAIN --model torchvision:alexnet --weights STATE_DICT.pth "
+            "--input-size 224 -o TUNED.onnx") in str(refused.value)
+    assert sha256_file(str(weights))[:16] in str(refused.value)
     layers = {la.name: la for la in read_onnx_metadata(out).layers}
     assert layers["pool"].shape == (4096,) and layers["head"].shape == (256, 6, 6)
     pixels = np.random.default_rng(0).integers(0, 256, (2, 224, 224, 3), np.uint8)
