@@ -20,7 +20,6 @@ from typing import Any
 import onnx
 
 from featurebank.errors import FeaturebankError
-from featurebank.export._batch import graph_input as _graph_input
 from featurebank.export._batch import prepare_foreign
 from featurebank.export._catalogue import input_layout_from_shape
 from featurebank.export._metadata import (
@@ -31,6 +30,7 @@ from featurebank.export._metadata import (
     read_conventions,
     read_onnx_metadata,
 )
+from featurebank.export._runs import graph_input as _graph_input
 from featurebank.paths import check_writable
 from featurebank.spec import META_SPEC, ModelSpec, Preprocessing, sha256_file
 

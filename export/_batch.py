@@ -31,6 +31,14 @@ from featurebank.errors import FeaturebankError
 from featurebank.export._catalogue import catalogue_and_rule
 from featurebank.export._friendly_tokens import settle_tokens, transformer_graph
 from featurebank.export._graph_ops import static_tensors
+from featurebank.export._runs import (
+    floating,
+    graph_input,
+    plain,
+    run,
+    run_in_chunks,
+    with_every_output,
+)
 
 log = logging.getLogger(__name__)
 #: Largest difference accepted between the rewritten graph on a batch and the original graph on
@@ -74,12 +82,6 @@ class BatchPlan:
     measured: dict[str, tuple] = field(default_factory=dict)
     reason: str | None = None
     dtypes: dict[str, int] = field(default_factory=dict)
-
-
-def graph_input(proto: onnx.ModelProto) -> onnx.ValueInfoProto:
-    """The graph's data input (the first input that is not a weight)."""
-    weights = {t.name for t in proto.graph.initializer}
-    return next(i for i in proto.graph.input if i.name not in weights)
 
 
 def declared_batch(proto: onnx.ModelProto) -> int | None:
@@ -216,16 +218,16 @@ def plan_batch(proto: onnx.ModelProto, input_shape: tuple[int, ...], pixel_range
     rng = np.random.default_rng(0)
     dtype = onnx.helper.tensor_dtype_to_np_dtype(graph_input(proto).type.tensor_type.elem_type)
     images = rng.uniform(0, pixel_range, (CHECK_IMAGES, *input_shape)).astype(dtype)
-    original = _with_every_output(proto)
+    original = with_every_output(proto)
     try:
-        chunks = _run_in_chunks(original, images, own)
+        chunks = run_in_chunks(original, images, own)
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises many types; all mean "cannot run"
         raise FeaturebankError(
             f"{name} cannot run on {'one image' if own == 1 else f'a batch of {own}'} of "
             f"{'x'.join(map(str, input_shape))}: {str(exc).splitlines()[0][:300]}; state the "
             f"input size and layout the model was made for") from None
     reference = _leading(chunks, own)
-    per_image = {t: v for t, v in reference.items() if _floating(v)}
+    per_image = {t: v for t, v in reference.items() if floating(v)}
     measured = {t: (own, *v.shape[1:]) for t, v in per_image.items()}
     dtypes = {t: int(onnx.helper.np_dtype_to_tensor_dtype(v.dtype)) for t, v in per_image.items()}
     why, rewritten = None, True
@@ -235,7 +237,7 @@ def plan_batch(proto: onnx.ModelProto, input_shape: tuple[int, ...], pixel_range
             break  # the rewrite changed no constant: the same graph failed already
         rewritten = bool(changes)
         try:
-            batched = _run(_with_every_output(candidate), images)
+            batched = run(with_every_output(candidate), images)
         except Exception as exc:  # noqa: BLE001 - a graph that bakes in its batch in other ways
             why = why or (f"it does not run on a batch of {CHECK_IMAGES} after the rewrite "
                           f"({str(exc).splitlines()[0][:200]})")
@@ -250,42 +252,15 @@ def plan_batch(proto: onnx.ModelProto, input_shape: tuple[int, ...], pixel_range
     return replace(_fixed(proto, own, measured, why, chunks, images, name), dtypes=dtypes)
 
 
-def probe_shapes(proto: onnx.ModelProto) -> tuple[dict[str, tuple], dict[str, int]]:
-    """Shapes (batch axis first) and element types of the float tensors computed from the
-    image, from one run on a probe image; empty where the input shape is not fully known or
-    the graph does not run (then the catalogue keeps what static inference gives)."""
-    tensor_type = graph_input(proto).type.tensor_type
-    dims = [d.dim_value for d in tensor_type.shape.dim]
-    dims[:1] = [max(1, dims[0])] if dims else []  # a dynamic batch: one image
-    if not dims or min(dims) < 1 or tensor_type.elem_type in (0, onnx.TensorProto.STRING):
-        return {}, {}
-    dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)
-    probe = np.random.default_rng(0).uniform(0, 1, dims).astype(dtype)
-    try:
-        ran = _run(_with_every_output(proto), probe)
-    except Exception:  # noqa: BLE001 - onnxruntime raises many types; inference stays the source
-        return {}, {}
-    floats = {t: v for t, v in ran.items() if _floating(v) and v.ndim >= 1 and len(v) == dims[0]}
-    return ({t: tuple(v.shape) for t, v in floats.items()},
-            {t: int(onnx.helper.np_dtype_to_tensor_dtype(v.dtype)) for t, v in floats.items()})
-
-
-def _plain(proto: onnx.ModelProto) -> onnx.ModelProto:
-    model = onnx.ModelProto()
-    model.CopyFrom(proto)
-    del model.graph.value_info[:]
-    return model
-
-
 def _fixed(proto, batch, measured, reason, reference, images, name) -> BatchPlan:
     log.warning("%s keeps its batch of %d (featurebank feeds it chunks of that size): %s",
                 name, batch, reason)
-    model = _plain(proto)
+    model = plain(proto)
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     if opset < CHUNK_OPSET:  # feeding chunks needs newer ops: convert, and check the result
         try:
             model = onnx.version_converter.convert_version(model, CHUNK_OPSET)
-            converted = _run_in_chunks(_with_every_output(model), images, batch)
+            converted = run_in_chunks(with_every_output(model), images, batch)
             _, why = _compare(reference, _leading(converted, batch), batch)
         except Exception as exc:  # noqa: BLE001 - the converter and onnxruntime raise many types
             why = str(exc).splitlines()[0][:200]
@@ -295,48 +270,6 @@ def _fixed(proto, batch, measured, reason, reference, images, name) -> BatchPlan
                 f"is too old to feed it chunks; converting it to opset {CHUNK_OPSET} failed "
                 f"({why}). Export it with a dynamic batch axis or a newer opset") from None
     return BatchPlan(model, batch, (), None, measured, reason)
-
-
-def _with_every_output(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy of ``model`` with every image-dependent node output also a graph output."""
-    model = _plain(model)
-    have = {o.name for o in model.graph.output}
-    static = static_tensors(model)
-    for node in model.graph.node:
-        for out in node.output:
-            if out and out not in have and out not in static:
-                model.graph.output.append(onnx.helper.make_empty_tensor_value_info(out))
-                have.add(out)
-    return model
-
-
-def _session(model: onnx.ModelProto):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 4  # failures are reported in the user's terms
-    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-
-
-def _run(model: onnx.ModelProto, x: np.ndarray) -> dict[str, np.ndarray]:
-    session = _session(model)
-    names = [o.name for o in session.get_outputs()]
-    return dict(zip(names, session.run(None, {session.get_inputs()[0].name: x}), strict=True))
-
-
-def _run_in_chunks(model: onnx.ModelProto, images: np.ndarray,
-                   batch: int) -> dict[str, list[np.ndarray]]:
-    """Every output for ``images`` fed ``batch`` at a time (padded with the last image): one
-    array per chunk."""
-    session = _session(model)
-    names = [o.name for o in session.get_outputs()]
-    feed = session.get_inputs()[0].name
-    chunks = []
-    for start in range(0, len(images), batch):
-        chunk = images[start:start + batch]
-        pad = np.repeat(chunk[-1:], batch - len(chunk), axis=0)
-        chunks.append(session.run(None, {feed: np.concatenate([chunk, pad])}))
-    return {name: [c[k] for c in chunks] for k, name in enumerate(names)}
 
 
 def _leading(chunks: dict[str, list[np.ndarray]], batch: int) -> dict[str, np.ndarray]:
@@ -360,10 +293,6 @@ def _batch_axis(one: tuple, got: np.ndarray | None, batch: int) -> int | None:
     return None
 
 
-def _floating(value: np.ndarray) -> bool:
-    return value.dtype in (np.float16, np.float32, np.float64)
-
-
 def _compare(chunks: dict[str, list[np.ndarray]], batched: dict,
              batch: int) -> tuple[float, str | None]:
     """Worst relative difference over the float tensors computed per image (the run in
@@ -371,7 +300,7 @@ def _compare(chunks: dict[str, list[np.ndarray]], batched: dict,
     the rewrite is rejected (None when it is kept)."""
     worst = 0.0
     for tensor, parts in chunks.items():
-        if not _floating(parts[0]) or parts[0].ndim < 1:
+        if not floating(parts[0]) or parts[0].ndim < 1:
             continue  # shapes, indices
         got = batched.get(tensor)
         axis = _batch_axis(parts[0].shape, got, batch)

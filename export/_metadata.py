@@ -16,10 +16,11 @@ from typing import Any
 import onnx
 
 from featurebank.errors import FeaturebankError
-from featurebank.export._batch import prepare_foreign, probe_shapes
+from featurebank.export._batch import prepare_foreign
 from featurebank.export._catalogue import foreign_catalogue
 from featurebank.export._friendly import NAMING_RULE as _RULE
 from featurebank.export._layers import LayerInfo
+from featurebank.export._runs import probe_shapes
 from featurebank.spec import (
     META_INPUT,
     META_LAYERS,
