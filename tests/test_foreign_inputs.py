@@ -3,6 +3,8 @@ size, and shapes that only a run shows (issue 34, items 5 and 6)."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -84,3 +86,16 @@ def test_shapes_only_a_run_shows_give_the_whole_catalogue(tmp_path):
                         pixels.transpose(0, 3, 1, 2).astype(np.float32) / 255)
     for cut, vec, ref in zip(cuts, got, refs, strict=True):
         np.testing.assert_allclose(vec, pooled(ref), rtol=1e-5, atol=1e-5, err_msg=cut)
+
+
+def test_layers_marks_the_shapes_a_run_measured(tmp_path, capsys):
+    from featurebank.cli import main as cli
+
+    src = data_dependent(tmp_path / "dd.onnx")
+    assert cli(["layers", str(src)]) == 0
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line}
+    assert "16x8x8 *" in rows["stage.2"] and "*" not in rows["stage.1"]
+    assert rows["(*"].startswith("(* shape measured by running the graph once")
+    assert cli(["layers", str(src), "--json"]) == 0
+    listed = {d["name"]: d for d in json.loads(capsys.readouterr().out)}
+    assert listed["stage.3"]["measured"] is True and "measured" not in listed["stage.1"]
