@@ -111,7 +111,8 @@ def load_onnx(path: str | Path, load_weights: bool = True) -> onnx.ModelProto:
     return proto
 
 
-def read_onnx_metadata(path: str | Path, preprocessing: Preprocessing | None = None) -> OnnxInfo:
+def read_onnx_metadata(path: str | Path, preprocessing: Preprocessing | None = None, *,
+                       probe: bool = False) -> OnnxInfo:
     """The spec and cut points of an ONNX file (featurebank's own, adopted or foreign).
 
     Parameters
@@ -121,6 +122,10 @@ def read_onnx_metadata(path: str | Path, preprocessing: Preprocessing | None = N
     preprocessing : Preprocessing, optional
         For a foreign file: its stated conventions (input layout and size, tensor layouts),
         which make the catalogue's shapes and layouts exact.
+    probe : bool
+        For a foreign file without ``preprocessing`` whose input shape is known: run it once on
+        a probe image, so shapes static inference loses come from the run (what
+        ``featurebank layers`` shows; off by default, as it costs a run of the network).
     """
     proto = load_onnx(path)
     meta = {p.key: p.value for p in proto.metadata_props}
@@ -145,22 +150,23 @@ def read_onnx_metadata(path: str | Path, preprocessing: Preprocessing | None = N
             ) from exc
         return OnnxInfo(Path(path), spec, layers, graph_input.name, in_shape,
                         meta.get(META_VERSION), extra, classes, transform)
-    return OnnxInfo(Path(path), None, candidate_tensors(proto, preprocessing), graph_input.name,
-                    in_shape)
+    return OnnxInfo(Path(path), None, candidate_tensors(proto, preprocessing, probe=probe),
+                    graph_input.name, in_shape)
 
 
-def candidate_tensors(proto: onnx.ModelProto,
-                      preprocessing: Preprocessing | None = None) -> list[LayerInfo]:
+def candidate_tensors(proto: onnx.ModelProto, preprocessing: Preprocessing | None = None, *,
+                      probe: bool = False) -> list[LayerInfo]:
     """The catalogue of a foreign graph (see :func:`featurebank.export._catalogue.foreign_catalogue`).
 
     With ``preprocessing``, the graph is run once (as ``adopt`` does) so shapes are measured.
-    Without it, a graph whose input shape is fully known runs once on a probe image, so the
-    tensors static shape inference leaves without a shape get theirs from that run
+    Without it, with ``probe``, a graph whose input shape is known runs once on a probe image,
+    so the tensors static shape inference leaves without a shape get theirs from that run
     (``LayerInfo.measured``). ``flops_share`` is estimated from the shapes (Conv, Gemm and
     MatMul multiply-adds, in graph order); it is None when shapes are unknown.
     """
     if preprocessing is None:
-        return foreign_catalogue(proto, None, None, None, *probe_shapes(proto))
+        return foreign_catalogue(proto, None, None, None,
+                                 *(probe_shapes(proto) if probe else ({}, {})))
     return prepare_foreign(proto, preprocessing)[1]  # runs it once: exact shapes, as adopt
 
 

@@ -70,7 +70,8 @@ def test_shapes_only_a_run_shows_give_the_whole_catalogue(tmp_path):
     src = data_dependent(tmp_path / "dd.onnx")
     inferred = infer_shapes(onnx.load(str(src)), [1, 3, 32, 32])
     assert -1 in inferred["s2.relu"] and -1 in inferred["s3.relu"]  # what inference leaves
-    raw = {la.name: la for la in read_onnx_metadata(src).layers}  # the raw file: one probe run
+    assert "stage.2" not in {la.name for la in read_onnx_metadata(src).layers}  # no run: lost
+    raw = {la.name: la for la in read_onnx_metadata(src, probe=True).layers}  # one probe run
     out = tmp_path / "dd.adopted.onnx"
     adopt(src, out, pixel_range=1, channel_order="rgb")
     adopted = {la.name: la for la in read_onnx_metadata(out).layers}

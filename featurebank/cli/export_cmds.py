@@ -181,7 +181,7 @@ def run_layers(args) -> int:
         from featurebank.export import resolve_conventions
 
         pre, _ = resolve_conventions(path, args.preprocessing)
-    info = read_onnx_metadata(path, pre)
+    info = read_onnx_metadata(path, pre, probe=True)  # a raw file: shapes a run shows too
     native = info.spec is not None and info.spec.source != "onnx"
     friendly = [la for la in info.layers if la.name != la.tensor]
     shown = info.layers if args.all or native or not friendly else friendly
