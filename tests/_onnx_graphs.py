@@ -11,6 +11,21 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 
+def outputs_of(path, tensors: list[str], x: np.ndarray) -> list[np.ndarray]:
+    """``tensors`` of the untouched graph at ``path`` for ``x``, fed one image at a time (a
+    graph exported at a fixed batch of 1 takes no more)."""
+    import onnxruntime as ort
+
+    proto = onnx.load(str(path))
+    have = {o.name for o in proto.graph.output}
+    proto.graph.output.extend(helper.make_empty_tensor_value_info(t)
+                              for t in dict.fromkeys(tensors) if t not in have)
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    runs = [session.run(tensors, {name: x[i:i + 1]}) for i in range(len(x))]
+    return [np.concatenate([r[k] for r in runs]) for k in range(len(tensors))]
+
+
 class _Builder:
     """Nodes and weights of one graph, named in order."""
 

@@ -21,6 +21,7 @@ from featurebank import FeaturebankError
 from featurebank.export import adopt, read_onnx_metadata
 from featurebank.export._metadata import NAMING_RULE
 from featurebank.extractor import Extractor
+from tests._onnx_graphs import outputs_of
 
 torch = pytest.importorskip("torch")
 from benchmarks.harness.classic_cnns import (  # noqa: E402 - torch first, or skip
@@ -35,18 +36,6 @@ nn = torch.nn
 PARITY: dict[str, float] = {}  # graph -> worst relative difference from the original graph
 STAGES_FOUND: dict[str, str] = {}
 FP16_PARITY: dict[str, float] = {}
-
-
-def outputs_of(path, tensors: list[str], x: np.ndarray) -> list[np.ndarray]:
-    """``tensors`` of the untouched graph at ``path`` for ``x``, fed one image at a time."""
-    proto = onnx.load(str(path))
-    have = {o.name for o in proto.graph.output}
-    proto.graph.output.extend(onnx.helper.make_empty_tensor_value_info(t)
-                              for t in dict.fromkeys(tensors) if t not in have)
-    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    runs = [session.run(tensors, {name: x[i:i + 1]}) for i in range(len(x))]
-    return [np.concatenate([r[k] for r in runs]) for k in range(len(tensors))]
 
 
 def relative(got: np.ndarray, ref: np.ndarray) -> float:

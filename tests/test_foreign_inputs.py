@@ -7,22 +7,12 @@ import json
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 
 from featurebank import FeaturebankError
 from featurebank.export import adopt, read_onnx_metadata
 from featurebank.extractor import Extractor
-from tests._onnx_graphs import data_dependent, uint8_nhwc
-
-
-def run_original(path, tensors: list[str], feed: np.ndarray) -> list[np.ndarray]:
-    proto = onnx.load(str(path))
-    have = {o.name for o in proto.graph.output}
-    proto.graph.output.extend(onnx.helper.make_empty_tensor_value_info(t)
-                              for t in tensors if t not in have)
-    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
-    return session.run(tensors, {session.get_inputs()[0].name: feed})
+from tests._onnx_graphs import data_dependent, outputs_of, uint8_nhwc
 
 
 def pooled(value: np.ndarray) -> np.ndarray:
@@ -47,7 +37,7 @@ def test_uint8_input_of_any_size_is_adopted_and_fed_raw_pixels(tmp_path, order):
     pixels = np.random.default_rng(0).integers(0, 256, (3, 40, 40, 3), np.uint8)
     got = Extractor(str(out), layers=cuts, device="cpu").embed_pixels(pixels)
     fed = pixels[..., ::-1] if order == "bgr" else pixels
-    refs = run_original(src, [names[c].tensor for c in cuts], np.ascontiguousarray(fed))
+    refs = outputs_of(src, [names[c].tensor for c in cuts], np.ascontiguousarray(fed))
     for cut, vec, ref in zip(cuts, got, refs, strict=True):
         np.testing.assert_allclose(vec, pooled(ref), rtol=1e-5, atol=1e-5, err_msg=cut)
 
@@ -83,8 +73,8 @@ def test_shapes_only_a_run_shows_give_the_whole_catalogue(tmp_path):
     cuts = ["stage.2", "stage.3", "pool"]
     pixels = np.random.default_rng(1).integers(0, 256, (2, 32, 32, 3), np.uint8)
     got = Extractor(str(out), layers=cuts, device="cpu").embed_pixels(pixels)
-    refs = run_original(src, [adopted[c].tensor for c in cuts],
-                        pixels.transpose(0, 3, 1, 2).astype(np.float32) / 255)
+    refs = outputs_of(src, [adopted[c].tensor for c in cuts],
+                      pixels.transpose(0, 3, 1, 2).astype(np.float32) / 255)
     for cut, vec, ref in zip(cuts, got, refs, strict=True):
         np.testing.assert_allclose(vec, pooled(ref), rtol=1e-5, atol=1e-5, err_msg=cut)
 

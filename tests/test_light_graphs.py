@@ -19,6 +19,7 @@ from featurebank.export import adopt, read_onnx_metadata
 from featurebank.export._metadata import NAMING_RULE
 from featurebank.extractor import Extractor
 from featurebank.spec import META_SPEC
+from tests._onnx_graphs import outputs_of
 
 LIGHT = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
 SIZE = 224
@@ -55,18 +56,6 @@ def light(tmp_path_factory):
     return get
 
 
-def original_tensors(name: str, tensors: list[str], bgr_nchw: np.ndarray) -> list[np.ndarray]:
-    """``tensors`` of the untouched light graph, one image at a time (it takes batch 1)."""
-    proto = onnx.load(str(LIGHT / f"light_{name}.onnx"))
-    have = {o.name for o in proto.graph.output}
-    proto.graph.output.extend(onnx.helper.make_empty_tensor_value_info(t)
-                              for t in dict.fromkeys(tensors) if t not in have)
-    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
-    feed = session.get_inputs()[0].name
-    runs = [session.run(tensors, {feed: bgr_nchw[i:i + 1]}) for i in range(len(bgr_nchw))]
-    return [np.concatenate([r[k] for r in runs]) for k in range(len(tensors))]
-
-
 def check_every_friendly_cut(path: Path, name: str) -> None:
     info = read_onnx_metadata(path)
     friendly = [la for la in info.layers if la.name != la.tensor]
@@ -74,7 +63,7 @@ def check_every_friendly_cut(path: Path, name: str) -> None:
     vectors = Extractor(str(path), layers=[la.name for la in friendly], device="cpu",
                         batch_size=2).embed_pixels(pixels)
     bgr = pixels[..., ::-1].transpose(0, 3, 1, 2).astype(np.float32)
-    refs = original_tensors(name, [la.tensor for la in friendly], bgr)
+    refs = outputs_of(LIGHT / f"light_{name}.onnx", [la.tensor for la in friendly], bgr)
     for la, got, ref in zip(friendly, vectors, refs, strict=True):
         want = ref.reshape(len(ref), -1) if ref.ndim == 2 else ref.mean(axis=(2, 3))
         assert got.shape == want.shape, (name, la.name)
