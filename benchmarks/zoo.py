@@ -36,11 +36,18 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks._common import write_result
+from benchmarks._zoo_light import PREFIX as LIGHT_PREFIX
+from benchmarks._zoo_light import ROWS as LIGHT_ROWS
+from benchmarks._zoo_light import light_note, run_light_row
 
 ROWS = ["timm:resnet50", "timm:mobilenetv3_large_100", "timm:convnext_tiny",
         "timm:efficientnet_b0", "timm:regnety_008", "timm:densenet121",
         "timm:vit_small_patch16_224", "torchvision:resnet50", "torchvision:mobilenet_v3_large",
-        "torchvision:convnext_tiny", "torchvision:vit_b_16", "torchvision:densenet121"]
+        "torchvision:convnext_tiny", "torchvision:vit_b_16", "torchvision:densenet121",
+        "torchvision:alexnet", "torchvision:vgg16", *LIGHT_ROWS]
+#: Rows whose ``pool`` naming rule 5 moved (a fully connected head: fc7 after its ReLU): their
+#: cells check ``pool`` against the torch module's classifier input too, not only the stages.
+RULE5 = {"torchvision:alexnet", "torchvision:vgg16"}
 #: Rows that get every variant (a ResNet, a MobileNet, a ConvNeXt).
 FULL = {"timm:resnet50", "timm:mobilenetv3_large_100", "timm:convnext_tiny"}
 BASIC = ("export", "onnx", "onnx-b1")  # featurebank's export; a dynamic batch; a batch of 1
@@ -78,17 +85,18 @@ def _reference(base, pixels: np.ndarray, names: list[str]) -> dict[str, np.ndarr
     out = {}
     for n in names:
         t = feats[n]
-        out[n] = (t.mean((2, 3)) if t.dim() == 4 else t[:, pre.prefix_tokens:].mean(1)).numpy()
+        out[n] = (t if t.dim() == 2 else t.mean((2, 3)) if t.dim() == 4
+                  else t[:, pre.prefix_tokens:].mean(1)).numpy()
     return out
 
 
-def _expected(base) -> dict[str, tuple]:
+def _expected(base, with_pool: bool = False) -> dict[str, tuple]:
     import torch
 
     size = base.preprocessing.input_size
     with torch.no_grad():
         feats = base.features(torch.zeros(1, 3, *size))
-    return {n: tuple(feats[n].shape[1:]) for n in base.cuts}
+    return {n: tuple(feats[n].shape[1:]) for n in [*base.cuts, *(["pool"] if with_pool else [])]}
 
 
 #: Parity that counts as the same tensor; float16 weights round at about 1e-3.
@@ -109,7 +117,7 @@ def _cell(path: Path, expected: dict, ref: dict, pixels: np.ndarray, tokens: boo
         la = have.get(name)
         if la is None:
             continue
-        got = la.shape if (la.layout or "NCHW") in ("NCHW", "tokens") else (la.shape[2], *la.shape[:2])
+        got = la.shape if (la.layout or "NCHW") in ("NCHW", "tokens", "NC") else (la.shape[2], *la.shape[:2])
         if tuple(got) == tuple(shape):
             named.append(name)
     pool = "mean" if tokens else "avg"
@@ -154,7 +162,7 @@ def run_row(name: str, variants: tuple[str, ...], folder: Path) -> dict:
     base = build_torch_model(name, weights)
     pre = base.preprocessing
     tokens = pre.prefix_tokens is not None
-    expected = _expected(base)
+    expected = _expected(base, with_pool=name in RULE5)
     pixels = _photos(pre)
     ref = _reference(base, pixels, list(expected))
     row = {}
@@ -201,6 +209,7 @@ NOTES = {
     "vit-adopted": "no blocks named: the graph is no pre-norm ViT chain (naming rule 4); its "
                    "token tensors are cut by name once prefix_tokens is stated "
                    "(your-own-model.md)",
+    "rule5": "pool (fc7 after its ReLU, naming rule 5) counted with the stages",
 }
 
 
@@ -215,6 +224,10 @@ def markdown(table: dict) -> str:
                 continue
             p = c.get("worst_parity")
             note = NOTES.get(variant, "")
+            if variant == "light":
+                note = light_note(c)
+            elif name in RULE5:
+                note = NOTES["rule5"]
             if "vit" in name and c["how"] == "adopted" and not c["stages_found"]:
                 note = NOTES["vit-adopted"]
             elif c.get("missing"):
@@ -223,8 +236,9 @@ def markdown(table: dict) -> str:
             if c.get("other_tensor"):
                 note = "; ".join(filter(None, [note, NOTES["other"].format(", ".join(
                     f"{n} ({v:.1g})" for n, v in c["other_tensor"].items()))]))
-            lines.append(f"| {name} | {variant} | {c['how']} | {c['stages_found']}/"
-                         f"{c['stages_expected']} | {'-' if p is None else f'{p:.1e}'} | "
+            expected = "" if c["stages_expected"] is None else f"/{c['stages_expected']}"
+            lines.append(f"| {name} | {variant} | {c['how']} | {c['stages_found']}{expected}"
+                         f" | {'-' if p is None else f'{p:.1e}'} | "
                          f"{c.get('images_per_s', '-')} | {note} |")
     loads = [c["load_1min"] for row in table.values() for c in row.values() if "load_1min" in c]
     if loads:
@@ -242,6 +256,8 @@ def _run_row_in(name: str, variants: str | None, folder: Path) -> dict:
     # adopt keeps a copy of each file in the model cache: a private one, removed with the row
     os.environ["FEATUREBANK_CACHE"] = str(folder / "cache")
     try:
+        if name.startswith(LIGHT_PREFIX):
+            return run_light_row(name, folder)
         return run_row(name, tuple(variants.split(",")) if variants else
                        (ALL if name in FULL else BASIC), folder)
     finally:
@@ -308,8 +324,11 @@ def main(argv: list[str] | None = None) -> int:
         runs = {}
         for path in args.merge:
             earlier = json.loads(Path(path).read_text())
-            runs[Path(path).name] = {"run": earlier.get("run"), "machine": earlier.get("machine"),
-                                     "cells": {n: list(r) for n, r in earlier["table"].items()}}
+            if "merged_from" in earlier:  # a merged table: keep the runs it was merged from
+                runs.update(earlier["merged_from"])
+            else:
+                runs[Path(path).name] = {"run": earlier.get("run"), "machine": earlier.get("machine"),
+                                         "cells": {n: list(r) for n, r in earlier["table"].items()}}
             for name, row in earlier["table"].items():
                 rows.setdefault(name, {}).update(row)  # a later run's cells win
         merged = {n: {v: rows[n][v] for v in [*ALL, *rows[n]] if v in rows[n]}

@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from featurebank.export._adopt import (
     adopt,
@@ -29,6 +29,7 @@ from featurebank.export._metadata import (
     read_conventions,
     read_onnx_metadata,
 )
+from featurebank.export._published import PublishedWeights, register_weights, unregister_weights
 from featurebank.export._registry import (
     ModelEntry,
     get_model_entry,
@@ -44,7 +45,8 @@ if TYPE_CHECKING:  # annotations only: importing export must not import torch
 
 
 def export_onnx(
-    model: str, out: str | Path, weights: str | Path | None = None, input_size: int | None = None
+    model: str, out: str | Path, weights: str | Path | None = None, input_size: int | None = None,
+    transform: dict[str, Any] | None = None,
 ) -> ModelSpec:
     """Export a registry model to a self-describing ONNX file, atomically.
 
@@ -53,7 +55,7 @@ def export_onnx(
     require_torch(f"exporting {model!r}")
     from featurebank.export._onnx_export import export_onnx as _export
 
-    return _export(model, out, weights=weights, input_size=input_size)
+    return _export(model, out, weights=weights, input_size=input_size, transform=transform)
 
 
 def export_module(module: torch.nn.Module, spec: ModelSpec, out: str | Path,
@@ -83,12 +85,12 @@ def build_torch_model(
 
 
 __all__ = [
-    "DEFAULT_MODEL", "BatchPlan", "LayerInfo", "ModelEntry", "OnnxInfo", "adopt",
+    "DEFAULT_MODEL", "BatchPlan", "LayerInfo", "ModelEntry", "OnnxInfo", "PublishedWeights", "adopt",
     "build_torch_model", "cache_dir", "cached_path", "describe_tensor", "ensure_exported",
     "export_module", "export_onnx", "featurebank_version", "find_model_by_digest",
     "foreign_model_spec", "get_model_entry", "imagenet_classes", "infer_shapes",
     "input_layout_from_shape", "is_onnx_path", "list_models", "load_onnx", "load_preprocessing",
     "plan_batch", "prepare_foreign", "read_conventions", "read_onnx_metadata", "remember_model",
-    "remembered_models", "require_torch", "resolve_conventions", "rewrite_batch",
-    "torch_installed",
+    "register_weights", "remembered_models", "require_torch", "resolve_conventions",
+    "rewrite_batch", "torch_installed", "unregister_weights",
 ]

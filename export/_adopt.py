@@ -20,7 +20,6 @@ from typing import Any
 import onnx
 
 from featurebank.errors import FeaturebankError
-from featurebank.export._batch import graph_input as _graph_input
 from featurebank.export._batch import prepare_foreign
 from featurebank.export._catalogue import input_layout_from_shape
 from featurebank.export._metadata import (
@@ -31,12 +30,15 @@ from featurebank.export._metadata import (
     read_conventions,
     read_onnx_metadata,
 )
+from featurebank.export._runs import graph_input as _graph_input
 from featurebank.paths import check_writable
 from featurebank.spec import META_SPEC, ModelSpec, Preprocessing, sha256_file
 
 log = logging.getLogger(__name__)
-#: Element types of a graph input featurebank can feed (normalised in float32, then cast).
-INPUT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE)
+#: Element types of a graph input featurebank can feed: floats (normalised in float32, then
+#: cast) and uint8 pixels as decoded (range 255, never normalised by featurebank).
+INPUT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
+               onnx.TensorProto.UINT8)
 #: Paths given on the command line (``--model``) searched first for a classifier's model.
 _REMEMBERED: list[Path] = []
 
@@ -75,42 +77,16 @@ def resolve_conventions(model: str | Path | onnx.ModelProto, path: str | Path | 
     name = name or ("the model" if isinstance(model, onnx.ModelProto) else Path(model).name)
     data = read_conventions(path, **flags)
     where = f" (in {path})" if path else ""
-    missing = [k for k in ("pixel_range", "channel_order") if k not in data]
-    if missing:
-        flag = {"pixel_range": "--pixel-range 1|255 (the range mean and std apply to)",
-                "channel_order": "--channel-order rgb|bgr"}
-        raise FeaturebankError(
-            f"{name}: state {' and '.join(flag[m] for m in missing)}{where}; no graph shows them "
-            f"(see docs/your-own-model.md)")
-    graph_input = _graph_input(proto)
-    tensor_type = graph_input.type.tensor_type
-    dims = tuple(d.dim_value if d.dim_value else -1 for d in tensor_type.shape.dim)
-    if len(dims) != 4 or tensor_type.elem_type not in INPUT_TYPES:
-        raise FeaturebankError(
-            f"{name}: input {graph_input.name!r} is {len(dims)}-D "
-            f"{onnx.TensorProto.DataType.Name(tensor_type.elem_type).lower()}; featurebank "
-            f"feeds a 4-D float image batch (NCHW or NHWC; float32, float16 or double)")
-    shown = input_layout_from_shape(dims)
-    layout = str(data.get("layout") or (shown or "")).lower()
-    if not layout:
-        raise FeaturebankError(f"{name}: the input shape {list(dims)} does not show which axis "
-                               f"holds the 3 channels; state --layout nchw|nhwc{where}")
-    if shown and layout != shown.lower():
-        raise FeaturebankError(f"{name}: the graph input {list(dims)} is {shown}, but the stated "
-                               f"layout is {layout}; drop --layout or state {shown.lower()}")
+    dims, elem_type = _image_input(proto, name)
+    if elem_type == onnx.TensorProto.UINT8:
+        _raw_pixels(data, name, where)
+    _require_stated(data, name, where)
+    layout = _settle_layout(data, dims, name, where)
     channels, hw = (dims[1], dims[2:]) if layout == "nchw" else (dims[3], dims[1:3])
     if channels not in (3, -1):
         raise FeaturebankError(f"{name}: the input has {channels} channels in layout {layout}; "
                                f"featurebank feeds 3-channel images")
-    size = data.get("input_size")
-    if size is None:
-        if min(hw) < 1:
-            raise FeaturebankError(f"{name}: the input size is dynamic ({list(dims)}); state "
-                                   f"--input-size N or H,W{where}")
-        size = hw
-    elif min(hw) > 0 and tuple(size) != tuple(hw):
-        raise FeaturebankError(f"{name}: the graph takes {hw[0]}x{hw[1]} images, but the stated "
-                               f"input size is {size[0]}x{size[1]}")
+    size = _settle_size(data.get("input_size"), hw, dims, name, where)
     data.update(input_size=tuple(size), layout=layout)
     for key, default in (("mean", (0.0,) * 3), ("std", (1.0,) * 3), ("interpolation", "bilinear"),
                          ("resize_size", min(size)),
@@ -122,6 +98,70 @@ def resolve_conventions(model: str | Path | onnx.ModelProto, path: str | Path | 
     except (TypeError, ValueError) as exc:
         raise FeaturebankError(f"{name}: preprocessing{where}: {exc}") from exc
     return pre, classes
+
+
+def _image_input(proto: onnx.ModelProto, name: str) -> tuple[tuple[int, ...], int]:
+    """The graph input's dims (-1 where dynamic) and element type; refused unless it is a 4-D
+    image batch of a type featurebank feeds."""
+    graph_input = _graph_input(proto)
+    tensor_type = graph_input.type.tensor_type
+    dims = tuple(d.dim_value if d.dim_value else -1 for d in tensor_type.shape.dim)
+    if len(dims) != 4 or tensor_type.elem_type not in INPUT_TYPES:
+        raise FeaturebankError(
+            f"{name}: input {graph_input.name!r} is {len(dims)}-D "
+            f"{onnx.TensorProto.DataType.Name(tensor_type.elem_type).lower()}; featurebank "
+            f"feeds a 4-D image batch (NCHW or NHWC; float32, float16, double or uint8 pixels)")
+    return dims, tensor_type.elem_type
+
+
+def _raw_pixels(data: dict, name: str, where: str) -> None:
+    """A uint8 input takes the pixels as decoded: range 255, no mean or std (the graph
+    normalises them itself); a statement that says otherwise cannot be fed."""
+    if data.setdefault("pixel_range", 255) != 255:
+        raise FeaturebankError(f"{name}: the input is uint8, so it takes 0-255 pixels; drop "
+                               f"--pixel-range {data['pixel_range']}{where} (or state 255)")
+    for key, plain in (("mean", 0.0), ("std", 1.0)):
+        if key in data and any(float(v) != plain for v in data[key]):
+            raise FeaturebankError(
+                f"{name}: the input is uint8 (raw pixels, normalised inside the graph), so "
+                f"featurebank cannot feed it normalised values; drop --{key}{where}")
+
+
+def _require_stated(data: dict, name: str, where: str) -> None:
+    missing = [k for k in ("pixel_range", "channel_order") if k not in data]
+    if missing:
+        flag = {"pixel_range": "--pixel-range 1|255 (the range mean and std apply to)",
+                "channel_order": "--channel-order rgb|bgr"}
+        raise FeaturebankError(
+            f"{name}: state {' and '.join(flag[m] for m in missing)}{where}; no graph shows them "
+            f"(see docs/your-own-model.md)")
+
+
+def _settle_layout(data: dict, dims: tuple[int, ...], name: str, where: str) -> str:
+    """The input layout: what the shape shows, else the stated one; never both disagreeing."""
+    shown = input_layout_from_shape(dims)
+    layout = str(data.get("layout") or (shown or "")).lower()
+    if not layout:
+        raise FeaturebankError(f"{name}: the input shape {list(dims)} does not show which axis "
+                               f"holds the 3 channels; state --layout nchw|nhwc{where}")
+    if shown and layout != shown.lower():
+        raise FeaturebankError(f"{name}: the graph input {list(dims)} is {shown}, but the stated "
+                               f"layout is {layout}; drop --layout or state {shown.lower()}")
+    return layout
+
+
+def _settle_size(size, hw: tuple[int, ...], dims: tuple[int, ...], name: str,
+                 where: str) -> tuple[int, ...]:
+    """The input size: the graph's, or the stated one where the graph's is dynamic."""
+    if size is None:
+        if min(hw) < 1:
+            raise FeaturebankError(f"{name}: the input size is dynamic ({list(dims)}); state "
+                                   f"--input-size N or H,W{where}")
+        return tuple(hw)
+    if min(hw) > 0 and tuple(size) != tuple(hw):
+        raise FeaturebankError(f"{name}: the graph takes {hw[0]}x{hw[1]} images, but the stated "
+                               f"input size is {size[0]}x{size[1]}")
+    return tuple(size)
 
 
 def _read_classes(path: str | Path | None) -> list[str] | None:
@@ -163,17 +203,19 @@ def adopt(source: str | Path, out: str | Path, preprocessing: str | Path | None 
                                f"as it is")
     _check_output(source, out)
     pre, classes = resolve_conventions(proto, preprocessing, name=source.name, **flags)
-    plan, layers, pre = prepare_foreign(proto, pre, source.name)
+    plan, layers, pre, naming = prepare_foreign(proto, pre, source.name)
     logits = next((la for la in layers if la.name == "logits"), None)
     if classes is not None and logits is not None and logits.shape[0] != len(classes):
         raise FeaturebankError(f"the classes file names {len(classes)} classes but the model's "
                                f"logits have {logits.shape[0]}")
     adopted = plan.model
-    spec = foreign_model_spec(source, pre)
-    input_name = _graph_input(adopted).name
+    spec = foreign_model_spec(source, pre, naming)
+    graph_input = _graph_input(adopted)
+    raw = graph_input.type.tensor_type.elem_type == onnx.TensorProto.UINT8
     describe(adopted, spec, layers,
-             {"name": input_name, "layout": pre.layout.upper(), "dtype": "float32",
-              "normalized": True, "adopted_from": source.name,
+             {"name": graph_input.name, "layout": pre.layout.upper(),
+              "dtype": "uint8" if raw else "float32", "normalized": not raw,
+              "adopted_from": source.name,
               **({"batch": plan.batch, "batch_reason": plan.reason} if plan.batch else {}),
               **({"batch_rewrite": list(plan.changes), "batch_parity": plan.worst}
                  if plan.changes else {})},

@@ -28,9 +28,17 @@ import onnx.version_converter
 from onnx import numpy_helper
 
 from featurebank.errors import FeaturebankError
-from featurebank.export._catalogue import foreign_catalogue
+from featurebank.export._catalogue import catalogue_and_rule
 from featurebank.export._friendly_tokens import settle_tokens, transformer_graph
 from featurebank.export._graph_ops import static_tensors
+from featurebank.export._runs import (
+    floating,
+    graph_input,
+    plain,
+    run,
+    run_in_chunks,
+    with_every_output,
+)
 
 log = logging.getLogger(__name__)
 #: Largest difference accepted between the rewritten graph on a batch and the original graph on
@@ -74,12 +82,6 @@ class BatchPlan:
     measured: dict[str, tuple] = field(default_factory=dict)
     reason: str | None = None
     dtypes: dict[str, int] = field(default_factory=dict)
-
-
-def graph_input(proto: onnx.ModelProto) -> onnx.ValueInfoProto:
-    """The graph's data input (the first input that is not a weight)."""
-    weights = {t.name for t in proto.graph.initializer}
-    return next(i for i in proto.graph.input if i.name not in weights)
 
 
 def declared_batch(proto: onnx.ModelProto) -> int | None:
@@ -216,16 +218,16 @@ def plan_batch(proto: onnx.ModelProto, input_shape: tuple[int, ...], pixel_range
     rng = np.random.default_rng(0)
     dtype = onnx.helper.tensor_dtype_to_np_dtype(graph_input(proto).type.tensor_type.elem_type)
     images = rng.uniform(0, pixel_range, (CHECK_IMAGES, *input_shape)).astype(dtype)
-    original = _with_every_output(proto)
+    original = with_every_output(proto)
     try:
-        chunks = _run_in_chunks(original, images, own)
+        chunks = run_in_chunks(original, images, own)
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises many types; all mean "cannot run"
         raise FeaturebankError(
             f"{name} cannot run on {'one image' if own == 1 else f'a batch of {own}'} of "
             f"{'x'.join(map(str, input_shape))}: {str(exc).splitlines()[0][:300]}; state the "
             f"input size and layout the model was made for") from None
     reference = _leading(chunks, own)
-    per_image = {t: v for t, v in reference.items() if _floating(v)}
+    per_image = {t: v for t, v in reference.items() if floating(v)}
     measured = {t: (own, *v.shape[1:]) for t, v in per_image.items()}
     dtypes = {t: int(onnx.helper.np_dtype_to_tensor_dtype(v.dtype)) for t, v in per_image.items()}
     why, rewritten = None, True
@@ -235,7 +237,7 @@ def plan_batch(proto: onnx.ModelProto, input_shape: tuple[int, ...], pixel_range
             break  # the rewrite changed no constant: the same graph failed already
         rewritten = bool(changes)
         try:
-            batched = _run(_with_every_output(candidate), images)
+            batched = run(with_every_output(candidate), images)
         except Exception as exc:  # noqa: BLE001 - a graph that bakes in its batch in other ways
             why = why or (f"it does not run on a batch of {CHECK_IMAGES} after the rewrite "
                           f"({str(exc).splitlines()[0][:200]})")
@@ -250,22 +252,15 @@ def plan_batch(proto: onnx.ModelProto, input_shape: tuple[int, ...], pixel_range
     return replace(_fixed(proto, own, measured, why, chunks, images, name), dtypes=dtypes)
 
 
-def _plain(proto: onnx.ModelProto) -> onnx.ModelProto:
-    model = onnx.ModelProto()
-    model.CopyFrom(proto)
-    del model.graph.value_info[:]
-    return model
-
-
 def _fixed(proto, batch, measured, reason, reference, images, name) -> BatchPlan:
     log.warning("%s keeps its batch of %d (featurebank feeds it chunks of that size): %s",
                 name, batch, reason)
-    model = _plain(proto)
+    model = plain(proto)
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     if opset < CHUNK_OPSET:  # feeding chunks needs newer ops: convert, and check the result
         try:
             model = onnx.version_converter.convert_version(model, CHUNK_OPSET)
-            converted = _run_in_chunks(_with_every_output(model), images, batch)
+            converted = run_in_chunks(with_every_output(model), images, batch)
             _, why = _compare(reference, _leading(converted, batch), batch)
         except Exception as exc:  # noqa: BLE001 - the converter and onnxruntime raise many types
             why = str(exc).splitlines()[0][:200]
@@ -275,48 +270,6 @@ def _fixed(proto, batch, measured, reason, reference, images, name) -> BatchPlan
                 f"is too old to feed it chunks; converting it to opset {CHUNK_OPSET} failed "
                 f"({why}). Export it with a dynamic batch axis or a newer opset") from None
     return BatchPlan(model, batch, (), None, measured, reason)
-
-
-def _with_every_output(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy of ``model`` with every image-dependent node output also a graph output."""
-    model = _plain(model)
-    have = {o.name for o in model.graph.output}
-    static = static_tensors(model)
-    for node in model.graph.node:
-        for out in node.output:
-            if out and out not in have and out not in static:
-                model.graph.output.append(onnx.helper.make_empty_tensor_value_info(out))
-                have.add(out)
-    return model
-
-
-def _session(model: onnx.ModelProto):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 4  # failures are reported in the user's terms
-    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-
-
-def _run(model: onnx.ModelProto, x: np.ndarray) -> dict[str, np.ndarray]:
-    session = _session(model)
-    names = [o.name for o in session.get_outputs()]
-    return dict(zip(names, session.run(None, {session.get_inputs()[0].name: x}), strict=True))
-
-
-def _run_in_chunks(model: onnx.ModelProto, images: np.ndarray,
-                   batch: int) -> dict[str, list[np.ndarray]]:
-    """Every output for ``images`` fed ``batch`` at a time (padded with the last image): one
-    array per chunk."""
-    session = _session(model)
-    names = [o.name for o in session.get_outputs()]
-    feed = session.get_inputs()[0].name
-    chunks = []
-    for start in range(0, len(images), batch):
-        chunk = images[start:start + batch]
-        pad = np.repeat(chunk[-1:], batch - len(chunk), axis=0)
-        chunks.append(session.run(None, {feed: np.concatenate([chunk, pad])}))
-    return {name: [c[k] for c in chunks] for k, name in enumerate(names)}
 
 
 def _leading(chunks: dict[str, list[np.ndarray]], batch: int) -> dict[str, np.ndarray]:
@@ -340,10 +293,6 @@ def _batch_axis(one: tuple, got: np.ndarray | None, batch: int) -> int | None:
     return None
 
 
-def _floating(value: np.ndarray) -> bool:
-    return value.dtype in (np.float16, np.float32, np.float64)
-
-
 def _compare(chunks: dict[str, list[np.ndarray]], batched: dict,
              batch: int) -> tuple[float, str | None]:
     """Worst relative difference over the float tensors computed per image (the run in
@@ -351,7 +300,7 @@ def _compare(chunks: dict[str, list[np.ndarray]], batched: dict,
     the rewrite is rejected (None when it is kept)."""
     worst = 0.0
     for tensor, parts in chunks.items():
-        if not _floating(parts[0]) or parts[0].ndim < 1:
+        if not floating(parts[0]) or parts[0].ndim < 1:
             continue  # shapes, indices
         got = batched.get(tensor)
         axis = _batch_axis(parts[0].shape, got, batch)
@@ -373,18 +322,20 @@ def _compare(chunks: dict[str, list[np.ndarray]], batched: dict,
     return worst, None
 
 
-def prepare_foreign(proto: onnx.ModelProto, pre, name: str = "the model") -> tuple[BatchPlan, list, Any]:
+def prepare_foreign(proto: onnx.ModelProto, pre,
+                    name: str = "the model") -> tuple[BatchPlan, list, Any, int]:
     """How a foreign graph runs batches (:func:`plan_batch`), its layer catalogue built on
     the measured shapes, and ``pre`` completed with what the graph shows (a vision
     transformer's prefix tokens, :func:`featurebank.export._friendly_tokens.settle_tokens`):
     what ``adopt`` records, and what a one-off ``--preprocessing`` run uses, so both give the
-    same names, vectors and fingerprints.
+    same names, vectors and fingerprints; and the naming rule those names need (the spec's
+    ``naming``, see :func:`featurebank.export._catalogue.catalogue_and_rule`).
 
     ``pre`` is the model's :class:`featurebank.spec.Preprocessing`.
     """
     h, w = pre.input_size
     plan = plan_batch(proto, (3, h, w) if pre.layout == "nchw" else (h, w, 3), pre.pixel_range,
                       name)
-    layers = foreign_catalogue(proto, pre.layout.upper(), pre.input_size, dict(pre.tensor_layouts),
-                               plan.measured, plan.dtypes)
-    return plan, layers, settle_tokens(pre, transformer_graph(proto, plan.measured), name)
+    layers, rule = catalogue_and_rule(proto, pre.layout.upper(), pre.input_size,
+                                      dict(pre.tensor_layouts), plan.measured, plan.dtypes)
+    return plan, layers, settle_tokens(pre, transformer_graph(proto, plan.measured), name), rule

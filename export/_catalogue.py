@@ -16,7 +16,7 @@ import onnx
 from onnx import numpy_helper, shape_inference
 
 from featurebank.errors import FeaturebankError
-from featurebank.export._friendly import _logits, friendly_names
+from featurebank.export._friendly import NAMING_RULE, _logits, friendly_names
 from featurebank.export._friendly_tokens import token_entries, token_names, transformer_graph
 from featurebank.export._graph_ops import (
     CHANNEL_FIRST,
@@ -115,6 +115,48 @@ def foreign_catalogue(proto: onnx.ModelProto, input_layout: str | None = None,
         tokens, layout ``tokens``), ``pool``, ``logits``. Every other entry is named by its
         tensor.
     """
+    return catalogue_and_rule(proto, input_layout, input_size, tensor_layouts, measured,
+                              measured_types)[0]
+
+
+def catalogue_and_rule(proto: onnx.ModelProto, input_layout: str | None = None,
+                       input_size: tuple[int, int] | None = None,
+                       tensor_layouts: dict[str, str] | None = None,
+                       measured: dict[str, tuple] | None = None,
+                       measured_types: dict[str, int] | None = None) -> tuple[list, int]:
+    """:func:`foreign_catalogue` and the naming rule its names need: :data:`NAMING_RULE`
+    where that rule names a tensor differently from the rule before it, else the rule before
+    (so a fingerprint moves only where a name moved)."""
+    graph_input, layout, fixed = _fixed_input(proto, input_layout, input_size)
+    shapes, types = _infer(proto, fixed)
+    # tensors static inference left without a (full) shape: the run measured them
+    measured = measured or {}
+    from_run = {t for t, shape in measured.items() if len(shapes.get(t, ())) != len(shape)
+                or min(shapes[t][1:], default=1) < 1}
+    shapes.update(measured)
+    types.update(measured_types or {})
+    stated = {t: v.upper() for t, v in (tensor_layouts or {}).items()}
+    flow = _follow_layouts(proto, graph_input.name, layout, shapes, stated)
+    entries = _cut_entries(proto, flow, shapes, types, measured)
+    vit = transformer_graph(proto, measured or shapes)  # None for a CNN
+    if vit is None:
+        names = friendly_names(proto, entries, shapes, flow)
+        rule = NAMING_RULE if names != friendly_names(proto, entries, shapes, flow,
+                                                       NAMING_RULE - 1) else NAMING_RULE - 1
+    else:  # the token tensors of its blocks are cut points; its patch grid is no stage
+        producer = {o: i for i, n in enumerate(proto.graph.node) for o in n.output}
+        entries = token_entries(vit, entries, producer)
+        names = token_names(vit, _logits(proto, dict(entries), shapes, list(proto.graph.node),
+                                         producer))
+        rule = NAMING_RULE - 1  # rule 5 names no transformer tensor differently
+    return _layer_infos(entries, names, shapes, types, _cumulative_macs(proto, shapes),
+                        from_run), rule
+
+
+def _fixed_input(proto: onnx.ModelProto, input_layout: str | None,
+                 input_size: tuple[int, int] | None):
+    """The graph input, its layout (stated, else shown by its shape) and the input shape that
+    shape inference fixes (a batch of 1 at ``input_size``; None when not known)."""
     weights = {t.name for t in proto.graph.initializer}
     graph_input = next(i for i in proto.graph.input if i.name not in weights)
     in_dims = tuple(d.dim_value if d.dim_value else -1 for d in graph_input.type.tensor_type.shape.dim)
@@ -123,47 +165,41 @@ def foreign_catalogue(proto: onnx.ModelProto, input_layout: str | None = None,
     if input_size is not None and layout is not None and len(in_dims) == 4:
         h, w = input_size
         fixed = [1, in_dims[1], h, w] if layout == "NCHW" else [1, h, w, in_dims[3]]
-    shapes, types = _infer(proto, fixed)
-    if measured:
-        shapes.update(measured)
-    types.update(measured_types or {})
+    return graph_input, layout, fixed
 
-    def is_float(t: str) -> bool:
-        if measured:
-            return t in measured
-        return types.get(t, onnx.TensorProto.FLOAT) in _FLOATS
 
-    stated = {t: v.upper() for t, v in (tensor_layouts or {}).items()}
-    flow = _follow_layouts(proto, graph_input.name, layout, shapes, stated)
-    macs = _cumulative_macs(proto, shapes)
-    total = max(macs.values(), default=0)
-
-    entries: list[tuple[str, str | None]] = []  # (tensor, layout) of every cut candidate
+def _cut_entries(proto, flow: Flow, shapes, types, measured) -> list[tuple[str, str | None]]:
+    """(tensor, layout) of every cut candidate, in graph order: learned float activations
+    that are 4-D (layout as followed) or 2-D (``NC``). With ``measured``, only the tensors the
+    run measured are floating-point activations."""
+    entries: list[tuple[str, str | None]] = []
     for node in proto.graph.node:
         for out in node.output:
-            if out not in flow.learned or out in flow.static or not is_float(out):
+            if out not in flow.learned or out in flow.static:
+                continue
+            if (out not in measured) if measured else \
+                    types.get(out, onnx.TensorProto.FLOAT) not in _FLOATS:
                 continue
             rank = len(shapes.get(out, ()))
             if rank == 4:
                 entries.append((out, flow.tags.get(out)))
             elif rank == 2:
                 entries.append((out, "NC"))
-    vit = transformer_graph(proto, measured or shapes)  # None for a CNN
-    if vit is None:
-        names = friendly_names(proto, entries, shapes, flow)
-    else:  # the token tensors of its blocks are cut points; its patch grid is no stage
-        producer = {o: i for i, n in enumerate(proto.graph.node) for o in n.output}
-        entries = token_entries(vit, entries, producer)
-        names = token_names(vit, _logits(proto, dict(entries), shapes, list(proto.graph.node),
-                                         producer))
+    return entries
+
+
+def _layer_infos(entries, names, shapes, types, macs, from_run: set[str]) -> list[LayerInfo]:
+    """One :class:`LayerInfo` per name of each entry (its tensor's name when it has none)."""
+    total = max(macs.values(), default=0)
     layers = []
     for tensor, lay in entries:
         share = round(macs[tensor] / total, 6) if total and tensor in macs else None
+        dtype = types.get(tensor, onnx.TensorProto.FLOAT)
         for name in names.get(tensor, [tensor]):
-            dtype = types.get(tensor, onnx.TensorProto.FLOAT)
             layers.append(LayerInfo(name, tensor, tuple(shapes[tensor][1:]), share, lay,
                                     None if dtype == onnx.TensorProto.FLOAT else
-                                    onnx.TensorProto.DataType.Name(dtype).lower()))
+                                    onnx.TensorProto.DataType.Name(dtype).lower(),
+                                    measured=tensor in from_run))
     return layers
 
 

@@ -3,7 +3,9 @@
 Read from the graph's structure, so converter-made graphs with opaque tensor names get them
 too; only where the structure cannot tell (the activation after DenseNet's last norm) the module
 scopes torch's exporters record decide. The rule is versioned (``featurebank.spec.NAMING_RULES``,
-this is rule 4): a name must never come to mean another tensor under the same fingerprint.
+this is rule 5): a name must never come to mean another tensor under the same fingerprint, so a
+catalogue records the rule its names need (4 where rule 5 names nothing differently, so that
+fingerprints move only where a name moved: :data:`NAMING_RULE`).
 
 - ``stage.K``: the output of the last block at the K-th spatial resolution (see
   :func:`stage_outputs`); never an expansion layer inside a block, never a classifier conv.
@@ -17,8 +19,12 @@ this is rule 4): a name must never come to mean another tensor under the same fi
   1x1 conv belongs to the trunk, MobileNetV3's last stage; rule 4).
 - ``head``: the input of the last global pool; without one, the last 4-D map before the
   classifier (a Flatten + Gemm head).
-- ``pool``: the global-pooled vector (GlobalAveragePool, or ReduceMean/ReduceMax over the
-  spatial axes, then any Flatten).
+- ``pool``: the input of the last classifier layer. For a network with a global pool, the
+  pooled vector (GlobalAveragePool, or ReduceMean/ReduceMax over the spatial axes, or, from
+  rule 5, an AveragePool/MaxPool whose output is 1x1 followed by a Flatten/Reshape: the
+  model-zoo ResNet-50, Inception, ShuffleNet; then any Flatten). For a fully connected head
+  (VGG, AlexNet: fully connected layers between the last map and the classifier; rule 5) the
+  input of the classifier layer, fc7 after its activation.
 - ``logits``: the graph's output (before a Softmax); the pooled vector itself when a
   classifier conv comes before the pool (SqueezeNet).
 """
@@ -26,11 +32,14 @@ this is rule 4): a name must never come to mean another tensor under the same fi
 from __future__ import annotations
 
 import ast
+from dataclasses import replace
 
 import onnx
 
 from featurebank.export._graph_ops import FLATTENS, WEIGHTED, Flow
 
+#: The friendly-name rule this version builds (see ``featurebank.spec.NAMING_RULES``).
+NAMING_RULE = 5
 #: A block's output is a merge of two or more activations (a residual sum, a concatenation).
 _MERGES = {"Add", "Sum", "Concat"}
 #: Ops that only copy values (or change their layout or type): never a stage of their own.
@@ -49,8 +58,10 @@ _NORMS = {"BatchNormalization", "LayerNormalization", "InstanceNormalization",
 
 
 def friendly_names(proto: onnx.ModelProto, entries: list[tuple[str, str | None]],
-                   shapes: dict[str, tuple], flow: Flow) -> dict[str, list[str]]:
-    """tensor -> its friendly names, for the catalogue entries ``(tensor, layout)``."""
+                   shapes: dict[str, tuple], flow: Flow,
+                   rule: int = NAMING_RULE) -> dict[str, list[str]]:
+    """tensor -> its friendly names, for the catalogue entries ``(tensor, layout)``, by naming
+    rule ``rule`` (4 or 5: what the module docstring says rule 5 adds)."""
     nodes = list(proto.graph.node)
     producer = {o: i for i, n in enumerate(nodes) for o in n.output}
     consumers: dict[str, list[onnx.NodeProto]] = {}
@@ -60,6 +71,8 @@ def friendly_names(proto: onnx.ModelProto, entries: list[tuple[str, str | None]]
     listed = dict(entries)
     names: dict[str, list[str]] = {}
     logits = _logits(proto, listed, shapes, nodes, producer)
+    if rule >= 5:  # a pool is global by what it does: a 1x1 output, then flattened
+        flow = replace(flow, pools=_with_windowed_pools(flow, nodes, consumers, shapes))
     pool_tensor = head = classifier = None
     if flow.pools:
         node, head = flow.pools[-1]
@@ -72,6 +85,8 @@ def friendly_names(proto: onnx.ModelProto, entries: list[tuple[str, str | None]]
         maps = [t for t, lay in entries if lay in ("NCHW", "NHWC")
                 and producer[t] < producer[logits]]
         head = maps[-1] if maps else None
+        if rule >= 5 and head is not None:
+            pool_tensor = _fully_connected_input(head, logits, nodes, producer, flow, listed)
     stages = stage_outputs(proto, entries, shapes, flow, classifier)
     if stages and head in listed:
         end = _normalised_end(stages[-1], head, nodes, producer, flow, listed)
@@ -89,6 +104,42 @@ def friendly_names(proto: onnx.ModelProto, entries: list[tuple[str, str | None]]
     if logits is not None:
         names.setdefault(logits, []).append("logits")
     return names
+
+
+def _with_windowed_pools(flow: Flow, nodes, consumers, shapes) -> list:
+    """``flow.pools`` and the AveragePool/MaxPool nodes that pool a map to 1x1 and are then
+    flattened, in graph order. The output is tested, not the kernel: Inception v1's pool pads."""
+    known = {id(node) for node, _ in flow.pools}
+    found = list(flow.pools)
+    for node in nodes:
+        if node.op_type not in _DOWNSAMPLING_POOLS - {"LpPool"} or id(node) in known:
+            continue
+        data = _data_inputs(node, flow)
+        out, src = shapes.get(node.output[0], ()), shapes.get(data[0], ()) if data else ()
+        if len(out) == 4 == len(src) and tuple(out[2:]) == (1, 1) and min(src[2:]) > 1 \
+                and _flattened(node.output[0], consumers, shapes) != node.output[0]:
+            found.append((node, data[0]))
+    order = {id(n): i for i, n in enumerate(nodes)}
+    return sorted(found, key=lambda pair: order[id(pair[0])])
+
+
+def _fully_connected_input(head: str, logits: str, nodes, producer, flow: Flow,
+                           listed) -> str | None:
+    """The input of the classifier layer of a fully connected head (fc7 after its activation:
+    VGG, AlexNet), else None: a listed vector computed by a weighted layer after ``head``."""
+    node = nodes[producer[logits]] if logits in producer else None
+    if node is None or node.op_type not in WEIGHTED:
+        return None
+    tensor = _data_inputs(node, flow)[0] if _data_inputs(node, flow) else None
+    while tensor in producer and tensor not in listed \
+            and nodes[producer[tensor]].op_type in _COPIES | {"Cast"}:
+        tensor = nodes[producer[tensor]].input[0]
+    while tensor in producer and nodes[producer[tensor]].op_type in {"Dropout", "Identity"}:
+        tensor = nodes[producer[tensor]].input[0]  # eval copies: the activation itself
+    if tensor not in listed or listed[tensor] != "NC" or tensor not in producer:
+        return None
+    between = nodes[producer[head] + 1:producer[tensor] + 1]
+    return tensor if any(n.op_type in WEIGHTED for n in between) else None
 
 
 def _normalised_end(stage: str, head: str, nodes, producer, flow: Flow,

@@ -19,6 +19,10 @@ class LayerInfo:
     ``dtype`` is None for float32 (every featurebank export), else the ONNX element type's
     name (``float16``, ``double``, ``bfloat16``): the feature graph casts such a cut to float32
     before pooling.
+
+    ``measured`` is True where static shape inference could not give the shape (a shape
+    computed from data it cannot follow) and it was taken from one run of the graph on a
+    probe image.
     """
 
     name: str
@@ -27,6 +31,7 @@ class LayerInfo:
     flops_share: float | None = None
     layout: str | None = None
     dtype: str | None = None
+    measured: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         data = {"name": self.name, "tensor": self.tensor, "shape": list(self.shape),
@@ -35,4 +40,6 @@ class LayerInfo:
             data["layout"] = self.layout
         if self.dtype is not None:
             data["dtype"] = self.dtype
+        if self.measured:  # absent where static shape inference gave the shape
+            data["measured"] = True
         return data

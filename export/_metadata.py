@@ -18,7 +18,9 @@ import onnx
 from featurebank.errors import FeaturebankError
 from featurebank.export._batch import prepare_foreign
 from featurebank.export._catalogue import foreign_catalogue
+from featurebank.export._friendly import NAMING_RULE as _RULE
 from featurebank.export._layers import LayerInfo
+from featurebank.export._runs import probe_shapes
 from featurebank.spec import (
     META_INPUT,
     META_LAYERS,
@@ -30,11 +32,15 @@ from featurebank.spec import (
 )
 
 #: The friendly-name rule of the catalogues this version builds (see ``spec.NAMING_RULES``):
-#: part of every foreign spec, so a name that now means another tensor gets a new fingerprint.
-NAMING_RULE = 4
+#: part of every foreign spec whose names it changed, so a name that now means another tensor
+#: gets a new fingerprint (a catalogue rule 5 names as rule 4 did keeps rule 4).
+NAMING_RULE = _RULE
 
 #: Metadata key of the class names of an adopted model's ``logits`` (JSON list).
 META_CLASSES = "featurebank.classes"
+#: Metadata key of where an export's eval transform came from (JSON: kind, entry, how; see
+#: :class:`featurebank.export._published.TransformOrigin`); not part of the spec.
+META_TRANSFORM = "featurebank.transform"
 
 
 def describe(proto: onnx.ModelProto, spec: ModelSpec, layers: list[LayerInfo],
@@ -77,6 +83,8 @@ class OnnxInfo:
     version: str | None = None
     extra: dict = field(default_factory=dict)
     classes: list[str] | None = None
+    #: where an export's eval transform came from (kind, entry, how), None when not recorded
+    transform: dict | None = None
 
     def layer(self, name_or_tensor: str) -> LayerInfo | None:
         for la in self.layers:
@@ -103,7 +111,8 @@ def load_onnx(path: str | Path, load_weights: bool = True) -> onnx.ModelProto:
     return proto
 
 
-def read_onnx_metadata(path: str | Path, preprocessing: Preprocessing | None = None) -> OnnxInfo:
+def read_onnx_metadata(path: str | Path, preprocessing: Preprocessing | None = None, *,
+                       probe: bool = False) -> OnnxInfo:
     """The spec and cut points of an ONNX file (featurebank's own, adopted or foreign).
 
     Parameters
@@ -113,6 +122,10 @@ def read_onnx_metadata(path: str | Path, preprocessing: Preprocessing | None = N
     preprocessing : Preprocessing, optional
         For a foreign file: its stated conventions (input layout and size, tensor layouts),
         which make the catalogue's shapes and layouts exact.
+    probe : bool
+        For a foreign file without ``preprocessing`` whose input shape is known: run it once on
+        a probe image, so shapes static inference loses come from the run (what
+        ``featurebank layers`` shows; off by default, as it costs a run of the network).
     """
     proto = load_onnx(path)
     meta = {p.key: p.value for p in proto.metadata_props}
@@ -124,32 +137,36 @@ def read_onnx_metadata(path: str | Path, preprocessing: Preprocessing | None = N
     if META_SPEC in meta:
         try:
             layers = [LayerInfo(d["name"], d["tensor"], tuple(d["shape"]), d.get("flops_share"),
-                                d.get("layout"), d.get("dtype"))
+                                d.get("layout"), d.get("dtype"), bool(d.get("measured")))
                       for d in json.loads(meta[META_LAYERS])]
             spec = ModelSpec.from_dict(json.loads(meta[META_SPEC]))
             extra = json.loads(meta.get(META_INPUT, "{}"))
             classes = json.loads(meta[META_CLASSES]) if META_CLASSES in meta else None
+            transform = json.loads(meta[META_TRANSFORM]) if META_TRANSFORM in meta else None
         except (KeyError, TypeError, ValueError) as exc:
             raise FeaturebankError(
                 f"{path}: damaged featurebank metadata ({type(exc).__name__}: {exc}); "
                 f"export the model again with 'featurebank export' (or 'featurebank adopt')"
             ) from exc
         return OnnxInfo(Path(path), spec, layers, graph_input.name, in_shape,
-                        meta.get(META_VERSION), extra, classes)
-    return OnnxInfo(Path(path), None, candidate_tensors(proto, preprocessing), graph_input.name,
-                    in_shape)
+                        meta.get(META_VERSION), extra, classes, transform)
+    return OnnxInfo(Path(path), None, candidate_tensors(proto, preprocessing, probe=probe),
+                    graph_input.name, in_shape)
 
 
-def candidate_tensors(proto: onnx.ModelProto,
-                      preprocessing: Preprocessing | None = None) -> list[LayerInfo]:
+def candidate_tensors(proto: onnx.ModelProto, preprocessing: Preprocessing | None = None, *,
+                      probe: bool = False) -> list[LayerInfo]:
     """The catalogue of a foreign graph (see :func:`featurebank.export._catalogue.foreign_catalogue`).
 
     With ``preprocessing``, the graph is run once (as ``adopt`` does) so shapes are measured.
-    ``flops_share`` is estimated from the inferred shapes (Conv, Gemm and MatMul multiply-adds,
-    in graph order); it is None when shapes are unknown.
+    Without it, with ``probe``, a graph whose input shape is known runs once on a probe image,
+    so the tensors static shape inference leaves without a shape get theirs from that run
+    (``LayerInfo.measured``). ``flops_share`` is estimated from the shapes (Conv, Gemm and
+    MatMul multiply-adds, in graph order); it is None when shapes are unknown.
     """
     if preprocessing is None:
-        return foreign_catalogue(proto)
+        return foreign_catalogue(proto, None, None, None,
+                                 *(probe_shapes(proto) if probe else ({}, {})))
     return prepare_foreign(proto, preprocessing)[1]  # runs it once: exact shapes, as adopt
 
 
@@ -228,14 +245,16 @@ def _read_toml(text: str) -> dict[str, Any]:
     return tomllib.loads(text)
 
 
-def foreign_model_spec(onnx_path: str | Path, preprocessing: Preprocessing) -> ModelSpec:
+def foreign_model_spec(onnx_path: str | Path, preprocessing: Preprocessing,
+                       naming: int = NAMING_RULE) -> ModelSpec:
     """The spec of an ONNX file not made by featurebank, named by its content.
 
     The name is ``onnx-`` and 16 hex digits of the file's SHA-256 (the full digest is
     ``weights_sha256``): renaming or moving the file keeps its features' identity, and a saved
-    classifier finds the file again by that digest. ``naming`` is :data:`NAMING_RULE`, the
-    rule the catalogue built now gives friendly names by.
+    classifier finds the file again by that digest. ``naming`` is the rule the catalogue gives
+    friendly names by (:func:`featurebank.export.prepare_foreign` says which); default
+    :data:`NAMING_RULE`.
     """
     digest = sha256_file(str(onnx_path))
     return ModelSpec(model=f"onnx-{digest[:16]}", weights_sha256=digest,
-                     preprocessing=preprocessing, source="onnx", naming=NAMING_RULE)
+                     preprocessing=preprocessing, source="onnx", naming=naming)

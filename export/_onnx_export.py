@@ -8,18 +8,21 @@ shape, FLOPs share) in ``metadata_props``. Each catalogue layer stays a named te
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
 import warnings
 from pathlib import Path
+from typing import Any
 
 import onnx
 import torch
 from torch import nn
 
 from featurebank.errors import FeaturebankError
-from featurebank.export._metadata import LayerInfo, describe
+from featurebank.export._metadata import META_TRANSFORM, LayerInfo, describe
+from featurebank.export._published import TransformOrigin
 from featurebank.export._registry import get_model_entry
 from featurebank.export._torch_models import build_torch_model
 from featurebank.paths import check_writable
@@ -89,6 +92,7 @@ def export_onnx(
     out: str | Path,
     weights: str | Path | None = None,
     input_size: int | None = None,
+    transform: dict[str, Any] | None = None,
 ) -> ModelSpec:
     """Export a registry model to a self-describing ONNX file, atomically.
 
@@ -103,6 +107,12 @@ def export_onnx(
         A state dict of the same architecture (for example fine-tuned); default: ImageNet.
     input_size : int, optional
         Square input side; default: the model's pretrained size.
+    transform : dict, optional
+        Eval transform fields that win over the weights' own (``resize_size``,
+        ``interpolation``, ``mean``, ``std``): for weights trained with another transform.
+        Where the transform comes from (the weights' published entry, the library's download,
+        an assumption, or this statement) is recorded in the file's metadata
+        (``featurebank.transform``), not in the spec.
 
     Returns
     -------
@@ -121,8 +131,16 @@ def export_onnx(
         ratio = pre.resize_size / min(pre.input_size)
         pre = Preprocessing(**{**pre.to_dict(), "input_size": (input_size, input_size),
                                "resize_size": int(round(input_size * ratio))})
-    spec = ModelSpec(model=model, weights_sha256=digest, preprocessing=pre, source=entry.source)
-    export_module(module, spec, out)
+    origin = getattr(module, "transform_origin", None)
+    if transform:
+        pre = Preprocessing(**{**pre.to_dict(), **transform})
+        rest = f"; the rest: {origin.kind} {origin.entry}" if origin else ""
+        origin = TransformOrigin("stated", origin.entry if origin else "",
+                                 f"{', '.join(sorted(transform))} stated at export{rest}")
+    spec = ModelSpec(model=model, weights_sha256=digest, preprocessing=pre, source=entry.source,
+                     naming=getattr(module, "naming", 1))  # 5: a fully connected head's pool
+    export_module(module, spec, out,
+                  {META_TRANSFORM: json.dumps(origin.to_dict())} if origin else None)
     log.info("exported %s to %s", model, out)
     return spec
 

@@ -6,15 +6,19 @@ can name the cut points and tests can compare truncated ONNX graphs with torch a
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from torch import nn
 
 from featurebank.errors import FeaturebankError
 from featurebank.export._efficientnet_lite import EfficientNetLite, translate_state_dict
+from featurebank.export._published import TransformOrigin, identify_weights
 from featurebank.export._registry import get_model_entry
 from featurebank.export._weights import load_checked, load_state_dict_file
 from featurebank.spec import sha256_file
+
+log = logging.getLogger(__name__)
 
 
 def build_torch_model(
@@ -57,10 +61,11 @@ def _build_optional(source: str, arch: str, weights: str | Path | None,
     from featurebank.export._zoo import ZooFeatures, create, eval_preprocessing, tensors_sha256
 
     model = create(source, arch, weights)
-    preprocessing = eval_preprocessing(source, arch, model)
+    digest = sha256_file(str(weights)) if weights else tensors_sha256(model)
+    transform, origin = weights_transform(source, arch, model, weights, digest)
+    preprocessing = eval_preprocessing(source, arch, model, transform)
     native = preprocessing.input_size[0]
     size = input_size or native
-    digest = sha256_file(str(weights)) if weights else tensors_sha256(model)
     try:
         wrapped = ZooFeatures(model, source, (size, size))  # runs the model once at ``size``
     except (AssertionError, RuntimeError) as exc:
@@ -70,5 +75,32 @@ def _build_optional(source: str, arch: str, weights: str | Path | None,
         raise FeaturebankError(f"{source}:{arch} does not run at {size}x{size} ({exc}): it "
                                f"takes {native}x{native}; leave --input-size unset") from exc
     wrapped.preprocessing = preprocessing
+    wrapped.transform_origin = origin
     return wrapped, digest
+
+
+def weights_transform(source: str, arch: str, model: nn.Module, weights: str | Path | None,
+                      digest: str) -> tuple[dict | None, TransformOrigin]:
+    """The eval transform of the weights given (None: the default weights') and where it
+    comes from: a published entry the file or its tensors are, the library's own download, or
+    an assumption, which is logged with what it assumes."""
+    from featurebank.export._zoo import default_entry, tensors_sha256
+
+    default = default_entry(source, arch, model)
+    if not weights:
+        return None, TransformOrigin("library", default, "the library's pretrained weights")
+    if source == "timm" and "." in arch:
+        return None, TransformOrigin("named", default, "the tag named in the model's name")
+    found = identify_weights(source, arch.partition(".")[0], digest,
+                             lambda: tensors_sha256(model))
+    if found is not None:
+        how = (f"the file's SHA-256 starts with {found.sha256_prefix}, the prefix torch.hub "
+               f"checks for {found.name}" if found.sha256_prefix else
+               f"its tensors are those of {found.name} (digest {str(found.tensors_sha256)[:16]}...)")
+        return found.transform(), TransformOrigin("published", f"{source} {found.name}", how)
+    how = (f"{weights} is no published file featurebank knows, so the eval transform of "
+           f"{default} is assumed; if the weights were trained with another, state it: "
+           f"featurebank export ... --resize N --interpolation NAME --mean A,B,C --std A,B,C")
+    log.warning("%s:%s: %s", source, arch, how)
+    return None, TransformOrigin("assumed", default, how)
 

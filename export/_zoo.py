@@ -12,8 +12,10 @@ Cuts (the layer catalogue of the exported file):
   ``[N, T, C]`` tokens (layout ``tokens``);
 - ``head``: what the classifier head pools (timm ``forward_features``; torchvision: the input of
   ``avgpool``, the encoder output of a ViT); ``pool``: the classifier's input vector (timm
-  ``forward_head(pre_logits=True)``; torchvision: the flattened ``avgpool`` output, a ViT's class
-  token); ``logits``.
+  ``forward_head(pre_logits=True)``; torchvision: the flattened ``avgpool`` output where it
+  pools to 1x1, else the input of the classifier's last Linear (VGG, AlexNet: fc7 after its
+  activation; naming rule 5, recorded as the spec's ``naming``), a ViT's class token);
+  ``logits``.
 
 Preprocessing is the model's own eval transform: timm's pretrained config (``input_size``,
 ``interpolation``, ``mean``/``std``, ``crop_pct``: resize ``floor(size / crop_pct)``, centre
@@ -71,27 +73,48 @@ def tensors_sha256(model: nn.Module) -> str:
     return h.hexdigest()
 
 
-def eval_preprocessing(source: str, arch: str, model: nn.Module | None = None) -> Preprocessing:
-    """The model's own eval transform as a :class:`Preprocessing` (plus its prefix tokens)."""
+def eval_preprocessing(source: str, arch: str, model: nn.Module | None = None,
+                       transform: dict[str, Any] | None = None) -> Preprocessing:
+    """The model's own eval transform as a :class:`Preprocessing` (plus its prefix tokens):
+    ``transform`` (Preprocessing fields: a published entry's, see
+    :mod:`featurebank.export._published`) or else the default weights'."""
     model = model if model is not None else create_random(source, arch)
-    if source == "timm":
-        cfg = model.pretrained_cfg
-        size = tuple(int(v) for v in cfg["input_size"][1:])
-        if size[0] != size[1]:
-            raise FeaturebankError(f"timm:{arch} takes {size[0]}x{size[1]} images; featurebank "
-                                   f"reproduces square eval inputs only")
-        if cfg.get("crop_mode", "center") != "center":
-            raise FeaturebankError(f"timm:{arch} evaluates with crop_mode={cfg['crop_mode']!r}; "
-                                   f"featurebank reproduces 'center' (resize, centre crop) only")
-        crop_pct = cfg.get("crop_pct") or 0.875
-        pre: dict[str, Any] = dict(input_size=size, resize_size=math.floor(size[0] / crop_pct),
-                                   interpolation=_interpolation(cfg.get("interpolation", "bicubic"), arch),
-                                   mean=tuple(cfg.get("mean", _IMAGENET_MEAN)),
-                                   std=tuple(cfg.get("std", _IMAGENET_STD)))
-    else:
-        pre = _torchvision_transform(arch)
+    if transform is None:
+        transform = timm_transform(model.pretrained_cfg, arch) if source == "timm" \
+            else _torchvision_transform(arch)
+    pre = {**transform, "interpolation": _interpolation(transform["interpolation"], arch)}
     prefix, cls = token_prefix(model)
     return Preprocessing(**pre, resize_rule="torchvision", prefix_tokens=prefix, class_token=cls)
+
+
+def timm_transform(cfg: dict[str, Any], arch: str) -> dict[str, Any]:
+    """A timm pretrained config's eval transform as Preprocessing fields (resize
+    ``floor(size / crop_pct)``, centre crop)."""
+    size = tuple(int(v) for v in cfg["input_size"][1:])
+    if size[0] != size[1]:
+        raise FeaturebankError(f"timm:{arch} takes {size[0]}x{size[1]} images; featurebank "
+                               f"reproduces square eval inputs only")
+    if cfg.get("crop_mode", "center") != "center":
+        raise FeaturebankError(f"timm:{arch} evaluates with crop_mode={cfg['crop_mode']!r}; "
+                               f"featurebank reproduces 'center' (resize, centre crop) only")
+    crop_pct = cfg.get("crop_pct") or 0.875
+    return dict(input_size=size, resize_size=math.floor(size[0] / crop_pct),
+                interpolation=cfg.get("interpolation", "bicubic"),
+                mean=tuple(cfg.get("mean", _IMAGENET_MEAN)), std=tuple(cfg.get("std", _IMAGENET_STD)))
+
+
+def default_entry(source: str, arch: str, model: nn.Module) -> str:
+    """The name of the weights entry whose transform :func:`eval_preprocessing` uses by default
+    (torchvision's ``DEFAULT``, timm's tag)."""
+    if source == "timm":
+        tag = model.pretrained_cfg.get("tag")
+        return f"timm:{arch.partition('.')[0]}.{tag}" if tag else f"timm:{arch}"
+    import torchvision
+
+    try:
+        return f"torchvision {torchvision.models.get_model_weights(arch).DEFAULT.name}"
+    except Exception:  # noqa: BLE001 - no weights enum: _torchvision_transform refuses it
+        return f"torchvision:{arch}"
 
 
 def create_random(source: str, arch: str) -> nn.Module:
@@ -111,15 +134,14 @@ def create_random(source: str, arch: str) -> nn.Module:
 def _torchvision_transform(arch: str) -> dict[str, Any]:
     import torchvision
 
+    from featurebank.export._published import torchvision_transform
+
     try:
-        t = torchvision.models.get_model_weights(arch).DEFAULT.transforms()
+        default = torchvision.models.get_model_weights(arch).DEFAULT
     except Exception as exc:  # an architecture without published weights
         raise FeaturebankError(f"torchvision:{arch} has no weights enum to read its eval "
                                f"transform from ({exc})") from exc
-    crop = int(t.crop_size[0])
-    return dict(input_size=(crop, crop), resize_size=int(t.resize_size[0]),
-                interpolation=_interpolation(t.interpolation.value, arch),
-                mean=tuple(t.mean), std=tuple(t.std))
+    return torchvision_transform(default)
 
 
 def _interpolation(name: str, arch: str) -> str:
@@ -159,6 +181,10 @@ class ZooFeatures(nn.Module):
         self.cuts = (_timm_cuts(model, size) if source == "timm"
                      else _torchvision_cuts(model, size))
         self._head_pool = _pool_module(model) if source == "torchvision" and not self.vit else None
+        # a pool to a map wider than 1x1 (VGG's 7x7, AlexNet's 6x6) is no global pool: the
+        # head is fully connected and ``pool`` is its classifier's input (naming rule 5)
+        self._fc_input = _fully_connected_input(model, size) if self._head_pool is not None else None
+        self.naming = 5 if self._fc_input is not None else 1
         self._split_head = source == "timm" and _classifier_follows_pre_logits(model, size)
 
     def features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -181,8 +207,12 @@ class ZooFeatures(nn.Module):
         if self._head_pool is not None:
             hooks.append(self._head_pool.register_forward_pre_hook(
                 lambda _m, i: keep("head", i[0])))
-            hooks.append(self._head_pool.register_forward_hook(
-                lambda _m, _i, o: keep("pool", torch.flatten(o, 1))))
+            if self._fc_input is not None:
+                hooks.append(self._fc_input.register_forward_pre_hook(
+                    lambda _m, i: keep("pool", i[0])))
+            else:
+                hooks.append(self._head_pool.register_forward_hook(
+                    lambda _m, _i, o: keep("pool", torch.flatten(o, 1))))
         try:
             logits = self._forward(x, keep)
         finally:
@@ -252,6 +282,20 @@ def _classifier_follows_pre_logits(model: nn.Module, size: tuple[int, int]) -> b
 def _pool_module(model: nn.Module) -> nn.Module | None:
     pool = getattr(model, "avgpool", None)
     return pool if isinstance(pool, nn.Module) else None
+
+
+def _fully_connected_input(model: nn.Module, size: tuple[int, int]) -> nn.Module | None:
+    """The last Linear of a torchvision classifier whose ``avgpool`` leaves a map wider than
+    1x1 (VGG, AlexNet: fully connected layers read the flattened map), else None. Its input is
+    fc7 after its activation (the eval-mode Dropout before it copies)."""
+    pool = _pool_module(model)
+    head = getattr(model, "classifier", None)
+    linears = [m for m in head.modules() if isinstance(m, nn.Linear)] \
+        if isinstance(head, nn.Module) else []
+    if pool is None or len(linears) < 2:
+        return None
+    shape = _output_shapes(model, [pool], size).get(pool, ())
+    return linears[-1] if len(shape) == 4 and tuple(shape[-2:]) != (1, 1) else None
 
 
 def _torchvision_cuts(model: nn.Module, size: tuple[int, int]) -> dict[str, nn.Module]:

@@ -174,9 +174,13 @@ def _tensor_layouts(value: Any) -> Any:
 #: follows the pool (MobileNetV3), and ends the last stage at the norm when the exporter
 #: recorded the activation after it outside the norm's module (torchvision's DenseNet), and names a vision transformer's graph: ``blocks.K``
 #: (token outputs), ``head`` (the final norm's tokens), ``pool``, ``logits`` (rule 3 named
-#: its patch embedding ``stage.1``/``head``).
+#: its patch embedding ``stage.1``/``head``); 5 names ``pool`` as the input of the last
+#: classifier layer: an AveragePool/MaxPool with a 1x1 output followed by a Flatten/Reshape is
+#: a global pool (``head`` its input, ``pool`` its output), and a fully connected head's
+#: ``pool`` is fc7 after its activation (VGG, AlexNet). A catalogue that rule 5 names as rule
+#: 4 did keeps rule 4, so only what it renamed gets new fingerprints.
 #: A name may mean another tensor under another rule, so the rule enters the fingerprint.
-NAMING_RULES = (1, 2, 3, 4)
+NAMING_RULES = (1, 2, 3, 4, 5)
 
 
 @dataclass(frozen=True)
@@ -184,8 +188,9 @@ class ModelSpec:
     """What network an ONNX file holds: name, weights digest and preprocessing.
 
     ``naming`` is the version of the friendly-name rule a foreign graph's catalogue was made
-    with (see :data:`NAMING_RULES`); it enters :meth:`to_dict` only when it is not 1, so
-    every spec written before the field existed keeps its fingerprint.
+    with (see :data:`NAMING_RULES`), and 5 for a torchvision export whose ``pool`` rule 5
+    moved (VGG, AlexNet: fc7, was the flattened map); it enters :meth:`to_dict` only when it
+    is not 1, so every spec written before the field existed keeps its fingerprint.
     """
 
     model: str

@@ -21,6 +21,7 @@ from featurebank import FeaturebankError
 from featurebank.export import adopt, read_onnx_metadata
 from featurebank.export._metadata import NAMING_RULE
 from featurebank.extractor import Extractor
+from tests._onnx_graphs import outputs_of
 
 torch = pytest.importorskip("torch")
 from benchmarks.harness.classic_cnns import (  # noqa: E402 - torch first, or skip
@@ -35,18 +36,6 @@ nn = torch.nn
 PARITY: dict[str, float] = {}  # graph -> worst relative difference from the original graph
 STAGES_FOUND: dict[str, str] = {}
 FP16_PARITY: dict[str, float] = {}
-
-
-def outputs_of(path, tensors: list[str], x: np.ndarray) -> list[np.ndarray]:
-    """``tensors`` of the untouched graph at ``path`` for ``x``, fed one image at a time."""
-    proto = onnx.load(str(path))
-    have = {o.name for o in proto.graph.output}
-    proto.graph.output.extend(onnx.helper.make_empty_tensor_value_info(t)
-                              for t in dict.fromkeys(tensors) if t not in have)
-    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    runs = [session.run(tensors, {name: x[i:i + 1]}) for i in range(len(x))]
-    return [np.concatenate([r[k] for r in runs]) for k in range(len(tensors))]
 
 
 def relative(got: np.ndarray, ref: np.ndarray) -> float:
@@ -317,7 +306,7 @@ def test_a_new_naming_rule_changes_the_fingerprint_and_old_stores_refuse(classic
     proto = onnx.load(str(adopted))
     meta = next(p for p in proto.metadata_props if p.key == META_SPEC)
     spec = json.loads(meta.value)
-    assert spec["naming"] == NAMING_RULE == 4
+    assert spec["naming"] == 4 < NAMING_RULE  # rule 5 renames nothing here: it keeps rule 4
     if old_rule == 1:
         del spec["naming"]  # what the first rule's adopt wrote
     else:
@@ -358,13 +347,13 @@ def test_naming_rule_in_the_spec():
     assert ModelSpec.from_dict(new.to_dict()) == new
     assert FeatureSpec(new, "stage.1").fingerprint() != FeatureSpec(old, "stage.1").fingerprint()
     prints = {FeatureSpec(ModelSpec("onnx-0", "0" * 64, source="onnx", naming=rule),
-                          "stage.1").fingerprint() for rule in (1, 2, 3, 4)}
-    assert len(prints) == 4  # each rule its own feature sets
+                          "stage.1").fingerprint() for rule in (1, 2, 3, 4, 5)}
+    assert len(prints) == 5  # each rule its own feature sets
     newer = ModelSpec("onnx-0", "0" * 64, source="onnx", naming=3)
     tokens = ModelSpec("onnx-0", "0" * 64, source="onnx", naming=4)  # rule 4: ViT graphs
     assert FeatureSpec(tokens, "head").fingerprint() != FeatureSpec(newer, "head").fingerprint()
     with pytest.raises(ValueError, match="model.naming must be one of"):
-        ModelSpec("onnx-0", "0" * 64, naming=5)
+        ModelSpec("onnx-0", "0" * 64, naming=6)
 
 
 def test_classic_parity_figures():

@@ -135,7 +135,7 @@ def test_register_tokens_are_counted_and_an_unshown_class_token_refuses_cls(tmp_
     pre = read_onnx_metadata(adopted).spec.preprocessing
     assert (pre.prefix_tokens, pre.class_token) == (prefix, None) == (1, None)
     pixels = _photos(2)
-    with pytest.raises(FeaturebankError, match="state class_token = true"):
+    with pytest.raises(FeaturebankError, match="adopt SOURCE.onnx ... --class-token"):
         Extractor(FeatureOptions(model=str(adopted), layers=("blocks.1",),
                                  pool="cls")).embed_pixels(pixels)
     got = Extractor(FeatureOptions(model=str(adopted), layers=("blocks.1",),
@@ -193,3 +193,32 @@ def test_a_vit_whose_prefix_tokens_the_graph_does_not_show_is_refused_until_stat
     vectors = Extractor(FeatureOptions(model=str(stated), layers=("blocks.1",),
                                        pool="cls")).embed_pixels(_photos(2))[0]
     assert vectors.shape == (2, 16) and np.isfinite(vectors).all()
+
+
+def test_prefix_tokens_and_class_token_are_stated_on_the_command_line(tmp_path, capsys):
+    """adopt's --prefix-tokens and --class-token/--no-class-token: what the refusals name,
+    without a preprocessing file."""
+    from featurebank.cli import main as cli
+
+    torch.manual_seed(0)
+    src = tmp_path / "linear_patches.onnx"
+    _export(_LinearPatchViT().eval(), src, None, 17)
+    common = ["adopt", str(src), "--input-size", str(SIZE), "--pixel-range", "1",
+              "--channel-order", "rgb", "--mean", "0.5,0.5,0.5", "--std", "0.5,0.5,0.5"]
+    unstated = tmp_path / "unstated.onnx"
+    assert cli([*common, "-o", str(unstated)]) == 0
+    with pytest.raises(FeaturebankError, match="--prefix-tokens N"):
+        Extractor(FeatureOptions(model=str(unstated), layers=("blocks.1",),
+                                 pool="mean")).embed_pixels(_photos(1))
+    stated = tmp_path / "stated.onnx"
+    assert cli([*common, "-o", str(stated), "--prefix-tokens", "1", "--class-token"]) == 0
+    pre = read_onnx_metadata(stated).spec.preprocessing
+    assert (pre.prefix_tokens, pre.class_token) == (1, True)
+    got = Extractor(FeatureOptions(model=str(stated), layers=("blocks.1",),
+                                   pool="cls")).embed_pixels(_photos(2))[0]
+    assert got.shape == (2, 16) and np.isfinite(got).all()
+    capsys.readouterr()
+    # the graph's classifier reads token 0: a statement that contradicts it is refused
+    assert cli([*common, "-o", str(tmp_path / "x.onnx"), "--prefix-tokens", "1",
+                "--no-class-token"]) == 1
+    assert "class_token = False was stated" in capsys.readouterr().err

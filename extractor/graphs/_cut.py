@@ -1,7 +1,7 @@
 """Cut an ONNX graph at one or more layers and append pooling, all inside the graph.
 
 The feature graph takes ``pixels``: uint8 RGB NHWC ``[N, H, W, 3]`` as decoded, and folds the
-model's input conventions in front: channel order (a ``Gather`` for BGR), pixel range and
+model's input conventions in front (``_pixels``): channel order (a ``Gather`` for BGR), pixel range and
 normalisation ((x * range / 255 - mean) / std as one Mul and one Add) and layout (the
 NHWC->NCHW transpose for channel-first graphs), so the Python side never touches float pixels
 and onnxruntime fuses the scale into the first convolution. Several layers come out of one
@@ -33,9 +33,9 @@ from featurebank.export import (
 )
 from featurebank.extractor.graphs import _tokens
 from featurebank.extractor.graphs._chunks import run_in_chunks
+from featurebank.extractor.graphs._pixels import PIXELS, prepend_normalisation
 from featurebank.spec import FeatureSpec, ModelSpec, Preprocessing
 
-PIXELS = "pixels"
 _EPS = 1e-6
 
 
@@ -187,74 +187,109 @@ def build_feature_graph(
     if not layers:
         raise FeaturebankError("no layer given; name at least one (see 'featurebank layers')")
     proto = load_onnx(path)
-    if info.spec is not None:
-        model_spec = info.spec
-        batch = info.extra.get("batch")  # an adopted graph that keeps its own batch
-    else:  # what 'adopt' would record: the batch plan and the catalogue on measured shapes
-        model_spec = _foreign_spec(path, info, preprocessing)
-        plan, catalogue, pre = prepare_foreign(proto, model_spec.preprocessing, path.name)
-        model_spec = replace(model_spec, preprocessing=pre)  # with the prefix tokens it shows
-        proto, batch = plan.model, plan.batch
-        info = replace(info, layers=catalogue)
+    model_spec, proto, batch, info = _model_to_cut(path, info, proto, preprocessing)
     chosen = resolve_layers(info.layers, layers, path, proto, model_spec.preprocessing,
                             name or str(path))
     layouts = [cut_layout(la, model_spec, path) for la in chosen]
     for la, layout in zip(chosen, layouts, strict=True):
         _tokens.check_pool(pool, layout, la, model_spec, path)
     specs = [FeatureSpec(model_spec, la.name, pool, gem_p, normalize) for la in chosen]
-    graph = proto.graph
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 18)
-    head, nodes, inits, outputs, dims = [], [], [], [], []
-    targets = list(dict.fromkeys(la.tensor for la in chosen))
-    kept = _needed_nodes(list(graph.node), targets)
-    used = {i for n in kept for i in n.input}
-    weights = [t for t in graph.initializer if t.name in used]
-    where = {t: t for t in targets}
-    input_type = next(i.type.tensor_type.elem_type for i in graph.input
-                      if i.name == info.input_name)
-    if batch:  # the model runs on chunks of its own batch, inside a Scan
-        _prepend_normalisation(head, inits, "fb.input", model_spec.preprocessing, input_type)
-        ranks = {la.tensor: (len(la.shape) + 1, _elem_type(la)) for la in chosen}
-        kept, weights, where = run_in_chunks(kept, weights, (info.input_name, input_type),
-                                             "fb.input", ranks, int(batch), opset)
-    else:
-        _prepend_normalisation(head, inits, info.input_name, model_spec.preprocessing, input_type)
-    prefixes: set[str] = set()
+    head, kept, weights, inits, where = _trunk(proto, info.input_name, chosen, model_spec,
+                                               batch, opset)
+    nodes: list = []
+    outputs, dims, prefixes = [], [], set()
     for la, layout in zip(chosen, layouts, strict=True):
-        out = f"feat.{la.name}"
         # two catalogue names of one tensor (stage.3 and head) need their own pooling nodes
         prefix = la.tensor.replace("/", "_")
         prefix = prefix if prefix not in prefixes else f"{prefix}.{la.name}"
         prefixes.add(prefix)
-        source = where[la.tensor]
-        if la.dtype is not None:  # a float16 or double activation: pooled in float32
-            nodes.append(helper.make_node("Cast", [source], [f"{prefix}.f32"], to=TensorProto.FLOAT))
-            source = f"{prefix}.f32"
-        if layout == _tokens.TOKENS:  # pooled to [N, D], then flattened/normalised as a vector
-            pooled = _tokens.append_token_pool(nodes, inits, source, pool,
-                                               model_spec.preprocessing.prefix_tokens, opset, prefix)
-            _append_pooling(nodes, inits, pooled, out, "NC", "none", gem_p, normalize, opset,
-                            prefix)
-            dims.append(_tokens.pooled_dim(la, pool))
-        else:
-            _append_pooling(nodes, inits, source, out, layout, pool, gem_p, normalize, opset,
-                            prefix)
-            channels = la.shape[0] if layout == "NCHW" else la.shape[-1]
-            dims.append(int(np.prod(la.shape)) if pool == "none" or layout == "NC" else channels)
-        outputs.append(helper.make_tensor_value_info(out, TensorProto.FLOAT, ["N", None]))
+        dims.append(_append_cut(nodes, inits, la, layout, where[la.tensor], prefix, specs[0],
+                                opset))
+        outputs.append(helper.make_tensor_value_info(f"feat.{la.name}", TensorProto.FLOAT,
+                                                     ["N", None]))
     h, w = model_spec.preprocessing.input_size
     new_graph = helper.make_graph(
-        head + kept + nodes, f"{graph.name or 'model'}_features",
+        head + kept + nodes, f"{proto.graph.name or 'model'}_features",
         [helper.make_tensor_value_info(PIXELS, TensorProto.UINT8, ["N", h, w, 3])],
         outputs, initializer=weights + inits,
     )
     model = helper.make_model(new_graph, opset_imports=proto.opset_import, producer_name="featurebank")
-    model.ir_version = proto.ir_version
+    model.ir_version = feature_ir_version(proto)
     for spec in specs:
         model.metadata_props.add(key=f"featurebank.feature.{spec.layer}", value=spec.to_json())
     onnx.checker.check_model(model)
     return FeatureGraph(model, specs, dims, [o.name for o in outputs], model_spec,
                         int(batch) if batch else None)
+
+
+def _model_to_cut(path: Path, info: OnnxInfo, proto: onnx.ModelProto,
+                  preprocessing: Preprocessing | None):
+    """(model spec, graph to cut, its fixed batch or None, info with the catalogue): a file
+    that describes itself as it says; a foreign file as ``adopt`` would record it (the batch
+    plan and the catalogue on measured shapes)."""
+    if info.spec is not None:
+        return info.spec, proto, info.extra.get("batch"), info  # an adopted graph's own batch
+    model_spec = _foreign_spec(path, info, preprocessing)
+    plan, catalogue, pre, naming = prepare_foreign(proto, model_spec.preprocessing, path.name)
+    # with the prefix tokens it shows, and the naming rule its catalogue needs
+    model_spec = replace(model_spec, preprocessing=pre, naming=naming)
+    return model_spec, plan.model, plan.batch, replace(info, layers=catalogue)
+
+
+def _trunk(proto: onnx.ModelProto, input_name: str, chosen: list[LayerInfo],
+           model_spec: ModelSpec, batch, opset: int):
+    """The nodes that compute the cuts from the pixels: (input conventions, the model's
+    nodes they need, the weights those read, new constants, cut tensor -> its name). A model
+    that runs only at its own batch runs inside a Scan on chunks of it."""
+    graph = proto.graph
+    targets = list(dict.fromkeys(la.tensor for la in chosen))
+    kept = _needed_nodes(list(graph.node), targets)
+    used = {i for n in kept for i in n.input}
+    weights = [t for t in graph.initializer if t.name in used]
+    input_type = next(i.type.tensor_type.elem_type for i in graph.input if i.name == input_name)
+    head: list = []
+    inits: list = []
+    if not batch:
+        prepend_normalisation(head, inits, input_name, model_spec.preprocessing, input_type)
+        return head, kept, weights, inits, {t: t for t in targets}
+    prepend_normalisation(head, inits, "fb.input", model_spec.preprocessing, input_type)
+    ranks = {la.tensor: (len(la.shape) + 1, _elem_type(la)) for la in chosen}
+    kept, weights, where = run_in_chunks(kept, weights, (input_name, input_type), "fb.input",
+                                         ranks, int(batch), opset)
+    return head, kept, weights, inits, where
+
+
+def _append_cut(nodes: list, inits: list, la: LayerInfo, layout: str, source: str, prefix: str,
+                spec: FeatureSpec, opset: int) -> int:
+    """Pool the cut ``la`` (tensor ``source``) into ``feat.<name>`` as ``spec`` says (its pool,
+    GeM exponent, normalisation); returns the vector's width."""
+    out, pool = f"feat.{la.name}", spec.pool
+    if la.dtype is not None:  # a float16 or double activation: pooled in float32
+        nodes.append(helper.make_node("Cast", [source], [f"{prefix}.f32"], to=TensorProto.FLOAT))
+        source = f"{prefix}.f32"
+    if layout == _tokens.TOKENS:  # pooled to [N, D], then flattened/normalised as a vector
+        pooled = _tokens.append_token_pool(nodes, inits, source, pool,
+                                           spec.model.preprocessing.prefix_tokens, opset, prefix)
+        _append_pooling(nodes, inits, pooled, out, "NC", "none", spec.gem_p, spec.normalize,
+                        opset, prefix)
+        return _tokens.pooled_dim(la, pool)
+    _append_pooling(nodes, inits, source, out, layout, pool, spec.gem_p, spec.normalize, opset,
+                    prefix)
+    channels = la.shape[0] if layout == "NCHW" else la.shape[-1]
+    return int(np.prod(la.shape)) if pool == "none" or layout == "NC" else channels
+
+
+#: The first IR version whose initializers need not be graph inputs (IR 3 lists every weight
+#: as an input too; the feature graph and its Scan body declare only their data inputs).
+_IR_FREE_INITIALIZERS = 4
+
+
+def feature_ir_version(proto: onnx.ModelProto) -> int:
+    """The IR version of a feature graph cut from ``proto``: its own, raised to 4 where it is
+    older. IR 4 changed only that rule (initializers no longer have to be listed as graph
+    inputs), so the ops and their opset stay as they were."""
+    return max(int(proto.ir_version), _IR_FREE_INITIALIZERS)
 
 
 def _elem_type(la: LayerInfo) -> int:
@@ -265,35 +300,6 @@ def _elem_type(la: LayerInfo) -> int:
 def _const(inits: list, name: str, value) -> str:
     inits.append(numpy_helper.from_array(np.asarray(value, dtype=np.float32), name))
     return name
-
-
-def _prepend_normalisation(nodes: list, inits: list, input_name: str, pre: Preprocessing,
-                           input_type: int = TensorProto.FLOAT) -> None:
-    # (x * range / 255 - mean) / std == x * scale + bias: one Mul and one Add, in the graph's
-    # own layout and channel order (mean and std are given in that order and range).
-    std = np.array(pre.std, np.float32)
-    mean = np.array(pre.mean, np.float32)
-    shape = (1, 3, 1, 1) if pre.layout == "nchw" else (1, 1, 1, 3)
-    scale = _const(inits, "fb.scale", (pre.pixel_range / (255.0 * std)).reshape(shape))
-    bias = _const(inits, "fb.bias", (-mean / std).reshape(shape))
-    source = PIXELS
-    if pre.channel_order == "bgr":  # reorder the uint8 pixels: a third of the bytes of floats
-        order = numpy_helper.from_array(np.array([2, 1, 0], np.int64), "fb.bgr_order")
-        inits.append(order)
-        nodes.append(helper.make_node("Gather", [PIXELS, order.name], ["fb.bgr"], axis=3))
-        source = "fb.bgr"
-    nodes.append(helper.make_node("Cast", [source], ["fb.pixels_f"], to=TensorProto.FLOAT))
-    laid = "fb.pixels_f"
-    if pre.layout == "nchw":
-        nodes.append(helper.make_node("Transpose", ["fb.pixels_f"], ["fb.nchw"], perm=[0, 3, 1, 2]))
-        laid = "fb.nchw"
-    normalised = input_name if input_type == TensorProto.FLOAT else "fb.normalised"
-    nodes += [
-        helper.make_node("Mul", [laid, scale], ["fb.scaled"]),
-        helper.make_node("Add", ["fb.scaled", bias], [normalised]),
-    ]
-    if normalised != input_name:  # a float16 (or double) graph input
-        nodes.append(helper.make_node("Cast", [normalised], [input_name], to=input_type))
 
 
 def _append_pooling(nodes, inits, src, out, layout, pool, gem_p, normalize, opset=18,

@@ -20,6 +20,9 @@ def register(sub) -> None:
                    help="state dict of the same architecture (e.g. fine-tuned); default: ImageNet")
     p.add_argument("--input-size", type=int, metavar="N",
                    help="square input side (default: the model's pretrained size)")
+    add_option_flags(p, _preprocessing(), only=EXPORT_TRANSFORM, flags=_CONVENTION_FLAGS,
+                     overrides={k: {**_CONVENTION_HELP[k], "help": _EXPORT_HELP[k]}
+                                for k in EXPORT_TRANSFORM}, unstated=True)
     p.set_defaults(func=run_export)
 
     p = sub.add_parser("models", help="list the models that can be exported")
@@ -79,6 +82,23 @@ _CONVENTION_HELP: dict[str, dict[str, Any]] = {
 }
 
 
+#: The eval transform fields ``export`` can state, with ``adopt``'s flags and meaning (for
+#: weights trained with another transform than their architecture's published weights).
+EXPORT_TRANSFORM = ("resize_size", "interpolation", "mean", "std")
+_EXPORT_HELP = {
+    "resize_size": "shorter side before the centre crop (unstated: the weights' own transform)",
+    "interpolation": "resize filter (unstated: the weights' own transform)",
+    "mean": "per channel, RGB, 0-1 range (unstated: the weights' own transform)",
+    "std": "per channel, RGB, 0-1 range (unstated: the weights' own transform)",
+}
+
+
+def _preprocessing() -> type:
+    from featurebank.spec import Preprocessing
+
+    return Preprocessing
+
+
 def add_convention_arguments(p) -> None:
     """The flags of a foreign model's conventions, one per :class:`Preprocessing` field (the
     field names are also those of a preprocessing file). Unstated flags are None: the value
@@ -118,12 +138,20 @@ def run_adopt(args) -> int:
 def run_export(args) -> int:
     from featurebank.export import export_onnx, read_onnx_metadata
 
-    spec = export_onnx(args.model, args.output, weights=args.weights, input_size=args.input_size)
+    transform = {k: getattr(args, k) for k in EXPORT_TRANSFORM if getattr(args, k) is not None}
+    spec = export_onnx(args.model, args.output, weights=args.weights, input_size=args.input_size,
+                       transform=transform or None)
     info = read_onnx_metadata(args.output)
-    h, w = spec.preprocessing.input_size
+    pre = spec.preprocessing
+    h, w = pre.input_size
     print(f"wrote {args.output}: {spec.model} ({h}x{w}, weights sha256 "
           f"{spec.weights_sha256[:12]}), {len(info.layers)} layers; "
           f"see 'featurebank layers {args.output}'")
+    origin = info.transform or {}
+    if origin:
+        print(f"eval transform: resize {pre.resize_size}, crop {h}x{w}, {pre.interpolation}, "
+              f"mean {list(pre.mean)}, std {list(pre.std)}: {origin['kind']}"
+              f"{' ' + origin['entry'] if origin['entry'] else ''} ({origin['how']})")
     return 0
 
 
@@ -153,7 +181,7 @@ def run_layers(args) -> int:
         from featurebank.export import resolve_conventions
 
         pre, _ = resolve_conventions(path, args.preprocessing)
-    info = read_onnx_metadata(path, pre)
+    info = read_onnx_metadata(path, pre, probe=True)  # a raw file: shapes a run shows too
     native = info.spec is not None and info.spec.source != "onnx"
     friendly = [la for la in info.layers if la.name != la.tensor]
     shown = info.layers if args.all or native or not friendly else friendly
@@ -163,10 +191,14 @@ def run_layers(args) -> int:
     if info.spec is None:
         print(f"{path}: not made by featurebank; candidate tensors from shape inference "
               f"(adopt it with 'featurebank adopt', or state --preprocessing FILE)")
-    rows = [[la.name, la.tensor, "x".join(str(d) for d in la.shape) or "?",
+    rows = [[la.name, la.tensor,
+             ("x".join(str(d) for d in la.shape) or "?") + (" *" if la.measured else ""),
              _layout(la, native), "-" if la.flops_share is None else f"{100 * la.flops_share:.1f}"]
             for la in shown]
     _table(["name", "tensor", "shape", "layout", "FLOPs %"], rows)
+    if any(la.measured for la in shown):
+        print("(* shape measured by running the graph once: static shape inference could not "
+              "give it)")
     if len(shown) < len(info.layers):
         print(f"({len(info.layers) - len(shown)} more tensors can be cut at by name: "
               f"'featurebank layers {args.model} --all')")
