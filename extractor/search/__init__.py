@@ -31,7 +31,9 @@ _LAZY = {
     "extractor_for": "featurebank.extractor.search._query",
 }
 
-__all__ = sorted(_LAZY)
+__all__ = ["DEFAULT_BLOCK_ROWS", "INDEX_KINDS", "IndexMismatchError", "Match", "NeighbourIndex",
+           "Neighbours", "SearchOptions", "StoreSearch", "exact_search", "extractor_for",
+           "index_dir", "normalise", "self_neighbours"]
 
 if TYPE_CHECKING:
     from featurebank.extractor.search._exact import (
