@@ -30,7 +30,7 @@ class SearchOptions:
         Stored rows read and compared at a time by the exact search: memory stays near
         ``block_rows * (dim + queries) * 4`` bytes, whatever the store's size.
     index : {'auto', 'exact', 'hnsw', 'ivfpq'}
-        ``exact`` streams every row; ``hnsw``/``ivfpq`` use (and build or extend) a faiss index
+        How neighbours are found. ``exact`` streams every row; ``hnsw``/``ivfpq`` use (and build or extend) a faiss index
         kept beside the store (needs ``featurebank[faiss]``); ``auto`` is exact up to
         ``index_above`` rows and an index beyond.
     index_above : int

@@ -3,6 +3,7 @@ blocks) or through its persisted faiss index, answers with paths and labels."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,6 +93,29 @@ class StoreSearch:
             out.append([Match(str(k), *self._table.get(str(k), ("", "")), float(s))
                         for k, s in zip(keys, sims, strict=True) if k])
         return out
+
+
+    def images(self, inputs: list[str], top: int | None = None,
+               model: str | Path | None = None) -> Iterator[tuple[str, list[Match] | None, str | None]]:
+        """``(path, matches, error)`` per input file (folders, files, lists, globs as for
+        embed), in order: the inputs are collected and the extractor built first (a bad input
+        or a missing model fails at once), then a file that cannot be decoded gets ``error``
+        and the others go on."""
+        from featurebank.extractor import DecodeError, collect
+
+        paths = [item.path for item in collect(list(inputs))]
+        extractor = extractor_for(self.spec, model)
+
+        def answers() -> Iterator[tuple[str, list[Match] | None, str | None]]:
+            for path in paths:
+                try:
+                    vectors = extractor.embed([path])[self.spec.layer]
+                except DecodeError as exc:
+                    yield path, None, exc.reason
+                    continue
+                yield path, self.matches(vectors, top)[0], None
+
+        return answers()
 
 
 def extractor_for(spec: FeatureSpec, model: str | Path | None = None, **kwargs):
