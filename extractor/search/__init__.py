@@ -21,6 +21,8 @@ _LAZY = {
     "SearchOptions": "featurebank.extractor.search._options",
     "Neighbours": "featurebank.extractor.search._exact",
     "exact_search": "featurebank.extractor.search._exact",
+    "iter_blocks": "featurebank.extractor.search._exact",
+    "keys_of": "featurebank.extractor.search._exact",
     "normalise": "featurebank.extractor.search._exact",
     "self_neighbours": "featurebank.extractor.search._exact",
     "IndexMismatchError": "featurebank.extractor.search._index",
@@ -33,12 +35,14 @@ _LAZY = {
 
 __all__ = ["DEFAULT_BLOCK_ROWS", "INDEX_KINDS", "IndexMismatchError", "Match", "NeighbourIndex",
            "Neighbours", "SearchOptions", "StoreSearch", "exact_search", "extractor_for",
-           "index_dir", "normalise", "self_neighbours"]
+           "index_dir", "iter_blocks", "keys_of", "normalise", "self_neighbours"]
 
 if TYPE_CHECKING:
     from featurebank.extractor.search._exact import (
         Neighbours,
         exact_search,
+        iter_blocks,
+        keys_of,
         normalise,
         self_neighbours,
     )

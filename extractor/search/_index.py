@@ -112,8 +112,9 @@ class NeighbourIndex:
     def rows(self) -> int:
         return int(self.header.get("rows", 0))
 
-    def search(self, queries: np.ndarray, k: int = 10) -> Neighbours:
-        """The ``k`` nearest indexed rows of each query (cosine similarity)."""
+    def search(self, queries: np.ndarray, k: int = 10, keys: bool = True) -> Neighbours:
+        """The ``k`` nearest indexed rows of each query (cosine similarity); their content
+        keys too with ``keys``."""
         from featurebank.extractor.search._exact import normalise
 
         if self.index is None:
@@ -124,7 +125,27 @@ class NeighbourIndex:
             self.index.hnsw.efSearch = max(64, 4 * k)
         dist, rows = self.index.search(normalise(np.atleast_2d(queries)), k)
         sim = np.where(rows >= 0, 1 - dist / 2, -np.inf).astype(np.float32)
-        return Neighbours(rows.astype(np.int64), self._keys_at(rows), sim)
+        return Neighbours(rows.astype(np.int64), self._keys_at(rows) if keys else None, sim)
+
+    def self_neighbours(self, k: int = 10, progress=None) -> Neighbours:
+        """Each indexed row's ``k`` nearest other rows (itself left out), queried by blocks;
+        row positions and similarities (``keys`` None)."""
+        parts = []
+        for first, X, _ in iter_blocks(self.store, self.fingerprint, self.block_rows, 0, self.rows):
+            found = self.search(X, k + 1, keys=False)
+            own = found.rows == np.arange(first, first + len(X))[:, None]
+            # drop the row itself where found, else the last (least similar) one
+            drop = np.where(own.any(axis=1), own.argmax(axis=1), k)
+            keep = np.ones_like(own)
+            keep[np.arange(len(X)), drop] = False
+            parts.append((found.rows[keep].reshape(len(X), k),
+                          found.similarity[keep].reshape(len(X), k)))
+            if progress is not None:
+                progress(first + len(X), self.rows)
+        if not parts:
+            return Neighbours(np.empty((0, k), np.int64), None, np.empty((0, k), np.float32))
+        return Neighbours(np.concatenate([p[0] for p in parts]), None,
+                          np.concatenate([p[1] for p in parts]))
 
     def _keys_at(self, rows: np.ndarray) -> np.ndarray:
         flat = rows.ravel()
