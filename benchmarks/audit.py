@@ -1,0 +1,348 @@
+"""Knowing the data: planted near-duplicates, flipped labels, and neighbour search at 1M rows.
+
+Fashion-MNIST through the real flow (image files embedded into stores with EfficientNet-Lite0):
+1. near-duplicates: edited copies of training images (JPEG quality 70, rescaled by 0.9, cropped
+   by 5 %, brightness +-10 %) planted among test images; recall and precision of the leaks at
+   the default threshold, counting only pairs with a planted member. The threshold itself is
+   chosen on a calibration split made with another seed from other images (``calibration``);
+2. label errors: 5 % of a 10k training subset's labels flipped; precision and recall of the
+   flags (confident learning on out-of-fold probabilities), cleanlab side by side if installed;
+3. scale: 1M vectors tiled from the real vectors of a 192-d cut (blocks.13) with noise: recall@10
+   and queries/s of the faiss index against exact search, and an audit (near-duplicates and
+   outliers through the index, labels on a sample) timed with its peak memory at each size.
+
+    python -m benchmarks.audit --train 10000 --test 2000 --planted 500 --sizes 100000 300000 1000000
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks._common import REPO, load_average, write_result
+
+EDITS = ("jpeg70", "rescale0.9", "crop5", "brightness10")
+# near-duplicates at a middle cut (edits move it less than the head: docs/audit.md), labels at
+# the head (the best probe), the 1M-row runs at the middle cut (192 values: its index fits)
+DUP_LAYER, LABEL_LAYER, SCALE_LAYER = "blocks.13", "head", "blocks.13"
+
+
+def edit(img: np.ndarray, kind: str, rng: np.random.Generator) -> tuple[bytes, str]:
+    """One planted edit of a 28x28 grey image: (file bytes, extension)."""
+    from PIL import Image
+
+    im = Image.fromarray(img)
+    out = io.BytesIO()
+    if kind == "jpeg70":
+        im.save(out, "JPEG", quality=70)
+        return out.getvalue(), ".jpg"
+    if kind == "rescale0.9":
+        im = im.resize((25, 25), Image.BICUBIC)
+    elif kind == "crop5":  # 5 % of the area: 27 x 27 of 28 x 28, at a random corner
+        x, y = rng.integers(0, 2, 2)
+        im = im.crop((x, y, x + 27, y + 27))
+    else:
+        factor = 1.1 if rng.random() < 0.5 else 0.9
+        im = Image.fromarray(np.clip(img.astype(np.float32) * factor, 0, 255).astype(np.uint8))
+    im.save(out, "PNG")
+    return out.getvalue(), ".png"
+
+
+def write_split(root: Path, images, labels, names, classes) -> list[Path]:
+    from PIL import Image
+
+    paths = []
+    for img, lab, name in zip(images, labels, names, strict=True):
+        p = root / classes[lab] / f"{name}.png"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        if not p.exists():
+            Image.fromarray(img).save(p)
+        paths.append(p)
+    return paths
+
+
+def plant(root: Path, images, labels, originals: list[Path], n: int, seed: int, classes) -> dict:
+    """``n`` edited copies of random training images into ``root``: copy path -> (original
+    path, edit)."""
+    rng = np.random.default_rng(seed)
+    chosen = rng.choice(len(images), n, replace=False)
+    planted = {}
+    for j, i in enumerate(chosen):
+        kind = EDITS[j % len(EDITS)]
+        data, ext = edit(images[i], kind, rng)
+        p = root / classes[labels[i]] / f"planted-{j:05d}-{kind}{ext}"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)
+        planted[str(p)] = (str(originals[i]), kind)
+    return planted
+
+
+def make_split(work: Path, name: str, n_train: int, n_test: int, n_planted: int, seed: int,
+               flip: float, exclude_train=(), exclude_test=()) -> dict:
+    """Train/test image folders (labels flipped in the training folders at rate ``flip``),
+    planted copies in the test folder, both embedded; what was planted and flipped."""
+    from featurebank import embed_collection
+    from featurebank.datasets import FASHION_CLASSES, load_fashion_mnist
+
+    Xtr, ytr = load_fashion_mnist("train")
+    Xte, yte = load_fashion_mnist("test")
+    rng = np.random.default_rng(seed)
+    itr = rng.choice(np.setdiff1d(np.arange(len(ytr)), exclude_train), n_train, replace=False)
+    ite = rng.choice(np.setdiff1d(np.arange(len(yte)), exclude_test), n_test, replace=False)
+    given = ytr[itr].copy()
+    flipped = rng.choice(n_train, int(round(flip * n_train)), replace=False)
+    given[flipped] = (given[flipped] + rng.integers(1, 10, len(flipped))) % 10
+    root = work / name
+    train_paths = write_split(root / "train", Xtr[itr], given, [f"tr{i}" for i in itr], FASHION_CLASSES)
+    write_split(root / "test", Xte[ite], yte[ite], [f"te{i}" for i in ite], FASHION_CLASSES)
+    planted = plant(root / "test", Xtr[itr], ytr[itr], train_paths, n_planted, seed + 100, FASHION_CLASSES)
+    t0 = time.perf_counter()
+    for split in ("train", "test"):
+        embed_collection([str(root / split)], root / f"{split}.h5", "efficientnet_lite0",
+                         layers=sorted({SCALE_LAYER, DUP_LAYER, LABEL_LAYER}), progress=True)
+    return {"root": root, "train_idx": itr, "test_idx": ite, "planted": planted,
+            "flipped": {str(train_paths[i]) for i in flipped}, "embed_s": time.perf_counter() - t0}
+
+
+def leak_scores(report, planted: dict) -> dict:
+    """Recall and precision of the leaks, counting only pairs with a planted member."""
+    pairs = [(r["test"]["path"], r["train"]["path"]) for r in report.leaks if r["test"]["path"] in planted]
+    right = sum(planted[t][0] == tr for t, tr in pairs)
+    per_edit = {}
+    for kind in EDITS:
+        ours = [t for t, (_, k) in planted.items() if k == kind]
+        found = sum(planted[t][0] == tr for t, tr in pairs if planted[t][1] == kind)
+        per_edit[kind] = round(found / max(1, len(ours)), 4)
+    return {"planted": len(planted), "reported": len(pairs), "right": right,
+            "recall": round(right / max(1, len(planted)), 4),
+            "precision": round(right / max(1, len(pairs)), 4), "recall_by_edit": per_edit}
+
+
+def planted_similarities(split: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Similarity of each planted copy to its original, and of every other test image to its
+    nearest training image (what a threshold must separate)."""
+    from featurebank.extractor import FeatureStore, exact_search
+
+    train, test = FeatureStore(split["root"] / "train.h5"), FeatureStore(split["root"] / "test.h5")
+    fp = train.resolve(DUP_LAYER).fingerprint
+    feats = test.read(DUP_LAYER)
+    top = exact_search(train, fp, feats.X, 1)
+    table = train.image_table()
+    own, other = [], []
+    for path, key, sim in zip(feats.paths, top.keys[:, 0], top.similarity[:, 0], strict=True):
+        if path in split["planted"]:
+            if table[key][0] == split["planted"][path][0]:
+                own.append(sim)
+            else:
+                own.append(0.0)  # its original is not even the nearest: missed at any threshold
+        else:
+            other.append(sim)
+    return np.array(own), np.array(other)
+
+
+def calibrate(split: dict) -> dict:
+    """The threshold that keeps 97 % of the calibration split's planted copies (a margin over
+    the 95 % goal), rounded down to 0.005."""
+    own, other = planted_similarities(split)
+    threshold = float(np.floor(np.quantile(own, 0.03) / 0.005) * 0.005)
+    return {"threshold": threshold, "planted_similarity_quantiles":
+            {q: round(float(np.quantile(own, q)), 4) for q in (0.01, 0.03, 0.05, 0.5)},
+            "unplanted_above_threshold": int((other >= threshold).sum()),
+            "unplanted": int(len(other))}
+
+
+def duplicates_and_labels(split: dict, threshold: float) -> dict:
+    from featurebank.classical import AuditOptions, audit_stores
+
+    t0 = time.perf_counter()
+    dups = audit_stores(split["root"] / "train.h5", [split["root"] / "test.h5"], DUP_LAYER,
+                        options=AuditOptions(near_threshold=threshold, index="exact",
+                                             label_check=False),
+                        report_dir=split["root"] / "report-duplicates")
+    dup_seconds = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    report = audit_stores(split["root"] / "train.h5", [split["root"] / "test.h5"], LABEL_LAYER,
+                          options=AuditOptions(near_threshold=threshold, index="exact"),
+                          report_dir=split["root"] / "report-labels")
+    seconds = time.perf_counter() - t0
+    flagged = {r["path"] for r in report.label_issues}
+    hits = len(flagged & split["flipped"])
+    labels = {"flipped": len(split["flipped"]), "flagged": len(flagged), "right": hits,
+              "recall": round(hits / len(split["flipped"]), 4),
+              "precision": round(hits / max(1, len(flagged)), 4)}
+    return {"near_duplicates": leak_scores(dups, split["planted"]), "labels": labels,
+            "audit_seconds": {DUP_LAYER: round(dup_seconds, 1), LABEL_LAYER: round(seconds, 1)},
+            "counts": {DUP_LAYER: dups.to_dict()["counts"], LABEL_LAYER: report.to_dict()["counts"]}}
+
+
+def cleanlab_side_by_side(split: dict) -> dict:
+    """Our rule and cleanlab's on the same out-of-fold probabilities."""
+    try:
+        from cleanlab.filter import find_label_issues
+    except ImportError:
+        return {"skipped": "cleanlab not installed"}
+    from featurebank.classical import confident_learning, out_of_fold_probabilities
+    from featurebank.extractor import FeatureStore
+
+    feats = FeatureStore(split["root"] / "train.h5").read(LABEL_LAYER)
+    classes, proba = out_of_fold_probabilities(feats.X, feats.y)
+    labels = np.searchsorted(classes, feats.y)
+    truth = np.array([p in split["flipped"] for p in feats.paths])
+    out = {}
+    flags = {"featurebank confident_learning": confident_learning(labels, proba).rows}
+    for rule in ("confident_learning", "prune_by_noise_rate"):
+        flags[f"cleanlab {rule}"] = find_label_issues(labels, proba, filter_by=rule)
+    for name, rows in flags.items():
+        mask = np.zeros(len(labels), bool)
+        mask[rows] = True
+        hits = int((mask & truth).sum())
+        out[name] = {"flagged": int(mask.sum()), "recall": round(hits / truth.sum(), 4),
+                     "precision": round(hits / max(1, mask.sum()), 4)}
+    return out
+
+
+def tiled_store(path: Path, source: Path, rows: int, noise: float, seed: int = 0) -> Path:
+    """``rows`` vectors: the real vectors of ``source``'s SCALE_LAYER tiled, each copy plus
+    Gaussian noise of ``noise`` times each dimension's spread; labels and paths of the original."""
+    from featurebank.extractor import FeatureStore
+
+    if path.is_file():
+        return path
+    feats = FeatureStore(source).read(SCALE_LAYER)
+    sd = feats.X.std(axis=0)
+    rng = np.random.default_rng(seed)
+    tmp = path.with_name(path.name + ".part")
+    tmp.unlink(missing_ok=True)
+    with FeatureStore(tmp, mode="a") as store:
+        for first in range(0, rows, 50_000):
+            idx = np.arange(first, min(rows, first + 50_000))
+            src = idx % len(feats.X)
+            X = feats.X[src] + rng.normal(0, 1, (len(idx), feats.X.shape[1])).astype(np.float32) * (noise * sd)
+            keys = [f"{i:064x}" for i in idx]
+            store.add_rows(feats.spec, keys, X, list(feats.paths[src]), list(feats.y[src]))
+    tmp.rename(path)
+    return path
+
+
+def audit_one(store: str, threshold: float, sample: int, index: str) -> dict:
+    """One audit of a big store (run in its own process: its peak memory is the process's)."""
+    import shutil
+
+    from featurebank.classical import AuditOptions, audit_stores
+    from featurebank.extractor.search import index_dir
+
+    shutil.rmtree(index_dir(store), ignore_errors=True)  # time the index build too
+    t0 = time.perf_counter()
+    report = audit_stores(store, [], SCALE_LAYER, options=AuditOptions(
+        near_threshold=threshold, index=index, label_sample=sample, sheet_rows=0))
+    return {"seconds": round(time.perf_counter() - t0, 1),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "counts": report.to_dict()["counts"], "label_sample": report.label_sample}
+
+
+def search_quality(store: Path, queries: np.ndarray, index: str) -> dict:
+    """recall@10 and queries/s of the (already built) index against exact search."""
+    from featurebank.extractor import FeatureStore, NeighbourIndex, exact_search
+
+    fs = FeatureStore(store)
+    fp = fs.resolve(SCALE_LAYER).fingerprint
+    ix = NeighbourIndex(fs, fp, kind=index)
+    ix.update()
+    t0 = time.perf_counter()
+    approx = ix.search(queries, 10, keys=False)
+    t_ix = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    exact = exact_search(fs, fp, queries, 10, block_rows=65_536)
+    t_ex = time.perf_counter() - t0
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(approx.rows, exact.rows, strict=True)])
+    return {"recall_at_10": round(float(recall), 4), "index_qps": round(len(queries) / t_ix, 1),
+            "exact_qps": round(len(queries) / t_ex, 2), "queries": len(queries)}
+
+
+def scale(work: Path, split: dict, sizes: list[int], noise: float, threshold: float,
+          sample: int, index: str) -> list[dict]:
+    from featurebank.extractor import FeatureStore
+
+    queries = FeatureStore(split["root"] / "test.h5").read(SCALE_LAYER).X[:200]
+    out = []
+    for n in sizes:
+        t0 = time.perf_counter()
+        store = tiled_store(work / f"tiled-{n}.h5", split["root"] / "train.h5", n, noise)
+        made = time.perf_counter() - t0
+        proc = subprocess.run([sys.executable, "-m", "benchmarks.audit", "--audit-one", str(store),
+                               "--threshold", str(threshold), "--label-sample", str(sample),
+                               "--index", index], capture_output=True, text=True, cwd=REPO)
+        if proc.returncode:
+            raise SystemExit(proc.stderr[-3000:])
+        row = {"rows": n, "store_write_s": round(made, 1), **json.loads(proc.stdout.splitlines()[-1]),
+               "search": search_quality(store, queries, index), "loadavg": load_average()}
+        print(row, flush=True)
+        out.append(row)
+    return out
+
+
+def main(argv=None) -> None:
+    # faiss's OpenMP threads spin-wait: on 2 cores shared with other work one thread is faster
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--work", default=str(REPO / "runs" / "audit"))
+    ap.add_argument("--train", type=int, default=10_000)
+    ap.add_argument("--test", type=int, default=2000)
+    ap.add_argument("--planted", type=int, default=500)
+    ap.add_argument("--flip", type=float, default=0.05)
+    ap.add_argument("--calibration", type=int, nargs=3, default=[3000, 1000, 300],
+                    metavar=("TRAIN", "TEST", "PLANTED"), help="sizes of the calibration split")
+    ap.add_argument("--sizes", type=int, nargs="*", default=[100_000, 300_000, 1_000_000])
+    ap.add_argument("--noise", type=float, default=0.5)
+    ap.add_argument("--label-sample", type=int, default=10_000)
+    ap.add_argument("--index", default="ivfpq")
+    ap.add_argument("--audit-one", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--threshold", type=float, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--calibrate-only", action="store_true",
+                    help="make and measure the calibration split only (to set the default)")
+    ap.add_argument("--out", default="audit")
+    args = ap.parse_args(argv)
+    if args.audit_one:
+        print(json.dumps(audit_one(args.audit_one, args.threshold, args.label_sample, args.index)))
+        return
+    from featurebank.classical.audit import DEFAULT_NEAR_THRESHOLD
+
+    work = Path(args.work).resolve()
+    started = time.perf_counter()
+    # calibration: other training and test images, another seed, no flipped labels
+    cal = make_split(work, "calibration", *args.calibration, seed=1, flip=0.0)
+    calibration = calibrate(cal)
+    print("calibration", calibration, flush=True)
+    if args.calibrate_only:
+        return
+    bench = make_split(work, "benchmark", args.train, args.test, args.planted, seed=0,
+                       flip=args.flip, exclude_train=cal["train_idx"], exclude_test=cal["test_idx"])
+    result = {"dataset": "fashion-mnist", "model": "efficientnet_lite0 (224 px)",
+              "duplicate_layer": DUP_LAYER, "label_layer": LABEL_LAYER, "scale_layer": SCALE_LAYER,
+              "faiss_threads": os.environ.get("OMP_NUM_THREADS"),
+              "train_images": args.train, "test_images": args.test, "planted": args.planted,
+              "edits": list(EDITS), "flip_rate": args.flip,
+              "default_threshold": DEFAULT_NEAR_THRESHOLD, "calibration": calibration,
+              "embed_seconds": round(cal["embed_s"] + bench["embed_s"], 1)}
+    result.update(duplicates_and_labels(bench, DEFAULT_NEAR_THRESHOLD))
+    print({k: result[k] for k in ("near_duplicates", "labels")}, flush=True)
+    result["cleanlab"] = cleanlab_side_by_side(bench)
+    print(result["cleanlab"], flush=True)
+    result["scale"] = {"noise": args.noise, "index": args.index, "label_sample": args.label_sample,
+                       "runs": scale(work, bench, args.sizes, args.noise, DEFAULT_NEAR_THRESHOLD,
+                                     args.label_sample, args.index)}
+    result["seconds"] = round(time.perf_counter() - started)
+    write_result(args.out, result)
+
+
+if __name__ == "__main__":
+    main()
