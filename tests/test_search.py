@@ -160,11 +160,17 @@ def test_a_kill_while_indexing_leaves_store_and_old_index_usable(tmp_path, digit
     assert reread.update() == len(big) and time.time() < deadline
 
 
-def test_neighbors_command_finds_the_stored_photo(tmp_path, lite0_onnx, photo_dir):
+@pytest.fixture(scope="module")
+def photo_store(tmp_path_factory, lite0_onnx, photo_dir):
     from featurebank import embed_collection
 
-    store = tmp_path / "photos.h5"
+    store = tmp_path_factory.mktemp("photo-store") / "photos.h5"
     embed_collection([str(photo_dir)], store, lite0_onnx, layers=["head"])
+    return store
+
+
+def test_neighbors_command_finds_the_stored_photo(tmp_path, lite0_onnx, photo_dir, photo_store):
+    store = photo_store
     query = next(photo_dir.glob("*/chelsea.jpg"))
     out = subprocess.run([sys.executable, "-m", "featurebank", "neighbors", str(query), "--store",
                           str(store), "--top", "3", "--json", "--model", str(lite0_onnx)],
@@ -186,3 +192,28 @@ def test_search_options_are_checked():
     assert SearchOptions().method(1000, 1280) == "exact"
     assert SearchOptions(index_above=10).method(1_000_000, 1280) == "ivfpq"
     assert SearchOptions(index_above=10).method(100_000, 192) == "hnsw"
+
+
+def test_neighbors_route_answers_from_the_served_store(lite0_onnx, photo_dir, photo_store):
+    pytest.importorskip("fastapi", reason="the service extra")
+    from fastapi.testclient import TestClient
+
+    from featurebank.service import create_app
+    from featurebank.spec import FeatureOptions
+
+    query = next(photo_dir.glob("*/coffee.jpg"))
+    body, jpeg = query.read_bytes(), {"content-type": "image/jpeg"}
+    with TestClient(create_app(FeatureOptions(model=str(lite0_onnx)), store=photo_store)) as c:
+        r = c.post("/v1/neighbors?top=2", content=body, headers=jpeg)
+        assert r.status_code == 200, r.text
+        found = r.json()
+        assert found["layer"] == "head" and len(found["neighbors"][0]) == 2
+        assert found["neighbors"][0][0]["path"] == str(query)
+        assert found["neighbors"][0][0]["similarity"] > 0.999
+        assert c.post("/v1/neighbors?top=0", content=body, headers=jpeg).status_code == 422
+        bad_layer = c.post("/v1/neighbors?layer=blocks.3", content=body, headers=jpeg)
+        assert bad_layer.status_code == 422 and "not served" in bad_layer.json()["detail"]
+        assert c.post("/v1/neighbors", content=b"not an image", headers=jpeg).status_code == 422
+    with TestClient(create_app(FeatureOptions(model=str(lite0_onnx)))) as c:  # no store
+        r = c.post("/v1/neighbors", content=body, headers=jpeg)
+        assert r.status_code == 409 and "--store" in r.json()["detail"]

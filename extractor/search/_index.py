@@ -20,6 +20,7 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import filelock
 import numpy as np
@@ -85,7 +86,7 @@ class NeighbourIndex:
         self.block_rows, self.nprobe = block_rows, nprobe
         self.path = index_dir(store.path) / f"{fingerprint}.{kind}.faiss"
         self.header: dict = {}
-        self.index = None
+        self.index: Any = None  # a faiss index once loaded or built
         self._keys: np.ndarray | None = None
 
     # -- reading ------------------------------------------------------------------------
@@ -174,8 +175,9 @@ class NeighbourIndex:
                 return 0
             if self.index is None:
                 self.index = self._new_index()
+            index = self.index
             for first, X, _ in iter_blocks(self.store, self.fingerprint, self.block_rows, start):
-                self.index.add(X)
+                index.add(X)
                 if progress is not None:
                     progress(first + len(X), total)
             self._write(total)

@@ -89,7 +89,8 @@ class StoreSearch:
         if self._table is None or rows != self._rows:  # the store grew: re-read its images
             self._table, self._rows = self.store.image_table(), rows
         out = []
-        for keys, sims in zip(found.keys, found.similarity, strict=True):
+        keys_of_rows = found.keys if found.keys is not None else np.full(found.rows.shape, "")
+        for keys, sims in zip(keys_of_rows, found.similarity, strict=True):
             out.append([Match(str(k), *self._table.get(str(k), ("", "")), float(s))
                         for k, s in zip(keys, sims, strict=True) if k])
         return out
