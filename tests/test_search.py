@@ -141,8 +141,8 @@ def test_a_kill_while_indexing_leaves_store_and_old_index_usable(tmp_path, digit
     old = NeighbourIndex(store, SPEC.fingerprint(), kind="hnsw")
     old.update()
     before = old.path.read_bytes()
-    big = np.tile(X, (8, 1)) + np.random.default_rng(1).normal(0, 0.3, (8 * len(X), 64)).astype(np.float32)
-    with FeatureStore(tmp_path / "s.h5", mode="a") as s:  # 14k more rows to index
+    big = np.tile(X, (4, 1)) + np.random.default_rng(1).normal(0, 0.3, (4 * len(X), 64)).astype(np.float32)
+    with FeatureStore(tmp_path / "s.h5", mode="a") as s:  # 7k more rows to index
         s.add_rows(SPEC, [f"{i:064x}" for i in range(10_000, 10_000 + len(big))], big,
                    [f"/data/more/{i}.png" for i in range(len(big))], dtype="float32")
     proc = subprocess.Popen([sys.executable, "-c", _INDEXER, str(tmp_path / "s.h5"), SPEC.fingerprint()],
