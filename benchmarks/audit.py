@@ -127,14 +127,14 @@ def leak_scores(report, planted: dict) -> dict:
             "precision": round(right / max(1, len(pairs)), 4), "recall_by_edit": per_edit}
 
 
-def planted_similarities(split: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def planted_similarities(split: dict, layer: str = DUP_LAYER) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """For each planted copy: the similarity to its nearest training image and whether that is
     its original; for every other test image, the similarity to its nearest training image."""
     from featurebank.extractor import FeatureStore, exact_search
 
     train, test = FeatureStore(split["root"] / "train.h5"), FeatureStore(split["root"] / "test.h5")
-    fp = train.resolve(DUP_LAYER).fingerprint
-    feats = test.read(DUP_LAYER)
+    fp = train.resolve(layer).fingerprint
+    feats = test.read(layer)
     top = exact_search(train, fp, feats.X, 1)
     table = train.image_table()
     sims, right, other = [], [], []
@@ -160,6 +160,21 @@ def calibrate(split: dict) -> dict:
             "precision": round(float(found.sum() / max(1, (sims >= threshold).sum())), 4),
             "unplanted_test_images_above_threshold": int((other >= threshold).sum()),
             "unplanted_test_images": int(len(other))}
+
+
+def threshold_table(split: dict, layers=(DUP_LAYER, LABEL_LAYER),
+                    thresholds=(0.85, 0.9, 0.915, 0.93, 0.95, 0.97)) -> dict:
+    """Recall and precision of the planted copies, and the share of ordinary test images above
+    each threshold, at each cut: what a threshold trades (docs/audit.md)."""
+    table = {}
+    for layer in layers:
+        sims, right, other = planted_similarities(split, layer)
+        table[layer] = [{"threshold": t, "recall": round(float(((sims >= t) & right).mean()), 4),
+                         "precision": round(float(((sims >= t) & right).sum()
+                                                  / max(1, (sims >= t).sum())), 4),
+                         "unplanted_above": round(float((other >= t).mean()), 4)}
+                        for t in thresholds]
+    return table
 
 
 def duplicates_and_labels(split: dict, threshold: float) -> dict:
@@ -327,6 +342,9 @@ def main(argv=None) -> None:
     calibration = calibrate(cal)
     print("calibration", calibration, flush=True)
     if args.calibrate_only:
+        write_result(args.out + "_calibration", {"dataset": "fashion-mnist (calibration split, seed 1)",
+                                                 "calibration": calibration,
+                                                 "by_threshold": threshold_table(cal)})
         return
     bench = make_split(work, "benchmark", args.train, args.test, args.planted, seed=0,
                        flip=args.flip, exclude_train=cal["train_idx"], exclude_test=cal["test_idx"])
