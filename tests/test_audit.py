@@ -168,14 +168,14 @@ def test_read_exclusions_refuses_what_is_not_a_key(tmp_path):
 
 
 def test_exclusions_leave_rows_out_of_training_and_evaluation(split, tmp_path):
-    from featurebank.classical import evaluate, load_model, train
+    from featurebank.classical import evaluate, load_trained, train
 
     excluded = set(np.random.default_rng(3).choice(split["train_keys"], 100, replace=False))
     excluded.add("f" * 64)  # a key of another store: ignored, not recorded
     model = train(split["train"], holdout=0.25, baseline=False, exclude=excluded)
     assert model.excluded_keys == excluded - {"f" * 64} and model.info["excluded"] == 100
     assert not model.trained_keys & excluded
-    reloaded = load_model(model.save(tmp_path / "m.joblib"))
+    reloaded = load_trained(model.save(tmp_path / "m.joblib"))
     assert reloaded.excluded_keys == model.excluded_keys
     result = evaluate(reloaded, split["train"], baseline=False)
     # the held-out quarter only, less its excluded rows: those are skipped, not scored
