@@ -140,6 +140,7 @@ def test_refused_before_any_file_is_written(split, tmp_path, digits_dir):
     assert done.label_issues == [] and done.rows
 
 
+@pytest.mark.slow
 def test_audit_command(split, tmp_path):
     out = subprocess.run([sys.executable, "-m", "featurebank", "audit", str(split["train"]),
                           "--test", str(split["test"]), "--near-threshold", "0.99",
@@ -149,6 +150,21 @@ def test_audit_command(split, tmp_path):
     assert out.returncode == 0, out.stderr
     assert "leaks (test images near-duplicated in training): " in out.stdout
     assert (tmp_path / "r" / "contact_sheet.png").is_file()
+    # the audit's exclude.txt feeds train; evaluate on the same store skips those rows
+    excluded = read_exclusions(tmp_path / "r" / "exclude.txt")
+    assert split["train_keys"][1200] in excluded  # the training copy of a leaked image
+    clf = tmp_path / "clf.joblib"
+    trained = subprocess.run([sys.executable, "-m", "featurebank", "train", str(split["train"]),
+                              "--exclude", str(tmp_path / "r" / "exclude.txt"), "--holdout",
+                              "0.25", "--no-baseline", "-o", str(clf)],
+                             capture_output=True, text=True, timeout=300)
+    assert trained.returncode == 0, trained.stderr
+    assert f"{len(excluded)} rows excluded" in trained.stdout
+    scored = subprocess.run([sys.executable, "-m", "featurebank", "evaluate", str(clf),
+                             str(split["train"]), "--no-baseline"],
+                            capture_output=True, text=True, timeout=300)
+    assert scored.returncode == 0, scored.stderr
+    assert f"skipped: {len(excluded)} rows excluded" in scored.stdout
     bad = subprocess.run([sys.executable, "-m", "featurebank", "audit", str(split["train"]),
                           "--near-threshold", "1.5"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 1 and "--near-threshold" in bad.stderr
