@@ -328,6 +328,8 @@ def main(argv=None) -> None:
     ap.add_argument("--threshold", type=float, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--calibrate-only", action="store_true",
                     help="make and measure the calibration split only (to set the default)")
+    ap.add_argument("--ranked-only", action="store_true",
+                    help="precision and recall along the ranked label flags of a finished run")
     ap.add_argument("--out", default="audit")
     args = ap.parse_args(argv)
     if args.audit_one:
@@ -336,6 +338,9 @@ def main(argv=None) -> None:
     from featurebank.classical.audit import DEFAULT_NEAR_THRESHOLD
 
     work = Path(args.work).resolve()
+    if args.ranked_only:
+        write_result(args.out + "_labels_ranked", ranked_flags(work))
+        return
     started = time.perf_counter()
     # calibration: other training and test images, another seed, no flipped labels
     cal = make_split(work, "calibration", *args.calibration, seed=1, flip=0.0)
@@ -370,6 +375,34 @@ def main(argv=None) -> None:
 
     scale(work, bench, args.sizes, args.noise, DEFAULT_NEAR_THRESHOLD, args.label_sample,
           args.index, save)
+
+
+def ranked_flags(work: Path) -> dict:
+    """Precision and recall along the flags ranked by score (1 - probability of the given
+    label), read back from the benchmark's report: what a shorter, ranked list trades. A
+    training file's true class is known from its Fashion-MNIST index (``tr{i}.png``)."""
+    import csv
+
+    from featurebank.datasets import FASHION_CLASSES, load_fashion_mnist
+
+    _, ytr = load_fashion_mnist("train")
+    root = work / "benchmark"
+    files = list((root / "train").glob("*/*.png"))
+    flipped = {str(p) for p in files if p.parent.name != FASHION_CLASSES[ytr[int(p.stem[2:])]]}
+    with open(root / "report-labels" / "label_issues.csv") as f:
+        ranked = [row["path"] in flipped for row in csv.DictReader(f)]
+    hits = np.cumsum(ranked)
+    recall, precision = hits / len(flipped), hits / np.arange(1, len(ranked) + 1)
+    at = {}
+    for goal in (0.5, 0.6, 0.7, 0.8):
+        reach = np.flatnonzero(recall >= goal)
+        at[f"recall_{goal}"] = ({"flags": int(reach[0] + 1), "precision": round(float(precision[reach[0]]), 4)}
+                                if len(reach) else None)
+    best = np.flatnonzero(precision >= 0.6)
+    return {"flipped": len(flipped), "flags": len(ranked), "at_recall": at,
+            "recall_at_precision_0.6": round(float(recall[best[-1]]), 4) if len(best) else 0.0,
+            "top_500": {"recall": round(float(recall[min(499, len(ranked) - 1)]), 4),
+                        "precision": round(float(precision[min(499, len(ranked) - 1)]), 4)}}
 
 
 if __name__ == "__main__":

@@ -82,7 +82,7 @@ def run_train(args) -> int:
 
     check_writable(args.output)
     options = options_from_args(TrainOptions, args)
-    exclude = frozenset()
+    exclude: frozenset[str] = frozenset()
     if args.exclude:  # read (and checked) before any work
         from featurebank.classical import read_exclusions
 

@@ -53,7 +53,7 @@ def run_finetune(args) -> int:
         raise FeaturebankError(f"-o {args.output}: the tuned model is an ONNX file; end the name "
                                "in .onnx")
     options = options_from_args(FinetuneOptions, args)
-    exclude = frozenset()
+    exclude: frozenset[str] = frozenset()
     if args.exclude:  # read (and checked) before anything is embedded
         from featurebank.classical import read_exclusions
 
