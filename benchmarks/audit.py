@@ -328,6 +328,8 @@ def main(argv=None) -> None:
     ap.add_argument("--threshold", type=float, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--calibrate-only", action="store_true",
                     help="make and measure the calibration split only (to set the default)")
+    ap.add_argument("--scale-only", action="store_true",
+                    help="run the 1M-row part again on a finished run's stores (audit.json kept)")
     ap.add_argument("--ranked-only", action="store_true",
                     help="precision and recall along the ranked label flags of a finished run")
     ap.add_argument("--out", default="audit")
@@ -340,6 +342,20 @@ def main(argv=None) -> None:
     work = Path(args.work).resolve()
     if args.ranked_only:
         write_result(args.out + "_labels_ranked", ranked_flags(work))
+        return
+    if args.scale_only:
+        from benchmarks._common import RESULTS
+
+        result = json.loads((RESULTS / f"{args.out}.json").read_text())
+        result["scale"] = {"noise": args.noise, "index": args.index, "label_sample": args.label_sample,
+                           "sizes_asked": args.sizes, "runs": []}
+
+        def save_scale(runs):
+            result["scale"]["runs"] = runs
+            write_result(args.out, {**result, "machine": None})
+
+        scale(work, {"root": work / "benchmark"}, args.sizes, args.noise, DEFAULT_NEAR_THRESHOLD,
+              args.label_sample, args.index, save_scale)
         return
     started = time.perf_counter()
     # calibration: other training and test images, another seed, no flipped labels
