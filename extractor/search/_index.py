@@ -167,7 +167,12 @@ class NeighbourIndex:
 
         Under the index's lock; the new index replaces the file only when complete, so a
         kill leaves the previous one usable."""
-        self.path.parent.mkdir(exist_ok=True)
+        try:
+            self.path.parent.mkdir(exist_ok=True)
+        except OSError as exc:
+            raise FeaturebankError(f"cannot keep an index beside store {self.store.path} "
+                                   f"({exc.strerror}); make its folder writable, or search "
+                                   "exactly (--index exact)") from exc
         with filelock.FileLock(self.path.with_name(f"{self.fingerprint}.lock"), thread_local=False):
             self.load()
             total = next(s.rows for s in self.store.feature_sets() if s.fingerprint == self.fingerprint)
