@@ -20,7 +20,7 @@ from featurebank.classical.audit._duplicates import (
     outlier_ranking,
 )
 from featurebank.classical.audit._labels import confident_learning, out_of_fold_probabilities
-from featurebank.classical.audit._options import AuditOptions
+from featurebank.classical.audit._options import AUDIT_EXACT_ROWS, AuditOptions
 from featurebank.errors import FeaturebankError
 from featurebank.extractor import (
     FeatureStore,
@@ -131,7 +131,8 @@ def check_report_dir(report_dir: str | Path | None) -> None:
 
 
 def _self_neighbours(side: _Side, options: AuditOptions):
-    method = SearchOptions(index=options.index, block_rows=options.block_rows).method(
+    method = SearchOptions(index=options.index, block_rows=options.block_rows,
+                           index_above=AUDIT_EXACT_ROWS).method(
         side.rows, side.store.resolve(side.fingerprint).dim)
     log.info("%s: %d nearest neighbours of %d rows (%s)", side.name, options.neighbours,
              side.rows, method)

@@ -12,6 +12,9 @@ from featurebank.options import Interval, Options, check_options, option
 DEFAULT_NEAR_THRESHOLD = 0.915
 #: the neighbour methods an audit may use (see featurebank.extractor.SearchOptions)
 AUDIT_INDEX = ("auto", "exact", "hnsw", "ivfpq")
+#: ``index='auto'`` audits exactly up to this many rows: every row against every row grows
+#: with rows squared (50 000 rows of 1280 values: ~3e12 multiply-adds), an index beyond
+AUDIT_EXACT_ROWS = 50_000
 
 
 @dataclass(frozen=True)
@@ -39,7 +42,7 @@ class AuditOptions:
     sheet_rows : int
         Rows of thumbnails per finding on the contact sheet.
     index : {'auto', 'exact', 'hnsw', 'ivfpq'}
-        How neighbours are found (``auto``: exact up to 200 000 rows, a faiss index beyond).
+        How neighbours are found (``auto``: exact up to 50 000 rows, a faiss index beyond).
     block_rows : int
         Rows per block of the exact search (memory ~ 2 * block_rows * dim * 4 bytes).
     seed : int
