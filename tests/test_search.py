@@ -169,6 +169,7 @@ def photo_store(tmp_path_factory, lite0_onnx, photo_dir):
     return store
 
 
+@pytest.mark.slow  # embeds photos with Lite0 and starts a process
 def test_neighbors_command_finds_the_stored_photo(tmp_path, lite0_onnx, photo_dir, photo_store):
     store = photo_store
     query = next(photo_dir.glob("*/chelsea.jpg"))
@@ -194,6 +195,7 @@ def test_search_options_are_checked():
     assert SearchOptions(index_above=10).method(100_000, 192) == "hnsw"
 
 
+@pytest.mark.slow  # embeds photos with Lite0 and starts the service
 def test_neighbors_route_answers_from_the_served_store(lite0_onnx, photo_dir, photo_store):
     pytest.importorskip("fastapi", reason="the service extra")
     from fastapi.testclient import TestClient
