@@ -147,11 +147,9 @@ def _self_neighbours(side: _Side, options: AuditOptions):
 def _near_and_outliers(side: _Side, options: AuditOptions, report: AuditReport):
     found, index = _self_neighbours(side, options)
     pairs = near_pairs(found.rows, found.similarity, options.near_threshold)
-    for group in near_groups(side.rows, pairs):
-        inside = np.isin(pairs[:, 0], group)  # the weakest link that joined the group
+    for group, weakest in near_groups(side.rows, pairs):
         report.near_duplicates.append({
-            "store": side.name, "size": len(group),
-            "similarity": round(float(pairs[inside, 2].min()), 6),
+            "store": side.name, "size": len(group), "similarity": round(weakest, 6),
             "members": [side.row(int(r)) for r in group]})
     if side.rows > options.neighbours:
         rows, dist = outlier_ranking(found.similarity, options.outliers)

@@ -36,19 +36,22 @@ def near_pairs(rows: np.ndarray, similarity: np.ndarray, threshold: float) -> np
     return pairs[np.sort(first)]
 
 
-def near_groups(n_rows: int, pairs: np.ndarray) -> list[np.ndarray]:
-    """Connected components (size >= 2) of the near-duplicate pairs: rows of each group,
-    largest groups first."""
+def near_groups(n_rows: int, pairs: np.ndarray) -> list[tuple[np.ndarray, float]]:
+    """Connected components (size >= 2) of the near-duplicate pairs: the rows of each group and
+    its weakest link (the lowest similarity that joined it), largest groups first."""
     if not len(pairs):
         return []
     a, b = pairs[:, 0].astype(np.int64), pairs[:, 1].astype(np.int64)
     graph = coo_matrix((np.ones(len(a)), (a, b)), shape=(n_rows, n_rows))
     _, component = connected_components(graph, directed=False)
+    weakest = np.full(component.max() + 1, np.inf)
+    np.minimum.at(weakest, component[a], pairs[:, 2])
     members = np.unique(np.concatenate([a, b]))
-    groups: dict[int, list[int]] = defaultdict(list)
-    for r in members:
-        groups[int(component[r])].append(int(r))
-    return sorted((np.array(g) for g in groups.values()), key=lambda g: (-len(g), g[0]))
+    order = np.argsort(component[members], kind="stable")
+    members = members[order]
+    cuts = np.flatnonzero(np.diff(component[members])) + 1
+    groups = [(g, float(weakest[component[g[0]]])) for g in np.split(members, cuts)]
+    return sorted(groups, key=lambda g: (-len(g[0]), g[0][0]))
 
 
 def outlier_ranking(similarity: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:

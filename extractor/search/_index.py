@@ -81,7 +81,7 @@ class NeighbourIndex:
     """
 
     def __init__(self, store: FeatureStore, fingerprint: str, *, kind: str = "hnsw",
-                 block_rows: int = DEFAULT_BLOCK_ROWS, nprobe: int = 32):
+                 block_rows: int = DEFAULT_BLOCK_ROWS, nprobe: int = 16):
         if kind not in ("hnsw", "ivfpq"):
             raise FeaturebankError(f"index kind must be 'hnsw' or 'ivfpq', got {kind!r}")
         self.store, self.fingerprint, self.kind = store, fingerprint, kind
@@ -115,17 +115,20 @@ class NeighbourIndex:
     def rows(self) -> int:
         return int(self.header.get("rows", 0))
 
-    def search(self, queries: np.ndarray, k: int = 10, keys: bool = True) -> Neighbours:
+    def search(self, queries: np.ndarray, k: int = 10, keys: bool = True,
+               sweep: bool = False) -> Neighbours:
         """The ``k`` nearest indexed rows of each query (cosine similarity); their content
-        keys too with ``keys``."""
+        keys too with ``keys``. ``sweep``: a cheaper IVF-PQ setting for querying every row
+        (an audit), half the lists and half the candidates re-ranked."""
         from featurebank.extractor.search._exact import normalise
 
         faiss = require_faiss()
         if self.index is None:
             raise FeaturebankError(f"index {self.path} is not loaded; call update() first")
         if isinstance(self.index, faiss.IndexRefine):  # IVF-PQ, re-ranked
-            faiss.downcast_index(self.index.base_index).nprobe = self.nprobe
-            self.index.k_factor = REFINE_FACTOR
+            factor = 2 if sweep else 1
+            faiss.downcast_index(self.index.base_index).nprobe = max(1, self.nprobe // factor)
+            self.index.k_factor = max(1, REFINE_FACTOR // factor)
         if hasattr(self.index, "hnsw"):  # faiss's default (16) loses recall at k = 10
             self.index.hnsw.efSearch = max(64, 4 * k)
         dist, rows = self.index.search(normalise(np.atleast_2d(queries)), k)
@@ -137,7 +140,7 @@ class NeighbourIndex:
         row positions and similarities (``keys`` None)."""
         parts = []
         for first, X, _ in iter_blocks(self.store, self.fingerprint, self.block_rows, 0, self.rows):
-            found = self.search(X, k + 1, keys=False)
+            found = self.search(X, k + 1, keys=False, sweep=True)
             own = found.rows == np.arange(first, first + len(X))[:, None]
             # drop the row itself where found, else the last (least similar) one
             drop = np.where(own.any(axis=1), own.argmax(axis=1), k)
@@ -210,7 +213,8 @@ class NeighbourIndex:
             return faiss.IndexHNSWFlat(info.dim, HNSW_M)
         # faiss wants ~39 training points per centroid and per PQ code: fewer lists and
         # smaller codebooks for small sets (an index is rarely worth it there anyway)
-        nlist = int(min(4096, max(1, 4 * np.sqrt(info.rows), info.rows // 1000), info.rows // 39 or 1))
+        # sqrt(rows) lists: a cheap quantiser to train and to query (1000 lists at 1M rows)
+        nlist = int(min(4096, max(1, np.sqrt(info.rows)), info.rows // 39 or 1))
         nbits = int(min(8, max(1, np.log2(max(2, info.rows // 39)))))
         # sub-vectors of ~8 values (faiss's usual choice; 2-4 values train many times slower)
         m = next(m for m in range(min(64, max(1, info.dim // 8)), 0, -1) if info.dim % m == 0)
