@@ -266,13 +266,15 @@ def audit_one(store: str, threshold: float, sample: int, index: str) -> dict:
             "counts": report.to_dict()["counts"], "label_sample": report.label_sample}
 
 
-def search_quality(store: Path, queries: np.ndarray, index: str) -> dict:
+def search_quality(store: Path, queries: np.ndarray, index: str, nprobe: int | None = None,
+                   refine: int | None = None) -> dict:
     """recall@10 and queries/s of the (already built) index against exact search."""
     from featurebank.extractor import FeatureStore, NeighbourIndex, exact_search
 
     fs = FeatureStore(store)
     fp = fs.resolve(SCALE_LAYER).fingerprint
-    ix = NeighbourIndex(fs, fp, kind=index)
+    ix = NeighbourIndex(fs, fp, kind=index, **({"nprobe": nprobe} if nprobe else {}),
+                        **({"refine": refine} if refine else {}))
     ix.update()
     t0 = time.perf_counter()
     approx = ix.search(queries, 10, keys=False)
@@ -330,6 +332,8 @@ def main(argv=None) -> None:
                     help="make and measure the calibration split only (to set the default)")
     ap.add_argument("--scale-only", action="store_true",
                     help="run the 1M-row part again on a finished run's stores (audit.json kept)")
+    ap.add_argument("--nprobe-sweep", action="store_true",
+                    help="recall@10 and queries/s at several nprobe on the largest tiled store")
     ap.add_argument("--ranked-only", action="store_true",
                     help="precision and recall along the ranked label flags of a finished run")
     ap.add_argument("--out", default="audit")
@@ -342,6 +346,17 @@ def main(argv=None) -> None:
     work = Path(args.work).resolve()
     if args.ranked_only:
         write_result(args.out + "_labels_ranked", ranked_flags(work))
+        return
+    if args.nprobe_sweep:
+        from featurebank.extractor import FeatureStore
+
+        n = max(args.sizes)
+        queries = FeatureStore(work / "benchmark" / "test.h5").read(SCALE_LAYER).X[:200]
+        store = work / f"tiled-{n}.h5"
+        write_result(args.out + "_nprobe", {"rows": n, "index": args.index, "by_nprobe": {
+            str(p): search_quality(store, queries, args.index, p) for p in (8, 16, 32, 64)},
+            "by_refine_at_nprobe_16": {str(r): search_quality(store, queries, args.index, 16, r)
+                                       for r in (8, 16, 32, 64)}})
         return
     if args.scale_only:
         from benchmarks._common import RESULTS
