@@ -36,13 +36,22 @@ _LAZY = {
     "save_figure": "featurebank.classical._report",
     "sweep": "featurebank.classical._workflow",
     "train": "featurebank.classical._workflow",
+    # knowing the data (classical/audit/)
+    "AuditOptions": "featurebank.classical.audit",
+    "AuditReport": "featurebank.classical.audit",
+    "audit_stores": "featurebank.classical.audit",
+    "confident_learning": "featurebank.classical.audit",
+    "out_of_fold_probabilities": "featurebank.classical.audit",
+    "read_exclusions": "featurebank.classical.audit",
 }
 
 __all__ = ["CLASSIFIERS", "EmbeddingTransformer", "LabelledFeatures", "LinearProbe",
            "ONNX_KINDS", "OnnxClassifier", "SpecMismatchError", "TrainOptions",
            "TrainedClassifier", "check_same_specs", "classifier_as_onnx", "cross_validate_probe",
            "evaluate", "fewshot_curve", "k_shot_indices", "labelled_only", "load_features",
-           "load_trained", "pyplot", "raw_pixels", "save_figure", "sweep", "train"]
+           "load_trained", "pyplot", "raw_pixels", "save_figure", "sweep", "train",
+           "AuditOptions", "AuditReport", "audit_stores", "confident_learning",
+           "out_of_fold_probabilities", "read_exclusions"]
 
 if TYPE_CHECKING:
     from featurebank.classical._features import (
@@ -59,6 +68,14 @@ if TYPE_CHECKING:
     from featurebank.classical._report import pyplot, save_figure
     from featurebank.classical._transformer import EmbeddingTransformer
     from featurebank.classical._workflow import evaluate, fewshot_curve, sweep, train
+    from featurebank.classical.audit import (
+        AuditOptions,
+        AuditReport,
+        audit_stores,
+        confident_learning,
+        out_of_fold_probabilities,
+        read_exclusions,
+    )
 
 
 #: names "model" meant before it meant the network only (issue 31)

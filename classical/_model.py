@@ -82,6 +82,8 @@ class TrainedClassifier:
     trained_keys: set[str] = field(default_factory=set)
     baseline: Any = None
     info: dict = field(default_factory=dict)
+    #: training rows left out on purpose (``--exclude``): ``evaluate`` skips them too
+    excluded_keys: set[str] = field(default_factory=set)
 
     @property
     def fingerprints(self) -> list[str]:
@@ -141,7 +143,7 @@ class TrainedClassifier:
                    "estimator": self.estimator, "specs": [s.to_json() for s in self.specs],
                    "fingerprints": self.fingerprints, "classes": list(self.classes),
                    "trained_keys": sorted(self.trained_keys), "baseline": self.baseline,
-                   "info": self.info}
+                   "info": self.info, "excluded_keys": sorted(self.excluded_keys)}
         tmp = path.with_name(f".{path.name}.tmp")
         try:
             joblib.dump(payload, tmp, compress=3)
@@ -166,5 +168,5 @@ def load_trained(path: str | Path) -> TrainedClassifier:
         raise FeaturebankError(f"{path} is not a featurebank classifier (format {FORMAT} expected)")
     return TrainedClassifier(payload["estimator"], [FeatureSpec.from_json(s) for s in payload["specs"]],
                         payload["classes"], set(payload["trained_keys"]), payload["baseline"],
-                        payload.get("info", {}))
+                        payload.get("info", {}), set(payload.get("excluded_keys", ())))
 

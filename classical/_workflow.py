@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import textwrap
 import warnings
+from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
 
@@ -35,16 +36,20 @@ from featurebank.options import Interval, Options, check_value
 
 
 def train(store, layers=None, classifier: str = "logreg", shots: int | None = None,
-          holdout: float = 0.0, baseline: bool = True, random_state: int = 0) -> TrainedClassifier:
+          holdout: float = 0.0, baseline: bool = True, random_state: int = 0,
+          exclude: Iterable[str] = ()) -> TrainedClassifier:
     """Fit a probe on a store's labelled rows (optionally k per class, minus a held-out part).
 
     With ``baseline``, a raw-pixel classifier is fitted on the same images, re-read from the
     paths the store holds; missing images are reported before anything is fitted. The
     parameters are those of :class:`~featurebank.classical.TrainOptions` (checked there).
+    Rows whose content key is in ``exclude`` (:func:`read_exclusions`, ``--exclude``) are left
+    out; those of the store are recorded in the classifier, and :func:`evaluate` skips them.
     """
     TrainOptions(layers=layers, classifier=classifier, shots=shots, holdout=holdout,
                  baseline=baseline, random_state=random_state)
     data = labelled_only(load_features(store, layers), f"store {store}")
+    data, excluded = _without(data, frozenset(exclude))
     if holdout:
         idx, _ = train_test_split(np.arange(len(data.y)), test_size=holdout, stratify=data.y,
                                   random_state=random_state)
@@ -60,7 +65,19 @@ def train(store, layers=None, classifier: str = "logreg", shots: int | None = No
                           raw_pixels(data.paths), data.y)
     return TrainedClassifier(probe, data.specs, [str(c) for c in probe.classes_], set(data.keys), base,
                         {"classifier": classifier, "shots": shots, "n_train": int(len(data.y)),
-                         "C": probe.C_, "val_scores": {str(k): v for k, v in probe.val_scores_.items()}})
+                         "C": probe.C_, "val_scores": {str(k): v for k, v in probe.val_scores_.items()},
+                         "excluded": len(excluded)}, excluded)
+
+
+def _without(data: LabelledFeatures, exclude: frozenset[str]) -> tuple[LabelledFeatures, set[str]]:
+    """``data`` less the rows whose content key is excluded, and the keys left out."""
+    if not exclude:
+        return data, set()
+    drop = np.array([k in exclude for k in data.keys], dtype=bool)
+    if drop.all():
+        raise FeaturebankError(f"--exclude leaves out all {len(drop)} labelled rows; nothing "
+                               "is left to train on")
+    return _take(data, np.flatnonzero(~drop)), set(data.keys[drop])
 
 
 def _quiet_fit(probe: LinearProbe, X, y) -> LinearProbe:
@@ -101,7 +118,8 @@ def evaluate(model: TrainedClassifier, store, report_dir: str | Path | None = No
     data = labelled_only(load_features(store, fingerprints=model.fingerprints, wanted=model.specs),
                          f"store {store}")
     model.check_specs(data.specs)
-    fresh = np.array([k not in model.trained_keys for k in data.keys])
+    fresh = np.array([k not in model.trained_keys and k not in model.excluded_keys for k in data.keys])
+    skipped = int(sum(k in model.excluded_keys for k in data.keys))
     if not fresh.any():
         raise FeaturebankError(f"every labelled image in {store} was used to train this model; "
                                "evaluate on another store or train with --holdout")
@@ -121,6 +139,8 @@ def evaluate(model: TrainedClassifier, store, report_dir: str | Path | None = No
     labels = [*model.classes, *new_labels]
     result = metrics(data.y, pred, labels)
     result["model"] = [s.describe() for s in model.specs]
+    if skipped:  # left out of training on purpose: neither trained on nor a fair test
+        result["excluded_skipped"] = skipped
     if new_labels:
         result["unseen_labels"] = counts
         result["note"] = (f"{sum(counts.values())} images of labels the classifier never saw "

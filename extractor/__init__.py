@@ -40,12 +40,24 @@ _LAZY = {
     "EmbedSummary": "featurebank.extractor.engines",
     "SourceOptions": "featurebank.extractor.sources",
     "open_source": "featurebank.extractor.sources",
+    # neighbour search over a store (extractor/search/)
+    "IndexMismatchError": "featurebank.extractor.search",
+    "Match": "featurebank.extractor.search",
+    "NeighbourIndex": "featurebank.extractor.search",
+    "Neighbours": "featurebank.extractor.search",
+    "SearchOptions": "featurebank.extractor.search",
+    "StoreSearch": "featurebank.extractor.search",
+    "exact_search": "featurebank.extractor.search",
+    "extractor_for": "featurebank.extractor.search",
+    "self_neighbours": "featurebank.extractor.search",
 }
 
 __all__ = ["DEFAULT_MAX_PIXELS", "DEVICES", "DecodeError", "ENGINES", "EmbedRun", "EmbedSummary",
            "Extractor", "FeatureSet", "FeatureStore", "ImageItem", "collect", "decode",
            "SourceOptions", "embed_collection", "image_key", "label_table", "open_source",
-           "read_bytes", "resolve_model_path", "upgrade_message"]
+           "read_bytes", "resolve_model_path", "upgrade_message",
+           "IndexMismatchError", "Match", "NeighbourIndex", "Neighbours", "SearchOptions",
+           "StoreSearch", "exact_search", "extractor_for", "self_neighbours"]
 
 if TYPE_CHECKING:
     from featurebank.extractor._extractor import Extractor, resolve_model_path
@@ -60,6 +72,17 @@ if TYPE_CHECKING:
         read_bytes,
     )
     from featurebank.extractor.engines import EmbedSummary, embed_collection
+    from featurebank.extractor.search import (
+        IndexMismatchError,
+        Match,
+        NeighbourIndex,
+        Neighbours,
+        SearchOptions,
+        StoreSearch,
+        exact_search,
+        extractor_for,
+        self_neighbours,
+    )
     from featurebank.extractor.sources import SourceOptions, open_source
     from featurebank.extractor.store import FeatureSet, FeatureStore
     from featurebank.extractor.store._store import upgrade_message

@@ -6,7 +6,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,8 @@ class FinetuneResult:
     checkpoint: Path | None = None
     seconds: dict[str, float] = field(default_factory=dict)
     exported: Path | None = None
+    #: training images left out on purpose (``--exclude``), recorded in the tuned file
+    excluded_keys: list[str] = field(default_factory=list)
 
     # the main training's figures, read where they live
     history = property(lambda self: self.trained.main.history)
@@ -92,7 +95,7 @@ class FinetuneResult:
                 "val_accuracy": self.val_accuracy, "test_accuracy": self.test_accuracy,
                 "probe_val_accuracy": self.probe.get("val_accuracy"),
                 "probe_test_accuracy": self.probe.get("test_accuracy"),
-                "options": self.options.to_dict()}
+                "options": self.options.to_dict(), "excluded_keys": self.excluded_keys}
 
     def torch_model(self, which: str | None = None):
         """The whole classifier as an eval-mode torch module (``features(x)``): the chosen
@@ -141,7 +144,8 @@ def finetune(train: str | Path, *, model: str = "efficientnet_lite0", from_layer
              test: str | Path | None = None, output: str | Path = "tuned.onnx",
              report: str | Path | None = None, options: FinetuneOptions | None = None,
              work_dir: str | Path | None = None, progress: bool = True,
-             embed_batch_size: int = 32, **option_fields: Any) -> FinetuneResult:
+             embed_batch_size: int = 32, exclude: Iterable[str] = (),
+             **option_fields: Any) -> FinetuneResult:
     """Fine-tune the layers of ``model`` above ``from_layer`` on labelled images.
 
     Parameters
@@ -168,6 +172,10 @@ def finetune(train: str | Path, *, model: str = "efficientnet_lite0", from_layer
     work_dir : path, optional
         Where a folder's maps are cached (default: ``maps/`` in featurebank's cache folder,
         ``$FEATUREBANK_CACHE`` or ``~/.cache/featurebank``).
+    exclude : iterable of str
+        Content keys of training images to leave out
+        (:func:`featurebank.classical.read_exclusions`, ``--exclude``); those of ``train`` are
+        recorded in the result's lineage (and the tuned file).
 
     Returns
     -------
@@ -185,7 +193,7 @@ def finetune(train: str | Path, *, model: str = "efficientnet_lite0", from_layer
     # refuses a bad model or cut before any file
     spec, shape = cut_spec(model, from_layer, opts.input_size, opts.weights)
     # both inputs are read and checked before anything is embedded or written
-    train_set = open_collection(train, "train", spec, work_dir)
+    train_set, excluded = _leave_out(open_collection(train, "train", spec, work_dir), frozenset(exclude))
     test_set = None if test is None else open_collection(test, "test", spec, work_dir)
     timings: dict[str, float] = {}
     started = time.perf_counter()
@@ -230,12 +238,27 @@ def finetune(train: str | Path, *, model: str = "efficientnet_lite0", from_layer
     result = FinetuneResult(model=model, layer=from_layer, classes=classes, options=opts,
                             trained=trained, train_fingerprint=fingerprint,
                             train_images=len(maps.X), stores=stores,
-                            test_accuracy=test_acc, checkpoint=checkpoint.path, seconds=timings)
+                            test_accuracy=test_acc, checkpoint=checkpoint.path, seconds=timings,
+                            excluded_keys=excluded)
     if report is not None:
         from featurebank.finetune._report import write_report
 
         write_report(result, Path(report))
     return result
+
+
+def _leave_out(collection, exclude: frozenset[str]) -> tuple[Any, list[str]]:
+    """The collection less its images whose content key is excluded, and their keys."""
+    if not exclude:
+        return collection, []
+    drop = np.array([k in exclude for k in collection.keys], dtype=bool)
+    if drop.all():
+        raise FeaturebankError(f"--exclude leaves out all {len(drop)} training images of "
+                               f"{collection.source}; nothing is left to train on")
+    keep = np.flatnonzero(~drop)
+    kept = replace(collection, keys=collection.keys[keep], labels=collection.labels[keep],
+                   paths=[collection.paths[i] for i in keep])
+    return kept, sorted(str(k) for k in collection.keys[drop])
 
 
 def _accuracy(top, maps: CachedMaps, y: np.ndarray) -> float:

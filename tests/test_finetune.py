@@ -314,3 +314,26 @@ def test_same_folders_from_another_cut_reuse_their_stores(tuned, digit_folders):
     assert (fs.spec.layer, fs.rows) == ("blocks.14", n_train)
     assert {s.fingerprint: s.rows for s in FeatureStore(result.train_store).feature_sets()} == before
     assert again.test_accuracy is not None
+
+
+@pytest.mark.slow
+def test_excluded_images_are_left_out_and_recorded(tuned, tmp_path):
+    """`exclude` (the audit's exclude.txt) removes training images before the split; the tuned
+    file's lineage names them."""
+    from featurebank.extractor import FeatureStore
+    from featurebank.finetune import finetune, tuned_lineage
+
+    result, _ = tuned
+    keys = sorted(FeatureStore(result.train_store).image_table())
+    dropped = set(keys[::10])
+    out = tmp_path / "excluded.onnx"
+    again = finetune(result.train_store, from_layer="blocks.12", output=out, epochs=1,
+                     val_size=0.25, seed=0, threads=THREADS, progress=False,
+                     exclude=dropped | {"e" * 64})
+    assert again.train_images == result.train_images - len(dropped)
+    assert again.train_fingerprint != result.train_fingerprint
+    again.export(out)
+    assert set(tuned_lineage(out)["excluded_keys"]) == dropped
+    with pytest.raises(FeaturebankError, match="leaves out all"):
+        finetune(result.train_store, from_layer="blocks.12", output=out, epochs=1,
+                 progress=False, exclude=set(keys))

@@ -76,7 +76,7 @@ def test_every_answer_has_a_documented_schema(openapi):
     comps = openapi["components"]["schemas"]
     ops = {(m, p): op for p, o in openapi["paths"].items() for m, op in o.items()}
     assert set(ops) == {("post", "/v1/embeddings"), ("post", "/v1/predictions"),
-                        ("get", "/v1/models"), ("get", "/healthz"), ("get", "/readyz"),
+                        ("post", "/v1/neighbors"), ("get", "/v1/models"), ("get", "/healthz"), ("get", "/readyz"),
                         ("get", "/metrics")}
     for (_, path), op in ops.items():
         for status, answer in op["responses"].items():

@@ -293,6 +293,36 @@ class FeatureStore(TableWriter):
             raise FeaturebankError(f"content {exc.args[0]} is not in feature set {fingerprint}") from None
 
     @retry_read
+    def read_block(self, fingerprint: str, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """Committed rows ``[start, stop)`` of a feature set (float32) and their content keys:
+        the step of a streamed reader (a sharded store is read through its virtual file)."""
+        with self._open("r") as f:
+            g = f["features"][fingerprint]
+            stop = min(stop, committed_rows(g))
+            if stop <= start:
+                return np.empty((0, int(g.attrs["dim"])), np.float32), np.array([], dtype=str)
+            return np.asarray(g["X"][start:stop], np.float32), g["keys"][start:stop].astype(str)
+
+    @retry_read
+    def set_keys(self, fingerprint: str, stop: int | None = None) -> np.ndarray:
+        """Content keys (``S64`` bytes) of a feature set's first ``stop`` committed rows."""
+        with self._open("r") as f:
+            g = f["features"][fingerprint]
+            n = committed_rows(g) if stop is None else min(stop, committed_rows(g))
+            return g["keys"][:n] if n else np.array([], dtype="S64")
+
+    @retry_read
+    def path_table(self) -> list[tuple[str, str]]:
+        """Every committed (path, content key) pair, in the order first seen."""
+        with self._open("r") as f:
+            p = f["paths"]
+            n = committed_rows(p)
+            if not n:
+                return []
+            return list(dict.fromkeys(zip((decode_path(x) for x in p["paths"][:n]),
+                                          p["keys"][:n].astype(str), strict=True)))
+
+    @retry_read
     def failures(self) -> list[tuple[str, str]]:
         with self._open("r") as f:
             g = f["failures"]

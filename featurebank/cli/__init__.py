@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "featurebank.cli.demo_cmd",  # demo
     "featurebank.cli.finetune_cmd",  # finetune
     "featurebank.cli.deploy_cmd",  # deploy
+    "featurebank.cli.audit_cmds",  # neighbors, audit
 )
 
 

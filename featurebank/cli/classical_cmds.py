@@ -32,6 +32,10 @@ def register(sub) -> None:
     p.add_argument("-o", "--output", required=True, metavar="CLASSIFIER.joblib",
                    help="the classifier file written")
     add_option_flags(p, TrainOptions, flags=_TRAIN_FLAGS, overrides=_LAYER_FLAG)
+    p.add_argument("--exclude", default=None, metavar="FILE",
+                   help="content keys of rows to leave out, one per line (the exclude.txt "
+                   "'featurebank audit --report DIR' writes); recorded in the classifier, and "
+                   "'evaluate' skips them")
     p.set_defaults(func=run_train)
 
     p = sub.add_parser("evaluate", help="score a classifier on a store (images it was not "
@@ -78,12 +82,18 @@ def run_train(args) -> int:
 
     check_writable(args.output)
     options = options_from_args(TrainOptions, args)
-    classifier = train(args.store, **asdict(options))
+    exclude: frozenset[str] = frozenset()
+    if args.exclude:  # read (and checked) before any work
+        from featurebank.classical import read_exclusions
+
+        exclude = read_exclusions(args.exclude)
+    classifier = train(args.store, **asdict(options), exclude=exclude)
     classifier.save(args.output)
     info = classifier.info
     print(f"trained {options.classifier} on {info['n_train']} images, "
           f"{len(classifier.classes)} classes, "
-          f"features {', '.join(s.describe() for s in classifier.specs)}; C={info['C']:g}")
+          f"features {', '.join(s.describe() for s in classifier.specs)}; C={info['C']:g}"
+          + (f"; {info['excluded']} rows excluded" if info.get("excluded") else ""))
     print(f"wrote {args.output}")
     return 0
 
@@ -98,6 +108,8 @@ def run_evaluate(args) -> int:
     print(f"balanced accuracy: {result['balanced_accuracy']:.4f}")
     print(f"macro F1: {result['macro_f1']:.4f}")
     print(f"images: {result['n']}")
+    if result.get("excluded_skipped"):
+        print(f"skipped: {result['excluded_skipped']} rows excluded from training (--exclude)")
     if "raw_pixel_baseline_accuracy" in result:
         print(f"raw-pixel baseline accuracy: {result['raw_pixel_baseline_accuracy']:.4f} "
               f"(gain {100 * result['gain_over_raw_pixels']:+.1f} points)")

@@ -32,6 +32,9 @@ def register(sub) -> None:
     p.add_argument("--work-dir", default=None, metavar="DIR",
                    help="where the maps of a folder are cached (default: maps/ in featurebank's "
                    "cache folder, $FEATUREBANK_CACHE or ~/.cache/featurebank)")
+    p.add_argument("--exclude", default=None, metavar="FILE",
+                   help="content keys of training images to leave out, one per line (the "
+                   "exclude.txt 'featurebank audit --report DIR' writes); recorded in the file")
     add_option_flags(p.add_argument_group("training (FinetuneOptions)"), FinetuneOptions)
     # finetune()'s own parameters, as its errors name them
     register_flags(p, "finetune", {"model": "--model", "from_layer": "--from"})
@@ -50,9 +53,14 @@ def run_finetune(args) -> int:
         raise FeaturebankError(f"-o {args.output}: the tuned model is an ONNX file; end the name "
                                "in .onnx")
     options = options_from_args(FinetuneOptions, args)
+    exclude: frozenset[str] = frozenset()
+    if args.exclude:  # read (and checked) before anything is embedded
+        from featurebank.classical import read_exclusions
+
+        exclude = read_exclusions(args.exclude)
     result = finetune(args.train, model=args.model, from_layer=args.from_layer, test=args.test,
                       output=Path(args.output), report=args.report, options=options,
-                      work_dir=args.work_dir, progress=not args.no_progress)
+                      work_dir=args.work_dir, progress=not args.no_progress, exclude=exclude)
     result.export(args.output)
     if args.report:  # again, now that the file (and its export time) exists
         from featurebank.finetune import write_report

@@ -27,6 +27,7 @@ from featurebank.service.routes import (
     Served,
     add_embedding_route,
     add_error_handlers,
+    add_neighbors_route,
     add_prediction_route,
     add_status_routes,
 )
@@ -110,6 +111,7 @@ def create_app(features: FeatureOptions | str | Path | None = None, *,
     served = Served(engine, trained, config, store, catalogue)
     add_embedding_route(app, served)
     add_prediction_route(app, served)
+    add_neighbors_route(app, served)
     add_status_routes(app, served)
     return app
 

@@ -130,6 +130,64 @@ def add_prediction_route(app: FastAPI, served: Served) -> None:
             "classes": classes, "fingerprints": engine.fingerprints, "images": _images(out)})
 
 
+#: most neighbours one request may ask for per image
+MAX_NEIGHBORS = 100
+
+
+def _query_top(request: Request) -> int:
+    raw = request.query_params.get("top", "10")
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_NEIGHBORS:
+        raise ServiceError(422, f"top must be an integer from 1 to {MAX_NEIGHBORS}, got {raw!r}")
+    return int(raw)
+
+
+def _layer_columns(served: Served, layer: str | None) -> tuple[Any, slice]:
+    """The served spec named ``layer`` (default: the first) and its columns in the vectors."""
+    specs, dims = served.specs, served.engine.extractor.graph.dims
+    offsets = np.cumsum([0, *dims])
+    for i, spec in enumerate(specs):
+        if layer in (None, spec.layer, spec.fingerprint()):
+            return spec, slice(int(offsets[i]), int(offsets[i + 1]))
+    raise ServiceError(422, f"layer {layer!r} is not served; served layers: "
+                            f"{', '.join(s.layer for s in specs)}")
+
+
+def add_neighbors_route(app: FastAPI, served: Served) -> None:
+    """/v1/neighbors: the stored images most similar to each uploaded one (the store given to
+    ``serve --store``, searched exactly or through its index: ``StoreSearch``)."""
+    from featurebank.extractor import SearchOptions, StoreSearch
+
+    engine, searches = served.engine, {}  # one StoreSearch per served layer, made on first use
+
+    def search_for(spec, store: str | Path) -> StoreSearch:
+        fp = spec.fingerprint()
+        if fp not in searches:
+            try:
+                searches[fp] = StoreSearch(store, fp, options=SearchOptions())
+            except FeaturebankError as exc:
+                raise ServiceError(409, f"store {served.store} cannot answer for layer "
+                                        f"{spec.layer}: {exc}") from exc
+        return searches[fp]
+
+    @app.post("/v1/neighbors", openapi_extra=UPLOAD_BODY, response_model=sc.NeighborsResponse,
+              responses=sc.NEIGHBORS_ERRORS,
+              summary="The stored images most similar to each uploaded image")
+    async def neighbors(request: Request) -> Response:
+        """Query `top` (1-100, default 10) neighbours per image at `layer` (a served layer's
+        name or fingerprint; default the first), from the store given to `serve --store`."""
+        if served.store is None:
+            raise ServiceError(409, "no store is loaded; start the service with "
+                                    "'featurebank serve --store STORE.h5'")
+        top = _query_top(request)
+        spec, cols = _layer_columns(served, request.query_params.get("layer"))
+        search = await run_in_threadpool(search_for, spec, served.store)
+        out = await engine.embed_within_timeout(await read_uploads(request, served.config))
+        found = await run_in_threadpool(search.matches, out.X[:, cols], top)
+        return JSONResponse({"neighbors": [[m.to_dict() for m in ms] for ms in found],
+                             "layer": spec.layer, "fingerprint": spec.fingerprint(),
+                             "images": _images(out)})
+
+
 def add_status_routes(app: FastAPI, served: Served) -> None:
     """/v1/models, /healthz, /readyz and /metrics."""
     engine, trained = served.engine, served.classifier

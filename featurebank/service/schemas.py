@@ -66,6 +66,20 @@ class PredictionsResponse(_Strict):
     images: list[ImageInfo]
 
 
+class Neighbor(_Strict):
+    key: str = Field(description="content key (SHA-256) of the stored image")
+    path: str = Field(description="its first stored path")
+    label: str
+    similarity: float = Field(description="cosine similarity at the layer's cut")
+
+
+class NeighborsResponse(_Strict):
+    neighbors: list[list[Neighbor]] = Field(description="per image, most similar first")
+    layer: str
+    fingerprint: str = Field(description="the feature set searched")
+    images: list[ImageInfo]
+
+
 class ClassifierInfo(_Strict):
     classes: list[str]
     fingerprints: list[str]
@@ -128,6 +142,7 @@ _ARRAY_HEADERS = {
 EMBEDDINGS_OK: Responses = {200: {"description": "vectors, as JSON, .npy or .npz (by the Accept header)",
                        "content": {NPY: BINARY, NPZ: BINARY}, "headers": _ARRAY_HEADERS}}
 PREDICTIONS_ERRORS: Responses = ERRORS | {409: _error("no classifier loaded")}
+NEIGHBORS_ERRORS: Responses = ERRORS | {409: _error("no store loaded, or it lacks the layer's feature set")}
 AUTH_ERROR: Responses = {401: ERRORS[401]}
 # /metrics answers text, but its 401 comes from the guard as JSON: said explicitly, since a
 # "model" entry would take the route's text/plain media type

@@ -1,0 +1,354 @@
+"""Knowing the data: planted near-duplicates, flipped labels, and neighbour search at 1M rows.
+
+Fashion-MNIST through the real flow (image files embedded into stores with EfficientNet-Lite0):
+1. near-duplicates: edited copies of training images (JPEG quality 70, rescaled by 0.9, cropped
+   by 5 %, brightness +-10 %) planted among test images; recall and precision of the leaks at
+   the default threshold, counting only pairs with a planted member. The threshold itself is
+   chosen on a calibration split made with another seed from other images (``calibration``);
+2. label errors: 5 % of a 10k training subset's labels flipped; precision and recall of the
+   flags (confident learning on out-of-fold probabilities), cleanlab side by side if installed;
+3. scale: 1M vectors tiled from the real vectors of a 192-d cut (blocks.13) with noise: recall@10
+   and queries/s of the faiss index against exact search, and an audit (near-duplicates and
+   outliers through the index, labels on a sample) timed with its peak memory at each size.
+
+    python -m benchmarks.audit --train 10000 --test 2000 --planted 500 --sizes 100000 300000 1000000
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks._audit_scale import SCALE_LAYER, audit_one, scale, search_quality
+from benchmarks._common import REPO, write_result
+
+EDITS = ("jpeg70", "rescale0.9", "crop5", "brightness10")
+# near-duplicates at a middle cut (edits move it less than the head: docs/audit.md), labels at
+# the head (the best probe); the 1M-row runs at SCALE_LAYER (192 values: its index fits)
+DUP_LAYER, LABEL_LAYER = "blocks.13", "head"
+
+
+def edit(img: np.ndarray, kind: str, rng: np.random.Generator) -> tuple[bytes, str]:
+    """One planted edit of a 28x28 grey image: (file bytes, extension)."""
+    from PIL import Image
+
+    im = Image.fromarray(img)
+    out = io.BytesIO()
+    if kind == "jpeg70":
+        im.save(out, "JPEG", quality=70)
+        return out.getvalue(), ".jpg"
+    if kind == "rescale0.9":
+        im = im.resize((25, 25), Image.BICUBIC)
+    elif kind == "crop5":  # 5 % of the area: 27 x 27 of 28 x 28, at a random corner
+        x, y = rng.integers(0, 2, 2)
+        im = im.crop((x, y, x + 27, y + 27))
+    else:
+        factor = 1.1 if rng.random() < 0.5 else 0.9
+        im = Image.fromarray(np.clip(img.astype(np.float32) * factor, 0, 255).astype(np.uint8))
+    im.save(out, "PNG")
+    return out.getvalue(), ".png"
+
+
+def write_split(root: Path, images, labels, names, classes) -> list[Path]:
+    from PIL import Image
+
+    paths = []
+    for img, lab, name in zip(images, labels, names, strict=True):
+        p = root / classes[lab] / f"{name}.png"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        if not p.exists():
+            Image.fromarray(img).save(p)
+        paths.append(p)
+    return paths
+
+
+def plant(root: Path, images, labels, originals: list[Path], n: int, seed: int, classes) -> dict:
+    """``n`` edited copies of random training images into ``root``: copy path -> (original
+    path, edit)."""
+    rng = np.random.default_rng(seed)
+    chosen = rng.choice(len(images), n, replace=False)
+    planted = {}
+    for j, i in enumerate(chosen):
+        kind = EDITS[j % len(EDITS)]
+        data, ext = edit(images[i], kind, rng)
+        p = root / classes[labels[i]] / f"planted-{j:05d}-{kind}{ext}"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)
+        planted[str(p)] = (str(originals[i]), kind)
+    return planted
+
+
+def make_split(work: Path, name: str, n_train: int, n_test: int, n_planted: int, seed: int,
+               flip: float, exclude_train=(), exclude_test=()) -> dict:
+    """Train/test image folders (labels flipped in the training folders at rate ``flip``),
+    planted copies in the test folder, both embedded; what was planted and flipped."""
+    from featurebank import embed_collection
+    from featurebank.datasets import FASHION_CLASSES, load_fashion_mnist
+
+    Xtr, ytr = load_fashion_mnist("train")
+    Xte, yte = load_fashion_mnist("test")
+    rng = np.random.default_rng(seed)
+    itr = rng.choice(np.setdiff1d(np.arange(len(ytr)), exclude_train), n_train, replace=False)
+    ite = rng.choice(np.setdiff1d(np.arange(len(yte)), exclude_test), n_test, replace=False)
+    given = ytr[itr].copy()
+    flipped = rng.choice(n_train, int(round(flip * n_train)), replace=False)
+    given[flipped] = (given[flipped] + rng.integers(1, 10, len(flipped))) % 10
+    root = work / name
+    train_paths = write_split(root / "train", Xtr[itr], given, [f"tr{i}" for i in itr], FASHION_CLASSES)
+    write_split(root / "test", Xte[ite], yte[ite], [f"te{i}" for i in ite], FASHION_CLASSES)
+    planted = plant(root / "test", Xtr[itr], ytr[itr], train_paths, n_planted, seed + 100, FASHION_CLASSES)
+    t0 = time.perf_counter()
+    for split in ("train", "test"):
+        embed_collection([str(root / split)], root / f"{split}.h5", "efficientnet_lite0",
+                         layers=sorted({SCALE_LAYER, DUP_LAYER, LABEL_LAYER}), progress=True)
+    return {"root": root, "train_idx": itr, "test_idx": ite, "planted": planted,
+            "flipped": {str(train_paths[i]) for i in flipped}, "embed_s": time.perf_counter() - t0}
+
+
+def leak_scores(report, planted: dict) -> dict:
+    """Recall and precision of the leaks, counting only pairs with a planted member."""
+    pairs = [(r["test"]["path"], r["train"]["path"]) for r in report.leaks if r["test"]["path"] in planted]
+    right = sum(planted[t][0] == tr for t, tr in pairs)
+    per_edit = {}
+    for kind in EDITS:
+        ours = [t for t, (_, k) in planted.items() if k == kind]
+        found = sum(planted[t][0] == tr for t, tr in pairs if planted[t][1] == kind)
+        per_edit[kind] = round(found / max(1, len(ours)), 4)
+    return {"planted": len(planted), "reported": len(pairs), "right": right,
+            "recall": round(right / max(1, len(planted)), 4),
+            "precision": round(right / max(1, len(pairs)), 4), "recall_by_edit": per_edit}
+
+
+def planted_similarities(split: dict, layer: str = DUP_LAYER) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each planted copy: the similarity to its nearest training image and whether that is
+    its original; for every other test image, the similarity to its nearest training image."""
+    from featurebank.extractor import FeatureStore, exact_search
+
+    train, test = FeatureStore(split["root"] / "train.h5"), FeatureStore(split["root"] / "test.h5")
+    fp = train.resolve(layer).fingerprint
+    feats = test.read(layer)
+    top = exact_search(train, fp, feats.X, 1)
+    table = train.image_table()
+    sims, right, other = [], [], []
+    for path, key, sim in zip(feats.paths, top.keys[:, 0], top.similarity[:, 0], strict=True):
+        if path in split["planted"]:
+            sims.append(sim)
+            right.append(table[key][0] == split["planted"][path][0])
+        else:
+            other.append(sim)
+    return np.array(sims), np.array(right), np.array(other)
+
+
+def calibrate(split: dict) -> dict:
+    """The threshold that keeps 98 % of the calibration split's planted copies whose nearest
+    training image is their original (the others are lost at any threshold), rounded down to
+    0.005; with the recall and precision it gives there."""
+    sims, right, other = planted_similarities(split)
+    threshold = float(np.floor(np.quantile(sims[right], 0.02) / 0.005) * 0.005)
+    found = (sims >= threshold) & right
+    return {"threshold": threshold, "layer": DUP_LAYER, "planted": int(len(sims)),
+            "nearest_is_original": int(right.sum()),
+            "recall": round(float(found.mean()), 4),
+            "precision": round(float(found.sum() / max(1, (sims >= threshold).sum())), 4),
+            "unplanted_test_images_above_threshold": int((other >= threshold).sum()),
+            "unplanted_test_images": int(len(other))}
+
+
+def threshold_table(split: dict, layers=(DUP_LAYER, LABEL_LAYER),
+                    thresholds=(0.85, 0.9, 0.915, 0.93, 0.95, 0.97)) -> dict:
+    """Recall and precision of the planted copies, and the share of ordinary test images above
+    each threshold, at each cut: what a threshold trades (docs/audit.md)."""
+    table = {}
+    for layer in layers:
+        sims, right, other = planted_similarities(split, layer)
+        table[layer] = [{"threshold": t, "recall": round(float(((sims >= t) & right).mean()), 4),
+                         "precision": round(float(((sims >= t) & right).sum()
+                                                  / max(1, (sims >= t).sum())), 4),
+                         "unplanted_above": round(float((other >= t).mean()), 4)}
+                        for t in thresholds]
+    return table
+
+
+def duplicates_and_labels(split: dict, threshold: float) -> dict:
+    from featurebank.classical import AuditOptions, audit_stores
+
+    t0 = time.perf_counter()
+    dups = audit_stores(split["root"] / "train.h5", [split["root"] / "test.h5"], DUP_LAYER,
+                        options=AuditOptions(near_threshold=threshold, index="exact",
+                                             label_check=False),
+                        report_dir=split["root"] / "report-duplicates")
+    dup_seconds = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    report = audit_stores(split["root"] / "train.h5", [split["root"] / "test.h5"], LABEL_LAYER,
+                          options=AuditOptions(near_threshold=threshold, index="exact"),
+                          report_dir=split["root"] / "report-labels")
+    seconds = time.perf_counter() - t0
+    flagged = {r["path"] for r in report.label_issues}
+    hits = len(flagged & split["flipped"])
+    labels = {"flipped": len(split["flipped"]), "flagged": len(flagged), "right": hits,
+              "recall": round(hits / len(split["flipped"]), 4),
+              "precision": round(hits / max(1, len(flagged)), 4)}
+    return {"near_duplicates": leak_scores(dups, split["planted"]), "labels": labels,
+            "audit_seconds": {DUP_LAYER: round(dup_seconds, 1), LABEL_LAYER: round(seconds, 1)},
+            "counts": {DUP_LAYER: dups.to_dict()["counts"], LABEL_LAYER: report.to_dict()["counts"]}}
+
+
+def cleanlab_side_by_side(split: dict) -> dict:
+    """Our rule and cleanlab's on the same out-of-fold probabilities."""
+    try:
+        from cleanlab.filter import find_label_issues
+    except ImportError:
+        return {"skipped": "cleanlab not installed"}
+    from featurebank.classical import confident_learning, out_of_fold_probabilities
+    from featurebank.extractor import FeatureStore
+
+    feats = FeatureStore(split["root"] / "train.h5").read(LABEL_LAYER)
+    classes, proba = out_of_fold_probabilities(feats.X, feats.y)
+    labels = np.searchsorted(classes, feats.y)
+    truth = np.array([p in split["flipped"] for p in feats.paths])
+    out = {}
+    flags = {"featurebank confident_learning": confident_learning(labels, proba).rows}
+    for rule in ("confident_learning", "prune_by_noise_rate"):
+        flags[f"cleanlab {rule}"] = find_label_issues(labels, proba, filter_by=rule)
+    for name, rows in flags.items():
+        mask = np.zeros(len(labels), bool)
+        mask[rows] = True
+        hits = int((mask & truth).sum())
+        out[name] = {"flagged": int(mask.sum()), "recall": round(hits / truth.sum(), 4),
+                     "precision": round(hits / max(1, mask.sum()), 4)}
+    return out
+
+
+def main(argv=None) -> None:
+    # faiss's OpenMP threads spin-wait: on 2 cores shared with other work one thread is faster
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--work", default=str(REPO / "runs" / "audit"))
+    ap.add_argument("--train", type=int, default=10_000)
+    ap.add_argument("--test", type=int, default=2000)
+    ap.add_argument("--planted", type=int, default=500)
+    ap.add_argument("--flip", type=float, default=0.05)
+    ap.add_argument("--calibration", type=int, nargs=3, default=[3000, 1000, 300],
+                    metavar=("TRAIN", "TEST", "PLANTED"), help="sizes of the calibration split")
+    ap.add_argument("--sizes", type=int, nargs="*", default=[100_000, 300_000, 1_000_000])
+    ap.add_argument("--noise", type=float, default=0.5)
+    ap.add_argument("--label-sample", type=int, default=10_000)
+    ap.add_argument("--index", default="ivfpq")
+    ap.add_argument("--audit-one", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--threshold", type=float, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--calibrate-only", action="store_true",
+                    help="make and measure the calibration split only (to set the default)")
+    ap.add_argument("--scale-only", action="store_true",
+                    help="run the 1M-row part again on a finished run's stores (audit.json kept)")
+    ap.add_argument("--nprobe-sweep", action="store_true",
+                    help="recall@10 and queries/s at several nprobe on the largest tiled store")
+    ap.add_argument("--ranked-only", action="store_true",
+                    help="precision and recall along the ranked label flags of a finished run")
+    ap.add_argument("--out", default="audit")
+    args = ap.parse_args(argv)
+    if args.audit_one:
+        print(json.dumps(audit_one(args.audit_one, args.threshold, args.label_sample, args.index)))
+        return
+    from featurebank.classical.audit import DEFAULT_NEAR_THRESHOLD
+
+    work = Path(args.work).resolve()
+    if args.ranked_only:
+        write_result(args.out + "_labels_ranked", ranked_flags(work))
+        return
+    if args.nprobe_sweep:
+        from featurebank.extractor import FeatureStore
+
+        n = max(args.sizes)
+        queries = FeatureStore(work / "benchmark" / "test.h5").read(SCALE_LAYER).X[:200]
+        store = work / f"tiled-{n}.h5"
+        write_result(args.out + "_nprobe", {"rows": n, "index": args.index, "by_nprobe": {
+            str(p): search_quality(store, queries, args.index, p) for p in (8, 16, 32, 64)},
+            "by_refine_at_nprobe_16": {str(r): search_quality(store, queries, args.index, 16, r)
+                                       for r in (8, 16, 32, 64)}})
+        return
+    if args.scale_only:
+        from benchmarks._common import RESULTS
+
+        result = json.loads((RESULTS / f"{args.out}.json").read_text())
+        result["scale"] = {"noise": args.noise, "index": args.index, "label_sample": args.label_sample,
+                           "sizes_asked": args.sizes, "runs": []}
+
+        def save_scale(runs):
+            result["scale"]["runs"] = runs
+            write_result(args.out, {**result, "machine": None})
+
+        scale(work, {"root": work / "benchmark"}, args.sizes, args.noise, DEFAULT_NEAR_THRESHOLD,
+              args.label_sample, args.index, save_scale)
+        return
+    started = time.perf_counter()
+    # calibration: other training and test images, another seed, no flipped labels
+    cal = make_split(work, "calibration", *args.calibration, seed=1, flip=0.0)
+    calibration = calibrate(cal)
+    print("calibration", calibration, flush=True)
+    if args.calibrate_only:
+        write_result(args.out + "_calibration", {"dataset": "fashion-mnist (calibration split, seed 1)",
+                                                 "calibration": calibration,
+                                                 "by_threshold": threshold_table(cal)})
+        return
+    bench = make_split(work, "benchmark", args.train, args.test, args.planted, seed=0,
+                       flip=args.flip, exclude_train=cal["train_idx"], exclude_test=cal["test_idx"])
+    result = {"dataset": "fashion-mnist", "model": "efficientnet_lite0 (224 px)",
+              "duplicate_layer": DUP_LAYER, "label_layer": LABEL_LAYER, "scale_layer": SCALE_LAYER,
+              "faiss_threads": os.environ.get("OMP_NUM_THREADS"),
+              "train_images": args.train, "test_images": args.test, "planted": args.planted,
+              "edits": list(EDITS), "flip_rate": args.flip,
+              "default_threshold": DEFAULT_NEAR_THRESHOLD, "calibration": calibration,
+              "embed_seconds": round(cal["embed_s"] + bench["embed_s"], 1)}
+    result.update(duplicates_and_labels(bench, DEFAULT_NEAR_THRESHOLD))
+    print({k: result[k] for k in ("near_duplicates", "labels")}, flush=True)
+    result["cleanlab"] = cleanlab_side_by_side(bench)
+    print(result["cleanlab"], flush=True)
+    result["scale"] = {"noise": args.noise, "index": args.index, "label_sample": args.label_sample,
+                       "sizes_asked": args.sizes, "runs": []}
+    write_result(args.out, result)
+
+    def save(runs):
+        result["scale"]["runs"] = runs
+        result["seconds"] = round(time.perf_counter() - started)
+        write_result(args.out, result)
+
+    scale(work, bench, args.sizes, args.noise, DEFAULT_NEAR_THRESHOLD, args.label_sample,
+          args.index, save)
+
+
+def ranked_flags(work: Path) -> dict:
+    """Precision and recall along the flags ranked by score (1 - probability of the given
+    label), read back from the benchmark's report: what a shorter, ranked list trades. A
+    training file's true class is known from its Fashion-MNIST index (``tr{i}.png``)."""
+    import csv
+
+    from featurebank.datasets import FASHION_CLASSES, load_fashion_mnist
+
+    _, ytr = load_fashion_mnist("train")
+    root = work / "benchmark"
+    files = list((root / "train").glob("*/*.png"))
+    flipped = {str(p) for p in files if p.parent.name != FASHION_CLASSES[ytr[int(p.stem[2:])]]}
+    with open(root / "report-labels" / "label_issues.csv") as f:
+        ranked = [row["path"] in flipped for row in csv.DictReader(f)]
+    hits = np.cumsum(ranked)
+    recall, precision = hits / len(flipped), hits / np.arange(1, len(ranked) + 1)
+    at = {}
+    for goal in (0.5, 0.6, 0.7, 0.8):
+        reach = np.flatnonzero(recall >= goal)
+        at[f"recall_{goal}"] = ({"flags": int(reach[0] + 1), "precision": round(float(precision[reach[0]]), 4)}
+                                if len(reach) else None)
+    best = np.flatnonzero(precision >= 0.6)
+    return {"flipped": len(flipped), "flags": len(ranked), "at_recall": at,
+            "recall_at_precision_0.6": round(float(recall[best[-1]]), 4) if len(best) else 0.0,
+            "top_500": {"recall": round(float(recall[min(499, len(ranked) - 1)]), 4),
+                        "precision": round(float(precision[min(499, len(ranked) - 1)]), 4)}}
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,245 @@
+"""``audit_stores``: one pass over a training store (and test stores) that lists exact and near
+duplicates, test images leaked from training, likely label errors and outliers.
+
+Everything that can be refused is checked first (the stores, their feature sets, the labels,
+the report folder), so a refused audit writes nothing."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from featurebank.classical._features import open_store
+from featurebank.classical.audit._duplicates import (
+    exact_duplicates,
+    near_groups,
+    near_pairs,
+    outlier_ranking,
+)
+from featurebank.classical.audit._labels import confident_learning, out_of_fold_probabilities
+from featurebank.classical.audit._options import AUDIT_EXACT_ROWS, AuditOptions
+from featurebank.errors import FeaturebankError
+from featurebank.extractor import (
+    FeatureStore,
+    NeighbourIndex,
+    SearchOptions,
+    exact_search,
+    self_neighbours,
+)
+
+log = logging.getLogger(__name__)
+__all__ = ["AuditReport", "audit_stores"]
+
+
+@dataclass
+class _Side:
+    """One store of the audit: its feature set, keys, and (path, label) by key."""
+
+    name: str
+    store: FeatureStore
+    fingerprint: str
+    rows: int
+    keys: np.ndarray = field(repr=False)
+    table: dict[str, tuple[str, str]] = field(repr=False)
+
+    def row(self, i: int, **extra) -> dict:
+        key = str(self.keys[i])
+        path, label = self.table.get(key, ("", ""))
+        return {"store": self.name, "row": int(i), "key": key, "path": path, "label": label, **extra}
+
+
+@dataclass
+class AuditReport:
+    """What an audit found (every list is ranked, worst first); :meth:`to_dict` is the JSON."""
+
+    train: str
+    tests: list[str]
+    spec: str
+    fingerprint: str
+    options: dict
+    rows: dict[str, int]
+    exact_duplicates: list[dict] = field(default_factory=list)
+    near_duplicates: list[dict] = field(default_factory=list)
+    leaks: list[dict] = field(default_factory=list)
+    label_issues: list[dict] = field(default_factory=list)
+    outliers: list[dict] = field(default_factory=list)
+    label_sample: int | None = None
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["counts"] = {k: len(getattr(self, k)) for k in
+                         ("exact_duplicates", "near_duplicates", "leaks", "label_issues", "outliers")}
+        return out
+
+    def exclusions(self) -> list[str]:
+        """Training content keys worth leaving out of training: suspect labels, training
+        copies of leaked test images, and every near-duplicate but the first of a group."""
+        keys = [r["key"] for r in self.label_issues]
+        keys += [r["train"]["key"] for r in self.leaks]
+        keys += [m["key"] for g in self.near_duplicates if g["store"] == self.train
+                 for m in g["members"][1:]]
+        return list(dict.fromkeys(keys))
+
+
+def _side(name: str, store: FeatureStore, fingerprint: str) -> _Side:
+    keys = store.set_keys(fingerprint).astype(str)
+    return _Side(name, store, fingerprint, len(keys), keys, store.image_table())
+
+
+def _resolve(train: FeatureStore, tests: list[FeatureStore], layer: str | None):
+    info = train.resolve(layer)
+    if len(info.row_shape) != 1:
+        raise FeaturebankError(f"feature set {info.fingerprint} of {train.path} holds unpooled "
+                               f"maps; audit a pooled set (--layer)")
+    for t in tests:
+        have = {s.fingerprint for s in t.feature_sets()}
+        got = info if info.fingerprint in have else t.resolve(layer)
+        if got.fingerprint != info.fingerprint:
+            raise FeaturebankError(
+                f"test store {t.path} was cut differently from training store {train.path}: "
+                f"{got.spec.describe()} there, {info.spec.describe()} here (another layer, "
+                "pooling or model); embed both with the same model and --layer")
+    return info
+
+
+def _check_labels(side: _Side, options: AuditOptions) -> np.ndarray:
+    labels = np.array([side.table.get(k, ("", ""))[1] for k in side.keys], dtype=object)
+    if options.label_check and not (labels != "").any():
+        raise FeaturebankError(f"training store {side.store.path} has no labels, so its labels "
+                               "cannot be checked; embed a folder whose sub-folders are the "
+                               "classes, or pass --no-label-check")
+    return labels.astype(str)
+
+
+def check_report_dir(report_dir: str | Path | None) -> None:
+    """Refuse a report folder that cannot be made or written, before any work."""
+    if report_dir is None:
+        return
+    d = Path(report_dir)
+    if d.exists() and not d.is_dir():
+        raise FeaturebankError(f"--report {d} exists and is not a folder")
+    parent = d if d.exists() else d.parent
+    if not parent.is_dir():
+        raise FeaturebankError(f"cannot write report {d}: folder {parent} does not exist")
+    import os
+
+    if not os.access(parent, os.W_OK):
+        raise FeaturebankError(f"cannot write report {d}: permission denied")
+
+
+def _self_neighbours(side: _Side, options: AuditOptions):
+    method = SearchOptions(index=options.index, block_rows=options.block_rows,
+                           index_above=AUDIT_EXACT_ROWS).method(
+        side.rows, side.store.resolve(side.fingerprint).dim)
+    log.info("%s: %d nearest neighbours of %d rows (%s)", side.name, options.neighbours,
+             side.rows, method)
+    if method == "exact":
+        return self_neighbours(side.store, side.fingerprint, options.neighbours,
+                               block_rows=options.block_rows), None
+    index = NeighbourIndex(side.store, side.fingerprint, kind=method, block_rows=options.block_rows)
+    index.update()
+    return index.self_neighbours(options.neighbours), index
+
+
+def _near_and_outliers(side: _Side, options: AuditOptions, report: AuditReport):
+    found, index = _self_neighbours(side, options)
+    pairs = near_pairs(found.rows, found.similarity, options.near_threshold)
+    for group, weakest in near_groups(side.rows, pairs):
+        report.near_duplicates.append({
+            "store": side.name, "size": len(group), "similarity": round(weakest, 6),
+            "members": [side.row(int(r)) for r in group]})
+    if side.rows > options.neighbours:
+        rows, dist = outlier_ranking(found.similarity, options.outliers)
+        report.outliers += [side.row(int(r), distance=round(float(d), 6)) for r, d in zip(rows, dist, strict=True)]
+    return index
+
+
+def _leaks(train: _Side, test: _Side, index, options: AuditOptions, report: AuditReport) -> None:
+    from featurebank.extractor.search import iter_blocks
+
+    for first, X, _ in iter_blocks(test.store, test.fingerprint, options.block_rows):
+        found = (index.search(X, 1, keys=False) if index is not None else
+                 exact_search(train.store, train.fingerprint, X, 1, block_rows=options.block_rows))
+        for i in np.flatnonzero(found.similarity[:, 0] >= options.near_threshold):
+            report.leaks.append({"similarity": round(float(found.similarity[i, 0]), 6),
+                                 "test": test.row(first + int(i)),
+                                 "train": train.row(int(found.rows[i, 0]))})
+    report.leaks.sort(key=lambda r: -r["similarity"])
+
+
+def _label_issues(side: _Side, labels: np.ndarray, options: AuditOptions, report: AuditReport) -> None:
+    rows = np.flatnonzero(labels != "")
+    if options.label_sample and options.label_sample < len(rows):
+        from sklearn.model_selection import train_test_split
+
+        rows, _ = train_test_split(rows, train_size=options.label_sample, stratify=labels[rows],
+                                   random_state=options.seed)
+        rows = np.sort(rows)
+        report.label_sample = int(len(rows))
+    log.info("%s: out-of-fold probabilities of %d labelled rows (%d folds)", side.name,
+             len(rows), options.folds)
+    X = side.store.rows(side.fingerprint, rows)
+    classes, proba = out_of_fold_probabilities(X, labels[rows], folds=options.folds, seed=options.seed)
+    issues = confident_learning(np.searchsorted(classes, labels[rows]), proba)
+    report.label_issues = [side.row(int(rows[r]), given=str(classes[g]), suggested=str(classes[s]),
+                                    score=round(float(sc), 6))
+                           for r, g, s, sc in zip(issues.rows, issues.given, issues.suggested,
+                                                  issues.score, strict=True)]
+
+
+def audit_stores(train: str | Path, tests=(), layer: str | None = None, *,
+                 options: AuditOptions | None = None,
+                 report_dir: str | Path | None = None) -> AuditReport:
+    """Audit a training store and test stores at one cut.
+
+    Parameters
+    ----------
+    train : path
+        The training store (its labels are checked).
+    tests : paths
+        Held-out stores: leaks are their rows with a near-duplicate in ``train``.
+    layer : str, optional
+        The cut (layer name or fingerprint) of both; needed when a store holds several sets.
+    options : AuditOptions
+    report_dir : path, optional
+        Write ``report.json``, a CSV per finding, ``exclude.txt`` and ``contact_sheet.png``.
+
+    Raises
+    ------
+    FeaturebankError
+        Before any file is written: a missing store, stores cut at different layers or by
+        different models, an unlabelled training store with label checks on, too few images
+        of a class for the folds, a report folder that cannot be written.
+    """
+    options = options or AuditOptions()
+    check_report_dir(report_dir)
+    tests = [str(t) for t in tests]
+    train_store, test_stores = open_store(train), [open_store(t) for t in tests]
+    info = _resolve(train_store, test_stores, layer)
+    fp = info.fingerprint
+    main = _side(str(train), train_store, fp)
+    labels = _check_labels(main, options)
+    if options.label_check:
+        counts = np.unique(labels[labels != ""], return_counts=True)[1]
+        if counts.min() < options.folds:
+            raise FeaturebankError(f"training store {train}: a class has {counts.min()} labelled "
+                                   f"images, fewer than --folds {options.folds}; lower --folds or "
+                                   "pass --no-label-check")
+    sides = [_side(t, s, fp) for t, s in zip(tests, test_stores, strict=True)]
+    report = AuditReport(str(train), tests, info.spec.describe(), fp, asdict(options),
+                         {s.name: s.rows for s in [main, *sides]})
+    report.exact_duplicates = exact_duplicates({s.name: s.store.path_table() for s in [main, *sides]})
+    index = _near_and_outliers(main, options, report)
+    for side in sides:
+        _near_and_outliers(side, options, report)
+        _leaks(main, side, index, options, report)
+    if options.label_check:
+        _label_issues(main, labels, options, report)
+    if report_dir is not None:
+        from featurebank.classical.audit._report import write_report
+
+        write_report(report, report_dir, options)
+    return report

@@ -1,0 +1,64 @@
+"""What an audit checks and how: :class:`AuditOptions`, light (standard library only), so that
+``featurebank audit`` builds its flags from it without loading scikit-learn or the store."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from featurebank.options import Interval, Options, check_options, option
+
+#: cosine similarity at or above which two rows are near-duplicates: calibrated on the digits
+#: and on Fashion-MNIST seeds other than the benchmark's (docs/audit.md, "The threshold")
+DEFAULT_NEAR_THRESHOLD = 0.915
+#: the neighbour methods an audit may use (see featurebank.extractor.SearchOptions)
+AUDIT_INDEX = ("auto", "exact", "hnsw", "ivfpq")
+#: ``index='auto'`` audits exactly up to this many rows: every row against every row grows
+#: with rows squared (50 000 rows of 1280 values: ~3e12 multiply-adds), an index beyond
+AUDIT_EXACT_ROWS = 50_000
+
+
+@dataclass(frozen=True)
+class AuditOptions:
+    """What ``featurebank audit`` looks for.
+
+    Parameters
+    ----------
+    near_threshold : float
+        Cosine similarity at the cut at or above which two images are near-duplicates (and a
+        test image with such a training neighbour a leak).
+    neighbours : int
+        Nearest neighbours looked at per row: near-duplicate pairs come from them, and the
+        outlier score is the distance to the last one.
+    label_check : bool
+        Flag likely label errors of the training store (confident learning on out-of-fold
+        probabilities); needs labels.
+    folds : int
+        Cross-validation folds of the out-of-fold probabilities.
+    label_sample : int, optional
+        Check the labels of this many training rows (a stratified random sample) instead of
+        all: the probe's cost grows with rows.
+    outliers : int
+        Outliers reported per store (the rows farthest from their neighbours).
+    sheet_rows : int
+        Rows of thumbnails per finding on the contact sheet.
+    index : {'auto', 'exact', 'hnsw', 'ivfpq'}
+        How neighbours are found (``auto``: exact up to 50 000 rows, a faiss index beyond).
+    block_rows : int
+        Rows per block of the exact search (memory ~ 2 * block_rows * dim * 4 bytes).
+    seed : int
+        Seeds the folds and the label sample.
+    """
+
+    near_threshold: float = option(DEFAULT_NEAR_THRESHOLD, Interval(float, 0.0, 1.0))
+    neighbours: int = option(10, Interval(int, 1, 1000))
+    label_check: bool = option(True, bool)
+    folds: int = option(5, Interval(int, 2, 50))
+    label_sample: int | None = option(None, None, Interval(int, 10, None))
+    outliers: int = option(50, Interval(int, 0, None))
+    sheet_rows: int = option(6, Interval(int, 0, 50))
+    index: str = option("auto", Options(AUDIT_INDEX))
+    block_rows: int = option(4096, Interval(int, 1, None))
+    seed: int = option(0, Interval(int, 0, None))
+
+    def __post_init__(self) -> None:
+        check_options(self)

@@ -1,0 +1,201 @@
+"""featurebank audit on real images (scikit-learn's handwritten digits, their 64 pixels as the
+stored features): planted near-duplicates and an exact copy found across stores, flipped labels
+flagged (and the rule checked against cleanlab), outliers, the report and contact sheet, and
+bad input refused before any file is written."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from featurebank.classical import AuditOptions, audit_stores, confident_learning, read_exclusions
+from featurebank.errors import FeaturebankError
+from featurebank.extractor.store import FeatureStore
+from featurebank.spec import FeatureSpec, ModelSpec, Preprocessing
+
+MODEL = ModelSpec("digits-pixels", "0" * 64, Preprocessing((8, 8), 8), "test")
+SPEC = FeatureSpec(MODEL, "pixels", "none")
+PLANTED = [3, 40, 77, 150, 333, 512, 800, 1001]  # training images copied, edited, into test
+
+
+def _pixels(path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("L"), np.float32).ravel()
+
+
+def _embed(store_path, files, labels, spec=SPEC):
+    """Store the files' pixels as features, keyed by the SHA-256 of their bytes (as embed)."""
+    keys = [hashlib.sha256(f.read_bytes()).hexdigest() for f in files]
+    with FeatureStore(store_path, mode="a") as s:
+        s.add_rows(spec, keys, np.stack([_pixels(f) for f in files]), [str(f) for f in files],
+                   labels, dtype="float32")
+    return keys
+
+
+@pytest.fixture(scope="module")
+def split(tmp_path_factory, digits_dir):
+    """A training store of 1500 digits with 5 % of its labels flipped, and a test store of the
+    other 297 plus edited copies of 8 training images and one byte-identical copy."""
+    root = tmp_path_factory.mktemp("audit")
+    files = sorted(digits_dir.glob("*/*.png"), key=lambda p: p.name)
+    labels = np.array([f.parent.name for f in files])
+    rng = np.random.default_rng(7)
+    flipped = rng.choice(1500, 75, replace=False)
+    given = labels[:1500].copy()
+    given[flipped] = [str((int(v) + rng.integers(1, 10)) % 10) for v in given[flipped]]
+    train_keys = _embed(root / "train.h5", files[:1500], list(given))
+    planted_dir = root / "planted"
+    planted_dir.mkdir()
+    copies = []
+    for i in PLANTED:  # brighter by 10 % and a little noise: not the same bytes any more
+        px = np.asarray(Image.open(files[i]), np.float32)
+        px = np.clip(px * 1.1 + rng.normal(0, 2, px.shape), 0, 255).astype(np.uint8)
+        Image.fromarray(px, mode="L").save(planted_dir / f"copy-{i}.png")
+        copies.append(planted_dir / f"copy-{i}.png")
+    exact = planted_dir / "exact-copy.png"
+    shutil.copy(files[1200], exact)
+    test_files = [*files[1500:], *copies, exact]
+    test_labels = [*labels[1500:], *labels[PLANTED], labels[1200]]
+    _embed(root / "test.h5", test_files, [str(v) for v in test_labels])
+    return {"root": root, "train": root / "train.h5", "test": root / "test.h5", "files": files,
+            "flipped": set(np.array(train_keys)[flipped]), "train_keys": train_keys,
+            "copies": copies, "exact": exact}
+
+
+def test_audit_finds_leaks_duplicates_flipped_labels_and_outliers(split, tmp_path):
+    report_dir = tmp_path / "report"
+    report = audit_stores(split["train"], [split["test"]], "pixels", report_dir=report_dir,
+                          options=AuditOptions(near_threshold=0.99, folds=5))
+    # every planted copy and the exact copy leak, each found with its training original
+    leaked = {r["test"]["path"]: r["train"]["path"] for r in report.leaks}
+    for i, copy in zip(PLANTED, split["copies"], strict=True):
+        assert leaked.get(str(copy)) == str(split["files"][i])
+    assert leaked[str(split["exact"])] == str(split["files"][1200])
+    exact = [d for d in report.exact_duplicates if len({c["store"] for c in d["copies"]}) == 2]
+    assert [sorted(c["path"] for c in exact[0]["copies"])] == \
+        [sorted([str(split["files"][1200]), str(split["exact"])])]
+    # flipped labels: most are flagged, and most flags are flipped labels
+    flagged = {r["key"] for r in report.label_issues}
+    hits = len(flagged & split["flipped"])
+    # (raw pixels of 1500 digits: a weaker probe than a CNN cut, so a lower bar than the goal)
+    assert hits / len(split["flipped"]) >= 0.7 and hits / len(flagged) >= 0.6, (hits, len(flagged))
+    first = report.label_issues[0]
+    assert first["given"] != first["suggested"] and 0 < first["score"] <= 1
+    assert report.outliers and report.outliers[0]["distance"] >= report.outliers[-1]["distance"]
+    # the report folder: JSON, CSVs, exclusions and a picture
+    data = json.loads((report_dir / "report.json").read_text())
+    assert data["counts"]["leaks"] == len(report.leaks) >= 9
+    with open(report_dir / "leaks.csv") as f:
+        assert len(list(csv.DictReader(f))) == len(report.leaks)
+    excluded = read_exclusions(report_dir / "exclude.txt")
+    assert flagged <= excluded and split["train_keys"][1200] in excluded
+    sheet = Image.open(report_dir / "contact_sheet.png")
+    assert sheet.size[0] > 400 and sheet.size[1] > 400
+    assert np.asarray(sheet.convert("L")).std() > 20  # thumbnails, not a blank page
+
+
+def test_confident_learning_matches_cleanlab(split):
+    cleanlab = pytest.importorskip("cleanlab.filter", reason="cleanlab (AGPL) is a test-only comparison")
+    from featurebank.classical import out_of_fold_probabilities
+
+    feats = FeatureStore(split["train"]).read("pixels")
+    classes, proba = out_of_fold_probabilities(feats.X, feats.y, folds=5, seed=0)
+    labels = np.searchsorted(classes, feats.y)
+    ours = confident_learning(labels, proba)
+    theirs = cleanlab.find_label_issues(labels, proba, filter_by="confident_learning",
+                                        return_indices_ranked_by="self_confidence")
+    assert set(ours.rows) == set(theirs)
+    np.testing.assert_array_equal(ours.rows, theirs)  # the same ranking too
+
+
+def test_refused_before_any_file_is_written(split, tmp_path, digits_dir):
+    files = sorted(digits_dir.glob("*/*.png"))[:60]
+    _embed(tmp_path / "unlabelled.h5", files, None)
+    other_cut = FeatureSpec(MODEL, "pixels-again", "none")  # another layer
+    _embed(tmp_path / "other.h5", files, [f.parent.name for f in files], other_cut)
+    report = tmp_path / "report"
+    with pytest.raises(FeaturebankError, match="no labels.*--no-label-check"):
+        audit_stores(tmp_path / "unlabelled.h5", report_dir=report)
+    with pytest.raises(FeaturebankError, match="cut differently"):
+        audit_stores(split["train"], [tmp_path / "other.h5"], report_dir=report)
+    other_model = FeatureSpec(ModelSpec("other-net", "1" * 64, MODEL.preprocessing, "test"),
+                              "pixels", "none")
+    _embed(tmp_path / "model.h5", files, [f.parent.name for f in files], other_model)
+    with pytest.raises(FeaturebankError, match="other-net"):
+        audit_stores(split["train"], [tmp_path / "model.h5"], report_dir=report)
+    with pytest.raises(FeaturebankError, match="does not exist"):
+        audit_stores(split["train"], [tmp_path / "absent.h5"], report_dir=report)
+    with pytest.raises(FeaturebankError, match="folder .* does not exist"):
+        audit_stores(split["train"], report_dir=tmp_path / "no" / "such" / "dir")
+    assert not report.exists()
+    # without label checks, an unlabelled store is audited
+    done = audit_stores(tmp_path / "unlabelled.h5", options=AuditOptions(label_check=False))
+    assert done.label_issues == [] and done.rows
+
+
+@pytest.mark.slow
+def test_audit_command(split, tmp_path):
+    out = subprocess.run([sys.executable, "-m", "featurebank", "audit", str(split["train"]),
+                          "--test", str(split["test"]), "--near-threshold", "0.99",
+                          "--report", str(tmp_path / "r"), "--sheet-rows", "2",
+                          "--no-label-check"],  # the label rule is tested above
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "leaks (test images near-duplicated in training): " in out.stdout
+    assert (tmp_path / "r" / "contact_sheet.png").is_file()
+    # the audit's exclude.txt feeds train; evaluate on the same store skips those rows
+    excluded = read_exclusions(tmp_path / "r" / "exclude.txt")
+    assert split["train_keys"][1200] in excluded  # the training copy of a leaked image
+    clf = tmp_path / "clf.joblib"
+    trained = subprocess.run([sys.executable, "-m", "featurebank", "train", str(split["train"]),
+                              "--exclude", str(tmp_path / "r" / "exclude.txt"), "--holdout",
+                              "0.25", "--no-baseline", "-o", str(clf)],
+                             capture_output=True, text=True, timeout=300)
+    assert trained.returncode == 0, trained.stderr
+    assert f"{len(excluded)} rows excluded" in trained.stdout
+    scored = subprocess.run([sys.executable, "-m", "featurebank", "evaluate", str(clf),
+                             str(split["train"]), "--no-baseline"],
+                            capture_output=True, text=True, timeout=300)
+    assert scored.returncode == 0, scored.stderr
+    assert f"skipped: {len(excluded)} rows excluded" in scored.stdout
+    bad = subprocess.run([sys.executable, "-m", "featurebank", "audit", str(split["train"]),
+                          "--near-threshold", "1.5"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 1 and "--near-threshold" in bad.stderr
+
+
+def test_read_exclusions_refuses_what_is_not_a_key(tmp_path):
+    good = tmp_path / "ex.txt"
+    good.write_text("# comment\n" + "a" * 64 + "  # why\n\n" + "B" * 64 + "\n")
+    assert read_exclusions(good) == {"a" * 64, "b" * 64}
+    bad = tmp_path / "bad.txt"
+    bad.write_text("a" * 64 + "\nimages/cat.jpg\n")
+    with pytest.raises(FeaturebankError, match="line 2.*not a content key"):
+        read_exclusions(bad)
+    table = tmp_path / "leaks.csv"
+    table.write_text("similarity,train_key\n0.99," + "c" * 64 + "\n")
+    assert read_exclusions(table) == {"c" * 64}
+
+
+def test_exclusions_leave_rows_out_of_training_and_evaluation(split, tmp_path):
+    from featurebank.classical import evaluate, load_trained, train
+
+    excluded = set(np.random.default_rng(3).choice(split["train_keys"], 100, replace=False))
+    excluded.add("f" * 64)  # a key of another store: ignored, not recorded
+    model = train(split["train"], holdout=0.25, baseline=False, exclude=excluded)
+    assert model.excluded_keys == excluded - {"f" * 64} and model.info["excluded"] == 100
+    assert not model.trained_keys & excluded
+    reloaded = load_trained(model.save(tmp_path / "m.joblib"))
+    assert reloaded.excluded_keys == model.excluded_keys
+    result = evaluate(reloaded, split["train"], baseline=False)
+    # the held-out quarter only, less its excluded rows: those are skipped, not scored
+    assert result["excluded_skipped"] == 100
+    assert result["n"] == 1500 - len(model.trained_keys) - 100
+    with pytest.raises(FeaturebankError, match="leaves out all"):
+        train(split["train"], baseline=False, exclude=split["train_keys"])
