@@ -61,6 +61,7 @@ class FinetuneResult:
     checkpoint: Path | None = None
     seconds: dict[str, float] = field(default_factory=dict)
     exported: Path | None = None
+    report: Path | None = None  # written once, by export (it records the file and its time)
 
     # the main training's figures, read where they live
     history = property(lambda self: self.trained.main.history)
@@ -119,6 +120,10 @@ class FinetuneResult:
         self.exported = path
         if self.checkpoint is not None and not self.options.keep_checkpoint:
             self.checkpoint.unlink(missing_ok=True)
+        if self.report is not None:
+            from featurebank.finetune._report import write_report
+
+            write_report(self, self.report)
         # debug: the command line prints this line itself, as its last (said once)
         log.debug("wrote %s (%s from %s, %d classes): %s", path, self.model, self.layer,
                  len(self.classes), self.conclusion())
@@ -161,7 +166,8 @@ def finetune(train: str | Path, *, model: str = "efficientnet_lite0", from_layer
         Where :meth:`FinetuneResult.export` will write; the checkpoint (``OUTPUT.ckpt``) is
         kept beside it while the run is unfinished.
     report : path, optional
-        Folder for ``finetune.json`` and ``curves.png``.
+        Folder for ``finetune.json`` and ``curves.png``, written once by
+        :meth:`FinetuneResult.export` (the report names the file and its export time).
     options : FinetuneOptions, optional
         Training options; ``option_fields`` (its field names: ``epochs``, ``val_size``, ``seed``,
         ``flip``, ``lr_head``, ``lr_top``, ``batch_size``, ...) replace its fields.
@@ -230,11 +236,8 @@ def finetune(train: str | Path, *, model: str = "efficientnet_lite0", from_layer
     result = FinetuneResult(model=model, layer=from_layer, classes=classes, options=opts,
                             trained=trained, train_fingerprint=fingerprint,
                             train_images=len(maps.X), stores=stores,
-                            test_accuracy=test_acc, checkpoint=checkpoint.path, seconds=timings)
-    if report is not None:
-        from featurebank.finetune._report import write_report
-
-        write_report(result, Path(report))
+                            test_accuracy=test_acc, checkpoint=checkpoint.path, seconds=timings,
+                            report=Path(report) if report is not None else None)
     return result
 
 
