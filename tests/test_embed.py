@@ -270,7 +270,7 @@ def test_summary_ends_with_labels_and_warns_about_split_folders(tmp_path, collec
     store = tmp_path / "s.h5"
     assert main(["embed", str(photos / "train"), "--store", str(store), "--no-progress"]) == 0
     out = capsys.readouterr().out
-    assert "2 label(s), images in the input per label:" in out
+    assert "2 label(s), images stored per label:" in out
     assert [line.split() for line in out.splitlines()[-2:]] == [["0", "4"], ["1", "4"]]
     # everything already stored: not an error, and the table is there again
     assert main(["embed", str(photos / "train"), "--store", str(store), "--no-progress",
@@ -285,3 +285,28 @@ def test_summary_ends_with_labels_and_warns_about_split_folders(tmp_path, collec
     out = capsys.readouterr().out
     assert "warning: the labels (test, train) look like dataset splits" in out
     assert f"e.g. {photos / 'train'}" in out
+
+
+def test_input_with_no_readable_image_is_an_error_and_counts_are_of_stored_images(
+        tmp_path, collection, capsys):
+    """issue 31: an input of only unreadable files exited 0 and left an empty store; per-label
+    counts included the files that failed."""
+    broken = tmp_path / "photos"
+    for label in ("a", "b"):
+        (broken / label).mkdir(parents=True)
+        for i in range(2):
+            (broken / label / f"{i}.jpg").write_bytes(b"not an image %d" % i)
+    store = tmp_path / "s.h5"
+    assert main(["embed", str(broken), "--store", str(store), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "none of the 4 input files could be read as an image" in err
+    assert str(broken / "a" / "0.jpg") in err and "no store was written" in err
+    assert not store.exists() and "Traceback" not in err
+    # two good images of label b beside the broken ones: the table counts what was stored
+    for src in sorted((collection / "1").iterdir())[:2]:
+        shutil.copy(src, broken / "b" / src.name)
+    assert main(["embed", str(broken), "--store", str(store), "--no-progress", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["failed"] == 4 and summary["labels"] == {"b": 2}
+    assert sorted(p for p, _ in summary["failures"]) == sorted(
+        str(p) for p in broken.rglob("?.jpg"))

@@ -132,6 +132,7 @@ def _consume(prepared: tuple[ImageItem, Prepared], summary: EmbedSummary, done: 
     if p.error is not None:
         summary.failed += 1
         failures.append((item.path, p.error))
+        summary.failures.append((item.path, p.error))
         return
     images.append((p.key, item.path, item.label))
     if p.key in done:

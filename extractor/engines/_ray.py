@@ -325,6 +325,8 @@ def embed_ray(items: list[ImageItem], store_path: str | Path, ex: Extractor,
 def _count(summary: EmbedSummary, in_run: set[str], batch: dict[str, np.ndarray]) -> None:
     status = batch["status"]
     summary.failed += int(np.sum(status == FAILED))
+    summary.failures += [(os.fsdecode(bytes(batch["path"][i])), str(batch["reason"][i]))
+                         for i in np.flatnonzero(status == FAILED)]
     for i in np.flatnonzero(status != FAILED):
         key = str(batch["key"][i])
         if key in in_run:  # a second copy in this run (cached: seen by a restarted job)

@@ -29,6 +29,7 @@ import numpy as np
 
 from featurebank.errors import FeaturebankError
 from featurebank.extractor.store._format import FeatureSet, committed_rows
+from featurebank.paths import check_writable
 
 if TYPE_CHECKING:
     from featurebank.extractor.store._store import FeatureStore
@@ -52,6 +53,7 @@ def export_features(store: FeatureStore, out: str | Path, layer_or_fingerprint: 
     (default: by ``out``'s extension; see the module docstring). Returns ``out``."""
     out = Path(out)
     fmt = fmt or export_format(out)  # refused before anything is read or written
+    check_writable(out, what="export", suffix=fmt)
     if fmt == ".parquet":
         try:
             import pyarrow  # noqa: F401
