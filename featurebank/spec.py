@@ -152,11 +152,11 @@ def _number(kind: type, value: Any) -> Any:
 def _tensor_layouts(value: Any) -> Any:
     """``{tensor: layout}`` or pairs as sorted ``(tensor, layout)`` pairs, layouts lower case;
     anything else is left for the check to refuse."""
-    pairs = value.items() if isinstance(value, dict) else value
     if value is None:
         return ()
-    if not isinstance(pairs, (list, tuple, type({}.items()))):
+    if not isinstance(value, (dict, list, tuple)):
         return value
+    pairs: list[Any] = list(value.items() if isinstance(value, dict) else value)
     if not all(isinstance(p, (list, tuple)) and len(p) == 2 for p in pairs):
         return tuple(pairs)
     out = {tensor: layout.lower() if isinstance(layout, str) else layout
