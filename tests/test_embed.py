@@ -189,19 +189,31 @@ def test_bad_arguments_raise_clear_errors(tmp_path, collection):
 
 
 def test_a_file_stuck_in_the_decoder_is_skipped_not_hung(tmp_path, collection, monkeypatch):
+    """A decoder wedged on one file: the run records it as timed out and goes on without
+    waiting for it. No clock runs: the wait is swapped (issue 31) so that the wedged file
+    expires once it is known to be stuck, and every other file is waited for as long as a
+    loaded machine needs."""
     import featurebank.extractor.engines._common as pipeline  # the per-file step both engines use
+    import featurebank.extractor.engines._local as local
 
-    real_decode = pipeline.decode
+    real_decode, real_wait = pipeline.decode, local.wait_for_file
     stuck = sorted((collection / "photos").rglob("*.jpg"))[1]
     entered, released = threading.Event(), threading.Event()
 
     def wedged_decode(data, pre, max_pixels, name):
         if Path(name) == stuck:
             entered.set()
-            released.wait(120)  # a decoder wedged on one file, until the test lets it go
+            released.wait(600)  # a decoder wedged on one file, until the test lets it go
         return real_decode(data, pre, max_pixels, name)
 
+    def wait(future, item, timeout):
+        if Path(item.path) != stuck:
+            return real_wait(future, item, None)  # no timeout: load cannot expire a good file
+        assert entered.wait(600)  # wedged now: its time is up
+        return real_wait(future, item, 0.0)
+
     monkeypatch.setattr(pipeline, "decode", wedged_decode)
+    monkeypatch.setattr(local, "wait_for_file", wait)
     try:
         s = embed_collection([str(collection / "photos")], tmp_path / "s.h5", batch_size=2,
                              workers=2, threads=1, progress=False, file_timeout=1.0)
@@ -210,7 +222,19 @@ def test_a_file_stuck_in_the_decoder_is_skipped_not_hung(tmp_path, collection, m
     finally:
         released.set()
     assert (s.embedded, s.failed) == (5, 1)
-    assert FeatureStore(tmp_path / "s.h5").failures() == [(str(stuck), "timed out after 1 s")]
+    assert FeatureStore(tmp_path / "s.h5").failures() == [(str(stuck), "timed out after 0 s")]
+
+
+def test_wait_for_file_expires_a_file_that_never_finishes():
+    """The real wait: a result that never comes becomes a failure naming the timeout."""
+    from concurrent.futures import Future
+
+    from featurebank.extractor import ImageItem
+    from featurebank.extractor.engines._local import wait_for_file
+
+    never: Future = Future()
+    got = wait_for_file(never, ImageItem("x.jpg"), 0.01)
+    assert got.error == "timed out after 0.01 s" and got.pixels is None
 
 
 def test_ray_engine_missing_names_the_extra(tmp_path, collection, monkeypatch):
