@@ -34,6 +34,11 @@ META_LAYERS = "featurebank.layers"
 META_VERSION = "featurebank.version"
 META_INPUT = "featurebank.input"
 
+#: The largest image (width x height) decoded anywhere (the decoder, the Extractor, every
+#: engine and the service); larger ones are refused before decoding: 100 MP is above any
+#: camera and far below a decompression bomb's 2.5 GP.
+MAX_PIXELS = 100_000_000
+
 #: The registry model used when none is named (``featurebank.export.list_models()``).
 DEFAULT_MODEL = "efficientnet_lite0"
 POOLS = ("avg", "max", "gem", "none", "cls", "mean", "cls+mean")

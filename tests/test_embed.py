@@ -179,6 +179,11 @@ def test_cli_embed_info_and_export_npz(tmp_path, collection, capsys):
         np.testing.assert_array_equal(got[name], arr)
     assert main(["store", "export", str(store), "-o", str(npz)]) == 1  # two sets: must name one
     assert "2 feature sets; choose one with --layer" in capsys.readouterr().err
+    # the old export_npz still writes the same file, whatever its name, with a warning
+    with pytest.warns(DeprecationWarning, match="use export"):
+        old = FeatureStore(store).export_npz(tmp_path / "head.bin", "head")
+    with np.load(old) as legacy:
+        np.testing.assert_array_equal(legacy["features"], got["features"])
 
 
 def test_bad_arguments_raise_clear_errors(tmp_path, collection):

@@ -372,3 +372,17 @@ def test_former_hand_checks_are_constraints(tmp_path):
     with FeatureStore(tmp_path / "s.h5", mode="a") as store:
         with pytest.raises(OptionError, match=r"^dtype must be one of \('float16', 'float32'\)"):
             store.commit(dtype="float64")
+
+
+def test_one_max_pixels_default_everywhere():
+    """The decoder, the Extractor and the service refused images above two different sizes
+    (100 MP, 50 MP); one constant now."""
+    import inspect
+
+    from featurebank.extractor import DEFAULT_MAX_PIXELS, Extractor, decode
+    from featurebank.service import ServiceConfig
+    from featurebank.spec import MAX_PIXELS
+
+    assert DEFAULT_MAX_PIXELS == MAX_PIXELS == ServiceConfig().max_pixels
+    assert inspect.signature(decode).parameters["max_pixels"].default == MAX_PIXELS
+    assert inspect.signature(Extractor).parameters["max_pixels"].default == MAX_PIXELS

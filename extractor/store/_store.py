@@ -431,10 +431,16 @@ class FeatureStore(TableWriter):
         return export_features(self, out, layer_or_fingerprint, chunk_rows)
 
     def export_npz(self, out: str | Path, layer_or_fingerprint: str | None = None) -> Path:
-        """Write ``features``, ``keys``, ``paths``, ``labels`` (and the spec JSON) to ``out``
-        as an npz file, whatever its name."""
+        """Deprecated: :meth:`export` writes an npz file for an ``.npz`` name (the one way).
+
+        Writes ``features``, ``keys``, ``paths``, ``labels`` (and the spec JSON) to ``out`` as
+        an npz file, whatever its name."""
+        import warnings
+
         from featurebank.extractor.store._export import export_features
 
+        warnings.warn("FeatureStore.export_npz is deprecated; use export(out) with an .npz "
+                      "name", DeprecationWarning, stacklevel=2)
         return export_features(self, out, layer_or_fingerprint, fmt=".npz")
 
 
