@@ -26,6 +26,7 @@ from featurebank.finetune._data import (
 from featurebank.finetune._inputs import open_collection
 from featurebank.finetune._options import FinetuneOptions
 from featurebank.options import check_names
+from featurebank.paths import check_writable
 
 log = logging.getLogger(__name__)
 
@@ -183,33 +184,15 @@ def finetune(train: str | Path, *, model: str = "efficientnet_lite0", from_layer
     check_names("finetune", option_fields, FinetuneOptions)
     opts = (options or FinetuneOptions()).replace(**option_fields)
     output = Path(output)
-    if not output.parent.is_dir():
-        raise FeaturebankError(f"cannot write {output}: {output.parent} does not exist")
-    for name, src in (("train", train), ("test", test)):
-        if src is not None and not Path(src).exists():
-            raise FeaturebankError(f"finetune {name} input {src} does not exist")
+    _check_paths(train, test, output)
     # refuses a bad model or cut before any file
     spec, shape = cut_spec(model, from_layer, opts.input_size, opts.weights)
-    # both inputs are read and checked before anything is embedded or written
-    train_set = open_collection(train, "train", spec, work_dir)
-    test_set = None if test is None else open_collection(test, "test", spec, work_dir)
     timings: dict[str, float] = {}
-    started = time.perf_counter()
-    for collection in (train_set, test_set):
-        if collection is not None:
-            ensure_maps(collection, spec, embed_batch_size, progress, opts.weights)
-    if opts.flip:
-        ensure_flipped(train_set, spec, embed_batch_size, progress, opts.weights)
-    timings["embed"] = round(time.perf_counter() - started, 2)
-    maps = load_maps(train_set, spec, shape, flipped=opts.flip)
+    maps, test_maps, stores = _cached_maps(train, test, spec, shape, opts, work_dir, progress,
+                                           embed_batch_size, timings)
     classes = check_labels(maps)
-    test_maps = None
-    if test_set is not None:
-        test_maps = load_maps(test_set, spec, shape)
+    if test_maps is not None:
         check_labels(test_maps, classes)
-    stores = {"train": train_set.store, **({"train_flipped": train_set.flip_store} if opts.flip
-                                           else {}),
-              **({"test": test_set.store} if test_set is not None else {})}
     tr, val = stratified_split(maps.labels, opts.val_size, opts.seed)
     fingerprint = data_fingerprint(maps)
     identity = {"model": model, "layer": from_layer, "weights": spec.model.weights_sha256,
@@ -225,20 +208,57 @@ def finetune(train: str | Path, *, model: str = "efficientnet_lite0", from_layer
     checkpoint = Checkpoint(output.with_name(output.name + ".ckpt"), identity)
     trained = train_top(setup, base_sha, tr, val, checkpoint)
     timings["train"] = round(time.perf_counter() - started, 2)
-    test_acc = None
-    if test_maps is not None:
-        index = {c: i for i, c in enumerate(classes)}
-        y_test = np.array([index[c] for c in test_maps.labels])
-        test_acc = _accuracy(trained.main.top, test_maps, y_test)
-        trained.main.probe["test_accuracy"] = _accuracy(trained.probe_top, test_maps, y_test)
-        log.info("test accuracy %.4f (frozen linear probe %.4f) on %d images", test_acc,
-                 trained.main.probe["test_accuracy"], len(y_test))
-    result = FinetuneResult(model=model, layer=from_layer, classes=classes, options=opts,
-                            trained=trained, train_fingerprint=fingerprint,
-                            train_images=len(maps.X), stores=stores,
-                            test_accuracy=test_acc, checkpoint=checkpoint.path, seconds=timings,
-                            report=Path(report) if report is not None else None)
-    return result
+    return FinetuneResult(model=model, layer=from_layer, classes=classes, options=opts,
+                          trained=trained, train_fingerprint=fingerprint,
+                          train_images=len(maps.X), stores=stores,
+                          test_accuracy=_score_test(trained, test_maps, classes),
+                          checkpoint=checkpoint.path, seconds=timings,
+                          report=Path(report) if report is not None else None)
+
+
+def _check_paths(train: str | Path, test: str | Path | None, output: Path) -> None:
+    """The inputs exist and the output can be written: refused before any work."""
+    check_writable(output, suffix=".onnx")
+    for name, src in (("train", train), ("test", test)):
+        if src is not None and not Path(src).exists():
+            raise FeaturebankError(f"finetune {name} input {src} does not exist")
+
+
+def _cached_maps(train: str | Path, test: str | Path | None, spec: Any, shape: Any,
+                 opts: FinetuneOptions, work_dir: str | Path | None, progress: bool,
+                 batch_size: int, timings: dict[str, float],
+                 ) -> tuple[CachedMaps, CachedMaps | None, dict[str, Path]]:
+    """The training (and test) maps, embedded into their stores first where missing; both
+    inputs are read and checked before anything is embedded or written."""
+    train_set = open_collection(train, "train", spec, work_dir)
+    test_set = None if test is None else open_collection(test, "test", spec, work_dir)
+    started = time.perf_counter()
+    for collection in (train_set, test_set):
+        if collection is not None:
+            ensure_maps(collection, spec, batch_size, progress, opts.weights)
+    if opts.flip:
+        ensure_flipped(train_set, spec, batch_size, progress, opts.weights)
+    timings["embed"] = round(time.perf_counter() - started, 2)
+    stores = {"train": train_set.store}
+    if opts.flip:
+        stores["train_flipped"] = train_set.flip_store
+    if test_set is not None:
+        stores["test"] = test_set.store
+    return (load_maps(train_set, spec, shape, flipped=opts.flip),
+            None if test_set is None else load_maps(test_set, spec, shape), stores)
+
+
+def _score_test(trained: Any, test_maps: CachedMaps | None, classes: list[str]) -> float | None:
+    """The fine-tuned top's test accuracy (the probe's goes into its figures), or None."""
+    if test_maps is None:
+        return None
+    index = {c: i for i, c in enumerate(classes)}
+    y_test = np.array([index[c] for c in test_maps.labels])
+    accuracy = _accuracy(trained.main.top, test_maps, y_test)
+    trained.main.probe["test_accuracy"] = _accuracy(trained.probe_top, test_maps, y_test)
+    log.info("test accuracy %.4f (frozen linear probe %.4f) on %d images", accuracy,
+             trained.main.probe["test_accuracy"], len(y_test))
+    return accuracy
 
 
 def _accuracy(top, maps: CachedMaps, y: np.ndarray) -> float:

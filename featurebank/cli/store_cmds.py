@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from featurebank.cli.flags import register_flags
+
 
 def register(sub) -> None:
     p = sub.add_parser("store", help="inspect, export or upgrade a feature store")
@@ -32,6 +34,7 @@ def register(sub) -> None:
                          "was written")
     up.add_argument("--force", action="store_true",
                     help="upgrade even if no image is found under --root")
+    register_flags(up, "upgrade_store", {"root": "--root", "force": "--force"})
     up.set_defaults(func=run_upgrade)
 
 
