@@ -386,3 +386,21 @@ def test_one_max_pixels_default_everywhere():
     assert DEFAULT_MAX_PIXELS == MAX_PIXELS == ServiceConfig().max_pixels
     assert inspect.signature(decode).parameters["max_pixels"].default == MAX_PIXELS
     assert inspect.signature(Extractor).parameters["max_pixels"].default == MAX_PIXELS
+
+
+def test_source_messages_name_the_parameter_and_the_command_line_its_flag(tmp_path, capsys):
+    """Library messages named CLI flags ('--split train selects rows ...'); now they name the
+    parameter, and embed prints its own flag."""
+    from featurebank.cli import main
+    from featurebank.extractor import collect
+    from featurebank.extractor.sources import SourceOptions
+
+    (tmp_path / "photos").mkdir()
+    with pytest.raises(OptionError, match=r"^split is 'train': it selects rows of list and "
+                                          r"parquet files, but .*photos is a folder$"):
+        collect([str(tmp_path / "photos")], sources=SourceOptions(split="train"))
+    assert main(["embed", str(tmp_path / "photos"), "--store", str(tmp_path / "s.h5"),
+                 "--split", "train"]) == 1
+    assert "featurebank embed: error: --split is 'train': it selects rows" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "s.h5").exists()
