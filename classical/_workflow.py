@@ -75,7 +75,7 @@ def _without(data: LabelledFeatures, exclude: frozenset[str]) -> tuple[LabelledF
         return data, set()
     drop = np.array([k in exclude for k in data.keys], dtype=bool)
     if drop.all():
-        raise FeaturebankError(f"--exclude leaves out all {len(drop)} labelled rows; nothing "
+        raise FeaturebankError(f"exclude leaves out all {len(drop)} labelled rows; nothing "
                                "is left to train on")
     return _take(data, np.flatnonzero(~drop)), set(data.keys[drop])
 
@@ -97,13 +97,16 @@ def features_title(specs) -> str:
     return " + ".join(s.describe() for s in specs)
 
 
-def evaluate(model: TrainedClassifier, store, report_dir: str | Path | None = None,
+def evaluate(classifier: TrainedClassifier, store, report_dir: str | Path | None = None,
              baseline: bool = True, unseen: str = "error") -> dict:
-    """Accuracy and more on the store's labelled rows the model was not trained on.
+    """Accuracy and more on the store's labelled rows the classifier was not trained on.
 
     Parameters
     ----------
-    model : TrainedClassifier
+    classifier : TrainedClassifier or TunedClassifier
+        A :func:`featurebank.predict.load_classifier` result. A tuned network reads its own
+        ``logits`` (embed the images with ``model=TUNED.onnx, layers=['logits']``); it does not
+        record its training images, so the result notes that they cannot be left out.
     store : path or FeatureStore
     report_dir : path, optional
         Write ``metrics.json`` and confusion matrices (PNG) there.
@@ -115,45 +118,51 @@ def evaluate(model: TrainedClassifier, store, report_dir: str | Path | None = No
         (``'wrong'``) scored as wrong predictions and listed under ``unseen_labels``.
     """
     check_value("unseen", unseen, Options(UNSEEN), owner="evaluate")
-    data = labelled_only(load_features(store, fingerprints=model.fingerprints, wanted=model.specs),
+    data = labelled_only(load_features(store, fingerprints=classifier.fingerprints, wanted=classifier.specs),
                          f"store {store}")
-    model.check_specs(data.specs)
-    fresh = np.array([k not in model.trained_keys and k not in model.excluded_keys for k in data.keys])
-    skipped = int(sum(k in model.excluded_keys for k in data.keys))
+    classifier.check_specs(data.specs)
+    excluded = classifier.excluded_keys
+    known = classifier.trained_keys if classifier.trained_keys is not None else set()
+    fresh = np.array([k not in known and k not in excluded for k in data.keys])
+    skipped = int(sum(k in excluded for k in data.keys))
     if not fresh.any():
-        raise FeaturebankError(f"every labelled image in {store} was used to train this model; "
-                               "evaluate on another store or train with --holdout")
+        raise FeaturebankError(f"every labelled image in {store} was used to train this "
+                               "classifier; evaluate on another store or train with a holdout")
     data = _take(data, np.flatnonzero(fresh))
-    new_labels = sorted(set(data.y) - set(model.classes))
+    new_labels = sorted(set(data.y) - set(classifier.classes))
     counts = {lab: int(np.sum(data.y == lab)) for lab in new_labels}
     if new_labels and unseen == "error":
         listed = ", ".join(f"{lab} ({n})" for lab, n in counts.items())
         raise FeaturebankError(
             f"store {store} has labels the classifier never saw: {listed}; it knows "
-            f"{', '.join(model.classes)}. Check the folder (the same class names as in "
+            f"{', '.join(classifier.classes)}. Check the folder (the same class names as in "
             "training?), or pass --unseen-as-wrong (unseen='wrong') to score them as errors")
-    use_baseline = baseline and model.baseline is not None
+    use_baseline = baseline and classifier.baseline is not None
     if use_baseline:
         check_images(data.paths, f"store {store}")
-    pred = model.predict(data.X, data.specs)
-    labels = [*model.classes, *new_labels]
+    pred = classifier.predict(data.X, data.specs)
+    labels = [*classifier.classes, *new_labels]
     result = metrics(data.y, pred, labels)
-    result["model"] = [s.describe() for s in model.specs]
+    result["model"] = [s.describe() for s in classifier.specs]
     if skipped:  # left out of training on purpose: neither trained on nor a fair test
         result["excluded_skipped"] = skipped
     if new_labels:
         result["unseen_labels"] = counts
         result["note"] = (f"{sum(counts.values())} images of labels the classifier never saw "
                           f"({', '.join(new_labels)}) are counted as wrong")
+    if classifier.trained_keys is None:
+        result["note"] = " ".join([result.get("note", ""), "the classifier does not record "
+                                   "which images trained it: this store must hold none of "
+                                   "them"]).strip()
     if use_baseline:
-        base_pred = model.baseline.predict(raw_pixels(data.paths))
+        base_pred = classifier.baseline.predict(raw_pixels(data.paths))
         result["raw_pixel_baseline_accuracy"] = metrics(data.y, base_pred, labels)["accuracy"]
         result["gain_over_raw_pixels"] = result["accuracy"] - result["raw_pixel_baseline_accuracy"]
     if report_dir:
         out = Path(report_dir)
         out.mkdir(parents=True, exist_ok=True)
         write_json(result, out / "metrics.json")
-        title = textwrap.fill(f"{features_title(model.specs)} - accuracy {result['accuracy']:.3f}",
+        title = textwrap.fill(f"{features_title(classifier.specs)} - accuracy {result['accuracy']:.3f}",
                               70)
         plot_confusion(data.y, pred, labels, out / "confusion.png", title)
         if use_baseline:

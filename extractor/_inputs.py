@@ -109,8 +109,7 @@ def _check_container(text: str, container: str) -> None:
 
 def _no_split(sources: SourceOptions, text: str, what: str) -> None:
     if sources.split is not None:
-        raise FeaturebankError(f"--split {sources.split} selects rows of list and parquet files; "
-                               f"{text} is {what}")
+        raise sources.not_tabular(text, what)
 
 
 def _glob(text: str, sources: SourceOptions) -> list[ImageItem]:

@@ -36,9 +36,9 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from featurebank.extractor.sources import DecodeError, open_source
-from featurebank.spec import Preprocessing
+from featurebank.spec import MAX_PIXELS, Preprocessing
 
-DEFAULT_MAX_PIXELS = 100_000_000  # 100 MP: above any camera, far below a bomb's 2.5 GP
+DEFAULT_MAX_PIXELS = MAX_PIXELS  # the one default (featurebank.spec.MAX_PIXELS)
 DRAFT_FACTOR = 2  # decode no smaller than 2x the resize target
 _R = Image.Resampling
 _RESAMPLE = {"nearest": _R.NEAREST, "bilinear": _R.BILINEAR, "bicubic": _R.BICUBIC,

@@ -21,7 +21,8 @@ from typing import Any
 
 from featurebank.options import Interval, check_options, option
 
-__all__ = ["PredictOptions", "Prediction", "load_classifier", "predict_images", "ranked"]
+__all__ = ["PredictOptions", "Prediction", "classifier_extractor", "load_classifier",
+           "predict_images", "ranked", "uses_own_spec"]
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,56 @@ def load_classifier(path: str | Path) -> Any:
     from featurebank.classical import load_trained
 
     return load_trained(path)
+
+
+def uses_own_spec(classifier: str | Path | None, model: str | Path | None,
+                  layers: Sequence[str] | None) -> bool:
+    """Whether a face given a classifier file, and maybe a model and layers, serves exactly
+    the classifier's own features: no layer is named and the model, if any, is an ONNX file
+    (where the classifier's network is, found by its SHA-256)."""
+    from featurebank.paths import is_onnx_path
+
+    return classifier is not None and not layers and (model is None or is_onnx_path(model))
+
+
+def classifier_extractor(features: Any = None, classifier: str | Path | None = None, *,
+                         model: str | Path | None = None, **extractor_options: Any,
+                         ) -> tuple[Any, Any]:
+    """The extractor a face serves and the classifier bound to it (None without one): the one
+    place a classifier file, a tuned network and plain features are told apart.
+
+    Parameters
+    ----------
+    features : FeatureOptions, optional
+        What to embed. None with a classifier: exactly the classifier's own features.
+        A tuned network named as the model, cut at ``head`` or ``logits``, classifies by itself.
+    classifier : path, optional
+        A classifier file (:func:`load_classifier`); its spec must match ``features``.
+    model : path, optional
+        Where the classifier's ONNX network is (with ``features=None``).
+    **extractor_options
+        ``device``, ``threads``, ``max_pixels``, ...
+
+    Raises
+    ------
+    SpecMismatchError
+        ``features`` are not what the classifier was trained on (both specs named).
+    """
+    from featurebank.extractor import Extractor
+
+    trained = load_classifier(classifier) if classifier is not None else None
+    if trained is None and features is not None and features.layers in (("head",), ("logits",)):
+        from featurebank.finetune import is_tuned_onnx
+
+        if is_tuned_onnx(features.model):  # a tuned network classifies with its logits
+            features = features.replace(layers=("logits",))  # served instead of its head
+            trained = load_classifier(features.model)
+    if trained is not None and features is None:
+        return trained.extractor(model, **extractor_options), trained
+    extractor = Extractor(features, **extractor_options)
+    if trained is not None:
+        trained.check_specs(extractor.specs)
+    return extractor, trained
 
 
 def ranked(probabilities: Sequence[float], classes: Sequence[Any],

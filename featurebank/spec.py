@@ -34,6 +34,11 @@ META_LAYERS = "featurebank.layers"
 META_VERSION = "featurebank.version"
 META_INPUT = "featurebank.input"
 
+#: The largest image (width x height) decoded anywhere (the decoder, the Extractor, every
+#: engine and the service); larger ones are refused before decoding: 100 MP is above any
+#: camera and far below a decompression bomb's 2.5 GP.
+MAX_PIXELS = 100_000_000
+
 #: The registry model used when none is named (``featurebank.export.list_models()``).
 DEFAULT_MODEL = "efficientnet_lite0"
 POOLS = ("avg", "max", "gem", "none", "cls", "mean", "cls+mean")
@@ -152,11 +157,11 @@ def _number(kind: type, value: Any) -> Any:
 def _tensor_layouts(value: Any) -> Any:
     """``{tensor: layout}`` or pairs as sorted ``(tensor, layout)`` pairs, layouts lower case;
     anything else is left for the check to refuse."""
-    pairs = value.items() if isinstance(value, dict) else value
     if value is None:
         return ()
-    if not isinstance(pairs, (list, tuple, type({}.items()))):
+    if not isinstance(value, (dict, list, tuple)):
         return value
+    pairs: list[Any] = list(value.items() if isinstance(value, dict) else value)
     if not all(isinstance(p, (list, tuple)) and len(p) == 2 for p in pairs):
         return tuple(pairs)
     out = {tensor: layout.lower() if isinstance(layout, str) else layout

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from featurebank.finetune._options import FinetuneOptions
 from featurebank.lazy import attach
 
-# public name -> its module: the options load at once (standard library only); the rest, which
-# needs numpy, onnx and the classical stage (scikit-learn), on first use
-_LAZY = {"finetune": "featurebank.finetune._api", "FinetuneResult": "featurebank.finetune._api",
+# public name -> its module, loaded on first use: the options cost only the standard library;
+# the rest needs numpy, onnx and the classical stage (scikit-learn)
+_LAZY = {"FinetuneOptions": "featurebank.finetune._options",
+         "finetune": "featurebank.finetune._api", "FinetuneResult": "featurebank.finetune._api",
          "META_FINETUNE": "featurebank.finetune._tuned",
          "TunedClassifier": "featurebank.finetune._tuned",
          "is_tuned_onnx": "featurebank.finetune._tuned", "load_tuned": "featurebank.finetune._tuned",
@@ -27,6 +27,7 @@ __all__ = ["META_FINETUNE", "FinetuneOptions", "FinetuneResult", "TunedClassifie
 
 if TYPE_CHECKING:
     from featurebank.finetune._api import FinetuneResult, finetune
+    from featurebank.finetune._options import FinetuneOptions
     from featurebank.finetune._report import write_report
     from featurebank.finetune._tuned import (
         META_FINETUNE,

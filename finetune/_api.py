@@ -27,6 +27,7 @@ from featurebank.finetune._data import (
 from featurebank.finetune._inputs import open_collection
 from featurebank.finetune._options import FinetuneOptions
 from featurebank.options import check_names
+from featurebank.paths import check_writable
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,7 @@ class FinetuneResult:
     exported: Path | None = None
     #: training images left out on purpose (``--exclude``), recorded in the tuned file
     excluded_keys: list[str] = field(default_factory=list)
+    report: Path | None = None  # written once, by export (it records the file and its time)
 
     # the main training's figures, read where they live
     history = property(lambda self: self.trained.main.history)
@@ -122,6 +124,10 @@ class FinetuneResult:
         self.exported = path
         if self.checkpoint is not None and not self.options.keep_checkpoint:
             self.checkpoint.unlink(missing_ok=True)
+        if self.report is not None:
+            from featurebank.finetune._report import write_report
+
+            write_report(self, self.report)
         # debug: the command line prints this line itself, as its last (said once)
         log.debug("wrote %s (%s from %s, %d classes): %s", path, self.model, self.layer,
                  len(self.classes), self.conclusion())
@@ -165,7 +171,8 @@ def finetune(train: str | Path, *, model: str = "efficientnet_lite0", from_layer
         Where :meth:`FinetuneResult.export` will write; the checkpoint (``OUTPUT.ckpt``) is
         kept beside it while the run is unfinished.
     report : path, optional
-        Folder for ``finetune.json`` and ``curves.png``.
+        Folder for ``finetune.json`` and ``curves.png``, written once by
+        :meth:`FinetuneResult.export` (the report names the file and its export time).
     options : FinetuneOptions, optional
         Training options; ``option_fields`` (its field names: ``epochs``, ``val_size``, ``seed``,
         ``flip``, ``lr_head``, ``lr_top``, ``batch_size``, ...) replace its fields.
@@ -185,33 +192,16 @@ def finetune(train: str | Path, *, model: str = "efficientnet_lite0", from_layer
     check_names("finetune", option_fields, FinetuneOptions)
     opts = (options or FinetuneOptions()).replace(**option_fields)
     output = Path(output)
-    if not output.parent.is_dir():
-        raise FeaturebankError(f"cannot write {output}: {output.parent} does not exist")
-    for name, src in (("train", train), ("test", test)):
-        if src is not None and not Path(src).exists():
-            raise FeaturebankError(f"finetune {name} input {src} does not exist")
+    _check_paths(train, test, output)
     # refuses a bad model or cut before any file
     spec, shape = cut_spec(model, from_layer, opts.input_size, opts.weights)
-    # both inputs are read and checked before anything is embedded or written
-    train_set, excluded = _leave_out(open_collection(train, "train", spec, work_dir), frozenset(exclude))
-    test_set = None if test is None else open_collection(test, "test", spec, work_dir)
     timings: dict[str, float] = {}
-    started = time.perf_counter()
-    for collection in (train_set, test_set):
-        if collection is not None:
-            ensure_maps(collection, spec, embed_batch_size, progress, opts.weights)
-    if opts.flip:
-        ensure_flipped(train_set, spec, embed_batch_size, progress, opts.weights)
-    timings["embed"] = round(time.perf_counter() - started, 2)
-    maps = load_maps(train_set, spec, shape, flipped=opts.flip)
+    maps, test_maps, stores, excluded = _cached_maps(
+        train, test, spec, shape, opts, work_dir, progress, embed_batch_size, timings,
+        frozenset(exclude))
     classes = check_labels(maps)
-    test_maps = None
-    if test_set is not None:
-        test_maps = load_maps(test_set, spec, shape)
+    if test_maps is not None:
         check_labels(test_maps, classes)
-    stores = {"train": train_set.store, **({"train_flipped": train_set.flip_store} if opts.flip
-                                           else {}),
-              **({"test": test_set.store} if test_set is not None else {})}
     tr, val = stratified_split(maps.labels, opts.val_size, opts.seed)
     fingerprint = data_fingerprint(maps)
     identity = {"model": model, "layer": from_layer, "weights": spec.model.weights_sha256,
@@ -227,24 +217,58 @@ def finetune(train: str | Path, *, model: str = "efficientnet_lite0", from_layer
     checkpoint = Checkpoint(output.with_name(output.name + ".ckpt"), identity)
     trained = train_top(setup, base_sha, tr, val, checkpoint)
     timings["train"] = round(time.perf_counter() - started, 2)
-    test_acc = None
-    if test_maps is not None:
-        index = {c: i for i, c in enumerate(classes)}
-        y_test = np.array([index[c] for c in test_maps.labels])
-        test_acc = _accuracy(trained.main.top, test_maps, y_test)
-        trained.main.probe["test_accuracy"] = _accuracy(trained.probe_top, test_maps, y_test)
-        log.info("test accuracy %.4f (frozen linear probe %.4f) on %d images", test_acc,
-                 trained.main.probe["test_accuracy"], len(y_test))
-    result = FinetuneResult(model=model, layer=from_layer, classes=classes, options=opts,
-                            trained=trained, train_fingerprint=fingerprint,
-                            train_images=len(maps.X), stores=stores,
-                            test_accuracy=test_acc, checkpoint=checkpoint.path, seconds=timings,
-                            excluded_keys=excluded)
-    if report is not None:
-        from featurebank.finetune._report import write_report
+    return FinetuneResult(model=model, layer=from_layer, classes=classes, options=opts,
+                          trained=trained, train_fingerprint=fingerprint,
+                          train_images=len(maps.X), stores=stores,
+                          test_accuracy=_score_test(trained, test_maps, classes),
+                          checkpoint=checkpoint.path, seconds=timings, excluded_keys=excluded,
+                          report=Path(report) if report is not None else None)
 
-        write_report(result, Path(report))
-    return result
+
+def _check_paths(train: str | Path, test: str | Path | None, output: Path) -> None:
+    """The inputs exist and the output can be written: refused before any work."""
+    check_writable(output, suffix=".onnx")
+    for name, src in (("train", train), ("test", test)):
+        if src is not None and not Path(src).exists():
+            raise FeaturebankError(f"finetune {name} input {src} does not exist")
+
+
+def _cached_maps(train: str | Path, test: str | Path | None, spec: Any, shape: Any,
+                 opts: FinetuneOptions, work_dir: str | Path | None, progress: bool,
+                 batch_size: int, timings: dict[str, float], exclude: frozenset[str],
+                 ) -> tuple[CachedMaps, CachedMaps | None, dict[str, Path], list[str]]:
+    """The training (and test) maps, embedded into their stores first where missing, and the
+    training keys left out (``exclude``); both inputs are read and checked before anything is
+    embedded or written."""
+    train_set, excluded = _leave_out(open_collection(train, "train", spec, work_dir), exclude)
+    test_set = None if test is None else open_collection(test, "test", spec, work_dir)
+    started = time.perf_counter()
+    for collection in (train_set, test_set):
+        if collection is not None:
+            ensure_maps(collection, spec, batch_size, progress, opts.weights)
+    if opts.flip:
+        ensure_flipped(train_set, spec, batch_size, progress, opts.weights)
+    timings["embed"] = round(time.perf_counter() - started, 2)
+    stores = {"train": train_set.store}
+    if opts.flip:
+        stores["train_flipped"] = train_set.flip_store
+    if test_set is not None:
+        stores["test"] = test_set.store
+    return (load_maps(train_set, spec, shape, flipped=opts.flip),
+            None if test_set is None else load_maps(test_set, spec, shape), stores, excluded)
+
+
+def _score_test(trained: Any, test_maps: CachedMaps | None, classes: list[str]) -> float | None:
+    """The fine-tuned top's test accuracy (the probe's goes into its figures), or None."""
+    if test_maps is None:
+        return None
+    index = {c: i for i, c in enumerate(classes)}
+    y_test = np.array([index[c] for c in test_maps.labels])
+    accuracy = _accuracy(trained.main.top, test_maps, y_test)
+    trained.main.probe["test_accuracy"] = _accuracy(trained.probe_top, test_maps, y_test)
+    log.info("test accuracy %.4f (frozen linear probe %.4f) on %d images", accuracy,
+             trained.main.probe["test_accuracy"], len(y_test))
+    return accuracy
 
 
 def _leave_out(collection, exclude: frozenset[str]) -> tuple[Any, list[str]]:
@@ -253,7 +277,7 @@ def _leave_out(collection, exclude: frozenset[str]) -> tuple[Any, list[str]]:
         return collection, []
     drop = np.array([k in exclude for k in collection.keys], dtype=bool)
     if drop.all():
-        raise FeaturebankError(f"--exclude leaves out all {len(drop)} training images of "
+        raise FeaturebankError(f"exclude leaves out all {len(drop)} training images of "
                                f"{collection.source}; nothing is left to train on")
     keep = np.flatnonzero(~drop)
     kept = replace(collection, keys=collection.keys[keep], labels=collection.labels[keep],

@@ -64,7 +64,18 @@ class TunedClassifier:
     path: Path
     classes: list[str]
     lineage: dict[str, Any]
-    specs: list[FeatureSpec] = field(default_factory=list)
+    _specs: list[FeatureSpec] = field(default_factory=list, repr=False)
+    #: the file does not record which images trained it (``evaluate`` says so)
+    trained_keys: None = None
+    #: no raw-pixel baseline comes with a tuned file
+    baseline: None = None
+
+    @property
+    def specs(self) -> list[FeatureSpec]:
+        """The one feature set it reads: its own ``logits``, average-pooled."""
+        if not self._specs:
+            self.extractor()
+        return self._specs
 
     @property
     def estimator(self) -> SimpleNamespace:  # what callers of a train model read the classes from
@@ -90,14 +101,12 @@ class TunedClassifier:
             raise FeaturebankError(f"{self.path.name} is its own model; --model {model} "
                                    "names another file")
         ex = Extractor(str(self.path), layers=("logits",), pool="avg", **kwargs)
-        self.specs = list(ex.specs)
+        self._specs = list(ex.specs)
         return ex
 
     def check_specs(self, specs: list[FeatureSpec]) -> None:
-        if not self.specs:
-            self.extractor()
         check_same_specs(self.specs, specs, f"{self.path.name} classifies from its own logits",
-                         f"serve it with '--model {self.path} --layer logits'")
+                         f"embed or serve with '--model {self.path} --layer logits'")
 
     def predict_proba(self, X: np.ndarray, specs: list[FeatureSpec]) -> np.ndarray:
         self.check_specs(specs)

@@ -24,17 +24,24 @@ from pathlib import Path
 import pytest
 
 from benchmarks.harness.faults import REPO, subprocess_env
+from tests._import_rules import (
+    GROUND_FLOOR,
+    STAGES,
+    build_graph,
+    eager_inits,
+    find_cycle,
+    imports,
+    is_private,
+    one_way_violations,
+    private_violations,
+    stage_of,
+    under,
+)
 
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
     tomllib = pytest.importorskip("tomli", reason="reading pyproject.toml needs tomli on 3.10")
-
-STAGES = ("export", "extractor", "classical", "finetune")
-#: the modules every stage may import, which import no stage (and only the standard library)
-GROUND_FLOOR = ("featurebank.spec", "featurebank.errors", "featurebank.options",
-                "featurebank.lazy", "featurebank.paths")
-
 
 def _package_files() -> dict[str, Path]:
     """Every module of the installed featurebank: dotted name -> source file.
@@ -61,88 +68,16 @@ def _package_files() -> dict[str, Path]:
     return found
 
 
-def _is_type_checking(node: ast.If) -> bool:
-    test = node.test
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or \
-        (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
-
-
-def _imports(tree: ast.AST, module: str, is_package: bool) -> list[tuple[str, str | None]]:
-    """What a module imports at run time, top level and inside functions alike, as
-    (module, name) pairs: ``import a.b`` -> ("a.b", None), ``from a import b`` -> ("a", "b").
-    ``if TYPE_CHECKING:`` blocks never run, so they are left out."""
-    found: list[tuple[str, str | None]] = []
-    package = module if is_package else module.rpartition(".")[0]
-
-    def visit(node: ast.AST) -> None:
-        if isinstance(node, ast.If) and _is_type_checking(node):
-            for child in node.orelse:
-                visit(child)
-            return
-        if isinstance(node, ast.Import):
-            found.extend((a.name, None) for a in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:  # relative: resolve against this module's package
-                parts = package.split(".")
-                parts = parts[: len(parts) - (node.level - 1)]
-                base = ".".join([*parts, base] if base else parts)
-            found.extend((base, a.name) for a in node.names)
-        for child in ast.iter_child_nodes(node):
-            visit(child)
-
-    visit(tree)
-    return found
+@cache
+def _files() -> dict[str, Path]:
+    return _package_files()
 
 
 @cache
-def import_graph() -> dict[str, set[str]]:
-    """featurebank module -> the featurebank modules it imports.
-
-    ``from pkg import sub`` counts as importing the submodule ``sub`` when there is one, else
-    ``pkg``; a parent package imported only on the way to a submodule does not count (Python
-    imports it, but a cycle through it needs ``pkg/__init__`` to import the importer).
-    """
-    files = _package_files()
-    graph = {}
-    for module, path in files.items():
-        targets = set()
-        for base, name in _imports(ast.parse(path.read_text(), str(path)), module,
-                                   path.name == "__init__.py"):
-            target = f"{base}.{name}" if name and f"{base}.{name}" in files else base
-            while target and target not in files:
-                target = target.rpartition(".")[0]
-            if target and target != module:
-                targets.add(target)
-        graph[module] = targets
-    return graph
-
-
-def _find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
-    """One import cycle as a list of modules (first == last), or None."""
-    state: dict[str, int] = {}  # 1: on the current path, 2: done
-    path: list[str] = []
-
-    def dfs(node: str) -> list[str] | None:
-        state[node] = 1
-        path.append(node)
-        for nxt in sorted(graph.get(node, ())):
-            if state.get(nxt) == 1:
-                return path[path.index(nxt):] + [nxt]
-            if nxt not in state and (found := dfs(nxt)):
-                return found
-        path.pop()
-        state[node] = 2
-        return None
-
-    for start in sorted(graph):
-        if start not in state and (found := dfs(start)):
-            return found
-    return None
-
-
-def _under(module: str, *packages: str) -> bool:
-    return any(module == p or module.startswith(p + ".") for p in packages)
+def import_graph(static: bool = False) -> dict[str, set[str]]:
+    """featurebank module -> the featurebank modules it imports (run-time view, or static:
+    with TYPE_CHECKING imports, import_module literals and lazy tables; tests/_import_rules.py)."""
+    return build_graph(_files(), static)
 
 
 def test_the_walk_sees_every_stage_and_function_level_imports():
@@ -157,57 +92,40 @@ def test_the_walk_sees_every_stage_and_function_level_imports():
 def test_cycle_finder_finds_a_cycle():
     """The finder itself: a cycle through a function-level import is reported."""
     tree = ast.parse("def f():\n    from pkg.b import x\n    from . import c\n")
-    assert _imports(tree, "pkg.a", False) == [("pkg.b", "x"), ("pkg", "c")]
-    assert _find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
-    assert _find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
+    assert imports(tree, "pkg.a", False) == [("pkg.b", "x"), ("pkg", "c")]
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
 
 
 def test_no_import_cycle():
-    cycle = _find_cycle(import_graph())
+    cycle = find_cycle(import_graph())
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
 
 
 def test_imports_run_one_way():
-    stage = {s: f"featurebank.{s}" for s in STAGES}
-    entry = ("featurebank.cli", "featurebank.service")
-    forbidden = [  # (importers, what they must not import, the rule)
-        (GROUND_FLOOR, (*stage.values(), "featurebank.predict", *entry),
-         "the ground floor imports no stage"),
-        ((stage["export"],), (stage["extractor"], stage["classical"], stage["finetune"], *entry),
-         "export comes first"),
-        ((stage["extractor"],), (stage["classical"], stage["finetune"], *entry),
-         "extractor imports no later stage"),
-        ((stage["classical"],), (stage["finetune"],), "finetune comes after classical"),
-        ((stage["classical"], stage["finetune"]), entry, "stages never import the entry points"),
-        ((*stage.values(), "featurebank.predict"), ("featurebank.deploy",),
-         "deploy sits above the stages and predict"),
-    ]
-    wrong = []
-    for module, targets in import_graph().items():
-        for importers, banned, rule in forbidden:
-            if _under(module, *importers):
-                wrong += [f"{module} -> {t} ({rule})" for t in targets if _under(t, *banned)]
-        for t in targets:  # only the entry points import cli; only they and service itself service
-            if _under(t, "featurebank.cli") and not _under(module, "featurebank.cli",
-                                                            "featurebank.__main__"):
-                wrong.append(f"{module} -> {t} (only featurebank.cli/__main__ import cli)")
-            if _under(t, "featurebank.service") and not _under(
-                    module, "featurebank.service", "featurebank.cli", "featurebank.__main__"):
-                wrong.append(f"{module} -> {t} (only the entry points import service)")
+    """The static view: a lazy table, an import_module literal or a TYPE_CHECKING import
+    that goes the wrong way counts (tests/test_import_rules.py plants each)."""
+    wrong = one_way_violations(import_graph(static=True))
+    assert not wrong, "\n".join(wrong)
+
+
+def test_every_package_init_loads_its_names_lazily():
+    """One __init__ style: a table handed to featurebank.lazy.attach (issue 31 found four)."""
+    wrong = eager_inits(_files(), exempt=("featurebank.cli", "featurebank.export.data"))
     assert not wrong, "\n".join(wrong)
 
 
 def test_the_ground_floor_imports_only_the_standard_library():
     """spec, errors, options, lazy and paths load in any process at no cost (the CLI builds its
     flags from them): besides each other they import the standard library only, anywhere."""
-    files = _package_files()
+    files = _files()
     wrong = []
     for module in GROUND_FLOOR:
         path = files[module]
-        for base, _ in _imports(ast.parse(path.read_text()), module, False):
+        for base, _ in imports(ast.parse(path.read_text()), module, False, static=True):
             top = base.split(".")[0]
             if top == "featurebank":
-                if not _under(base, *GROUND_FLOOR) and base != "featurebank":
+                if not under(base, *GROUND_FLOOR) and base != "featurebank":
                     wrong.append(f"{module} -> {base}")
             elif top not in sys.stdlib_module_names and top != "__future__":
                 wrong.append(f"{module} -> {base}")
@@ -304,32 +222,13 @@ def test_suite_is_hermetic(model_cache, tmp_path_factory):
     assert (env["FEATUREBANK_CACHE"], env["HOME"]) == (str(model_cache), os.environ["HOME"])
 
 
-def _stage_of(module: str) -> str:
-    """The stage (or entry point) a module belongs to: ``featurebank.<first part>`` for the
-    stage folders, cli and service; the ground floor (spec, errors, options, ...) otherwise."""
-    parts = module.split(".")
-    if len(parts) > 1 and parts[1] in (*STAGES, "cli", "service", "deploy"):
-        return ".".join(parts[:2])
-    return "featurebank"
-
-
-def _is_private(module: str) -> bool:
-    return any(p.startswith("_") and not p.startswith("__") for p in module.split("."))
-
-
-def private_imports_across_stages() -> list[str]:
-    """``importer -> target`` for every import of a private ``_module`` from another stage."""
-    return sorted(f"{module} -> {t}" for module, targets in import_graph().items()
-                  for t in targets if _is_private(t) and _stage_of(t) != _stage_of(module))
-
-
 def test_private_modules_are_imported_only_inside_their_stage():
     """docs/layout.md: implementation modules are private; other stages import the public names
     of a stage's ``__init__`` (which lists them in ``__all__``)."""
-    assert _stage_of("featurebank.extractor.store._lock") == "featurebank.extractor"
-    assert _stage_of("featurebank.options") == "featurebank" and _is_private("a._b.c")
-    assert not _is_private("featurebank.cli.__main__")
-    wrong = private_imports_across_stages()
+    assert stage_of("featurebank.extractor.store._lock") == "featurebank.extractor"
+    assert stage_of("featurebank.options") == "featurebank" and is_private("a._b.c")
+    assert not is_private("featurebank.cli.__main__")
+    wrong = private_violations(import_graph(static=True))
     assert not wrong, "private modules imported from another stage:\n" + "\n".join(wrong)
 
 

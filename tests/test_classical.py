@@ -261,3 +261,36 @@ def test_sweep_plot_bars_by_cost_and_accuracy_axis_from_zero(tmp_path, monkeypat
     assert seen["cost"] == sorted(seen["cost"])
     assert seen["ylim"] == (0.0, 100.0)
     assert (tmp_path / "sweep.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_fewshot_curve_features_against_raw_pixels(tmp_path):
+    """fewshot_curve (public, untested until issue 31): one point per k for the features and
+    for raw pixels re-read from the images; more labels help; the PNG is written."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    from featurebank.classical import LabelledFeatures, fewshot_curve
+
+    digits = load_digits()
+    X, y = digits.data.astype(np.float32), digits.target.astype(str)
+    paths = []
+    for i, image in enumerate(digits.images[:300]):
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray((image * 16).clip(0, 255).astype(np.uint8)).save(paths[-1])
+    keys = np.array([str(i) for i in range(300)])
+
+    def part(rows):
+        return LabelledFeatures(X[rows], y[rows], keys[rows],
+                                np.array([str(p) for p in paths])[rows], [])
+
+    train_rows, test_rows = np.arange(200), np.arange(200, 300)
+    curves = fewshot_curve(part(train_rows), part(test_rows), shots=(1, 10), pixels=True,
+                           report_path=tmp_path / "fewshot.png")
+    assert set(curves) == {"features", "raw pixels"}
+    assert [k for k, _ in curves["features"]] == [1, 10] == [k for k, _ in curves["raw pixels"]]
+    (_, one), (_, ten) = curves["features"]
+    assert 0.1 < one < ten and ten > 0.7  # 10 classes: chance is 0.1
+    assert all(0.1 < acc <= 1 for _, acc in curves["raw pixels"])
+    assert (tmp_path / "fewshot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert set(fewshot_curve(part(train_rows), part(test_rows), shots=(5,), pixels=False)) == {
+        "features"}

@@ -136,3 +136,13 @@ def test_an_unexpected_exception_is_one_line_with_the_trace_kept(monkeypatch, ca
     err = capsys.readouterr().err
     assert "Traceback" in err and err.strip().splitlines()[-1].startswith("featurebank store: error")
     os.unlink(re.search(r"full trace in (\S+)", err).group(1))
+
+
+def test_a_command_module_that_does_not_import_is_an_error(monkeypatch):
+    """The parser used to skip a missing command module ("not written yet"), which would drop
+    a renamed command silently; now the import error surfaces."""
+    import featurebank.cli as cli
+
+    monkeypatch.setattr(cli, "COMMAND_MODULES", (*cli.COMMAND_MODULES, "featurebank.cli.gone_cmd"))
+    with pytest.raises(ModuleNotFoundError, match="gone_cmd"):
+        cli.build_parser()

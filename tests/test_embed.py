@@ -179,6 +179,11 @@ def test_cli_embed_info_and_export_npz(tmp_path, collection, capsys):
         np.testing.assert_array_equal(got[name], arr)
     assert main(["store", "export", str(store), "-o", str(npz)]) == 1  # two sets: must name one
     assert "2 feature sets; choose one with --layer" in capsys.readouterr().err
+    # the old export_npz still writes the same file, whatever its name, with a warning
+    with pytest.warns(DeprecationWarning, match="use export"):
+        old = FeatureStore(store).export_npz(tmp_path / "head.bin", "head")
+    with np.load(old) as legacy:
+        np.testing.assert_array_equal(legacy["features"], got["features"])
 
 
 def test_bad_arguments_raise_clear_errors(tmp_path, collection):
@@ -189,19 +194,31 @@ def test_bad_arguments_raise_clear_errors(tmp_path, collection):
 
 
 def test_a_file_stuck_in_the_decoder_is_skipped_not_hung(tmp_path, collection, monkeypatch):
+    """A decoder wedged on one file: the run records it as timed out and goes on without
+    waiting for it. No clock runs: the wait is swapped (issue 31) so that the wedged file
+    expires once it is known to be stuck, and every other file is waited for as long as a
+    loaded machine needs."""
     import featurebank.extractor.engines._common as pipeline  # the per-file step both engines use
+    import featurebank.extractor.engines._local as local
 
-    real_decode = pipeline.decode
+    real_decode, real_wait = pipeline.decode, local.wait_for_file
     stuck = sorted((collection / "photos").rglob("*.jpg"))[1]
     entered, released = threading.Event(), threading.Event()
 
     def wedged_decode(data, pre, max_pixels, name):
         if Path(name) == stuck:
             entered.set()
-            released.wait(120)  # a decoder wedged on one file, until the test lets it go
+            released.wait(600)  # a decoder wedged on one file, until the test lets it go
         return real_decode(data, pre, max_pixels, name)
 
+    def wait(future, item, timeout):
+        if Path(item.path) != stuck:
+            return real_wait(future, item, None)  # no timeout: load cannot expire a good file
+        assert entered.wait(600)  # wedged now: its time is up
+        return real_wait(future, item, 0.0)
+
     monkeypatch.setattr(pipeline, "decode", wedged_decode)
+    monkeypatch.setattr(local, "wait_for_file", wait)
     try:
         s = embed_collection([str(collection / "photos")], tmp_path / "s.h5", batch_size=2,
                              workers=2, threads=1, progress=False, file_timeout=1.0)
@@ -210,7 +227,19 @@ def test_a_file_stuck_in_the_decoder_is_skipped_not_hung(tmp_path, collection, m
     finally:
         released.set()
     assert (s.embedded, s.failed) == (5, 1)
-    assert FeatureStore(tmp_path / "s.h5").failures() == [(str(stuck), "timed out after 1 s")]
+    assert FeatureStore(tmp_path / "s.h5").failures() == [(str(stuck), "timed out after 0 s")]
+
+
+def test_wait_for_file_expires_a_file_that_never_finishes():
+    """The real wait: a result that never comes becomes a failure naming the timeout."""
+    from concurrent.futures import Future
+
+    from featurebank.extractor import ImageItem
+    from featurebank.extractor.engines._local import wait_for_file
+
+    never: Future = Future()
+    got = wait_for_file(never, ImageItem("x.jpg"), 0.01)
+    assert got.error == "timed out after 0.01 s" and got.pixels is None
 
 
 def test_ray_engine_missing_names_the_extra(tmp_path, collection, monkeypatch):
@@ -270,7 +299,7 @@ def test_summary_ends_with_labels_and_warns_about_split_folders(tmp_path, collec
     store = tmp_path / "s.h5"
     assert main(["embed", str(photos / "train"), "--store", str(store), "--no-progress"]) == 0
     out = capsys.readouterr().out
-    assert "2 label(s), images in the input per label:" in out
+    assert "2 label(s), images stored per label:" in out
     assert [line.split() for line in out.splitlines()[-2:]] == [["0", "4"], ["1", "4"]]
     # everything already stored: not an error, and the table is there again
     assert main(["embed", str(photos / "train"), "--store", str(store), "--no-progress",
@@ -285,3 +314,28 @@ def test_summary_ends_with_labels_and_warns_about_split_folders(tmp_path, collec
     out = capsys.readouterr().out
     assert "warning: the labels (test, train) look like dataset splits" in out
     assert f"e.g. {photos / 'train'}" in out
+
+
+def test_input_with_no_readable_image_is_an_error_and_counts_are_of_stored_images(
+        tmp_path, collection, capsys):
+    """issue 31: an input of only unreadable files exited 0 and left an empty store; per-label
+    counts included the files that failed."""
+    broken = tmp_path / "photos"
+    for label in ("a", "b"):
+        (broken / label).mkdir(parents=True)
+        for i in range(2):
+            (broken / label / f"{i}.jpg").write_bytes(b"not an image %d" % i)
+    store = tmp_path / "s.h5"
+    assert main(["embed", str(broken), "--store", str(store), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "none of the 4 input files could be read as an image" in err
+    assert str(broken / "a" / "0.jpg") in err and "no store was written" in err
+    assert not store.exists() and "Traceback" not in err
+    # two good images of label b beside the broken ones: the table counts what was stored
+    for src in sorted((collection / "1").iterdir())[:2]:
+        shutil.copy(src, broken / "b" / src.name)
+    assert main(["embed", str(broken), "--store", str(store), "--no-progress", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["failed"] == 4 and summary["labels"] == {"b": 2}
+    assert sorted(p for p, _ in summary["failures"]) == sorted(
+        str(p) for p in broken.rglob("?.jpg"))

@@ -66,6 +66,8 @@ def test_small_finetune_learns_and_reports(tuned, model_cache):
     # only the layers above the cut are in the trained module: blocks 13-15 of Lite0's 16
     assert len(result.top.blocks) == 3
     report = json.loads((out.parent / "report" / "finetune.json").read_text())
+    # written once, by export: it names the file and the export's time (issue 31)
+    assert report["model_file"] == str(out) and "export" in report["seconds"]
     assert report["test_accuracy"] == result.test_accuracy
     assert report["probe"]["test_accuracy"] == result.probe["test_accuracy"]
     assert (out.parent / "report" / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -138,6 +140,31 @@ def test_predict_and_serve_classify_with_the_tuned_logits(tuned, digit_folders, 
     for s, a in zip(served, answers[:6], strict=True):
         assert s["label"] == a["label"]
         assert s["probability"] == pytest.approx(a["probability"], abs=1e-5)
+
+
+@pytest.mark.slow
+def test_evaluate_scores_a_tuned_file_or_says_how(tuned, digit_folders, tmp_path, capsys):
+    """`evaluate tuned.onnx store.h5` (issue 31: it answered "not a featurebank model
+    (KeyError)"): on a store without its logits it says how to make one; on one with them it
+    scores exactly what `predict` answers, and notes that the training images are unknown."""
+    from featurebank.cli import main
+
+    result, out = tuned
+    test_dir = digit_folders[1]
+    other, logits = tmp_path / "other.h5", tmp_path / "logits.h5"
+    assert main(["embed", str(test_dir), "--store", str(other), "--layer", "head"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(out), str(other)]) == 1
+    err = capsys.readouterr().err
+    assert "has no feature set" in err and "logits" in err and "Traceback" not in err, err
+    assert main(["embed", str(test_dir), "--store", str(logits), "--model", str(out),
+                 "--layer", "logits"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(out), str(logits), "--report", str(tmp_path / "r")]) == 0
+    assert "does not record which images trained it" in capsys.readouterr().out
+    metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert metrics["n"] == 10 * TEST_PER_CLASS
+    assert metrics["accuracy"] == pytest.approx(result.chosen_test_accuracy, abs=0.02)
 
 
 @pytest.mark.slow

@@ -1,10 +1,11 @@
-"""SIGKILL a real ``python -m featurebank embed`` at several moments, then resume.
+"""SIGKILL a real ``featurebank embed`` process at several points of its work, then resume.
 
 After every kill the store opens with plain h5py (no repair) and no lock is left behind; the
 resumed run ends with the same store as a clean, uninterrupted run: same content keys, labels,
-paths, failures and vectors (within one float16 step: ``float16_ulps``). Kill moments are
-counted in committed batches, or drawn from a seeded generator and scaled to the measured
-clean run, so the assertions hold on a fast machine as on a slow one.
+paths, failures and vectors (within one float16 step: ``float16_ulps``). The child announces
+where it is (``tests/_killpoints.py``: after the N-th commit, or inside one with the file open,
+its images or its rows written) and waits there to be killed: no test guesses a moment from a
+measured time, so the assertions hold on a fast machine as on a loaded one.
 """
 
 from __future__ import annotations
@@ -14,16 +15,16 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 
-from benchmarks.harness.faults import REPO, float16_ulps, holds_open, subprocess_env
+from benchmarks.harness.faults import REPO, float16_ulps, subprocess_env
 from featurebank.extractor import FeatureStore
 from featurebank.extractor.store._format import FORMAT_VERSION
+from tests._killpoints import POINTS, wait_for_point
 
 BATCH = 2
 
@@ -42,22 +43,32 @@ def source(tmp_path_factory, digits_dir, photo_dir) -> Path:
     return root
 
 
-def _cmd(src: Path, store: Path) -> list[str]:
-    return [sys.executable, "-m", "featurebank", "embed", str(src), "--store", str(store),
-            "--batch-size", str(BATCH), "--workers", "1", "--threads", "1", "--no-progress"]
+def _args(src: Path, store: Path) -> list[str]:
+    return ["embed", str(src), "--store", str(store), "--batch-size", str(BATCH), "--workers", "1",
+            "--threads", "1", "--no-progress"]
 
 
-def _run(src: Path, store: Path) -> float:
-    """A complete run; returns the seconds from its first commit to its end."""
-    proc = subprocess.Popen(_cmd(src, store), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            env=subprocess_env(), cwd=REPO)
-    first = None
-    while proc.poll() is None:
-        if first is None and _committed_rows(store) > 0:
-            first = time.perf_counter()
-        time.sleep(0.002)
-    assert proc.returncode == 0, proc.stderr.read().decode()[-2000:]
-    return time.perf_counter() - (first or time.perf_counter())
+def _run(src: Path, store: Path) -> None:
+    """A complete run."""
+    done = subprocess.run([sys.executable, "-m", "featurebank", *_args(src, store)],
+                          capture_output=True, env=subprocess_env(), cwd=REPO, timeout=600)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+
+
+def _kill_at(src: Path, store: Path, point: str, n: int) -> None:
+    """Run embed until it announces ``point`` the ``n``-th time, then SIGKILL it there."""
+    proc = subprocess.Popen([sys.executable, "-m", "tests._killpoints", point, str(n),
+                             *_args(src, store)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=subprocess_env(), cwd=REPO)
+    try:
+        announced = wait_for_point(proc.stdout)
+        assert announced == f"KILLPOINT {point} {n}", (
+            f"embed ended before {point} {n}: {proc.stderr.read().decode()[-2000:]}")
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
 
 
 def _assert_equal_vectors(got: np.ndarray, want: np.ndarray) -> None:
@@ -89,37 +100,21 @@ def _snapshot(store: Path) -> dict:
 @pytest.fixture(scope="module")
 def clean(tmp_path_factory, source, lite0_onnx) -> dict:
     store = tmp_path_factory.mktemp("clean") / "clean.h5"
-    seconds = _run(source, store)
+    _run(source, store)
     snap = _snapshot(store)
     assert len(snap["keys"]) == 26 and len(snap["pairs"]) == 27 and len(snap["failures"]) == 1
-    return {**snap, "seconds_after_first_commit": seconds}
+    return snap
 
 
-@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc to see open files")
 def test_sigkill_inside_commits_then_resume_equals_clean_run(tmp_path, source, clean):
-    """Killed three times while holding the .h5 open (the writer opens it only to commit)."""
+    """Killed three times inside a commit, the .h5 open for writing: just opened, with the
+    batch's images written but no row, with its rows written but not its failures and log."""
     store = tmp_path / "s.h5"
-    caught = 0
-    for _ in range(3):
-        before = _committed_rows(store) if store.exists() else 0
-        proc = subprocess.Popen(_cmd(source, store), stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, env=subprocess_env(), cwd=REPO)
-        try:
-            deadline = time.monotonic() + 120
-            # past start-up (which reads the store): a new batch has been committed
-            while _committed_rows(store) <= before and proc.poll() is None:
-                assert time.monotonic() < deadline, "embed made no progress"
-                time.sleep(0.002)
-            while not holds_open(proc.pid, str(store)) and proc.poll() is None:
-                pass  # busy-poll: a commit lasts milliseconds
-            caught += proc.poll() is None
-            proc.send_signal(signal.SIGKILL)
-        finally:
-            proc.kill()
-            proc.wait()
+    for point, n in (("open", 2), ("images", 2), ("rows", 2)):
+        _kill_at(source, store, point, n)
         with h5py.File(store, "r") as f:  # readable after each kill, no repair step
             assert f.attrs["format_version"] == FORMAT_VERSION
-    assert caught >= 2
+        assert store.with_name(store.name + ".dirty").exists()  # it died inside a commit
     _run(source, store)
     got = _snapshot(store)
     np.testing.assert_array_equal(got["keys"], clean["keys"])
@@ -131,29 +126,15 @@ def test_sigkill_inside_commits_then_resume_equals_clean_run(tmp_path, source, c
 
 @pytest.mark.parametrize("kill_after_batches", [1, 2, 4, "random"])
 def test_sigkill_then_resume_equals_clean_run(kill_after_batches, tmp_path, source, clean):
+    """Killed after 1, 2 or 4 batches of rows were committed (when the next batch's rows are
+    being written), or at a seeded point: any of the commit's steps, in one of its first 8."""
     store = tmp_path / "s.h5"
-    proc = subprocess.Popen(_cmd(source, store), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, env=subprocess_env(), cwd=REPO)
-    try:
-        deadline = time.monotonic() + 120
-        if kill_after_batches == "random":  # anywhere after the first commit, inside one too
-            while _committed_rows(store) == 0:
-                assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-                assert time.monotonic() < deadline, "embed made no progress"
-                time.sleep(0.002)
-            # Seeded, and at most half of what the rest took in the clean run on this machine.
-            delay = np.random.default_rng(16).uniform(0, 0.5 * clean["seconds_after_first_commit"])
-            time.sleep(delay)
-        else:
-            while _committed_rows(store) < kill_after_batches * BATCH:
-                assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-                assert time.monotonic() < deadline, "embed made no progress"
-                time.sleep(0.002)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    if kill_after_batches == "random":
+        rng = np.random.default_rng(16)
+        point, n = str(rng.choice(POINTS)), int(rng.integers(2, 9))
+    else:
+        point, n = "rows", kill_after_batches + 1
+    _kill_at(source, store, point, n)
 
     killed_rows = _committed_rows(store)
     with h5py.File(store, "r") as f:  # plain h5py, no repair

@@ -11,7 +11,7 @@ import tarfile
 import pytest
 
 from featurebank.cli import main
-from featurebank.errors import FeaturebankError
+from featurebank.errors import FeaturebankError, OptionError
 from featurebank.extractor import collect, embed_collection
 from featurebank.extractor.sources import (
     SourceOptions,
@@ -150,9 +150,10 @@ def test_list_files_headers_split_and_refusals(tmp_path, images):
         [(str(a), "x"), (str(b), "y")]
     (tmp_path / "plain.csv").write_text(f"# a comment\n{a},x\n{b}\n")
     assert [i.label for i in collect([str(tmp_path / "plain.csv")])] == ["x", ""]
-    with pytest.raises(FeaturebankError, match="no header row, so no 'split' column"):
+    with pytest.raises(OptionError, match=r"^split is 'train', but list .*plain.csv \(no "
+                                          r"header row.*has no 'split' column"):
         collect([str(tmp_path / "plain.csv")], sources=SourceOptions(split="train"))
-    with pytest.raises(FeaturebankError, match="--split train selects rows.*is a folder"):
+    with pytest.raises(OptionError, match=r"^split is 'train': it selects rows.*is a folder"):
         collect([str(folder)], sources=SourceOptions(split="train"))
     write_shard(tmp_path / "s.tar", images[:2])
     (tmp_path / "c.csv").write_text("path\ns.tar\n")

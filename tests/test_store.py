@@ -362,7 +362,12 @@ def test_version_1_store_reads_refuses_writes_and_upgrades(tmp_path, digits, cap
     assert "(format 1)" in out and "note:" in out and "store upgrade" in out
     # a wrong root is refused (nothing found under it), the file is untouched
     assert main(["store", "upgrade", str(path), "--root", str(tmp_path)]) == 1
-    assert "none of its 4 image paths exists" in capsys.readouterr().err
+    err = capsys.readouterr().err  # the library names its parameters, the CLI its flags
+    assert "error: --root must be the folder 'featurebank embed' ran in: none of the 4 image " \
+        "paths" in err and "(set --force to upgrade anyway" in err
+    assert main(["store", "upgrade", str(path)]) == 1
+    assert "--root must be the folder 'featurebank embed' ran in (is not given)" in \
+        capsys.readouterr().err
     assert FeatureStore(path).format_version == 1
     assert main(["store", "upgrade", str(path), "--root", str(root)]) == 0
     assert "4 of 4 image paths made absolute" in capsys.readouterr().out

@@ -97,6 +97,15 @@ def test_an_extension_it_cannot_write_is_refused(tmp_path, store, capsys):
         assert "the format follows the extension, one of .parquet, .npz, .npy" in \
             capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+    # a folder that does not exist (issue 31: a traceback), or a folder as the output
+    assert main(["store", "export", str(store), "-o", str(tmp_path / "missing" / "x.npz")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot write export" in err and "missing does not exist" in err
+    assert main(["store", "export", str(store), "-o", str(tmp_path / "d.npz"), "--layer", "head"]) == 0
+    (tmp_path / "d.npz").unlink()
+    (tmp_path / "d.npz").mkdir()
+    assert main(["store", "export", str(store), "-o", str(tmp_path / "d.npz"), "--layer", "head"]) == 1
+    assert "is a folder; give a file name ending in .npz" in capsys.readouterr().err
 
 
 def test_export_streams_in_bounded_memory(tmp_path, store):

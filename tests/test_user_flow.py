@@ -76,11 +76,11 @@ def test_embed_train_evaluate_predict_sweep_from_elsewhere(model_cache, tmp_path
 
 def test_demo_says_it_exports_the_model_once(lite0_onnx, tmp_path, monkeypatch, capsys):
     """The first demo run exports the model (~100 s): a line says so instead of silence."""
-    from featurebank.cli.demo_cmd import _say_if_exporting
+    from featurebank.demo import _say_if_exporting
 
-    _say_if_exporting("efficientnet_lite0")  # the test cache holds the export: nothing to say
+    _say_if_exporting("efficientnet_lite0", print)  # the test cache holds it: nothing to say
     assert capsys.readouterr().out == ""
     monkeypatch.setenv("FEATUREBANK_CACHE", str(tmp_path / "empty-cache"))
-    _say_if_exporting("efficientnet_lite0")
+    _say_if_exporting("efficientnet_lite0", print)
     out = capsys.readouterr().out
     assert "exporting efficientnet_lite0 to ONNX once" in out and str(tmp_path / "empty-cache") in out

@@ -32,8 +32,9 @@ class EmbedSummary:
     duplicates: int = 0
     failed: int = 0
     seconds: float = 0.0
-    labels: dict[str, int] = field(default_factory=dict)
+    labels: dict[str, int] = field(default_factory=dict)  # images stored per label (not failed)
     nodes: dict[str, int] = field(default_factory=dict)  # Ray engine: images embedded per node id
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) of this run
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -51,7 +52,7 @@ class EmbedSummary:
             lines.append(f"embedded on {len(self.nodes)} Ray nodes: " + ", ".join(
                 f"{node[:8]} {n}" for node, n in sorted(self.nodes.items())))
         if self.labels:
-            lines.append(label_table(self.labels, "images in the input per label"))
+            lines.append(label_table(self.labels, "images stored per label"))
         lines += [f"warning: {w}" for w in self.warnings]
         return "\n".join(lines)
 

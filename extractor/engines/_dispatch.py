@@ -90,7 +90,6 @@ def embed_collection(inputs: Sequence[str | Path], store_path: str | Path,
     # Resolving the specs cuts the graph: a wrong layer fails here, before the store exists.
     float_specs = (Extractor(extractor.options.replace(precision="fp32")).specs if uncalibrated
                    else extractor.specs)
-    labels = dict(Counter(i.label for i in items))
     warnings = [w for w in [split_layout_warning(inputs, items)] if w]
     for w in warnings:
         log.warning("%s", w)
@@ -102,8 +101,23 @@ def embed_collection(inputs: Sequence[str | Path], store_path: str | Path,
         if not existed:
             _remove_if_empty(Path(store_path))
         raise
-    summary.labels, summary.warnings = labels, warnings
+    failed = {path for path, _ in summary.failures}  # per label: what the store holds
+    summary.labels = dict(Counter(i.label for i in items if i.path not in failed))
+    summary.warnings = warnings
+    if summary.total and summary.failed == summary.total:
+        removed = not existed and run.engine == "local"
+        if removed:  # it would hold nothing but failures
+            Path(store_path).unlink(missing_ok=True)
+        raise FeaturebankError(_nothing_embedded(summary, store_path, removed))
     return summary
+
+
+def _nothing_embedded(summary: EmbedSummary, store_path: Any, removed: bool) -> str:
+    shown = "; ".join(f"{path} ({reason})" for path, reason in summary.failures[:3])
+    more = f"; and {summary.failed - 3} more" if summary.failed > 3 else ""
+    kept = "no store was written" if removed else f"store {store_path} records every failure"
+    return (f"none of the {summary.total} input files could be read as an image: {shown}{more}."
+            f" {kept}; check the inputs")
 
 
 def _embed(items, store_path, extractor, run, roots, float_specs, uncalibrated) -> EmbedSummary:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import replace
 
@@ -59,85 +59,107 @@ def int8_calibration(items: list[ImageItem], store: FeatureStore, float_specs: l
     return images
 
 
+def wait_for_file(future: Future, item: ImageItem, timeout: float | None) -> Prepared:
+    """The per-file step's result, or a failure after ``timeout`` seconds (``file_timeout``):
+    a decoder stuck on one file must not hang the run. The one place the timeout is applied
+    (a test swaps this function to expire a file without any clock running)."""
+    try:
+        return future.result(timeout=timeout)
+    except FutureTimeout:
+        log.warning("%s: no result after %g s, skipped", item.path, timeout)
+        return Prepared(error=f"timed out after {timeout:g} s")
+
+
+class _LocalRun:
+    """The state of one local run: what is decoded and waits for inference (``batch``), the
+    paths and failures of the next commit, and the summary."""
+
+    def __init__(self, items: list[ImageItem], store: FeatureStore, ex: Extractor,
+                 run: EmbedRun):
+        self.store, self.ex, self.run = store, ex, run
+        self.summary = EmbedSummary(total=len(items))
+        self.specs = ex.specs
+        key_sets = [store.keys(s.fingerprint()) for s in self.specs]
+        self.done = set.intersection(*key_sets) if key_sets else set()  # stored for every set
+        self.in_run: set[str] = set()
+        self.batch: list[tuple[ImageItem, Prepared]] = []
+        self.images: list[tuple[str, str, str]] = []
+        self.failures: list[tuple[str, str]] = []
+        self.bar = progress(len(items), enabled=run.progress, desc="embedding")
+
+    def consume(self, item: ImageItem, p: Prepared) -> None:
+        """Sort one file: failed, already stored (cached), seen in this run, or to embed."""
+        summary = self.summary
+        if p.error is not None:
+            summary.failed += 1
+            self.failures.append((item.path, p.error))
+            summary.failures.append((item.path, p.error))
+            return
+        self.images.append((p.key, item.path, item.label))
+        if p.key in self.done:
+            summary.cached += 1
+        elif p.key in self.in_run:
+            summary.duplicates += 1
+        else:
+            self.in_run.add(p.key)
+            self.batch.append((item, p))
+
+    def full(self) -> bool:
+        return (len(self.batch) >= self.run.batch_size
+                or len(self.images) + len(self.failures) >= 4 * self.run.batch_size)
+
+    def flush(self) -> None:
+        """Run the batch and commit it with the paths and failures gathered since the last."""
+        rows = {}
+        if self.batch:
+            outs = self.ex.embed_pixels(np.stack([p.pixels for _, p in self.batch]))
+            keys = [p.key for _, p in self.batch]
+            rows = {spec: (keys, out) for spec, out in zip(self.specs, outs, strict=True)}
+        if rows or self.images or self.failures:
+            self.store.commit(rows, self.images, self.failures, dtype=self.run.dtype)
+        s = self.summary
+        s.embedded += len(self.batch)
+        self.bar.update(len(self.images) + len(self.failures))  # every item lands in one
+        self.bar.set_postfix(cached=s.cached, dup=s.duplicates, failed=s.failed, refresh=False)
+        self.batch.clear()
+        self.images.clear()
+        self.failures.clear()
+
+
 def embed_local(items: list[ImageItem], store: FeatureStore, ex: Extractor,
                 run: EmbedRun) -> EmbedSummary:
     """Embed ``items`` with ``ex`` into the open ``store`` (see :func:`embed_collection`)."""
-    batch_size, workers, file_timeout = run.batch_size, run.decode_threads, run.file_timeout
     started = time.perf_counter()
-    summary = EmbedSummary(total=len(items))
-    specs = ex.specs
-    fingerprints = [s.fingerprint() for s in specs]
-    key_sets = [store.keys(fp) for fp in fingerprints]
-    done = set.intersection(*key_sets) if key_sets else set()
-    in_run: set[str] = set()
-    batch: list[tuple[ImageItem, Prepared]] = []
-    images: list[tuple[str, str, str]] = []
-    failures: list[tuple[str, str]] = []
-    bar = progress(len(items), enabled=run.progress, desc="embedding")
-
-    def flush() -> None:
-        rows = {}
-        if batch:
-            outs = ex.embed_pixels(np.stack([p.pixels for _, p in batch]))
-            keys = [p.key for _, p in batch]
-            rows = {spec: (keys, out) for spec, out in zip(specs, outs, strict=True)}
-        if rows or images or failures:
-            store.commit(rows, images, failures, dtype=run.dtype)
-        summary.embedded += len(batch)
-        bar.update(len(images) + len(failures))  # every item lands in one of the two
-        bar.set_postfix(cached=summary.cached, dup=summary.duplicates, failed=summary.failed,
-                        refresh=False)
-        batch.clear()
-        images.clear()
-        failures.clear()
-
-    def result(future, item: ImageItem) -> tuple[ImageItem, Prepared]:
-        try:
-            return item, future.result(timeout=file_timeout)
-        except FutureTimeout:  # a decoder stuck on one file must not hang the run
-            log.warning("%s: no result after %g s, skipped", item.path, file_timeout)
-            return item, Prepared(error=f"timed out after {file_timeout:g} s")
-
+    state = _LocalRun(items, store, ex, run)
     # Bounded look-ahead: decoding of the next batches overlaps inference of this one, and at
     # most `window` decoded images are held, so memory stays flat on any collection size.
-    window = max(2 * batch_size, 4 * workers)
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode")
+    window = max(2 * run.batch_size, 4 * run.decode_threads)
+    pool = ThreadPoolExecutor(max_workers=run.decode_threads, thread_name_prefix="decode")
+    pending: deque[tuple[Future, ImageItem]] = deque()
     try:
-        pending: deque = deque()
         # container members arrive read (one streaming pass per shard or parquet file);
         # plain files and URLs are read by the pool's threads
         for item, data in iter_payloads(items):
             pending.append((pool.submit(prepare_file, item.path, ex.spec_preprocessing,
-                                        ex.max_pixels, done, data), item))
+                                        ex.max_pixels, state.done, data), item))
             if len(pending) >= window:
-                _consume(result(*pending.popleft()), summary, done, in_run, batch, images, failures)
-                if len(batch) >= batch_size or len(images) + len(failures) >= 4 * batch_size:
-                    flush()
+                _settle_first(pending, state)
+                if state.full():
+                    state.flush()
         while pending:
-            _consume(result(*pending.popleft()), summary, done, in_run, batch, images, failures)
-            if len(batch) >= batch_size:
-                flush()
-        flush()
+            _settle_first(pending, state)
+            if len(state.batch) >= run.batch_size:
+                state.flush()
+        state.flush()
     finally:
         # Don't wait for a thread stuck in a decoder; it dies with the process.
         pool.shutdown(wait=False, cancel_futures=True)
-    bar.close()
-    summary.seconds = time.perf_counter() - started
-    return summary
+    state.bar.close()
+    state.summary.seconds = time.perf_counter() - started
+    return state.summary
 
 
-def _consume(prepared: tuple[ImageItem, Prepared], summary: EmbedSummary, done: set[str],
-             in_run: set[str], batch: list, images: list, failures: list) -> None:
-    item, p = prepared
-    if p.error is not None:
-        summary.failed += 1
-        failures.append((item.path, p.error))
-        return
-    images.append((p.key, item.path, item.label))
-    if p.key in done:
-        summary.cached += 1
-    elif p.key in in_run:
-        summary.duplicates += 1
-    else:
-        in_run.add(p.key)
-        batch.append(prepared)
+def _settle_first(pending: deque[tuple[Future, ImageItem]], state: _LocalRun) -> None:
+    """The oldest file in flight, waited for (in input order) and sorted."""
+    future, item = pending.popleft()
+    state.consume(item, wait_for_file(future, item, state.run.file_timeout))

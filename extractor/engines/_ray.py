@@ -28,6 +28,7 @@ import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import ray
@@ -261,7 +262,6 @@ def embed_ray(items: list[ImageItem], store_path: str | Path, ex: Extractor,
     ``run.address`` the Ray address (``auto``, ``host:6379``, ``ray://host:10001``; default:
     the running session, else a new local one).
     """
-    batch_size, device, threads, workers = run.batch_size, run.device, run.threads, run.workers
     started = time.perf_counter()
     graph = ex.graph  # built once here; actors get its bytes (workers need no model files)
     specs = graph.specs
@@ -274,47 +274,13 @@ def embed_ray(items: list[ImageItem], store_path: str | Path, ex: Extractor,
         done = state.done(fps)
         known = {state.dtypes[fp] for fp in fps if fp in state.dtypes}
         store_dtype = known.pop() if len(known) == 1 else run.dtype  # an existing set keeps its dtype
-        remote, size, actor_device = _actor_resources(device, workers, threads)
-        # The graph's bytes go to the object store once; the driver holds the reference for the
-        # whole run, so an actor restarted after its node died can still fetch them (an inline
-        # constructor argument of this size is not kept for restarts).
-        graph_ref = ray.put(graph.model.SerializeToString())
-        ctx = ray.data.DataContext.get_current()
-        ctx.enable_progress_bars = False
-        ctx.wait_for_min_actors_s = int(run.actor_wait_s)
-        embedder = dict(size=size, remote=remote, fn_constructor_kwargs={
-            "graph": [graph_ref], "output_names": list(graph.output_names),
-            "dims": list(graph.dims), "input_size": tuple(ex.spec_preprocessing.input_size),
-            "device": actor_device, "threads": threads or remote.get("num_cpus", 1)})
+        embedder = _embedder(graph, ex, run)
         writer = _ShardWriter(store, list(specs), store_dtype, list(roots or ()),
-                              run.shard_rows or _default_shard_rows(batch_size, graph.dims, store_dtype))
-        in_run: set[str] = set()
-        left = dict(enumerate(items))  # items whose row has not come back to the driver yet
+                              run.shard_rows or _default_shard_rows(run.batch_size, graph.dims,
+                                                                    store_dtype))
         bar = progress(len(items), enabled=run.progress, desc="embedding (ray)")
         try:
-            for attempt in range(1, _ATTEMPTS + 1):
-                if not left:  # the failure came after the last row
-                    break
-                ds = _pipeline(left, ex, run, done | in_run, embedder, attempt)
-                try:
-                    for out in ds.iter_batches(batch_size=None, batch_format="numpy"):
-                        _count(summary, in_run, out)
-                        writer.add(out)
-                        for i in out["idx"]:
-                            left.pop(int(i), None)
-                        bar.update(len(out["status"]))
-                    break
-                except ray.exceptions.RayError as exc:
-                    # Rows already back are kept; a job Ray cannot recover (objects lost with
-                    # a node, say) is started again over the items still missing.
-                    writer.flush()
-                    if attempt == _ATTEMPTS:
-                        raise FeaturebankError(
-                            f"the Ray job failed {attempt} times ({type(exc).__name__}: {exc}); "
-                            "the shards committed so far are kept: run again to continue") from exc
-                    log.warning("the Ray job failed (%s); starting again over the %d items left",
-                                type(exc).__name__, len(left))
-            writer.flush()
+            _run_attempts(dict(enumerate(items)), ex, run, done, embedder, writer, summary, bar)
         finally:
             bar.close()
             store.rebuild()
@@ -322,9 +288,57 @@ def embed_ray(items: list[ImageItem], store_path: str | Path, ex: Extractor,
     return summary
 
 
+def _embedder(graph: Any, ex: Extractor, run: EmbedRun) -> dict[str, Any]:
+    """The embedding actors' resources and constructor arguments."""
+    remote, size, actor_device = _actor_resources(run.device, run.workers, run.threads)
+    # The graph's bytes go to the object store once; the driver holds the reference for the
+    # whole run, so an actor restarted after its node died can still fetch them (an inline
+    # constructor argument of this size is not kept for restarts).
+    graph_ref = ray.put(graph.model.SerializeToString())
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.wait_for_min_actors_s = int(run.actor_wait_s)
+    return dict(size=size, remote=remote, fn_constructor_kwargs={
+        "graph": [graph_ref], "output_names": list(graph.output_names),
+        "dims": list(graph.dims), "input_size": tuple(ex.spec_preprocessing.input_size),
+        "device": actor_device, "threads": run.threads or remote.get("num_cpus", 1)})
+
+
+def _run_attempts(left: dict[int, ImageItem], ex: Extractor, run: EmbedRun, done: set[str],
+                  embedder: dict[str, Any], writer: _ShardWriter, summary: EmbedSummary,
+                  bar: Any) -> None:
+    """Run the job over the items whose row has not come back to the driver (``left``); a job
+    Ray cannot recover (objects lost with a node, say) starts again over the items still
+    missing, the rows already back kept."""
+    in_run: set[str] = set()
+    for attempt in range(1, _ATTEMPTS + 1):
+        if not left:  # the failure came after the last row
+            break
+        ds = _pipeline(left, ex, run, done | in_run, embedder, attempt)
+        try:
+            for out in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                _count(summary, in_run, out)
+                writer.add(out)
+                for i in out["idx"]:
+                    left.pop(int(i), None)
+                bar.update(len(out["status"]))
+            break
+        except ray.exceptions.RayError as exc:
+            writer.flush()
+            if attempt == _ATTEMPTS:
+                raise FeaturebankError(
+                    f"the Ray job failed {attempt} times ({type(exc).__name__}: {exc}); "
+                    "the shards committed so far are kept: run again to continue") from exc
+            log.warning("the Ray job failed (%s); starting again over the %d items left",
+                        type(exc).__name__, len(left))
+    writer.flush()
+
+
 def _count(summary: EmbedSummary, in_run: set[str], batch: dict[str, np.ndarray]) -> None:
     status = batch["status"]
     summary.failed += int(np.sum(status == FAILED))
+    summary.failures += [(os.fsdecode(bytes(batch["path"][i])), str(batch["reason"][i]))
+                         for i in np.flatnonzero(status == FAILED)]
     for i in np.flatnonzero(status != FAILED):
         key = str(batch["key"][i])
         if key in in_run:  # a second copy in this run (cached: seen by a restarted job)

@@ -33,8 +33,7 @@ def expand_file(path: str, options: SourceOptions = DEFAULT_SOURCES) -> list[Ima
     if kind is None and not is_list_name(path):
         return None
     if options.split is not None and not is_tabular(path):
-        raise FeaturebankError(f"--split {options.split} selects rows of list and parquet "
-                               f"files; {path} is a tar shard")
+        raise options.not_tabular(path, "a tar shard")
     try:
         if kind == "tar":
             return list_tar(path)
@@ -88,8 +87,7 @@ def collect_remote(url: str, options: SourceOptions = DEFAULT_SOURCES) -> list[I
     described = info(url)
     if described.get("type") == "directory":
         if options.split is not None:
-            raise FeaturebankError(f"--split {options.split} selects rows of list and parquet "
-                                   f"files; {url} is a folder")
+            raise options.not_tabular(url, "a folder")
         base = url.rstrip("/")
         items = []
         for m in find(base, pattern=False):
@@ -100,6 +98,5 @@ def collect_remote(url: str, options: SourceOptions = DEFAULT_SOURCES) -> list[I
         return items
     found = expand_file(url, options)
     if found is None and options.split is not None:
-        raise FeaturebankError(f"--split {options.split} selects rows of list and parquet "
-                               f"files; {url} is an image file")
+        raise options.not_tabular(url, "an image file")
     return found if found is not None else [ImageItem(url)]

@@ -75,17 +75,12 @@ def _csv_rows(path: str, text, options: SourceOptions):
             continue
         if header is None:
             if options.split is not None:
-                raise FeaturebankError(f"list {path} has no header row, so no 'split' column "
-                                       f"for --split {options.split}; start it with "
-                                       "'path,label,split'")
+                raise options.no_split_column(f"list {path} (no header row; start it with "
+                                              "'path,label,split')")
             header = {"path": 0, options.label_column.lower(): 1}
         get = {name: (cells[i] if i < len(cells) else "") for name, i in header.items()}
-        if options.split is not None:
-            if "split" not in header:
-                raise FeaturebankError(f"list {path} has no 'split' column for --split "
-                                       f"{options.split} (columns: {sorted(header)})")
-            if get["split"] != options.split:
-                continue
+        if not options.keeps(get.get("split"), f"list {path} (columns: {sorted(header)})"):
+            continue
         if get["path"]:
             yield n, get["path"], get.get(options.label_column.lower(), "")
 
@@ -105,11 +100,7 @@ def _jsonl_rows(path: str, text, options: SourceOptions):
             raise FeaturebankError(f"list {path} line {n} is not JSON ({exc})") from None
         if not isinstance(row, dict) or not row.get("path"):
             raise FeaturebankError(f"list {path} line {n} has no 'path' field")
-        if options.split is not None:
-            if "split" not in row:
-                raise FeaturebankError(f"list {path} line {n} has no 'split' field for --split "
-                                       f"{options.split}")
-            if row["split"] != options.split:
-                continue
+        if not options.keeps(row.get("split"), f"list {path} line {n}"):
+            continue
         label = row.get(options.label_column)
         yield n, str(row["path"]), "" if label is None else str(label)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from featurebank.errors import OptionError
 from featurebank.options import Text, check_options, option
 
 
@@ -33,6 +34,27 @@ class SourceOptions:
 
     def __post_init__(self) -> None:
         check_options(self)
+
+    def no_split_column(self, where: str) -> OptionError:
+        """The error for an input that cannot be filtered by :attr:`split`: it names the
+        parameter (the command line prints ``--split``) and the input."""
+        return OptionError("split", f"is {self.split!r}, but {where} has no 'split' column",
+                           owner=type(self).__name__)
+
+    def not_tabular(self, source: str, what: str) -> OptionError:
+        """The error for :attr:`split` given with an input that has no rows (a folder, a tar
+        shard, an image file): ``what`` says which."""
+        return OptionError("split", f"is {self.split!r}: it selects rows of list and parquet "
+                           f"files, but {source} is {what}", owner=type(self).__name__)
+
+    def keeps(self, value: str | None, where: str) -> bool:
+        """Whether a row whose split column holds ``value`` (None: the input has no such
+        column) is read: always without :attr:`split`."""
+        if self.split is None:
+            return True
+        if value is None:
+            raise self.no_split_column(where)
+        return value == self.split
 
 
 DEFAULT_SOURCES = SourceOptions()

@@ -77,8 +77,7 @@ def read_columns(pf, container: str, options: SourceOptions, required: tuple[str
     if missing:
         raise FeaturebankError(f"{container}: no column {missing[0]!r} (columns: {names})")
     if options.split is not None and "split" not in names:
-        raise FeaturebankError(f"{container} has no 'split' column for --split {options.split}"
-                               f" (columns: {names})")
+        raise options.no_split_column(f"{container} (columns: {names})")
     label = options.label_column if options.label_column in names else None
     columns = [*required, *([label] if label else []),
                *(["split"] if options.split is not None else [])]

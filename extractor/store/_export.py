@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from featurebank.errors import FeaturebankError
-from featurebank.extractor.store._format import FeatureSetInfo, committed_rows
+from featurebank.extractor.store._format import FeatureSet, committed_rows
+from featurebank.paths import check_writable
 
 if TYPE_CHECKING:
     from featurebank.extractor.store._store import FeatureStore
@@ -52,6 +53,7 @@ def export_features(store: FeatureStore, out: str | Path, layer_or_fingerprint: 
     (default: by ``out``'s extension; see the module docstring). Returns ``out``."""
     out = Path(out)
     fmt = fmt or export_format(out)  # refused before anything is read or written
+    check_writable(out, what="export", suffix=fmt)
     if fmt == ".parquet":
         try:
             import pyarrow  # noqa: F401
@@ -69,7 +71,7 @@ def export_features(store: FeatureStore, out: str | Path, layer_or_fingerprint: 
     return out
 
 
-def _chunks(store: FeatureStore, info: FeatureSetInfo, rows: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def _chunks(store: FeatureStore, info: FeatureSet, rows: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(keys, float32 vectors) of the committed rows, ``rows`` at a time."""
     with store._open("r") as f:
         g = f["features"][info.fingerprint]
@@ -85,7 +87,7 @@ def _rows_meta(store: FeatureStore, keys: list[str]) -> tuple[list[str], list[st
     return [m[0] for m in meta], [m[1] for m in meta]
 
 
-def _parquet(store: FeatureStore, info: FeatureSetInfo, tmp: Path, chunk: int) -> None:
+def _parquet(store: FeatureStore, info: FeatureSet, tmp: Path, chunk: int) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -110,7 +112,7 @@ def _text(value: str) -> str:
     return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
-def _npy(store: FeatureStore, info: FeatureSetInfo, tmp: Path, chunk: int) -> None:
+def _npy(store: FeatureStore, info: FeatureSet, tmp: Path, chunk: int) -> None:
     X = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(info.rows, info.dim))
     start = 0
     for _, part in _chunks(store, info, chunk):
@@ -120,7 +122,7 @@ def _npy(store: FeatureStore, info: FeatureSetInfo, tmp: Path, chunk: int) -> No
     del X
 
 
-def _npz(store: FeatureStore, info: FeatureSetInfo, tmp: Path, chunk: int) -> None:
+def _npz(store: FeatureStore, info: FeatureSet, tmp: Path, chunk: int) -> None:
     # np.savez needs every array whole: the features are written into the zip member by chunks
     # after an npy header, the way np.savez lays them out (stored, not compressed)
     keys: list[str] = []

@@ -34,7 +34,7 @@ ROOTS_ATTR = "collection_roots"
 
 
 @dataclass(frozen=True)
-class FeatureSetInfo:
+class FeatureSet:
     fingerprint: str
     spec: FeatureSpec
     rows: int

@@ -36,7 +36,7 @@ from featurebank.extractor.store._format import (
     FORMAT_VERSION,
     TABLES,
     Features,
-    FeatureSetInfo,
+    FeatureSet,
     absolute,
     committed_rows,
     decode_path,
@@ -55,7 +55,7 @@ from featurebank.options import Options, check_value
 from featurebank.spec import DTYPES, FeatureSpec
 
 log = logging.getLogger(__name__)
-__all__ = ["FORMAT_VERSION", "FeatureSetInfo", "FeatureStore", "Features", "StoreLockedError"]
+__all__ = ["FORMAT_VERSION", "FeatureSet", "FeatureStore", "Features", "StoreLockedError"]
 
 class FeatureStore(TableWriter):
     """An HDF5 file holding any number of feature sets, keyed by spec fingerprint.
@@ -188,17 +188,17 @@ class FeatureStore(TableWriter):
 
     # -- reading ------------------------------------------------------------------------
     @retry_read
-    def feature_sets(self) -> list[FeatureSetInfo]:
+    def feature_sets(self) -> list[FeatureSet]:
         """Every feature set: fingerprint, spec, committed rows, dimension, dtype."""
         with self._open("r") as f:
             return [self._info(fp, g) for fp, g in f["features"].items()]
 
     @staticmethod
-    def _info(fp: str, g: h5py.Group) -> FeatureSetInfo:
-        return FeatureSetInfo(fp, FeatureSpec.from_json(g.attrs["spec"]), committed_rows(g),
+    def _info(fp: str, g: h5py.Group) -> FeatureSet:
+        return FeatureSet(fp, FeatureSpec.from_json(g.attrs["spec"]), committed_rows(g),
                               int(g.attrs["dim"]), str(g["X"].dtype), row_shape_of(g))
 
-    def resolve(self, layer_or_fingerprint: str | None = None) -> FeatureSetInfo:
+    def resolve(self, layer_or_fingerprint: str | None = None) -> FeatureSet:
         """The feature set named by fingerprint or layer; a clear error when absent or ambiguous."""
         sets = self.feature_sets()
         if not sets:
@@ -461,10 +461,16 @@ class FeatureStore(TableWriter):
         return export_features(self, out, layer_or_fingerprint, chunk_rows)
 
     def export_npz(self, out: str | Path, layer_or_fingerprint: str | None = None) -> Path:
-        """Write ``features``, ``keys``, ``paths``, ``labels`` (and the spec JSON) to ``out``
-        as an npz file, whatever its name."""
+        """Deprecated: :meth:`export` writes an npz file for an ``.npz`` name (the one way).
+
+        Writes ``features``, ``keys``, ``paths``, ``labels`` (and the spec JSON) to ``out`` as
+        an npz file, whatever its name."""
+        import warnings
+
         from featurebank.extractor.store._export import export_features
 
+        warnings.warn("FeatureStore.export_npz is deprecated; use export(out) with an .npz "
+                      "name", DeprecationWarning, stacklevel=2)
         return export_features(self, out, layer_or_fingerprint, fmt=".npz")
 
 

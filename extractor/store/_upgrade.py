@@ -18,7 +18,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from featurebank.errors import FeaturebankError
+from featurebank.errors import FeaturebankError, OptionError
 from featurebank.extractor.store._format import (
     BYTES_DTYPE,
     FORMAT_VERSION,
@@ -58,52 +58,71 @@ def upgrade_store(path: str | Path, root: str | Path | None = None, force: bool 
         raise FeaturebankError(f"store {path} does not exist")
     lock = WriterLock(path).acquire()
     try:
-        with h5py.File(path, "r", locking=False) as f:
-            version = int(f.attrs.get("format_version", -1))
-            sharded = is_sharded(f)
-        unchanged = {"from_version": version, "to_version": FORMAT_VERSION, "paths": 0,
-                     "made_absolute": 0, "found": 0}
+        version = _version_to_upgrade(path)
         if version == FORMAT_VERSION:
-            return unchanged
-        if version not in (1, 2):
-            raise FeaturebankError(f"store {path} has format version {version}; this featurebank "
-                                   f"upgrades versions 1 and 2 to {FORMAT_VERSION} only")
-        if sharded:
-            raise FeaturebankError(f"store {path} is a version-{version} sharded store; embed its "
-                                   "images again into a new store")
+            return {"from_version": version, "to_version": FORMAT_VERSION, "paths": 0,
+                    "made_absolute": 0, "found": 0}
         if version == 2:
             raise_version(path)
-            return unchanged
-        if root is None or not Path(root).is_dir():
-            raise FeaturebankError(f"store {path} has format version 1 (relative paths): give "
-                                   "the folder 'featurebank embed' ran in as --root"
-                                   + (f" ({root} is not a folder)" if root is not None else ""))
-        root = Path(root).resolve()
+            return {"from_version": 2, "to_version": FORMAT_VERSION, "paths": 0,
+                    "made_absolute": 0, "found": 0}
+        root = _version_1_root(path, root)
         rewritten, counts = _absolute_paths(path, root)
         if counts["paths"] and not counts["found"] and not force:
-            raise FeaturebankError(
-                f"store {path}: none of its {counts['paths']} image paths exists under {root}; "
-                "give the folder 'featurebank embed' ran in as --root (or --force to upgrade "
-                "anyway, for images that are gone)")
-        # the same marker as a commit: a kill inside this write gets the file rewritten first
-        dirty = dirty_marker(path)
-        dirty.touch()
-        with h5py.File(path, "a", locking=False) as f:
-            for group, new in rewritten.items():
-                f[group]["paths"][:len(new)] = np.array([encode_path(p) for p in new],
-                                                        dtype=BYTES_DTYPE)
-            for group in TABLES:
-                g = f.require_group(group)
-                if group != "features":
-                    g.attrs.setdefault("committed", 0)
-            for g in f["features"].values():
-                g.attrs.setdefault("row_shape", np.array([int(g.attrs["dim"])], np.int64))
-            write_roots(f, [str(root)])
-            f.attrs["format_version"] = FORMAT_VERSION  # last: a kill before it leaves version 1
-        dirty.unlink()
+            raise OptionError(
+                "root", f"must be the folder 'featurebank embed' ran in: none of the "
+                f"{counts['paths']} image paths of store {path} exists under {root} (set force "
+                "to upgrade anyway, for images that are gone)", owner="upgrade_store",
+                related=("force",))
+        _rewrite_version_1(path, root, rewritten)
     finally:
         lock.release()
     return counts
+
+
+def _version_to_upgrade(path: Path) -> int:
+    """The store's format version, refused when this featurebank cannot upgrade it."""
+    with h5py.File(path, "r", locking=False) as f:
+        version = int(f.attrs.get("format_version", -1))
+        sharded = is_sharded(f)
+    if version == FORMAT_VERSION:
+        return version
+    if version not in (1, 2):
+        raise FeaturebankError(f"store {path} has format version {version}; this featurebank "
+                               f"upgrades versions 1 and 2 to {FORMAT_VERSION} only")
+    if sharded:
+        raise FeaturebankError(f"store {path} is a version-{version} sharded store; embed its "
+                               "images again into a new store")
+    return version
+
+
+def _version_1_root(path: Path, root: str | Path | None) -> Path:
+    if root is None or not Path(root).is_dir():
+        given = "is not given" if root is None else f"{root} is not a folder"
+        raise OptionError("root", f"must be the folder 'featurebank embed' ran in ({given}): "
+                          f"store {path} has format version 1, whose paths are relative to it",
+                          owner="upgrade_store")
+    return Path(root).resolve()
+
+
+def _rewrite_version_1(path: Path, root: Path, rewritten: dict[str, list[str]]) -> None:
+    """Absolute paths, the tables' counters and the version, under the commit's dirty marker:
+    a kill inside this write gets the file rewritten first."""
+    dirty = dirty_marker(path)
+    dirty.touch()
+    with h5py.File(path, "a", locking=False) as f:
+        for group, new in rewritten.items():
+            f[group]["paths"][:len(new)] = np.array([encode_path(p) for p in new],
+                                                    dtype=BYTES_DTYPE)
+        for group in TABLES:
+            g = f.require_group(group)
+            if group != "features":
+                g.attrs.setdefault("committed", 0)
+        for g in f["features"].values():
+            g.attrs.setdefault("row_shape", np.array([int(g.attrs["dim"])], np.int64))
+        write_roots(f, [str(root)])
+        f.attrs["format_version"] = FORMAT_VERSION  # last: a kill before it leaves version 1
+    dirty.unlink()
 
 
 def raise_version(path: Path) -> None:

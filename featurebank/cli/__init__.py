@@ -103,13 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action=_VersionAction, help="print the version and exit")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name == name:  # not written yet in this tree; other import errors surface
-                continue
-            raise
+    for name in COMMAND_MODULES:  # a module that does not import is an error, never skipped
+        module = importlib.import_module(name)
         module.register(sub)
         _document_exit_codes(parser, getattr(module, "EXIT_CODES", {}))  # this module's commands
     parser.epilog = exit_codes_epilog()

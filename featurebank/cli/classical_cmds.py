@@ -41,7 +41,8 @@ def register(sub) -> None:
     p = sub.add_parser("evaluate", help="score a classifier on a store (images it was not "
                        "trained on)")
     p.add_argument("classifier", metavar="CLASSIFIER",
-                   help="a 'featurebank train' classifier (.joblib)")
+                   help=CLASSIFIER_HELP + "; a tuned network reads its own logits: embed the "
+                   "test images with --model TUNED.onnx --layer logits")
     p.add_argument("store")
     p.add_argument("--report", default=None, metavar="DIR", help="write metrics.json and PNGs")
     add_option_flags(p, TrainOptions, only=("baseline",), overrides={"baseline": {
@@ -99,9 +100,10 @@ def run_train(args) -> int:
 
 
 def run_evaluate(args) -> int:
-    from featurebank.classical import evaluate, load_trained
+    from featurebank.classical import evaluate
+    from featurebank.predict import load_classifier
 
-    result = evaluate(load_trained(args.classifier), args.store, args.report,
+    result = evaluate(load_classifier(args.classifier), args.store, args.report,
                       baseline=args.baseline,
                       unseen="wrong" if args.unseen_as_wrong else "error")
     print(f"accuracy: {result['accuracy']:.4f}")

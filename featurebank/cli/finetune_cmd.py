@@ -48,10 +48,12 @@ def run_finetune(args) -> int:
 
     from featurebank.errors import FeaturebankError
     from featurebank.finetune import finetune
+    from featurebank.paths import check_writable
 
     if not args.output.lower().endswith(".onnx"):
-        raise FeaturebankError(f"-o {args.output}: the tuned model is an ONNX file; end the name "
-                               "in .onnx")
+        raise FeaturebankError(f"-o {args.output}: the tuned network is an ONNX file; end the "
+                               "name in .onnx")
+    check_writable(args.output, suffix=".onnx")
     options = options_from_args(FinetuneOptions, args)
     exclude: frozenset[str] = frozenset()
     if args.exclude:  # read (and checked) before anything is embedded
@@ -61,11 +63,7 @@ def run_finetune(args) -> int:
     result = finetune(args.train, model=args.model, from_layer=args.from_layer, test=args.test,
                       output=Path(args.output), report=args.report, options=options,
                       work_dir=args.work_dir, progress=not args.no_progress, exclude=exclude)
-    result.export(args.output)
-    if args.report:  # again, now that the file (and its export time) exists
-        from featurebank.finetune import write_report
-
-        write_report(result, Path(args.report))
+    result.export(args.output)  # and the report, once
     if args.json:
         print(json.dumps(result.summary(), default=str))
         return 0

@@ -60,10 +60,11 @@ def run_serve(args) -> int:
                                "pip install 'featurebank[service]'") from None
     config = options_from_args(ServiceConfig, args,
                                max_request_bytes=int(args.max_request_mb * 2**20))
-    if args.classifier_file is not None and not args.layers and (
-            args.model is None or str(args.model).lower().endswith(".onnx")):
-        features = None  # serve exactly what the classifier was trained on
-        if args.model is not None:  # ... found by its digest in this file first
+    from featurebank.predict import uses_own_spec
+
+    if uses_own_spec(args.classifier_file, args.model, args.layers):
+        features = None  # serve exactly what the classifier was trained on ...
+        if args.model is not None:  # ... its network found by its digest in this file first
             from featurebank.export import remember_model
 
             remember_model(args.model)

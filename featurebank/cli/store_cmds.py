@@ -4,35 +4,40 @@ from __future__ import annotations
 
 import json
 
+from featurebank.cli.flags import register_flags
+
+#: store's actions: name -> (help, description)
+ACTIONS = {
+    "info": ("labels, feature sets, rows and failures", None),
+    "export": ("write one feature set to .parquet, .npz or .npy",
+               "The format follows the output's extension: .parquet (key, path, label, vector; "
+               "the spec in the file's metadata), .npz (features, keys, paths, labels, spec) or "
+               ".npy (the vectors alone). Rows are streamed in chunks: memory stays bounded."),
+    "upgrade": ("rewrite an older store at the current format (3)",
+                "Format 1 stored image paths relative to the folder 'featurebank embed' ran "
+                "in; format 2 stores them absolute (give that folder as --root). Format 3 also "
+                "allows URLs, tar members and parquet rows; a format-2 store only has its "
+                "version raised."),
+}
+
 
 def register(sub) -> None:
     p = sub.add_parser("store", help="inspect, export or upgrade a feature store")
     ssub = p.add_subparsers(dest="store_command", metavar="ACTION", required=True)
-    info = ssub.add_parser("info", help="labels, feature sets, rows and failures")
-    info.add_argument("store")
+    info, exp, up = (ssub.add_parser(name, help=text, description=about)
+                     for name, (text, about) in ACTIONS.items())
+    for parser, run in ((info, run_info), (exp, run_export), (up, run_upgrade)):
+        parser.add_argument("store")
+        parser.set_defaults(func=run)
     info.add_argument("--json", action="store_true")
-    info.set_defaults(func=run_info)
-    exp = ssub.add_parser("export", help="write one feature set to .parquet, .npz or .npy",
-                          description="The format follows the output's extension: .parquet "
-                          "(key, path, label, vector; the spec in the file's metadata), .npz "
-                          "(features, keys, paths, labels, spec) or .npy (the vectors alone). "
-                          "Rows are streamed in chunks: memory stays bounded.")
-    exp.add_argument("store")
     exp.add_argument("-o", "--output", required=True, metavar="FILE.parquet|npz|npy")
     exp.add_argument("--layer", default=None, help="layer name or fingerprint")
-    exp.set_defaults(func=run_export)
-    up = ssub.add_parser("upgrade", help="rewrite an older store at the current format (3)",
-                         description="Format 1 stored image paths relative to the folder "
-                         "'featurebank embed' ran in; format 2 stores them absolute (give that "
-                         "folder as --root). Format 3 also allows URLs, tar members and parquet "
-                         "rows; a format-2 store only has its version raised.")
-    up.add_argument("store")
     up.add_argument("--root", default=None, metavar="DIR",
                     help="format 1 only: the folder 'featurebank embed' ran in when the store "
                          "was written")
     up.add_argument("--force", action="store_true",
                     help="upgrade even if no image is found under --root")
-    up.set_defaults(func=run_upgrade)
+    register_flags(up, "upgrade_store", {"root": "--root", "force": "--force"})
 
 
 def run_info(args) -> int:

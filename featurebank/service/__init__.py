@@ -10,14 +10,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from featurebank.lazy import attach
-from featurebank.service.config import ServiceConfig
 
-_LAZY = {"API_KEY_ENV": "featurebank.service.app", "create_app": "featurebank.service.app"}
+_LAZY = {"API_KEY_ENV": "featurebank.service.app", "ServiceConfig": "featurebank.service.config",
+         "create_app": "featurebank.service.app"}
 
 __all__ = ["API_KEY_ENV", "ServiceConfig", "create_app"]
 
 if TYPE_CHECKING:
     from featurebank.service.app import API_KEY_ENV, create_app
+    from featurebank.service.config import ServiceConfig
 
 
 __getattr__, __dir__ = attach(__name__, _LAZY)

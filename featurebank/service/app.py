@@ -16,8 +16,8 @@ from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 
 from featurebank.export import featurebank_version, read_onnx_metadata
-from featurebank.extractor import Extractor, resolve_model_path
-from featurebank.predict import load_classifier
+from featurebank.extractor import resolve_model_path
+from featurebank.predict import classifier_extractor
 from featurebank.service.config import ServiceConfig
 from featurebank.service.docs import add_offline_docs
 from featurebank.service.engine import ServingEngine
@@ -35,27 +35,6 @@ from featurebank.spec import FeatureOptions
 
 log = logging.getLogger(__name__)
 API_KEY_ENV = "FEATUREBANK_API_KEY"
-
-
-def _build_extractor(features: FeatureOptions | None, device: str, threads: int | None,
-                     classifier, max_pixels: int):
-    """The extractor to serve and the classifier bound to it (None without one)."""
-    trained = None
-    if classifier is not None:
-        trained = load_classifier(classifier)
-    elif features is not None and features.layers in (("head",), ("logits",)):
-        from featurebank.finetune import is_tuned_onnx
-
-        if is_tuned_onnx(features.model):  # a fine-tuned model classifies with its logits
-            features = features.replace(layers=("logits",))  # served instead of its head
-            trained = load_classifier(features.model)
-    if trained is not None and features is None:  # serve exactly what the classifier needs
-        ex = trained.extractor(device=device, threads=threads, max_pixels=max_pixels)
-        return ex, trained
-    ex = Extractor(features, device=device, threads=threads, max_pixels=max_pixels)
-    if trained is not None:
-        trained.check_specs(ex.specs)  # SpecMismatchError naming both specs
-    return ex, trained
 
 
 def create_app(features: FeatureOptions | str | Path | None = None, *,
@@ -91,7 +70,8 @@ def create_app(features: FeatureOptions | str | Path | None = None, *,
     api_key = api_key if api_key is not None else os.environ.get(API_KEY_ENV) or None
     if features is not None and not isinstance(features, FeatureOptions):
         features = FeatureOptions(model=str(features))
-    ex, trained = _build_extractor(features, device, threads, classifier, config.max_pixels)
+    ex, trained = classifier_extractor(features, classifier, device=device, threads=threads,
+                                       max_pixels=config.max_pixels)
     metrics = ServiceMetrics()
     engine = ServingEngine(ex, config, metrics, store)
     catalogue = [vars(la) | {"shape": list(la.shape)} for la in

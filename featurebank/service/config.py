@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 
 from featurebank.errors import OptionError
 from featurebank.options import Interval, check_options, option
+from featurebank.spec import MAX_PIXELS
 
 _POSITIVE = Interval(int, 1, None)
 
@@ -30,6 +31,7 @@ class ServiceConfig:
         Most images in one multipart request (413 above it).
     max_pixels : int
         Largest decoded image (width x height); larger images get 422 (decompression bombs).
+        The default is the one of every decode, :data:`featurebank.spec.MAX_PIXELS`.
     request_timeout_s : float
         A request not answered by then gets 504 and its queued images are dropped.
     decode_workers : int, optional
@@ -44,7 +46,7 @@ class ServiceConfig:
                                    help="images waiting for an answer before 503")
     max_request_bytes: int = option(32 * 2**20, _POSITIVE)
     max_images_per_request: int = option(64, _POSITIVE)
-    max_pixels: int = option(50_000_000, _POSITIVE)
+    max_pixels: int = option(MAX_PIXELS, _POSITIVE)
     request_timeout_s: float = option(30.0, Interval(float, 0, None, "neither"),
                                       help="seconds per request before 504")
     decode_workers: int | None = option(None, None, _POSITIVE)

@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from featurebank.errors import FeaturebankError
 from featurebank.export import featurebank_version
+from featurebank.predict import ranked
 from featurebank.service import schemas as sc
 from featurebank.service.config import ServiceConfig, ServiceError
 from featurebank.service.engine import Embedded, ServingEngine
@@ -122,11 +123,11 @@ def add_prediction_route(app: FastAPI, served: Served) -> None:
         out = await engine.embed_within_timeout(await read_uploads(request, served.config))
         proba = await run_in_threadpool(trained.predict_proba, out.X, served.specs)
         classes = [str(c) for c in trained.estimator.classes_]
-        best = proba.argmax(axis=1)
+        best = [ranked(p, classes)[0] for p in proba]  # the CLI's top-1, ties alike
         return JSONResponse({
-            "predictions": [{"label": classes[b], "probability": float(p[b]),
+            "predictions": [{"label": label, "probability": probability,
                              "probabilities": dict(zip(classes, map(float, p), strict=True))}
-                            for b, p in zip(best, proba, strict=True)],
+                            for (label, probability), p in zip(best, proba, strict=True)],
             "classes": classes, "fingerprints": engine.fingerprints, "images": _images(out)})
 
 

@@ -165,32 +165,34 @@ def test_foreign_file_as_store(data, tmp_path, content):
 
 def test_store_copied_mid_write_is_readable(data, tmp_path):
     """Copies taken while a run is under way, between its commits (what a backup of a live
-    store sees), open with plain h5py and hold a correct part of the clean run."""
-    import time
-
-    from benchmarks.harness.faults import holds_open, wait_for_lock
+    store sees), open with plain h5py and hold a correct part of the clean run. The run
+    announces each pause between commits and waits while the copy is taken
+    (tests/_killpoints.py): no copy depends on when the test happens to look."""
+    from tests._killpoints import wait_for_point
 
     src, _, clean = data
     store = tmp_path / "live.h5"
-    proc = subprocess.Popen(embed_command(src, store), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, env=subprocess_env(), cwd=REPO)
-    wait_for_lock(proc, store, timeout=120)
+    pauses = (2, 3, 4)  # batches of 4 of the 16 images: 4, 8, 12 rows stored by then
+    args = embed_command(src, store)[3:]  # after "python -m featurebank"
+    proc = subprocess.Popen([sys.executable, "-m", "tests._killpoints", "commit",
+                             ",".join(map(str, pauses)), *args], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=subprocess_env(), cwd=REPO)
     partial, problems = [], []
-    while proc.poll() is None:
-        if not store.exists() or holds_open(proc.pid, str(store)):
-            continue  # inside a commit: a file copy now could be torn, as for any live file
-        stamp = store.stat().st_mtime_ns
-        copy = tmp_path / f"copy-{len(partial)}.h5"
-        shutil.copy(store, copy)
-        if holds_open(proc.pid, str(store)) or store.stat().st_mtime_ns != stamp \
-                or proc.poll() is not None:
-            continue  # a commit began during the copy (or the run ended): not mid-run
-        snap = snapshot(copy)
-        problems += compare_to_clean(snap, clean)
-        partial.append(len(snap.vectors))
-        time.sleep(0.005)
-    assert proc.returncode == 0, proc.stderr.read().decode()[-1500:]
+    try:
+        for n in pauses:
+            assert wait_for_point(proc.stdout) == f"KILLPOINT commit {n}"
+            copy = tmp_path / f"copy-{n}.h5"
+            shutil.copy(store, copy)  # the writer waits between two commits meanwhile
+            snap = snapshot(copy)
+            problems += compare_to_clean(snap, clean)
+            partial.append(len(snap.vectors))
+            proc.stdin.write(b"go on\n")
+            proc.stdin.flush()
+        proc.stdin.close()
+        assert proc.wait(timeout=600) == 0, proc.stderr.read().decode()[-1500:]
+    finally:
+        proc.kill()
     assert not problems, problems[:5]
-    # copies were really taken mid-run: some hold part of the rows, none more than all
-    assert any(0 < n < len(clean.vectors) for n in partial), partial
-    assert max(partial) <= len(clean.vectors)
+    # copies were really taken mid-run, each holding more than the one before, none all rows
+    assert 0 < partial[0] < partial[-1] < len(clean.vectors), partial
