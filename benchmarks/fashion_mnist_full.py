@@ -4,7 +4,7 @@ Embeds both splits once with five cuts in one pass (a re-run reuses the stores: 
 content is embedded), then fits a standardised L-BFGS logistic regression per cut and for
 concatenations, C chosen on a 10k/5k split of the training set, and scores on the 10k test set.
 
-    python -m benchmarks.fashion_mnist_full [--workdir runs] [--configs head all5 ...]
+    python -m benchmarks.fashion_mnist_full [--work-dir runs] [--configs head all5 ...]
 
 Writes benchmarks/results/fashion_mnist_full.json.
 """
@@ -50,11 +50,11 @@ def probe(train_store, test_store, layers, Cs=(0.01, 0.1, 1.0)) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--workdir", default="runs")
+    ap.add_argument("--work-dir", default="runs")
     ap.add_argument("--configs", nargs="*", default=list(CONFIGS))
     ap.add_argument("--out", default=str(OUT), help="JSON to write")
     args = ap.parse_args()
-    work = Path(args.workdir)
+    work = Path(args.work_dir)
     stores = {}
     for split in ("train", "test"):
         images, labels = load_fashion_mnist(split)

@@ -31,7 +31,7 @@ Protocol -- no choice looks at the test set:
 Features, fine-tuning maps and measured figures are cached in ``WORKDIR`` (a stopped run
 resumes; delete ``WORKDIR/fewshot_cache/protocols.json`` after changing a protocol's code).
 
-    python -m benchmarks.fewshot_fmnist [--workdir runs] [--test-images 3000] [--no-finetune]
+    python -m benchmarks.fewshot_fmnist [--work-dir runs] [--test-images 3000] [--no-finetune]
 
 Called by ``benchmarks.transfer_extras``, which writes the JSON.
 """
@@ -233,8 +233,8 @@ if __name__ == "__main__":
     import argparse
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--workdir", default="runs")
+    ap.add_argument("--work-dir", default="runs")
     ap.add_argument("--test-images", type=int, default=3000)
     ap.add_argument("--no-finetune", action="store_true")
     a = ap.parse_args()
-    print(json.dumps(run(Path(a.workdir), a.test_images, not a.no_finetune), indent=2))
+    print(json.dumps(run(Path(a.work_dir), a.test_images, not a.no_finetune), indent=2))

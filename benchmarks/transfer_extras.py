@@ -15,7 +15,7 @@
    refits on all of it and is scored on the outer test fold -- the test fold never takes part in
    a choice. The per-candidate 5-fold figures are reported too (what each step adds).
 
-    python -m benchmarks.transfer_extras [--workdir runs] [--only digits|fewshot]
+    python -m benchmarks.transfer_extras [--work-dir runs] [--only digits|fewshot]
 
 Writes benchmarks/results/transfer_extras.json (the section(s) run are replaced, others kept).
 """
@@ -94,7 +94,7 @@ def digits() -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--workdir", default="runs")
+    ap.add_argument("--work-dir", default="runs")
     ap.add_argument("--only", choices=["digits", "fewshot"])
     args = ap.parse_args()
     warnings.filterwarnings("ignore", category=UserWarning)
@@ -102,7 +102,7 @@ def main() -> None:
     if args.only != "digits":
         from benchmarks.fewshot_fmnist import run
 
-        new["fashion_mnist_10_shot"] = run(Path(args.workdir))
+        new["fashion_mnist_10_shot"] = run(Path(args.work_dir))
     if args.only != "fewshot":
         new["digits_5_fold"] = digits()
     results = {**(json.loads(OUT.read_text()) if OUT.exists() else {}), **new}

@@ -102,7 +102,7 @@ def classifier_as_onnx(estimator, features: str = "features",
     Parameters
     ----------
     estimator : LinearProbe
-        Fitted (what ``featurebank train`` saves as ``TrainedModel.estimator``).
+        Fitted (what ``featurebank train`` saves as ``TrainedClassifier.estimator``).
     features : str
         Name of the float32 ``[N, D]`` tensor the ops read (a feature graph's concatenation).
     prefix : str
