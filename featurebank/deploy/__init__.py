@@ -2,18 +2,20 @@
 
 Above the stages, beside :mod:`featurebank.predict`: it loads a classifier as ``predict``
 does, takes the feature graph its extractor runs and appends the classifier as plain tensor
-ops (:func:`featurebank.classical.classifier_as_onnx`). Only the options load at once
-(standard library); the rest, which needs onnx and the stages, on first use.
+ops (:func:`featurebank.classical.classifier_as_onnx`). Every name loads on first use
+(the options are standard library only; the rest needs onnx and the stages).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from featurebank.deploy._options import INSTANCE_KINDS, PREFERRED_BATCH_SIZES, DeployOptions
 from featurebank.lazy import attach
 
-_LAZY = {"Deployable": "featurebank.deploy._fuse",
+_LAZY = {"DeployOptions": "featurebank.deploy._options",
+         "INSTANCE_KINDS": "featurebank.deploy._options",
+         "PREFERRED_BATCH_SIZES": "featurebank.deploy._options",
+"Deployable": "featurebank.deploy._fuse",
          "META_DEPLOY": "featurebank.deploy._fuse",
          "build_deployable": "featurebank.deploy._fuse",
          "check_replaceable": "featurebank.deploy._fuse",
@@ -38,6 +40,7 @@ if TYPE_CHECKING:
         readme_path,
         training_digest,
     )
+    from featurebank.deploy._options import INSTANCE_KINDS, PREFERRED_BATCH_SIZES, DeployOptions
     from featurebank.deploy._triton import config_text, triton_target, write_triton
 
 
