@@ -175,6 +175,9 @@ def test_imports_run_one_way():
          "extractor imports no later stage"),
         ((stage["classical"],), (stage["finetune"],), "finetune comes after classical"),
         ((stage["classical"], stage["finetune"]), entry, "stages never import the entry points"),
+        ((*stage.values(), "featurebank.predict", "featurebank.spec", "featurebank.errors",
+          "featurebank.options"), ("featurebank.compare",),
+         "compare sits above the stages, beside predict: only the entry points import it"),
     ]
     wrong = []
     for module, targets in import_graph().items():
@@ -285,7 +288,7 @@ def _stage_of(module: str) -> str:
     """The stage (or entry point) a module belongs to: ``featurebank.<first part>`` for the
     stage folders, cli and service; the ground floor (spec, errors, options, ...) otherwise."""
     parts = module.split(".")
-    if len(parts) > 1 and parts[1] in (*STAGES, "cli", "service"):
+    if len(parts) > 1 and parts[1] in (*STAGES, "cli", "service", "compare"):
         return ".".join(parts[:2])
     return "featurebank"
 

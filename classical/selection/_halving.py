@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from sklearn.model_selection import StratifiedKFold, cross_val_score
+from threadpoolctl import threadpool_limits
 
 from featurebank.classical._probe import DEFAULT_CS, LinearProbe
 from featurebank.errors import FeaturebankError
@@ -88,7 +89,8 @@ def stratified_order(y: np.ndarray, random_state: int = 0) -> np.ndarray:
 def successive_halving(matrices: Mapping[str, np.ndarray], y: np.ndarray,
                        candidates: Sequence[Candidate], *, factor: int = 3, folds: int = 5,
                        min_rows: int | None = None, random_state: int = 0,
-                       progress: Callable[[str], None] | None = None) -> HalvingResult:
+                       progress: Callable[[str], None] | None = None,
+                       names: Mapping[str, str] | None = None) -> HalvingResult:
     """Cross-validate candidates on growing stratified parts of the rows, keeping the best.
 
     Parameters
@@ -110,6 +112,8 @@ def successive_halving(matrices: Mapping[str, np.ndarray], y: np.ndarray,
         Seeds the row order and the folds.
     progress : callable, optional
         Called with one line per round.
+    names : mapping, optional
+        Matrix name -> what the progress lines call it.
 
     Returns
     -------
@@ -142,15 +146,18 @@ def successive_halving(matrices: Mapping[str, np.ndarray], y: np.ndarray,
         k = int(min(folds, np.unique(yp, return_counts=True)[1].min()))
         splits = StratifiedKFold(max(k, 2), shuffle=True, random_state=random_state)
         for c in alive:
-            with warnings.catch_warnings():  # convergence notes: the CV score says it
-                warnings.simplefilter("ignore")
+            # one BLAS/OpenMP thread per fit: these fits are small, and several threads each
+            # on a shared machine made logistic regression 20-50x slower (measured on 2 cores)
+            with warnings.catch_warnings(), threadpool_limits(1):
+                warnings.simplefilter("ignore")  # convergence notes: the CV score says it
                 scores = cross_val_score(c.estimator(random_state), matrices[c.features][part],
                                          yp, cv=splits, error_score="raise")
             result.history[c].append((rows, float(scores.mean()), float(scores.std())))
         if progress:
             best = max(alive, key=lambda c: result.history[c][-1][1])
             progress(f"halving round {r + 1}/{rounds}: {len(alive)} candidates on {rows} images, "
-                     f"best {best.name} at {result.history[best][-1][1]:.4f}")
+                     f"best {(names or {}).get(best.features, best.features)} "
+                     f"{best.name.split(' | ')[1]} at {result.history[best][-1][1]:.4f}")
         if rows == n:  # more rounds on the same rows would only repeat these scores
             break
         keep = max(1, math.ceil(len(alive) / factor))

@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "featurebank.cli.serve_cmd",  # serve
     "featurebank.cli.demo_cmd",  # demo
     "featurebank.cli.finetune_cmd",  # finetune
+    "featurebank.cli.compare_cmd",  # compare
 )
 
 
