@@ -21,6 +21,7 @@ from featurebank.classical._features import (
     open_store,
 )
 from featurebank.classical._model import TrainedModel, check_images, raw_pixels
+from featurebank.classical._options import CLASSIFIERS
 from featurebank.classical._probe import LinearProbe, k_shot_indices
 from featurebank.classical._report import (
     metrics,
@@ -32,6 +33,8 @@ from featurebank.classical._report import (
 from featurebank.errors import FeaturebankError
 
 UNSEEN = ("error", "wrong")
+#: ``train(classifier=AUTO)``: the kind and C chosen by cross-validation (not a kind itself)
+AUTO = "auto"
 
 
 def train(store, layers=None, classifier: str = "logreg", shots: int | None = None,
@@ -40,7 +43,13 @@ def train(store, layers=None, classifier: str = "logreg", shots: int | None = No
 
     With ``baseline``, a raw-pixel classifier is fitted on the same images, re-read from the
     paths the store holds; missing images are reported before anything is fitted.
+    ``classifier="auto"`` chooses the kind and its C (k for knn) by successive halving with
+    5-fold cross-validation on the training rows (``info["auto"]`` keeps every candidate's
+    score); the baseline then uses the chosen kind.
     """
+    if classifier != AUTO and classifier not in CLASSIFIERS:
+        raise FeaturebankError(f"classifier must be {AUTO!r} or one of {CLASSIFIERS}, "
+                               f"got {classifier!r}")
     data = labelled_only(load_features(store, layers), f"store {store}")
     if holdout:
         idx, _ = train_test_split(np.arange(len(data.y)), test_size=holdout, stratify=data.y,
@@ -50,14 +59,31 @@ def train(store, layers=None, classifier: str = "logreg", shots: int | None = No
         data = _take(data, k_shot_indices(data.y, shots, random_state))
     if baseline:
         check_images(data.paths, f"store {store}")
-    probe = _quiet_fit(LinearProbe(classifier=classifier, random_state=random_state), data.X, data.y)
+    info: dict = {"classifier": classifier, "shots": shots, "n_train": int(len(data.y))}
+    Cs = None
+    if classifier == AUTO:
+        classifier, Cs, info["auto"] = _auto(data.X, data.y, random_state)
+        info.update(classifier=classifier, chosen_by="auto")
+    probe = _quiet_fit(LinearProbe(classifier=classifier, Cs=Cs, random_state=random_state),
+                       data.X, data.y)
     base = None
-    if baseline:
+    if baseline:  # the same kind, its C chosen on the pixels
         base = _quiet_fit(LinearProbe(classifier=classifier, random_state=random_state),
                           raw_pixels(data.paths), data.y)
+    info.update(C=probe.C_, val_scores={str(k): v for k, v in probe.val_scores_.items()})
     return TrainedModel(probe, data.specs, [str(c) for c in probe.classes_], set(data.keys), base,
-                        {"classifier": classifier, "shots": shots, "n_train": int(len(data.y)),
-                         "C": probe.C_, "val_scores": {str(k): v for k, v in probe.val_scores_.items()}})
+                        info)
+
+
+def _auto(X, y, random_state: int) -> tuple[str, tuple[float], dict]:
+    """The kind and C chosen by successive halving on cross-validation of the training rows,
+    with the evidence a saved model keeps (each candidate's last round)."""
+    from featurebank.classical.selection import choose_classifier
+
+    best, result = choose_classifier(X, y, random_state=random_state)
+    evidence = [{"classifier": c.classifier, "C": c.C, "n": n, "cv_accuracy": m, "cv_std": sd}
+                for c in result.ranking() for n, m, sd in [result.last(c)]]
+    return best.classifier, (best.C,), {"folds": 5, "candidates": evidence}
 
 
 def _quiet_fit(probe: LinearProbe, X, y) -> LinearProbe:

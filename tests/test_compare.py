@@ -214,3 +214,24 @@ def test_wilson_interval_and_pareto_front():
         assert wilson_interval(k, n) == pytest.approx((ci.low, ci.high), abs=1e-9)
     points = [(10, 0.80), (5, 0.70), (20, 0.79), (30, 0.95), (5, 0.60), (12, 0.85)]
     assert pareto_front(points) == [1, 0, 5, 3]
+
+
+def test_train_auto_chooses_kind_and_c_by_cross_validation(compared):
+    """``train(classifier="auto")``: halving over every kind and C on the training rows; the
+    saved model says which kind won and keeps every candidate's CV score."""
+    from featurebank.classical import CLASSIFIERS, train
+
+    _, out = compared
+    store = out / "chosen.work" / "efficientnet_lite0-avg.h5"
+    model = train(store, ["head"], "auto", baseline=False)
+    info = model.info
+    assert info["chosen_by"] == "auto" and info["classifier"] in CLASSIFIERS
+    assert model.estimator.classifier == info["classifier"]
+    scored = info["auto"]["candidates"]
+    assert len(scored) == sum(5 if k != "rbf-svm" else 4 for k in CLASSIFIERS)
+    # the winner is the best CV score recorded (first in the ranking), refitted with its C
+    top = max(scored, key=lambda c: (c["n"], c["cv_accuracy"]))
+    assert scored[0]["cv_accuracy"] == top["cv_accuracy"]
+    assert (info["classifier"], model.estimator.C_) == (scored[0]["classifier"], scored[0]["C"])
+    with pytest.raises(FeaturebankError, match="'auto' or one of"):
+        train(store, ["head"], "forest", baseline=False)

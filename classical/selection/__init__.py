@@ -15,19 +15,21 @@ from featurebank.lazy import attach
 _LAZY = {
     "Candidate": "featurebank.classical.selection._halving",
     "HalvingResult": "featurebank.classical.selection._halving",
+    "choose_classifier": "featurebank.classical.selection._halving",
     "default_candidates": "featurebank.classical.selection._halving",
     "logme_score": "featurebank.classical.selection._logme",
     "stratified_order": "featurebank.classical.selection._halving",
     "successive_halving": "featurebank.classical.selection._halving",
 }
 
-__all__ = ["Candidate", "HalvingResult", "default_candidates", "logme_score", "stratified_order",
+__all__ = ["Candidate", "HalvingResult", "choose_classifier", "default_candidates", "logme_score", "stratified_order",
            "successive_halving"]
 
 if TYPE_CHECKING:
     from featurebank.classical.selection._halving import (
         Candidate,
         HalvingResult,
+        choose_classifier,
         default_candidates,
         stratified_order,
         successive_halving,

@@ -163,3 +163,16 @@ def successive_halving(matrices: Mapping[str, np.ndarray], y: np.ndarray,
         keep = max(1, math.ceil(len(alive) / factor))
         alive = [c for c in result.ranking() if c in alive][:keep]
     return result
+
+
+def choose_classifier(X: np.ndarray, y: np.ndarray, classifiers: Sequence[str] | None = None, *,
+                      folds: int = 5, factor: int = 3,
+                      random_state: int = 0) -> tuple[Candidate, HalvingResult]:
+    """The classifier kind and its C (or k) chosen by successive halving with cross-validation
+    on ``(X, y)`` alone: what ``featurebank train --classifier auto`` fits."""
+    from featurebank.classical._options import CLASSIFIERS
+
+    kinds = tuple(classifiers or CLASSIFIERS)
+    result = successive_halving({"X": X}, y, default_candidates(["X"], kinds), factor=factor,
+                                folds=folds, random_state=random_state)
+    return result.best, result
