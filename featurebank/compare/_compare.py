@@ -69,8 +69,9 @@ class CompareResult:
     def conclusion(self) -> str:
         sel, s = self.selection, self.chosen
         reg = "k" if sel.classifier == "knn" else "C"
+        cv = s.cv or {}  # the chosen set was always cross-validated
         text = (f"{s.name}, {sel.classifier} {reg}={sel.C:g}: CV accuracy "
-                f"{s.cv['accuracy']:.4f} +- {s.cv['std']:.4f} on TRAIN")
+                f"{cv['accuracy']:.4f} +- {cv['std']:.4f} on TRAIN")
         if self.test:
             lo, hi = self.test["interval"]
             text += (f"; TEST accuracy {self.test['accuracy']:.4f} (95 % Wilson interval "

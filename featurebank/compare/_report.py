@@ -68,28 +68,29 @@ def plot_accuracy_vs_ms(sets: list[FeatureSet], chosen: FeatureSet, path: Path) 
     backbone, the Pareto front drawn, the chosen set ringed."""
     from featurebank.classical import pyplot, save_figure
 
-    shown = [s for s in sets if s.cv and s.ms_per_image is not None]
+    # (ms, accuracy, spread, set) of every set with both figures
+    shown = [(s.ms_per_image, s.cv["accuracy"], s.cv["std"], s) for s in sets
+             if s.cv is not None and s.ms_per_image is not None]
     if not shown:
         return None
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 5))
-    backbones = list(dict.fromkeys(s.backbone.label for s in shown))
+    backbones = list(dict.fromkeys(s.backbone.label for *_, s in shown))
     colours = plt.get_cmap("tab10")
     for i, label in enumerate(backbones):
-        mine = [s for s in shown if s.backbone.label == label]
-        ax.errorbar([s.ms_per_image for s in mine], [s.cv["accuracy"] for s in mine],
-                    yerr=[s.cv["std"] for s in mine], fmt="o", color=colours(i % 10),
-                    label=label, capsize=3)
-        for s in mine:
-            ax.annotate("+".join(s.cuts), (s.ms_per_image, s.cv["accuracy"]), fontsize=7,
-                        xytext=(4, 3), textcoords="offset points")
-    points = [(s.ms_per_image, s.cv["accuracy"]) for s in shown]
-    front = pareto_front(points)  # type: ignore[arg-type]
+        mine = [row for row in shown if row[3].backbone.label == label]
+        ax.errorbar([r[0] for r in mine], [r[1] for r in mine], yerr=[r[2] for r in mine],
+                    fmt="o", color=colours(i % 10), label=label, capsize=3)
+        for ms, acc, _, s in mine:
+            ax.annotate("+".join(s.cuts), (ms, acc), fontsize=7, xytext=(4, 3),
+                        textcoords="offset points")
+    points = [(r[0], r[1]) for r in shown]
+    front = pareto_front(points)
     ax.step([points[i][0] for i in front], [points[i][1] for i in front], where="post",
             color="0.4", linestyle="--", label="Pareto front")
-    if chosen in shown:
-        ax.scatter([chosen.ms_per_image], [chosen.cv["accuracy"]], s=220, facecolors="none",
-                   edgecolors="black", label="chosen")
+    for ms, acc, _, s in shown:
+        if s is chosen:
+            ax.scatter([ms], [acc], s=220, facecolors="none", edgecolors="black", label="chosen")
     ax.set_xlabel("ms per image (decode + graph, this machine)")
     ax.set_ylabel("CV accuracy on TRAIN (bars: spread over folds)")
     ax.set_title("compare: accuracy against cost")
