@@ -235,3 +235,48 @@ def test_train_auto_chooses_kind_and_c_by_cross_validation(compared):
     assert (info["classifier"], model.estimator.C_) == (scored[0]["classifier"], scored[0]["C"])
     with pytest.raises(FeaturebankError, match="'auto' or one of"):
         train(store, ["head"], "forest", baseline=False)
+
+
+def test_a_suite_file_is_checked_whole_before_any_work(splits, tmp_path):
+    from featurebank.compare import read_suite, run_suite
+
+    train, test = splits
+    suite = tmp_path / "suite.toml"
+    suite.write_text(f'[[dataset]]\nname = "a"\ntrain = "{train}"\n\n'
+                     f'[[dataset]]\nname = "a"\ntrain = "missing/train"\n\n[[dataset]]\ntest = "x"\n')
+    with pytest.raises(FeaturebankError) as err:
+        read_suite(suite)
+    text = str(err.value)
+    assert "missing/train does not exist" in text and "needs name and train" in text
+    assert "'a' is used twice" in text
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    shutil.copy(next((train / "3").glob("*.png")), flat / "x.png")
+    suite.write_text(f'[[dataset]]\nname = "ok"\ntrain = "{train}"\n\n'
+                     f'[[dataset]]\nname = "unlabelled"\ntrain = "flat"\n')
+    with pytest.raises(FeaturebankError, match="unlabelled TRAIN .* no image has a label"):
+        run_suite(suite, options=OPTIONS, report=tmp_path / "report")
+    assert not (tmp_path / "report").exists()  # the first data set was not embedded either
+
+
+@pytest.mark.slow
+def test_a_suite_ranks_feature_sets_across_data_sets(splits, tmp_path):
+    from featurebank.compare import run_suite, suite_table
+
+    train, test = splits
+    suite = tmp_path / "suite.toml"
+    suite.write_text(f'[[dataset]]\nname = "digits"\ntrain = "{train}"\ntest = "{test}"\n\n'
+                     f'[[dataset]]\nname = "swapped"\ntrain = "{test}"\n')
+    table = run_suite(suite, options=OPTIONS, report=tmp_path / "r", progress=False)
+    assert table["datasets"] == ["digits", "swapped"]
+    rows = table["rows"]
+    assert len(rows) == 3 and all(r["complete"] for r in rows)
+    for name in table["datasets"]:  # ranks 1..3 within each data set, the chosen one first
+        ranks = sorted((r["datasets"][name]["rank"], r["datasets"][name]["chosen"]) for r in rows)
+        assert [r for r, _ in ranks] == [1, 2, 3] and ranks[0][1]
+        assert (tmp_path / "r" / name / "chosen.joblib").is_file()
+    means = [r["mean_rank"] for r in rows]
+    assert means == sorted(means) and means[0] == np.mean(
+        [rows[0]["datasets"][n]["rank"] for n in table["datasets"]])
+    assert json.loads((tmp_path / "r" / "suite.json").read_text())["rows"] == rows
+    assert "mean rank" in suite_table(table)

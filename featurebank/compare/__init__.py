@@ -18,14 +18,19 @@ _LAZY = {
     "CompareResult": "featurebank.compare._compare",
     "compare": "featurebank.compare._compare",
     "pareto_front": "featurebank.compare._report",
+    "read_suite": "featurebank.compare._suite",
+    "run_suite": "featurebank.compare._suite",
+    "suite_table": "featurebank.compare._suite",
     "wilson_interval": "featurebank.compare._report",
 }
 
-__all__ = ["CompareOptions", "CompareResult", "compare", "pareto_front", "wilson_interval"]
+__all__ = ["CompareOptions", "CompareResult", "compare", "pareto_front", "read_suite",
+           "run_suite", "suite_table", "wilson_interval"]
 
 if TYPE_CHECKING:
     from featurebank.compare._compare import CompareResult, compare
     from featurebank.compare._options import CompareOptions
     from featurebank.compare._report import pareto_front, wilson_interval
+    from featurebank.compare._suite import read_suite, run_suite, suite_table
 
 __getattr__, __dir__ = attach(__name__, _LAZY)
