@@ -13,12 +13,15 @@ from featurebank.lazy import attach
 
 # public name -> the module that defines it
 _LAZY = {
+    "AUTO": "featurebank.classical._options",
     "CLASSIFIERS": "featurebank.classical._options",
+    "PROBABILITIES": "featurebank.classical._options",
     "EmbeddingTransformer": "featurebank.classical._transformer",
     "LabelledFeatures": "featurebank.classical._features",
     "LinearProbe": "featurebank.classical._probe",
     "SpecMismatchError": "featurebank.classical._features",
-    "TrainedModel": "featurebank.classical._model",
+    "TrainOptions": "featurebank.classical._options",
+    "TrainedClassifier": "featurebank.classical._model",
     "check_same_specs": "featurebank.classical._features",
     "cross_validate_probe": "featurebank.classical._probe",
     "evaluate": "featurebank.classical._workflow",
@@ -26,7 +29,7 @@ _LAZY = {
     "k_shot_indices": "featurebank.classical._probe",
     "labelled_only": "featurebank.classical._features",
     "load_features": "featurebank.classical._features",
-    "load_model": "featurebank.classical._model",
+    "load_trained": "featurebank.classical._model",
     "pyplot": "featurebank.classical._report",
     "raw_pixels": "featurebank.classical._model",
     "save_figure": "featurebank.classical._report",
@@ -34,10 +37,10 @@ _LAZY = {
     "train": "featurebank.classical._workflow",
 }
 
-__all__ = ["CLASSIFIERS", "EmbeddingTransformer", "LabelledFeatures", "LinearProbe",
-           "SpecMismatchError", "TrainedModel", "check_same_specs", "cross_validate_probe",
+__all__ = ["AUTO", "CLASSIFIERS", "PROBABILITIES", "EmbeddingTransformer", "LabelledFeatures", "LinearProbe",
+           "SpecMismatchError", "TrainOptions", "TrainedClassifier", "check_same_specs", "cross_validate_probe",
            "evaluate", "fewshot_curve", "k_shot_indices", "labelled_only", "load_features",
-           "load_model", "pyplot", "raw_pixels", "save_figure", "sweep", "train"]
+           "load_trained", "pyplot", "raw_pixels", "save_figure", "sweep", "train"]
 
 if TYPE_CHECKING:
     from featurebank.classical._features import (
@@ -47,12 +50,15 @@ if TYPE_CHECKING:
         labelled_only,
         load_features,
     )
-    from featurebank.classical._model import TrainedModel, load_model, raw_pixels
-    from featurebank.classical._options import CLASSIFIERS
+    from featurebank.classical._model import TrainedClassifier, load_trained, raw_pixels
+    from featurebank.classical._options import AUTO, CLASSIFIERS, PROBABILITIES, TrainOptions
     from featurebank.classical._probe import LinearProbe, cross_validate_probe, k_shot_indices
     from featurebank.classical._report import pyplot, save_figure
     from featurebank.classical._transformer import EmbeddingTransformer
     from featurebank.classical._workflow import evaluate, fewshot_curve, sweep, train
 
 
-__getattr__, __dir__ = attach(__name__, _LAZY)
+#: names "model" meant before it meant the network only (issue 31)
+_DEPRECATED = {"TrainedModel": "TrainedClassifier", "load_model": "load_trained"}
+
+__getattr__, __dir__ = attach(__name__, _LAZY, deprecated=_DEPRECATED)

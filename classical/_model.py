@@ -73,8 +73,8 @@ def check_images(paths, where: str) -> None:
 
 
 @dataclass
-class TrainedModel:
-    """A classifier bound to the feature specs it was trained on."""
+class TrainedClassifier:
+    """A classifier bound to the feature specs it was trained on (``featurebank train``)."""
 
     estimator: Any
     specs: list[FeatureSpec]
@@ -148,21 +148,23 @@ class TrainedModel:
             os.replace(tmp, path)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
-            raise FeaturebankError(f"cannot write model {path}: {exc.strerror or exc}") from exc
+            raise FeaturebankError(f"cannot write classifier {path}: {exc.strerror or exc}") from exc
         return path
 
 
-def load_model(path: str | Path) -> TrainedModel:
-    """Load a model saved by :meth:`TrainedModel.save` (``featurebank train``)."""
+def load_trained(path: str | Path) -> TrainedClassifier:
+    """Load a classifier saved by :meth:`TrainedClassifier.save` (``featurebank train``)."""
     path = Path(path)
     if not path.is_file():
-        raise FeaturebankError(f"model file {path} does not exist; train one with 'featurebank train'")
+        raise FeaturebankError(f"classifier file {path} does not exist; train one with "
+                               "'featurebank train'")
     try:
         payload = joblib.load(path)
     except Exception as exc:
-        raise FeaturebankError(f"{path} is not a featurebank model ({type(exc).__name__})") from exc
+        raise FeaturebankError(f"{path} is not a featurebank classifier ({type(exc).__name__})") from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise FeaturebankError(f"{path} is not a featurebank model (format {FORMAT} expected)")
-    return TrainedModel(payload["estimator"], [FeatureSpec.from_json(s) for s in payload["specs"]],
+        raise FeaturebankError(f"{path} is not a featurebank classifier (format {FORMAT} expected)")
+    return TrainedClassifier(payload["estimator"], [FeatureSpec.from_json(s) for s in payload["specs"]],
                         payload["classes"], set(payload["trained_keys"]), payload["baseline"],
                         payload.get("info", {}))
+

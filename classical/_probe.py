@@ -20,7 +20,9 @@ from sklearn.svm import SVC, LinearSVC
 from sklearn.utils.multiclass import unique_labels
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from featurebank.classical._options import CLASSIFIERS
+from featurebank.classical._options import CLASSIFIERS, SEED
+from featurebank.errors import OptionError
+from featurebank.options import Interval, Items, Options, check_params
 
 DEFAULT_CS = {"logreg": (1e-3, 1e-2, 1e-1, 1.0, 10.0), "linear-svm": (1e-4, 1e-3, 1e-2, 1e-1, 1.0),
               "rbf-svm": (1.0, 3.0, 10.0, 30.0),
@@ -62,6 +64,18 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
     classes_ : ndarray
     """
 
+    #: checked in ``fit`` (scikit-learn's estimators validate there, never in ``__init__``)
+    _parameter_constraints: dict = {
+        "classifier": [Options(CLASSIFIERS)],
+        "Cs": [Items(Interval(float, 0, None, "neither")), None],
+        "val_size": [Interval(float, 0, 1, "neither")],
+        "class_weight": [Options(("balanced",)), dict, None],
+        "max_iter": [Interval(int, 1, None)],
+        "random_state": [SEED, None],
+        "cv": [Interval(int, 2, None), None],
+        "normalize": [Options(("l2",)), None],
+    }
+
     def __init__(self, classifier: str = "logreg", *, Cs=None, val_size: float = 0.2,
                  class_weight=None, max_iter: int = 1000, random_state: int = 0,
                  cv: int | None = None, normalize: str | None = None):
@@ -85,17 +99,18 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
                       random_state=self.random_state)
         elif self.classifier == "knn":
             if self.class_weight is not None:
-                raise ValueError("class_weight does not apply to knn; leave it None")
+                raise OptionError("class_weight", "does not apply to knn; leave it None",
+                                  owner=type(self).__name__)
             k = max(1, int(round(C)))
             clf = KNeighborsClassifier(n_neighbors=min(k, n_train or k), weights="distance")
-        else:
-            raise ValueError(f"classifier must be one of {CLASSIFIERS}, got {self.classifier!r}")
-        if self.normalize not in (None, "l2"):
-            raise ValueError(f"normalize must be None or 'l2', got {self.normalize!r}")
+        else:  # fit checked it against CLASSIFIERS: a kind added there needs a branch here
+            raise OptionError("classifier", f"{self.classifier!r} has no implementation",
+                              owner=type(self).__name__)
         steps = [Normalizer("l2")] if self.normalize == "l2" else []
         return make_pipeline(*steps, StandardScaler(), clf)
 
     def fit(self, X, y):
+        check_params(self)
         X, y = validate_data(self, X, y, dtype=np.float32)
         self.classes_ = unique_labels(y)
         if len(self.classes_) < 2:

@@ -10,6 +10,7 @@ a store, every worker of ``n_jobs > 1`` embeds the images it meets again).
 from __future__ import annotations
 
 import hashlib
+import os
 from collections import OrderedDict
 from pathlib import Path
 
@@ -18,7 +19,8 @@ from PIL import Image
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
-from featurebank.extractor import Extractor, image_key, read_bytes
+from featurebank.extractor import EmbedRun, Extractor, image_key, read_bytes
+from featurebank.options import Interval, check_params, field_constraints
 from featurebank.spec import DEFAULT_MODEL, FeatureOptions
 
 WRITER_WAIT_S = 3600.0  # a worker waits this long for another one's embedding batch
@@ -99,6 +101,14 @@ class EmbeddingTransformer(TransformerMixin, BaseEstimator):
         Images this fitted transformer computed (not found in a cache).
     """
 
+    #: checked in ``fit``; the feature and run parameters as their options dataclasses declare
+    _parameter_constraints: dict = {
+        **field_constraints(FeatureOptions, "model", "layers", "pool", "gem_p", "normalize"),
+        **field_constraints(EmbedRun, "batch_size", "device"),
+        "store": [str, os.PathLike, None],
+        "cache_size": [Interval(int, 0, None)],
+    }
+
     def __init__(self, model: str = DEFAULT_MODEL, *, layers=("head",), pool: str = "avg",
                  gem_p: float = 3.0, normalize: bool = False, store=None, batch_size: int = 32,
                  device: str = "auto", cache_size: int = 100_000):
@@ -119,6 +129,7 @@ class EmbeddingTransformer(TransformerMixin, BaseEstimator):
 
     def fit(self, X, y=None):
         """Resolve the spec (no learning: the network is frozen)."""
+        check_params(self)
         ex = self._extractor()
         self.specs_ = ex.specs
         self.fingerprints_ = [s.fingerprint() for s in ex.specs]

@@ -20,8 +20,8 @@ from featurebank.classical._features import (
     load_features,
     open_store,
 )
-from featurebank.classical._model import TrainedModel, check_images, raw_pixels
-from featurebank.classical._options import CLASSIFIERS
+from featurebank.classical._model import TrainedClassifier, check_images, raw_pixels
+from featurebank.classical._options import AUTO, CLASSIFIERS, UNSEEN, TrainOptions
 from featurebank.classical._probe import LinearProbe, k_shot_indices
 from featurebank.classical._report import (
     metrics,
@@ -31,25 +31,22 @@ from featurebank.classical._report import (
     write_json,
 )
 from featurebank.errors import FeaturebankError
-
-UNSEEN = ("error", "wrong")
-#: ``train(classifier=AUTO)``: the kind and C chosen by cross-validation (not a kind itself)
-AUTO = "auto"
+from featurebank.options import Interval, Options, check_value
 
 
 def train(store, layers=None, classifier: str = "logreg", shots: int | None = None,
-          holdout: float = 0.0, baseline: bool = True, random_state: int = 0) -> TrainedModel:
+          holdout: float = 0.0, baseline: bool = True, random_state: int = 0) -> TrainedClassifier:
     """Fit a probe on a store's labelled rows (optionally k per class, minus a held-out part).
 
     With ``baseline``, a raw-pixel classifier is fitted on the same images, re-read from the
-    paths the store holds; missing images are reported before anything is fitted.
+    paths the store holds; missing images are reported before anything is fitted. The
+    parameters are those of :class:`~featurebank.classical.TrainOptions` (checked there).
     ``classifier="auto"`` chooses the kind and its C (k for knn) by successive halving with
     5-fold cross-validation on the training rows (``info["auto"]`` keeps every candidate's
     score); the baseline then uses the chosen kind.
     """
-    if classifier != AUTO and classifier not in CLASSIFIERS:
-        raise FeaturebankError(f"classifier must be {AUTO!r} or one of {CLASSIFIERS}, "
-                               f"got {classifier!r}")
+    TrainOptions(layers=layers, classifier=classifier, shots=shots, holdout=holdout,
+                 baseline=baseline, random_state=random_state)
     data = labelled_only(load_features(store, layers), f"store {store}")
     if holdout:
         idx, _ = train_test_split(np.arange(len(data.y)), test_size=holdout, stratify=data.y,
@@ -71,8 +68,8 @@ def train(store, layers=None, classifier: str = "logreg", shots: int | None = No
         base = _quiet_fit(LinearProbe(classifier=classifier, random_state=random_state),
                           raw_pixels(data.paths), data.y)
     info.update(C=probe.C_, val_scores={str(k): v for k, v in probe.val_scores_.items()})
-    return TrainedModel(probe, data.specs, [str(c) for c in probe.classes_], set(data.keys), base,
-                        info)
+    return TrainedClassifier(probe, data.specs, [str(c) for c in probe.classes_], set(data.keys),
+                             base, info)
 
 
 def _auto(X, y, random_state: int) -> tuple[str, tuple[float], dict]:
@@ -103,13 +100,13 @@ def features_title(specs) -> str:
     return " + ".join(s.describe() for s in specs)
 
 
-def evaluate(model: TrainedModel, store, report_dir: str | Path | None = None,
+def evaluate(model: TrainedClassifier, store, report_dir: str | Path | None = None,
              baseline: bool = True, unseen: str = "error") -> dict:
     """Accuracy and more on the store's labelled rows the model was not trained on.
 
     Parameters
     ----------
-    model : TrainedModel
+    model : TrainedClassifier
     store : path or FeatureStore
     report_dir : path, optional
         Write ``metrics.json`` and confusion matrices (PNG) there.
@@ -120,8 +117,7 @@ def evaluate(model: TrainedModel, store, report_dir: str | Path | None = None,
         Labels in the store that the classifier never saw: an error naming them, or
         (``'wrong'``) scored as wrong predictions and listed under ``unseen_labels``.
     """
-    if unseen not in UNSEEN:
-        raise FeaturebankError(f"unseen must be one of {UNSEEN}, got {unseen!r}")
+    check_value("unseen", unseen, Options(UNSEEN), owner="evaluate")
     data = labelled_only(load_features(store, fingerprints=model.fingerprints, wanted=model.specs),
                          f"store {store}")
     model.check_specs(data.specs)
@@ -210,6 +206,11 @@ def sweep(store, test_store=None, classifier: str = "logreg", holdout: float = 0
     Rows come shallow to deep (then the concatenations of the deepest two and of all sets), so
     the cost grows along the table and the plot.
     """
+    TrainOptions(classifier=classifier, random_state=random_state)
+    # one kind for every row: 'auto' would choose per row and compare unlike probes
+    check_value("classifier", classifier, Options(CLASSIFIERS), owner="sweep")
+    if test_store is None:  # scored on a split: it must hold images
+        check_value("holdout", holdout, Interval(float, 0, 1, "neither"), owner="sweep")
     sets = _by_depth(open_store(store).feature_sets())
     if not sets:
         raise FeaturebankError(f"store {store} holds no feature set")

@@ -32,11 +32,11 @@ from featurebank.export._metadata import (
 from featurebank.export._registry import (
     ModelEntry,
     get_model_entry,
-    is_onnx_path,
     list_models,
     require_torch,
     torch_installed,
 )
+from featurebank.paths import is_onnx_path
 from featurebank.spec import DEFAULT_MODEL, ModelSpec
 
 if TYPE_CHECKING:  # annotations only: importing export must not import torch

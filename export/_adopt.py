@@ -31,6 +31,7 @@ from featurebank.export._metadata import (
     read_conventions,
     read_onnx_metadata,
 )
+from featurebank.paths import check_writable
 from featurebank.spec import META_SPEC, ModelSpec, Preprocessing, sha256_file
 
 log = logging.getLogger(__name__)
@@ -184,14 +185,9 @@ def adopt(source: str | Path, out: str | Path, preprocessing: str | Path | None 
 
 
 def _check_output(source: Path, out: Path) -> None:
-    if out.is_dir():
-        raise FeaturebankError(f"output path {out} is a directory; give a file name ending in .onnx")
-    if not out.parent.is_dir():
-        raise FeaturebankError(f"cannot write {out}: folder {out.parent} does not exist")
+    check_writable(out, suffix=".onnx")
     if out.exists() and out.resolve() == source.resolve():
         raise FeaturebankError(f"the adopted copy must not overwrite its source {source}")
-    if not os.access(out.parent, os.W_OK):
-        raise FeaturebankError(f"cannot write {out}: folder {out.parent} is not writable")
 
 
 def _atomic_save(proto: onnx.ModelProto, out: Path) -> None:

@@ -22,6 +22,7 @@ from featurebank.errors import FeaturebankError
 from featurebank.export._metadata import LayerInfo, describe
 from featurebank.export._registry import get_model_entry
 from featurebank.export._torch_models import build_torch_model
+from featurebank.paths import check_writable
 from featurebank.spec import ModelSpec, Preprocessing
 
 log = logging.getLogger(__name__)
@@ -111,7 +112,7 @@ def export_onnx(
     out = Path(out)
     if input_size is not None and not 32 <= int(input_size) <= 4096:
         raise FeaturebankError(f"input_size {input_size}: give a square side between 32 and 4096")
-    _check_writable(out)
+    check_writable(out, suffix=".onnx")
     entry = get_model_entry(model)
     module = build_torch_model(model, weights, input_size)
     digest = module.weights_sha256
@@ -135,7 +136,7 @@ def export_module(module: nn.Module, spec: ModelSpec, out: str | Path,
     model's lineage). Only ``logits`` is a graph output; every catalogue activation stays a
     named inner tensor the extractor can cut at."""
     out = Path(out)
-    _check_writable(out)
+    check_writable(out, suffix=".onnx")
     size = spec.preprocessing.input_size
     with torch.no_grad():
         feats = module.features(torch.zeros(1, 3, *size))
@@ -187,21 +188,6 @@ def _trace_quiet(wrapper: nn.Module, example: torch.Tensor, output_names: list[s
         )
         program.save(str(path), external_data=False)
         return onnx.load(str(path))
-
-
-def _check_writable(out: Path) -> None:
-    """Fail before the (slow) export when ``out`` cannot be written, with the reason."""
-    folder = out.parent
-    if out.is_dir():
-        raise FeaturebankError(f"output path {out} is a directory; give a file name ending in .onnx")
-    if not folder.is_dir():
-        what = "is not a folder" if folder.exists() else "does not exist"
-        raise FeaturebankError(f"cannot write {out}: {folder} {what}")
-    try:  # a real probe: permission bits say nothing for root or a read-only file system
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{out.name}.", suffix=".probe"):
-            pass
-    except OSError as exc:
-        raise FeaturebankError(f"cannot write {out}: {exc.strerror or exc}") from exc
 
 
 def _atomic_save(proto: onnx.ModelProto, out: Path) -> None:

@@ -11,7 +11,6 @@ import importlib
 import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from featurebank.errors import FeaturebankError
 from featurebank.spec import Preprocessing
@@ -174,5 +173,3 @@ def _optional_preprocessing(source: str, arch: str) -> Preprocessing:
     return eval_preprocessing(source, arch)
 
 
-def is_onnx_path(model: str) -> bool:
-    return str(model).lower().endswith(".onnx") or Path(str(model)).is_file()

@@ -27,17 +27,17 @@ _LAZY = {
     "embed_collection": "featurebank.extractor",
     "EmbeddingTransformer": "featurebank.classical",
     "LinearProbe": "featurebank.classical",
-    "load_model": "featurebank.classical",
+    "load_trained": "featurebank.classical",
     "list_models": "featurebank.export",
     "export_onnx": "featurebank.export",
 }
 
 __all__ = ["EmbeddingTransformer", "Extractor", "FeatureOptions", "FeatureSpec", "FeatureStore",
            "FeaturebankError", "LinearProbe", "ModelSpec", "Preprocessing", "__version__",
-           "embed_collection", "export_onnx", "list_models", "load_model"]
+           "embed_collection", "export_onnx", "list_models", "load_trained"]
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time these load on first use
-    from featurebank.classical import EmbeddingTransformer, LinearProbe, load_model
+    from featurebank.classical import EmbeddingTransformer, LinearProbe, load_trained
     from featurebank.export import export_onnx, list_models
     from featurebank.extractor import Extractor, FeatureStore, embed_collection
 
@@ -52,7 +52,7 @@ def _version() -> str:
         return "0.0.0+unknown"
 
 
-_load, __dir__ = attach(__name__, _LAZY)
+_load, __dir__ = attach(__name__, _LAZY, deprecated={"load_model": "load_trained"})
 
 
 def __getattr__(name: str) -> Any:

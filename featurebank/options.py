@@ -12,6 +12,7 @@ Constraints:
 
 - :class:`Interval` (``Interval(int, 1, None)``: an int >= 1; ``closed`` as in scikit-learn);
 - :class:`Options` (one of a tuple of values); :class:`Items` (a tuple whose items meet one);
+- :class:`Text` (a non-empty string); :class:`Pair` (a (key, value) pair);
 - ``None`` (the value may be None);
 - a type (``str``, ``bool``, a dataclass ...): an instance of it;
 - ``"any"``: anything (a documented field that is not checked here).
@@ -30,8 +31,8 @@ from typing import Any
 
 from featurebank.errors import OptionError
 
-__all__ = ["Interval", "Items", "OptionError", "Options", "check_options", "check_value",
-           "describe", "option", "option_fields", "param_docs"]
+__all__ = ["Interval", "Items", "OptionError", "Options", "Pair", "Text", "check_names", "check_options",
+           "check_params", "check_value", "describe", "field_constraints", "option", "option_fields", "param_docs"]
 
 #: metadata keys of an option field
 _CONSTRAINTS = "featurebank.constraints"
@@ -103,13 +104,41 @@ class Items:
     length: int | None = None
 
     def accepts(self, value: Any) -> bool:
-        return (isinstance(value, (tuple, list))
+        # a 1-D numpy array (np.logspace(...)) is a sequence of numbers too
+        sequence = isinstance(value, (tuple, list)) or getattr(value, "ndim", None) == 1
+        return (sequence
                 and (self.length is None or len(value) == self.length)
                 and all(_accepts(self.each, v) for v in value))
 
     def __str__(self) -> str:
         count = f"{self.length} values" if self.length is not None else "values"
         return f"{count}, each {_describe_one(self.each)}"
+
+
+@dataclass(frozen=True)
+class Text:
+    """A string that is not empty or blank (a name, a column)."""
+
+    def accepts(self, value: Any) -> bool:
+        return isinstance(value, str) and bool(value.strip())
+
+    def __str__(self) -> str:
+        return "a non-empty string"
+
+
+@dataclass(frozen=True)
+class Pair:
+    """A (key, value) pair (a 2-tuple or list): the key meets ``key``, the value ``value``."""
+
+    key: Any
+    value: Any
+
+    def accepts(self, value: Any) -> bool:
+        return (isinstance(value, (tuple, list)) and len(value) == 2
+                and _accepts(self.key, value[0]) and _accepts(self.value, value[1]))
+
+    def __str__(self) -> str:
+        return f"a pair ({_describe_one(self.key)}, {_describe_one(self.value)})"
 
 
 def _accepts(constraint: Any, value: Any) -> bool:
@@ -254,6 +283,56 @@ def default_of(f: dataclasses.Field) -> Any:
     return None
 
 
-def unknown_names(cls: type, names: Iterable[str]) -> list[str]:
-    known = {f.name for f in dataclasses.fields(cls)}
-    return sorted(set(names) - known)
+def _known_names(source: Any) -> list[str]:
+    if dataclasses.is_dataclass(source):
+        return [f.name for f in dataclasses.fields(source)]
+    return list(source)
+
+
+def check_names(owner: str, names: Iterable[str], *known: Any,
+                parameter: str = "options") -> None:
+    """Refuse keyword names that none of ``known`` declares: the one unknown-keyword check.
+
+    Parameters
+    ----------
+    owner : str
+        Who takes the keywords (``'embed_collection'``, ``'preprocessing'``): named in the
+        message and the error's ``owner``.
+    names : iterable of str
+        The names given.
+    *known : options dataclasses or iterables of str
+        What may be given (a dataclass stands for its field names).
+    parameter : str
+        The parameter the error names (``'options'`` for ``**options``).
+
+    Raises
+    ------
+    OptionError
+        Naming every unknown name and listing the known ones.
+    """
+    allowed = [n for source in known for n in _known_names(source)]
+    unknown = sorted(set(names) - set(allowed))
+    if unknown:
+        raise OptionError(parameter, f"of {owner}: unknown option(s) {unknown}; known: "
+                          f"{sorted(set(allowed))}", owner=owner)
+
+
+def field_constraints(cls: type, *names: str) -> dict[str, list[Any]]:
+    """``{name: [constraints]}`` of fields of the options dataclass ``cls``: an estimator whose
+    parameters feed that dataclass declares its ``_parameter_constraints`` with this, so the
+    two never disagree."""
+    by_name = {f.name: f for f in option_fields(cls)}
+    return {name: list(constraints_of(by_name[name]) or ()) for name in names}
+
+
+def check_params(estimator: Any) -> None:
+    """Check a scikit-learn estimator's parameters against its ``_parameter_constraints``
+    (parameter name -> constraints, any one of which must hold, as in :func:`option`).
+
+    scikit-learn's contract forbids validation in ``__init__``: ``fit`` calls this first, so
+    ``set_params`` and ``clone`` stay free and a bad value fails before any work, with an
+    :class:`OptionError` naming the parameter.
+    """
+    owner = type(estimator).__name__
+    for name, constraints in estimator._parameter_constraints.items():
+        check_value(name, getattr(estimator, name), *constraints, owner=owner)

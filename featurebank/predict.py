@@ -19,11 +19,34 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Prediction", "load_classifier", "predict_images", "ranked"]
+from featurebank.options import Interval, check_options, option
+
+__all__ = ["PredictOptions", "Prediction", "load_classifier", "predict_images", "ranked"]
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    """How images are predicted (``featurebank predict``).
+
+    Parameters
+    ----------
+    top : int
+        How many labels to rank per image, most likely first.
+    model : str, optional
+        Where the classifier's ONNX network is (found by its SHA-256 in the cache otherwise).
+    """
+
+    top: int = option(1, Interval(int, 1, None))
+    model: str | Path | None = option(None, str, Path, None, help="where the classifier's ONNX network "
+                               "is (found by its SHA-256 in the cache otherwise)")
+
+    def __post_init__(self) -> None:
+        check_options(self)
 
 
 def load_classifier(path: str | Path) -> Any:
-    """The classifier in ``path``: a tuned ONNX model (``.onnx``) or a trained model (else).
+    """The classifier in ``path``: a tuned ONNX network (an ONNX file) or a trained classifier
+    (``.joblib``, else).
 
     Raises
     ------
@@ -31,13 +54,15 @@ def load_classifier(path: str | Path) -> Any:
         The file does not exist, or is not a featurebank classifier (the message says which
         command makes one).
     """
-    if str(path).lower().endswith(".onnx"):  # a fine-tuned model classifies with its logits
+    from featurebank.paths import is_onnx_path
+
+    if is_onnx_path(path):  # a fine-tuned network classifies with its logits
         from featurebank.finetune import load_tuned
 
         return load_tuned(path)
-    from featurebank.classical import load_model
+    from featurebank.classical import load_trained
 
-    return load_model(path)
+    return load_trained(path)
 
 
 def ranked(probabilities: Sequence[float], classes: Sequence[Any],
@@ -94,6 +119,7 @@ def predict_images(classifier: Any, images: Sequence[str], *, top: int = 1,
 
     from featurebank.extractor import DecodeError, collect
 
+    PredictOptions(top=top, model=model)
     paths = [item.path for item in collect(list(images))]
     extractor = classifier.extractor(model)
     classes = list(classifier.estimator.classes_)

@@ -17,7 +17,16 @@ from dataclasses import KW_ONLY, MISSING, asdict, dataclass, field, replace
 from typing import Any
 
 from featurebank.errors import OptionError
-from featurebank.options import Interval, Items, Options, check_options, option
+from featurebank.options import (
+    Interval,
+    Items,
+    Options,
+    Pair,
+    Text,
+    check_names,
+    check_options,
+    option,
+)
 
 #: Keys under which an exported ONNX file describes itself (``ModelProto.metadata_props``).
 META_SPEC = "featurebank.spec"
@@ -82,7 +91,8 @@ class Preprocessing:
     layout: str = option("nchw", Options(LAYOUTS))
     channel_order: str = option("rgb", Options(CHANNEL_ORDERS))
     pixel_range: int = option(1, Options(PIXEL_RANGES))
-    tensor_layouts: tuple[tuple[str, str], ...] = option((), "any")  # checked by _tensor_layouts
+    tensor_layouts: tuple[tuple[str, str], ...] = option(
+        (), Items(Pair(Text(), Options(LAYOUTS))))
     resize_rule: str = option("featurebank", Options(RESIZE_RULES))
     prefix_tokens: int | None = option(None, Interval(int, 0, None), None)
     class_token: bool | None = option(True, bool, None)
@@ -126,11 +136,7 @@ class Preprocessing:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Preprocessing:
-        known = {f for f in cls.__dataclass_fields__}
-        unknown = set(data) - known
-        if unknown:
-            raise OptionError("preprocessing", f"has unknown field(s) {sorted(unknown)}; known: "
-                              f"{sorted(known)}")
+        check_names("Preprocessing", data, cls, parameter="preprocessing")
         return cls(**data)
 
 
@@ -143,17 +149,19 @@ def _number(kind: type, value: Any) -> Any:
         return value
 
 
-def _tensor_layouts(value: Any) -> tuple[tuple[str, str], ...]:
-    pairs = value.items() if isinstance(value, dict) else value or ()
-    out = {}
-    for pair in pairs:
-        tensor, layout = pair
-        layout = str(layout).lower()
-        if layout not in LAYOUTS:
-            raise OptionError(f"preprocessing.tensor_layouts[{tensor!r}]",
-                              f"must be one of {LAYOUTS}, got {layout!r}")
-        out[str(tensor)] = layout
-    return tuple(sorted(out.items()))
+def _tensor_layouts(value: Any) -> Any:
+    """``{tensor: layout}`` or pairs as sorted ``(tensor, layout)`` pairs, layouts lower case;
+    anything else is left for the check to refuse."""
+    pairs = value.items() if isinstance(value, dict) else value
+    if value is None:
+        return ()
+    if not isinstance(pairs, (list, tuple, type({}.items()))):
+        return value
+    if not all(isinstance(p, (list, tuple)) and len(p) == 2 for p in pairs):
+        return tuple(pairs)
+    out = {tensor: layout.lower() if isinstance(layout, str) else layout
+           for tensor, layout in pairs}
+    return tuple(sorted(out.items(), key=lambda kv: str(kv[0])))
 
 
 #: Versions of the rule that gives a foreign graph's tensors friendly names (``stage.K``,
@@ -335,8 +343,12 @@ class FeatureOptions:
     input_size: int | None = option(None, None, Interval(int, 8, None))
 
     def __post_init__(self) -> None:
-        layers = (self.layers,) if isinstance(self.layers, str) else tuple(self.layers or ())
-        object.__setattr__(self, "layers", layers or ("head",))
+        layers = self.layers
+        if isinstance(layers, str):
+            layers = (layers,)
+        elif isinstance(layers, (list, tuple)) or layers is None:  # anything else: the check
+            layers = tuple(layers or ()) or ("head",)
+        object.__setattr__(self, "layers", layers)
         if isinstance(self.model, os.PathLike):
             object.__setattr__(self, "model", os.fspath(self.model))
         if isinstance(self.calibration, list):  # hashable, so options can key caches
@@ -360,10 +372,7 @@ def feature_options(features: FeatureOptions | str | os.PathLike[str] | None = N
                     **options: Any) -> FeatureOptions:
     """``features`` as :class:`FeatureOptions`: an options object (``options`` then replace its
     fields), a model name or ONNX path, or None (the default model)."""
-    unknown = set(options) - set(FEATURE_OPTION_NAMES)
-    if unknown:
-        raise OptionError("options", f"name unknown feature option(s) {sorted(unknown)}; known: "
-                          f"{list(FEATURE_OPTION_NAMES)}")
+    check_names("feature_options", options, FeatureOptions)
     if isinstance(features, FeatureOptions):
         return features.replace(**options) if options else features
     if features is not None:

@@ -25,6 +25,7 @@ from featurebank.finetune._data import (
 )
 from featurebank.finetune._inputs import open_collection
 from featurebank.finetune._options import FinetuneOptions
+from featurebank.options import check_names
 
 log = logging.getLogger(__name__)
 
@@ -173,10 +174,7 @@ def finetune(train: str | Path, *, model: str = "efficientnet_lite0", from_layer
     FinetuneResult
         Not yet exported: call ``result.export(path)``.
     """
-    unknown = set(option_fields) - set(FinetuneOptions.__dataclass_fields__)
-    if unknown:
-        raise FeaturebankError(f"finetune: unknown option(s) {sorted(unknown)}; known: "
-                               f"{sorted(FinetuneOptions.__dataclass_fields__)}")
+    check_names("finetune", option_fields, FinetuneOptions)
     opts = (options or FinetuneOptions()).replace(**option_fields)
     output = Path(output)
     if not output.parent.is_dir():

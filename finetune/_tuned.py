@@ -17,6 +17,7 @@ import numpy as np
 
 from featurebank.classical import check_same_specs
 from featurebank.errors import FeaturebankError
+from featurebank.paths import is_onnx_path
 from featurebank.spec import FeatureSpec
 
 #: metadata key of the lineage and class names of a fine-tuned export
@@ -28,7 +29,7 @@ def tuned_lineage(path: str | Path) -> dict[str, Any] | None:
     import onnx
 
     path = Path(path)
-    if not (path.is_file() and path.suffix.lower() == ".onnx"):
+    if not (path.is_file() and is_onnx_path(path)):
         return None
     try:
         proto = onnx.load(str(path), load_external_data=False)

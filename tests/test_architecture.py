@@ -1,7 +1,7 @@
 """The house rules of the package, checked on the installed package (issue 13).
 
 - No import cycle between featurebank's modules, imports inside functions included.
-- Imports run one way: spec/errors <- export <- extractor <- classical <- finetune <- cli, service.
+- Imports run one way: the ground floor (spec, errors, options, lazy, paths) <- export <- extractor <- classical <- finetune <- cli, service.
 - The wheel installs one top-level name, ``featurebank``.
 - A user's own ``export.py``, ``extractor.py``, ``classical.py`` or ``spec.py`` beside their
   script changes nothing featurebank does.
@@ -30,6 +30,9 @@ except ModuleNotFoundError:  # Python 3.10
     tomllib = pytest.importorskip("tomli", reason="reading pyproject.toml needs tomli on 3.10")
 
 STAGES = ("export", "extractor", "classical", "finetune")
+#: the modules every stage may import, which import no stage (and only the standard library)
+GROUND_FLOOR = ("featurebank.spec", "featurebank.errors", "featurebank.options",
+                "featurebank.lazy", "featurebank.paths")
 
 
 def _package_files() -> dict[str, Path]:
@@ -167,7 +170,7 @@ def test_imports_run_one_way():
     stage = {s: f"featurebank.{s}" for s in STAGES}
     entry = ("featurebank.cli", "featurebank.service")
     forbidden = [  # (importers, what they must not import, the rule)
-        (("featurebank.spec", "featurebank.errors"), (*stage.values(), *entry),
+        (GROUND_FLOOR, (*stage.values(), "featurebank.predict", *entry),
          "the ground floor imports no stage"),
         ((stage["export"],), (stage["extractor"], stage["classical"], stage["finetune"], *entry),
          "export comes first"),
@@ -192,6 +195,23 @@ def test_imports_run_one_way():
                     module, "featurebank.service", "featurebank.cli", "featurebank.__main__"):
                 wrong.append(f"{module} -> {t} (only the entry points import service)")
     assert not wrong, "\n".join(wrong)
+
+
+def test_the_ground_floor_imports_only_the_standard_library():
+    """spec, errors, options, lazy and paths load in any process at no cost (the CLI builds its
+    flags from them): besides each other they import the standard library only, anywhere."""
+    files = _package_files()
+    wrong = []
+    for module in GROUND_FLOOR:
+        path = files[module]
+        for base, _ in _imports(ast.parse(path.read_text()), module, False):
+            top = base.split(".")[0]
+            if top == "featurebank":
+                if not _under(base, *GROUND_FLOOR) and base != "featurebank":
+                    wrong.append(f"{module} -> {base}")
+            elif top not in sys.stdlib_module_names and top != "__future__":
+                wrong.append(f"{module} -> {base}")
+    assert not wrong, wrong
 
 
 def _source_copy(dest: Path) -> Path:

@@ -18,7 +18,7 @@ from sklearn.utils.estimator_checks import (
 )
 
 from featurebank import classical
-from featurebank.classical import EmbeddingTransformer, LinearProbe, TrainedModel, load_model
+from featurebank.classical import EmbeddingTransformer, LinearProbe, TrainedClassifier, load_trained
 from featurebank.classical._probe import DEFAULT_CS
 from featurebank.datasets import load_digits_images
 from featurebank.extractor import FeatureStore
@@ -96,8 +96,8 @@ def test_save_load_round_trip_and_spec_mismatch(tmp_path, digits_split, digit_fe
     head = slice(192, None)
     probe = LinearProbe().fit(Ftr[:, head], ytr)
     spec_head, spec_b13 = tf.specs_[1], tf.specs_[0]
-    model = TrainedModel(probe, [spec_head], [str(c) for c in probe.classes_], {"k"}, None, {"C": probe.C_})
-    loaded = load_model(model.save(tmp_path / "m.joblib"))
+    model = TrainedClassifier(probe, [spec_head], [str(c) for c in probe.classes_], {"k"}, None, {"C": probe.C_})
+    loaded = load_trained(model.save(tmp_path / "m.joblib"))
     assert loaded.fingerprints == [spec_head.fingerprint()]
     assert loaded.specs[0].to_dict() == spec_head.to_dict()
     assert loaded.classes == [str(c) for c in range(10)]
@@ -108,15 +108,30 @@ def test_save_load_round_trip_and_spec_mismatch(tmp_path, digits_split, digit_fe
     assert spec_head.fingerprint() in msg and spec_b13.fingerprint() in msg and "blocks.13" in msg
 
 
-def test_load_model_rejects_other_files(tmp_path):
+def test_load_trained_rejects_other_files(tmp_path):
     from featurebank.errors import FeaturebankError
 
     bad = tmp_path / "x.joblib"
     bad.write_bytes(b"not a model")
-    with pytest.raises(FeaturebankError, match="not a featurebank model"):
-        load_model(bad)
+    with pytest.raises(FeaturebankError, match="not a featurebank classifier"):
+        load_trained(bad)
     with pytest.raises(FeaturebankError, match="does not exist"):
-        load_model(tmp_path / "missing.joblib")
+        load_trained(tmp_path / "missing.joblib")
+
+
+def test_old_names_still_work_and_warn():
+    """TrainedModel and load_model (issue 31: "model" means the network) are the new objects,
+    each look-up with a DeprecationWarning naming the new name."""
+    import featurebank
+
+    with pytest.warns(DeprecationWarning, match="use featurebank.classical.TrainedClassifier"):
+        assert classical.TrainedModel is TrainedClassifier
+    with pytest.warns(DeprecationWarning, match="use featurebank.classical.load_trained"):
+        from featurebank.classical import load_model
+    assert load_model is load_trained
+    with pytest.warns(DeprecationWarning, match="use featurebank.load_trained"):
+        assert featurebank.load_model is load_trained
+    assert "TrainedModel" not in dir(classical) and "TrainedModel" not in classical.__all__
 
 
 @pytest.mark.parametrize("classifier", ["logreg", "linear-svm", "rbf-svm"])

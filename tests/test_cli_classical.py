@@ -81,7 +81,7 @@ def test_spec_mismatch_is_a_clear_error(stores, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "blocks.13" in err and "head" in err and "fingerprint" in err
     # a sweep has no classifier: the message says what needs the missing spec (issue 22)
-    assert main(["sweep", str(stores["train"]), "--test-store", str(other)]) == 1
+    assert main(["sweep", str(stores["train"]), "--test", str(other)]) == 1
     err = capsys.readouterr().err
     assert "classifier" not in err and "?" not in err, err
     assert f"the sweep of {stores['train']} needs" in err and "blocks.13" in err, err
@@ -108,10 +108,10 @@ def test_predict_embeds_with_the_model_spec(stores, head_model, capsys):
     assert main(["predict", str(model), *map(str, images), "--json"]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["path"] for r in lines] == list(map(str, images))
-    from featurebank.classical._model import load_model
+    from featurebank.classical import load_trained
     from featurebank.extractor.store._store import FeatureStore
 
-    loaded = load_model(model)
+    loaded = load_trained(model)
     feats = FeatureStore(stores["test"]).read("head")
     for r in lines:
         row = list(feats.paths).index(r["path"])
@@ -122,7 +122,7 @@ def test_predict_embeds_with_the_model_spec(stores, head_model, capsys):
 
 def test_sweep_table_and_png(stores, tmp_path, capsys):
     report = tmp_path / "sweep"
-    assert main(["sweep", str(stores["train"]), "--test-store", str(stores["test"]),
+    assert main(["sweep", str(stores["train"]), "--test", str(stores["test"]),
                  "--report", str(report)]) == 0
     out = capsys.readouterr().out
     rows = json.loads((report / "sweep.json").read_text())["rows"]

@@ -30,8 +30,8 @@ def test_every_command_documents_its_exit_statuses():
             assert code in text, f"{name} --help does not say '{code}'"
     predict = " ".join(commands["predict"].format_help().split())
     assert "could not be read" in predict and "every other file" in predict
-    model = next(a for a in commands["predict"]._actions if a.dest == "model")
-    assert model.help and ".joblib" in model.help and ".onnx" in model.help
+    classifier = next(a for a in commands["predict"]._actions if a.dest == "classifier")
+    assert classifier.help and ".joblib" in classifier.help and ".onnx" in classifier.help
 
 
 def test_progress_is_plain_lines_when_stderr_is_no_terminal(caplog):
@@ -83,3 +83,56 @@ def test_finetune_errors_name_the_flags_on_the_command_line_and_parameters_in_py
     assert r.returncode == 1
     assert "error: --from 'blocks.99': cut at one of blocks.0 .. blocks.15" in r.stderr
     assert not (tmp_path / "t.onnx").exists()
+
+
+@pytest.mark.parametrize("old, new, dest, value", [
+    (["sweep", "s.h5", "--test-store", "t.h5"], ["sweep", "s.h5", "--test", "t.h5"], "test", "t.h5"),
+    (["serve", "--classifier", "c.joblib"], ["serve", "--classifier-file", "c.joblib"],
+     "classifier_file", "c.joblib"),
+    (["demo", "--workdir", "w"], ["demo", "--work-dir", "w"], "work_dir", "w"),
+    (["demo", "--train", "7"], ["demo", "--train-images", "7"], "train_images", 7),
+])
+def test_renamed_flags_still_work_with_a_one_line_warning(old, new, dest, value, capsys):
+    """issue 31's vocabulary: the old spelling does what the new one does, warns on one line,
+    and is not shown in --help."""
+    parser = build_parser()
+    by_old, by_new = parser.parse_args(old), parser.parse_args(new)
+    assert getattr(by_old, dest) == getattr(by_new, dest) == value
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{old[-2]} is deprecated; use {new[-2]}" in err
+    command = dict(_command_parsers(parser))[old[0]]
+    assert old[-2] not in command.format_help().replace(new[-2], "")
+
+
+def test_an_unexpected_exception_is_one_line_with_the_trace_kept(monkeypatch, capsys):
+    """No traceback reaches a user: a bug inside a command ends in one line naming what failed
+    and the file involved, and where the full trace was written; -v prints the trace too."""
+    import re
+
+    import featurebank.cli.store_cmds as store_cmds
+    from featurebank.cli import main
+
+    def broken(args):
+        try:
+            open("/no/such/folder/x.npz", "rb")
+        except OSError as exc:
+            raise RuntimeError("the exporter tripped") from exc
+
+    monkeypatch.setattr(store_cmds, "run_info", broken)
+    assert main(["store", "info", "x.h5"]) == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert err.startswith("featurebank store: error: unexpected RuntimeError: the exporter tripped")
+    assert "(file /no/such/folder/x.npz)" in err and "-v" in err
+    where = re.search(r"full trace in (\S+)", err).group(1)
+    with open(where) as f:
+        trace = f.read()
+    assert "Traceback" in trace and "FileNotFoundError" in trace and "def broken" not in trace
+    assert "in broken" in trace
+    import os
+
+    os.unlink(where)
+    assert main(["-v", "store", "info", "x.h5"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and err.strip().splitlines()[-1].startswith("featurebank store: error")
+    os.unlink(re.search(r"full trace in (\S+)", err).group(1))

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from benchmarks.harness.faults import REPO, subprocess_env
-from featurebank.classical import load_model
+from featurebank.classical import load_trained
 from featurebank.compare import CompareOptions, compare, pareto_front, wilson_interval
 from featurebank.errors import FeaturebankError
 from featurebank.extractor import FeatureStore
@@ -65,7 +65,7 @@ def test_compare_ranks_confirms_and_writes_a_classifier(compared, splits):
     assert result.chosen.cv["accuracy"] == best.cv["accuracy"] > 0.5  # 10 classes: chance 0.1
     assert result.selection.classifier in ("logreg", "knn")
     # the file: a classifier that evaluate, predict and serve load as they are
-    clf = load_model(out / "chosen.joblib")
+    clf = load_trained(out / "chosen.joblib")
     assert [s.fingerprint() for s in clf.specs] == [s.fingerprint() for s in result.chosen.specs]
     assert clf.info["compare"]["feature_set"] == result.chosen.name
     assert clf.info["compare"]["test"] == result.test
@@ -94,7 +94,7 @@ def test_test_is_read_once_for_the_chosen_configuration_only(compared):
     # the figure is that classifier's accuracy on those 40 images, with its Wilson interval
     from featurebank.classical import evaluate
 
-    again = evaluate(load_model(out / "chosen.joblib"), test_stores[0], baseline=False)
+    again = evaluate(load_trained(out / "chosen.joblib"), test_stores[0], baseline=False)
     assert result.test["accuracy"] == again["accuracy"] and result.test["n"] == 40
     lo, hi = result.test["interval"]
     assert lo <= result.test["accuracy"] <= hi
@@ -147,7 +147,7 @@ def test_a_killed_compare_resumes_where_it_stopped(splits, tmp_path, compared):
     [p] = summary["passes"]
     assert p["cached"] >= killed_at and p["embedded"] + p["cached"] == 80
     assert summary["chosen"]["feature_set"] == compared[0].chosen.name
-    assert load_model(out).info["compare"]["feature_set"] == compared[0].chosen.name
+    assert load_trained(out).info["compare"]["feature_set"] == compared[0].chosen.name
 
 
 def _foreign_onnx(path: Path) -> Path:

@@ -11,7 +11,7 @@ from featurebank.cli import main
 
 def test_demo_digits_tiny(model_cache, tmp_path, capsys):
     work = tmp_path / "demo"
-    assert main(["demo", "--dataset", "digits", "--train", "40", "--test", "30", "--workdir",
+    assert main(["demo", "--dataset", "digits", "--train-images", "40", "--test-images", "30", "--work-dir",
                  str(work), "--layer", "head", "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "accuracy: " in out and "raw-pixel baseline accuracy" in out

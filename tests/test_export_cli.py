@@ -152,7 +152,7 @@ def test_unwritable_output_path(capsys, tmp_path, where):
               "folder-is-a-file": tmp_path / "afile" / "m.onnx",
               "is-a-directory": tmp_path / "adir"}[where]
     code, _, err = run_cli(capsys, "export", "efficientnet_lite0", "-o", str(target))
-    assert code == 1 and ("cannot write" in err or "is a directory" in err)
+    assert code == 1 and ("cannot write" in err or "is a folder" in err)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adir", "afile"]
     assert list((tmp_path / "adir").iterdir()) == []
 

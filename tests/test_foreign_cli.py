@@ -124,7 +124,7 @@ def test_cli_pretrained_foreign_end_to_end_with_serve(foreign_lite, small_folder
     image = sorted(small_folder.rglob("*.png"))[0]
     code, out, _ = cli(capsys, "predict", model, image, "--json")
     predicted = json.loads(out)
-    with served("--classifier", model) as base:
+    with served("--classifier-file", model) as base:
         r = httpx.post(base + "/v1/predictions", content=image.read_bytes(),
                        headers={"Content-Type": "image/png"}, timeout=60)
         assert r.status_code == 200, r.text

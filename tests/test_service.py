@@ -247,7 +247,7 @@ def test_predictions_match_featurebank_predict(digits_dir, model_cache, tmp_path
 
 def test_predictions_without_classifier_is_409(client, jpegs):
     r = client.post("/v1/predictions", content=jpegs["coffee"], headers=JPEG)
-    assert r.status_code == 409 and "--classifier" in r.json()["detail"]
+    assert r.status_code == 409 and "--classifier-file" in r.json()["detail"]
 
 
 # -- limits and bad requests -------------------------------------------------------------------

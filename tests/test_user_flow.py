@@ -64,7 +64,7 @@ def test_embed_train_evaluate_predict_sweep_from_elsewhere(model_cache, tmp_path
     right = sum(r["label"] == Path(r["path"]).parent.name for r in rows)
     assert right / 15 == pytest.approx(metrics["accuracy"], abs=0.01)  # the same classifier
 
-    _fb(elsewhere, "sweep", "../work/train.h5", "--test-store", "../work/test.h5",
+    _fb(elsewhere, "sweep", "../work/train.h5", "--test", "../work/test.h5",
         "--report", "sweep")
     sweep = json.loads((elsewhere / "sweep" / "sweep.json").read_text())["rows"]
     assert [r["layer"] for r in sweep][:2] == ["blocks.13", "head"]

@@ -46,7 +46,7 @@ def train_classifier(onnx_path: Path, out: Path) -> Path:
     ``/v1/predictions``, saved as ``featurebank train`` saves one."""
     from sklearn.linear_model import LogisticRegression
 
-    from featurebank.classical import TrainedModel
+    from featurebank.classical import TrainedClassifier
     from featurebank.extractor import Extractor
 
     ex = Extractor(str(onnx_path), layers=["head"])
@@ -57,7 +57,7 @@ def train_classifier(onnx_path: Path, out: Path) -> Path:
             images.append(image_bytes(name, size))
             labels.append(name)
     X = ex.embed(images)["head"]
-    model = TrainedModel(LogisticRegression(max_iter=2000).fit(X, labels), ex.specs, list(names),
+    model = TrainedClassifier(LogisticRegression(max_iter=2000).fit(X, labels), ex.specs, list(names),
                          info={"onnx_path": str(onnx_path)})
     return model.save(out)
 

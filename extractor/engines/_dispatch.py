@@ -14,6 +14,7 @@ from featurebank.extractor._extractor import Extractor
 from featurebank.extractor._inputs import collect, input_roots, split_layout_warning
 from featurebank.extractor.engines._common import EmbedRun, EmbedSummary
 from featurebank.extractor.sources import SourceOptions
+from featurebank.options import check_names
 from featurebank.spec import FEATURE_OPTION_NAMES, FeatureOptions, feature_options
 
 log = logging.getLogger(__name__)
@@ -72,9 +73,7 @@ def embed_collection(inputs: Sequence[str | Path], store_path: str | Path,
     feature_kw = {k: v for k, v in options.items() if k in FEATURE_OPTION_NAMES}
     run_kw = {k: v for k, v in options.items() if k in _RUN_NAMES}
     source_kw = {k: v for k, v in options.items() if k in _SOURCE_NAMES}
-    unknown = set(options) - set(feature_kw) - set(run_kw) - set(source_kw)
-    if unknown:
-        raise FeaturebankError(f"embed_collection: unknown option(s) {sorted(unknown)}")
+    check_names("embed_collection", options, FEATURE_OPTION_NAMES, _RUN_NAMES, _SOURCE_NAMES)
     run = replace(run or EmbedRun(), **run_kw)
     sources = replace(sources or SourceOptions(), **source_kw)
     # Everything that can be wrong in the request is checked before the store is touched:

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from featurebank.errors import OptionError
-from featurebank.options import check_options, option
+from featurebank.options import Text, check_options, option
 
 
 @dataclass(frozen=True)
@@ -25,20 +24,15 @@ class SourceOptions:
         The label column of list files and parquet files (absent: no label).
     """
 
-    split: str | None = option(None, None, str, help="keep only rows of list and parquet "
+    split: str | None = option(None, None, Text(), help="keep only rows of list and parquet "
                                "inputs whose 'split' column is this")
-    image_column: str | None = option(None, None, str, help="parquet column holding image bytes "
+    image_column: str | None = option(None, None, Text(), help="parquet column holding image bytes "
                                       "(default: 'image', else the only binary column)")
-    label_column: str = option("label", str, help="label column of list and parquet inputs "
+    label_column: str = option("label", Text(), help="label column of list and parquet inputs "
                                "(default: %(default)s)")
 
     def __post_init__(self) -> None:
         check_options(self)
-        for name in ("split", "image_column", "label_column"):
-            value = getattr(self, name)
-            if value is not None and not value.strip():
-                raise OptionError(name, f"must be a non-empty name, got {value!r}",
-                                  owner=type(self).__name__)
 
 
 DEFAULT_SOURCES = SourceOptions()

@@ -133,3 +133,21 @@ def append_rows(group: h5py.Group, name: str, rows: ArrayLike, start: int,
         ds.resize(start + len(values), axis=0)
     if len(values):
         ds[start:start + len(values)] = values
+
+
+#: Root attribute marking the virtual file of a sharded store (written by the Ray engine).
+SHARDED_ATTR = "featurebank_sharded"
+
+
+def is_sharded(store: str | os.PathLike[str] | h5py.File) -> bool:
+    """Whether a store file (a path, or an h5py file open on it) is the virtual file of a
+    sharded store. A path that is no readable HDF5 file is not."""
+    if isinstance(store, h5py.File):
+        return bool(store.attrs.get(SHARDED_ATTR, False))
+    if not os.path.isfile(store):
+        return False
+    try:
+        with h5py.File(store, "r", locking=False) as f:
+            return is_sharded(f)
+    except OSError:
+        return False

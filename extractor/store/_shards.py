@@ -30,7 +30,7 @@ import h5py
 import numpy as np
 
 from featurebank.errors import FeaturebankError
-from featurebank.extractor.store._format import write_roots
+from featurebank.extractor.store._format import SHARDED_ATTR, is_sharded, write_roots
 from featurebank.extractor.store._lock import WriterLock
 from featurebank.extractor.store._shard_index import (
     IDENT,
@@ -43,24 +43,11 @@ from featurebank.extractor.store._store import FORMAT_VERSION, FeatureStore, upg
 from featurebank.spec import FeatureSpec
 
 MANIFEST = "manifest.json"
-SHARDED_ATTR = "featurebank_sharded"  # root attribute marking a virtual (sharded) store file
 
 def shard_dir(store_path: str | Path) -> Path:
     """The folder holding the shards of ``store_path``: ``STORE.h5.shards``."""
     p = Path(store_path)
     return p.with_name(p.name + ".shards")
-
-
-def is_sharded(store_path: str | Path) -> bool:
-    """Whether ``store_path`` is the virtual file of a sharded store."""
-    p = Path(store_path)
-    if not p.is_file():
-        return False
-    try:
-        with h5py.File(p, "r", locking=False) as f:
-            return bool(f.attrs.get(SHARDED_ATTR, False))
-    except OSError:
-        return False
 
 
 def write_shard(folder: str | Path, name: str,

@@ -40,6 +40,7 @@ from featurebank.extractor.store._format import (
     absolute,
     committed_rows,
     decode_path,
+    is_sharded,
     read_roots,
     row_shape_of,
     write_roots,
@@ -50,7 +51,8 @@ from featurebank.extractor.store._retry import retry_read
 from featurebank.extractor.store._room import check_room
 from featurebank.extractor.store._tables import TableWriter
 from featurebank.extractor.store._upgrade import raise_version
-from featurebank.spec import FeatureSpec
+from featurebank.options import Options, check_value
+from featurebank.spec import DTYPES, FeatureSpec
 
 log = logging.getLogger(__name__)
 __all__ = ["FORMAT_VERSION", "FeatureSetInfo", "FeatureStore", "Features", "StoreLockedError"]
@@ -151,10 +153,7 @@ class FeatureStore(TableWriter):
             except OSError as exc:
                 tmp.unlink(missing_ok=True)
                 raise FeaturebankError(f"cannot create store {self.path}: {exc}") from exc
-        if self._is_sharded():
-            raise FeaturebankError(
-                f"store {self.path} is a sharded store written by the Ray engine; add to it "
-                "with 'featurebank embed --engine ray', or embed into another store")
+        self._refuse_sharded()
         if self.format_version == 2:  # every version-2 path is a version-3 path
             raise_version(self.path)
             log.info("store %s: format version 2 raised to %d", self.path, FORMAT_VERSION)
@@ -163,9 +162,13 @@ class FeatureStore(TableWriter):
             raise FeaturebankError(upgrade_message(self.path, self.format_version))
 
     @retry_read
-    def _is_sharded(self) -> bool:
+    def _refuse_sharded(self) -> None:
         with self._open("r") as f:
-            return bool(f.attrs.get("featurebank_sharded", False))
+            sharded = is_sharded(f)
+        if sharded:
+            raise FeaturebankError(
+                f"store {self.path} is a sharded store written by the Ray engine; add to it "
+                "with 'featurebank embed --engine ray', or embed into another store")
 
     def close(self) -> None:
         # getattr: __del__ also runs on an object whose __init__ raised before the lock existed
@@ -358,8 +361,7 @@ class FeatureStore(TableWriter):
         none of the batch counts (counters are written last).
         """
         self._writer_check()
-        if dtype not in ("float16", "float32"):
-            raise FeaturebankError(f"store dtype must be 'float16' or 'float32', got {dtype!r}")
+        check_value("dtype", dtype, Options(DTYPES), owner="FeatureStore.commit")
         images = [(k, absolute(p), lab) for k, p, lab in images or ()]
         failures = [(absolute(p), r) for p, r in failures or ()]
         self._load_tables()

@@ -26,6 +26,7 @@ from featurebank.extractor.store._format import (
     committed_rows,
     decode_path,
     encode_path,
+    is_sharded,
     write_roots,
 )
 from featurebank.extractor.store._lock import WriterLock
@@ -59,7 +60,7 @@ def upgrade_store(path: str | Path, root: str | Path | None = None, force: bool 
     try:
         with h5py.File(path, "r", locking=False) as f:
             version = int(f.attrs.get("format_version", -1))
-            sharded = bool(f.attrs.get("featurebank_sharded", False))
+            sharded = is_sharded(f)
         unchanged = {"from_version": version, "to_version": FORMAT_VERSION, "paths": 0,
                      "made_absolute": 0, "found": 0}
         if version == FORMAT_VERSION:

@@ -138,6 +138,45 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted; everything committed so far is kept. Run the same command again "
               "to resume: only what is missing is computed", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug or an unforeseen failure: one line, the trace kept aside
+        print(f"featurebank {args.command}: error: {unexpected_error(exc, args.verbose)}",
+              file=sys.stderr)
+        return 1
+
+
+def _failed_file(exc: BaseException) -> str | None:
+    """The file an exception (or one it was raised from) names, when one does."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        name = getattr(exc, "filename", None)
+        if name:
+            return str(name)
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    return None
+
+
+def unexpected_error(exc: BaseException, verbose: bool = False) -> str:
+    """The one line a user reads for an exception featurebank did not foresee: what failed,
+    on which file when known, and where the full trace is (written to a file; printed too
+    with ``-v``)."""
+    import tempfile
+    import traceback
+
+    trace = "".join(traceback.format_exception(exc))
+    if verbose:
+        print(trace, file=sys.stderr, end="")
+    try:
+        fd, where = tempfile.mkstemp(prefix="featurebank-error-", suffix=".txt")
+        with open(fd, "w") as f:
+            f.write(trace)
+        kept = f"full trace in {where} (or run with -v to print it)"
+    except OSError:  # nowhere to write it: -v still shows it
+        kept = "run again with -v to print the full trace"
+    what = f"{type(exc).__name__}: {exc}".strip().rstrip(":").splitlines()[0]
+    on = _failed_file(exc)
+    on_file = f" (file {on})" if on and on not in what else ""
+    return f"unexpected {what}{on_file}; {kept}; please report it with the trace"
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -12,17 +12,25 @@ import json
 import time
 from pathlib import Path
 
+from featurebank.cli.flags import add_deprecated_flag
 from featurebank.spec import DEFAULT_MODEL
 
 
 def register(sub) -> None:
     p = sub.add_parser("demo", help="embed real images, train and evaluate a classifier")
     p.add_argument("--dataset", default="auto", choices=["auto", "fashion-mnist", "digits"])
-    p.add_argument("--train", type=int, default=1000, help="training images (stratified)")
-    p.add_argument("--test", type=int, default=500, help="test images (stratified)")
+    p.add_argument("--train-images", type=int, default=1000, metavar="N",
+                   help="training images (stratified; default: %(default)s)")
+    p.add_argument("--test-images", type=int, default=500, metavar="N",
+                   help="test images (stratified; default: %(default)s)")
     p.add_argument("--layer", dest="layers", action="append", metavar="NAME",
                    help="layer(s) to cut at (default: blocks.13 and head, concatenated)")
-    p.add_argument("--workdir", default="runs/demo", help="images, stores, model and report")
+    p.add_argument("--work-dir", default="runs/demo", metavar="DIR",
+                   help="images, stores, classifier and report (default: %(default)s)")
+    for old, new, dest in (("--workdir", "--work-dir", "work_dir"),
+                           ("--train", "--train-images", "train_images"),
+                           ("--test", "--test-images", "test_images")):
+        add_deprecated_flag(p, old, new, dest, type=None if dest == "work_dir" else int)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run_demo)
 
@@ -65,10 +73,10 @@ def run_demo(args) -> int:
     from featurebank.extractor import embed_collection
 
     started = time.perf_counter()
-    work = Path(args.workdir)
+    work = Path(args.work_dir)
     name, (Xtr, ytr), (Xte, yte), classes = _dataset(args.dataset)
     layers = tuple(args.layers or ("blocks.13", "head"))
-    itr, ite = subsample(ytr, args.train), subsample(yte, args.test)
+    itr, ite = subsample(ytr, args.train_images), subsample(yte, args.test_images)
     print(f"[1/4] writing {len(itr)} train + {len(ite)} test {name} images as PNG under {work}")
     write_image_folder(Xtr[itr], ytr[itr], work / "images" / "train", classes)
     write_image_folder(Xte[ite], yte[ite], work / "images" / "test", classes)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import Any
 
+from featurebank.cli.flags import add_option_flags
 from featurebank.spec import DEFAULT_MODEL
 
 
@@ -48,32 +50,54 @@ def register(sub) -> None:
     p.set_defaults(func=run_adopt)
 
 
+#: Preprocessing fields whose flags are not spelt --field-name (README's --resize first)
+_CONVENTION_FLAGS = {"resize_size": ("--resize", "--resize-size"),
+                     "tensor_layouts": ("--tensor-layout",)}
+#: what adopt says instead of a default: where an unstated value comes from
+_CONVENTION_HELP: dict[str, dict[str, Any]] = {
+    "input_size": {"metavar": "N|H,W", "type": str,
+                   "help": "network input, a square side or H,W (unstated: the graph's)"},
+    "resize_size": {"metavar": "N", "help": "shorter side before the centre crop (unstated: the "
+                    "input size, no crop)"},
+    "interpolation": {"help": "resize filter (unstated: bilinear)"},
+    "mean": {"help": "per channel, in the model's channel order and pixel range (unstated: 0)"},
+    "std": {"help": "per channel, in the model's channel order and pixel range (unstated: 1)"},
+    "pixel_range": {"help": "the range mean/std apply to: 1 (0-1 floats) or 255 (0-255); "
+                    "required"},
+    "channel_order": {"help": "the model's channel order; required"},
+    "background": {"help": "RGB colour transparent pixels are composited on, 0-255 "
+                   "(unstated: white)"},
+    "layout": {"help": "of the graph input (unstated: its shape's)"},
+    "resize_rule": {"help": "how the resized size and the crop offset are rounded "
+                    "(unstated: featurebank's own rule)"},
+    "tensor_layouts": {"action": "append", "metavar": "TENSOR=nchw|nhwc", "type": str,
+                       "help": "layout of an activation the graph cannot show; repeatable"},
+    "prefix_tokens": {"help": "a vision transformer's tokens before its patch tokens (class "
+                      "and register tokens; unstated: what the graph shows)"},
+    "class_token": {"help": "whether the first prefix token is a class token (unstated: what "
+                    "the graph shows)"},
+}
+
+
 def add_convention_arguments(p) -> None:
-    """The flags of a foreign model's conventions (also the field names of a preprocessing file,
-    with underscores)."""
-    from featurebank.spec import CHANNEL_ORDERS, INTERPOLATIONS, LAYOUTS
+    """The flags of a foreign model's conventions, one per :class:`Preprocessing` field (the
+    field names are also those of a preprocessing file). Unstated flags are None: the value
+    comes from the file or the graph, and a stated flag wins."""
+    from featurebank.spec import Preprocessing
 
     p.add_argument("--preprocessing", metavar="FILE",
                    help="JSON/TOML file with the fields below (underscores); flags win")
-    p.add_argument("--input-size", metavar="N|H,W", help="network input (default: the graph's)")
-    p.add_argument("--resize", type=int, metavar="N",
-                   help="shorter side before the centre crop (default: the input size, no crop)")
-    p.add_argument("--interpolation", choices=INTERPOLATIONS, help="resize filter (default bilinear)")
-    p.add_argument("--pixel-range", type=int, choices=(1, 255),
-                   help="the range mean/std apply to: 1 (0-1 floats) or 255 (0-255)")
-    p.add_argument("--mean", metavar="A,B,C", help="per channel, model order and range (default 0)")
-    p.add_argument("--std", metavar="A,B,C", help="per channel, model order and range (default 1)")
-    p.add_argument("--channel-order", choices=CHANNEL_ORDERS)
-    p.add_argument("--layout", choices=LAYOUTS, help="of the graph input (default: its shape's)")
-    p.add_argument("--tensor-layout", action="append", metavar="TENSOR=nchw|nhwc",
-                   help="layout of an activation the graph cannot show; repeatable")
+    add_option_flags(p, Preprocessing, flags=_CONVENTION_FLAGS, overrides=_CONVENTION_HELP,
+                     unstated=True)
     p.add_argument("--classes", metavar="FILE", help="class names of the logits, one a line")
 
 
 def convention_flags(args) -> dict:
     """The convention flags that were given, by preprocessing-file field name."""
-    names = ("input_size", "resize", "interpolation", "pixel_range", "mean", "std",
-             "channel_order", "layout", "tensor_layout", "classes")
+    from featurebank.cli.flags import FIELDS_KEY
+    from featurebank.spec import Preprocessing
+
+    names = [*getattr(args, FIELDS_KEY)[Preprocessing], "classes"]
     return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
 
 

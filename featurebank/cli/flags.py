@@ -13,11 +13,13 @@ builds the options object back from the parsed arguments, and :func:`flag_names`
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterable
+import sys
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from featurebank.options import (
     Interval,
+    Items,
     choices_of,
     constraints_of,
     default_of,
@@ -60,8 +62,9 @@ def register_flags(parser: Any, owner: str, names: dict[str, str]) -> None:
 
 def add_option_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: type, *,
                      only: Iterable[str] | None = None, exclude: Iterable[str] = (),
-                     flags: dict[str, str] | None = None,
-                     overrides: dict[str, dict[str, Any]] | None = None) -> dict[str, str]:
+                     flags: Mapping[str, str | tuple[str, ...]] | None = None,
+                     overrides: Mapping[str, Mapping[str, Any]] | None = None,
+                     unstated: bool = False) -> dict[str, str]:
     """Add one flag per declared field of ``cls``; return parameter name -> flag.
 
     Parameters
@@ -73,9 +76,13 @@ def add_option_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, 
     only, exclude : iterable of str
         Which fields get a flag (default: all declared ones, in declaration order).
     flags : dict, optional
-        Field -> flag for flags not spelt ``--field-name`` (``{'normalize': '--l2'}``).
+        Field -> flag for flags not spelt ``--field-name`` (``{'normalize': '--l2'}``), or a
+        tuple of spellings, the first the one messages use (``('--resize', '--resize-size')``).
     overrides : dict, optional
         Field -> argparse keywords that replace the generated ones (``action='append'``...).
+    unstated : bool
+        Every flag defaults to None ("not stated": the value comes from elsewhere, a file or
+        the graph, and a stated flag wins); help lines then show no default.
     """
     flags, overrides = flags or {}, overrides or {}
     wanted = list(only) if only is not None else [f.name for f in option_fields(cls)]
@@ -85,15 +92,21 @@ def add_option_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, 
         if name in exclude:
             continue
         f = by_name[name]
-        flag = flags.get(name, "--" + name.replace("_", "-"))
-        names[name] = flag
-        parser.add_argument(flag, **{**_argparse_keywords(cls, f), **overrides.get(name, {})})
+        spellings = flags.get(name, "--" + name.replace("_", "-"))
+        spellings = (spellings,) if isinstance(spellings, str) else tuple(spellings)
+        names[name] = spellings[0]
+        extra = overrides.get(name, {})
+        default = None if unstated else extra.get("default", _FIELD)
+        parser.add_argument(*spellings, **{**_argparse_keywords(cls, f, default), **extra})
     _register(parser, cls, names)
     return names
 
 
-def _argparse_keywords(cls: type, f: Any) -> dict[str, Any]:
-    default = default_of(f)
+_FIELD = object()  # "the field's own default"
+
+
+def _argparse_keywords(cls: type, f: Any, default: Any = _FIELD) -> dict[str, Any]:
+    default = default_of(f) if default is _FIELD else default
     constraints = constraints_of(f) or ()
     text = help_of(cls, f)
     keywords: dict[str, Any] = {"dest": f.name, "default": default}
@@ -102,17 +115,56 @@ def _argparse_keywords(cls: type, f: Any) -> dict[str, Any]:
         keywords["help"] = text
         return keywords
     choices = choices_of(f)
+    items = next((c for c in constraints if isinstance(c, Items)
+                  and _kind([c.each]) in (int, float)), None)  # numbers: "A,B,C"
     if choices is not None:
         keywords["choices"] = choices
         keywords["type"] = type(choices[0])
+    elif items is not None:
+        keywords["type"] = _comma_list(_kind([items.each]) or float)
+        keywords["metavar"] = ",".join("ABCDEFGH"[:items.length or 2]) + ("" if items.length else ",...")
     else:
         keywords["type"] = _kind(constraints) or str
     if default is not None and "default" not in text:
         text = f"{text} (default: {default})" if text else f"default: {default}"
     keywords["help"] = text
-    if keywords["type"] in (int, float) and choices is None:
+    if keywords["type"] in (int, float) and choices is None and "metavar" not in keywords:
         keywords["metavar"] = "N" if keywords["type"] is int else "X"
     return keywords
+
+
+class _DeprecatedFlag(argparse.Action):
+    """An old spelling of a flag: does what the new one does, after a one-line warning."""
+
+    def __init__(self, option_strings, dest, *, new: str, nargs=None, **kwargs):
+        self.new = new
+        super().__init__(option_strings, dest, nargs=nargs, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"{parser.prog}: warning: {option_string} is deprecated; use {self.new}",
+              file=sys.stderr)
+        setattr(namespace, self.dest, values if self.nargs != 0 else self.const)
+
+
+def add_deprecated_flag(parser: argparse.ArgumentParser | argparse._ArgumentGroup, old: str,
+                        new: str, dest: str, **keywords: Any) -> None:
+    """``old`` as a hidden alias of the flag ``new`` (stored in ``dest``): it still works and
+    prints ``PROG: warning: OLD is deprecated; use NEW`` on stderr. ``keywords``: argparse's
+    ``type``, ``metavar``, ``nargs=0`` with ``const`` for a switch."""
+    parser.add_argument(old, dest=dest, action=_DeprecatedFlag, new=new, help=argparse.SUPPRESS,
+                        default=argparse.SUPPRESS, **keywords)
+
+
+def _comma_list(kind: type) -> Any:
+    """An argparse type: ``'1,2,3'`` -> ``(1, 2, 3)`` of ``kind``."""
+    def parse(text: str) -> tuple:
+        try:
+            return tuple(kind(v) for v in text.split(","))
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected comma-separated {kind.__name__} values, got {text!r}") from None
+    parse.__name__ = f"comma-separated {kind.__name__} list"  # what argparse names in errors
+    return parse
 
 
 def options_from_args(cls: type, args: argparse.Namespace, **extra: Any) -> Any:

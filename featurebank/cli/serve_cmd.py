@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from featurebank.cli.embed_cmds import add_spec_arguments, feature_options_from_args
-from featurebank.cli.flags import add_option_flags, options_from_args
+from featurebank.cli.flags import add_deprecated_flag, add_option_flags, options_from_args
 from featurebank.service import ServiceConfig
 from featurebank.spec import DEFAULT_MODEL
 
@@ -17,7 +17,7 @@ _SERVICE_FLAGS = {"max_queue_images": "--max-queue", "max_images_per_request": "
 DESCRIPTION = (
     "POST /v1/embeddings and /v1/predictions (one raw image/* body or multipart 'files'), GET "
     "/v1/models, /healthz, /readyz, /metrics. Images of concurrent requests share inference "
-    "batches. With --classifier and no --model/--layer, the classifier's own spec is served "
+    "batches. With --classifier-file and no --model/--layer, the classifier's own spec is served "
     "(--model FILE.onnx then says where its ONNX model is). Set FEATUREBANK_API_KEY to require "
     "'Authorization: Bearer KEY'.")
 
@@ -28,8 +28,11 @@ def register(sub) -> None:
     add_spec_arguments(p, model_help="registry name or .onnx file (default: the classifier's "
                                      f"model, else {DEFAULT_MODEL})")
     p.set_defaults(model=None)  # None: the classifier's model, else DEFAULT_MODEL
-    p.add_argument("--classifier", metavar="MODEL", help="a 'featurebank train' model (.joblib) "
-                   "or a 'featurebank finetune' model (.onnx): enables /v1/predictions")
+    p.add_argument("--classifier-file", metavar="CLASSIFIER",
+                   help="a 'featurebank train' classifier (.joblib) or a 'featurebank finetune' "
+                        "network (.onnx): enables /v1/predictions")
+    add_deprecated_flag(p, "--classifier", "--classifier-file", "classifier_file",
+                        metavar="CLASSIFIER")
     p.add_argument("--store", metavar="STORE.h5",
                    help="answer images already in this store from it (read-only)")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
@@ -57,7 +60,7 @@ def run_serve(args) -> int:
                                "pip install 'featurebank[service]'") from None
     config = options_from_args(ServiceConfig, args,
                                max_request_bytes=int(args.max_request_mb * 2**20))
-    if args.classifier is not None and not args.layers and (
+    if args.classifier_file is not None and not args.layers and (
             args.model is None or str(args.model).lower().endswith(".onnx")):
         features = None  # serve exactly what the classifier was trained on
         if args.model is not None:  # ... found by its digest in this file first
@@ -67,7 +70,7 @@ def run_serve(args) -> int:
     else:
         args.model = args.model or DEFAULT_MODEL
         features = feature_options_from_args(args)
-    app = create_app(features, classifier=args.classifier, store=args.store, device=args.device,
+    app = create_app(features, classifier=args.classifier_file, store=args.store, device=args.device,
                      threads=args.threads, config=config)
     if args.host not in ("127.0.0.1", "localhost", "::1") and not os.environ.get(API_KEY_ENV):
         print(f"warning: listening on {args.host} without an API key; set {API_KEY_ENV} to "

@@ -39,7 +39,7 @@ class CompareResult:
 
     sets: list[FeatureSet]
     selection: Selection
-    classifier: Any  #: featurebank.classical.TrainedModel
+    classifier: Any  #: featurebank.classical.TrainedClassifier
     test: dict | None
     seconds: dict[str, float]
     passes: list[dict] = field(default_factory=list)
@@ -179,7 +179,7 @@ def compare(train: str | Path, test: str | Path | None = None, *,
 
 
 def _classifier(result: CompareResult, estimator, mats):
-    from featurebank.classical import TrainedModel
+    from featurebank.classical import TrainedClassifier
 
     s, sel = result.chosen, result.selection
     info = {"classifier": sel.classifier, "C": sel.C, "n_train": int(len(mats.y)),
@@ -188,7 +188,7 @@ def _classifier(result: CompareResult, estimator, mats):
                         "table": [x.to_dict() for x in result.sets if x.cv is not None]}}
     if s.backbone.is_file:
         info["onnx_path"] = s.backbone.model
-    return TrainedModel(estimator, list(s.specs), [str(c) for c in estimator.classes_],
+    return TrainedClassifier(estimator, list(s.specs), [str(c) for c in estimator.classes_],
                         set(mats.keys), None, info)
 
 

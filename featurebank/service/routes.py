@@ -118,7 +118,7 @@ def add_prediction_route(app: FastAPI, served: Served) -> None:
     async def predictions(request: Request) -> Response:
         if trained is None:
             raise ServiceError(409, "no classifier is loaded; start the service with "
-                                    "'featurebank serve --classifier MODEL.joblib'")
+                                    "'featurebank serve --classifier-file CLASSIFIER.joblib'")
         out = await engine.embed_within_timeout(await read_uploads(request, served.config))
         proba = await run_in_threadpool(trained.predict_proba, out.X, served.specs)
         classes = [str(c) for c in trained.estimator.classes_]

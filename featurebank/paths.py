@@ -1,0 +1,82 @@
+"""Questions about paths that every stage and command asks the same way (ground floor).
+
+- :func:`check_writable`: can this output file be written? Asked before any work, so a long
+  export, embedding or training never ends in "cannot write".
+- :func:`is_onnx_path`: does this name an ONNX file (rather than a registry name or a
+  ``.joblib`` classifier)?
+
+Whether a store is sharded needs h5py and so lives with the store
+(:func:`featurebank.extractor.store.is_sharded`). This module imports only the standard library.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from featurebank.errors import FeaturebankError
+
+__all__ = ["check_writable", "is_onnx_path"]
+
+#: The first byte of a serialised ONNX ``ModelProto``: its field 1 (``ir_version``, a varint),
+#: which every ONNX writer puts first. A joblib file starts with a zlib (0x78) or pickle (0x80)
+#: header instead.
+_ONNX_FIRST_BYTE = b"\x08"
+
+
+def check_writable(path: str | Path, *, what: str = "output", suffix: str | None = None) -> Path:
+    """Refuse, before any work, an output file that cannot be written; return it as a Path.
+
+    The folder must exist and take a new file (a real probe file: permission bits say
+    nothing for root or on a read-only file system); the path must not be a folder.
+
+    Parameters
+    ----------
+    path : str or Path
+        The file to be written (it may exist: it will be replaced).
+    what : str
+        How messages name it (``'output'``, ``'report'``, ...).
+    suffix : str, optional
+        The extension the file should have (``'.onnx'``): named in the message when ``path``
+        is a folder.
+
+    Raises
+    ------
+    FeaturebankError
+        Naming the path and why it cannot be written.
+    """
+    out = Path(path)
+    if out.is_dir():
+        name = f"a file name ending in {suffix}" if suffix else "a file name"
+        raise FeaturebankError(f"{what} path {out} is a folder; give {name}")
+    folder = out.parent
+    if not folder.is_dir():
+        why = "is not a folder" if folder.exists() else "does not exist"
+        raise FeaturebankError(f"cannot write {what} {out}: folder {folder} {why}; create it "
+                               "first or choose another path")
+    if out.exists() and not os.access(out, os.W_OK):
+        raise FeaturebankError(f"cannot write {what} {out}: the file is read-only")
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{out.name}.", suffix=".probe"):
+            pass
+    except OSError as exc:
+        raise FeaturebankError(f"cannot write {what} {out}: {exc.strerror or exc}") from exc
+    return out
+
+
+def is_onnx_path(path: str | Path) -> bool:
+    """Whether ``path`` names an ONNX file: its name ends in ``.onnx`` (any case), or it is an
+    existing file whose bytes begin as an ONNX model's do.
+
+    A registry name (``efficientnet_lite0``) is no file, and a classifier saved by
+    ``featurebank train`` (joblib) begins otherwise, so this tells a network file from both.
+    """
+    name = str(path)
+    if name.lower().endswith(".onnx"):
+        return True
+    try:
+        with open(name, "rb") as f:
+            return f.read(1) == _ONNX_FIRST_BYTE
+    except OSError:  # not a file (a registry name, a folder, a URL)
+        return False

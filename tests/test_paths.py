@@ -1,0 +1,73 @@
+"""The one check_writable and the one is_onnx_path (featurebank.paths), and is_sharded's one
+home (featurebank.extractor.store): issue 31, item 4."""
+
+from __future__ import annotations
+
+import os
+
+import joblib
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from featurebank.errors import FeaturebankError
+from featurebank.paths import check_writable, is_onnx_path
+
+
+def _tiny_onnx(path):
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y])
+    onnx.save(helper.make_model(graph), str(path))
+    return path
+
+
+def test_check_writable_names_the_path_and_why(tmp_path):
+    assert check_writable(tmp_path / "out.onnx") == tmp_path / "out.onnx"
+    assert not list(tmp_path.iterdir())  # the probe leaves nothing behind
+    with pytest.raises(FeaturebankError, match=r"folder .*missing does not exist"):
+        check_writable(tmp_path / "missing" / "x.npz")
+    with pytest.raises(FeaturebankError, match=r"is a folder; give a file name ending in \.onnx"):
+        check_writable(tmp_path, suffix=".onnx")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(FeaturebankError, match=r"folder .*file is not a folder"):
+        check_writable(tmp_path / "file" / "x.npz", what="export")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_check_writable_probes_a_read_only_folder(tmp_path):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o500)
+    try:
+        with pytest.raises(FeaturebankError, match="cannot write output"):
+            check_writable(folder / "x.joblib")
+    finally:
+        folder.chmod(0o700)
+
+
+def test_is_onnx_path_tells_networks_from_names_and_classifiers(tmp_path):
+    assert is_onnx_path("missing/MODEL.ONNX")  # by name, before it exists (an output)
+    assert is_onnx_path(_tiny_onnx(tmp_path / "adopted.bin"))  # by content, any name
+    for compress in (0, 3):  # what `featurebank train` writes (compressed) and plain pickles
+        joblib.dump({"format": "x"}, tmp_path / f"c{compress}.joblib", compress=compress)
+        assert not is_onnx_path(tmp_path / f"c{compress}.joblib")
+    assert not is_onnx_path("efficientnet_lite0") and not is_onnx_path(tmp_path)
+
+
+def test_one_definition_each():
+    """The copies the issue counted are gone: each helper is defined once in the package."""
+    from benchmarks.harness.faults import REPO
+
+    defined = {"def check_writable": [], "def is_onnx_path": [], "def is_sharded": [],
+               "def _check_writable": [], "_is_sharded": []}
+    for folder in ("featurebank", "export", "extractor", "classical", "finetune"):
+        for path in (REPO / folder).rglob("*.py"):
+            text = path.read_text()
+            for key, where in defined.items():
+                if key in text:
+                    where.append(path.relative_to(REPO).as_posix())
+    assert defined == {"def check_writable": ["featurebank/paths.py"],
+                       "def is_onnx_path": ["featurebank/paths.py"],
+                       "def is_sharded": ["extractor/store/_format.py"],
+                       "def _check_writable": [], "_is_sharded": []}
