@@ -174,7 +174,8 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--train", type=int, default=200, help="TRAIN images per data set")
     ap.add_argument("--test", type=int, default=300, help="TEST images per data set")
-    ap.add_argument("--datasets", nargs="+", default=["fashion-mnist", "digits", "textures"])
+    ap.add_argument("--datasets", nargs="+", default=["fashion-mnist", "digits"],
+                    choices=["fashion-mnist", "digits", "textures"])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="compare")
     args = ap.parse_args(argv)

@@ -233,8 +233,12 @@ def test_train_auto_chooses_kind_and_c_by_cross_validation(compared):
     top = max(scored, key=lambda c: (c["n"], c["cv_accuracy"]))
     assert scored[0]["cv_accuracy"] == top["cv_accuracy"]
     assert (info["classifier"], model.estimator.C_) == (scored[0]["classifier"], scored[0]["C"])
-    with pytest.raises(FeaturebankError, match="'auto' or one of"):
+    with pytest.raises(FeaturebankError, match=r"classifier must be one of \('auto', "):
         train(store, ["head"], "forest", baseline=False)
+    from featurebank.classical import sweep
+
+    with pytest.raises(FeaturebankError, match="classifier must be one of"):
+        sweep(store, classifier="auto")  # one kind per sweep
 
 
 def test_a_suite_file_is_checked_whole_before_any_work(splits, tmp_path):

@@ -174,7 +174,7 @@ def test_a_parameter_keeps_its_name_when_the_flag_belongs_to_another_options_cla
 OPTION_MODULES = ("featurebank.spec", "featurebank.extractor._options",
                   "featurebank.extractor.sources._options", "featurebank.finetune._options",
                   "featurebank.service.config", "featurebank.classical._options",
-                  "featurebank.predict")
+                  "featurebank.predict", "featurebank.compare._options")
 #: Required arguments of classes that have some.
 def _required() -> dict:
     from featurebank.spec import ModelSpec
@@ -237,11 +237,11 @@ def test_every_option_module_is_walked():
             declaring.add(path.relative_to(REPO).as_posix())
     walked = {"featurebank/spec.py", "extractor/_options.py", "extractor/sources/_options.py",
               "finetune/_options.py", "featurebank/service/config.py", "classical/_options.py",
-              "featurebank/predict.py"}
+              "featurebank/predict.py", "featurebank/compare/_options.py"}
     assert declaring == walked
     names = {cls.__name__ for cls in _options_classes()}
     assert {"FeatureOptions", "Preprocessing", "EmbedRun", "SourceOptions", "FinetuneOptions",
-            "ServiceConfig", "TrainOptions", "PredictOptions"} <= names, names
+            "ServiceConfig", "TrainOptions", "PredictOptions", "CompareOptions"} <= names, names
 
 
 def test_every_field_of_every_options_class_refuses_bad_values_by_name():

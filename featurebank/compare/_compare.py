@@ -134,7 +134,12 @@ def compare(train: str | Path, test: str | Path | None = None, *,
     log.info("TRAIN: %d labelled images in %d classes; %d backbone(s), %d pooling(s)",
              sum(labels.values()), len(labels), len(backbones), len(options.pools))
     from featurebank.compare._select import confirm, fit_choice, rank_by_logme, shortlist
-    from featurebank.compare._stores import embed_passes, load_matrices, time_feature_set
+    from featurebank.compare._stores import (
+        TIMED_IMAGES,
+        embed_passes,
+        load_matrices,
+        time_feature_set,
+    )
 
     passes = embed_passes(train_input, backbones, options.pools, work, options.batch_size,
                           progress)
@@ -151,7 +156,7 @@ def compare(train: str | Path, test: str | Path | None = None, *,
                   folds=options.folds, seed=options.seed)
     seconds["halving"] = time.perf_counter() - t
     t = time.perf_counter()
-    timed = [str(p) for p in mats.paths[:16]]
+    timed = [str(p) for p in mats.paths[:TIMED_IMAGES]]
     for s in picked:
         s.ms_per_image = time_feature_set(s.backbone, s.pool, s.cuts, timed, work,
                                           options.batch_size)

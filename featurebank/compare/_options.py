@@ -54,7 +54,7 @@ class CompareOptions:
     classifiers: tuple[str, ...] = option(CLASSIFIERS, Items(Options(CLASSIFIERS)),
                                           help="a classifier kind, its regularisation "
                                           "searched; repeat (default: all)")
-    top: int = option(6, Interval(int, 1, None),
+    top: int = option(4, Interval(int, 1, None),
                       help="feature sets, ranked by LogME, that go on to cross-validation")
     concat: bool = option(True, bool, help="also rank the concatenation of each backbone's two "
                           "best cuts")

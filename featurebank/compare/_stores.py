@@ -21,7 +21,7 @@ from featurebank.spec import FeatureSpec
 log = logging.getLogger("featurebank.compare")
 
 #: images timed per feature set (after one warm-up pass), and timed passes (the fastest counts)
-TIMED_IMAGES = 16
+TIMED_IMAGES = 8
 TIMED_PASSES = 2
 
 
