@@ -54,7 +54,7 @@ class TrainOptions:
 
     layers: tuple[str, ...] | None = option(None, Items(str), None, help="feature set by layer "
                                             "or fingerprint; repeat to concatenate")
-    classifier: str = option(CLASSIFIERS[0], Options((AUTO, *CLASSIFIERS)),
+    classifier: str = option(AUTO, Options((AUTO, *CLASSIFIERS)),
                              help="the classifier kind, or auto: chosen by cross-validation")
     shots: int | None = option(None, Interval(int, 1, None), None,
                                help="use only N labelled images per class")

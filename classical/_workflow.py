@@ -34,7 +34,7 @@ from featurebank.errors import FeaturebankError
 from featurebank.options import Interval, Options, check_value
 
 
-def train(store, layers=None, classifier: str = "logreg", shots: int | None = None,
+def train(store, layers=None, classifier: str = AUTO, shots: int | None = None,
           holdout: float = 0.0, baseline: bool = True, random_state: int = 0) -> TrainedClassifier:
     """Fit a probe on a store's labelled rows (optionally k per class, minus a held-out part).
 
@@ -72,11 +72,14 @@ def train(store, layers=None, classifier: str = "logreg", shots: int | None = No
                              base, info)
 
 
-def _auto(X, y, random_state: int) -> tuple[str, tuple[float], dict]:
+def _auto(X, y, random_state: int) -> tuple[str, tuple[float] | None, dict]:
     """The kind and C chosen by successive halving on cross-validation of the training rows,
-    with the evidence a saved model keeps (each candidate's last round)."""
+    with the evidence a saved model keeps (each candidate's last round). A class with a single
+    image leaves nothing to cross-validate: logistic regression then, as before ``auto``."""
     from featurebank.classical.selection import choose_classifier
 
+    if np.unique(y, return_counts=True)[1].min() < 2:
+        return "logreg", None, {"fallback": "a class has one image: nothing to cross-validate"}
     best, result = choose_classifier(X, y, random_state=random_state)
     evidence = [{"classifier": c.classifier, "C": c.C, "n": n, "cv_accuracy": m, "cv_std": sd}
                 for c in result.ranking() for n, m, sd in [result.last(c)]]

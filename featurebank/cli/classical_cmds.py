@@ -66,7 +66,8 @@ def register(sub) -> None:
     add_deprecated_flag(p, "--test-store", "--test", "test", metavar="STORE")
     add_option_flags(p, TrainOptions, only=("classifier", "holdout", "random_state"),
                      flags=_TRAIN_FLAGS, overrides={"holdout": {"default": 0.25},
-                                                    "classifier": {"choices": CLASSIFIERS}})
+                                                    "classifier": {"choices": CLASSIFIERS,
+                                                                   "default": CLASSIFIERS[0]}})
     register_flags(p, "sweep", {"holdout": "--holdout", "test_store": "--test"})
     p.add_argument("--report", default=None, metavar="DIR", help="write sweep.json and sweep.png")
     p.set_defaults(func=run_sweep)

@@ -27,8 +27,7 @@ class CompareOptions:
     classifiers : tuple of str
         Classifier kinds cross-validated, each with its regularisation searched.
     top : int
-        Feature sets (ranked by LogME) that go on to cross-validation; the best of each
-        backbone always does.
+        Feature sets (ranked by LogME) that go on to cross-validation.
     concat : bool
         Also rank the concatenation of the two best cuts of each backbone and pooling.
     folds : int
