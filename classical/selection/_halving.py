@@ -107,7 +107,7 @@ def successive_halving(matrices: Mapping[str, np.ndarray], y: np.ndarray,
         Stratified folds per evaluation (capped at the smallest class count of the part).
     min_rows : int, optional
         Rows of the first round (default: the full rows divided by ``factor`` once per round
-        needed, and at least ``folds`` per class).
+        needed, and at least ``2 * folds`` per class).
     random_state : int
         Seeds the row order and the folds.
     progress : callable, optional
@@ -134,7 +134,9 @@ def successive_halving(matrices: Mapping[str, np.ndarray], y: np.ndarray,
                                f"got {dict(zip(classes.tolist(), counts.tolist(), strict=True))}")
     # rounds so that the last one, on every row, compares at most `factor` candidates
     rounds = max(1, math.ceil(math.log(len(candidates), factor) - 1e-9))
-    floor = min(n, folds * len(classes))  # every fold can hold every class
+    # two images per class in every fold's held-out part: with one, a round's scores are too
+    # noisy to drop candidates on (measured: benchmarks/results/compare.json, digits)
+    floor = min(n, 2 * folds * len(classes))
     first = min_rows or max(floor, n // factor ** (rounds - 1))
     order = stratified_order(y, random_state)
     result = HalvingResult(list(candidates), {c: [] for c in candidates}, n, factor)
