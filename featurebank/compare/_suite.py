@@ -101,9 +101,9 @@ def run_suite(suite: str | Path, *, options: CompareOptions | None = None,
                                        "test_accuracy": (result.test or {}).get("accuracy")
                                        if s is result.chosen else None}
     for row in per_set.values():
-        ranks = [d["rank"] for d in row["datasets"].values()]
-        row["mean_rank"] = sum(ranks) / len(ranks)
-        row["complete"] = len(ranks) == len(entries)
+        places = [d["rank"] for d in row["datasets"].values()]
+        row["mean_rank"] = sum(places) / len(places)
+        row["complete"] = len(places) == len(entries)
     rows = sorted(per_set.values(), key=lambda r: (not r["complete"], r["mean_rank"]))
     table = {"suite": str(suite), "datasets": [e.name for e in entries], "rows": rows}
     write_json(table, report / "suite.json")
