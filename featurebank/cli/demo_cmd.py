@@ -2,8 +2,8 @@
 
 Real Fashion-MNIST images (Debian's dataset-fashion-mnist; scikit-learn's digits when absent)
 are written as PNG files in an ImageFolder layout, embedded with EfficientNet-Lite0 into a
-feature store, a linear probe is trained and evaluated on held-out images, side by side with
-the same classifier on raw pixels.
+feature store, a classifier is trained (its kind and C chosen by cross-validation) and evaluated
+on held-out images, side by side with the same classifier on raw pixels.
 """
 
 from __future__ import annotations
@@ -88,10 +88,12 @@ def run_demo(args) -> int:
         summary = embed_collection([str(work / "images" / split)], stores[split], layers=layers,
                                    progress=not args.no_progress)
         print(f"      {summary}")
-    print("[3/4] training a linear probe (C chosen on a validation split) and a raw-pixel baseline")
+    print("[3/4] training a classifier (kind and C chosen by cross-validation) and a raw-pixel "
+          "baseline")
     model = train(stores["train"], [*layers])
     model.save(work / "model.joblib")
-    print(f"      C={model.info['C']:g}, {model.info['n_train']} images, saved {work / 'model.joblib'}")
+    print(f"      {model.info['classifier']} C={model.info['C']:g}, {model.info['n_train']} images, "
+          f"saved {work / 'model.joblib'}")
     print("[4/4] evaluating on the held-out test images")
     result = evaluate(model, stores["test"], work / "report")
     print(f"accuracy: {result['accuracy']:.4f}")
