@@ -13,7 +13,9 @@ from featurebank.lazy import attach
 
 # public name -> the module that defines it
 _LAZY = {
+    "AUTO": "featurebank.classical._options",
     "CLASSIFIERS": "featurebank.classical._options",
+    "PROBABILITIES": "featurebank.classical._options",
     "EmbeddingTransformer": "featurebank.classical._transformer",
     "LabelledFeatures": "featurebank.classical._features",
     "LinearProbe": "featurebank.classical._probe",
@@ -45,8 +47,8 @@ _LAZY = {
     "read_exclusions": "featurebank.classical.audit",
 }
 
-__all__ = ["CLASSIFIERS", "EmbeddingTransformer", "LabelledFeatures", "LinearProbe",
-           "ONNX_KINDS", "OnnxClassifier", "SpecMismatchError", "TrainOptions",
+__all__ = ["AUTO", "CLASSIFIERS", "PROBABILITIES", "EmbeddingTransformer", "LabelledFeatures",
+           "LinearProbe", "ONNX_KINDS", "OnnxClassifier", "SpecMismatchError", "TrainOptions",
            "TrainedClassifier", "check_same_specs", "classifier_as_onnx", "cross_validate_probe",
            "evaluate", "fewshot_curve", "k_shot_indices", "labelled_only", "load_features",
            "load_trained", "pyplot", "raw_pixels", "save_figure", "sweep", "train",
@@ -63,7 +65,7 @@ if TYPE_CHECKING:
     )
     from featurebank.classical._model import TrainedClassifier, load_trained, raw_pixels
     from featurebank.classical._onnx_ops import ONNX_KINDS, OnnxClassifier, classifier_as_onnx
-    from featurebank.classical._options import CLASSIFIERS, TrainOptions
+    from featurebank.classical._options import AUTO, CLASSIFIERS, PROBABILITIES, TrainOptions
     from featurebank.classical._probe import LinearProbe, cross_validate_probe, k_shot_indices
     from featurebank.classical._report import pyplot, save_figure
     from featurebank.classical._transformer import EmbeddingTransformer

@@ -9,7 +9,18 @@ from featurebank.options import Interval, Items, Options, check_options, option
 
 #: Classifier kinds of :class:`featurebank.classical.LinearProbe` (``featurebank train
 #: --classifier``): the generated flags offer exactly these.
-CLASSIFIERS = ("logreg", "linear-svm", "rbf-svm")
+CLASSIFIERS = ("logreg", "linear-svm", "rbf-svm", "knn")
+#: What each kind's ``predict_proba`` is (``train`` and ``predict`` say it)
+PROBABILITIES = {
+    "logreg": "logistic regression's own probabilities",
+    "linear-svm": "a softmax of the SVM's decision scores (a ranking, not calibrated "
+                  "probabilities)",
+    "rbf-svm": "a softmax of the SVM's decision scores (a ranking, not calibrated "
+               "probabilities)",
+    "knn": "distance-weighted votes of the k nearest training images",
+}
+#: ``train``'s classifier that is no kind: the kind and its C chosen by cross-validation
+AUTO = "auto"
 #: What ``evaluate`` does with labels the classifier never saw.
 UNSEEN = ("error", "wrong")
 
@@ -27,7 +38,9 @@ class TrainOptions:
         Feature sets by layer or fingerprint; several are concatenated. None: the store's only
         feature set.
     classifier : str
-        The classifier kind, one of :data:`CLASSIFIERS`.
+        The classifier kind, one of :data:`CLASSIFIERS`, or ``'auto'``: the kind and its C (k
+        for knn) chosen by successive halving with 5-fold cross-validation on the training
+        rows.
     shots : int, optional
         Use only this many labelled images per class (k-shot). None: all of them.
     holdout : float
@@ -41,7 +54,8 @@ class TrainOptions:
 
     layers: tuple[str, ...] | None = option(None, Items(str), None, help="feature set by layer "
                                             "or fingerprint; repeat to concatenate")
-    classifier: str = option(CLASSIFIERS[0], Options(CLASSIFIERS), help="the classifier kind")
+    classifier: str = option(AUTO, Options((AUTO, *CLASSIFIERS)),
+                             help="the classifier kind, or auto: chosen by cross-validation")
     shots: int | None = option(None, Interval(int, 1, None), None,
                                help="use only N labelled images per class")
     holdout: float = option(0.0, Interval(float, 0, 1, "left"))

@@ -13,6 +13,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold, cross_val_score, train_test_split
+from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import Normalizer, StandardScaler
 from sklearn.svm import SVC, LinearSVC
@@ -24,7 +25,8 @@ from featurebank.errors import OptionError
 from featurebank.options import Interval, Items, Options, check_params
 
 DEFAULT_CS = {"logreg": (1e-3, 1e-2, 1e-1, 1.0, 10.0), "linear-svm": (1e-4, 1e-3, 1e-2, 1e-1, 1.0),
-              "rbf-svm": (1.0, 3.0, 10.0, 30.0)}
+              "rbf-svm": (1.0, 3.0, 10.0, 30.0),
+              "knn": (1, 3, 5, 10, 20)}  # for knn the "C" is the number of neighbours
 
 
 class LinearProbe(ClassifierMixin, BaseEstimator):
@@ -32,10 +34,13 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
 
     Parameters
     ----------
-    classifier : {'logreg', 'linear-svm', 'rbf-svm'}
-        L-BFGS logistic regression, ``LinearSVC``, or ``SVC(kernel='rbf')``.
+    classifier : {'logreg', 'linear-svm', 'rbf-svm', 'knn'}
+        L-BFGS logistic regression, ``LinearSVC``, ``SVC(kernel='rbf')``, or k-nearest
+        neighbours (Euclidean on the standardised features, votes weighted by distance).
     Cs : sequence of float, optional
         Candidate C values (log-spaced defaults per classifier). One value skips the sweep.
+        For ``knn`` they are numbers of neighbours k (its regularisation: larger is smoother),
+        capped at the number of training rows.
     val_size : float
         Fraction of the training data held out to choose C (stratified); unused with ``cv``.
     cv : int, optional
@@ -83,7 +88,7 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         self.cv = cv
         self.normalize = normalize
 
-    def _make(self, C: float):
+    def _make(self, C: float, n_train: int | None = None):
         if self.classifier == "logreg":
             clf = LogisticRegression(C=C, max_iter=self.max_iter, class_weight=self.class_weight)
         elif self.classifier == "linear-svm":
@@ -92,6 +97,12 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         elif self.classifier == "rbf-svm":
             clf = SVC(C=C, kernel="rbf", gamma="scale", class_weight=self.class_weight,
                       random_state=self.random_state)
+        elif self.classifier == "knn":
+            if self.class_weight is not None:
+                raise OptionError("class_weight", "does not apply to knn; leave it None",
+                                  owner=type(self).__name__)
+            k = max(1, int(round(C)))
+            clf = KNeighborsClassifier(n_neighbors=min(k, n_train or k), weights="distance")
         else:  # fit checked it against CLASSIFIERS: a kind added there needs a branch here
             raise OptionError("classifier", f"{self.classifier!r} has no implementation",
                               owner=type(self).__name__)
@@ -113,17 +124,19 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         if len(Cs) > 1 and self.cv is not None and folds >= 2:
             splits = StratifiedKFold(folds, shuffle=True, random_state=self.random_state)
             for C in Cs:
-                self.val_scores_[C] = float(cross_val_score(self._make(C), X, y, cv=splits).mean())
+                n_fit = len(y) - int(np.ceil(len(y) / folds))  # the smallest training fold
+                self.val_scores_[C] = float(cross_val_score(self._make(C, n_fit), X, y,
+                                                            cv=splits).mean())
         elif len(Cs) > 1 and self.cv is None and counts.min() >= 2 and n_val >= len(self.classes_):
             Xtr, Xval, ytr, yval = train_test_split(X, y, test_size=n_val, stratify=y,
                                                     random_state=self.random_state)
             for C in Cs:
-                self.val_scores_[C] = float(self._make(C).fit(Xtr, ytr).score(Xval, yval))
+                self.val_scores_[C] = float(self._make(C, len(ytr)).fit(Xtr, ytr).score(Xval, yval))
         if self.val_scores_:  # ties: the C nearest 1
             self.C_ = max(Cs, key=lambda c: (self.val_scores_[c], -abs(np.log10(c))))
         else:  # too few samples to hold any out: the middle of the sweep
             self.C_ = Cs[len(Cs) // 2]
-        self.pipeline_ = self._make(self.C_).fit(X, y)
+        self.pipeline_ = self._make(self.C_, len(y)).fit(X, y)
         self.n_iter_ = int(np.max(getattr(self.pipeline_[-1], "n_iter_", 1)))
         return self
 
@@ -136,11 +149,12 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         return self.pipeline_.predict(validate_data(self, X, reset=False, dtype=np.float32))
 
     def predict_proba(self, X):
-        """Class probabilities: logistic regression's own; for SVMs a softmax of the decision
-        scores (a ranking, not calibrated probabilities)."""
+        """Class probabilities: logistic regression's own, k-nearest neighbours' distance-weighted
+        votes; for SVMs a softmax of the decision scores (a ranking, not calibrated
+        probabilities)."""
         check_is_fitted(self)
         X = validate_data(self, X, reset=False, dtype=np.float32)
-        if self.classifier == "logreg":
+        if self.classifier in ("logreg", "knn"):
             return self.pipeline_.predict_proba(X)
         scores = self.pipeline_.decision_function(X)
         if scores.ndim == 1:

@@ -22,7 +22,7 @@ from featurebank.classical._features import (
     open_store,
 )
 from featurebank.classical._model import TrainedClassifier, check_images, raw_pixels
-from featurebank.classical._options import UNSEEN, TrainOptions
+from featurebank.classical._options import AUTO, CLASSIFIERS, UNSEEN, TrainOptions
 from featurebank.classical._probe import LinearProbe, k_shot_indices
 from featurebank.classical._report import (
     metrics,
@@ -35,7 +35,7 @@ from featurebank.errors import FeaturebankError
 from featurebank.options import Interval, Options, check_value
 
 
-def train(store, layers=None, classifier: str = "logreg", shots: int | None = None,
+def train(store, layers=None, classifier: str = AUTO, shots: int | None = None,
           holdout: float = 0.0, baseline: bool = True, random_state: int = 0,
           exclude: Iterable[str] = ()) -> TrainedClassifier:
     """Fit a probe on a store's labelled rows (optionally k per class, minus a held-out part).
@@ -43,6 +43,9 @@ def train(store, layers=None, classifier: str = "logreg", shots: int | None = No
     With ``baseline``, a raw-pixel classifier is fitted on the same images, re-read from the
     paths the store holds; missing images are reported before anything is fitted. The
     parameters are those of :class:`~featurebank.classical.TrainOptions` (checked there).
+    ``classifier="auto"`` chooses the kind and its C (k for knn) by successive halving with
+    5-fold cross-validation on the training rows (``info["auto"]`` keeps every candidate's
+    score); the baseline then uses the chosen kind.
     Rows whose content key is in ``exclude`` (:func:`read_exclusions`, ``--exclude``) are left
     out; those of the store are recorded in the classifier, and :func:`evaluate` skips them.
     """
@@ -58,15 +61,21 @@ def train(store, layers=None, classifier: str = "logreg", shots: int | None = No
         data = _take(data, k_shot_indices(data.y, shots, random_state))
     if baseline:
         check_images(data.paths, f"store {store}")
-    probe = _quiet_fit(LinearProbe(classifier=classifier, random_state=random_state), data.X, data.y)
+    info: dict = {"classifier": classifier, "shots": shots, "n_train": int(len(data.y))}
+    Cs = None
+    if classifier == AUTO:
+        classifier, Cs, info["auto"] = _auto(data.X, data.y, random_state)
+        info.update(classifier=classifier, chosen_by="auto")
+    probe = _quiet_fit(LinearProbe(classifier=classifier, Cs=Cs, random_state=random_state),
+                       data.X, data.y)
     base = None
-    if baseline:
+    if baseline:  # the same kind, its C chosen on the pixels
         base = _quiet_fit(LinearProbe(classifier=classifier, random_state=random_state),
                           raw_pixels(data.paths), data.y)
-    return TrainedClassifier(probe, data.specs, [str(c) for c in probe.classes_], set(data.keys), base,
-                        {"classifier": classifier, "shots": shots, "n_train": int(len(data.y)),
-                         "C": probe.C_, "val_scores": {str(k): v for k, v in probe.val_scores_.items()},
-                         "excluded": len(excluded)}, excluded)
+    info.update(C=probe.C_, val_scores={str(k): v for k, v in probe.val_scores_.items()},
+                excluded=len(excluded))
+    return TrainedClassifier(probe, data.specs, [str(c) for c in probe.classes_], set(data.keys),
+                             base, info, excluded)
 
 
 def _without(data: LabelledFeatures, exclude: frozenset[str]) -> tuple[LabelledFeatures, set[str]]:
@@ -78,6 +87,20 @@ def _without(data: LabelledFeatures, exclude: frozenset[str]) -> tuple[LabelledF
         raise FeaturebankError(f"exclude leaves out all {len(drop)} labelled rows; nothing "
                                "is left to train on")
     return _take(data, np.flatnonzero(~drop)), set(data.keys[drop])
+
+
+def _auto(X, y, random_state: int) -> tuple[str, tuple[float] | None, dict]:
+    """The kind and C chosen by successive halving on cross-validation of the training rows,
+    with the evidence a saved model keeps (each candidate's last round). A class with a single
+    image leaves nothing to cross-validate: logistic regression then, as before ``auto``."""
+    from featurebank.classical.selection import choose_classifier
+
+    if np.unique(y, return_counts=True)[1].min() < 2:
+        return "logreg", None, {"fallback": "a class has one image: nothing to cross-validate"}
+    best, result = choose_classifier(X, y, random_state=random_state)
+    evidence = [{"classifier": c.classifier, "C": c.C, "n": n, "cv_accuracy": m, "cv_std": sd}
+                for c in result.ranking() for n, m, sd in [result.last(c)]]
+    return best.classifier, (best.C,), {"folds": 5, "candidates": evidence}
 
 
 def _quiet_fit(probe: LinearProbe, X, y) -> LinearProbe:
@@ -216,6 +239,8 @@ def sweep(store, test_store=None, classifier: str = "logreg", holdout: float = 0
     the cost grows along the table and the plot.
     """
     TrainOptions(classifier=classifier, random_state=random_state)
+    # one kind for every row: 'auto' would choose per row and compare unlike probes
+    check_value("classifier", classifier, Options(CLASSIFIERS), owner="sweep")
     if test_store is None:  # scored on a split: it must hold images
         check_value("holdout", holdout, Interval(float, 0, 1, "neither"), owner="sweep")
     sets = _by_depth(open_store(store).feature_sets())

@@ -19,7 +19,8 @@ OPTION_MODULES = ("featurebank.spec", "featurebank.extractor._options",
                   "featurebank.extractor.sources._options", "featurebank.finetune._options",
                   "featurebank.service.config", "featurebank.classical._options",
                   "featurebank.predict", "featurebank.demo", "featurebank.deploy._options",
-                  "featurebank.extractor.search._options", "featurebank.classical.audit._options")
+                  "featurebank.extractor.search._options", "featurebank.classical.audit._options",
+                  "featurebank.compare._options")
 #: Required arguments of classes that have some.
 def _required() -> dict:
     from featurebank.spec import ModelSpec
@@ -83,12 +84,13 @@ def test_every_option_module_is_walked():
     walked = {"featurebank/spec.py", "extractor/_options.py", "extractor/sources/_options.py",
               "finetune/_options.py", "featurebank/service/config.py", "classical/_options.py",
               "featurebank/predict.py", "featurebank/demo.py", "featurebank/deploy/_options.py",
-              "extractor/search/_options.py", "classical/audit/_options.py"}
+              "extractor/search/_options.py", "classical/audit/_options.py",
+              "featurebank/compare/_options.py"}
     assert declaring == walked
     names = {cls.__name__ for cls in _options_classes()}
     assert {"FeatureOptions", "Preprocessing", "EmbedRun", "SourceOptions", "FinetuneOptions",
             "ServiceConfig", "TrainOptions", "PredictOptions", "DemoOptions",
-            "DeployOptions", "SearchOptions", "AuditOptions"} <= names, names
+            "DeployOptions", "SearchOptions", "AuditOptions", "CompareOptions"} <= names, names
 
 
 def test_every_field_of_every_options_class_refuses_bad_values_by_name():

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -52,7 +53,10 @@ def test_embed_train_evaluate_predict_sweep_from_elsewhere(model_cache, tmp_path
 
     # from another folder: the baseline re-reads the images through the stored paths
     out = _fb(elsewhere, "train", "../work/train.h5", "-o", "model.joblib", *layers)
-    assert "trained logreg on 30 images, 3 classes" in out
+    # the default kind is chosen by cross-validation, and the output says which and how
+    assert re.search(r"trained (logreg|linear-svm|rbf-svm|knn) \(chosen by 5-fold cross-"
+                     r"validation on the training images\) on 30 images, 3 classes", out), out
+    assert "probabilities: " in out
     out = _fb(elsewhere, "evaluate", "model.joblib", "../work/test.h5", "--report", "report")
     metrics = json.loads((elsewhere / "report" / "metrics.json").read_text())
     assert metrics["n"] == 15 and metrics["accuracy"] > 0.5

@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "featurebank.cli.finetune_cmd",  # finetune
     "featurebank.cli.deploy_cmd",  # deploy
     "featurebank.cli.audit_cmds",  # neighbors, audit
+    "featurebank.cli.compare_cmd",  # compare
 )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from featurebank.classical import TrainOptions
+from featurebank.classical import CLASSIFIERS, TrainOptions
 from featurebank.cli.flags import (
     add_deprecated_flag,
     add_option_flags,
@@ -70,7 +70,9 @@ def register(sub) -> None:
                    help="score on this store instead of a --holdout split")
     add_deprecated_flag(p, "--test-store", "--test", "test", metavar="STORE")
     add_option_flags(p, TrainOptions, only=("classifier", "holdout", "random_state"),
-                     flags=_TRAIN_FLAGS, overrides={"holdout": {"default": 0.25}})
+                     flags=_TRAIN_FLAGS, overrides={"holdout": {"default": 0.25},
+                                                    "classifier": {"choices": CLASSIFIERS,
+                                                                   "default": CLASSIFIERS[0]}})
     register_flags(p, "sweep", {"holdout": "--holdout", "test_store": "--test"})
     p.add_argument("--report", default=None, metavar="DIR", help="write sweep.json and sweep.png")
     p.set_defaults(func=run_sweep)
@@ -79,7 +81,7 @@ def register(sub) -> None:
 def run_train(args) -> int:
     from dataclasses import asdict
 
-    from featurebank.classical import train
+    from featurebank.classical import PROBABILITIES, train
 
     check_writable(args.output)
     options = options_from_args(TrainOptions, args)
@@ -91,10 +93,15 @@ def run_train(args) -> int:
     classifier = train(args.store, **asdict(options), exclude=exclude)
     classifier.save(args.output)
     info = classifier.info
-    print(f"trained {options.classifier} on {info['n_train']} images, "
+    kind = info["classifier"]
+    chosen = " (chosen by 5-fold cross-validation on the training images)" if (
+        options.classifier == "auto") else ""
+    reg = f"k={info['C']:g}" if kind == "knn" else f"C={info['C']:g}"
+    print(f"trained {kind}{chosen} on {info['n_train']} images, "
           f"{len(classifier.classes)} classes, "
-          f"features {', '.join(s.describe() for s in classifier.specs)}; C={info['C']:g}"
+          f"features {', '.join(s.describe() for s in classifier.specs)}; {reg}"
           + (f"; {info['excluded']} rows excluded" if info.get("excluded") else ""))
+    print(f"probabilities: {PROBABILITIES[kind]}")
     print(f"wrote {args.output}")
     return 0
 
@@ -128,12 +135,26 @@ def run_predict(args) -> int:
     from featurebank.predict import load_classifier, predict_images
 
     options = options_from_args(PredictOptions, args)
+    classifier = load_classifier(args.classifier)
+    _say_what_probabilities_are(classifier)
     status = 0
-    for answer in predict_images(load_classifier(args.classifier), args.images,
+    for answer in predict_images(classifier, args.images,
                                  top=options.top, model=options.model):
         print(json.dumps(answer.to_dict()) if args.json else answer.to_line(), flush=True)
         status = status or (1 if answer.error is not None else 0)
     return status
+
+
+def _say_what_probabilities_are(classifier) -> None:
+    """One log line (stderr): the classifier's kind and what its probabilities are."""
+    import logging
+
+    from featurebank.classical import PROBABILITIES
+
+    kind = (getattr(classifier, "info", None) or {}).get("classifier")
+    if kind in PROBABILITIES:
+        logging.getLogger("featurebank.predict").info(
+            "classifier: %s; its probabilities are %s", kind, PROBABILITIES[kind])
 
 
 def run_sweep(args) -> int:

@@ -1,0 +1,204 @@
+"""``featurebank compare`` against the exhaustive baseline, on several labelled image sets.
+
+    python -m benchmarks.compare [--train 200] [--test 300] [--datasets fashion-mnist digits textures]
+
+Per data set: ``compare`` (LogME ranking, successive halving on 5-fold CV of TRAIN, TEST read
+once) and the exhaustive baseline (every feature set x every classifier kind x every C
+cross-validated on the same stores, the best CV figure chosen). Both embed TRAIN once per
+backbone; that time is counted on both sides. Reported: the TEST accuracy of each side's choice,
+the best TEST figure any feature set reaches (each with its own CV-chosen classifier), the wall
+time ratio, and Kendall's tau between LogME and CV accuracy over every feature set.
+Backbones: EfficientNet-Lite0/1/2 (registry) and Lite0 exported at 160 px as an ONNX file (the
+file form of a backbone).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks._common import markdown, write_result
+
+CUTS = ("blocks.11", "blocks.13", "blocks.15", "head")
+FOLDS = 5
+
+
+def _textures(n_train: int, n_test: int):
+    """scikit-image's brick, grass, gravel and moon photos as 4 texture classes: 64 px crops
+    (rotated by multiples of 90 degrees) from the upper half for TRAIN, the lower half for TEST,
+    so no pixel is in both."""
+    from skimage import data
+
+    rng = np.random.default_rng(0)
+    classes = ("brick", "grass", "gravel", "moon")
+    out = {}
+    for split, n, rows in (("train", n_train, (0, 192)), ("test", n_test, (256, 448))):
+        images, labels = [], []
+        for label, name in enumerate(classes):
+            photo = getattr(data, name)()
+            for _ in range(n // len(classes)):
+                r, c = rng.integers(*rows), rng.integers(0, photo.shape[1] - 64)
+                images.append(np.rot90(photo[r:r + 64, c:c + 64], rng.integers(4)))
+                labels.append(label)
+        out[split] = (np.stack(images), np.array(labels))
+    return out, list(classes)
+
+
+def _dataset(name: str, n_train: int, n_test: int):
+    from featurebank.datasets import (
+        FASHION_CLASSES,
+        load_digits_images,
+        load_fashion_mnist,
+        subsample,
+    )
+
+    if name == "textures":
+        return _textures(n_train, n_test)
+    if name == "fashion-mnist":
+        tr, te = load_fashion_mnist("train"), load_fashion_mnist("test")
+        classes = FASHION_CLASSES
+    else:
+        from sklearn.model_selection import train_test_split
+
+        X, y = load_digits_images()
+        a, b = train_test_split(np.arange(len(y)), test_size=0.5, stratify=y, random_state=0)
+        tr, te = (X[a], y[a]), (X[b], y[b])
+        classes = None
+    i, j = subsample(tr[1], n_train), subsample(te[1], n_test)
+    return {"train": (tr[0][i], tr[1][i]), "test": (te[0][j], te[1][j])}, classes
+
+
+def _exhaustive(result, work: Path, test_root: Path, seed: int) -> dict:
+    """Every feature set x kind x C by 5-fold CV on the same stores; the test figure of every
+    set with its CV-best classifier (oracle: TEST is read for every set here)."""
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    from threadpoolctl import threadpool_limits
+
+    from featurebank import embed_collection
+    from featurebank.classical import load_features
+    from featurebank.classical.selection import default_candidates
+
+    rows, t_cv = [], 0.0
+    for s in result.sets:
+        store = work / f"{s.backbone.label}-{s.pool}.h5"
+        data = load_features(store, fingerprints=[sp.fingerprint() for sp in s.specs])
+        start = time.perf_counter()
+        scores = {}
+        folds = StratifiedKFold(FOLDS, shuffle=True, random_state=seed)
+        for c in default_candidates(["X"], result.options.classifiers):
+            with warnings.catch_warnings(), threadpool_limits(1):
+                warnings.simplefilter("ignore")
+                cv = cross_val_score(c.estimator(seed), data.X, data.y, cv=folds)
+            scores[c] = (float(cv.mean()), float(cv.std()))
+        best = max(scores, key=lambda c: scores[c][0])
+        with warnings.catch_warnings(), threadpool_limits(1):
+            warnings.simplefilter("ignore")
+            fitted = best.estimator(seed).fit(data.X, data.y)
+        t_cv += time.perf_counter() - start
+        test_store = work / f"oracle-test-{s.backbone.label}-{s.pool}.h5"
+        embed_collection([str(test_root)], test_store, s.backbone.model, layers=s.cuts,
+                         pool=s.pool, progress=False)
+        test = load_features(test_store, fingerprints=[sp.fingerprint() for sp in s.specs])
+        rows.append({"feature_set": s.name, "logme": s.logme, "cv_accuracy": scores[best][0],
+                     "cv_std": scores[best][1], "classifier": best.classifier, "C": best.C,
+                     "test_accuracy": float(fitted.score(test.X, test.y))})
+    return {"rows": rows, "cv_seconds": t_cv}
+
+
+def run_one(name: str, n_train: int, n_test: int, models: list[str], root: Path,
+            seed: int) -> dict:
+    from scipy.stats import kendalltau, weightedtau
+
+    from featurebank.compare import CompareOptions, compare
+    from featurebank.datasets import write_image_folder
+
+    splits, classes = _dataset(name, n_train, n_test)
+    folders = {}
+    for split, (X, y) in splits.items():
+        folders[split] = write_image_folder(X, y, root / name / split, classes)
+    work = root / name / "work"
+    options = CompareOptions(models=tuple(models), layers=CUTS, seed=seed)
+    started = time.perf_counter()
+    result = compare(folders["train"], folders["test"], options=options, work_dir=work,
+                     output=root / name / "chosen.joblib", progress=False)
+    wall = time.perf_counter() - started
+    embed_s = sum(p["seconds"] for p in result.passes)
+    test_s = result.seconds.get("test", 0.0)
+    base = _exhaustive(result, work, folders["test"], seed)
+    rows = base["rows"]
+    chosen_base = max(rows, key=lambda r: r["cv_accuracy"])
+    logme = [r["logme"] for r in rows]
+    cv = [r["cv_accuracy"] for r in rows]
+    compare_s = wall - test_s  # TEST is scored once on either side: left out of both
+    baseline_s = embed_s + base["cv_seconds"]
+    out = {
+        "dataset": name, "train_images": int(len(splits["train"][1])),
+        "test_images": int(len(splits["test"][1])), "classes": int(len(set(splits["train"][1]))),
+        "feature_sets": len(rows), "candidates_per_set": len(result.selection.history) // max(
+            1, sum(1 for s in result.sets if s.cv)),
+        "compare": {"chosen": result.chosen.name, "classifier": result.selection.classifier,
+                    "C": result.selection.C, "cv_accuracy": result.chosen.cv["accuracy"],
+                    "test_accuracy": result.test["accuracy"],
+                    "test_interval": result.test["interval"], "seconds": round(compare_s, 1),
+                    "selection_seconds": round(compare_s - embed_s, 1),
+                    "steps_seconds": {k: round(v, 1) for k, v in result.seconds.items()}},
+        "exhaustive": {"chosen": chosen_base["feature_set"],
+                       "classifier": chosen_base["classifier"], "C": chosen_base["C"],
+                       "cv_accuracy": chosen_base["cv_accuracy"],
+                       "test_accuracy": chosen_base["test_accuracy"],
+                       "seconds": round(baseline_s, 1),
+                       "selection_seconds": round(base["cv_seconds"], 1)},
+        "embed_seconds": round(embed_s, 1),
+        "best_test_any_feature_set": max(r["test_accuracy"] for r in rows),
+        "test_gap_points": round(100 * (chosen_base["test_accuracy"]
+                                        - result.test["accuracy"]), 2),
+        "wall_time_ratio": round(baseline_s / compare_s, 2),
+        "selection_time_ratio": round(base["cv_seconds"] / max(compare_s - embed_s, 1e-9), 2),
+        "kendall_tau_logme_cv": round(float(kendalltau(logme, cv).statistic), 3),
+        "weighted_tau_logme_cv": round(float(weightedtau(logme, cv).statistic), 3),
+        "rows": rows,
+    }
+    print(markdown([{k: out[k] for k in ("dataset", "test_gap_points", "wall_time_ratio",
+                                         "kendall_tau_logme_cv", "best_test_any_feature_set")}],
+                   ["dataset", "test_gap_points", "wall_time_ratio", "kendall_tau_logme_cv",
+                    "best_test_any_feature_set"]), flush=True)
+    return out
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--train", type=int, default=200, help="TRAIN images per data set")
+    ap.add_argument("--test", type=int, default=300, help="TEST images per data set")
+    ap.add_argument("--datasets", nargs="+", default=["fashion-mnist", "digits"],
+                    choices=["fashion-mnist", "digits", "textures"])
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default="compare")
+    args = ap.parse_args(argv)
+    from featurebank.export import ensure_exported
+
+    models = ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2",
+              str(ensure_exported("efficientnet_lite0", input_size=160))]
+    root = Path(tempfile.mkdtemp(prefix="fb-compare-bench-"))
+    try:
+        results = [run_one(name, args.train, args.test, models, root, args.seed)
+                   for name in args.datasets]
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    write_result(args.out, {
+        "backbones": ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2",
+                      "efficientnet_lite0 at 160 px (exported ONNX file)"],
+        "cuts": list(CUTS), "folds": FOLDS, "seed": args.seed, "datasets": results,
+        "mean": {k: round(float(np.mean([r[k] for r in results])), 3)
+                 for k in ("test_gap_points", "wall_time_ratio", "selection_time_ratio",
+                           "kendall_tau_logme_cv")},
+        "goals": {"test_gap_points": "<= 1", "wall_time_ratio": ">= 5"}})
+
+
+if __name__ == "__main__":
+    main()

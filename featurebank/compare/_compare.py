@@ -1,0 +1,220 @@
+"""``compare``: rank backbones, cuts, poolings and classifiers on TRAIN; read TEST once.
+
+The order of the work is the protocol (VTAB-1k's: choose on the training split, test once):
+1. every check that can fail (backbones, cuts, labels, the output) before a file is written;
+2. one pass per backbone and pooling into the work folder's stores (resumable);
+3. LogME ranks every feature set from the stored features, in seconds;
+4. successive halving cross-validates the shortlisted sets with every classifier kind and its
+   regularisation on TRAIN, and chooses;
+5. the choice is fitted on all of TRAIN, TEST is embedded for it alone and scored once;
+6. the report, and the classifier file with the choice and its evidence inside.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from featurebank.compare._candidates import check_collection, is_store, resolve_backbones
+from featurebank.compare._options import CompareOptions
+from featurebank.compare._report import (
+    plot_accuracy_vs_ms,
+    table,
+    wilson_interval,
+    write_json,
+)
+from featurebank.compare._select import FeatureSet, Selection
+from featurebank.errors import FeaturebankError
+
+log = logging.getLogger("featurebank.compare")
+
+
+@dataclass
+class CompareResult:
+    """Every feature set ranked, the choice, its classifier and its one TEST figure."""
+
+    sets: list[FeatureSet]
+    selection: Selection
+    classifier: Any  #: featurebank.classical.TrainedClassifier
+    test: dict | None
+    seconds: dict[str, float]
+    passes: list[dict] = field(default_factory=list)
+    options: CompareOptions = field(default_factory=CompareOptions)
+
+    @property
+    def chosen(self) -> FeatureSet:
+        return self.selection.chosen
+
+    def table(self) -> str:
+        return table(self.sets, self.chosen)
+
+    def choice(self) -> dict:
+        s, sel = self.chosen, self.selection
+        return {"feature_set": s.name, "backbone": s.backbone.name, "cuts": list(s.cuts),
+                "pool": s.pool, "classifier": sel.classifier, "C": sel.C, "cv": s.cv,
+                "logme": s.logme, "ms_per_image": s.ms_per_image, "test": self.test}
+
+    def to_dict(self) -> dict:
+        from dataclasses import asdict
+
+        return {"options": asdict(self.options), "chosen": self.choice(),
+                "feature_sets": [s.to_dict() for s in self.sets],
+                "halving": self.selection.history, "passes": self.passes,
+                "seconds": self.seconds}
+
+    def conclusion(self) -> str:
+        sel, s = self.selection, self.chosen
+        reg = "k" if sel.classifier == "knn" else "C"
+        cv = s.cv or {}  # the chosen set was always cross-validated
+        text = (f"{s.name}, {sel.classifier} {reg}={sel.C:g}: CV accuracy "
+                f"{cv['accuracy']:.4f} +- {cv['std']:.4f} on TRAIN")
+        if self.test:
+            lo, hi = self.test["interval"]
+            text += (f"; TEST accuracy {self.test['accuracy']:.4f} (95 % Wilson interval "
+                     f"{lo:.4f}-{hi:.4f}, {self.test['n']} images)")
+        return text
+
+
+def _check_output(path: Path | None, what: str) -> None:
+    if path is None:
+        return
+    folder = path.parent
+    if not folder.is_dir():
+        raise FeaturebankError(f"cannot write {what} {path}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise FeaturebankError(f"cannot write {what} {path}: permission denied")
+
+
+def compare(train: str | Path, test: str | Path | None = None, *,
+            options: CompareOptions | None = None, output: str | Path | None = None,
+            report: str | Path | None = None, work_dir: str | Path | None = None,
+            progress: bool = True) -> CompareResult:
+    """Rank and choose a backbone, cut, pooling and classifier on TRAIN; score TEST once.
+
+    Parameters
+    ----------
+    train, test : path
+        Folders (one sub-folder per class), list files or stores of labelled images. A store
+        stands for the images it holds (they are embedded again by every backbone).
+    options : CompareOptions
+    output : path, optional
+        The chosen classifier's file (``.joblib``): ``featurebank predict``, ``serve`` and
+        ``evaluate`` use it; its ``info["compare"]`` holds the choice and the table.
+    report : path, optional
+        Folder for ``compare.json`` (every candidate) and ``compare.png`` (accuracy vs ms).
+    work_dir : path, optional
+        Where the stores are (default: ``OUTPUT.work`` beside the output, else
+        ``compare-work``); a second run with the same folder embeds nothing again.
+    progress : bool
+        Progress of the embedding passes.
+    """
+    options = options or CompareOptions()
+    clock = {"start": time.perf_counter()}
+    output = Path(output) if output is not None else None
+    if output is not None and output.suffix.lower() != ".joblib":
+        raise FeaturebankError(f"-o {output}: the chosen classifier is a .joblib file")
+    _check_output(output, "the classifier")
+    work = Path(work_dir) if work_dir else (output.with_suffix(".work") if output
+                                            else Path("compare-work"))
+    _check_output(work, "the work folder")
+    if report is not None:
+        _check_output(Path(report), "the report folder")
+    train, test = str(train), (str(test) if test is not None else None)
+    check_collection(train, "TRAIN")
+    if test is not None:
+        check_collection(test, "TEST")
+    backbones = resolve_backbones(options.models, options.layers)
+    # every check passed: the work starts
+    work.mkdir(exist_ok=True)
+    train_input, labels = check_collection(train, "TRAIN", work)
+    log.info("TRAIN: %d labelled images in %d classes; %d backbone(s), %d pooling(s)",
+             sum(labels.values()), len(labels), len(backbones), len(options.pools))
+    from featurebank.compare._select import confirm, fit_choice, rank_by_logme, shortlist
+    from featurebank.compare._stores import (
+        TIMED_IMAGES,
+        embed_passes,
+        load_matrices,
+        time_feature_set,
+    )
+
+    passes = embed_passes(train_input, backbones, options.pools, work, options.batch_size,
+                          progress)
+    seconds = {"embed": time.perf_counter() - clock["start"]}
+    mats = load_matrices(passes)
+    t = time.perf_counter()
+    ranked = rank_by_logme(passes, mats, options.concat)
+    seconds["logme"] = time.perf_counter() - t
+    log.info("LogME ranked %d feature sets in %.1f s; best: %s", len(ranked), seconds["logme"],
+             ranked[0].name)
+    t = time.perf_counter()
+    picked = shortlist(ranked, options.top)
+    sel = confirm(picked, mats, options.classifiers, factor=options.factor,
+                  folds=options.folds, seed=options.seed)
+    seconds["halving"] = time.perf_counter() - t
+    t = time.perf_counter()
+    timed = [str(p) for p in mats.paths[:TIMED_IMAGES]]
+    for s in picked:
+        s.ms_per_image = time_feature_set(s.backbone, s.pool, s.cuts, timed, work,
+                                          options.batch_size)
+    seconds["timing"] = time.perf_counter() - t
+    estimator = fit_choice(sel, mats, options.seed)
+    result = CompareResult(ranked, sel, None, None, seconds,
+                           [{"backbone": p.backbone.name, "pool": p.pool, "store": str(p.store),
+                             "embedded": p.embedded, "cached": p.cached, "seconds": p.seconds}
+                            for p in passes], options)
+    result.classifier = _classifier(result, estimator, mats)
+    if test is not None:
+        t = time.perf_counter()
+        result.test = _score_test_once(result, test, work, options, progress)
+        seconds["test"] = time.perf_counter() - t
+        result.classifier.info["compare"]["test"] = result.test
+    seconds["total"] = time.perf_counter() - clock["start"]
+    if report is not None:
+        folder = Path(report)
+        folder.mkdir(exist_ok=True)
+        write_json(result.to_dict(), folder / "compare.json")
+        plot_accuracy_vs_ms(result.sets, result.chosen, folder / "compare.png")
+    if output is not None:
+        result.classifier.save(output)
+    return result
+
+
+def _classifier(result: CompareResult, estimator, mats):
+    from featurebank.classical import TrainedClassifier
+
+    s, sel = result.chosen, result.selection
+    info = {"classifier": sel.classifier, "C": sel.C, "n_train": int(len(mats.y)),
+            "val_scores": {}, "chosen_by": "featurebank compare",
+            "compare": {**result.choice(),
+                        "table": [x.to_dict() for x in result.sets if x.cv is not None]}}
+    if s.backbone.is_file:
+        info["onnx_path"] = s.backbone.model
+    return TrainedClassifier(estimator, list(s.specs), [str(c) for c in estimator.classes_],
+                        set(mats.keys), None, info)
+
+
+def _score_test_once(result: CompareResult, test: str, work: Path, options: CompareOptions,
+                     progress: bool) -> dict:
+    """Embed TEST for the chosen feature set only, and score the chosen classifier once."""
+    from featurebank.classical import evaluate
+    from featurebank.compare._stores import _extractor
+    from featurebank.extractor import EmbedRun, embed_collection
+
+    s = result.chosen
+    test_input = test
+    if is_store(test):
+        test_input, _ = check_collection(test, "TEST", work)
+    store = work / f"test-{s.backbone.label}-{s.pool}.h5"
+    ex = _extractor(s.backbone, s.pool, s.cuts, options.batch_size)
+    embed_collection([test_input], store, extractor=ex,
+                     run=EmbedRun(batch_size=options.batch_size, progress=progress))
+    scored = evaluate(result.classifier, store, baseline=False, unseen="wrong")
+    n, acc = int(scored["n"]), float(scored["accuracy"])
+    lo, hi = wilson_interval(round(acc * n), n)
+    return {"accuracy": acc, "n": n, "interval": [lo, hi], "interval_method": "wilson 95 %",
+            "balanced_accuracy": scored["balanced_accuracy"], "macro_f1": scored["macro_f1"],
+            "unseen_labels": scored.get("unseen_labels", {})}

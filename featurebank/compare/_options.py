@@ -1,0 +1,76 @@
+"""The options of ``featurebank compare`` (standard library only: the command line builds its
+flags from them)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from featurebank.classical import CLASSIFIERS
+from featurebank.options import Interval, Items, Options, check_options, option
+from featurebank.spec import DEFAULT_MODEL, SPATIAL_POOLS, TOKEN_POOLS
+
+
+@dataclass(frozen=True)
+class CompareOptions:
+    """Which candidates ``compare`` ranks, and how it confirms them.
+
+    Parameters
+    ----------
+    models : tuple of str
+        Backbones: registry names, ``timm:NAME`` / ``torchvision:NAME``, or self-describing ONNX
+        files (exported, or adopted with ``featurebank adopt``).
+    layers : tuple of str, optional
+        Cuts to consider, by name, in every backbone (default: each backbone's catalogue but
+        its ``logits``).
+    pools : tuple of str
+        Poolings of the cuts; each is one more pass over the images.
+    classifiers : tuple of str
+        Classifier kinds cross-validated, each with its regularisation searched.
+    top : int
+        Feature sets (ranked by LogME) that go on to cross-validation.
+    concat : bool
+        Also rank the concatenation of the two best cuts of each backbone and pooling.
+    folds : int
+        Stratified cross-validation folds on TRAIN.
+    factor : int
+        Successive halving keeps the best 1/factor of the candidates each round, on factor
+        times more images.
+    seed : int
+        Seeds the folds and the halving's image order.
+    batch_size : int
+        Images per embedding batch.
+    """
+
+    models: tuple[str, ...] = option((DEFAULT_MODEL,), Items(str), help="a backbone: registry "
+                                     "name, timm:NAME, torchvision:NAME or a self-describing "
+                                     f"ONNX file; repeat (default: {DEFAULT_MODEL})")
+    layers: tuple[str, ...] | None = option(None, None, Items(str),
+                                            help="a cut to consider (default: every catalogue "
+                                            "cut but logits); repeat")
+    pools: tuple[str, ...] = option(("avg",), Items(Options((*SPATIAL_POOLS, *TOKEN_POOLS))),
+                                    help="a pooling; repeat (each is one more pass; "
+                                    "default: avg)")
+    classifiers: tuple[str, ...] = option(CLASSIFIERS, Items(Options(CLASSIFIERS)),
+                                          help="a classifier kind, its regularisation "
+                                          "searched; repeat (default: all)")
+    top: int = option(4, Interval(int, 1, None),
+                      help="feature sets, ranked by LogME, that go on to cross-validation")
+    concat: bool = option(True, bool, help="also rank the concatenation of each backbone's two "
+                          "best cuts")
+    folds: int = option(5, Interval(int, 2, None), help="cross-validation folds on TRAIN")
+    factor: int = option(3, Interval(int, 2, None), help="successive halving's factor")
+    seed: int = option(0, int, help="seeds the folds and the halving's image order")
+    batch_size: int = option(32, Interval(int, 1, None), help="images per embedding batch")
+
+    def __post_init__(self) -> None:
+        for name in ("models", "layers", "pools", "classifiers"):
+            value = getattr(self, name)
+            if isinstance(value, list):
+                object.__setattr__(self, name, tuple(value))
+        check_options(self)
+        for name in ("models", "pools", "classifiers"):
+            if not getattr(self, name):
+                from featurebank.errors import OptionError
+
+                raise OptionError(name, "must name at least one value",
+                                  owner=type(self).__name__)

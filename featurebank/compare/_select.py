@@ -1,0 +1,140 @@
+"""Rank every feature set by LogME, confirm the best by successive halving on TRAIN, fit the
+choice on all of TRAIN."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from featurebank.compare._candidates import Backbone
+from featurebank.compare._stores import Matrices, Pass
+from featurebank.spec import FeatureSpec
+
+log = logging.getLogger("featurebank.compare")
+
+
+@dataclass
+class FeatureSet:
+    """One (backbone, cut or cuts, pooling): a row of the table."""
+
+    backbone: Backbone
+    pool: str
+    specs: list[FeatureSpec]
+    dim: int
+    logme: float = float("nan")
+    ms_per_image: float | None = None
+    cv: dict | None = None  #: the best classifier's CV record, once halving ran on this set
+    rounds: int = 0  #: halving rounds the set's best candidate reached
+
+    @property
+    def key(self) -> str:
+        return "+".join(s.fingerprint() for s in self.specs)
+
+    @property
+    def cuts(self) -> tuple[str, ...]:
+        return tuple(s.layer for s in self.specs)
+
+    @property
+    def name(self) -> str:
+        return f"{self.backbone.label} {'+'.join(self.cuts)} {self.pool}"
+
+    @property
+    def flops_share(self) -> float | None:
+        shares = dict(zip(self.backbone.cuts, self.backbone.flops, strict=True))
+        known = [shares.get(c) for c in self.cuts]
+        return max(known) if known and all(v is not None for v in known) else None  # type: ignore[type-var]
+
+    def to_dict(self) -> dict:
+        return {"backbone": self.backbone.name, "cuts": list(self.cuts), "pool": self.pool,
+                "fingerprints": [s.fingerprint() for s in self.specs], "dim": self.dim,
+                "logme": self.logme, "ms_per_image": self.ms_per_image,
+                "flops_share": self.flops_share, "cv": self.cv, "halving_rounds": self.rounds}
+
+
+def rank_by_logme(passes: list[Pass], mats: Matrices, concat: bool) -> list[FeatureSet]:
+    """Every cut of every pass (and, with ``concat``, each pass's two best cuts together),
+    scored by LogME on all TRAIN rows, best first. Concatenated matrices join ``mats.X``."""
+    from threadpoolctl import threadpool_limits
+
+    from featurebank.classical.selection import logme_score
+
+    ranked: list[FeatureSet] = []
+    with threadpool_limits(1):  # small SVDs: threads only contend on a shared machine
+        for p in passes:
+            _rank_pass(p, mats, concat, ranked, logme_score)
+    ranked.sort(key=lambda s: -s.logme)
+    return ranked
+
+
+def _rank_pass(p: Pass, mats: Matrices, concat: bool, ranked: list[FeatureSet],
+               score) -> None:
+    """Score one pass's cuts (and its two best together) into ``ranked``."""
+    singles = []
+    for spec in p.specs:
+        X = mats.X[spec.fingerprint()]
+        singles.append(FeatureSet(p.backbone, p.pool, [spec], X.shape[1], score(X, mats.y)))
+    singles.sort(key=lambda s: -s.logme)
+    ranked += singles
+    if concat and len(singles) > 1:
+        # in catalogue order, as a classifier file reads them
+        order = {c: i for i, c in enumerate(p.backbone.cuts)}
+        pair = sorted([singles[0].specs[0], singles[1].specs[0]], key=lambda s: order[s.layer])
+        X = np.hstack([mats.X[s.fingerprint()] for s in pair])
+        both = FeatureSet(p.backbone, p.pool, pair, X.shape[1], score(X, mats.y))
+        mats.X[both.key] = X
+        ranked.append(both)
+
+
+def shortlist(ranked: list[FeatureSet], top: int) -> list[FeatureSet]:
+    """The ``top`` best by LogME: rank first, then confirm only those (each more set costs
+    every classifier kind and C in halving's first round)."""
+    return ranked[:top]
+
+
+@dataclass
+class Selection:
+    """What halving chose, with its evidence."""
+
+    sets: list[FeatureSet]
+    chosen: FeatureSet
+    classifier: str
+    C: float
+    history: list[dict] = field(default_factory=list)
+
+
+def confirm(shortlisted: list[FeatureSet], mats: Matrices, classifiers: tuple[str, ...], *,
+            factor: int, folds: int, seed: int) -> Selection:
+    """Successive halving over (feature set, classifier, C) on TRAIN's rows."""
+    from featurebank.classical.selection import default_candidates, successive_halving
+
+    by_key = {s.key: s for s in shortlisted}
+    candidates = default_candidates(list(by_key), classifiers)
+    result = successive_halving({k: mats.X[k] for k in by_key}, mats.y, candidates,
+                                factor=factor, folds=folds, random_state=seed,
+                                progress=log.info, names={k: s.name for k, s in by_key.items()})
+    ranking = result.ranking()
+    for s in shortlisted:  # each set's best candidate is its CV figure
+        c = next(c for c in ranking if c.features == s.key)
+        n, mean, std = result.last(c)
+        s.cv = {"accuracy": mean, "std": std, "n": n, "classifier": c.classifier, "C": c.C,
+                "folds": folds}
+        s.rounds = len(result.history[c])
+    best = result.best
+    history = [{"features": by_key[c.features].name, "classifier": c.classifier, "C": c.C,
+                "rounds": [{"n": n, "accuracy": m, "std": sd} for n, m, sd in result.history[c]]}
+               for c in ranking]
+    return Selection(shortlisted, by_key[best.features], best.classifier, best.C, history)
+
+
+def fit_choice(sel: Selection, mats: Matrices, seed: int):
+    """The chosen classifier fitted on every TRAIN row, as a classifier file's estimator."""
+    import warnings
+
+    from featurebank.classical import LinearProbe
+
+    X = mats.X[sel.chosen.key]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return LinearProbe(sel.classifier, Cs=(sel.C,), random_state=seed).fit(X, mats.y)

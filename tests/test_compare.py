@@ -1,0 +1,286 @@
+"""``featurebank compare``: ranking, halving, TEST read once, resume, refusals before any work.
+
+Real data: scikit-learn's handwritten digits (8 per class for TRAIN, 4 for TEST) through the
+exported EfficientNet-Lite0, two cuts, two classifier kinds: small enough for a few seconds of
+embedding on two cores, real enough that the figures mean something.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from benchmarks.harness.faults import REPO, subprocess_env
+from featurebank.classical import load_trained
+from featurebank.compare import CompareOptions, compare, pareto_front, wilson_interval
+from featurebank.errors import FeaturebankError
+from featurebank.extractor import FeatureStore
+
+CUTS = ("blocks.13", "head")
+OPTIONS = CompareOptions(layers=CUTS, classifiers=("logreg", "knn"), top=3)
+
+
+def _split(digits_dir: Path, root: Path, start: int, per_class: int) -> Path:
+    for label in sorted(os.listdir(digits_dir)):
+        (root / label).mkdir(parents=True)
+        for p in sorted((digits_dir / label).glob("*.png"))[start:start + per_class]:
+            shutil.copy(p, root / label / p.name)
+    return root
+
+
+@pytest.fixture(scope="module")
+def splits(tmp_path_factory, digits_dir, lite0_onnx):
+    root = tmp_path_factory.mktemp("compare-data")
+    return _split(digits_dir, root / "train", 0, 8), _split(digits_dir, root / "test", 8, 4)
+
+
+@pytest.fixture(scope="module")
+def compared(splits, tmp_path_factory):
+    train, test = splits
+    out = tmp_path_factory.mktemp("compare-out")
+    result = compare(train, test, options=OPTIONS, output=out / "chosen.joblib",
+                     report=out / "report", progress=False)
+    return result, out
+
+
+def test_compare_ranks_confirms_and_writes_a_classifier(compared, splits):
+    result, out = compared
+    # LogME ranked every cut and the two best together, best first
+    assert [s.cuts for s in result.sets] and len(result.sets) == 3
+    assert {s.cuts for s in result.sets} == {("blocks.13",), ("head",), CUTS}
+    assert [s.logme for s in result.sets] == sorted((s.logme for s in result.sets), reverse=True)
+    # halving chose the best CV figure among the sets it confirmed
+    confirmed = [s for s in result.sets if s.cv]
+    best = max(confirmed, key=lambda s: (s.rounds, s.cv["accuracy"]))
+    assert result.chosen.cv["accuracy"] == best.cv["accuracy"] > 0.5  # 10 classes: chance 0.1
+    assert result.selection.classifier in ("logreg", "knn")
+    # the file: a classifier that evaluate, predict and serve load as they are
+    clf = load_trained(out / "chosen.joblib")
+    assert [s.fingerprint() for s in clf.specs] == [s.fingerprint() for s in result.chosen.specs]
+    assert clf.info["compare"]["feature_set"] == result.chosen.name
+    assert clf.info["compare"]["test"] == result.test
+    from featurebank.predict import load_classifier, predict_images
+
+    image = next((splits[1] / "3").glob("*.png"))
+    [answer] = list(predict_images(load_classifier(out / "chosen.joblib"), [str(image)]))
+    assert answer.error is None and answer.label in clf.classes
+    # the report: JSON of every candidate, the plot
+    report = json.loads((out / "report" / "compare.json").read_text())
+    assert len(report["feature_sets"]) == 3 and report["chosen"]["test"] == result.test
+    assert len(report["halving"]) == 3 * (5 + 5)  # 3 sets x (5 C of logreg + 5 k of knn)
+    assert (out / "report" / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "*" in result.table() and result.chosen.name in result.table()
+
+
+def test_test_is_read_once_for_the_chosen_configuration_only(compared):
+    result, out = compared
+    work = out / "chosen.work"
+    test_stores = sorted(work.glob("test-*.h5"))
+    assert len(test_stores) == 1  # one pass over TEST, for the chosen backbone and pooling
+    sets = FeatureStore(test_stores[0]).feature_sets()
+    assert sorted(s.fingerprint for s in sets) == sorted(s.fingerprint()
+                                                        for s in result.chosen.specs)
+    assert all(s.rows == 40 for s in sets)
+    # the figure is that classifier's accuracy on those 40 images, with its Wilson interval
+    from featurebank.classical import evaluate
+
+    again = evaluate(load_trained(out / "chosen.joblib"), test_stores[0], baseline=False)
+    assert result.test["accuracy"] == again["accuracy"] and result.test["n"] == 40
+    lo, hi = result.test["interval"]
+    assert lo <= result.test["accuracy"] <= hi
+    assert (lo, hi) == wilson_interval(round(again["accuracy"] * 40), 40)
+
+
+def test_a_second_run_embeds_nothing_and_chooses_the_same(compared, splits):
+    result, out = compared
+    again = compare(splits[0], None, options=OPTIONS, work_dir=out / "chosen.work",
+                    progress=False)
+    assert [p["embedded"] for p in again.passes] == [0]
+    assert [p["cached"] for p in again.passes] == [80]
+    assert again.chosen.name == result.chosen.name
+    assert again.selection.C == result.selection.C and again.test is None
+
+
+def _committed_rows(store: Path) -> int:
+    try:
+        with h5py.File(store, "r", locking=False) as f:
+            return max((int(g.attrs.get("committed", 0)) for g in f["features"].values()),
+                       default=0)
+    except (OSError, KeyError, RuntimeError, AttributeError):  # not there yet, or mid-commit
+        return 0
+
+
+@pytest.mark.slow
+def test_a_killed_compare_resumes_where_it_stopped(splits, tmp_path, compared):
+    """SIGKILL during the embedding pass; the rerun embeds only the images not yet committed
+    and chooses what an uninterrupted run chose."""
+    train, _ = splits
+    out = tmp_path / "chosen.joblib"
+    cmd = [sys.executable, "-m", "featurebank", "compare", str(train), "-o", str(out),
+           "--layer", CUTS[0], "--layer", CUTS[1], "--classifier", "logreg",
+           "--classifier", "knn", "--top", "3", "--batch-size", "4", "--no-progress", "--json"]
+    store = tmp_path / "chosen.work" / "efficientnet_lite0-avg.h5"
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=subprocess_env(OMP_NUM_THREADS="1"), cwd=REPO)
+    deadline = time.monotonic() + 240
+    while proc.poll() is None and _committed_rows(store) < 8 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = _committed_rows(store)
+    assert 8 <= killed_at < 80 and not out.exists()
+    done = subprocess.run(cmd, capture_output=True, text=True, env=subprocess_env(), cwd=REPO,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads(done.stdout)
+    [p] = summary["passes"]
+    assert p["cached"] >= killed_at and p["embedded"] + p["cached"] == 80
+    assert summary["chosen"]["feature_set"] == compared[0].chosen.name
+    assert load_trained(out).info["compare"]["feature_set"] == compared[0].chosen.name
+
+
+def _foreign_onnx(path: Path) -> Path:
+    """A valid ONNX model featurebank did not describe (a 1x1 conv)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.ones((4, 3, 1, 1), np.float32), "w")
+    node = helper.make_node("Conv", ["input", "w"], ["out"])
+    graph = helper.make_graph([node], "g",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT,
+                                                             [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT,
+                                                             [1, 4, 8, 8])], [w])
+    onnx.save(helper.make_model(graph), str(path))
+    return path
+
+
+def test_bad_candidates_are_refused_together_before_any_work(splits, tmp_path):
+    train, test = splits
+    foreign = _foreign_onnx(tmp_path / "foreign.onnx")
+    out = tmp_path / "chosen.joblib"
+    bad = CompareOptions(models=("efficientnet_lite0", "no_such_net", str(foreign)),
+                         layers=("blocks.13", "blocks.99"))
+    with pytest.raises(FeaturebankError) as err:
+        compare(train, test, options=bad, output=out)
+    message = str(err.value)
+    assert "unknown model 'no_such_net'" in message
+    assert "featurebank adopt" in message and "not self-describing" in message
+    assert "has no cut blocks.99" in message and "featurebank layers" in message
+    unlabelled = tmp_path / "flat"
+    unlabelled.mkdir()
+    for p in list((train / "3").glob("*.png"))[:3]:
+        shutil.copy(p, unlabelled / p.name)
+    with pytest.raises(FeaturebankError, match="no image has a label"):
+        compare(train, unlabelled, options=OPTIONS, output=out)
+    with pytest.raises(FeaturebankError, match="no image has a label"):
+        compare(unlabelled, None, options=OPTIONS, output=out)
+    with pytest.raises(FeaturebankError, match="folder .* does not exist"):
+        compare(train, None, options=OPTIONS, output=tmp_path / "nowhere" / "c.joblib")
+    # nothing was written: no work folder, no store, no classifier
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["flat", "foreign.onnx"]
+
+
+def test_the_command_line_refuses_with_the_users_flags(splits, tmp_path, capsys):
+    from featurebank.cli import main
+
+    status = main(["compare", str(splits[0]), "-o", str(tmp_path / "c.joblib"),
+                   "--model", "efficientnet_lite0", "--layer", "nope", "--top", "2"])
+    assert status == 1
+    err = capsys.readouterr().err
+    assert "compare: error: compare cannot start" in err and "has no cut nope" in err
+    assert main(["compare", str(splits[0]), "-o", str(tmp_path / "c.joblib"),
+                 "--top", "0"]) == 1
+    assert "--top must be an int >= 1, got 0" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_wilson_interval_and_pareto_front():
+    from scipy.stats import binomtest
+
+    for k, n in ((84, 100), (0, 10), (10, 10), (3, 7)):  # the edges: where the normal one fails
+        ci = binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
+        assert wilson_interval(k, n) == pytest.approx((ci.low, ci.high), abs=1e-9)
+    points = [(10, 0.80), (5, 0.70), (20, 0.79), (30, 0.95), (5, 0.60), (12, 0.85)]
+    assert pareto_front(points) == [1, 0, 5, 3]
+
+
+def test_train_auto_chooses_kind_and_c_by_cross_validation(compared):
+    """``train(classifier="auto")``: halving over every kind and C on the training rows; the
+    saved model says which kind won and keeps every candidate's CV score."""
+    from featurebank.classical import CLASSIFIERS, train
+
+    _, out = compared
+    store = out / "chosen.work" / "efficientnet_lite0-avg.h5"
+    model = train(store, ["head"], "auto", baseline=False)
+    info = model.info
+    assert info["chosen_by"] == "auto" and info["classifier"] in CLASSIFIERS
+    assert model.estimator.classifier == info["classifier"]
+    scored = info["auto"]["candidates"]
+    assert len(scored) == sum(5 if k != "rbf-svm" else 4 for k in CLASSIFIERS)
+    # the winner is the best CV score recorded (first in the ranking), refitted with its C
+    top = max(scored, key=lambda c: (c["n"], c["cv_accuracy"]))
+    assert scored[0]["cv_accuracy"] == top["cv_accuracy"]
+    assert (info["classifier"], model.estimator.C_) == (scored[0]["classifier"], scored[0]["C"])
+    with pytest.raises(FeaturebankError, match=r"classifier must be one of \('auto', "):
+        train(store, ["head"], "forest", baseline=False)
+    from featurebank.classical import sweep
+
+    with pytest.raises(FeaturebankError, match="classifier must be one of"):
+        sweep(store, classifier="auto")  # one kind per sweep
+
+
+def test_a_suite_file_is_checked_whole_before_any_work(splits, tmp_path):
+    from featurebank.compare import read_suite, run_suite
+
+    train, test = splits
+    suite = tmp_path / "suite.toml"
+    suite.write_text(f'[[dataset]]\nname = "a"\ntrain = "{train}"\n\n'
+                     f'[[dataset]]\nname = "a"\ntrain = "missing/train"\n\n[[dataset]]\ntest = "x"\n')
+    with pytest.raises(FeaturebankError) as err:
+        read_suite(suite)
+    text = str(err.value)
+    assert "missing/train does not exist" in text and "needs name and train" in text
+    assert "'a' is used twice" in text
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    shutil.copy(next((train / "3").glob("*.png")), flat / "x.png")
+    suite.write_text(f'[[dataset]]\nname = "ok"\ntrain = "{train}"\n\n'
+                     f'[[dataset]]\nname = "unlabelled"\ntrain = "flat"\n')
+    with pytest.raises(FeaturebankError, match="unlabelled TRAIN .* no image has a label"):
+        run_suite(suite, options=OPTIONS, report=tmp_path / "report")
+    assert not (tmp_path / "report").exists()  # the first data set was not embedded either
+
+
+@pytest.mark.slow
+def test_a_suite_ranks_feature_sets_across_data_sets(splits, tmp_path):
+    from featurebank.compare import run_suite, suite_table
+
+    train, test = splits
+    suite = tmp_path / "suite.toml"
+    suite.write_text(f'[[dataset]]\nname = "digits"\ntrain = "{train}"\ntest = "{test}"\n\n'
+                     f'[[dataset]]\nname = "swapped"\ntrain = "{test}"\n')
+    table = run_suite(suite, options=OPTIONS, report=tmp_path / "r", progress=False)
+    assert table["datasets"] == ["digits", "swapped"]
+    rows = table["rows"]
+    assert len(rows) == 3 and all(r["complete"] for r in rows)
+    for name in table["datasets"]:  # ranks 1..3 within each data set, the chosen one first
+        ranks = sorted((r["datasets"][name]["rank"], r["datasets"][name]["chosen"]) for r in rows)
+        assert [r for r, _ in ranks] == [1, 2, 3] and ranks[0][1]
+        assert (tmp_path / "r" / name / "chosen.joblib").is_file()
+    means = [r["mean_rank"] for r in rows]
+    assert means == sorted(means) and means[0] == np.mean(
+        [rows[0]["datasets"][n]["rank"] for n in table["datasets"]])
+    assert json.loads((tmp_path / "r" / "suite.json").read_text())["rows"] == rows
+    assert "mean rank" in suite_table(table)
