@@ -123,10 +123,12 @@ def run_demo(options: DemoOptions = DemoOptions(),
         summary = embed_collection([str(work / "images" / split)], stores[split], layers=layers,
                                    progress=options.progress)
         say(f"      {summary}")
-    say("[3/4] training a linear probe (C chosen on a validation split) and a raw-pixel baseline")
+    say("[3/4] training a classifier (kind and C chosen by cross-validation) and a raw-pixel "
+        "baseline of the same kind")
     classifier = train(stores["train"], [*layers])
     classifier.save(work / "classifier.joblib")
-    say(f"      C={classifier.info['C']:g}, {classifier.info['n_train']} images, saved "
+    say(f"      {classifier.info['classifier']} C={classifier.info['C']:g}, "
+        f"{classifier.info['n_train']} images, saved "
         f"{work / 'classifier.joblib'}")
     say("[4/4] evaluating on the held-out test images")
     result = evaluate(classifier, stores["test"], work / "report")
