@@ -50,8 +50,8 @@ def test_real_server_fuzzed_from_its_schema(server):
     found = sa.fuzz_server(base, examples=25)
     assert not found["failures"], found["failures"][:5]
     assert set(found["statuses"]) == {"POST /v1/embeddings", "POST /v1/predictions",
-                                      "GET /v1/models", "GET /healthz", "GET /readyz",
-                                      "GET /metrics"}
+                                      "POST /v1/neighbors", "GET /v1/models", "GET /healthz",
+                                      "GET /readyz", "GET /metrics"}
     # the fuzz reached the classifier, not only the error paths
     assert found["statuses"]["POST /v1/predictions"].get(200, 0) > 0, found["statuses"]
 
