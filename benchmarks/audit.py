@@ -113,7 +113,9 @@ def make_split(work: Path, name: str, n_train: int, n_test: int, n_planted: int,
 
 def leak_scores(report, planted: dict) -> dict:
     """Recall and precision of the leaks, counting only pairs with a planted member."""
-    pairs = [(r["test"]["path"], r["train"]["path"]) for r in report.leaks if r["test"]["path"] in planted]
+    planted = {_name(p): (_name(o), k) for p, (o, k) in planted.items()}
+    leaks = [(_name(r["test"]["path"]), _name(r["train"]["path"])) for r in report.leaks]
+    pairs = [(t, tr) for t, tr in leaks if t in planted]
     right = sum(planted[t][0] == tr for t, tr in pairs)
     per_edit = {}
     for kind in EDITS:
@@ -122,60 +124,81 @@ def leak_scores(report, planted: dict) -> dict:
         per_edit[kind] = round(found / max(1, len(ours)), 4)
     return {"planted": len(planted), "reported": len(pairs), "right": right,
             "recall": round(right / max(1, len(planted)), 4),
-            "precision": round(right / max(1, len(pairs)), 4), "recall_by_edit": per_edit}
+            "precision": round(right / max(1, len(pairs)), 4), "recall_by_edit": per_edit,
+            "unplanted_test_images_flagged": len(leaks) - len(pairs)}
 
 
-def planted_similarities(split: dict, layer: str = DUP_LAYER) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """For each planted copy: the similarity to its nearest training image and whether that is
-    its original; for every other test image, the similarity to its nearest training image."""
+def _name(path: str) -> str:
+    """class/file of an image path: the stores may record another checkout's root."""
+    return "/".join(Path(path).parts[-2:])
+
+
+def planted_similarities(split: dict, layer: str = DUP_LAYER, reference: int = 5):
+    """For each planted copy: the similarity to its nearest training image, whether that is
+    its original, and the ratio of its cosine distance to the distance to its
+    ``reference``-th nearest training image; for every other test image, its similarity and
+    ratio."""
     from featurebank.extractor import FeatureStore, exact_search
 
     train, test = FeatureStore(split["root"] / "train.h5"), FeatureStore(split["root"] / "test.h5")
     fp = train.resolve(layer).fingerprint
     feats = test.read(layer)
-    top = exact_search(train, fp, feats.X, 1)
+    top = exact_search(train, fp, feats.X, reference)
     table = train.image_table()
-    sims, right, other = [], [], []
-    for path, key, sim in zip(feats.paths, top.keys[:, 0], top.similarity[:, 0], strict=True):
-        if path in split["planted"]:
+    planted = {_name(p): _name(o) for p, (o, _) in split["planted"].items()}
+    ratios = (1 - top.similarity[:, 0]) / np.maximum(1 - top.similarity[:, -1], 1e-9)
+    sims, right, other, r_copy, r_other = [], [], [], [], []
+    for path, key, sim, r in zip(feats.paths, top.keys[:, 0], top.similarity[:, 0], ratios, strict=True):
+        if _name(path) in planted:
             sims.append(sim)
-            right.append(table[key][0] == split["planted"][path][0])
+            r_copy.append(r)
+            right.append(_name(table[key][0]) == planted[_name(path)])
         else:
             other.append(sim)
-    return np.array(sims), np.array(right), np.array(other)
+            r_other.append(r)
+    return np.array(sims), np.array(right), np.array(other), np.array(r_copy), np.array(r_other)
 
 
 def calibrate(split: dict) -> dict:
     """The threshold that keeps 98 % of the calibration split's planted copies whose nearest
     training image is their original (the others are lost at any threshold), rounded down to
-    0.005; with the recall and precision it gives there."""
-    sims, right, other = planted_similarities(split)
+    0.005; the ratio that lets 5 % of its ordinary test images (those above that threshold)
+    pass the ratio test, rounded down to 0.025; with the recall and precision they give there."""
+    sims, right, other, r_copy, r_other = planted_similarities(split)
     threshold = float(np.floor(np.quantile(sims[right], 0.02) / 0.005) * 0.005)
-    found = (sims >= threshold) & right
-    return {"threshold": threshold, "layer": DUP_LAYER, "planted": int(len(sims)),
-            "nearest_is_original": int(right.sum()),
-            "recall": round(float(found.mean()), 4),
-            "precision": round(float(found.sum() / max(1, (sims >= threshold).sum())), 4),
-            "unplanted_test_images_above_threshold": int((other >= threshold).sum()),
-            "unplanted_test_images": int(len(other))}
+    ratio = float(np.floor(np.quantile(np.where(other >= threshold, r_other, np.inf), 0.05) / 0.025) * 0.025)
+    out = {"threshold": threshold, "ratio": round(ratio, 4), "reference": 5, "layer": DUP_LAYER,
+           "planted": int(len(sims)), "nearest_is_original": int(right.sum())}
+    for name, cut_copy, cut_other in (("similarity only", sims >= threshold, other >= threshold),
+                                      ("with ratio test", (sims >= threshold) & (r_copy <= ratio),
+                                       (other >= threshold) & (r_other <= ratio))):
+        found = cut_copy & right
+        out[name] = {"recall": round(float(found.mean()), 4),
+                     "precision": round(float(found.sum() / max(1, cut_copy.sum())), 4),
+                     "unplanted_test_images_flagged": int(cut_other.sum()),
+                     "unplanted_test_images": int(len(other))}
+    return out
 
 
 def threshold_table(split: dict, layers=(DUP_LAYER, LABEL_LAYER),
-                    thresholds=(0.85, 0.9, 0.915, 0.93, 0.95, 0.97)) -> dict:
-    """Recall and precision of the planted copies, and the share of ordinary test images above
-    each threshold, at each cut: what a threshold trades (docs/audit.md)."""
+                    thresholds=(0.85, 0.9, 0.915, 0.93, 0.95, 0.97),
+                    ratios=(1.0, 0.8, 0.7, 0.6, 0.575, 0.5)) -> dict:
+    """Recall and precision of the planted copies, and the share of ordinary test images
+    flagged, at each threshold and ratio, at each cut: what they trade (docs/audit.md)."""
     table = {}
     for layer in layers:
-        sims, right, other = planted_similarities(split, layer)
-        table[layer] = [{"threshold": t, "recall": round(float(((sims >= t) & right).mean()), 4),
-                         "precision": round(float(((sims >= t) & right).sum()
-                                                  / max(1, (sims >= t).sum())), 4),
-                         "unplanted_above": round(float((other >= t).mean()), 4)}
-                        for t in thresholds]
+        sims, right, other, r_copy, r_other = planted_similarities(split, layer)
+        table[layer] = [{"threshold": t, "ratio": r,
+                         "recall": round(float(((sims >= t) & (r_copy <= r) & right).mean()), 4),
+                         "precision": round(float(((sims >= t) & (r_copy <= r) & right).sum()
+                                                  / max(1, ((sims >= t) & (r_copy <= r)).sum())), 4),
+                         "unplanted_flagged": round(float(((other >= t) & (r_other <= r)).mean()), 4)}
+                        for t in thresholds for r in ratios]
     return table
 
 
-def duplicates_and_labels(split: dict, threshold: float) -> dict:
+def duplicates(split: dict, threshold: float) -> dict:
+    """The audit at DUP_LAYER with the default options (threshold and ratio test)."""
     from featurebank.classical import AuditOptions, audit_stores
 
     t0 = time.perf_counter()
@@ -183,20 +206,29 @@ def duplicates_and_labels(split: dict, threshold: float) -> dict:
                         options=AuditOptions(near_threshold=threshold, index="exact",
                                              label_check=False),
                         report_dir=split["root"] / "report-duplicates")
-    dup_seconds = time.perf_counter() - t0
+    return {"near_duplicates": leak_scores(dups, split["planted"]),
+            "audit_seconds": {DUP_LAYER: round(time.perf_counter() - t0, 1)},
+            "counts": {DUP_LAYER: dups.to_dict()["counts"]}}
+
+
+def duplicates_and_labels(split: dict, threshold: float) -> dict:
+    from featurebank.classical import AuditOptions, audit_stores
+
+    out = duplicates(split, threshold)
     t0 = time.perf_counter()
     report = audit_stores(split["root"] / "train.h5", [split["root"] / "test.h5"], LABEL_LAYER,
                           options=AuditOptions(near_threshold=threshold, index="exact"),
                           report_dir=split["root"] / "report-labels")
     seconds = time.perf_counter() - t0
-    flagged = {r["path"] for r in report.label_issues}
-    hits = len(flagged & split["flipped"])
-    labels = {"flipped": len(split["flipped"]), "flagged": len(flagged), "right": hits,
-              "recall": round(hits / len(split["flipped"]), 4),
-              "precision": round(hits / max(1, len(flagged)), 4)}
-    return {"near_duplicates": leak_scores(dups, split["planted"]), "labels": labels,
-            "audit_seconds": {DUP_LAYER: round(dup_seconds, 1), LABEL_LAYER: round(seconds, 1)},
-            "counts": {DUP_LAYER: dups.to_dict()["counts"], LABEL_LAYER: report.to_dict()["counts"]}}
+    flipped = {_name(p) for p in split["flipped"]}
+    flagged = {_name(r["path"]) for r in report.label_issues}
+    hits = len(flagged & flipped)
+    out["labels"] = {"flipped": len(flipped), "flagged": len(flagged), "right": hits,
+                     "recall": round(hits / len(flipped), 4),
+                     "precision": round(hits / max(1, len(flagged)), 4)}
+    out["audit_seconds"][LABEL_LAYER] = round(seconds, 1)
+    out["counts"][LABEL_LAYER] = report.to_dict()["counts"]
+    return out
 
 
 def cleanlab_side_by_side(split: dict) -> dict:
@@ -211,7 +243,8 @@ def cleanlab_side_by_side(split: dict) -> dict:
     feats = FeatureStore(split["root"] / "train.h5").read(LABEL_LAYER)
     classes, proba = out_of_fold_probabilities(feats.X, feats.y)
     labels = np.searchsorted(classes, feats.y)
-    truth = np.array([p in split["flipped"] for p in feats.paths])
+    flipped = {_name(p) for p in split["flipped"]}
+    truth = np.array([_name(p) in flipped for p in feats.paths])
     out = {}
     flags = {"featurebank confident_learning": confident_learning(labels, proba).rows}
     for rule in ("confident_learning", "prune_by_noise_rate"):
@@ -250,12 +283,14 @@ def main(argv=None) -> None:
                     help="recall@10 and queries/s at several nprobe on the largest tiled store")
     ap.add_argument("--ranked-only", action="store_true",
                     help="precision and recall along the ranked label flags of a finished run")
+    ap.add_argument("--duplicates-only", action="store_true",
+                    help="calibration and near-duplicates again (labels and scale kept from the JSON)")
     ap.add_argument("--out", default="audit")
     args = ap.parse_args(argv)
     if args.audit_one:
         print(json.dumps(audit_one(args.audit_one, args.threshold, args.label_sample, args.index)))
         return
-    from featurebank.classical.audit import DEFAULT_NEAR_THRESHOLD
+    from featurebank.classical.audit import DEFAULT_NEAR_RATIO, DEFAULT_NEAR_THRESHOLD
 
     work = Path(args.work).resolve()
     if args.ranked_only:
@@ -296,6 +331,12 @@ def main(argv=None) -> None:
                                                  "calibration": calibration,
                                                  "by_threshold": threshold_table(cal)})
         return
+    if args.duplicates_only:
+        from benchmarks._common import RESULTS
+
+        write_result(args.out + "_calibration", {"dataset": "fashion-mnist (calibration split, seed 1)",
+                                                 "calibration": calibration,
+                                                 "by_threshold": threshold_table(cal)})
     bench = make_split(work, "benchmark", args.train, args.test, args.planted, seed=0,
                        flip=args.flip, exclude_train=cal["train_idx"], exclude_test=cal["test_idx"])
     result = {"dataset": "fashion-mnist", "model": "efficientnet_lite0 (224 px)",
@@ -305,6 +346,16 @@ def main(argv=None) -> None:
               "edits": list(EDITS), "flip_rate": args.flip,
               "default_threshold": DEFAULT_NEAR_THRESHOLD, "calibration": calibration,
               "embed_seconds": round(cal["embed_s"] + bench["embed_s"], 1)}
+    if args.duplicates_only:
+        kept = json.loads((RESULTS / f"{args.out}.json").read_text())
+        found = duplicates(bench, DEFAULT_NEAR_THRESHOLD)
+        kept["audit_seconds"].update(found.pop("audit_seconds"))
+        kept["counts"].update(found.pop("counts"))
+        kept.update({**result, **found, "embed_seconds": kept["embed_seconds"],
+                     "default_ratio": DEFAULT_NEAR_RATIO, "machine": None})
+        print(kept["near_duplicates"], flush=True)
+        write_result(args.out, {k: kept[k] for k in kept if k != "machine"})
+        return
     result.update(duplicates_and_labels(bench, DEFAULT_NEAR_THRESHOLD))
     print({k: result[k] for k in ("near_duplicates", "labels")}, flush=True)
     result["cleanlab"] = cleanlab_side_by_side(bench)

@@ -15,6 +15,7 @@ from featurebank.lazy import attach
 _LAZY = {
     "AuditOptions": "featurebank.classical.audit._options",
     "DEFAULT_NEAR_THRESHOLD": "featurebank.classical.audit._options",
+    "DEFAULT_NEAR_RATIO": "featurebank.classical.audit._options",
     "AuditReport": "featurebank.classical.audit._audit",
     "audit_stores": "featurebank.classical.audit._audit",
     "LabelIssues": "featurebank.classical.audit._labels",
@@ -23,7 +24,7 @@ _LAZY = {
     "read_exclusions": "featurebank.classical.audit._exclusions",
 }
 
-__all__ = ["AuditOptions", "AuditReport", "DEFAULT_NEAR_THRESHOLD", "LabelIssues",
+__all__ = ["AuditOptions", "AuditReport", "DEFAULT_NEAR_RATIO", "DEFAULT_NEAR_THRESHOLD", "LabelIssues",
            "audit_stores", "confident_learning", "out_of_fold_probabilities", "read_exclusions"]
 
 if TYPE_CHECKING:
@@ -34,6 +35,10 @@ if TYPE_CHECKING:
         confident_learning,
         out_of_fold_probabilities,
     )
-    from featurebank.classical.audit._options import DEFAULT_NEAR_THRESHOLD, AuditOptions
+    from featurebank.classical.audit._options import (
+        DEFAULT_NEAR_RATIO,
+        DEFAULT_NEAR_THRESHOLD,
+        AuditOptions,
+    )
 
 __getattr__, __dir__ = attach(__name__, _LAZY)
