@@ -115,6 +115,32 @@ def test_confident_learning_matches_cleanlab(split):
     np.testing.assert_array_equal(ours.rows, theirs)  # the same ranking too
 
 
+def test_ranked_rule_matches_cleanlab_count_and_scores(split):
+    """The ranked rule is cleanlab's recommended pairing: num_label_issues('off_diagonal')
+    rows of lowest get_label_quality_scores('self_confidence')."""
+    pytest.importorskip("cleanlab", reason="cleanlab (AGPL) is a test-only comparison")
+    from cleanlab.count import num_label_issues
+    from cleanlab.rank import get_label_quality_scores
+
+    from featurebank.classical import out_of_fold_probabilities
+    from featurebank.classical.audit._labels import ranked_label_issues
+
+    feats = FeatureStore(split["train"]).read("pixels")
+    classes, proba = out_of_fold_probabilities(feats.X, feats.y, folds=5, seed=0)
+    labels = np.searchsorted(classes, feats.y)
+    ours = ranked_label_issues(labels, proba)
+    count = num_label_issues(labels, proba, estimation_method="off_diagonal")
+    scores = get_label_quality_scores(labels, proba, method="self_confidence")
+    assert len(ours.rows) == count == len(confident_learning(labels, proba).rows)
+    assert set(ours.rows) == set(np.argsort(scores, kind="stable")[:count])
+    assert (ours.suggested != ours.given).all()
+    # more of the flipped labels than the rule's own rows, at the same count
+    flipped = np.isin(FeatureStore(split["train"]).set_keys(
+        FeatureStore(split["train"]).resolve("pixels").fingerprint).astype(str), list(split["flipped"]))
+    rule_rows = confident_learning(labels, proba).rows
+    assert flipped[ours.rows].sum() > flipped[rule_rows].sum()  # 57 and 51 of 58 here
+
+
 def test_refused_before_any_file_is_written(split, tmp_path, digits_dir):
     files = sorted(digits_dir.glob("*/*.png"))[:60]
     _embed(tmp_path / "unlabelled.h5", files, None)

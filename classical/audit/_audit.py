@@ -20,7 +20,7 @@ from featurebank.classical.audit._duplicates import (
     near_pairs,
     outlier_ranking,
 )
-from featurebank.classical.audit._labels import confident_learning, out_of_fold_probabilities
+from featurebank.classical.audit._labels import label_issues, out_of_fold_probabilities
 from featurebank.classical.audit._options import AUDIT_EXACT_ROWS, AuditOptions
 from featurebank.errors import FeaturebankError
 from featurebank.extractor import (
@@ -187,8 +187,9 @@ def _label_issues(side: _Side, labels: np.ndarray, options: AuditOptions, report
     log.info("%s: out-of-fold probabilities of %d labelled rows (%d folds)", side.name,
              len(rows), options.folds)
     X = side.store.rows(side.fingerprint, rows)
-    classes, proba = out_of_fold_probabilities(X, labels[rows], folds=options.folds, seed=options.seed)
-    issues = confident_learning(np.searchsorted(classes, labels[rows]), proba)
+    classes, proba = out_of_fold_probabilities(X, labels[rows], folds=options.folds, seed=options.seed,
+                                               c=options.probe_c)
+    issues = label_issues(np.searchsorted(classes, labels[rows]), proba, options.label_rule)
     report.label_issues = [side.row(int(rows[r]), given=str(classes[g]), suggested=str(classes[s]),
                                     score=round(float(sc), 6))
                            for r, g, s, sc in zip(issues.rows, issues.given, issues.suggested,
