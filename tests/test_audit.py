@@ -123,7 +123,7 @@ def test_ranked_rule_matches_cleanlab_count_and_scores(split):
     from cleanlab.rank import get_label_quality_scores
 
     from featurebank.classical import out_of_fold_probabilities
-    from featurebank.classical.audit._labels import ranked_label_issues
+    from featurebank.classical.audit import ranked_label_issues
 
     feats = FeatureStore(split["train"]).read("pixels")
     classes, proba = out_of_fold_probabilities(feats.X, feats.y, folds=5, seed=0)

@@ -21,11 +21,13 @@ _LAZY = {
     "LabelIssues": "featurebank.classical.audit._labels",
     "confident_learning": "featurebank.classical.audit._labels",
     "out_of_fold_probabilities": "featurebank.classical.audit._labels",
+    "ranked_label_issues": "featurebank.classical.audit._labels",
     "read_exclusions": "featurebank.classical.audit._exclusions",
 }
 
 __all__ = ["AuditOptions", "AuditReport", "DEFAULT_NEAR_RATIO", "DEFAULT_NEAR_THRESHOLD", "LabelIssues",
-           "audit_stores", "confident_learning", "out_of_fold_probabilities", "read_exclusions"]
+           "audit_stores", "confident_learning", "out_of_fold_probabilities", "ranked_label_issues",
+           "read_exclusions"]
 
 if TYPE_CHECKING:
     from featurebank.classical.audit._audit import AuditReport, audit_stores
@@ -34,6 +36,7 @@ if TYPE_CHECKING:
         LabelIssues,
         confident_learning,
         out_of_fold_probabilities,
+        ranked_label_issues,
     )
     from featurebank.classical.audit._options import (
         DEFAULT_NEAR_RATIO,
