@@ -199,17 +199,29 @@ def threshold_table(split: dict, layers=(DUP_LAYER, LABEL_LAYER),
     return table
 
 
+def _groups(report) -> dict:
+    sizes = [g["size"] for g in report.near_duplicates]
+    return {"groups": len(sizes), "images": sum(sizes), "largest": max(sizes, default=0)}
+
+
 def duplicates(split: dict, threshold: float) -> dict:
-    """The audit at DUP_LAYER with the default options (threshold and ratio test)."""
+    """The audit at DUP_LAYER with the default options (threshold and ratio test), and by the
+    similarity threshold alone (``near_ratio`` 1) for comparison."""
     from featurebank.classical import AuditOptions, audit_stores
 
+    def run(ratio: float, report_dir):
+        return audit_stores(split["root"] / "train.h5", [split["root"] / "test.h5"], DUP_LAYER,
+                            options=AuditOptions(near_threshold=threshold, near_ratio=ratio,
+                                                 index="exact", label_check=False),
+                            report_dir=report_dir)
+
     t0 = time.perf_counter()
-    dups = audit_stores(split["root"] / "train.h5", [split["root"] / "test.h5"], DUP_LAYER,
-                        options=AuditOptions(near_threshold=threshold, index="exact",
-                                             label_check=False),
-                        report_dir=split["root"] / "report-duplicates")
-    return {"near_duplicates": leak_scores(dups, split["planted"]),
-            "audit_seconds": {DUP_LAYER: round(time.perf_counter() - t0, 1)},
+    dups = run(AuditOptions().near_ratio, split["root"] / "report-duplicates")
+    seconds = time.perf_counter() - t0
+    alone = run(1.0, None)
+    return {"near_duplicates": {**leak_scores(dups, split["planted"]), "groups": _groups(dups)},
+            "similarity_only": {**leak_scores(alone, split["planted"]), "groups": _groups(alone)},
+            "audit_seconds": {DUP_LAYER: round(seconds, 1)},
             "counts": {DUP_LAYER: dups.to_dict()["counts"]}}
 
 
@@ -320,16 +332,15 @@ def main(argv=None) -> None:
                                                  "calibration": calibration,
                                                  "by_threshold": threshold_table(cal)})
         return
-    if args.duplicates_only:
-        write_result(args.out + "_calibration", {"dataset": "fashion-mnist (calibration split, seed 1)",
-                                                 "calibration": calibration,
-                                                 "by_threshold": threshold_table(cal)})
-    if args.labels_only:
+    if args.duplicates_only or args.labels_only:  # the other part's calibration is kept
         from benchmarks._common import RESULTS
 
         cal_json = json.loads((RESULTS / f"{args.out}_calibration.json").read_text())
-        cal_json["labels"] = calibrate_probe(cal)
-        print(cal_json["labels"], flush=True)
+        if args.duplicates_only:
+            cal_json.update(calibration=calibration, by_threshold=threshold_table(cal))
+        else:
+            cal_json["labels"] = calibrate_probe(cal)
+            print(cal_json["labels"], flush=True)
         write_result(args.out + "_calibration", {k: v for k, v in cal_json.items() if k != "machine"})
     bench = make_split(work, "benchmark", args.train, args.test, args.planted, seed=0,
                        flip=args.flip, exclude_train=cal["train_idx"], exclude_test=cal["test_idx"])
