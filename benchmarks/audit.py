@@ -25,13 +25,20 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks._audit_labels import (
+    LABEL_LAYER,
+    calibrate_probe,
+    image_name,
+    ranked_flags,
+    side_by_side,
+)
 from benchmarks._audit_scale import SCALE_LAYER, audit_one, scale, search_quality
 from benchmarks._common import REPO, write_result
 
 EDITS = ("jpeg70", "rescale0.9", "crop5", "brightness10")
 # near-duplicates at a middle cut (edits move it less than the head: docs/audit.md), labels at
 # the head (the best probe); the 1M-row runs at SCALE_LAYER (192 values: its index fits)
-DUP_LAYER, LABEL_LAYER = "blocks.13", "head"
+DUP_LAYER = "blocks.13"
 
 
 def edit(img: np.ndarray, kind: str, rng: np.random.Generator) -> tuple[bytes, str]:
@@ -113,7 +120,9 @@ def make_split(work: Path, name: str, n_train: int, n_test: int, n_planted: int,
 
 def leak_scores(report, planted: dict) -> dict:
     """Recall and precision of the leaks, counting only pairs with a planted member."""
-    pairs = [(r["test"]["path"], r["train"]["path"]) for r in report.leaks if r["test"]["path"] in planted]
+    planted = {image_name(p): (image_name(o), k) for p, (o, k) in planted.items()}
+    leaks = [(image_name(r["test"]["path"]), image_name(r["train"]["path"])) for r in report.leaks]
+    pairs = [(t, tr) for t, tr in leaks if t in planted]
     right = sum(planted[t][0] == tr for t, tr in pairs)
     per_edit = {}
     for kind in EDITS:
@@ -122,107 +131,129 @@ def leak_scores(report, planted: dict) -> dict:
         per_edit[kind] = round(found / max(1, len(ours)), 4)
     return {"planted": len(planted), "reported": len(pairs), "right": right,
             "recall": round(right / max(1, len(planted)), 4),
-            "precision": round(right / max(1, len(pairs)), 4), "recall_by_edit": per_edit}
+            "precision": round(right / max(1, len(pairs)), 4), "recall_by_edit": per_edit,
+            "unplanted_test_images_flagged": len(leaks) - len(pairs)}
 
 
-def planted_similarities(split: dict, layer: str = DUP_LAYER) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """For each planted copy: the similarity to its nearest training image and whether that is
-    its original; for every other test image, the similarity to its nearest training image."""
+def planted_similarities(split: dict, layer: str = DUP_LAYER, reference: int = 5):
+    """For each planted copy: the similarity to its nearest training image, whether that is
+    its original, and the ratio of its cosine distance to the distance to its
+    ``reference``-th nearest training image; for every other test image, its similarity and
+    ratio."""
     from featurebank.extractor import FeatureStore, exact_search
 
     train, test = FeatureStore(split["root"] / "train.h5"), FeatureStore(split["root"] / "test.h5")
     fp = train.resolve(layer).fingerprint
     feats = test.read(layer)
-    top = exact_search(train, fp, feats.X, 1)
+    top = exact_search(train, fp, feats.X, reference)
     table = train.image_table()
-    sims, right, other = [], [], []
-    for path, key, sim in zip(feats.paths, top.keys[:, 0], top.similarity[:, 0], strict=True):
-        if path in split["planted"]:
+    planted = {image_name(p): image_name(o) for p, (o, _) in split["planted"].items()}
+    ratios = (1 - top.similarity[:, 0]) / np.maximum(1 - top.similarity[:, -1], 1e-9)
+    sims, right, other, r_copy, r_other = [], [], [], [], []
+    for path, key, sim, r in zip(feats.paths, top.keys[:, 0], top.similarity[:, 0], ratios, strict=True):
+        if image_name(path) in planted:
             sims.append(sim)
-            right.append(table[key][0] == split["planted"][path][0])
+            r_copy.append(r)
+            right.append(image_name(table[key][0]) == planted[image_name(path)])
         else:
             other.append(sim)
-    return np.array(sims), np.array(right), np.array(other)
+            r_other.append(r)
+    return np.array(sims), np.array(right), np.array(other), np.array(r_copy), np.array(r_other)
 
 
 def calibrate(split: dict) -> dict:
     """The threshold that keeps 98 % of the calibration split's planted copies whose nearest
     training image is their original (the others are lost at any threshold), rounded down to
-    0.005; with the recall and precision it gives there."""
-    sims, right, other = planted_similarities(split)
+    0.005; the ratio that lets 5 % of its ordinary test images (those above that threshold)
+    pass the ratio test, rounded down to 0.025; with the recall and precision they give there."""
+    sims, right, other, r_copy, r_other = planted_similarities(split)
     threshold = float(np.floor(np.quantile(sims[right], 0.02) / 0.005) * 0.005)
-    found = (sims >= threshold) & right
-    return {"threshold": threshold, "layer": DUP_LAYER, "planted": int(len(sims)),
-            "nearest_is_original": int(right.sum()),
-            "recall": round(float(found.mean()), 4),
-            "precision": round(float(found.sum() / max(1, (sims >= threshold).sum())), 4),
-            "unplanted_test_images_above_threshold": int((other >= threshold).sum()),
-            "unplanted_test_images": int(len(other))}
+    ratio = float(np.floor(np.quantile(np.where(other >= threshold, r_other, np.inf), 0.05) / 0.025) * 0.025)
+    out = {"threshold": threshold, "ratio": round(ratio, 4), "reference": 5, "layer": DUP_LAYER,
+           "planted": int(len(sims)), "nearest_is_original": int(right.sum())}
+    for name, cut_copy, cut_other in (("similarity only", sims >= threshold, other >= threshold),
+                                      ("with ratio test", (sims >= threshold) & (r_copy <= ratio),
+                                       (other >= threshold) & (r_other <= ratio))):
+        found = cut_copy & right
+        out[name] = {"recall": round(float(found.mean()), 4),
+                     "precision": round(float(found.sum() / max(1, cut_copy.sum())), 4),
+                     "unplanted_test_images_flagged": int(cut_other.sum()),
+                     "unplanted_test_images": int(len(other))}
+    return out
 
 
 def threshold_table(split: dict, layers=(DUP_LAYER, LABEL_LAYER),
-                    thresholds=(0.85, 0.9, 0.915, 0.93, 0.95, 0.97)) -> dict:
-    """Recall and precision of the planted copies, and the share of ordinary test images above
-    each threshold, at each cut: what a threshold trades (docs/audit.md)."""
+                    thresholds=(0.85, 0.9, 0.915, 0.93, 0.95, 0.97),
+                    ratios=(1.0, 0.8, 0.7, 0.6, 0.575, 0.5)) -> dict:
+    """Recall and precision of the planted copies, and the share of ordinary test images
+    flagged, at each threshold and ratio, at each cut: what they trade (docs/audit.md)."""
     table = {}
     for layer in layers:
-        sims, right, other = planted_similarities(split, layer)
-        table[layer] = [{"threshold": t, "recall": round(float(((sims >= t) & right).mean()), 4),
-                         "precision": round(float(((sims >= t) & right).sum()
-                                                  / max(1, (sims >= t).sum())), 4),
-                         "unplanted_above": round(float((other >= t).mean()), 4)}
-                        for t in thresholds]
+        sims, right, other, r_copy, r_other = planted_similarities(split, layer)
+        table[layer] = [{"threshold": t, "ratio": r,
+                         "recall": round(float(((sims >= t) & (r_copy <= r) & right).mean()), 4),
+                         "precision": round(float(((sims >= t) & (r_copy <= r) & right).sum()
+                                                  / max(1, ((sims >= t) & (r_copy <= r)).sum())), 4),
+                         "unplanted_flagged": round(float(((other >= t) & (r_other <= r)).mean()), 4)}
+                        for t in thresholds for r in ratios]
     return table
 
 
-def duplicates_and_labels(split: dict, threshold: float) -> dict:
+def _groups(report) -> dict:
+    sizes = [g["size"] for g in report.near_duplicates]
+    return {"groups": len(sizes), "images": sum(sizes), "largest": max(sizes, default=0)}
+
+
+def duplicates(split: dict, threshold: float) -> dict:
+    """The audit at DUP_LAYER with the default options (threshold and ratio test), and by the
+    similarity threshold alone (``near_ratio`` 1) for comparison."""
     from featurebank.classical import AuditOptions, audit_stores
 
+    def run(ratio: float, report_dir):
+        return audit_stores(split["root"] / "train.h5", [split["root"] / "test.h5"], DUP_LAYER,
+                            options=AuditOptions(near_threshold=threshold, near_ratio=ratio,
+                                                 index="exact", label_check=False),
+                            report_dir=report_dir)
+
     t0 = time.perf_counter()
-    dups = audit_stores(split["root"] / "train.h5", [split["root"] / "test.h5"], DUP_LAYER,
-                        options=AuditOptions(near_threshold=threshold, index="exact",
-                                             label_check=False),
-                        report_dir=split["root"] / "report-duplicates")
-    dup_seconds = time.perf_counter() - t0
+    dups = run(AuditOptions().near_ratio, split["root"] / "report-duplicates")
+    seconds = time.perf_counter() - t0
+    alone = run(1.0, None)
+    return {"near_duplicates": {**leak_scores(dups, split["planted"]), "groups": _groups(dups)},
+            "similarity_only": {**leak_scores(alone, split["planted"]), "groups": _groups(alone)},
+            "audit_seconds": {DUP_LAYER: round(seconds, 1)},
+            "counts": {DUP_LAYER: dups.to_dict()["counts"]}}
+
+
+def labels(split: dict, threshold: float) -> dict:
+    """The audit at LABEL_LAYER with the default options: the flags against the flipped rows."""
+    from featurebank.classical import AuditOptions, audit_stores
+
     t0 = time.perf_counter()
     report = audit_stores(split["root"] / "train.h5", [split["root"] / "test.h5"], LABEL_LAYER,
                           options=AuditOptions(near_threshold=threshold, index="exact"),
                           report_dir=split["root"] / "report-labels")
     seconds = time.perf_counter() - t0
-    flagged = {r["path"] for r in report.label_issues}
-    hits = len(flagged & split["flipped"])
-    labels = {"flipped": len(split["flipped"]), "flagged": len(flagged), "right": hits,
-              "recall": round(hits / len(split["flipped"]), 4),
-              "precision": round(hits / max(1, len(flagged)), 4)}
-    return {"near_duplicates": leak_scores(dups, split["planted"]), "labels": labels,
-            "audit_seconds": {DUP_LAYER: round(dup_seconds, 1), LABEL_LAYER: round(seconds, 1)},
-            "counts": {DUP_LAYER: dups.to_dict()["counts"], LABEL_LAYER: report.to_dict()["counts"]}}
+    flipped = {image_name(p) for p in split["flipped"]}
+    flagged = {image_name(r["path"]) for r in report.label_issues}
+    hits = len(flagged & flipped)
+    return {"labels": {"rule": report.options["label_rule"], "probe_c": report.options["probe_c"],
+                       "flipped": len(flipped), "flagged": len(flagged), "right": hits,
+                       "recall": round(hits / len(flipped), 4),
+                       "precision": round(hits / max(1, len(flagged)), 4)},
+            "audit_seconds": {LABEL_LAYER: round(seconds, 1)},
+            "counts": {LABEL_LAYER: report.to_dict()["counts"]}}
 
 
-def cleanlab_side_by_side(split: dict) -> dict:
-    """Our rule and cleanlab's on the same out-of-fold probabilities."""
-    try:
-        from cleanlab.filter import find_label_issues
-    except ImportError:
-        return {"skipped": "cleanlab not installed"}
-    from featurebank.classical import confident_learning, out_of_fold_probabilities
-    from featurebank.extractor import FeatureStore
+def _merge(out: str, found: dict, extra: dict) -> None:
+    """Update a finished run's JSON with the parts measured again."""
+    from benchmarks._common import RESULTS
 
-    feats = FeatureStore(split["root"] / "train.h5").read(LABEL_LAYER)
-    classes, proba = out_of_fold_probabilities(feats.X, feats.y)
-    labels = np.searchsorted(classes, feats.y)
-    truth = np.array([p in split["flipped"] for p in feats.paths])
-    out = {}
-    flags = {"featurebank confident_learning": confident_learning(labels, proba).rows}
-    for rule in ("confident_learning", "prune_by_noise_rate"):
-        flags[f"cleanlab {rule}"] = find_label_issues(labels, proba, filter_by=rule)
-    for name, rows in flags.items():
-        mask = np.zeros(len(labels), bool)
-        mask[rows] = True
-        hits = int((mask & truth).sum())
-        out[name] = {"flagged": int(mask.sum()), "recall": round(hits / truth.sum(), 4),
-                     "precision": round(hits / max(1, mask.sum()), 4)}
-    return out
+    kept = json.loads((RESULTS / f"{out}.json").read_text())
+    for key in ("audit_seconds", "counts"):
+        kept[key].update(found.pop(key, {}))
+    kept.update({**extra, **found})
+    write_result(out, {k: v for k, v in kept.items() if k != "machine"})
 
 
 def main(argv=None) -> None:
@@ -250,12 +281,17 @@ def main(argv=None) -> None:
                     help="recall@10 and queries/s at several nprobe on the largest tiled store")
     ap.add_argument("--ranked-only", action="store_true",
                     help="precision and recall along the ranked label flags of a finished run")
+    ap.add_argument("--duplicates-only", action="store_true",
+                    help="calibration and near-duplicates again (labels and scale kept from the JSON)")
+    ap.add_argument("--labels-only", action="store_true",
+                    help="probe calibration and label checks again (the rest kept from the JSON)")
     ap.add_argument("--out", default="audit")
     args = ap.parse_args(argv)
     if args.audit_one:
         print(json.dumps(audit_one(args.audit_one, args.threshold, args.label_sample, args.index)))
         return
-    from featurebank.classical.audit import DEFAULT_NEAR_THRESHOLD
+    from featurebank.classical.audit import DEFAULT_NEAR_RATIO, DEFAULT_NEAR_THRESHOLD
+    from featurebank.classical.audit._options import PROBE_C
 
     work = Path(args.work).resolve()
     if args.ranked_only:
@@ -296,6 +332,16 @@ def main(argv=None) -> None:
                                                  "calibration": calibration,
                                                  "by_threshold": threshold_table(cal)})
         return
+    if args.duplicates_only or args.labels_only:  # the other part's calibration is kept
+        from benchmarks._common import RESULTS
+
+        cal_json = json.loads((RESULTS / f"{args.out}_calibration.json").read_text())
+        if args.duplicates_only:
+            cal_json.update(calibration=calibration, by_threshold=threshold_table(cal))
+        else:
+            cal_json["labels"] = calibrate_probe(cal)
+            print(cal_json["labels"], flush=True)
+        write_result(args.out + "_calibration", {k: v for k, v in cal_json.items() if k != "machine"})
     bench = make_split(work, "benchmark", args.train, args.test, args.planted, seed=0,
                        flip=args.flip, exclude_train=cal["train_idx"], exclude_test=cal["test_idx"])
     result = {"dataset": "fashion-mnist", "model": "efficientnet_lite0 (224 px)",
@@ -305,9 +351,24 @@ def main(argv=None) -> None:
               "edits": list(EDITS), "flip_rate": args.flip,
               "default_threshold": DEFAULT_NEAR_THRESHOLD, "calibration": calibration,
               "embed_seconds": round(cal["embed_s"] + bench["embed_s"], 1)}
-    result.update(duplicates_and_labels(bench, DEFAULT_NEAR_THRESHOLD))
+    if args.duplicates_only:
+        _merge(args.out, duplicates(bench, DEFAULT_NEAR_THRESHOLD),
+               {**result, "default_ratio": DEFAULT_NEAR_RATIO})
+        return
+    if args.labels_only:
+        found = labels(bench, DEFAULT_NEAR_THRESHOLD)
+        print(found["labels"], flush=True)
+        found["cleanlab"] = side_by_side(bench, PROBE_C)
+        print(found["cleanlab"], flush=True)
+        _merge(args.out, found, {})
+        return
+    result.update(duplicates(bench, DEFAULT_NEAR_THRESHOLD))
+    found = labels(bench, DEFAULT_NEAR_THRESHOLD)
+    result["audit_seconds"].update(found.pop("audit_seconds"))
+    result["counts"].update(found.pop("counts"))
+    result.update(found)
     print({k: result[k] for k in ("near_duplicates", "labels")}, flush=True)
-    result["cleanlab"] = cleanlab_side_by_side(bench)
+    result["cleanlab"] = side_by_side(bench, PROBE_C)
     print(result["cleanlab"], flush=True)
     result["scale"] = {"noise": args.noise, "index": args.index, "label_sample": args.label_sample,
                        "sizes_asked": args.sizes, "runs": []}
@@ -320,34 +381,6 @@ def main(argv=None) -> None:
 
     scale(work, bench, args.sizes, args.noise, DEFAULT_NEAR_THRESHOLD, args.label_sample,
           args.index, save)
-
-
-def ranked_flags(work: Path) -> dict:
-    """Precision and recall along the flags ranked by score (1 - probability of the given
-    label), read back from the benchmark's report: what a shorter, ranked list trades. A
-    training file's true class is known from its Fashion-MNIST index (``tr{i}.png``)."""
-    import csv
-
-    from featurebank.datasets import FASHION_CLASSES, load_fashion_mnist
-
-    _, ytr = load_fashion_mnist("train")
-    root = work / "benchmark"
-    files = list((root / "train").glob("*/*.png"))
-    flipped = {str(p) for p in files if p.parent.name != FASHION_CLASSES[ytr[int(p.stem[2:])]]}
-    with open(root / "report-labels" / "label_issues.csv") as f:
-        ranked = [row["path"] in flipped for row in csv.DictReader(f)]
-    hits = np.cumsum(ranked)
-    recall, precision = hits / len(flipped), hits / np.arange(1, len(ranked) + 1)
-    at = {}
-    for goal in (0.5, 0.6, 0.7, 0.8):
-        reach = np.flatnonzero(recall >= goal)
-        at[f"recall_{goal}"] = ({"flags": int(reach[0] + 1), "precision": round(float(precision[reach[0]]), 4)}
-                                if len(reach) else None)
-    best = np.flatnonzero(precision >= 0.6)
-    return {"flipped": len(flipped), "flags": len(ranked), "at_recall": at,
-            "recall_at_precision_0.6": round(float(recall[best[-1]]), 4) if len(best) else 0.0,
-            "top_500": {"recall": round(float(recall[min(499, len(ranked) - 1)]), 4),
-                        "precision": round(float(precision[min(499, len(ranked) - 1)]), 4)}}
 
 
 if __name__ == "__main__":

@@ -115,6 +115,32 @@ def test_confident_learning_matches_cleanlab(split):
     np.testing.assert_array_equal(ours.rows, theirs)  # the same ranking too
 
 
+def test_ranked_rule_matches_cleanlab_count_and_scores(split):
+    """The ranked rule is cleanlab's recommended pairing: num_label_issues('off_diagonal')
+    rows of lowest get_label_quality_scores('self_confidence')."""
+    pytest.importorskip("cleanlab", reason="cleanlab (AGPL) is a test-only comparison")
+    from cleanlab.count import num_label_issues
+    from cleanlab.rank import get_label_quality_scores
+
+    from featurebank.classical import out_of_fold_probabilities
+    from featurebank.classical.audit import ranked_label_issues
+
+    feats = FeatureStore(split["train"]).read("pixels")
+    classes, proba = out_of_fold_probabilities(feats.X, feats.y, folds=5, seed=0)
+    labels = np.searchsorted(classes, feats.y)
+    ours = ranked_label_issues(labels, proba)
+    count = num_label_issues(labels, proba, estimation_method="off_diagonal")
+    scores = get_label_quality_scores(labels, proba, method="self_confidence")
+    assert len(ours.rows) == count == len(confident_learning(labels, proba).rows)
+    assert set(ours.rows) == set(np.argsort(scores, kind="stable")[:count])
+    assert (ours.suggested != ours.given).all()
+    # more of the flipped labels than the rule's own rows, at the same count
+    flipped = np.isin(FeatureStore(split["train"]).set_keys(
+        FeatureStore(split["train"]).resolve("pixels").fingerprint).astype(str), list(split["flipped"]))
+    rule_rows = confident_learning(labels, proba).rows
+    assert flipped[ours.rows].sum() > flipped[rule_rows].sum()  # 57 and 51 of 58 here
+
+
 def test_refused_before_any_file_is_written(split, tmp_path, digits_dir):
     files = sorted(digits_dir.glob("*/*.png"))[:60]
     _embed(tmp_path / "unlabelled.h5", files, None)
@@ -199,3 +225,35 @@ def test_exclusions_leave_rows_out_of_training_and_evaluation(split, tmp_path):
     assert result["n"] == 1500 - len(model.trained_keys) - 100
     with pytest.raises(FeaturebankError, match="leaves out all"):
         train(split["train"], baseline=False, exclude=split["train_keys"])
+
+
+def test_ratio_test_keeps_copies_and_drops_look_alikes(split):
+    """A similarity threshold alone calls ordinary digits with a look-alike in training leaks
+    (288 of 297 at 0.9 on raw 8x8 pixels); the ratio test (a copy stands far nearer its
+    original than its 5th neighbour) keeps every planted copy and drops most of them (62
+    left: raw pixels of digits are a crowd, a CNN cut of Fashion-MNIST leaves 4 %)."""
+    threshold = 0.9
+    def leaks(ratio):
+        report = audit_stores(split["train"], [split["test"]], "pixels", options=AuditOptions(
+            near_threshold=threshold, near_ratio=ratio, label_check=False))
+        return {r["test"]["path"]: r["train"]["path"] for r in report.leaks}
+
+    planted = {str(c): str(split["files"][i]) for i, c in zip(PLANTED, split["copies"], strict=True)}
+    planted[str(split["exact"])] = str(split["files"][1200])
+    plain, ratio = leaks(1.0), leaks(AuditOptions().near_ratio)
+    ordinary = 297  # the test store's un-planted digits
+    assert all(ratio.get(c) == o for c, o in planted.items())
+    assert len(set(plain) - set(planted)) > 0.9 * ordinary
+    assert len(set(ratio) - set(planted)) < 0.25 * ordinary
+
+
+def test_near_mask_ratio_on_a_crowd_and_a_copy():
+    """Two rows with the same nearest similarity (0.97): the copy's other neighbours are far
+    (its 5th at 0.80), the look-alike's are as near (0.96): only the copy is a near-duplicate."""
+    from featurebank.classical.audit._duplicates import near_mask
+
+    sims = np.array([[0.97, 0.85, 0.83, 0.81, 0.80], [0.97, 0.965, 0.965, 0.96, 0.96]])
+    assert near_mask(sims, 0.9, 1.0).tolist() == [[True] + [False] * 4, [True] * 5]
+    assert near_mask(sims, 0.9, 0.5)[:, 0].tolist() == [True, False]
+    # fewer neighbours than the reference: the last one found is the reference
+    assert near_mask(sims[:, :2], 0.9, 0.5)[:, 0].tolist() == [True, False]

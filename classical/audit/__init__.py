@@ -15,16 +15,19 @@ from featurebank.lazy import attach
 _LAZY = {
     "AuditOptions": "featurebank.classical.audit._options",
     "DEFAULT_NEAR_THRESHOLD": "featurebank.classical.audit._options",
+    "DEFAULT_NEAR_RATIO": "featurebank.classical.audit._options",
     "AuditReport": "featurebank.classical.audit._audit",
     "audit_stores": "featurebank.classical.audit._audit",
     "LabelIssues": "featurebank.classical.audit._labels",
     "confident_learning": "featurebank.classical.audit._labels",
     "out_of_fold_probabilities": "featurebank.classical.audit._labels",
+    "ranked_label_issues": "featurebank.classical.audit._labels",
     "read_exclusions": "featurebank.classical.audit._exclusions",
 }
 
-__all__ = ["AuditOptions", "AuditReport", "DEFAULT_NEAR_THRESHOLD", "LabelIssues",
-           "audit_stores", "confident_learning", "out_of_fold_probabilities", "read_exclusions"]
+__all__ = ["AuditOptions", "AuditReport", "DEFAULT_NEAR_RATIO", "DEFAULT_NEAR_THRESHOLD", "LabelIssues",
+           "audit_stores", "confident_learning", "out_of_fold_probabilities", "ranked_label_issues",
+           "read_exclusions"]
 
 if TYPE_CHECKING:
     from featurebank.classical.audit._audit import AuditReport, audit_stores
@@ -33,7 +36,12 @@ if TYPE_CHECKING:
         LabelIssues,
         confident_learning,
         out_of_fold_probabilities,
+        ranked_label_issues,
     )
-    from featurebank.classical.audit._options import DEFAULT_NEAR_THRESHOLD, AuditOptions
+    from featurebank.classical.audit._options import (
+        DEFAULT_NEAR_RATIO,
+        DEFAULT_NEAR_THRESHOLD,
+        AuditOptions,
+    )
 
 __getattr__, __dir__ = attach(__name__, _LAZY)

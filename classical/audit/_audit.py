@@ -16,10 +16,11 @@ from featurebank.classical._features import open_store
 from featurebank.classical.audit._duplicates import (
     exact_duplicates,
     near_groups,
+    near_mask,
     near_pairs,
     outlier_ranking,
 )
-from featurebank.classical.audit._labels import confident_learning, out_of_fold_probabilities
+from featurebank.classical.audit._labels import label_issues, out_of_fold_probabilities
 from featurebank.classical.audit._options import AUDIT_EXACT_ROWS, AuditOptions
 from featurebank.errors import FeaturebankError
 from featurebank.extractor import (
@@ -146,7 +147,8 @@ def _self_neighbours(side: _Side, options: AuditOptions):
 
 def _near_and_outliers(side: _Side, options: AuditOptions, report: AuditReport):
     found, index = _self_neighbours(side, options)
-    pairs = near_pairs(found.rows, found.similarity, options.near_threshold)
+    pairs = near_pairs(found.rows, found.similarity, options.near_threshold, options.near_ratio,
+                       options.near_reference)
     for group, weakest in near_groups(side.rows, pairs):
         report.near_duplicates.append({
             "store": side.name, "size": len(group), "similarity": round(weakest, 6),
@@ -160,10 +162,13 @@ def _near_and_outliers(side: _Side, options: AuditOptions, report: AuditReport):
 def _leaks(train: _Side, test: _Side, index, options: AuditOptions, report: AuditReport) -> None:
     from featurebank.extractor.search import iter_blocks
 
+    k = options.near_reference if options.near_ratio < 1.0 else 1
     for first, X, _ in iter_blocks(test.store, test.fingerprint, options.block_rows):
-        found = (index.search(X, 1, keys=False) if index is not None else
-                 exact_search(train.store, train.fingerprint, X, 1, block_rows=options.block_rows))
-        for i in np.flatnonzero(found.similarity[:, 0] >= options.near_threshold):
+        found = (index.search(X, k, keys=False) if index is not None else
+                 exact_search(train.store, train.fingerprint, X, k, block_rows=options.block_rows))
+        near = near_mask(found.similarity, options.near_threshold, options.near_ratio,
+                         options.near_reference)[:, 0]
+        for i in np.flatnonzero(near):
             report.leaks.append({"similarity": round(float(found.similarity[i, 0]), 6),
                                  "test": test.row(first + int(i)),
                                  "train": train.row(int(found.rows[i, 0]))})
@@ -182,8 +187,9 @@ def _label_issues(side: _Side, labels: np.ndarray, options: AuditOptions, report
     log.info("%s: out-of-fold probabilities of %d labelled rows (%d folds)", side.name,
              len(rows), options.folds)
     X = side.store.rows(side.fingerprint, rows)
-    classes, proba = out_of_fold_probabilities(X, labels[rows], folds=options.folds, seed=options.seed)
-    issues = confident_learning(np.searchsorted(classes, labels[rows]), proba)
+    classes, proba = out_of_fold_probabilities(X, labels[rows], folds=options.folds, seed=options.seed,
+                                               c=options.probe_c)
+    issues = label_issues(np.searchsorted(classes, labels[rows]), proba, options.label_rule)
     report.label_issues = [side.row(int(rows[r]), given=str(classes[g]), suggested=str(classes[s]),
                                     score=round(float(sc), 6))
                            for r, g, s, sc in zip(issues.rows, issues.given, issues.suggested,

@@ -1,5 +1,6 @@
 """Exact duplicates (content keys), near-duplicate groups and leaks (cosine similarity of the
-neighbours found), and outliers (distance to the k-th neighbour) of stored rows."""
+neighbours found, and a ratio test against the row's other neighbours), and outliers (distance
+to the k-th neighbour) of stored rows."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-__all__ = ["exact_duplicates", "near_groups", "near_pairs", "outlier_ranking"]
+__all__ = ["exact_duplicates", "near_groups", "near_mask", "near_pairs", "outlier_ranking"]
 
 
 def exact_duplicates(tables: dict[str, list[tuple[str, str]]]) -> list[dict]:
@@ -25,10 +26,32 @@ def exact_duplicates(tables: dict[str, list[tuple[str, str]]]) -> list[dict]:
     return sorted(found, key=lambda d: (-len(d["copies"]), d["key"]))
 
 
-def near_pairs(rows: np.ndarray, similarity: np.ndarray, threshold: float) -> np.ndarray:
-    """``[m, 2]`` row pairs (i < j, each once) among the neighbours with similarity at or
-    above ``threshold``, and their similarities ``[m]`` as a third column."""
-    i, col = np.nonzero((similarity >= threshold) & (rows >= 0))
+def near_mask(similarity: np.ndarray, threshold: float, ratio: float = 1.0,
+              reference: int = 5) -> np.ndarray:
+    """Which of each row's neighbours (``similarity`` ``[n, k]``, nearest first) are its
+    near-duplicates: similarity at or above ``threshold`` AND a cosine distance at most
+    ``ratio`` times the distance to the row's ``reference``-th neighbour (the last one found
+    if fewer).
+
+    The second test is Lowe's ratio test (SIFT, 2004) with a neighbour further out: an edited
+    copy lies far nearer its original than the row's other neighbours do, an ordinary image
+    in a crowd of look-alikes (many garments of one kind) does not, however high its
+    similarity. The reference is the 5th neighbour rather than the 2nd so that a copy whose
+    original has a few copies of its own (a group) still stands out. ``ratio`` 1 and above
+    turns the test off; a row without a ``reference``-th neighbour passes it."""
+    ref = similarity[:, min(reference, similarity.shape[1]) - 1]
+    ref_distance = np.where(np.isfinite(ref), 1.0 - ref, np.inf)[:, None]
+    near = similarity >= threshold
+    if ratio < 1.0:
+        near &= (1.0 - similarity) <= ratio * ref_distance
+    return near
+
+
+def near_pairs(rows: np.ndarray, similarity: np.ndarray, threshold: float, ratio: float = 1.0,
+               reference: int = 5) -> np.ndarray:
+    """``[m, 2]`` row pairs (i < j, each once) among the neighbours that :func:`near_mask`
+    accepts, and their similarities ``[m]`` as a third column."""
+    i, col = np.nonzero(near_mask(similarity, threshold, ratio, reference) & (rows >= 0))
     j = rows[i, col]
     a, b = np.minimum(i, j), np.maximum(i, j)
     pairs = np.stack([a, b, similarity[i, col]], axis=1)

@@ -8,6 +8,13 @@ threshold (the most probable of several such classes). The rows counted off the 
 this confident joint (labelled i, confidently j != i) are the label issues, except those whose
 most probable class is the given one. Issues are ranked by self-confidence (the probability of
 the given label), least confident first; ``tests/test_audit.py`` checks this against cleanlab.
+
+:func:`ranked_label_issues` keeps the rule's *count* (cleanlab's ``num_label_issues``,
+``'off_diagonal'``) as the estimated number of wrong labels and flags that many rows of lowest
+self-confidence over all rows (cleanlab's ``get_label_quality_scores``, ``'self_confidence'``):
+the pairing cleanlab's documentation recommends. The rule's own rows miss wrong labels for
+which no other class is confident (an ambiguous garment given a wrong label); the ranking
+catches them.
 """
 
 from __future__ import annotations
@@ -16,9 +23,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from featurebank.classical.audit._options import LABEL_RULES, PROBE_C
 from featurebank.errors import FeaturebankError
 
-__all__ = ["LabelIssues", "confident_learning", "out_of_fold_probabilities"]
+__all__ = ["LABEL_RULES", "LabelIssues", "confident_learning",
+           "label_issues", "out_of_fold_probabilities", "ranked_label_issues"]
+
+
+
 
 
 @dataclass
@@ -52,10 +64,32 @@ def confident_learning(labels: np.ndarray, probabilities: np.ndarray) -> LabelIs
     return LabelIssues(rows, labels[rows], guess[rows], 1.0 - self_confidence[order])
 
 
-def out_of_fold_probabilities(X: np.ndarray, y: np.ndarray, *, folds: int = 5,
-                              seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def ranked_label_issues(labels: np.ndarray, probabilities: np.ndarray) -> LabelIssues:
+    """As many rows as :func:`confident_learning` flags, but the least self-confident of all
+    rows (ties in row order); the suggested label is the most probable other class."""
+    p = np.asarray(probabilities, np.float64)
+    labels = np.asarray(labels)
+    count = len(confident_learning(labels, p).rows)
+    self_confidence = p[np.arange(len(p)), labels]
+    rows = np.argsort(self_confidence, kind="stable")[:count]
+    others = p[rows].copy()
+    others[np.arange(len(rows)), labels[rows]] = -np.inf
+    return LabelIssues(rows, labels[rows], others.argmax(axis=1), 1.0 - self_confidence[rows])
+
+
+def label_issues(labels: np.ndarray, probabilities: np.ndarray, rule: str = "ranked") -> LabelIssues:
+    """The issues by ``rule`` (one of :data:`LABEL_RULES`)."""
+    if rule not in LABEL_RULES:
+        raise FeaturebankError(f"label rule must be one of {LABEL_RULES}, got {rule!r}")
+    return (ranked_label_issues if rule == "ranked" else confident_learning)(labels, probabilities)
+
+
+def out_of_fold_probabilities(X: np.ndarray, y: np.ndarray, *, folds: int = 5, seed: int = 0,
+                              c: float = PROBE_C) -> tuple[np.ndarray, np.ndarray]:
     """Class probabilities of every row from a probe that never saw it (stratified folds): a
-    standardised logistic regression, as the linear probe. Returns (classes, ``[n, K]``)."""
+    standardised logistic regression, as the linear probe, with inverse regularisation ``c``
+    per 1000 training rows (scikit-learn's C sums the loss over rows, so a fixed C would weaken
+    the regularisation as rows grow). Returns (classes, ``[n, K]``)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
     from sklearn.pipeline import make_pipeline
@@ -68,7 +102,9 @@ def out_of_fold_probabilities(X: np.ndarray, y: np.ndarray, *, folds: int = 5,
         small = ", ".join(f"{c!r} ({n})" for c, n in zip(classes, counts, strict=True) if n < folds)
         raise FeaturebankError(f"label checks with {folds} folds need {folds} images of each "
                                f"class; too few of {small}: lower --folds or --no-label-check")
-    probe = make_pipeline(StandardScaler(), LogisticRegression(C=0.05, max_iter=300))
+    rows_per_fold = len(y) * (folds - 1) / folds
+    probe = make_pipeline(StandardScaler(),
+                          LogisticRegression(C=c * 1000 / rows_per_fold, max_iter=300))
     cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
     proba = cross_val_predict(probe, X, np.searchsorted(classes, y), cv=cv, method="predict_proba")
     return classes, proba

@@ -57,7 +57,8 @@ def register_audit(sub) -> None:
     p = sub.add_parser("audit", help="duplicates, train/test leaks, suspect labels and outliers",
                        description="Audit a training store (and held-out stores) at one cut: "
                        "exact duplicates (content keys), near-duplicate groups (cosine "
-                       "similarity at or above --near-threshold), test images with a "
+                       "similarity at or above --near-threshold, and far nearer each other "
+                       "than their other neighbours: --near-ratio), test images with a "
                        "near-duplicate in training (leaks), likely label errors (confident "
                        "learning on out-of-fold probabilities) and outliers (distance to the "
                        "k-th neighbour). With --report DIR: report.json, a CSV per finding, "
