@@ -284,3 +284,43 @@ def test_a_suite_ranks_feature_sets_across_data_sets(splits, tmp_path):
         [rows[0]["datasets"][n]["rank"] for n in table["datasets"]])
     assert json.loads((tmp_path / "r" / "suite.json").read_text())["rows"] == rows
     assert "mean rank" in suite_table(table)
+
+
+def test_excluded_train_images_are_left_out_and_recorded(compared, splits, tmp_path, capsys):
+    """``--exclude FILE``: the listed TRAIN rows are neither ranked, cross-validated nor fitted;
+    the classifier file records them, so ``evaluate`` on the TRAIN store skips them; a bad
+    file is refused before anything is written."""
+    from featurebank.classical import evaluate
+    from featurebank.cli import main
+
+    _, out = compared
+    work = out / "chosen.work"
+    store = FeatureStore(work / "efficientnet_lite0-avg.h5")
+    keys = [str(k) for k in store.read(store.feature_sets()[0].fingerprint).keys]
+    left_out = keys[:3]
+    listing = tmp_path / "exclude.txt"
+    listing.write_text("# from audit\n" + "\n".join(left_out) + "\n")
+    chosen = tmp_path / "chosen.joblib"
+    flags = ["--layer", CUTS[0], "--layer", CUTS[1], "--classifier", "logreg", "--classifier",
+             "knn", "--top", "3", "--no-progress"]
+    assert main(["compare", str(splits[0]), "-o", str(chosen), "--work-dir", str(work),
+                 "--exclude", str(listing), *flags]) == 0
+    assert "left out: 3 TRAIN images" in capsys.readouterr().out
+    clf = load_trained(chosen)
+    assert clf.excluded_keys == set(left_out) and clf.info["excluded"] == 3
+    assert not clf.trained_keys & set(left_out) and len(clf.trained_keys) == 77
+    assert clf.info["n_train"] == 77
+    # the last halving round of every set used all 77 rows, none of the three
+    assert all(s.get("n") in (None, 77) for s in
+               (row["cv"] or {} for row in clf.info["compare"]["table"]))
+    # evaluate on TRAIN's store: the 77 trained on and the 3 left out are all skipped
+    with pytest.raises(FeaturebankError, match="every labelled image .* was used to train"):
+        evaluate(clf, work / "efficientnet_lite0-avg.h5", baseline=False)
+    # a mistyped key: refused with its line, before any store or file exists
+    bad = tmp_path / "bad" / "exclude.txt"
+    bad.parent.mkdir()
+    bad.write_text(left_out[0] + "\nnot-a-key\n")
+    assert main(["compare", str(splits[0]), "-o", str(bad.parent / "c.joblib"),
+                 "--exclude", str(bad), *flags]) == 1
+    assert "line 2: 'not-a-key' is not a content key" in capsys.readouterr().err
+    assert sorted(p.name for p in bad.parent.iterdir()) == ["exclude.txt"]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,7 @@ class CompareResult:
     seconds: dict[str, float]
     passes: list[dict] = field(default_factory=list)
     options: CompareOptions = field(default_factory=CompareOptions)
+    excluded_keys: set[str] = field(default_factory=set)  #: TRAIN rows left out (--exclude)
 
     @property
     def chosen(self) -> FeatureSet:
@@ -64,7 +66,7 @@ class CompareResult:
         return {"options": asdict(self.options), "chosen": self.choice(),
                 "feature_sets": [s.to_dict() for s in self.sets],
                 "halving": self.selection.history, "passes": self.passes,
-                "seconds": self.seconds}
+                "excluded": len(self.excluded_keys), "seconds": self.seconds}
 
     def conclusion(self) -> str:
         sel, s = self.selection, self.chosen
@@ -92,7 +94,7 @@ def _check_output(path: Path | None, what: str) -> None:
 def compare(train: str | Path, test: str | Path | None = None, *,
             options: CompareOptions | None = None, output: str | Path | None = None,
             report: str | Path | None = None, work_dir: str | Path | None = None,
-            progress: bool = True) -> CompareResult:
+            progress: bool = True, exclude: Iterable[str] = ()) -> CompareResult:
     """Rank and choose a backbone, cut, pooling and classifier on TRAIN; score TEST once.
 
     Parameters
@@ -111,6 +113,10 @@ def compare(train: str | Path, test: str | Path | None = None, *,
         ``compare-work``); a second run with the same folder embeds nothing again.
     progress : bool
         Progress of the embedding passes.
+    exclude : iterable of str
+        Content keys of TRAIN images to leave out of ranking, halving and the final fit
+        (:func:`featurebank.classical.read_exclusions`, ``--exclude``); those TRAIN holds are
+        recorded in the classifier file, and ``evaluate`` skips them.
     """
     options = options or CompareOptions()
     clock = {"start": time.perf_counter()}
@@ -139,12 +145,15 @@ def compare(train: str | Path, test: str | Path | None = None, *,
         embed_passes,
         load_matrices,
         time_feature_set,
+        without_excluded,
     )
 
     passes = embed_passes(train_input, backbones, options.pools, work, options.batch_size,
                           progress)
     seconds = {"embed": time.perf_counter() - clock["start"]}
-    mats = load_matrices(passes)
+    mats, excluded = without_excluded(load_matrices(passes), frozenset(exclude))
+    if excluded:
+        log.info("left out %d TRAIN images (--exclude)", len(excluded))
     t = time.perf_counter()
     ranked = rank_by_logme(passes, mats, options.concat)
     seconds["logme"] = time.perf_counter() - t
@@ -165,7 +174,7 @@ def compare(train: str | Path, test: str | Path | None = None, *,
     result = CompareResult(ranked, sel, None, None, seconds,
                            [{"backbone": p.backbone.name, "pool": p.pool, "store": str(p.store),
                              "embedded": p.embedded, "cached": p.cached, "seconds": p.seconds}
-                            for p in passes], options)
+                            for p in passes], options, excluded)
     result.classifier = _classifier(result, estimator, mats)
     if test is not None:
         t = time.perf_counter()
@@ -188,13 +197,13 @@ def _classifier(result: CompareResult, estimator, mats):
 
     s, sel = result.chosen, result.selection
     info = {"classifier": sel.classifier, "C": sel.C, "n_train": int(len(mats.y)),
-            "val_scores": {}, "chosen_by": "featurebank compare",
+            "excluded": len(result.excluded_keys), "val_scores": {}, "chosen_by": "featurebank compare",
             "compare": {**result.choice(),
                         "table": [x.to_dict() for x in result.sets if x.cv is not None]}}
     if s.backbone.is_file:
         info["onnx_path"] = s.backbone.model
     return TrainedClassifier(estimator, list(s.specs), [str(c) for c in estimator.classes_],
-                        set(mats.keys), None, info)
+                        set(mats.keys), None, info, set(result.excluded_keys))
 
 
 def _score_test_once(result: CompareResult, test: str, work: Path, options: CompareOptions,
