@@ -37,7 +37,9 @@ def register(sub) -> None:
                    help="held-out labelled images (folder, list or store), read once at the "
                    "end for the chosen configuration only")
     p.add_argument("-o", "--output", default=None, metavar="CHOSEN.joblib",
-                   help="the chosen classifier file (required with TRAIN)")
+                   help="the chosen classifier file (required with TRAIN); when --budget's "
+                   "fine-tuning is chosen, the tuned network is CHOSEN.onnx beside it (the "
+                   ".joblib keeps the best frozen configuration)")
     p.add_argument("--report", default=None, metavar="DIR",
                    help="write compare.json (every candidate) and compare.png")
     p.add_argument("--work-dir", default=None, metavar="DIR",
@@ -49,6 +51,7 @@ def register(sub) -> None:
     # repeatable: None until given, then the dataclass's default is replaced, not appended to
     overrides = {name: {"action": "append", "default": None, "metavar": metavar, "type": str,
                         "choices": choices} for name, (_, metavar, choices) in _REPEATED.items()}
+    overrides.update(budget={"metavar": "MINUTES"}, finetune_from={"metavar": "NAME"})
     add_option_flags(p.add_argument_group("candidates and selection (CompareOptions)"),
                      CompareOptions, flags={n: f for n, (f, *_) in _REPEATED.items()},
                      overrides=overrides)
@@ -92,7 +95,11 @@ def run_compare(args) -> int:
               f"{args.output}")
     if args.report:
         print(f"report written to {args.report}")
-    print(f"wrote {args.output}")
+    if result.finetuned:
+        print(f"wrote {args.output} (the best frozen configuration) and {result.finetune.file} "
+              "(the fine-tuned network: the choice, for predict, serve and evaluate)")
+    else:
+        print(f"wrote {args.output}")
     return 0
 
 

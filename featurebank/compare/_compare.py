@@ -46,19 +46,30 @@ class CompareResult:
     passes: list[dict] = field(default_factory=list)
     options: CompareOptions = field(default_factory=CompareOptions)
     excluded_keys: set[str] = field(default_factory=set)  #: TRAIN rows left out (--exclude)
+    finetune: Any = None  #: the fine-tuning candidate (FinetuneCandidate), with --budget
+
+    @property
+    def finetuned(self) -> bool:
+        """Whether the fine-tuned network, not the frozen configuration, is the choice."""
+        return self.finetune is not None and self.finetune.chosen
 
     @property
     def chosen(self) -> FeatureSet:
         return self.selection.chosen
 
     def table(self) -> str:
-        return table(self.sets, self.chosen)
+        frozen = None if self.finetuned else self.chosen  # the * marks the one choice
+        lines = table(self.sets, frozen)
+        return lines if self.finetune is None else f"{lines}\n{self.finetune.line()}"
 
     def choice(self) -> dict:
         s, sel = self.chosen, self.selection
         return {"feature_set": s.name, "backbone": s.backbone.name, "cuts": list(s.cuts),
                 "pool": s.pool, "classifier": sel.classifier, "C": sel.C, "cv": s.cv,
-                "logme": s.logme, "ms_per_image": s.ms_per_image, "test": self.test}
+                "logme": s.logme, "ms_per_image": s.ms_per_image, "test": self.test,
+                "finetuned": self.finetuned,  # then "test" is the tuned network's
+                "test_of": (self.finetune.file if self.finetuned else "the frozen classifier"),
+                "finetune": self.finetune.to_dict() if self.finetune is not None else None}
 
     def to_dict(self) -> dict:
         from dataclasses import asdict
@@ -74,6 +85,10 @@ class CompareResult:
         cv = s.cv or {}  # the chosen set was always cross-validated
         text = (f"{s.name}, {sel.classifier} {reg}={sel.C:g}: CV accuracy "
                 f"{cv['accuracy']:.4f} +- {cv['std']:.4f} on TRAIN")
+        if self.finetuned:
+            ft = self.finetune
+            text = (f"{s.backbone.label} fine-tuned above {ft.from_layer} ({ft.file}): "
+                    f"{ft.reason}")
         if self.test:
             lo, hi = self.test["interval"]
             text += (f"; TEST accuracy {self.test['accuracy']:.4f} (95 % Wilson interval "
@@ -134,6 +149,10 @@ def compare(train: str | Path, test: str | Path | None = None, *,
     if test is not None:
         check_collection(test, "TEST")
     backbones = resolve_backbones(options.models, options.layers)
+    if options.budget is not None:
+        from featurebank.compare._finetune import check_finetune_from
+
+        check_finetune_from(backbones, options.finetune_from)
     # every check passed: the work starts
     work.mkdir(exist_ok=True)
     train_input, labels = check_collection(train, "TRAIN", work)
@@ -175,10 +194,18 @@ def compare(train: str | Path, test: str | Path | None = None, *,
                            [{"backbone": p.backbone.name, "pool": p.pool, "store": str(p.store),
                              "embedded": p.embedded, "cached": p.cached, "seconds": p.seconds}
                             for p in passes], options, excluded)
+    tuned = None
+    if options.budget is not None:
+        t = time.perf_counter()
+        tuned = _consider_finetune(result, train_input, mats, work, output, options,
+                                   frozenset(excluded), clock["start"], progress)
+        seconds["finetune"] = time.perf_counter() - t
     result.classifier = _classifier(result, estimator, mats)
     if test is not None:
         t = time.perf_counter()
-        result.test = _score_test_once(result, test, work, options, progress)
+        result.test = (_score_tuned_once(tuned, test, work, options, progress)
+                       if tuned is not None else
+                       _score_test_once(result, test, work, options, progress))
         seconds["test"] = time.perf_counter() - t
         result.classifier.info["compare"]["test"] = result.test
     seconds["total"] = time.perf_counter() - clock["start"]
@@ -190,6 +217,30 @@ def compare(train: str | Path, test: str | Path | None = None, *,
     if output is not None:
         result.classifier.save(output)
     return result
+
+
+def _consider_finetune(result: CompareResult, train: str, mats, work: Path, output: Path | None,
+                       options: CompareOptions, exclude: frozenset[str], start: float,
+                       progress: bool) -> Path | None:
+    """Fine-tuning as one more candidate (``--budget``): its row in ``result.finetune``; when
+    chosen, the tuned network written beside the output (``CHOSEN.onnx``), and its path."""
+    from featurebank.compare._finetune import consider
+    from featurebank.compare._stores import TIMED_IMAGES
+
+    left = options.budget - (time.perf_counter() - start) / 60  # type: ignore[operator]
+    chosen = result.chosen
+    assert chosen.cv is not None  # halving cross-validated the set it chose
+    cand, tuned = consider(chosen, train, n=len(mats.y), frozen_cv=chosen.cv["accuracy"],
+                           left_minutes=left, work=work, options=options,
+                           timed=[str(p) for p in mats.paths[:TIMED_IMAGES]], exclude=exclude,
+                           progress=progress)
+    result.finetune = cand
+    if not cand.chosen:
+        return None
+    path = output.with_suffix(".onnx") if output is not None else work / "chosen.onnx"
+    tuned.export(path)
+    cand.file = str(path)
+    return path
 
 
 def _classifier(result: CompareResult, estimator, mats):
@@ -206,22 +257,40 @@ def _classifier(result: CompareResult, estimator, mats):
                         set(mats.keys), None, info, set(result.excluded_keys))
 
 
+def _score_tuned_once(tuned: Path, test: str, work: Path, options: CompareOptions,
+                      progress: bool) -> dict:
+    """Embed TEST through the chosen tuned network to its logits, and score it once."""
+    from featurebank.extractor import Extractor
+    from featurebank.finetune import load_tuned
+
+    ex = Extractor(str(tuned), layers=["logits"], batch_size=options.batch_size)
+    return _embed_and_score(load_tuned(tuned), ex, test, work / "test-finetuned.h5", work,
+                            options, progress)
+
+
 def _score_test_once(result: CompareResult, test: str, work: Path, options: CompareOptions,
                      progress: bool) -> dict:
     """Embed TEST for the chosen feature set only, and score the chosen classifier once."""
-    from featurebank.classical import evaluate
     from featurebank.compare._stores import _extractor
-    from featurebank.extractor import EmbedRun, embed_collection
 
     s = result.chosen
+    ex = _extractor(s.backbone, s.pool, s.cuts, options.batch_size)
+    return _embed_and_score(result.classifier, ex, test,
+                            work / f"test-{s.backbone.label}-{s.pool}.h5", work, options,
+                            progress)
+
+
+def _embed_and_score(classifier, ex, test: str, store: Path, work: Path,
+                     options: CompareOptions, progress: bool) -> dict:
+    from featurebank.classical import evaluate
+    from featurebank.extractor import EmbedRun, embed_collection
+
     test_input = test
     if is_store(test):
         test_input, _ = check_collection(test, "TEST", work)
-    store = work / f"test-{s.backbone.label}-{s.pool}.h5"
-    ex = _extractor(s.backbone, s.pool, s.cuts, options.batch_size)
     embed_collection([test_input], store, extractor=ex,
                      run=EmbedRun(batch_size=options.batch_size, progress=progress))
-    scored = evaluate(result.classifier, store, baseline=False, unseen="wrong")
+    scored = evaluate(classifier, store, baseline=False, unseen="wrong")
     n, acc = int(scored["n"]), float(scored["accuracy"])
     lo, hi = wilson_interval(round(acc * n), n)
     return {"accuracy": acc, "n": n, "interval": [lo, hi], "interval_method": "wilson 95 %",
