@@ -77,8 +77,8 @@ class CompareOptions:
     finetune_epochs: int = option(8, Interval(int, 1, None),
                                   help="most epochs of fine-tuning (with --budget)")
     finetune_from: str | None = option(None, None, str, help="cut above which fine-tuning "
-                                       "trains (default: the chosen set's deepest blocks.N or "
-                                       "stage.N)")
+                                       "trains (with --budget; default: the chosen set's "
+                                       "deepest blocks.N or stage.N)")
 
     def __post_init__(self) -> None:
         for name in ("models", "layers", "pools", "classifiers"):
