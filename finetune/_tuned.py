@@ -78,6 +78,12 @@ class TunedClassifier:
         return self._specs
 
     @property
+    def excluded_keys(self) -> set[str]:
+        """Training images left out on purpose (``finetune --exclude``): ``evaluate`` skips
+        them too, as for a ``train`` classifier."""
+        return set(self.lineage.get("excluded_keys") or ())
+
+    @property
     def estimator(self) -> SimpleNamespace:  # what callers of a train model read the classes from
         return SimpleNamespace(classes_=np.array(self.classes, dtype=object))
 

@@ -284,3 +284,154 @@ def test_a_suite_ranks_feature_sets_across_data_sets(splits, tmp_path):
         [rows[0]["datasets"][n]["rank"] for n in table["datasets"]])
     assert json.loads((tmp_path / "r" / "suite.json").read_text())["rows"] == rows
     assert "mean rank" in suite_table(table)
+
+
+def test_excluded_train_images_are_left_out_and_recorded(compared, splits, tmp_path, capsys):
+    """``--exclude FILE``: the listed TRAIN rows are neither ranked, cross-validated nor fitted;
+    the classifier file records them, so ``evaluate`` on the TRAIN store skips them; a bad
+    file is refused before anything is written."""
+    from featurebank.classical import evaluate
+    from featurebank.cli import main
+
+    _, out = compared
+    work = out / "chosen.work"
+    store = FeatureStore(work / "efficientnet_lite0-avg.h5")
+    keys = [str(k) for k in store.read(store.feature_sets()[0].fingerprint).keys]
+    left_out = keys[:3]
+    listing = tmp_path / "exclude.txt"
+    listing.write_text("# from audit\n" + "\n".join(left_out) + "\n")
+    chosen = tmp_path / "chosen.joblib"
+    flags = ["--layer", CUTS[0], "--layer", CUTS[1], "--classifier", "logreg", "--classifier",
+             "knn", "--top", "3", "--no-progress"]
+    assert main(["compare", str(splits[0]), "-o", str(chosen), "--work-dir", str(work),
+                 "--exclude", str(listing), *flags]) == 0
+    assert "left out: 3 TRAIN images" in capsys.readouterr().out
+    clf = load_trained(chosen)
+    assert clf.excluded_keys == set(left_out) and clf.info["excluded"] == 3
+    assert not clf.trained_keys & set(left_out) and len(clf.trained_keys) == 77
+    assert clf.info["n_train"] == 77
+    # the last halving round of every set used all 77 rows, none of the three
+    assert all(s.get("n") in (None, 77) for s in
+               (row["cv"] or {} for row in clf.info["compare"]["table"]))
+    # evaluate on TRAIN's store: the 77 trained on and the 3 left out are all skipped
+    with pytest.raises(FeaturebankError, match="every labelled image .* was used to train"):
+        evaluate(clf, work / "efficientnet_lite0-avg.h5", baseline=False)
+    # a mistyped key: refused with its line, before any store or file exists
+    bad = tmp_path / "bad" / "exclude.txt"
+    bad.parent.mkdir()
+    bad.write_text(left_out[0] + "\nnot-a-key\n")
+    assert main(["compare", str(splits[0]), "-o", str(bad.parent / "c.joblib"),
+                 "--exclude", str(bad), *flags]) == 1
+    assert "line 2: 'not-a-key' is not a content key" in capsys.readouterr().err
+    assert sorted(p.name for p in bad.parent.iterdir()) == ["exclude.txt"]
+
+
+def test_a_budget_too_small_for_fine_tuning_says_so_and_changes_nothing(compared, splits):
+    """``--budget``: fine-tuning is estimated from the measured ms per image and refused when
+    the estimate does not fit in what is left; the frozen choice is the same as without."""
+    from dataclasses import replace
+
+    result, out = compared
+    assert result.finetune is None and "fine-tuned" not in result.table()  # the default
+    tight = compare(splits[0], None, options=replace(OPTIONS, budget=0.01, finetune_epochs=2),
+                    work_dir=out / "chosen.work", progress=False)
+    ft = tight.finetune
+    assert ft.status == "not run" and ft.heldout_accuracy is None
+    blocks = [c for c in tight.chosen.cuts if c.startswith("blocks.")]  # else the catalogue's
+    assert ft.from_layer == (blocks[-1] if blocks else "blocks.15")
+    assert ft.estimate_minutes > ft.left_minutes and "min of --budget left" in ft.reason
+    # the estimate: maps to the cut, then 1 + 5 x 4/5 runs of 2 epochs, 3 passes each, over 80
+    timings = json.loads((out / "chosen.work" / "timings.json").read_text())
+    ms = {k.split("|")[2]: v for k, v in timings.items() if k.count("|") == 3
+          and k.split("|")[2] in (ft.from_layer, "head")}
+    expected = (80 * ms[ft.from_layer] + 5 * 2 * 80 * 3 * ms["head"] + 80 * ms["head"]) / 60000
+    assert ft.estimate_minutes == pytest.approx(expected, abs=0.01)
+    assert tight.chosen.name == result.chosen.name and not tight.finetuned
+    assert "not run: estimated" in tight.table()
+    assert tight.to_dict()["chosen"]["finetune"]["status"] == "not run"
+    assert not (out / "chosen.work" / "finetune.onnx.ckpt").exists()  # nothing was trained
+
+
+def test_fine_tuning_is_refused_for_onnx_files_and_chosen_only_beyond_noise(compared):
+    """An ONNX backbone cannot be fine-tuned (a row that says so, not an error), nor a TRAIN
+    that is not a folder; the rule on finetune's held-out figures against the frozen CV."""
+    from dataclasses import replace
+
+    from featurebank.compare._finetune import FinetuneCandidate, consider, decide
+
+    result, out = compared
+    chosen = result.chosen
+    as_file = replace(chosen, backbone=replace(chosen.backbone, model="/x/adopted.onnx"))
+    opts = replace(OPTIONS, budget=100.0)
+    kw = {"n": 80, "frozen_cv": 0.9, "left_minutes": 100.0, "work": out, "options": opts,
+          "timed": [], "exclude": frozenset(), "progress": False}
+    cand, run = consider(as_file, str(out), **kw)
+    assert run is None and cand.status == "not run" and "ONNX file cannot be fine-tuned" in \
+        cand.reason and "not run: an ONNX file" in cand.line()
+    cand, run = consider(chosen, str(out / "chosen.work" / "train-images.csv"), **kw)
+    assert run is None and "reads a folder of images" in cand.reason
+
+    def ran(acc, n, kept):
+        from featurebank.compare import wilson_interval
+
+        return FinetuneCandidate("lite0", "blocks.13", "not chosen", "", heldout_accuracy=acc,
+                                 heldout_images=n, heldout_method="cross-fitted",
+                                 interval=list(wilson_interval(round(acc * n), n)),
+                                 finetune_choice=kept)
+    assert decide(ran(0.99, 400, "finetuned"), 0.90, "x").chosen  # Wilson low 0.975 > 0.90
+    assert not decide(ran(0.93, 100, "finetuned"), 0.90, "x").chosen  # low 0.862: noise
+    probe = decide(ran(0.99, 400, "probe"), 0.90, "x")  # finetune kept its probe: not tuned
+    assert not probe.chosen and "kept its frozen probe" in probe.reason
+
+
+@pytest.mark.slow
+def test_fine_tuning_runs_within_the_budget_as_one_more_row(digits_dir, tmp_path, monkeypatch):
+    """A real (one-epoch) fine-tune of Lite0 on 2 digit classes, cross-fitted by finetune;
+    its row carries its held-out evidence and the rule's verdict. Then, with the verdict
+    forced, the plumbing of a chosen fine-tune: the tuned ONNX beside -o, TEST scored through
+    its logits, predict using the file as it is."""
+    from dataclasses import replace
+
+    import featurebank.compare._finetune as ftmod
+
+    train, test = tmp_path / "train", tmp_path / "test"
+    for label in ("0", "1"):
+        files = sorted((digits_dir / label).glob("*.png"))
+        for root, part in ((train, files[:20]), (test, files[20:25])):
+            (root / label).mkdir(parents=True)
+            for p in part:
+                shutil.copy(p, root / label / p.name)
+    opts = replace(OPTIONS, classifiers=("logreg",), top=2, budget=30.0, finetune_epochs=1,
+                   finetune_from="blocks.15")
+    out = tmp_path / "chosen.joblib"
+    result = compare(train, test, options=opts, output=out, progress=False)
+    ft = result.finetune
+    assert ft.status in ("chosen", "not chosen") and ft.from_layer == "blocks.15"
+    assert ft.heldout_images == 40 and "cross-fitted" in ft.heldout_method  # every image once
+    lo, hi = ft.interval
+    assert lo <= ft.heldout_accuracy <= hi and 0 <= ft.val_accuracy <= 1
+    assert ft.estimate_minutes <= ft.left_minutes and ft.minutes > 0
+    assert ft.chosen == (ft.finetune_choice == "finetuned" and lo > result.chosen.cv["accuracy"])
+    assert load_trained(out).info["compare"]["finetune"]["status"] == ft.status
+    if not ft.chosen:
+        assert not out.with_suffix(".onnx").exists() and result.test["n"] == 10
+
+        def forced(cand, frozen_cv, name):
+            cand.status, cand.reason = "chosen", "forced by the test"
+            return cand
+        monkeypatch.setattr(ftmod, "decide", forced)
+        result = compare(train, test, options=opts, output=out, progress=False)
+    tuned = out.with_suffix(".onnx")
+    assert result.finetuned and result.finetune.file == str(tuned) and tuned.is_file()
+    assert "fine-tuned above blocks.15" in result.conclusion()
+    assert result.table().count("*") == 1 and "* efficientnet_lite0 tuned above" in result.table()
+    from featurebank.classical import evaluate
+    from featurebank.finetune import load_tuned
+    from featurebank.predict import load_classifier, predict_images
+
+    scored = evaluate(load_tuned(tuned), out.with_suffix(".work") / "test-finetuned.h5",
+                      baseline=False)
+    assert result.test["n"] == 10 and result.test["accuracy"] == scored["accuracy"]
+    [answer] = list(predict_images(load_classifier(tuned), [str(test / "1" / next(
+        iter(sorted(os.listdir(test / "1")))))]))
+    assert answer.error is None and answer.label in ("0", "1")

@@ -8,6 +8,7 @@ from featurebank.classical import CLASSIFIERS, TrainOptions
 from featurebank.cli.flags import (
     add_deprecated_flag,
     add_option_flags,
+    exclusions_from_args,
     options_from_args,
     register_flags,
 )
@@ -85,11 +86,7 @@ def run_train(args) -> int:
 
     check_writable(args.output)
     options = options_from_args(TrainOptions, args)
-    exclude: frozenset[str] = frozenset()
-    if args.exclude:  # read (and checked) before any work
-        from featurebank.classical import read_exclusions
-
-        exclude = read_exclusions(args.exclude)
+    exclude = exclusions_from_args(args)  # read (and checked) before any work
     classifier = train(args.store, **asdict(options), exclude=exclude)
     classifier.save(args.output)
     info = classifier.info

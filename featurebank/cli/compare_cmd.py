@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from featurebank.classical import CLASSIFIERS
-from featurebank.cli.flags import add_option_flags, options_from_args
+from featurebank.cli.flags import add_option_flags, exclusions_from_args, options_from_args
 from featurebank.compare import CompareOptions
 from featurebank.spec import SPATIAL_POOLS, TOKEN_POOLS
 
@@ -37,14 +37,21 @@ def register(sub) -> None:
                    help="held-out labelled images (folder, list or store), read once at the "
                    "end for the chosen configuration only")
     p.add_argument("-o", "--output", default=None, metavar="CHOSEN.joblib",
-                   help="the chosen classifier file (required with TRAIN)")
+                   help="the chosen classifier file (required with TRAIN); when --budget's "
+                   "fine-tuning is chosen, the tuned network is CHOSEN.onnx beside it (the "
+                   ".joblib keeps the best frozen configuration)")
     p.add_argument("--report", default=None, metavar="DIR",
                    help="write compare.json (every candidate) and compare.png")
     p.add_argument("--work-dir", default=None, metavar="DIR",
                    help="where the stores are kept (default: OUTPUT's name + .work)")
+    p.add_argument("--exclude", default=None, metavar="FILE",
+                   help="content keys of TRAIN images to leave out of ranking, halving and the "
+                   "fit, one per line (the exclude.txt 'featurebank audit --report DIR' "
+                   "writes); recorded in the classifier, and 'evaluate' skips them")
     # repeatable: None until given, then the dataclass's default is replaced, not appended to
     overrides = {name: {"action": "append", "default": None, "metavar": metavar, "type": str,
                         "choices": choices} for name, (_, metavar, choices) in _REPEATED.items()}
+    overrides.update(budget={"metavar": "MINUTES"}, finetune_from={"metavar": "NAME"})
     add_option_flags(p.add_argument_group("candidates and selection (CompareOptions)"),
                      CompareOptions, flags={n: f for n, (f, *_) in _REPEATED.items()},
                      overrides=overrides)
@@ -64,23 +71,35 @@ def run_compare(args) -> int:
         if args.train or args.test or args.output or args.work_dir:
             raise FeaturebankError("--suite replaces TRAIN, --test, -o and --work-dir (each data "
                                    "set's are in the suite file and under --report DIR)")
+        if args.exclude:
+            raise FeaturebankError("--exclude leaves out images of one TRAIN; it does not apply "
+                                   "to a --suite")
         if not args.report:
             raise FeaturebankError("--suite needs --report DIR (one folder per data set)")
         return _run_suite(args, options)
     if not args.train or not args.output:
         raise FeaturebankError("give TRAIN and -o CHOSEN.joblib (or --suite FILE.toml)")
+    exclude = exclusions_from_args(args)  # a bad file is refused before anything is embedded
     from featurebank.compare import compare
 
     result = compare(args.train, args.test, options=options, output=args.output,
-                     report=args.report, work_dir=args.work_dir, progress=not args.no_progress)
+                     report=args.report, work_dir=args.work_dir, progress=not args.no_progress,
+                     exclude=exclude)
     if args.json:
         print(json.dumps(result.to_dict(), default=str))
         return 0
     print(result.table())
     print(f"chosen: {result.conclusion()}")
+    if result.excluded_keys:
+        print(f"left out: {len(result.excluded_keys)} TRAIN images (--exclude), recorded in "
+              f"{args.output}")
     if args.report:
         print(f"report written to {args.report}")
-    print(f"wrote {args.output}")
+    if result.finetuned:
+        print(f"wrote {args.output} (the best frozen configuration) and {result.finetune.file} "
+              "(the fine-tuned network: the choice, for predict, serve and evaluate)")
+    else:
+        print(f"wrote {args.output}")
     return 0
 
 

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import json
 
-from featurebank.cli.flags import add_option_flags, options_from_args, register_flags
+from featurebank.cli.flags import (
+    add_option_flags,
+    exclusions_from_args,
+    options_from_args,
+    register_flags,
+)
 from featurebank.finetune import FinetuneOptions
 from featurebank.spec import DEFAULT_MODEL
 
@@ -55,11 +60,7 @@ def run_finetune(args) -> int:
                                "name in .onnx")
     check_writable(args.output, suffix=".onnx")
     options = options_from_args(FinetuneOptions, args)
-    exclude: frozenset[str] = frozenset()
-    if args.exclude:  # read (and checked) before anything is embedded
-        from featurebank.classical import read_exclusions
-
-        exclude = read_exclusions(args.exclude)
+    exclude = exclusions_from_args(args)  # read (and checked) before anything is embedded
     result = finetune(args.train, model=args.model, from_layer=args.from_layer, test=args.test,
                       output=Path(args.output), report=args.report, options=options,
                       work_dir=args.work_dir, progress=not args.no_progress, exclude=exclude)

@@ -180,3 +180,13 @@ def flag_names(args: argparse.Namespace, owner: str | None = None) -> dict[str, 
     class when None. Another class's parameter of the same name keeps its own name."""
     flags = getattr(args, FLAGS_KEY, None) or {}
     return {name: flag for (cls, name), flag in flags.items() if owner in (None, cls)}
+
+
+def exclusions_from_args(args: argparse.Namespace) -> frozenset[str]:
+    """The content keys of ``--exclude FILE`` (``train``, ``compare``, ``finetune``), read and
+    checked before the command does any work; empty without the flag."""
+    if not getattr(args, "exclude", None):
+        return frozenset()
+    from featurebank.classical import read_exclusions  # a stage: loaded only when asked
+
+    return read_exclusions(args.exclude)

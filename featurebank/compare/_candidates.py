@@ -26,6 +26,7 @@ class Backbone:
     label: str  #: short, for tables and file names
     cuts: tuple[str, ...]  #: the cuts compared, catalogue order (shallow to deep)
     flops: tuple[float | None, ...]  #: FLOPs share of each cut (None where unknown)
+    catalogue: tuple[str, ...] = ()  #: every layer of its catalogue, shallow to deep
 
     @property
     def is_file(self) -> bool:
@@ -90,7 +91,8 @@ def resolve_backbones(models: tuple[str, ...], layers: tuple[str, ...] | None) -
             problems.append(f"--model {name} offers no cut to compare")
             continue
         out.append(Backbone(name, model, label, tuple(la.name for la in known),
-                            tuple(la.flops_share for la in known)))
+                            tuple(la.flops_share for la in known),
+                            tuple(la.name for la in catalogue)))
     if problems:
         raise FeaturebankError("compare cannot start:\n  " + "\n  ".join(problems))
     return out

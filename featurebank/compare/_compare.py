@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,19 +45,31 @@ class CompareResult:
     seconds: dict[str, float]
     passes: list[dict] = field(default_factory=list)
     options: CompareOptions = field(default_factory=CompareOptions)
+    excluded_keys: set[str] = field(default_factory=set)  #: TRAIN rows left out (--exclude)
+    finetune: Any = None  #: the fine-tuning candidate (FinetuneCandidate), with --budget
+
+    @property
+    def finetuned(self) -> bool:
+        """Whether the fine-tuned network, not the frozen configuration, is the choice."""
+        return self.finetune is not None and self.finetune.chosen
 
     @property
     def chosen(self) -> FeatureSet:
         return self.selection.chosen
 
     def table(self) -> str:
-        return table(self.sets, self.chosen)
+        frozen = None if self.finetuned else self.chosen  # the * marks the one choice
+        lines = table(self.sets, frozen)
+        return lines if self.finetune is None else f"{lines}\n{self.finetune.line()}"
 
     def choice(self) -> dict:
         s, sel = self.chosen, self.selection
         return {"feature_set": s.name, "backbone": s.backbone.name, "cuts": list(s.cuts),
                 "pool": s.pool, "classifier": sel.classifier, "C": sel.C, "cv": s.cv,
-                "logme": s.logme, "ms_per_image": s.ms_per_image, "test": self.test}
+                "logme": s.logme, "ms_per_image": s.ms_per_image, "test": self.test,
+                "finetuned": self.finetuned,  # then "test" is the tuned network's
+                "test_of": (self.finetune.file if self.finetuned else "the frozen classifier"),
+                "finetune": self.finetune.to_dict() if self.finetune is not None else None}
 
     def to_dict(self) -> dict:
         from dataclasses import asdict
@@ -64,7 +77,7 @@ class CompareResult:
         return {"options": asdict(self.options), "chosen": self.choice(),
                 "feature_sets": [s.to_dict() for s in self.sets],
                 "halving": self.selection.history, "passes": self.passes,
-                "seconds": self.seconds}
+                "excluded": len(self.excluded_keys), "seconds": self.seconds}
 
     def conclusion(self) -> str:
         sel, s = self.selection, self.chosen
@@ -72,6 +85,10 @@ class CompareResult:
         cv = s.cv or {}  # the chosen set was always cross-validated
         text = (f"{s.name}, {sel.classifier} {reg}={sel.C:g}: CV accuracy "
                 f"{cv['accuracy']:.4f} +- {cv['std']:.4f} on TRAIN")
+        if self.finetuned:
+            ft = self.finetune
+            text = (f"{s.backbone.label} fine-tuned above {ft.from_layer} ({ft.file}): "
+                    f"{ft.reason}")
         if self.test:
             lo, hi = self.test["interval"]
             text += (f"; TEST accuracy {self.test['accuracy']:.4f} (95 % Wilson interval "
@@ -92,7 +109,7 @@ def _check_output(path: Path | None, what: str) -> None:
 def compare(train: str | Path, test: str | Path | None = None, *,
             options: CompareOptions | None = None, output: str | Path | None = None,
             report: str | Path | None = None, work_dir: str | Path | None = None,
-            progress: bool = True) -> CompareResult:
+            progress: bool = True, exclude: Iterable[str] = ()) -> CompareResult:
     """Rank and choose a backbone, cut, pooling and classifier on TRAIN; score TEST once.
 
     Parameters
@@ -111,6 +128,10 @@ def compare(train: str | Path, test: str | Path | None = None, *,
         ``compare-work``); a second run with the same folder embeds nothing again.
     progress : bool
         Progress of the embedding passes.
+    exclude : iterable of str
+        Content keys of TRAIN images to leave out of ranking, halving and the final fit
+        (:func:`featurebank.classical.read_exclusions`, ``--exclude``); those TRAIN holds are
+        recorded in the classifier file, and ``evaluate`` skips them.
     """
     options = options or CompareOptions()
     clock = {"start": time.perf_counter()}
@@ -128,6 +149,10 @@ def compare(train: str | Path, test: str | Path | None = None, *,
     if test is not None:
         check_collection(test, "TEST")
     backbones = resolve_backbones(options.models, options.layers)
+    if options.budget is not None:
+        from featurebank.compare._finetune import check_finetune_from
+
+        check_finetune_from(backbones, options.finetune_from)
     # every check passed: the work starts
     work.mkdir(exist_ok=True)
     train_input, labels = check_collection(train, "TRAIN", work)
@@ -139,12 +164,15 @@ def compare(train: str | Path, test: str | Path | None = None, *,
         embed_passes,
         load_matrices,
         time_feature_set,
+        without_excluded,
     )
 
     passes = embed_passes(train_input, backbones, options.pools, work, options.batch_size,
                           progress)
     seconds = {"embed": time.perf_counter() - clock["start"]}
-    mats = load_matrices(passes)
+    mats, excluded = without_excluded(load_matrices(passes), frozenset(exclude))
+    if excluded:
+        log.info("left out %d TRAIN images (--exclude)", len(excluded))
     t = time.perf_counter()
     ranked = rank_by_logme(passes, mats, options.concat)
     seconds["logme"] = time.perf_counter() - t
@@ -165,11 +193,19 @@ def compare(train: str | Path, test: str | Path | None = None, *,
     result = CompareResult(ranked, sel, None, None, seconds,
                            [{"backbone": p.backbone.name, "pool": p.pool, "store": str(p.store),
                              "embedded": p.embedded, "cached": p.cached, "seconds": p.seconds}
-                            for p in passes], options)
+                            for p in passes], options, excluded)
+    tuned = None
+    if options.budget is not None:
+        t = time.perf_counter()
+        tuned = _consider_finetune(result, train_input, mats, work, output, options,
+                                   frozenset(excluded), clock["start"], progress)
+        seconds["finetune"] = time.perf_counter() - t
     result.classifier = _classifier(result, estimator, mats)
     if test is not None:
         t = time.perf_counter()
-        result.test = _score_test_once(result, test, work, options, progress)
+        result.test = (_score_tuned_once(tuned, test, work, options, progress)
+                       if tuned is not None else
+                       _score_test_once(result, test, work, options, progress))
         seconds["test"] = time.perf_counter() - t
         result.classifier.info["compare"]["test"] = result.test
     seconds["total"] = time.perf_counter() - clock["start"]
@@ -183,36 +219,78 @@ def compare(train: str | Path, test: str | Path | None = None, *,
     return result
 
 
+def _consider_finetune(result: CompareResult, train: str, mats, work: Path, output: Path | None,
+                       options: CompareOptions, exclude: frozenset[str], start: float,
+                       progress: bool) -> Path | None:
+    """Fine-tuning as one more candidate (``--budget``): its row in ``result.finetune``; when
+    chosen, the tuned network written beside the output (``CHOSEN.onnx``), and its path."""
+    from featurebank.compare._finetune import consider
+    from featurebank.compare._stores import TIMED_IMAGES
+
+    left = options.budget - (time.perf_counter() - start) / 60  # type: ignore[operator]
+    chosen = result.chosen
+    assert chosen.cv is not None  # halving cross-validated the set it chose
+    cand, tuned = consider(chosen, train, n=len(mats.y), frozen_cv=chosen.cv["accuracy"],
+                           left_minutes=left, work=work, options=options,
+                           timed=[str(p) for p in mats.paths[:TIMED_IMAGES]], exclude=exclude,
+                           progress=progress)
+    result.finetune = cand
+    if not cand.chosen:
+        return None
+    path = output.with_suffix(".onnx") if output is not None else work / "chosen.onnx"
+    tuned.export(path)
+    cand.file = str(path)
+    return path
+
+
 def _classifier(result: CompareResult, estimator, mats):
     from featurebank.classical import TrainedClassifier
 
     s, sel = result.chosen, result.selection
     info = {"classifier": sel.classifier, "C": sel.C, "n_train": int(len(mats.y)),
-            "val_scores": {}, "chosen_by": "featurebank compare",
+            "excluded": len(result.excluded_keys), "val_scores": {}, "chosen_by": "featurebank compare",
             "compare": {**result.choice(),
                         "table": [x.to_dict() for x in result.sets if x.cv is not None]}}
     if s.backbone.is_file:
         info["onnx_path"] = s.backbone.model
     return TrainedClassifier(estimator, list(s.specs), [str(c) for c in estimator.classes_],
-                        set(mats.keys), None, info)
+                        set(mats.keys), None, info, set(result.excluded_keys))
+
+
+def _score_tuned_once(tuned: Path, test: str, work: Path, options: CompareOptions,
+                      progress: bool) -> dict:
+    """Embed TEST through the chosen tuned network to its logits, and score it once."""
+    from featurebank.extractor import Extractor
+    from featurebank.finetune import load_tuned
+
+    ex = Extractor(str(tuned), layers=["logits"], batch_size=options.batch_size)
+    return _embed_and_score(load_tuned(tuned), ex, test, work / "test-finetuned.h5", work,
+                            options, progress)
 
 
 def _score_test_once(result: CompareResult, test: str, work: Path, options: CompareOptions,
                      progress: bool) -> dict:
     """Embed TEST for the chosen feature set only, and score the chosen classifier once."""
-    from featurebank.classical import evaluate
     from featurebank.compare._stores import _extractor
-    from featurebank.extractor import EmbedRun, embed_collection
 
     s = result.chosen
+    ex = _extractor(s.backbone, s.pool, s.cuts, options.batch_size)
+    return _embed_and_score(result.classifier, ex, test,
+                            work / f"test-{s.backbone.label}-{s.pool}.h5", work, options,
+                            progress)
+
+
+def _embed_and_score(classifier, ex, test: str, store: Path, work: Path,
+                     options: CompareOptions, progress: bool) -> dict:
+    from featurebank.classical import evaluate
+    from featurebank.extractor import EmbedRun, embed_collection
+
     test_input = test
     if is_store(test):
         test_input, _ = check_collection(test, "TEST", work)
-    store = work / f"test-{s.backbone.label}-{s.pool}.h5"
-    ex = _extractor(s.backbone, s.pool, s.cuts, options.batch_size)
     embed_collection([test_input], store, extractor=ex,
                      run=EmbedRun(batch_size=options.batch_size, progress=progress))
-    scored = evaluate(result.classifier, store, baseline=False, unseen="wrong")
+    scored = evaluate(classifier, store, baseline=False, unseen="wrong")
     n, acc = int(scored["n"]), float(scored["accuracy"])
     lo, hi = wilson_interval(round(acc * n), n)
     return {"accuracy": acc, "n": n, "interval": [lo, hi], "interval_method": "wilson 95 %",

@@ -39,6 +39,15 @@ class CompareOptions:
         Seeds the folds and the halving's image order.
     batch_size : int
         Images per embedding batch.
+    budget : float, optional
+        Minutes for the whole run. With it, fine-tuning the chosen backbone is one more
+        candidate, run only when its estimated minutes fit in what is left (default: none,
+        no fine-tuning).
+    finetune_epochs : int
+        Most epochs of that fine-tuning.
+    finetune_from : str, optional
+        The ``blocks.N``/``stage.N`` cut above which it trains (default: the deepest such cut
+        of the chosen feature set, else of the backbone).
     """
 
     models: tuple[str, ...] = option((DEFAULT_MODEL,), Items(str), help="a backbone: registry "
@@ -61,6 +70,15 @@ class CompareOptions:
     factor: int = option(3, Interval(int, 2, None), help="successive halving's factor")
     seed: int = option(0, int, help="seeds the folds and the halving's image order")
     batch_size: int = option(32, Interval(int, 1, None), help="images per embedding batch")
+    budget: float | None = option(None, None, Interval(float, 0, None, "neither"),
+                                  help="minutes for the run: fine-tuning is one more candidate "
+                                  "when its estimate fits in what is left (default: no "
+                                  "fine-tuning)")
+    finetune_epochs: int = option(8, Interval(int, 1, None),
+                                  help="most epochs of fine-tuning (with --budget)")
+    finetune_from: str | None = option(None, None, str, help="cut above which fine-tuning "
+                                       "trains (with --budget; default: the chosen set's "
+                                       "deepest blocks.N or stage.N)")
 
     def __post_init__(self) -> None:
         for name in ("models", "layers", "pools", "classifiers"):

@@ -39,7 +39,7 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
     return front
 
 
-def table(sets: list[FeatureSet], chosen: FeatureSet) -> str:
+def table(sets: list[FeatureSet], chosen: FeatureSet | None) -> str:
     """One line per feature set, LogME order: CV accuracy with its spread (where halving ran),
     LogME, dimensions and ms per image; the chosen one marked with *."""
     lines = [f"  {'feature set':<44}{'CV acc':>8}{'+-':>7}{'clf':>11}{'LogME':>9}{'dim':>6}"

@@ -100,6 +100,22 @@ def load_matrices(passes: list[Pass]) -> Matrices:
     return Matrices(X, first.y[keep], keys, first.paths[keep])
 
 
+def without_excluded(mats: Matrices, exclude: frozenset[str]) -> tuple[Matrices, set[str]]:
+    """``mats`` less the TRAIN rows whose content key is excluded (``--exclude``), and the keys
+    left out: neither LogME, halving nor the final fit sees them."""
+    if not exclude:
+        return mats, set()
+    drop = np.array([k in exclude for k in mats.keys], dtype=bool)
+    if drop.all():
+        from featurebank.errors import FeaturebankError
+
+        raise FeaturebankError(f"exclude leaves out all {len(drop)} labelled TRAIN images; "
+                               "nothing is left to compare on")
+    keep = np.flatnonzero(~drop)
+    return (Matrices({fp: X[keep] for fp, X in mats.X.items()}, mats.y[keep], mats.keys[keep],
+                     mats.paths[keep]), set(mats.keys[drop]))
+
+
 def time_feature_set(backbone: Backbone, pool: str, cuts, images: list[str], work_dir: Path,
                      batch_size: int) -> float:
     """Milliseconds per image of decoding and running the graph up to these cuts (fastest of
