@@ -2,8 +2,8 @@
 split) on the demo store: wall time of ``featurebank.classical.train`` (raw-pixel baseline
 included, as the command runs it) and the accuracy of each on the demo's test store.
 
-    featurebank demo --workdir runs/demo      # makes runs/demo/train.h5 and test.h5
-    python -m benchmarks.train_auto [--workdir runs/demo] [--repeats 2]
+    featurebank demo --work-dir runs/demo      # makes runs/demo/train.h5 and test.h5
+    python -m benchmarks.train_auto [--work-dir runs/demo] [--repeats 2]
 
 The default becomes ``auto`` only if auto stays within 3x of logistic regression's time.
 """
@@ -19,15 +19,15 @@ from benchmarks._common import load_average, spread, write_result
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--workdir", default="runs/demo")
+    ap.add_argument("--work-dir", default="runs/demo")
     ap.add_argument("--repeats", type=int, default=2)
     args = ap.parse_args(argv)
     from featurebank.classical import evaluate, train
 
-    work = Path(args.workdir)
+    work = Path(args.work_dir)
     stores = {s: work / f"{s}.h5" for s in ("train", "test")}
     if not all(p.is_file() for p in stores.values()):
-        raise SystemExit(f"no demo stores in {work}: run 'featurebank demo --workdir {work}'")
+        raise SystemExit(f"no demo stores in {work}: run 'featurebank demo --work-dir {work}'")
     layers = ["blocks.13", "head"]  # the demo's cuts
     times: dict[str, list[float]] = {"logreg": [], "auto": []}
     accuracy, chosen = {}, {}
