@@ -61,6 +61,16 @@ def session_options(threads: int | None = None, optimized_path: Path | None = No
     return opts
 
 
+#: an optimised graph is kept only up to this multiple of its source's size (plus a floor): a
+#: structure-only graph whose weights ConstantOfShape makes (the onnx package's model-zoo
+#: copies) folds into hundreds of MB, which would fill the cache for a few seconds saved
+KEEP_OPTIMIZED_RATIO, KEEP_OPTIMIZED_FLOOR = 2, 16 << 20
+
+
+def _worth_keeping(optimized_bytes: int, source_bytes: int) -> bool:
+    return optimized_bytes <= KEEP_OPTIMIZED_RATIO * source_bytes + KEEP_OPTIMIZED_FLOOR
+
+
 def make_session(
     model: onnx.ModelProto | str | Path,
     device: str = "auto",
@@ -77,7 +87,8 @@ def make_session(
     threads : int, optional
         Intra-op threads; default: all cores.
     optimized_cache : bool
-        On CPU, reuse a saved optimised graph keyed by the model's digest.
+        On CPU, reuse a saved optimised graph keyed by the model's digest (kept only when it
+        is not much larger than the graph itself: see ``KEEP_OPTIMIZED_RATIO``).
     """
     providers = providers_for(device)
     data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else Path(model).read_bytes()
@@ -98,7 +109,10 @@ def make_session(
             folder.mkdir(parents=True, exist_ok=True)
             tmp = folder / f".{digest}.{os.getpid()}.tmp.onnx"
             session = ort.InferenceSession(data, session_options(threads, tmp), providers=providers)
-            os.replace(tmp, cached)
+            if _worth_keeping(tmp.stat().st_size, len(data)):
+                os.replace(tmp, cached)
+            else:  # constants folded out of a small graph (weights made by ConstantOfShape)
+                tmp.unlink(missing_ok=True)
             return session
         except OSError as exc:  # read-only cache: optimise in memory every time
             log.debug("optimised-model cache unavailable: %s", exc)
