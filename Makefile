@@ -31,6 +31,9 @@ $(DEMO_STAMP): pyproject.toml constraints.txt tools/install.py | $(BIN)/python
 
 $(TEST_STAMP): $(DEMO_STAMP)
 	$(BIN)/python tools/install.py torch,service,dev,ray
+	@# cleanlab is AGPL-3.0: never a dependency of featurebank, only installed here so that the
+	@# audit's label rule is compared with it side by side (tests/test_audit.py).
+	$(BIN)/python -m pip install -q "cleanlab==2.9.0"
 	touch $@
 
 install: $(DEMO_STAMP)
