@@ -193,17 +193,36 @@ def test_bad_arguments_raise_clear_errors(tmp_path, collection):
         embed_collection([str(collection)], tmp_path / "s.h5", engine="spark", progress=False)
 
 
+class _StoppedClock:
+    """A clock that stands still until the test moves it: no file can time out because the
+    machine is slow, and the stuck one times out when the test says (issue 31)."""
+
+    def __init__(self) -> None:
+        self.t = 0.0
+        self.read = threading.Event()  # a wait began (its deadline was read)
+
+    def now(self) -> float:
+        self.read.set()
+        return self.t
+
+    def wait(self, future, seconds: float) -> None:
+        from concurrent.futures import wait
+
+        wait([future], timeout=0.01)  # real time passes; this clock's time does not
+
+
 def test_a_file_stuck_in_the_decoder_is_skipped_not_hung(tmp_path, collection, monkeypatch):
     """A decoder wedged on one file: the run records it as timed out and goes on without
-    waiting for it. No clock runs: the wait is swapped (issue 31) so that the wedged file
-    expires once it is known to be stuck, and every other file is waited for as long as a
-    loaded machine needs."""
+    waiting for it. The engine's clock is injected: it moves past the deadline only once the
+    file is known stuck and its wait has begun, and stands still for every other file however
+    slow the machine."""
     import featurebank.extractor.engines._common as pipeline  # the per-file step both engines use
     import featurebank.extractor.engines._local as local
 
-    real_decode, real_wait = pipeline.decode, local.wait_for_file
-    stuck = sorted((collection / "photos").rglob("*.jpg"))[1]
+    real_decode = pipeline.decode
+    stuck = sorted((collection / "photos").rglob("*.jpg"))[0]  # the first file waited for
     entered, released = threading.Event(), threading.Event()
+    clock = _StoppedClock()
 
     def wedged_decode(data, pre, max_pixels, name):
         if Path(name) == stuck:
@@ -211,23 +230,24 @@ def test_a_file_stuck_in_the_decoder_is_skipped_not_hung(tmp_path, collection, m
             released.wait(600)  # a decoder wedged on one file, until the test lets it go
         return real_decode(data, pre, max_pixels, name)
 
-    def wait(future, item, timeout):
-        if Path(item.path) != stuck:
-            return real_wait(future, item, None)  # no timeout: load cannot expire a good file
-        assert entered.wait(600)  # wedged now: its time is up
-        return real_wait(future, item, 0.0)
+    def time_runs_out() -> None:
+        entered.wait(600)
+        clock.read.wait(600)  # the wait for the stuck file (the first one) has begun
+        clock.t += 3601.0  # an hour: only this clock, not real time, can get there
 
     monkeypatch.setattr(pipeline, "decode", wedged_decode)
-    monkeypatch.setattr(local, "wait_for_file", wait)
+    monkeypatch.setattr(local, "CLOCK", clock)
+    mover = threading.Thread(target=time_runs_out, daemon=True)
+    mover.start()
     try:
         s = embed_collection([str(collection / "photos")], tmp_path / "s.h5", batch_size=2,
-                             workers=2, threads=1, progress=False, file_timeout=1.0)
+                             workers=2, threads=1, progress=False, file_timeout=3600.0)
         # the run ended while the decoder was still wedged: it did not wait for it
         assert entered.is_set() and not released.is_set()
     finally:
         released.set()
     assert (s.embedded, s.failed) == (5, 1)
-    assert FeatureStore(tmp_path / "s.h5").failures() == [(str(stuck), "timed out after 0 s")]
+    assert FeatureStore(tmp_path / "s.h5").failures() == [(str(stuck), "timed out after 3600 s")]
 
 
 def test_wait_for_file_expires_a_file_that_never_finishes():

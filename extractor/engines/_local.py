@@ -14,7 +14,7 @@ import logging
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures import wait as futures_wait
 from dataclasses import replace
 
 import numpy as np
@@ -59,15 +59,39 @@ def int8_calibration(items: list[ImageItem], store: FeatureStore, float_specs: l
     return images
 
 
+class Clock:
+    """Time as the per-file timeout sees it: ``time.monotonic``, and a wait on one file's step
+    that returns when the step is done or ``seconds`` have passed.
+
+    The engine reads :data:`CLOCK`; a test puts its own there to expire a file at the moment
+    it chooses, so that no machine's speed decides which file times out (issue 31).
+    """
+
+    def now(self) -> float:
+        return time.monotonic()
+
+    def wait(self, future: Future, seconds: float) -> None:
+        futures_wait([future], timeout=seconds)
+
+
+CLOCK = Clock()
+
+
 def wait_for_file(future: Future, item: ImageItem, timeout: float | None) -> Prepared:
-    """The per-file step's result, or a failure after ``timeout`` seconds (``file_timeout``):
-    a decoder stuck on one file must not hang the run. The one place the timeout is applied
-    (a test swaps this function to expire a file without any clock running)."""
-    try:
-        return future.result(timeout=timeout)
-    except FutureTimeout:
-        log.warning("%s: no result after %g s, skipped", item.path, timeout)
-        return Prepared(error=f"timed out after {timeout:g} s")
+    """The per-file step's result, or a failure once ``timeout`` seconds (``file_timeout``) of
+    :data:`CLOCK` have passed since the wait began: a decoder stuck on one file must not hang
+    the run. The one place the timeout is applied."""
+    if timeout is None:
+        return future.result()
+    clock = CLOCK
+    deadline = clock.now() + timeout
+    while not future.done():
+        left = deadline - clock.now()
+        if left <= 0:
+            log.warning("%s: no result after %g s, skipped", item.path, timeout)
+            return Prepared(error=f"timed out after {timeout:g} s")
+        clock.wait(future, left)
+    return future.result()
 
 
 class _LocalRun:
