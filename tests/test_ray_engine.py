@@ -3,7 +3,6 @@ actor, resumes after a killed driver, and runs scikit-learn searches through job
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import signal
@@ -25,6 +24,8 @@ from featurebank.extractor import embed_collection  # noqa: E402
 from featurebank.extractor.engines import ray_joblib_backend  # noqa: E402
 from featurebank.extractor.store._shards import shard_dir  # noqa: E402
 from featurebank.extractor.store._store import FeatureStore  # noqa: E402
+from tests._killpoints import ANNOUNCE, wait_for_point  # noqa: E402
+from tests._ray_pause import ENV, calls  # noqa: E402
 
 N_DIGITS = 110
 EMBED = dict(engine="ray", workers=1, threads=1, batch_size=8, progress=False, shard_rows=16, actor_wait_s=60)
@@ -32,17 +33,36 @@ CALL_S = 30  # timeout of each direct wait in these tests
 
 
 @pytest.fixture(scope="module")
-def ray_local(model_cache):
+def pause_root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("ray-pause")
+
+
+@pytest.fixture(scope="module")
+def ray_local(model_cache, pause_root):
     """Ray on this machine with 2 CPUs: one for the embedding actor, one for decode/write.
 
-    Started after ``model_cache`` so its workers inherit the test cache of optimised graphs.
+    Started after ``model_cache`` so its workers inherit the test cache of optimised graphs;
+    every worker runs :func:`tests._ray_pause.install`, so a test can make an actor pause at an
+    announced batch (:func:`pause`).
     """
     if ray.is_initialized():
         ray.shutdown()
+    env = {ENV: str(pause_root), "PYTHONPATH": os.pathsep.join(filter(None, [
+        str(REPO), os.environ.get("PYTHONPATH")]))}
     ray.init(num_cpus=2, include_dashboard=False, object_store_memory=300 * 1024**2,
-             log_to_driver=False)
+             log_to_driver=False,
+             runtime_env={"worker_process_setup_hook": "tests._ray_pause.install", "env_vars": env})
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
+
+
+@pytest.fixture
+def pause(pause_root):
+    """The actors' pause folder, emptied for this test; a paused actor is let go at the end."""
+    for f in pause_root.iterdir():
+        f.unlink()
+    yield pause_root
+    (pause_root / "go").touch()
 
 
 @pytest.fixture(scope="module")
@@ -92,33 +112,7 @@ def test_ray_engine_yields_the_local_engines_vectors(ray_local, collection, refe
     _same_store(path, reference[0])
 
 
-def _embedder_pids(stages: tuple[str, ...] = ("_Embedder",)) -> list[int]:
-    """Processes of this test's Ray running one of ``stages`` (Ray titles a worker by the task
-    or actor class it runs; an idle one is ``ray::IDLE``)."""
-    import psutil
-
-    pids = []
-    for proc in psutil.Process().children(recursive=True):
-        with contextlib.suppress(psutil.Error):
-            title = " ".join(proc.cmdline())
-            if any(s in title for s in stages) and proc.status() != psutil.STATUS_ZOMBIE:
-                pids.append(proc.pid)
-    return pids
-
-
-def _wait_for(cond, what: str, timeout: float = 60.0):
-    """Poll ``cond`` every 10 ms: a kill follows the awaited event closely on a fast machine
-    too (a shard of 16 rows takes far longer), so the run is still mid-way when it lands."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def test_killed_actor_loses_no_rows(ray_local, collection, reference, tmp_path):
+def test_killed_actor_loses_no_rows(ray_local, pause, collection, reference, tmp_path):
     path = tmp_path / "ray.h5"
     result: dict = {}
 
@@ -128,45 +122,48 @@ def test_killed_actor_loses_no_rows(ray_local, collection, reference, tmp_path):
         except BaseException as exc:  # reported by the main thread
             result["error"] = exc
 
+    (pause / "arm").write_text("3")  # the actor pauses before it embeds its third batch
     worker = threading.Thread(target=run, daemon=True)
     worker.start()
-    _wait_for(lambda: list(shard_dir(path).glob("shard-*.h5")), "the first shard")
-    pid = _wait_for(_embedder_pids, "the embedding actor")[0]
+    while not (pause / "paused").exists():  # announced by the actor's process
+        assert worker.is_alive(), f"the run ended before its actor paused: {result}"
+        time.sleep(0.05)
+    pid = int((pause / "paused").read_text())
+    calls_at_kill = len(calls(pause))
     os.kill(pid, signal.SIGKILL)  # the actor's process dies mid-run, as on a lost node
-    shards_at_kill = len(list(shard_dir(path).glob("shard-*.h5")))
     worker.join(timeout=240)
     assert not worker.is_alive(), "the run did not finish after its actor was killed"
     assert "error" not in result, result.get("error")
-    assert pid not in _embedder_pids()  # a new actor took over
+    after = calls(pause)[calls_at_kill:]
+    # it was mid-run: the batches left, the killed one included, were embedded by a new actor
+    assert after and pid not in after
     assert result["summary"].embedded == reference[1].embedded
-    assert len(list(shard_dir(path).glob("shard-*.h5"))) > shards_at_kill  # it was mid-run
     _same_store(path, reference[0])
 
 
 def test_rerun_after_killed_driver_embeds_only_whats_missing(ray_local, collection, reference, tmp_path):
     path = tmp_path / "ray.h5"
-    code = ("import sys; from featurebank.extractor import embed_collection as e; "
+    code = ("import sys; from tests._ray_pause import pause_driver_after_shard as p; p(2); "
+            "from featurebank.extractor import embed_collection as e; "
             f"e([sys.argv[1]], sys.argv[2], address=sys.argv[3], **{EMBED!r})")
-    env = subprocess_env()
     driver = subprocess.Popen([sys.executable, "-c", code, str(collection), str(path), ray_local],
-                              cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              cwd=REPO, env=subprocess_env(), stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     try:
-        _wait_for(lambda: len(list(shard_dir(path).glob("shard-*.h5"))) >= 2 or driver.poll() is not None,
-                  "two shards", timeout=120)
-        assert driver.poll() is None, "the driver finished before it could be interrupted"
+        # The driver announces its second shard written, and waits: killed there, mid-run.
+        assert wait_for_point(driver.stdout) == f"{ANNOUNCE} shard 2"
     finally:
         driver.kill()
         driver.wait(timeout=CALL_S)
-    # The dead job's workers are reaped by Ray; once none runs an embedding actor or a shard
-    # write, no late shard can appear (a shard is written whole under a temporary name).
-    _wait_for(lambda: not _embedder_pids(("_Embedder", "_write_batch")),
-              "the killed job's actors and writers to go", timeout=60)
+    shards = sorted(shard_dir(path).glob("shard-*.h5"))
+    assert len(shards) == 2  # only the driver writes shards, and it died paused after two
     committed = set()
-    for shard in shard_dir(path).glob("shard-*.h5"):
+    for shard in shards:
         with FeatureStore(shard) as s:
             committed |= s.keys(s.feature_sets()[0].fingerprint)
     total_new = reference[1].embedded
     assert 0 < len(committed) < total_new
+    # the killed job's actor is released by Ray; the rerun waits for a free CPU (actor_wait_s)
     summary = embed_collection([str(collection)], path, **EMBED)
     assert summary.embedded == total_new - len(committed)
     assert summary.cached == sum(k in committed for k in _path_keys(reference[0]))
