@@ -64,9 +64,10 @@ def calls(folder: Path) -> list[int]:
     return [int(p) for p in path.read_text().split()] if path.exists() else []
 
 
-def pause_driver_after_shard(n: int) -> None:
-    """In the driver: announce ``KILLPOINT shard N`` on stdout after the N-th shard is written
-    (committed under its final name) and wait for a line on stdin."""
+def pause_driver_after_shard(shards: set[int] | None = None) -> None:
+    """In the driver: after each shard numbered in ``shards`` (1 for the first; None: every
+    shard) is written under its final name, announce ``KILLPOINT shard N`` on stdout and wait
+    for a line on stdin (at its end, none: the run goes on)."""
     from featurebank.extractor.engines import _ray
 
     write = _ray._ShardWriter.flush
@@ -74,8 +75,22 @@ def pause_driver_after_shard(n: int) -> None:
     def flush(self):
         before = self.seq
         write(self)
-        if self.seq == n and before == n - 1:
-            print(f"{ANNOUNCE} shard {n}", flush=True)
+        if self.seq > before and (shards is None or self.seq in shards):
+            print(f"{ANNOUNCE} shard {self.seq}", flush=True)
             sys.stdin.readline()
 
     _ray._ShardWriter.flush = flush
+
+
+def main(argv: list[str]) -> int:
+    """``python -m tests._ray_pause all|N[,N...] ARGS...``: ``featurebank ARGS...`` whose
+    driver pauses after the shards named."""
+    shards = None if argv[0] == "all" else {int(n) for n in argv[0].split(",")}
+    pause_driver_after_shard(shards)
+    from featurebank.cli import main as featurebank
+
+    return featurebank(argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

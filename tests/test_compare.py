@@ -10,10 +10,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import h5py
@@ -25,6 +23,7 @@ from featurebank.classical import load_trained
 from featurebank.compare import CompareOptions, compare, pareto_front, wilson_interval
 from featurebank.errors import FeaturebankError
 from featurebank.extractor import FeatureStore
+from tests._killpoints import ANNOUNCE, wait_for_point
 
 CUTS = ("blocks.13", "head")
 OPTIONS = CompareOptions(layers=CUTS, classifiers=("logreg", "knn"), top=3)
@@ -130,16 +129,17 @@ def test_a_killed_compare_resumes_where_it_stopped(splits, tmp_path, compared):
            "--layer", CUTS[0], "--layer", CUTS[1], "--classifier", "logreg",
            "--classifier", "knn", "--top", "3", "--batch-size", "4", "--no-progress", "--json"]
     store = tmp_path / "chosen.work" / "efficientnet_lite0-avg.h5"
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env=subprocess_env(OMP_NUM_THREADS="1"), cwd=REPO)
-    deadline = time.monotonic() + 240
-    while proc.poll() is None and _committed_rows(store) < 8 and time.monotonic() < deadline:
-        time.sleep(0.005)
-    assert proc.poll() is None, "the run ended before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    # The child announces its second commit and waits there: killed at a known point.
+    paused = [sys.executable, "-m", "tests._killpoints", "commit", "2", *cmd[3:]]
+    proc = subprocess.Popen(paused, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, env=subprocess_env(), cwd=REPO)
+    try:
+        assert wait_for_point(proc.stdout) == f"{ANNOUNCE} commit 2"
+    finally:
+        proc.kill()
+        proc.wait()
     killed_at = _committed_rows(store)
-    assert 8 <= killed_at < 80 and not out.exists()
+    assert 0 < killed_at < 80 and not out.exists()
     done = subprocess.run(cmd, capture_output=True, text=True, env=subprocess_env(), cwd=REPO,
                           timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]

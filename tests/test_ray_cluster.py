@@ -28,7 +28,8 @@ from benchmarks.harness.faults import REPO, subprocess_env  # noqa: E402
 from featurebank.extractor import embed_collection  # noqa: E402
 from featurebank.extractor.store._shards import shard_dir  # noqa: E402
 from featurebank.extractor.store._store import FeatureStore  # noqa: E402
-from tests.test_ray_engine import _same_store, _wait_for  # noqa: E402
+from tests._killpoints import wait_for_point  # noqa: E402
+from tests.test_ray_engine import _same_store  # noqa: E402
 
 N_IMAGES = 96  # 12 shards of 8 rows: the kill lands while most are still to come
 # Three logical CPUs per node: one embedding actor per node, and when a node is lost and its
@@ -73,15 +74,21 @@ def digit_list(tmp_path_factory, digits_dir) -> Path:
     return path
 
 
-def _run_cli(*args: str) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "featurebank", "embed", *args, "--engine", "ray", "--workers", "2",
+def _run_cli(tmp_path: Path, *args: str, pause: bool = False) -> subprocess.Popen:
+    """``featurebank embed ARGS --engine ray ...`` in a child; with ``pause`` its driver
+    announces each shard written and waits for a line (:mod:`tests._ray_pause`). Its stderr
+    (Ray's chatter too) goes to ``tmp_path/driver.err``, never into a pipe that could fill."""
+    main = ["-m", "tests._ray_pause", "all"] if pause else ["-m", "featurebank"]
+    cmd = [sys.executable, *main, "embed", *args, "--engine", "ray", "--workers", "2",
            "--threads", "1", "--batch-size", "4", "--shard-rows", "8", "--no-progress", "--json"]
-    return subprocess.Popen(["nice", "-n", "10", *cmd], cwd=REPO, env=subprocess_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    with open(tmp_path / "driver.err", "w") as err:
+        return subprocess.Popen(["nice", "-n", "10", *cmd], cwd=REPO, env=subprocess_env(),
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
+                                text=True)
 
 
-def _summary(driver: subprocess.Popen, out: str, err: str, tmp_path: Path) -> dict:
-    (tmp_path / "driver.err").write_text(err)
+def _summary(driver: subprocess.Popen, out: str, tmp_path: Path) -> dict:
+    err = (tmp_path / "driver.err").read_text()
     assert driver.returncode == 0, "\n".join(  # without the raylet's and core worker's chatter
         line for line in err.splitlines() if not line.startswith("["))[-4000:]
     return json.loads(out.strip().splitlines()[-1])
@@ -98,9 +105,9 @@ def test_workers_read_images_from_s3_urls(cluster, s3_bucket, digits_dir, tmp_pa
     reference = tmp_path / "local.h5"
     embed_collection([url], reference, threads=1, batch_size=4, progress=False)
     store = tmp_path / "ray.h5"
-    driver = _run_cli(url, "--store", str(store), "--address", c.address)
-    out, err = driver.communicate(timeout=180)
-    summary = _summary(driver, out, err, tmp_path)
+    driver = _run_cli(tmp_path, url, "--store", str(store), "--address", c.address)
+    out, _ = driver.communicate(timeout=180)
+    summary = _summary(driver, out, tmp_path)
     assert summary["embedded"] + summary["duplicates"] == len(pngs) and summary["failed"] == 0
     assert set(summary["nodes"]) == {c.head_node.node_id, worker.node_id}
     _same_store(store, reference)
@@ -123,21 +130,27 @@ def test_cluster_run_spans_both_nodes_and_survives_losing_one(cluster, digit_lis
     embed_collection([str(digit_list)], reference, threads=1, batch_size=4, progress=False)
 
     store = tmp_path / "ray.h5"
-    driver = _run_cli(str(digit_list), "--store", str(store), "--address", c.address)
+    driver = _run_cli(tmp_path, str(digit_list), "--store", str(store), "--address", c.address,
+                      pause=True)
     try:
-        # Both nodes have embedded rows (each shard records its rows' nodes): then the worker
-        # node's processes are killed, raylet, object store and workers alike.
-        _wait_for(lambda: {head_id, worker_id} <= _shard_nodes(store) or driver.poll() is not None,
-                  "rows embedded on both nodes", timeout=180)
-        assert driver.poll() is None, f"the run ended before the node could be lost: {driver.communicate()}"
+        # The driver announces each shard it wrote and waits there. Once the shards hold rows
+        # of both nodes, the worker node's processes are killed (raylet, object store and
+        # workers alike) while the driver is paused: mid-run, whatever the machine's speed.
+        while (point := wait_for_point(driver.stdout)) is not None:
+            if {head_id, worker_id} <= _shard_nodes(store):
+                break
+            driver.stdin.write("\n")
+            driver.stdin.flush()
+        assert point is not None, "the run ended before rows of both nodes came back"
         shards_at_kill = len(list(shard_dir(store).glob("shard-*.h5")))
+        assert shards_at_kill < N_IMAGES // 8, "the last shard came back before the loss"
         c.remove_node(worker, allow_graceful=False)
-        out, err = driver.communicate(timeout=180)
+        out, _ = driver.communicate("\n" * N_IMAGES, timeout=180)  # a line for each pause left
     finally:
         if driver.poll() is None:
             driver.kill()
             driver.wait(timeout=30)
-    summary = _summary(driver, out, err, tmp_path)
+    summary = _summary(driver, out, tmp_path)
     assert summary["embedded"] + summary["duplicates"] == N_IMAGES and summary["failed"] == 0
     assert set(summary["nodes"]) == {head_id, worker_id}  # the summary names both nodes too
     assert len(list(shard_dir(store).glob("shard-*.h5"))) > shards_at_kill  # it was mid-run

@@ -143,7 +143,7 @@ def test_killed_actor_loses_no_rows(ray_local, pause, collection, reference, tmp
 
 def test_rerun_after_killed_driver_embeds_only_whats_missing(ray_local, collection, reference, tmp_path):
     path = tmp_path / "ray.h5"
-    code = ("import sys; from tests._ray_pause import pause_driver_after_shard as p; p(2); "
+    code = ("import sys; from tests._ray_pause import pause_driver_after_shard as p; p({2}); "
             "from featurebank.extractor import embed_collection as e; "
             f"e([sys.argv[1]], sys.argv[2], address=sys.argv[3], **{EMBED!r})")
     driver = subprocess.Popen([sys.executable, "-c", code, str(collection), str(path), ray_local],
