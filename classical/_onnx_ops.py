@@ -4,7 +4,7 @@ What ``LinearProbe.predict_proba`` computes, op for op, in float32 and in the de
 domain only (no ``ai.onnx.ml``, no ZipMap, no sequence or map types), so the graph runs in any
 ONNX runtime (Triton, onnxruntime-web, mobile builds) and can be appended to a feature graph:
 
-- ``Normalizer('l2')`` (``normalize='l2'``): rows divided by their norm, a norm below
+- ``Normalizer('l2')`` (``normalize=True``): rows divided by their norm, a norm below
   ``10 * eps`` taken as 1, as scikit-learn's ``normalize`` does;
 - ``StandardScaler``: ``(x - mean_) / scale_``;
 - logistic regression: ``Gemm`` scores; binary is a softmax of ``[0, z]`` (== scikit-learn's

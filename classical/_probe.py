@@ -3,11 +3,13 @@
 The protocol of Kornblith et al. (2019) and CLIP: standardise features, pick the regularisation
 strength C on a held-out validation split from a log-spaced sweep, then refit on train+val.
 With few labels (k-shot), ``cv=5`` chooses C by stratified cross-validation over all training
-images instead of one small split, and ``normalize="l2"`` puts every row on the unit sphere first
+images instead of one small split, and ``normalize=True`` puts every row on the unit sphere first
 (SimpleShot, Wang et al. 2019), which removes the image-to-image scale of pooled activations.
 """
 
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
@@ -47,8 +49,11 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         Choose C by stratified ``cv``-fold cross-validation on the training data (folds capped at
         the smallest class count) instead of one validation split: every image validates once,
         which is what a 10-shot problem needs (a 20 % split holds out 2 images per class).
-    normalize : {None, 'l2'}
-        ``'l2'`` scales each row to unit Euclidean norm before standardisation.
+    normalize : bool
+        L2-normalise each row (feature vector) before standardisation: the word means what it
+        means in a :class:`~featurebank.spec.FeatureSpec` (``--l2``). The former values
+        ``'l2'`` and ``None`` still work (``'l2'`` with a ``FutureWarning``), so classifiers
+        saved with them load and predict as before.
     class_weight : None or 'balanced' or dict
     max_iter : int
     random_state : int
@@ -73,12 +78,12 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         "max_iter": [Interval(int, 1, None)],
         "random_state": [SEED, None],
         "cv": [Interval(int, 2, None), None],
-        "normalize": [Options(("l2",)), None],
+        "normalize": [bool, Options(("l2",)), None],  # 'l2' and None: featurebank 0.1's values
     }
 
     def __init__(self, classifier: str = "logreg", *, Cs=None, val_size: float = 0.2,
                  class_weight=None, max_iter: int = 1000, random_state: int = 0,
-                 cv: int | None = None, normalize: str | None = None):
+                 cv: int | None = None, normalize: bool = False):
         self.classifier = classifier
         self.Cs = Cs
         self.val_size = val_size
@@ -106,11 +111,14 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         else:  # fit checked it against CLASSIFIERS: a kind added there needs a branch here
             raise OptionError("classifier", f"{self.classifier!r} has no implementation",
                               owner=type(self).__name__)
-        steps = [Normalizer("l2")] if self.normalize == "l2" else []
+        steps = [Normalizer("l2")] if self.normalize in (True, "l2") else []
         return make_pipeline(*steps, StandardScaler(), clf)
 
     def fit(self, X, y):
         check_params(self)
+        if self.normalize == "l2":
+            warnings.warn("LinearProbe(normalize='l2') is deprecated: use normalize=True (the "
+                          "same L2 normalisation of each row)", FutureWarning, stacklevel=2)
         X, y = validate_data(self, X, y, dtype=np.float32)
         self.classes_ = unique_labels(y)
         if len(self.classes_) < 2:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import warnings
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from sklearn.base import clone
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import Normalizer
 from sklearn.utils.estimator_checks import (
     check_no_attributes_set_in_init,
     check_parameters_default_constructible,
@@ -162,13 +164,13 @@ def test_k_shot_and_cross_validation(digit_features, digits_split):
 @pytest.mark.slow
 def test_probe_l2_normalize_and_cv_choice(digit_features, digits_split):
     """``cv=5`` scores each C by 5-fold CV on all 100 digits (checked against scikit-learn's own
-    pipeline); ``normalize='l2'`` makes predictions blind to each image's feature scale."""
+    pipeline); ``normalize=True`` makes predictions blind to each image's feature scale."""
     from sklearn.model_selection import StratifiedKFold, cross_val_score
     from sklearn.preprocessing import Normalizer, StandardScaler
 
     _, ytr, _, yte = digits_split
     _, Ftr, Fte = digit_features
-    probe = LinearProbe(normalize="l2", cv=5).fit(Ftr, ytr)
+    probe = LinearProbe(normalize=True, cv=5).fit(Ftr, ytr)
     assert set(probe.val_scores_) == set(DEFAULT_CS["logreg"])
     folds = StratifiedKFold(5, shuffle=True, random_state=0)
     for C in (0.01, 1.0):
@@ -183,13 +185,40 @@ def test_probe_l2_normalize_and_cv_choice(digit_features, digits_split):
     # 3 images per class: the folds are capped at 3, every C is still cross-validated
     few = classical.k_shot_indices(ytr, 3)
     assert len(LinearProbe(cv=5).fit(Ftr[few], ytr[few]).val_scores_) == len(DEFAULT_CS["logreg"])
-    assert clone(probe).get_params()["normalize"] == "l2"
+    assert clone(probe).get_params()["normalize"] is True
     with pytest.raises(ValueError, match="normalize"):
         LinearProbe(normalize="l1").fit(Ftr, ytr)
 
 
+def test_probe_normalize_is_a_bool_and_its_old_values_still_work(digit_features, digits_split,
+                                                                 tmp_path):
+    """One word, one meaning (issue 31): ``normalize`` is the L2 switch of a FeatureSpec and of
+    the probe. The probe's old ``'l2'`` warns and gives the same classifier; a probe pickled
+    with ``'l2'`` or ``None`` (featurebank 0.1) loads and predicts as before."""
+    import joblib
+
+    _, ytr, _, _ = digits_split
+    _, Ftr, Fte = digit_features
+    new = LinearProbe(normalize=True, Cs=[1.0]).fit(Ftr, ytr)
+    with pytest.warns(FutureWarning, match="normalize=True"):
+        old = LinearProbe(normalize="l2", Cs=[1.0]).fit(Ftr, ytr)
+    np.testing.assert_array_equal(old.predict_proba(Fte), new.predict_proba(Fte))
+    assert isinstance(old.pipeline_[0], Normalizer) and isinstance(new.pipeline_[0], Normalizer)
+    plain = LinearProbe(Cs=[1.0]).fit(Ftr, ytr)
+    assert not isinstance(plain.pipeline_[0], Normalizer)
+    for fitted, value in ((new, "l2"), (plain, None)):  # as 0.1 pickled them
+        fitted.normalize = value
+        joblib.dump(fitted, tmp_path / "p.joblib")
+        loaded = joblib.load(tmp_path / "p.joblib")
+        np.testing.assert_array_equal(loaded.predict(Fte), fitted.predict(Fte))
+        with warnings.catch_warnings():  # 'l2' warns (above); None is the old default
+            warnings.simplefilter("ignore", FutureWarning)
+            refit = clone(loaded).fit(Ftr, ytr)
+        assert isinstance(refit.pipeline_[0], Normalizer) == (value == "l2")
+
+
 @parametrize_with_checks([LinearProbe(Cs=[0.1, 1.0], max_iter=200),
-                          LinearProbe(Cs=[0.1, 1.0], max_iter=200, cv=3, normalize="l2")])
+                          LinearProbe(Cs=[0.1, 1.0], max_iter=200, cv=3, normalize=True)])
 def test_linear_probe_estimator_checks(estimator, check):
     check(estimator)
 
