@@ -23,7 +23,7 @@ def digits():
     return d.data.astype(np.float32), d.target
 
 
-def _fit(X, y, kind, normalize=None):
+def _fit(X, y, kind, normalize=False):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # convergence warnings of a short fit
         return LinearProbe(kind, Cs=[1.0], normalize=normalize).fit(X, y)
@@ -35,8 +35,8 @@ def _run(model: onnx.ModelProto, X: np.ndarray):
 
 
 @pytest.mark.parametrize("kind", ONNX_KINDS)
-@pytest.mark.parametrize(("n_classes", "normalize"), [(2, None), (3, None), (10, None), (2, "l2"),
-                                                      (3, "l2")])
+@pytest.mark.parametrize(("n_classes", "normalize"), [(2, False), (3, False), (10, False),
+                                                      (2, True), (3, True)])
 def test_probabilities_equal_predict_proba(digits, kind, n_classes, normalize):
     X, y = digits
     keep = y < n_classes
