@@ -32,7 +32,7 @@ from featurebank.export._metadata import (
 )
 from featurebank.export._runs import graph_input as _graph_input
 from featurebank.paths import check_writable
-from featurebank.spec import META_SPEC, ModelSpec, Preprocessing, sha256_file
+from featurebank.spec import ADOPT_UNSTATED, META_SPEC, ModelSpec, Preprocessing, sha256_file
 
 log = logging.getLogger(__name__)
 #: Element types of a graph input featurebank can feed: floats (normalised in float32, then
@@ -88,10 +88,8 @@ def resolve_conventions(model: str | Path | onnx.ModelProto, path: str | Path | 
                                f"featurebank feeds 3-channel images")
     size = _settle_size(data.get("input_size"), hw, dims, name, where)
     data.update(input_size=tuple(size), layout=layout)
-    for key, default in (("mean", (0.0,) * 3), ("std", (1.0,) * 3), ("interpolation", "bilinear"),
-                         ("resize_size", min(size)),
-                         ("class_token", None)):  # unstated: what the graph shows (settle_tokens)
-        data.setdefault(key, default)
+    for key, (default, _) in ADOPT_UNSTATED.items():  # class_token: settle_tokens decides
+        data.setdefault(key, min(size) if key == "resize_size" and default is None else default)
     classes = _read_classes(data.pop("classes", None))
     try:
         pre = Preprocessing.from_dict(data)

@@ -63,6 +63,17 @@ PIXEL_RANGES = (1, 255)
 _CONVENTION_DEFAULTS = {"layout": "nchw", "channel_order": "rgb", "pixel_range": 1,
                         "tensor_layouts": (), "resize_rule": "featurebank",
                         "prefix_tokens": None, "class_token": True}
+#: What ``adopt`` takes for a convention that a foreign graph, its preprocessing file and the
+#: flags all leave unstated, with the words ``adopt --help`` shows for it: the one source of
+#: both. (Not :class:`Preprocessing`'s own defaults, which describe featurebank's exports.)
+#: ``resize_size`` None: the input size, so no crop; ``class_token`` None: what the graph shows.
+ADOPT_UNSTATED: dict[str, tuple[Any, str]] = {
+    "mean": ((0.0, 0.0, 0.0), "0"),
+    "std": ((1.0, 1.0, 1.0), "1"),
+    "interpolation": ("bilinear", "bilinear"),
+    "resize_size": (None, "the input size, no crop"),
+    "class_token": (None, "what the graph shows"),
+}
 
 
 @dataclass(frozen=True)

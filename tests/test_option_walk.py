@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
 
 from featurebank.errors import OptionError
@@ -253,3 +254,28 @@ def test_source_messages_name_the_parameter_and_the_command_line_its_flag(tmp_pa
     assert "featurebank embed: error: --split is 'train': it selects rows" in \
         capsys.readouterr().err
     assert not (tmp_path / "s.h5").exists()
+
+
+def test_adopt_takes_and_shows_the_unstated_values_from_one_table(capsys):
+    """What adopt takes for an unstated convention and what its help says it takes come from
+    one table, ``featurebank.spec.ADOPT_UNSTATED`` (issue 31: no third copy of the defaults)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from featurebank.cli import main
+    from featurebank.export import resolve_conventions
+    from featurebank.spec import ADOPT_UNSTATED
+
+    w = numpy_helper.from_array(np.ones((4, 3, 1, 1), np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 20, 24])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 20, 24])], [w])
+    pre, _ = resolve_conventions(helper.make_model(graph), pixel_range=255, channel_order="bgr")
+    assert (pre.mean, pre.std, pre.interpolation) == tuple(
+        ADOPT_UNSTATED[k][0] for k in ("mean", "std", "interpolation"))
+    assert pre.resize_size == 20 and pre.input_size == (20, 24)  # the input size: no crop
+    with pytest.raises(SystemExit):
+        main(["adopt", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    for words in (w for _, w in ADOPT_UNSTATED.values()):
+        assert f"(unstated: {words})" in shown

@@ -60,11 +60,10 @@ _CONVENTION_FLAGS = {"resize_size": ("--resize", "--resize-size"),
 _CONVENTION_HELP: dict[str, dict[str, Any]] = {
     "input_size": {"metavar": "N|H,W", "type": str,
                    "help": "network input, a square side or H,W (unstated: the graph's)"},
-    "resize_size": {"metavar": "N", "help": "shorter side before the centre crop (unstated: the "
-                    "input size, no crop)"},
-    "interpolation": {"help": "resize filter (unstated: bilinear)"},
-    "mean": {"help": "per channel, in the model's channel order and pixel range (unstated: 0)"},
-    "std": {"help": "per channel, in the model's channel order and pixel range (unstated: 1)"},
+    "resize_size": {"metavar": "N", "help": "shorter side before the centre crop"},
+    "interpolation": {"help": "resize filter"},
+    "mean": {"help": "per channel, in the model's channel order and pixel range"},
+    "std": {"help": "per channel, in the model's channel order and pixel range"},
     "pixel_range": {"help": "the range mean/std apply to: 1 (0-1 floats) or 255 (0-255); "
                     "required"},
     "channel_order": {"help": "the model's channel order; required"},
@@ -77,9 +76,19 @@ _CONVENTION_HELP: dict[str, dict[str, Any]] = {
                        "help": "layout of an activation the graph cannot show; repeatable"},
     "prefix_tokens": {"help": "a vision transformer's tokens before its patch tokens (class "
                       "and register tokens; unstated: what the graph shows)"},
-    "class_token": {"help": "whether the first prefix token is a class token (unstated: what "
-                    "the graph shows)"},
+    "class_token": {"help": "whether the first prefix token is a class token"},
 }
+
+
+def _convention_help() -> dict[str, dict[str, Any]]:
+    """:data:`_CONVENTION_HELP`, each value adopt takes when unstated named from
+    :data:`featurebank.spec.ADOPT_UNSTATED` (the values adopt uses)."""
+    from featurebank.spec import ADOPT_UNSTATED
+
+    out = {name: dict(keywords) for name, keywords in _CONVENTION_HELP.items()}
+    for name, (_, words) in ADOPT_UNSTATED.items():
+        out[name]["help"] += f" (unstated: {words})"
+    return out
 
 
 #: The eval transform fields ``export`` can state, with ``adopt``'s flags and meaning (for
@@ -107,7 +116,7 @@ def add_convention_arguments(p) -> None:
 
     p.add_argument("--preprocessing", metavar="FILE",
                    help="JSON/TOML file with the fields below (underscores); flags win")
-    add_option_flags(p, Preprocessing, flags=_CONVENTION_FLAGS, overrides=_CONVENTION_HELP,
+    add_option_flags(p, Preprocessing, flags=_CONVENTION_FLAGS, overrides=_convention_help(),
                      unstated=True)
     p.add_argument("--classes", metavar="FILE", help="class names of the logits, one a line")
 
