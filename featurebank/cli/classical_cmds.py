@@ -7,6 +7,7 @@ import json
 from featurebank.classical import CLASSIFIERS, TrainOptions
 from featurebank.cli.flags import (
     add_deprecated_flag,
+    add_exclude_flag,
     add_option_flags,
     exclusions_from_args,
     options_from_args,
@@ -33,10 +34,7 @@ def register(sub) -> None:
     p.add_argument("-o", "--output", required=True, metavar="CLASSIFIER.joblib",
                    help="the classifier file written")
     add_option_flags(p, TrainOptions, flags=_TRAIN_FLAGS, overrides=_LAYER_FLAG)
-    p.add_argument("--exclude", default=None, metavar="FILE",
-                   help="content keys of rows to leave out, one per line (the exclude.txt "
-                   "'featurebank audit --report DIR' writes); recorded in the classifier, and "
-                   "'evaluate' skips them")
+    add_exclude_flag(p, "rows")
     p.set_defaults(func=run_train)
 
     p = sub.add_parser("evaluate", help="score a classifier on a store (images it was not "

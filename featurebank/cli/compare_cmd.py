@@ -5,7 +5,12 @@ from __future__ import annotations
 import json
 
 from featurebank.classical import CLASSIFIERS
-from featurebank.cli.flags import add_option_flags, exclusions_from_args, options_from_args
+from featurebank.cli.flags import (
+    add_exclude_flag,
+    add_option_flags,
+    exclusions_from_args,
+    options_from_args,
+)
 from featurebank.compare import CompareOptions
 from featurebank.spec import SPATIAL_POOLS, TOKEN_POOLS
 
@@ -44,10 +49,7 @@ def register(sub) -> None:
                    help="write compare.json (every candidate) and compare.png")
     p.add_argument("--work-dir", default=None, metavar="DIR",
                    help="where the stores are kept (default: OUTPUT's name + .work)")
-    p.add_argument("--exclude", default=None, metavar="FILE",
-                   help="content keys of TRAIN images to leave out of ranking, halving and the "
-                   "fit, one per line (the exclude.txt 'featurebank audit --report DIR' "
-                   "writes); recorded in the classifier, and 'evaluate' skips them")
+    add_exclude_flag(p, "TRAIN images (from ranking, halving and the fit)")
     # repeatable: None until given, then the dataclass's default is replaced, not appended to
     overrides = {name: {"action": "append", "default": None, "metavar": metavar, "type": str,
                         "choices": choices} for name, (_, metavar, choices) in _REPEATED.items()}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from featurebank.cli.flags import (
+    add_exclude_flag,
     add_option_flags,
     exclusions_from_args,
     options_from_args,
@@ -37,9 +38,7 @@ def register(sub) -> None:
     p.add_argument("--work-dir", default=None, metavar="DIR",
                    help="where the maps of a folder are cached (default: maps/ in featurebank's "
                    "cache folder, $FEATUREBANK_CACHE or ~/.cache/featurebank)")
-    p.add_argument("--exclude", default=None, metavar="FILE",
-                   help="content keys of training images to leave out, one per line (the "
-                   "exclude.txt 'featurebank audit --report DIR' writes); recorded in the file")
+    add_exclude_flag(p, kept="recorded in the tuned file")
     add_option_flags(p.add_argument_group("training (FinetuneOptions)"), FinetuneOptions)
     # finetune()'s own parameters, as its errors name them
     register_flags(p, "finetune", {"model": "--model", "from_layer": "--from"})

@@ -182,6 +182,15 @@ def flag_names(args: argparse.Namespace, owner: str | None = None) -> dict[str, 
     return {name: flag for (cls, name), flag in flags.items() if owner in (None, cls)}
 
 
+def add_exclude_flag(parser: argparse.ArgumentParser, rows: str = "training images",
+                     kept: str = "recorded in the classifier, and 'evaluate' skips them") -> None:
+    """``--exclude FILE`` (``train``, ``compare``, ``finetune``): one spelling, one meaning --
+    content keys to leave out, read by :func:`exclusions_from_args`."""
+    parser.add_argument("--exclude", default=None, metavar="FILE",
+                        help=f"content keys of {rows} to leave out, one per line (the "
+                        f"exclude.txt 'featurebank audit --report DIR' writes); {kept}")
+
+
 def exclusions_from_args(args: argparse.Namespace) -> frozenset[str]:
     """The content keys of ``--exclude FILE`` (``train``, ``compare``, ``finetune``), read and
     checked before the command does any work; empty without the flag."""
