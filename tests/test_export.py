@@ -207,20 +207,30 @@ def test_optional_sources_fail_clearly_when_missing(source, monkeypatch):
 
 
 def test_concurrent_first_use_exports_once(tmp_path, monkeypatch):
-    """Parallel first uses of the cache wait for one exporter and all get the same file."""
+    """Parallel first uses of the cache wait for one exporter and all get the same file. The
+    export holds on until every thread has reached the cache's lock, so all four overlap it
+    whatever the machine's speed."""
     import threading
-    import time
 
+    from featurebank.export import _cache
     from featurebank.export import _onnx_export as onnx_export
 
-    calls = []
+    calls, arrived, all_there = [], [], threading.Event()
+
+    class WatchedLock(_cache.FileLock):  # the cache's own lock, counting who reaches it
+        def acquire(self, *args, **kwargs):
+            arrived.append(threading.get_ident())
+            if len(arrived) == 4:
+                all_there.set()
+            return super().acquire(*args, **kwargs)
 
     def slow_export(model, out, weights=None, input_size=None):
         calls.append(model)
-        time.sleep(0.3)  # long enough for the other threads to arrive while it runs
+        assert all_there.wait(600), "the other threads never reached the lock"
         Path(out).write_bytes(b"exported")
 
     monkeypatch.setattr(onnx_export, "export_onnx", slow_export)
+    monkeypatch.setattr(_cache, "FileLock", WatchedLock)
     results = []
     threads = [threading.Thread(target=lambda: results.append(
         export.ensure_exported("efficientnet_lite0", cache_dir=tmp_path / "cache"))) for _ in range(4)]
@@ -229,6 +239,7 @@ def test_concurrent_first_use_exports_once(tmp_path, monkeypatch):
     for t in threads:
         t.join()
     assert calls == ["efficientnet_lite0"] and len(set(results)) == 1 and len(results) == 4
+    assert len(set(arrived)) == 4  # four threads, one lock each time
     assert results[0].read_bytes() == b"exported"
     assert [p.suffix for p in (tmp_path / "cache").iterdir() if p.suffix == ".onnx"] == [".onnx"]
 
