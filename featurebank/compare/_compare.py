@@ -28,7 +28,7 @@ from featurebank.compare._report import (
     wilson_interval,
     write_json,
 )
-from featurebank.compare._select import FeatureSet, Selection
+from featurebank.compare._select import FrozenCandidate, Selection
 from featurebank.errors import FeaturebankError
 
 log = logging.getLogger("featurebank.compare")
@@ -38,7 +38,7 @@ log = logging.getLogger("featurebank.compare")
 class CompareResult:
     """Every feature set ranked, the choice, its classifier and its one TEST figure."""
 
-    sets: list[FeatureSet]
+    sets: list[FrozenCandidate]
     selection: Selection
     classifier: Any  #: featurebank.classical.TrainedClassifier
     test: dict | None
@@ -54,7 +54,7 @@ class CompareResult:
         return self.finetune is not None and self.finetune.chosen
 
     @property
-    def chosen(self) -> FeatureSet:
+    def chosen(self) -> FrozenCandidate:
         return self.selection.chosen
 
     def table(self) -> str:

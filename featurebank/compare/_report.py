@@ -9,7 +9,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from featurebank.compare._select import FeatureSet
+from featurebank.compare._select import FrozenCandidate
 
 #: z of a two-sided 95 % interval
 Z95 = 1.959963984540054
@@ -39,7 +39,7 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
     return front
 
 
-def table(sets: list[FeatureSet], chosen: FeatureSet | None) -> str:
+def table(sets: list[FrozenCandidate], chosen: FrozenCandidate | None) -> str:
     """One line per feature set, LogME order: CV accuracy with its spread (where halving ran),
     LogME, dimensions and ms per image; the chosen one marked with *."""
     lines = [f"  {'feature set':<44}{'CV acc':>8}{'+-':>7}{'clf':>11}{'LogME':>9}{'dim':>6}"
@@ -63,7 +63,7 @@ def write_json(payload: dict, path: Path) -> Path:
     return path
 
 
-def plot_accuracy_vs_ms(sets: list[FeatureSet], chosen: FeatureSet, path: Path) -> Path | None:
+def plot_accuracy_vs_ms(sets: list[FrozenCandidate], chosen: FrozenCandidate, path: Path) -> Path | None:
     """CV accuracy against ms per image for every cross-validated feature set, one colour per
     backbone, the Pareto front drawn, the chosen set ringed."""
     from featurebank.classical import pyplot, save_figure

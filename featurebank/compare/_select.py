@@ -16,8 +16,10 @@ log = logging.getLogger("featurebank.compare")
 
 
 @dataclass
-class FeatureSet:
-    """One (backbone, cut or cuts, pooling): a row of the table."""
+class FrozenCandidate:
+    """One (backbone, cut or cuts, pooling) on frozen features: a row of the table. (A stored
+    feature set is :class:`featurebank.extractor.store.FeatureSet`; fine-tuning is
+    :class:`~featurebank.compare._finetune.FinetuneCandidate`.)"""
 
     backbone: Backbone
     pool: str
@@ -53,14 +55,14 @@ class FeatureSet:
                 "flops_share": self.flops_share, "cv": self.cv, "halving_rounds": self.rounds}
 
 
-def rank_by_logme(passes: list[Pass], mats: Matrices, concat: bool) -> list[FeatureSet]:
+def rank_by_logme(passes: list[Pass], mats: Matrices, concat: bool) -> list[FrozenCandidate]:
     """Every cut of every pass (and, with ``concat``, each pass's two best cuts together),
     scored by LogME on all TRAIN rows, best first. Concatenated matrices join ``mats.X``."""
     from threadpoolctl import threadpool_limits
 
     from featurebank.classical.selection import logme_score
 
-    ranked: list[FeatureSet] = []
+    ranked: list[FrozenCandidate] = []
     with threadpool_limits(1):  # small SVDs: threads only contend on a shared machine
         for p in passes:
             _rank_pass(p, mats, concat, ranked, logme_score)
@@ -68,13 +70,13 @@ def rank_by_logme(passes: list[Pass], mats: Matrices, concat: bool) -> list[Feat
     return ranked
 
 
-def _rank_pass(p: Pass, mats: Matrices, concat: bool, ranked: list[FeatureSet],
+def _rank_pass(p: Pass, mats: Matrices, concat: bool, ranked: list[FrozenCandidate],
                score) -> None:
     """Score one pass's cuts (and its two best together) into ``ranked``."""
     singles = []
     for spec in p.specs:
         X = mats.X[spec.fingerprint()]
-        singles.append(FeatureSet(p.backbone, p.pool, [spec], X.shape[1], score(X, mats.y)))
+        singles.append(FrozenCandidate(p.backbone, p.pool, [spec], X.shape[1], score(X, mats.y)))
     singles.sort(key=lambda s: -s.logme)
     ranked += singles
     if concat and len(singles) > 1:
@@ -82,12 +84,12 @@ def _rank_pass(p: Pass, mats: Matrices, concat: bool, ranked: list[FeatureSet],
         order = {c: i for i, c in enumerate(p.backbone.cuts)}
         pair = sorted([singles[0].specs[0], singles[1].specs[0]], key=lambda s: order[s.layer])
         X = np.hstack([mats.X[s.fingerprint()] for s in pair])
-        both = FeatureSet(p.backbone, p.pool, pair, X.shape[1], score(X, mats.y))
+        both = FrozenCandidate(p.backbone, p.pool, pair, X.shape[1], score(X, mats.y))
         mats.X[both.key] = X
         ranked.append(both)
 
 
-def shortlist(ranked: list[FeatureSet], top: int) -> list[FeatureSet]:
+def shortlist(ranked: list[FrozenCandidate], top: int) -> list[FrozenCandidate]:
     """The ``top`` best by LogME: rank first, then confirm only those (each more set costs
     every classifier kind and C in halving's first round)."""
     return ranked[:top]
@@ -97,14 +99,14 @@ def shortlist(ranked: list[FeatureSet], top: int) -> list[FeatureSet]:
 class Selection:
     """What halving chose, with its evidence."""
 
-    sets: list[FeatureSet]
-    chosen: FeatureSet
+    sets: list[FrozenCandidate]
+    chosen: FrozenCandidate
     classifier: str
     C: float
     history: list[dict] = field(default_factory=list)
 
 
-def confirm(shortlisted: list[FeatureSet], mats: Matrices, classifiers: tuple[str, ...], *,
+def confirm(shortlisted: list[FrozenCandidate], mats: Matrices, classifiers: tuple[str, ...], *,
             factor: int, folds: int, seed: int) -> Selection:
     """Successive halving over (feature set, classifier, C) on TRAIN's rows."""
     from featurebank.classical.selection import default_candidates, successive_halving
