@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import textwrap
 import warnings
 from pathlib import Path
@@ -116,6 +115,3 @@ def plot_fewshot(curves: dict[str, list[tuple[int, float]]], path: Path,
     return save_figure(fig, path)
 
 
-def write_json(data: dict, path: Path) -> Path:
-    path.write_text(json.dumps(data, indent=2, sort_keys=True))
-    return path

@@ -29,10 +29,10 @@ from featurebank.classical._report import (
     plot_confusion,
     plot_fewshot,
     plot_sweep,
-    write_json,
 )
 from featurebank.errors import FeaturebankError
 from featurebank.options import Interval, Options, check_value
+from featurebank.paths import write_json
 
 
 def train(store, layers=None, classifier: str = AUTO, shots: int | None = None,

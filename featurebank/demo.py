@@ -12,7 +12,6 @@ ground floor, so the command line builds ``demo``'s flags from :class:`DemoOptio
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from featurebank.options import Interval, Items, Options, check_options, option
+from featurebank.paths import write_json
 from featurebank.spec import DEFAULT_MODEL
 
 __all__ = ["DATASETS", "DemoOptions", "run_demo"]
@@ -136,5 +136,5 @@ def run_demo(options: DemoOptions = DemoOptions(),
            "accuracy": result["accuracy"],
            "raw_pixel_baseline_accuracy": result["raw_pixel_baseline_accuracy"],
            "seconds": round(time.perf_counter() - started, 1)}
-    (work / "report" / "demo.json").write_text(json.dumps(out, indent=2))
+    write_json(out, work / "report" / "demo.json")
     return {**out, "metrics": result, "report": str(work / "report")}

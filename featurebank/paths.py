@@ -4,6 +4,8 @@
   export, embedding or training never ends in "cannot write".
 - :func:`is_onnx_path`: does this name an ONNX file (rather than a registry name or a
   ``.joblib`` classifier)?
+- :func:`write_json`: a report's JSON, written whole or not at all (every report writes it
+  this way: metrics, sweeps, audits, comparisons, fine-tuning, the demo).
 
 Whether a store is sharded needs h5py and so lives with the store
 (:func:`featurebank.extractor.store.is_sharded`). This module imports only the standard library.
@@ -11,13 +13,14 @@ Whether a store is sharded needs h5py and so lives with the store
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
 
 from featurebank.errors import FeaturebankError
 
-__all__ = ["check_writable", "is_onnx_path"]
+__all__ = ["check_writable", "is_onnx_path", "write_json"]
 
 #: The first byte of a serialised ONNX ``ModelProto``: its field 1 (``ir_version``, a varint),
 #: which every ONNX writer puts first. A joblib file starts with a zlib (0x78) or pickle (0x80)
@@ -80,3 +83,19 @@ def is_onnx_path(path: str | Path) -> bool:
             return f.read(1) == _ONNX_FIRST_BYTE
     except OSError:  # not a file (a registry name, a folder, a URL)
         return False
+
+
+def write_json(data: object, path: str | Path) -> Path:
+    """Write ``data`` as indented JSON to ``path`` through a temporary file and a rename, so a
+    reader (or a run killed mid-write) never sees half a report. A numpy scalar is written as
+    its number; other values JSON does not know (paths) as their ``str``."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=_plain))
+    os.replace(tmp, path)
+    return path
+
+
+def _plain(value: object) -> object:
+    item = getattr(value, "item", None)  # numpy scalars (no numpy import on the ground floor)
+    return item() if callable(item) and getattr(value, "shape", None) == () else str(value)

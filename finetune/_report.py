@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
 from featurebank.classical import pyplot, save_figure
 from featurebank.errors import FeaturebankError
+from featurebank.paths import write_json
 
 
 def write_report(result: Any, folder: Path) -> Path:
@@ -19,9 +18,7 @@ def write_report(result: Any, folder: Path) -> Path:
     except OSError as exc:
         raise FeaturebankError(f"cannot create report folder {folder}: {exc.strerror or exc}") from exc
     summary = result.summary()
-    tmp = folder / ".finetune.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2, default=str))
-    os.replace(tmp, folder / "finetune.json")
+    write_json(summary, folder / "finetune.json")
     plot_curves(result.history, result.probe, result.test_accuracy, folder / "curves.png",
                 title=f"{result.model} fine-tuned above {result.layer}")
     return folder

@@ -71,3 +71,26 @@ def test_one_definition_each():
                        "def is_onnx_path": ["featurebank/paths.py"],
                        "def is_sharded": ["extractor/store/_format.py"],
                        "def _check_writable": [], "_is_sharded": []}
+
+
+def test_write_json_replaces_whole_and_writes_paths_and_numpy_values(tmp_path, monkeypatch):
+    """Every report's JSON goes through ``write_json``: a failed write leaves the old file
+    whole (no half report), and paths or numpy scalars come out as text and numbers."""
+    import json
+    import os
+
+    import numpy as np
+
+    from featurebank.paths import write_json
+
+    out = write_json({"a": np.float32(0.5), "where": tmp_path, "n": np.int64(3)},
+                     tmp_path / "r.json")
+    assert json.loads(out.read_text()) == {"a": 0.5, "where": str(tmp_path), "n": 3}
+
+    def failing_replace(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    with pytest.raises(OSError):
+        write_json({"a": 1}, out)
+    assert json.loads(out.read_text())["n"] == 3  # the old report, whole

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from pathlib import Path
 
 import numpy as np
 
 from featurebank.classical._report import pyplot, save_figure
 from featurebank.classical.audit._options import AuditOptions
+from featurebank.paths import write_json
 
 __all__ = ["write_report"]
 
@@ -22,7 +22,7 @@ THUMB = 96
 def write_report(report, report_dir: str | Path, options: AuditOptions) -> Path:
     out = Path(report_dir)
     out.mkdir(exist_ok=True)
-    (out / "report.json").write_text(json.dumps(report.to_dict(), indent=1))
+    write_json(report.to_dict(), out / "report.json")
     _csv(out / "exact_duplicates.csv", ["key", "store", "path"],
          [[d["key"], c["store"], c["path"]] for d in report.exact_duplicates for c in d["copies"]])
     _csv(out / "near_duplicates.csv", ["group", "store", "key", "path", "label", "group_similarity"],

@@ -26,10 +26,10 @@ from featurebank.compare._report import (
     plot_accuracy_vs_ms,
     table,
     wilson_interval,
-    write_json,
 )
 from featurebank.compare._select import FrozenCandidate, Selection
 from featurebank.errors import FeaturebankError
+from featurebank.paths import write_json
 
 log = logging.getLogger("featurebank.compare")
 

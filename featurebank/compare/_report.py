@@ -3,9 +3,7 @@ its Pareto front, and the Wilson interval of the one TEST figure."""
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -54,13 +52,6 @@ def table(sets: list[FrozenCandidate], chosen: FrozenCandidate | None) -> str:
         lines.append(f"{mark} {s.name[:43]:<44}{acc:>8}{spread:>7}{clf:>11}{s.logme:>9.3f}"
                      f"{s.dim:>6}{ms:>8}")
     return "\n".join(lines)
-
-
-def write_json(payload: dict, path: Path) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=1, default=str))
-    os.replace(tmp, path)
-    return path
 
 
 def plot_accuracy_vs_ms(sets: list[FrozenCandidate], chosen: FrozenCandidate, path: Path) -> Path | None:

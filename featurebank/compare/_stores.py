@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from featurebank.compare._candidates import Backbone
+from featurebank.paths import write_json
 from featurebank.spec import FeatureSpec
 
 log = logging.getLogger("featurebank.compare")
@@ -133,7 +134,5 @@ def time_feature_set(backbone: Backbone, pool: str, cuts, images: list[str], wor
             ex.embed(images)
             best = min(best, time.perf_counter() - start)
         known[key] = 1000 * best / len(images)
-        tmp = cache.with_suffix(".tmp")
-        tmp.write_text(json.dumps(known, indent=1))
-        tmp.replace(cache)
+        write_json(known, cache)
     return float(known[key])

@@ -72,7 +72,7 @@ def run_suite(suite: str | Path, *, options: CompareOptions | None = None,
     ``report/NAME/``, the table across them in ``report/suite.json``. Returns that table."""
     from featurebank.compare._candidates import check_collection, resolve_backbones
     from featurebank.compare._compare import compare
-    from featurebank.compare._report import write_json
+    from featurebank.paths import write_json
 
     options = options or CompareOptions()
     entries = read_suite(suite)
