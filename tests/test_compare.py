@@ -435,3 +435,33 @@ def test_fine_tuning_runs_within_the_budget_as_one_more_row(digits_dir, tmp_path
     [answer] = list(predict_images(load_classifier(tuned), [str(test / "1" / next(
         iter(sorted(os.listdir(test / "1")))))]))
     assert answer.error is None and answer.label in ("0", "1")
+
+
+def test_a_tie_in_cv_accuracy_goes_to_the_faster_set():
+    """Halving alone breaks a tie by spread, then by LogME's order: the faster of two sets at
+    the same CV accuracy on the same rows is chosen instead; a better or unmeasured rival
+    changes nothing."""
+    from types import SimpleNamespace
+
+    from featurebank.compare._select import Selection, prefer_faster
+
+    def row(name, acc, ms, n=80, std=0.01, dim=64):
+        return SimpleNamespace(name=name, dim=dim, ms_per_image=ms, cv={
+            "accuracy": acc, "std": std, "n": n, "classifier": "logreg", "C": 1.0})
+
+    slow, fast, better = row("slow", 0.9, 8.0), row("fast", 0.9, 2.0, std=0.05), row("b", 0.95, 1.0)
+    sel = prefer_faster(Selection([slow, fast], slow, "logreg", 1.0))
+    assert sel.chosen is fast and sel.tie_broken_by_speed
+    assert prefer_faster(Selection([better, fast], better, "knn", 5.0)).chosen is better
+    fewer_rows = row("f", 0.9, 1.0, n=27)  # knocked out earlier, on fewer rows: no tie
+    assert prefer_faster(Selection([slow, fewer_rows], slow, "logreg", 1.0)).chosen is slow
+    unmeasured = Selection([slow, fast], row("u", 0.9, None), "logreg", 1.0)
+    assert prefer_faster(unmeasured) is unmeasured
+
+
+def test_the_choice_is_the_fastest_of_its_ties(compared):
+    result = compared[0]
+    won = result.chosen.cv
+    tied = [s for s in result.sets if s.cv and s.cv["n"] == won["n"]
+            and s.cv["accuracy"] == won["accuracy"]]
+    assert min(s.ms_per_image for s in tied) == result.chosen.ms_per_image

@@ -67,6 +67,7 @@ class CompareResult:
         return {"feature_set": s.name, "backbone": s.backbone.name, "cuts": list(s.cuts),
                 "pool": s.pool, "classifier": sel.classifier, "C": sel.C, "cv": s.cv,
                 "logme": s.logme, "ms_per_image": s.ms_per_image, "test": self.test,
+                "tie_broken_by_speed": sel.tie_broken_by_speed,
                 "finetuned": self.finetuned,  # then "test" is the tuned network's
                 "test_of": (self.finetune.file if self.finetuned else "the frozen classifier"),
                 "finetune": self.finetune.to_dict() if self.finetune is not None else None}
@@ -84,7 +85,9 @@ class CompareResult:
         reg = "k" if sel.classifier == "knn" else "C"
         cv = s.cv or {}  # the chosen set was always cross-validated
         text = (f"{s.name}, {sel.classifier} {reg}={sel.C:g}: CV accuracy "
-                f"{cv['accuracy']:.4f} +- {cv['std']:.4f} on TRAIN")
+                f"{cv['accuracy']:.4f} +- {cv['std']:.4f} on TRAIN"
+                + (" (tied with a slower set: the faster chosen)" if sel.tie_broken_by_speed
+                   else ""))
         if self.finetuned:
             ft = self.finetune
             text = (f"{s.backbone.label} fine-tuned above {ft.from_layer} ({ft.file}): "
@@ -158,7 +161,13 @@ def compare(train: str | Path, test: str | Path | None = None, *,
     train_input, labels = check_collection(train, "TRAIN", work)
     log.info("TRAIN: %d labelled images in %d classes; %d backbone(s), %d pooling(s)",
              sum(labels.values()), len(labels), len(backbones), len(options.pools))
-    from featurebank.compare._select import confirm, fit_choice, rank_by_logme, shortlist
+    from featurebank.compare._select import (
+        confirm,
+        fit_choice,
+        prefer_faster,
+        rank_by_logme,
+        shortlist,
+    )
     from featurebank.compare._stores import (
         TIMED_IMAGES,
         embed_passes,
@@ -189,6 +198,7 @@ def compare(train: str | Path, test: str | Path | None = None, *,
         s.ms_per_image = time_feature_set(s.backbone, s.pool, s.cuts, timed, work,
                                           options.batch_size)
     seconds["timing"] = time.perf_counter() - t
+    sel = prefer_faster(sel)
     estimator = fit_choice(sel, mats, options.seed)
     result = CompareResult(ranked, sel, None, None, seconds,
                            [{"backbone": p.backbone.name, "pool": p.pool, "store": str(p.store),

@@ -104,6 +104,7 @@ class Selection:
     classifier: str
     C: float
     history: list[dict] = field(default_factory=list)
+    tie_broken_by_speed: bool = False  #: chosen over a set of equal CV accuracy for its speed
 
 
 def confirm(shortlisted: list[FrozenCandidate], mats: Matrices, classifiers: tuple[str, ...], *,
@@ -128,6 +129,28 @@ def confirm(shortlisted: list[FrozenCandidate], mats: Matrices, classifiers: tup
                 "rounds": [{"n": n, "accuracy": m, "std": sd} for n, m, sd in result.history[c]]}
                for c in ranking]
     return Selection(shortlisted, by_key[best.features], best.classifier, best.C, history)
+
+
+def prefer_faster(sel: Selection) -> Selection:
+    """At a tie, the faster set: among the sets whose best candidate reached the last round
+    with the chosen one's mean CV accuracy on the same rows, the one with the fewest ms per
+    image (then the narrowest). Halving alone breaks such a tie by the spread across folds and
+    then by LogME's order, which says nothing about cost (issue 30's note: it chose a slower
+    cut at equal accuracy)."""
+    won = sel.chosen.cv
+    if won is None or sel.chosen.ms_per_image is None:
+        return sel
+    tied = [s for s in sel.sets if s.cv is not None and s.ms_per_image is not None
+            and s.cv["n"] == won["n"] and s.cv["accuracy"] == won["accuracy"]]
+    fastest = min(tied, key=lambda s: (s.ms_per_image, s.dim))
+    if fastest is sel.chosen:
+        return sel
+    log.info("%s ties %s at CV accuracy %.4f and is faster (%.2f vs %.2f ms/image): chosen",
+             fastest.name, sel.chosen.name, won["accuracy"], fastest.ms_per_image,
+             sel.chosen.ms_per_image)
+    cv = fastest.cv or won  # a tied set was cross-validated (its cv was compared above)
+    return Selection(sel.sets, fastest, cv["classifier"], cv["C"], sel.history,
+                     tie_broken_by_speed=True)
 
 
 def fit_choice(sel: Selection, mats: Matrices, seed: int):
