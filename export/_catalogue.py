@@ -241,7 +241,7 @@ def _follow_layouts(proto, input_name, layout, shapes, stated) -> Flow:
                 if tag and tag != stated[out]:
                     raise FeaturebankError(
                         f"tensor {out!r} is {tag} in the graph (followed from the input), but "
-                        f"its layout was stated as {stated[out]}; drop that --tensor-layout")
+                        f"its layout was stated as {stated[out]}; drop that tensor_layout=...")
                 tag = stated[out]
             if tag:
                 tags[out] = tag

@@ -114,7 +114,7 @@ def split_model(base: nn.Module, layer: str) -> Split:
 
 def _check_layer(layer: str, names: list[str], what: str) -> None:
     if layer not in names:
-        raise FeaturebankError(f"finetune --from {layer!r}: the {what} is cut at one of "
+        raise FeaturebankError(f"from_layer={layer!r}: the {what} is cut at one of "
                                f"{', '.join(names)} (the layers above it are trained)")
 
 
@@ -248,7 +248,7 @@ def _verify(base, split: Split, cut: nn.Module, x: torch.Tensor, layer: str) -> 
         got = base.model.get_submodule(split.classifier_path)(split.pool(t))
     if got.shape != want.shape or not torch.allclose(got, want, atol=_TOL, rtol=0):
         raise FeaturebankError(
-            f"finetune --from {layer!r}: the modules after this cut of {base.source} model do "
+            f"from_layer={layer!r}: the modules after this cut of {base.source} model do "
             f"not reproduce its forward pass as a chain (it calls them in another way), so it "
             f"cannot be fine-tuned from here; try a later stage or the registry's models")
 

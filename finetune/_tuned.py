@@ -104,15 +104,16 @@ class TunedClassifier:
         from featurebank.extractor import Extractor
 
         if model is not None and Path(model).resolve() != self.path.resolve():
-            raise FeaturebankError(f"{self.path.name} is its own model; --model {model} "
-                                   "names another file")
+            raise FeaturebankError(f"{self.path.name} is its own model; "
+                                   f"model={str(model)!r} names another file")
         ex = Extractor(str(self.path), layers=("logits",), pool="avg", **kwargs)
         self._specs = list(ex.specs)
         return ex
 
     def check_specs(self, specs: list[FeatureSpec]) -> None:
         check_same_specs(self.specs, specs, f"{self.path.name} classifies from its own logits",
-                         f"embed or serve with '--model {self.path} --layer logits'")
+                         f"embed or serve with 'featurebank embed ... --model {self.path} --layer "
+                         "logits'")
 
     def predict_proba(self, X: np.ndarray, specs: list[FeatureSpec]) -> np.ndarray:
         self.check_specs(specs)
