@@ -124,7 +124,8 @@ def _raw_pixels(data: dict, name: str, where: str) -> None:
         if key in data and any(float(v) != plain for v in data[key]):
             raise FeaturebankError(
                 f"{name}: the input is uint8 (raw pixels, normalised inside the graph), so "
-                f"featurebank cannot feed it normalised values; drop {key}=...{where}")
+                f"featurebank cannot feed it normalised values; drop "
+                f"{key}=({', '.join(str(v) for v in data[key])}){where}")
 
 
 def _require_stated(data: dict, name: str, where: str) -> None:

@@ -100,7 +100,7 @@ def weights_transform(source: str, arch: str, model: nn.Module, weights: str | P
         return found.transform(), TransformOrigin("published", f"{source} {found.name}", how)
     how = (f"{weights} is no published file featurebank knows, so the eval transform of "
            f"{default} is assumed; if the weights were trained with another, state it: "
-           f"featurebank export ... --resize N --interpolation NAME --mean A,B,C --std A,B,C")
+           f"'featurebank export ... --resize N --interpolation NAME --mean A,B,C --std A,B,C'")
     log.warning("%s:%s: %s", source, arch, how)
     return None, TransformOrigin("assumed", default, how)
 
