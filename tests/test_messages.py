@@ -234,3 +234,21 @@ def test_adopt_names_pixel_range_and_input_size_as_flags_or_parameters(tmp_path,
     err = _cli_error(capsys, "adopt", src, "-o", out, "--channel-order", "rgb")
     assert err.endswith("state --input-size N or --input-size H,W")
     assert not out.exists()
+
+
+def test_log_lines_of_the_library_are_printed_with_the_commands_flags():
+    """A warning names ``device='cuda'``; the command's log format prints ``--device cuda``,
+    and leaves other libraries' lines alone."""
+    import logging
+
+    from featurebank.cli import _LogFormat, build_parser
+    from featurebank.cli.messages import render_for
+
+    fmt = _LogFormat(render_for(build_parser().parse_args(["embed", "x", "--store", "s.h5"])))
+
+    def line(name: str, message: str) -> str:
+        return fmt.format(logging.LogRecord(name, logging.WARNING, __file__, 1, message, (), None))
+
+    assert line("featurebank.extractor._extractor", "it is meant for device='cuda'") == (
+        "warning: it is meant for --device cuda")
+    assert line("onnxscript", "device='cuda'") == "warning (onnxscript): device='cuda'"
