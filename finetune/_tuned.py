@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from featurebank.classical import check_same_specs
-from featurebank.errors import FeaturebankError
+from featurebank.errors import FeaturebankError, OptionError
 from featurebank.paths import is_onnx_path
 from featurebank.spec import FeatureSpec
 
@@ -104,8 +104,8 @@ class TunedClassifier:
         from featurebank.extractor import Extractor
 
         if model is not None and Path(model).resolve() != self.path.resolve():
-            raise FeaturebankError(f"{self.path.name} is its own model; "
-                                   f"model={str(model)!r} names another file")
+            raise OptionError("model", f"{str(model)!r} names another file, but "
+                              f"{self.path.name} is its own model: drop it")
         ex = Extractor(str(self.path), layers=("logits",), pool="avg", **kwargs)
         self._specs = list(ex.specs)
         return ex

@@ -137,6 +137,8 @@ def test_names_become_the_commands_flags_and_unknown_names_stay():
     assert shown(["adopt", "m.onnx", "-o", "a.onnx"],
                  "state input_size=(H, W) and layout='nhwc' (x=1)") == (
         "state --input-size H,W and --layout nhwc (x=1)")
+    quoted = "got Preprocessing(input_size=(8, 8), layout='nhwc'); Extractor(layers=['a'])"
+    assert shown(["adopt", "m.onnx", "-o", "a.onnx"], quoted) == quoted  # a repr stays Python
     assert shown(["evaluate", "c.joblib", "s.h5"], "pass unseen='wrong', baseline=True") == (
         "pass --unseen-as-wrong, --baseline")
     # nested sub-command: store export's hand-declared --layer, registered for the store's name

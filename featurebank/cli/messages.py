@@ -31,6 +31,8 @@ ACTIONS_KEY = "_action_flags"
 
 # name=VALUE: VALUE a quoted string, a [list], a (tuple), or a run up to a space or , ; ) ]
 _VALUE = r"""'[^']*'|"[^"]*"|\[[^\]]*\]|\([^)]*\)|[^\s,;()\[\]'"]+?"""
+# a call or a repr (Preprocessing(input_size=(224, 224), ...)): Python, whatever it names
+_CALL = re.compile(r"[A-Za-z_]\w*\((?:[^()]|\([^()]*\))*\)")
 _KEYWORD = re.compile(rf"(?<![\w.'\"-])([a-z_][a-z0-9_]*)=({_VALUE})(?=$|[\s,;)\]:]|\.(?:\s|$))")
 
 
@@ -110,8 +112,13 @@ def _flag_text(flag: Flag, value: str) -> str | None:
 
 
 def render(message: str, names: dict[str, Flag]) -> str:
-    """``message`` with each ``name=VALUE`` the command has a flag for written as that flag."""
+    """``message`` with each ``name=VALUE`` the command has a flag for written as that flag
+    (not inside a call or a repr, which stays Python)."""
+    calls = [m.span() for m in _CALL.finditer(message)]
+
     def one(match: re.Match) -> str:
+        if any(start < match.start() < stop for start, stop in calls):
+            return match.group(0)
         whole = names.get(match.group(0))  # a registered keyword: "unseen='wrong'"
         if whole is not None:
             return whole.flag

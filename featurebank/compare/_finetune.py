@@ -17,7 +17,7 @@ from typing import Any
 
 from featurebank.compare._candidates import Backbone
 from featurebank.compare._report import wilson_interval
-from featurebank.errors import FeaturebankError
+from featurebank.errors import FeaturebankError, OptionError
 
 log = logging.getLogger("featurebank.compare")
 
@@ -160,8 +160,9 @@ def check_finetune_from(backbones: list[Backbone], layer: str | None) -> None:
     wrong = [b.name for b in backbones if not b.is_file
              and (not _TUNABLE.match(layer) or layer not in b.catalogue)]
     if wrong:
-        raise FeaturebankError(f"finetune_from={layer!r}: not a blocks.N or stage.N cut of "
-                               f"{', '.join(wrong)} ('featurebank layers MODEL')")
+        raise OptionError("finetune_from", f"{layer!r} is not a blocks.N or stage.N cut of "
+                          f"{', '.join(wrong)} ('featurebank layers MODEL')",
+                          owner="CompareOptions")
 
 
 def consider(chosen, train: str, *, n: int, frozen_cv: float, left_minutes: float, work: Path,
