@@ -119,7 +119,8 @@ def _raw_pixels(data: dict, name: str, where: str) -> None:
     normalises them itself); a statement that says otherwise cannot be fed."""
     if data.setdefault("pixel_range", 255) != 255:
         raise FeaturebankError(f"{name}: the input is uint8, so it takes 0-255 pixels; drop "
-                               f"pixel_range={data['pixel_range']}{where} (or state pixel_range=255)")
+                               f"pixel_range={data['pixel_range']}{where} (or state "
+                               "pixel_range=255)")
     for key, plain in (("mean", 0.0), ("std", 1.0)):
         if key in data and any(float(v) != plain for v in data[key]):
             raise FeaturebankError(
@@ -148,7 +149,8 @@ def _settle_layout(data: dict, dims: tuple[int, ...], name: str, where: str) -> 
                                f"holds the 3 channels; state layout='nchw' or layout='nhwc'{where}")
     if shown and layout != shown.lower():
         raise FeaturebankError(f"{name}: the graph input {list(dims)} is {shown}, but the stated "
-                               f"layout is {layout}; drop layout={layout!r} or state layout={shown.lower()!r}")
+                               f"layout is {layout}; drop layout={layout!r} or state "
+                               f"layout={shown.lower()!r}")
     return layout
 
 

@@ -247,8 +247,9 @@ def _follow_layouts(proto, input_name, layout, shapes, stated) -> Flow:
                 tags[out] = tag
     unknown = set(stated) - {o for n in proto.graph.node for o in n.output}
     if unknown:
-        raise FeaturebankError(f"tensor_layout=... names tensor(s) {sorted(unknown)} that are not in "
-                               f"the graph; see 'featurebank layers FILE.onnx' for tensor names")
+        raise FeaturebankError(f"tensor_layout=... names tensor(s) {sorted(unknown)} that are "
+                               f"not in the graph; see 'featurebank layers FILE.onnx' for tensor "
+                               "names")
     return Flow(tags, pools, learned, static)
 
 

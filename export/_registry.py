@@ -38,7 +38,8 @@ class ModelEntry:
 
     def default_weights(self) -> str:
         if self.weights_locator is None:
-            raise FeaturebankError(f"model {self.name!r} has no bundled weights; pass weights=FILE (a state dict)")
+            raise FeaturebankError(f"model {self.name!r} has no bundled weights; pass "
+                                   "weights=FILE (a state dict)")
         return self.weights_locator()
 
     def availability(self) -> str:

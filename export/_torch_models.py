@@ -73,7 +73,8 @@ def _build_optional(source: str, arch: str, weights: str | Path | None,
             raise
         # a ViT's position embedding fixes its patch grid; the library asserts on the size
         raise FeaturebankError(f"{source}:{arch} does not run at {size}x{size} ({exc}): it "
-                               f"takes {native}x{native}; drop input_size={size} (leave it unset)") from exc
+                               f"takes {native}x{native}; drop input_size={size} (leave it "
+                               "unset)") from exc
     wrapped.preprocessing = preprocessing
     wrapped.transform_origin = origin
     return wrapped, digest

@@ -41,7 +41,7 @@ def read_exclusions(path: str | Path) -> frozenset[str]:
         if not text:
             continue
         if not _KEY.fullmatch(text.lower()):
-            raise FeaturebankError(f"exclusions file {p}, line {number}: {text[:80]!r} is not a content "
-                                   "key (64 hex digits, the SHA-256 of an image file)")
+            raise FeaturebankError(f"exclusions file {p}, line {number}: {text[:80]!r} is not "
+                                   "a content key (64 hex digits, the SHA-256 of an image file)")
         keys.append(text.lower())
     return frozenset(keys)
