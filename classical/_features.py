@@ -72,7 +72,7 @@ def load_features(store: str | Path | FeatureStore, layers=None,
                 "weights, layer and pooling).")
     names: list[str | None] = (list(fingerprints) if fingerprints is not None
                                else list(layers) if layers else [None])  # None: the only set
-    parts = [fs.read(name) for name in names]
+    parts = [fs.read(name, parameter="layers") for name in names]
     first = parts[0]
     if len(parts) == 1:
         return LabelledFeatures(first.X, first.y, first.keys, first.paths, [first.spec])

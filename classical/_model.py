@@ -64,12 +64,12 @@ def check_images(paths, where: str) -> None:
             f"the raw-pixel baseline re-reads the images, but {where} holds {len(relative)} "
             f"relative path(s) (e.g. {relative[0]}) from a store of format version 1; run "
             "'featurebank store upgrade STORE --root DIR' (DIR: the folder embed ran in), or "
-            "pass --no-baseline (baseline=False) to skip the baseline")
+            "pass baseline=False to skip the baseline")
     shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
     raise FeaturebankError(
         f"the raw-pixel baseline re-reads the images, but {len(missing)} of {len(paths)} "
-        f"images of {where} are missing: {shown}. Put them back, or pass --no-baseline "
-        "(baseline=False) to skip the baseline")
+        f"images of {where} are missing: {shown}. Put them back, or pass "
+        "baseline=False to skip the baseline")
 
 
 @dataclass

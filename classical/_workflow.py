@@ -159,7 +159,7 @@ def evaluate(classifier: TrainedClassifier, store, report_dir: str | Path | None
         raise FeaturebankError(
             f"store {store} has labels the classifier never saw: {listed}; it knows "
             f"{', '.join(classifier.classes)}. Check the folder (the same class names as in "
-            "training?), or pass --unseen-as-wrong (unseen='wrong') to score them as errors")
+            "training?), or pass unseen='wrong' to score them as errors")
     use_baseline = baseline and classifier.baseline is not None
     if use_baseline:
         check_images(data.paths, f"store {store}")

@@ -117,19 +117,22 @@ def _raw_pixels(data: dict, name: str, where: str) -> None:
     normalises them itself); a statement that says otherwise cannot be fed."""
     if data.setdefault("pixel_range", 255) != 255:
         raise FeaturebankError(f"{name}: the input is uint8, so it takes 0-255 pixels; drop "
-                               f"--pixel-range {data['pixel_range']}{where} (or state 255)")
+                               f"pixel_range={data['pixel_range']}{where} (or state "
+                               "pixel_range=255)")
     for key, plain in (("mean", 0.0), ("std", 1.0)):
         if key in data and any(float(v) != plain for v in data[key]):
             raise FeaturebankError(
                 f"{name}: the input is uint8 (raw pixels, normalised inside the graph), so "
-                f"featurebank cannot feed it normalised values; drop --{key}{where}")
+                f"featurebank cannot feed it normalised values; drop "
+                f"{key}=({', '.join(str(v) for v in data[key])}){where}")
 
 
 def _require_stated(data: dict, name: str, where: str) -> None:
     missing = [k for k in ("pixel_range", "channel_order") if k not in data]
     if missing:
-        flag = {"pixel_range": "--pixel-range 1|255 (the range mean and std apply to)",
-                "channel_order": "--channel-order rgb|bgr"}
+        flag = {"pixel_range": "pixel_range=1 or pixel_range=255 (the range mean and std "
+                               "apply to)",
+                "channel_order": "channel_order='rgb' or channel_order='bgr'"}
         raise FeaturebankError(
             f"{name}: state {' and '.join(flag[m] for m in missing)}{where}; no graph shows them "
             f"(see docs/your-own-model.md)")
@@ -141,10 +144,11 @@ def _settle_layout(data: dict, dims: tuple[int, ...], name: str, where: str) -> 
     layout = str(data.get("layout") or (shown or "")).lower()
     if not layout:
         raise FeaturebankError(f"{name}: the input shape {list(dims)} does not show which axis "
-                               f"holds the 3 channels; state --layout nchw|nhwc{where}")
+                               f"holds the 3 channels; state layout='nchw' or layout='nhwc'{where}")
     if shown and layout != shown.lower():
         raise FeaturebankError(f"{name}: the graph input {list(dims)} is {shown}, but the stated "
-                               f"layout is {layout}; drop --layout or state {shown.lower()}")
+                               f"layout is {layout}; drop layout={layout!r} or state "
+                               f"layout={shown.lower()!r}")
     return layout
 
 
@@ -154,7 +158,7 @@ def _settle_size(size, hw: tuple[int, ...], dims: tuple[int, ...], name: str,
     if size is None:
         if min(hw) < 1:
             raise FeaturebankError(f"{name}: the input size is dynamic ({list(dims)}); state "
-                                   f"--input-size N or H,W{where}")
+                                   f"input_size=N or input_size=(H, W){where}")
         return tuple(hw)
     if min(hw) > 0 and tuple(size) != tuple(hw):
         raise FeaturebankError(f"{name}: the graph takes {hw[0]}x{hw[1]} images, but the stated "
@@ -300,4 +304,4 @@ def find_model_by_digest(digest: str, candidates=()) -> tuple[Path, bool]:
     raise FeaturebankError(
         f"the ONNX model with SHA-256 {digest[:16]}... is not in the cache "
         f"({adopted_cache_path(digest).parent}) nor among the given files (looked at {looked}); "
-        f"pass --model FILE.onnx (the adopted copy or the original file) or adopt it again")
+        f"pass model=FILE.onnx (the adopted copy or the original file) or adopt it again")

@@ -241,14 +241,15 @@ def _follow_layouts(proto, input_name, layout, shapes, stated) -> Flow:
                 if tag and tag != stated[out]:
                     raise FeaturebankError(
                         f"tensor {out!r} is {tag} in the graph (followed from the input), but "
-                        f"its layout was stated as {stated[out]}; drop that --tensor-layout")
+                        f"its layout was stated as {stated[out]}; drop that tensor_layout=...")
                 tag = stated[out]
             if tag:
                 tags[out] = tag
     unknown = set(stated) - {o for n in proto.graph.node for o in n.output}
     if unknown:
-        raise FeaturebankError(f"tensor-layout names tensor(s) {sorted(unknown)} that are not in "
-                               f"the graph; see 'featurebank layers FILE.onnx' for tensor names")
+        raise FeaturebankError(f"tensor_layout=... names tensor(s) {sorted(unknown)} that are "
+                               f"not in the graph; see 'featurebank layers FILE.onnx' for tensor "
+                               "names")
     return Flow(tags, pools, learned, static)
 
 

@@ -317,7 +317,8 @@ def settle_tokens(pre: Preprocessing, vit: TokenGraph | None, name: str) -> Prep
         prefix = vit.prefix
     elif prefix is None:
         log.warning("%s: the graph does not show how many tokens come before the patch tokens "
-                    "(%s); its token cuts are refused until it is stated (adopt --prefix-tokens N)",
+                    "(%s); its token cuts are refused until it is stated: 'featurebank adopt "
+                    "FILE.onnx ... --prefix-tokens N' (adopt(..., prefix_tokens=N))",
                     name, vit.why)
     if vit.class_token is not None:
         if cls is not None and cls != vit.class_token:

@@ -38,7 +38,8 @@ class ModelEntry:
 
     def default_weights(self) -> str:
         if self.weights_locator is None:
-            raise FeaturebankError(f"model {self.name!r} has no bundled weights; pass --weights FILE")
+            raise FeaturebankError(f"model {self.name!r} has no bundled weights; pass "
+                                   "weights=FILE (a state dict)")
         return self.weights_locator()
 
     def availability(self) -> str:
@@ -85,7 +86,7 @@ def require_torch(purpose: str) -> None:
         raise FeaturebankError(
             f"{purpose} needs torch, which is not installed: pip install '{TORCH_EXTRA}'. "
             "Without torch, featurebank embeds, trains and serves from exported .onnx files: "
-            "give one with --model FILE.onnx")
+            "give one as model=FILE.onnx")
 
 
 def _lite_weights(index: int) -> Callable[[], str]:

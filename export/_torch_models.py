@@ -73,7 +73,8 @@ def _build_optional(source: str, arch: str, weights: str | Path | None,
             raise
         # a ViT's position embedding fixes its patch grid; the library asserts on the size
         raise FeaturebankError(f"{source}:{arch} does not run at {size}x{size} ({exc}): it "
-                               f"takes {native}x{native}; leave --input-size unset") from exc
+                               f"takes {native}x{native}; drop input_size={size} (leave it "
+                               "unset)") from exc
     wrapped.preprocessing = preprocessing
     wrapped.transform_origin = origin
     return wrapped, digest
@@ -100,7 +101,7 @@ def weights_transform(source: str, arch: str, model: nn.Module, weights: str | P
         return found.transform(), TransformOrigin("published", f"{source} {found.name}", how)
     how = (f"{weights} is no published file featurebank knows, so the eval transform of "
            f"{default} is assumed; if the weights were trained with another, state it: "
-           f"featurebank export ... --resize N --interpolation NAME --mean A,B,C --std A,B,C")
+           f"'featurebank export ... --resize N --interpolation NAME --mean A,B,C --std A,B,C'")
     log.warning("%s:%s: %s", source, arch, how)
     return None, TransformOrigin("assumed", default, how)
 

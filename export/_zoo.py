@@ -57,7 +57,7 @@ def create(source: str, arch: str, weights: str | Path | None = None) -> nn.Modu
     except (FeaturebankError, KeyboardInterrupt):
         raise
     except Exception as exc:  # unknown name, or the pretrained download failed (offline)
-        hint = ("" if weights else "; offline, pass a local state dict: --weights FILE")
+        hint = ("" if weights else "; offline, pass a local state dict: weights=FILE")
         raise FeaturebankError(f"{source}:{arch} could not be built: {exc}{hint}") from exc
     if weights:
         load_checked(model, load_state_dict_file(weights), str(weights))

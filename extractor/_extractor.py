@@ -153,7 +153,7 @@ class Extractor:
                 # to float32 (weights rounded to float16), which costs speed and gains nothing.
                 log.warning("precision 'fp16' on CPU computes in float32 with float16-rounded "
                             "weights and runs at about 2/3 of fp32's speed; it is meant for "
-                            "--device cuda")
+                            "device='cuda'")
             self._session = session
         return self._session
 

@@ -57,8 +57,8 @@ def refuse_onnx(model: str) -> None:
 
 def _instead(model: str) -> str:
     """What fine-tunes the network of an ONNX file: for a featurebank export of a registry,
-    timm or torchvision model, the exact command (its source name, --weights and the weights
-    digest the file records); otherwise the kinds of model that can be fine-tuned."""
+    timm or torchvision model, the exact parameters (its source name, ``weights`` and the
+    weights digest the file records); otherwise the kinds of model that can be fine-tuned."""
     from featurebank.export import read_onnx_metadata
 
     generic = ("give a registry model (efficientnet_lite0/1/2), timm:NAME or torchvision:NAME "
@@ -72,17 +72,16 @@ def _instead(model: str) -> str:
     if spec is None or spec.source not in ("featurebank", "timm", "torchvision"):
         return generic
     h, w = spec.preprocessing.input_size
-    size = f" --input-size {h}" if h == w else ""
     library = (info.transform or {}).get("kind") == "library"
     digest = spec.weights_sha256
     whose = ("the library's own download: that digest is of its tensors, not of a file, so "
-             "leave --weights out to use the library's weights again" if library else
+             "leave weights=FILE out to use the library's weights again" if library else
              "the SHA-256 of the state-dict file given at export ('sha256sum FILE' shows it); "
              "for the library's own download it is the digest of its tensors, not of a file, "
-             "and --weights is left out")
-    return (f"it was exported from {spec.model}, so fine-tune that network: 'featurebank "
-            f"finetune TRAIN --model {spec.model} --weights STATE_DICT.pth{size} -o TUNED.onnx' "
-            f"(in Python: model={spec.model!r}, weights=FILE), where STATE_DICT.pth holds the "
+             "and weights=FILE is left out")
+    size = f", input_size={h}" if h == w else ""
+    return (f"it was exported from {spec.model}, so fine-tune that network: "
+            f"model={spec.model!r}, weights=STATE_DICT.pth{size}, where STATE_DICT.pth holds the "
             f"weights whose digest the file records, {digest[:16]}... ({whose})")
 
 

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from featurebank.errors import FeaturebankError
+from featurebank.errors import FeaturebankError, OptionError
 
 _TOL = 1e-5
 
@@ -114,8 +114,8 @@ def split_model(base: nn.Module, layer: str) -> Split:
 
 def _check_layer(layer: str, names: list[str], what: str) -> None:
     if layer not in names:
-        raise FeaturebankError(f"finetune --from {layer!r}: the {what} is cut at one of "
-                               f"{', '.join(names)} (the layers above it are trained)")
+        raise OptionError("from_layer", f"{layer!r}: the {what} is cut at one of "
+                          f"{', '.join(names)} (the layers above it are trained)", owner="finetune")
 
 
 def finetune_cuts(base: nn.Module) -> list[str]:
@@ -247,10 +247,11 @@ def _verify(base, split: Split, cut: nn.Module, x: torch.Tensor, layer: str) -> 
             t = m(t)
         got = base.model.get_submodule(split.classifier_path)(split.pool(t))
     if got.shape != want.shape or not torch.allclose(got, want, atol=_TOL, rtol=0):
-        raise FeaturebankError(
-            f"finetune --from {layer!r}: the modules after this cut of {base.source} model do "
+        raise OptionError(
+            "from_layer", f"{layer!r}: the modules after this cut of {base.source} model do "
             f"not reproduce its forward pass as a chain (it calls them in another way), so it "
-            f"cannot be fine-tuned from here; try a later stage or the registry's models")
+            f"cannot be fine-tuned from here; try a later stage or the registry's models",
+            owner="finetune")
 
 
 def build_top(model: str, layer: str, n_classes: int, dropout: float,

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from featurebank.classical import check_same_specs
-from featurebank.errors import FeaturebankError
+from featurebank.errors import FeaturebankError, OptionError
 from featurebank.paths import is_onnx_path
 from featurebank.spec import FeatureSpec
 
@@ -104,15 +104,16 @@ class TunedClassifier:
         from featurebank.extractor import Extractor
 
         if model is not None and Path(model).resolve() != self.path.resolve():
-            raise FeaturebankError(f"{self.path.name} is its own model; --model {model} "
-                                   "names another file")
+            raise OptionError("model", f"{str(model)!r} names another file, but "
+                              f"{self.path.name} is its own model: drop it")
         ex = Extractor(str(self.path), layers=("logits",), pool="avg", **kwargs)
         self._specs = list(ex.specs)
         return ex
 
     def check_specs(self, specs: list[FeatureSpec]) -> None:
         check_same_specs(self.specs, specs, f"{self.path.name} classifies from its own logits",
-                         f"embed or serve with '--model {self.path} --layer logits'")
+                         f"embed or serve with 'featurebank embed ... --model {self.path} --layer "
+                         "logits'")
 
     def predict_proba(self, X: np.ndarray, specs: list[FeatureSpec]) -> np.ndarray:
         self.check_specs(specs)

@@ -147,7 +147,7 @@ def test_refused_before_any_file_is_written(split, tmp_path, digits_dir):
     other_cut = FeatureSpec(MODEL, "pixels-again", "none")  # another layer
     _embed(tmp_path / "other.h5", files, [f.parent.name for f in files], other_cut)
     report = tmp_path / "report"
-    with pytest.raises(FeaturebankError, match="no labels.*--no-label-check"):
+    with pytest.raises(FeaturebankError, match="no labels.*label_check=False"):
         audit_stores(tmp_path / "unlabelled.h5", report_dir=report)
     with pytest.raises(FeaturebankError, match="cut differently"):
         audit_stores(split["train"], [tmp_path / "other.h5"], report_dir=report)

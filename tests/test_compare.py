@@ -339,7 +339,7 @@ def test_a_budget_too_small_for_fine_tuning_says_so_and_changes_nothing(compared
     assert ft.status == "not run" and ft.heldout_accuracy is None
     blocks = [c for c in tight.chosen.cuts if c.startswith("blocks.")]  # else the catalogue's
     assert ft.from_layer == (blocks[-1] if blocks else "blocks.15")
-    assert ft.estimate_minutes > ft.left_minutes and "min of --budget left" in ft.reason
+    assert ft.estimate_minutes > ft.left_minutes and "min of the budget left" in ft.reason
     # the estimate: maps to the cut, then 1 + 5 x 4/5 runs of 2 epochs, 3 passes each, over 80
     timings = json.loads((out / "chosen.work" / "timings.json").read_text())
     ms = {k.split("|")[2]: v for k, v in timings.items() if k.count("|") == 3

@@ -170,8 +170,8 @@ def test_a_vit_at_a_size_it_cannot_take_is_refused_before_any_file(tmp_path):
     weights = tmp_path / "vit_tiny.pth"
     torch.save(timm.create_model("vit_tiny_patch16_224", pretrained=False).state_dict(), weights)
     (tmp_path / "train" / "a").mkdir(parents=True)
-    with pytest.raises(FeaturebankError, match=r"does not run at 64x64 .*takes 224x224; leave "
-                                               r"--input-size unset"):
+    with pytest.raises(FeaturebankError, match=r"does not run at 64x64 .*takes 224x224; drop "
+                                               r"input_size=64 \(leave it unset\)"):
         finetune(tmp_path / "train", model="timm:vit_tiny_patch16_224", from_layer="blocks.9",
                  output=tmp_path / "tuned.onnx", input_size=64, weights=str(weights))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["train", "vit_tiny.pth"]

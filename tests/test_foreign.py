@@ -136,8 +136,10 @@ def test_adopt_refuses_what_contradicts_the_graph(foreign, tmp_path):
     conv, src, _ = foreign[CONVENTIONS[1].name]  # NHWC 32x32 input, fixed
     dst = tmp_path / "out.onnx"
     base = conventions_of(conv)
-    _refused(src, dst, "pixel-range", **{k: v for k, v in base.items() if k != "pixel_range"})
-    _refused(src, dst, "channel-order", **{k: v for k, v in base.items() if k != "channel_order"})
+    _refused(src, dst, "pixel_range=1 or pixel_range=255",
+             **{k: v for k, v in base.items() if k != "pixel_range"})
+    _refused(src, dst, "channel_order='rgb' or channel_order='bgr'",
+             **{k: v for k, v in base.items() if k != "channel_order"})
     _refused(src, dst, "NHWC.*nchw", **{**base, "layout": "nchw"})
     _refused(src, dst, "32x32.*40x40", **{**base, "input_size": "40"})
     _refused(src, dst, "outside the pixel range", **{**base, "pixel_range": 1})

@@ -62,7 +62,8 @@ def test_round_trip_float16_and_float32(tmp_path, digits):
     np.testing.assert_allclose(s.get(_spec().fingerprint(), [keys[i] for i in order]), X[order],
                                rtol=1e-3)
     assert s.has(_spec().fingerprint(), [keys[0], "0" * 64]).tolist() == [True, False]
-    with pytest.raises(FeaturebankError, match="2 feature sets; choose one with --layer"):
+    with pytest.raises(FeaturebankError, match=r"2 feature sets; choose one with "
+                       r"layer_or_fingerprint=LAYER \(a layer name or fingerprint\)"):
         s.read()
     with pytest.raises(FeaturebankError, match="no feature set.*blocks.9"):
         s.read("blocks.9")

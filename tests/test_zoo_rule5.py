@@ -44,8 +44,8 @@ def test_alexnet_pool_is_fc7_after_its_relu(tmp_path, capsys):
     (tmp_path / "train" / "a").mkdir(parents=True)
     with pytest.raises(FeaturebankError) as refused:
         finetune(tmp_path / "train", model=str(out), from_layer="stage.3", output=tmp_path / "t.onnx")
-    assert ("featurebank finetune TRAIN --model torchvision:alexnet --weights STATE_DICT.pth "
-            "--input-size 224 -o TUNED.onnx") in str(refused.value)
+    assert ("model='torchvision:alexnet', weights=STATE_DICT.pth, input_size=224"
+            in str(refused.value))
     assert sha256_file(str(weights))[:16] in str(refused.value)
     layers = {la.name: la for la in read_onnx_metadata(out).layers}
     assert layers["pool"].shape == (4096,) and layers["head"].shape == (256, 6, 6)

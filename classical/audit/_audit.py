@@ -22,7 +22,7 @@ from featurebank.classical.audit._duplicates import (
 )
 from featurebank.classical.audit._labels import label_issues, out_of_fold_probabilities
 from featurebank.classical.audit._options import AUDIT_EXACT_ROWS, AuditOptions
-from featurebank.errors import FeaturebankError
+from featurebank.errors import FeaturebankError, OptionError
 from featurebank.extractor import (
     FeatureStore,
     NeighbourIndex,
@@ -91,18 +91,18 @@ def _side(name: str, store: FeatureStore, fingerprint: str) -> _Side:
 
 
 def _resolve(train: FeatureStore, tests: list[FeatureStore], layer: str | None):
-    info = train.resolve(layer)
+    info = train.resolve(layer, parameter="layer")
     if len(info.row_shape) != 1:
         raise FeaturebankError(f"feature set {info.fingerprint} of {train.path} holds unpooled "
-                               f"maps; audit a pooled set (--layer)")
+                               f"maps; audit a pooled set (layer=LAYER)")
     for t in tests:
         have = {s.fingerprint for s in t.feature_sets()}
-        got = info if info.fingerprint in have else t.resolve(layer)
+        got = info if info.fingerprint in have else t.resolve(layer, parameter="layer")
         if got.fingerprint != info.fingerprint:
             raise FeaturebankError(
                 f"test store {t.path} was cut differently from training store {train.path}: "
                 f"{got.spec.describe()} there, {info.spec.describe()} here (another layer, "
-                "pooling or model); embed both with the same model and --layer")
+                "pooling or model); embed both with the same model and layer")
     return info
 
 
@@ -111,7 +111,7 @@ def _check_labels(side: _Side, options: AuditOptions) -> np.ndarray:
     if options.label_check and not (labels != "").any():
         raise FeaturebankError(f"training store {side.store.path} has no labels, so its labels "
                                "cannot be checked; embed a folder whose sub-folders are the "
-                               "classes, or pass --no-label-check")
+                               "classes, or pass label_check=False")
     return labels.astype(str)
 
 
@@ -121,7 +121,7 @@ def check_report_dir(report_dir: str | Path | None) -> None:
         return
     d = Path(report_dir)
     if d.exists() and not d.is_dir():
-        raise FeaturebankError(f"--report {d} exists and is not a folder")
+        raise FeaturebankError(f"cannot write report {d}: it exists and is not a folder")
     parent = d if d.exists() else d.parent
     if not parent.is_dir():
         raise FeaturebankError(f"cannot write report {d}: folder {parent} does not exist")
@@ -231,9 +231,9 @@ def audit_stores(train: str | Path, tests=(), layer: str | None = None, *,
     if options.label_check:
         counts = np.unique(labels[labels != ""], return_counts=True)[1]
         if counts.min() < options.folds:
-            raise FeaturebankError(f"training store {train}: a class has {counts.min()} labelled "
-                                   f"images, fewer than --folds {options.folds}; lower --folds or "
-                                   "pass --no-label-check")
+            raise OptionError("folds", f"is {options.folds}, but a class of training store "
+                              f"{train} has {counts.min()} labelled images; lower it or pass "
+                              "label_check=False", owner="AuditOptions")
     sides = [_side(t, s, fp) for t, s in zip(tests, test_stores, strict=True)]
     report = AuditReport(str(train), tests, info.spec.describe(), fp, asdict(options),
                          {s.name: s.rows for s in [main, *sides]})

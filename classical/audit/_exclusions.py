@@ -23,14 +23,14 @@ def read_exclusions(path: str | Path) -> frozenset[str]:
     """
     p = Path(path)
     if not p.is_file():
-        raise FeaturebankError(f"--exclude {p}: no such file (featurebank audit --report DIR "
-                               "writes DIR/exclude.txt)")
+        raise FeaturebankError(f"exclusions file {p}: no such file ('featurebank audit "
+                               "--report DIR' writes DIR/exclude.txt)")
     if p.suffix.lower() == ".csv":
         with open(p, newline="") as f:
             reader = csv.DictReader(f)
             column = next((c for c in ("key", "train_key") if c in (reader.fieldnames or ())), None)
             if column is None:
-                raise FeaturebankError(f"--exclude {p}: a CSV needs a 'key' or 'train_key' "
+                raise FeaturebankError(f"exclusions file {p}: a CSV needs a 'key' or 'train_key' "
                                        f"column, got {reader.fieldnames}")
             entries = [(i + 2, row[column].strip()) for i, row in enumerate(reader)]
     else:
@@ -41,7 +41,7 @@ def read_exclusions(path: str | Path) -> frozenset[str]:
         if not text:
             continue
         if not _KEY.fullmatch(text.lower()):
-            raise FeaturebankError(f"--exclude {p}, line {number}: {text[:80]!r} is not a content "
-                                   "key (64 hex digits, the SHA-256 of an image file)")
+            raise FeaturebankError(f"exclusions file {p}, line {number}: {text[:80]!r} is not "
+                                   "a content key (64 hex digits, the SHA-256 of an image file)")
         keys.append(text.lower())
     return frozenset(keys)

@@ -101,7 +101,8 @@ def out_of_fold_probabilities(X: np.ndarray, y: np.ndarray, *, folds: int = 5, s
     if counts.min() < folds:
         small = ", ".join(f"{c!r} ({n})" for c, n in zip(classes, counts, strict=True) if n < folds)
         raise FeaturebankError(f"label checks with {folds} folds need {folds} images of each "
-                               f"class; too few of {small}: lower --folds or --no-label-check")
+                               f"class; too few of {small}: lower folds=N or pass "
+                               "label_check=False")
     rows_per_fold = len(y) * (folds - 1) / folds
     probe = make_pipeline(StandardScaler(),
                           LogisticRegression(C=c * 1000 / rows_per_fold, max_iter=300))

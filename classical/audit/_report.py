@@ -39,7 +39,7 @@ def write_report(report, report_dir: str | Path, options: AuditOptions) -> Path:
          [[r["distance"], r["store"], r["key"], r["path"], r["label"]] for r in report.outliers])
     keys = report.exclusions()
     (out / "exclude.txt").write_text(
-        "# content keys to leave out of training (featurebank train --exclude exclude.txt):\n"
+        "# content keys to leave out of training ('featurebank train ... --exclude exclude.txt'):\n"
         "# suspect labels, training copies of leaked test images, extra near-duplicates\n"
         + "".join(k + "\n" for k in keys))
     if options.sheet_rows:

@@ -205,7 +205,7 @@ def _actor_resources(device: str, workers: int | None, threads: int | None) -> t
     gpus, cpus = int(res.get("GPU", 0)), int(res.get("CPU", 1))
     if device == "cuda" and not gpus:
         raise OptionError("device", "'cuda' asked for, but the Ray cluster has no GPU; start "
-                          "workers with GPUs ('ray start --num-gpus N') or use device 'cpu'",
+                          "workers with GPUs ('ray start --num-gpus N') or use device='cpu'",
                           owner="EmbedRun")
     if gpus and device in ("auto", "cuda"):
         return {"num_gpus": 1, "num_cpus": 1}, workers or gpus, "cuda"

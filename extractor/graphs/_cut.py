@@ -135,7 +135,7 @@ def _foreign_spec(path: Path, info: OnnxInfo, pre: Preprocessing | None) -> Mode
         raise FeaturebankError(
             f"{path.name} was not exported by featurebank, so its preprocessing is unknown; "
             f"adopt it once ('featurebank adopt {path.name} -o ADOPTED.onnx --pixel-range ... "
-            f"--channel-order ...') or state it (--preprocessing FILE, or Preprocessing(...))")
+            f"--channel-order ...') or state it (preprocessing=FILE, or a Preprocessing(...))")
     shown = input_layout_from_shape(tuple(d if isinstance(d, int) else -1 for d in info.input_shape))
     if shown and shown.lower() != pre.layout:
         raise FeaturebankError(

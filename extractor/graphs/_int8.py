@@ -84,7 +84,7 @@ def int8_feature_graph(graph, calibration: np.ndarray | str, cache: str | Path |
         if not path.is_file():
             raise FeaturebankError(
                 f"int8 graph {calibration} is not in the cache ({path}); it was calibrated "
-                f"elsewhere: copy that file here, or re-embed with --precision int8 and retrain")
+                f"elsewhere: copy that file here, or re-embed with precision='int8' and retrain")
     else:
         pixels = np.ascontiguousarray(calibration, np.uint8)
         digest_of = hashlib.sha256(float_digest.encode())

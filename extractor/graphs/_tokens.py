@@ -48,9 +48,9 @@ def token_layer(proto: onnx.ModelProto, tensor: str, pre: Preprocessing | None) 
             f"tensor {tensor!r} has 3 dimensions (shape {shape[1]}x{shape[2]} after the batch); "
             f"featurebank cuts 4-D maps, 2-D vectors and a vision transformer's [N, tokens, "
             f"channels] outputs, the latter once the model states how many tokens come before "
-            f"the patch tokens: 'featurebank adopt FILE.onnx ... --prefix-tokens N' (add "
-            f"--no-class-token if the first is not a class token; prefix_tokens and class_token "
-            f"in a preprocessing file)")
+            f"the patch tokens: 'featurebank adopt FILE.onnx ... --prefix-tokens N' (or "
+            f"'featurebank adopt FILE.onnx ... --prefix-tokens N --no-class-token' if the first "
+            f"is not a class token; prefix_tokens and class_token in a preprocessing file)")
     return LayerInfo(tensor, tensor, tuple(shape[1:]), None, TOKENS)
 
 
@@ -66,9 +66,10 @@ def token_layout(la: LayerInfo, model_spec: ModelSpec, path: Path) -> str:
         raise FeaturebankError(
             f"layer {la.name!r} of {path.name} holds transformer tokens, but the model does not "
             f"say how many of them come before the patch tokens (class and register tokens); "
-            f"state it: 'featurebank adopt {path.name} ... --prefix-tokens N' (and "
-            f"--no-class-token if the first is not a class token; prefix_tokens = N in a "
-            f"preprocessing file), then adopt or embed again")
+            f"state it: 'featurebank adopt {path.name} ... --prefix-tokens N' (or "
+            f"'featurebank adopt {path.name} ... --prefix-tokens N --no-class-token' if the "
+            f"first is not a class token; prefix_tokens = N in a preprocessing file), then "
+            f"adopt or embed again")
     if pre.prefix_tokens >= la.shape[0]:
         raise FeaturebankError(
             f"layer {la.name!r} of {path.name} has {la.shape[0]} tokens, not more than its "
@@ -92,7 +93,8 @@ def check_pool(pool: str, layout: str, la: LayerInfo, model_spec: ModelSpec, pat
             f"pool {pool!r} takes the class token, but the graph of {path.name} does not show "
             f"whether its first prefix token is one (its head pools the patch tokens); adopt "
             f"it again stating it: 'featurebank adopt SOURCE.onnx ... --class-token' "
-            f"(--no-class-token for register tokens; class_token = true in a preprocessing "
+            f"('featurebank adopt SOURCE.onnx ... --no-class-token' for register tokens; "
+            f"class_token = true in a preprocessing "
             f"file), or use pool 'mean'")
     if layout == TOKENS and "cls" in pool and not model_spec.preprocessing.class_token:
         raise FeaturebankError(

@@ -52,7 +52,7 @@ def require_faiss():
         import faiss
     except ImportError:  # pragma: no cover - the extra is installed in CI
         raise FeaturebankError("an approximate neighbour index needs faiss: pip install "
-                               "'featurebank[faiss]' (or search exactly: --index exact)") from None
+                               "'featurebank[faiss]' (or search exactly: index='exact')") from None
     return faiss
 
 
@@ -178,7 +178,7 @@ class NeighbourIndex:
         except OSError as exc:
             raise FeaturebankError(f"cannot keep an index beside store {self.store.path} "
                                    f"({exc.strerror}); make its folder writable, or search "
-                                   "exactly (--index exact)") from exc
+                                   "exactly (index='exact')") from exc
         with filelock.FileLock(self.path.with_name(f"{self.fingerprint}.lock"), thread_local=False):
             self.load()
             total = next(s.rows for s in self.store.feature_sets() if s.fingerprint == self.fingerprint)

@@ -50,7 +50,7 @@ class StoreSearch:
                  options: SearchOptions | None = None):
         self.store = store if isinstance(store, FeatureStore) else FeatureStore(store)
         self.options = options or SearchOptions()
-        info = self.store.resolve(layer)
+        info = self.store.resolve(layer, parameter="layer")
         if len(info.row_shape) != 1:
             raise FeaturebankError(f"feature set {info.fingerprint} of {self.store.path} holds "
                                    f"unpooled maps {info.row_shape}; search a pooled set")
@@ -139,7 +139,7 @@ def extractor_for(spec: FeatureSpec, model: str | Path | None = None, **kwargs):
                    normalize=spec.normalize, **kwargs)
     got = ex.specs[0]
     if got.fingerprint() != spec.fingerprint():
-        raise FeaturebankError(f"--model {target} computes {got.describe()}, but the store's "
-                               f"feature set is {spec.describe()}; give the model the store "
-                               "was embedded with")
+        raise FeaturebankError(f"the model {target} computes {got.describe()}, but the "
+                               f"store's feature set is {spec.describe()}; pass the model the "
+                               "store was embedded with (model=FILE.onnx)")
     return ex

@@ -61,8 +61,8 @@ def _parquet_items(path: str, options: SourceOptions) -> list[ImageItem]:
         if "path" in schema.names:
             return list_rows_of_parquet(path, pf, options)
         raise FeaturebankError(
-            f"{path} has neither image bytes (an 'image' column, or name a binary column with "
-            f"--image-column) nor a 'path' column of a list; columns: {schema.names}")
+            f"{path} has neither image bytes (an 'image' column, or name a binary column: "
+            f"image_column='NAME') nor a 'path' column of a list; columns: {schema.names}")
 
 
 def collect_remote(url: str, options: SourceOptions = DEFAULT_SOURCES) -> list[ImageItem]:

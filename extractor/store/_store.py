@@ -55,6 +55,11 @@ from featurebank.options import Options, check_value
 from featurebank.spec import DTYPES, FeatureSpec
 
 log = logging.getLogger(__name__)
+
+
+def _named(parameter: str, value: str) -> str:
+    """``parameter=value`` as a Python call writes it: a list for ``layers``."""
+    return f"{parameter}=[{value}]" if parameter == "layers" else f"{parameter}={value}"
 __all__ = ["FORMAT_VERSION", "FeatureSet", "FeatureStore", "Features", "StoreLockedError"]
 
 class FeatureStore(TableWriter):
@@ -198,8 +203,10 @@ class FeatureStore(TableWriter):
         return FeatureSet(fp, FeatureSpec.from_json(g.attrs["spec"]), committed_rows(g),
                               int(g.attrs["dim"]), str(g["X"].dtype), row_shape_of(g))
 
-    def resolve(self, layer_or_fingerprint: str | None = None) -> FeatureSet:
-        """The feature set named by fingerprint or layer; a clear error when absent or ambiguous."""
+    def resolve(self, layer_or_fingerprint: str | None = None, *,
+                parameter: str = "layer_or_fingerprint") -> FeatureSet:
+        """The feature set named by fingerprint or layer; a clear error when absent or ambiguous.
+        ``parameter``: the caller's parameter the error names (``layers`` takes a list)."""
         sets = self.feature_sets()
         if not sets:
             raise FeaturebankError(f"store {self.path} holds no feature set yet")
@@ -214,16 +221,19 @@ class FeatureStore(TableWriter):
         choices = "; ".join(f"{s.fingerprint} = {s.spec.describe()}" for s in sets)
         if layer_or_fingerprint is None:
             raise FeaturebankError(
-                f"store {self.path} has {len(sets)} feature sets; choose one with --layer LAYER "
-                f"(a layer name or fingerprint; layers=[...] in Python): {choices}")
+                f"store {self.path} has {len(sets)} feature sets; choose one with "
+                f"{_named(parameter, 'LAYER')} (a layer name or fingerprint): {choices}")
         what = "several feature sets" if matches else "no feature set"
-        raise FeaturebankError(f"store {self.path} has {what} for --layer {layer_or_fingerprint!r}; "
+        raise FeaturebankError(f"store {self.path} has {what} for "
+                               f"{_named(parameter, repr(layer_or_fingerprint))}; "
                                f"name one by layer or fingerprint: {choices}")
 
     @retry_read
-    def read(self, layer_or_fingerprint: str | None = None) -> Features:
-        """Features (float32), labels, content keys and first paths of one feature set."""
-        info = self.resolve(layer_or_fingerprint)
+    def read(self, layer_or_fingerprint: str | None = None, *,
+             parameter: str = "layer_or_fingerprint") -> Features:
+        """Features (float32), labels, content keys and first paths of one feature set
+        (``parameter``: as in :meth:`resolve`)."""
+        info = self.resolve(layer_or_fingerprint, parameter=parameter)
         with self._open("r") as f:
             g = f["features"][info.fingerprint]
             n = info.rows

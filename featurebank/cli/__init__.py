@@ -14,7 +14,7 @@ import importlib
 import logging
 import sys
 
-from featurebank.errors import FeaturebankError, OptionError
+from featurebank.errors import FeaturebankError
 
 COMMAND_MODULES = (
     "featurebank.cli.export_cmds",  # export, models, layers
@@ -69,10 +69,17 @@ def _document_exit_codes(parser: argparse.ArgumentParser, extra: dict) -> None:
 
 class _LogFormat(logging.Formatter):
     """One format for every command: our INFO lines plain (they are the command's progress),
-    anything else prefixed by its level, and by its logger when it is not ours."""
+    anything else prefixed by its level, and by its logger when it is not ours. ``render``
+    writes our messages' parameters (``device='cuda'``) as the command's flags."""
+
+    def __init__(self, render=None):
+        super().__init__()
+        self.render = render
 
     def format(self, record: logging.LogRecord) -> str:
         message = record.getMessage()
+        if self.render is not None and record.name.split(".")[0] == "featurebank":
+            message = self.render(message)
         if record.exc_info:
             message += "\n" + self.formatException(record.exc_info)
         package = record.name.split(".")[0]
@@ -86,11 +93,17 @@ class _LogFormat(logging.Formatter):
         return f"{record.levelname.lower()}{where}: {message}"
 
 
-def configure_logging(verbose: bool = False) -> None:
+def configure_logging(verbose: bool = False, args: argparse.Namespace | None = None) -> None:
     """Our loggers at INFO (DEBUG with -v) in :class:`_LogFormat` on stderr; third-party
-    libraries (onnxscript, onnx_ir, torch's exporter log a lot at INFO) at WARNING."""
+    libraries (onnxscript, onnx_ir, torch's exporter log a lot at INFO) at WARNING. With
+    ``args`` (the parsed command), parameters in our messages are printed as its flags."""
+    render = None
+    if args is not None:
+        from featurebank.cli.messages import render_for
+
+        render = render_for(args)
     handler = logging.StreamHandler()
-    handler.setFormatter(_LogFormat())
+    handler.setFormatter(_LogFormat(render))
     logging.basicConfig(level=logging.WARNING, handlers=[handler])
     logging.getLogger("featurebank").setLevel(logging.DEBUG if verbose else logging.INFO)
 
@@ -109,24 +122,25 @@ def build_parser() -> argparse.ArgumentParser:
         module.register(sub)
         _document_exit_codes(parser, getattr(module, "EXIT_CODES", {}))  # this module's commands
     parser.epilog = exit_codes_epilog()
+    from featurebank.cli.messages import record_parser_flags
+
+    record_parser_flags(parser)  # which flag each parameter is, for the library's messages
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    configure_logging(args.verbose)
+    configure_logging(args.verbose, args)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
     try:
         return int(args.func(args) or 0)
     except FeaturebankError as exc:
-        from featurebank.cli.flags import flag_names
+        from featurebank.cli.messages import render_error
 
-        message = (exc.with_names(flag_names(args, exc.owner)) if isinstance(exc, OptionError)
-                   else exc)
-        print(f"featurebank {args.command}: error: {message}", file=sys.stderr)
+        print(f"featurebank {args.command}: error: {render_error(exc, args)}", file=sys.stderr)
         return 1
     except BrokenPipeError:  # output piped into `head` and friends: not an error
         sys.stderr.close()

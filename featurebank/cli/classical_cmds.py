@@ -49,6 +49,7 @@ def register(sub) -> None:
     p.add_argument("--unseen-as-wrong", action="store_true",
                    help="score images of labels the classifier never saw as wrong (default: "
                         "refuse such a store)")
+    register_flags(p, "evaluate", {"unseen='wrong'": "--unseen-as-wrong"})
     p.set_defaults(func=run_evaluate)
 
     p = sub.add_parser("predict", help="predict labels of images",

@@ -7,7 +7,8 @@ default, a choice or a help line has one source, the dataclass. :func:`options_f
 builds the options object back from the parsed arguments, and :func:`flag_names` tells
 ``featurebank.cli.main`` which flag stands for which parameter, so an
 :class:`~featurebank.errors.OptionError` is printed with the user's flags
-(``--batch-size must be an int >= 1, got 0``).
+(``--batch-size must be an int >= 1, got 0``) and a library message's ``name=VALUE`` as
+``--flag VALUE`` (:mod:`featurebank.cli.messages`, which also reads the hand-declared flags).
 """
 
 from __future__ import annotations

@@ -32,6 +32,7 @@ def register(sub) -> None:
     info.add_argument("--json", action="store_true")
     exp.add_argument("-o", "--output", required=True, metavar="FILE.parquet|npz|npy")
     exp.add_argument("--layer", default=None, help="layer name or fingerprint")
+    register_flags(exp, "FeatureStore", {"layer_or_fingerprint": "--layer"})
     up.add_argument("--root", default=None, metavar="DIR",
                     help="format 1 only: the folder 'featurebank embed' ran in when the store "
                          "was written")

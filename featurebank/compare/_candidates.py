@@ -42,11 +42,11 @@ def _onnx_backbone(name: str) -> tuple[str, str, list]:
 
     path = Path(name).expanduser().resolve()
     if not path.is_file():
-        raise FeaturebankError(f"--model {name}: no such ONNX file")
+        raise FeaturebankError(f"model {name}: no such ONNX file")
     info = read_onnx_metadata(path)
     if info.spec is None:
         raise FeaturebankError(
-            f"--model {name}: this ONNX file is not self-describing (no featurebank metadata: "
+            f"model {name}: this ONNX file is not self-describing (no featurebank metadata: "
             f"preprocessing, layers); run 'featurebank adopt {name} -o ADOPTED.onnx' (with "
             "its input size, mean and std), then compare ADOPTED.onnx")
     digest = hashlib.sha256(str(path).encode()).hexdigest()[:8]
@@ -75,7 +75,7 @@ def resolve_backbones(models: tuple[str, ...], layers: tuple[str, ...] | None) -
             problems.append(str(exc))
             continue
         if model in seen:
-            problems.append(f"--model {name} is given twice")
+            problems.append(f"model {name} is given twice")
             continue
         seen.add(model)
         known = [la for la in catalogue if la.name != "logits"]
@@ -83,12 +83,12 @@ def resolve_backbones(models: tuple[str, ...], layers: tuple[str, ...] | None) -
             missing = [c for c in layers if c not in {la.name for la in known}]
             if missing:
                 problems.append(
-                    f"--model {name} has no cut {', '.join(missing)}; its cuts are "
+                    f"model {name} has no cut {', '.join(missing)}; its cuts are "
                     f"{', '.join(la.name for la in known)} ('featurebank layers {name}')")
                 continue
             known = [la for la in known if la.name in layers]
         if not known:
-            problems.append(f"--model {name} offers no cut to compare")
+            problems.append(f"model {name} offers no cut to compare")
             continue
         out.append(Backbone(name, model, label, tuple(la.name for la in known),
                             tuple(la.flops_share for la in known),

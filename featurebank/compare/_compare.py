@@ -181,7 +181,7 @@ def compare(train: str | Path, test: str | Path | None = None, *,
     seconds = {"embed": time.perf_counter() - clock["start"]}
     mats, excluded = without_excluded(load_matrices(passes), frozenset(exclude))
     if excluded:
-        log.info("left out %d TRAIN images (--exclude)", len(excluded))
+        log.info("left out %d TRAIN images (the exclusions file)", len(excluded))
     t = time.perf_counter()
     ranked = rank_by_logme(passes, mats, options.concat)
     seconds["logme"] = time.perf_counter() - t

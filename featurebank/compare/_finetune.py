@@ -17,7 +17,7 @@ from typing import Any
 
 from featurebank.compare._candidates import Backbone
 from featurebank.compare._report import wilson_interval
-from featurebank.errors import FeaturebankError
+from featurebank.errors import FeaturebankError, OptionError
 
 log = logging.getLogger("featurebank.compare")
 
@@ -128,7 +128,7 @@ def run_finetune(backbone: Backbone, from_layer: str, train: str, work: Path, *,
     figures = {"estimate_minutes": round(estimate, 2), "left_minutes": round(left_minutes, 2)}
     if estimate > left_minutes:
         return not_run(backbone, from_layer, f"estimated {estimate:.1f} min, {left_minutes:.1f} "
-                       "min of --budget left", **figures), None
+                       "min of the budget left", **figures), None
     log.info("fine-tuning %s above %s (estimated %.1f min, %.1f left)", backbone.name,
              from_layer, estimate, left_minutes)
     started = time.perf_counter()
@@ -160,8 +160,9 @@ def check_finetune_from(backbones: list[Backbone], layer: str | None) -> None:
     wrong = [b.name for b in backbones if not b.is_file
              and (not _TUNABLE.match(layer) or layer not in b.catalogue)]
     if wrong:
-        raise FeaturebankError(f"--finetune-from {layer}: not a blocks.N or stage.N cut of "
-                               f"{', '.join(wrong)} ('featurebank layers MODEL')")
+        raise OptionError("finetune_from", f"{layer!r} is not a blocks.N or stage.N cut of "
+                          f"{', '.join(wrong)} ('featurebank layers MODEL')",
+                          owner="CompareOptions")
 
 
 def consider(chosen, train: str, *, n: int, frozen_cv: float, left_minutes: float, work: Path,

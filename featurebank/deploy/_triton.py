@@ -25,7 +25,7 @@ def triton_target(repo: str | Path, name: str) -> Path:
     if (folder / VERSION).exists():
         raise FeaturebankError(
             f"{folder / VERSION} exists; featurebank never replaces a model version that Triton "
-            f"may be serving: choose another --name, or remove {folder} yourself")
+            f"may be serving: choose another name (name=NAME), or remove {folder} yourself")
     existing = next((p for p in (Path(repo), *Path(repo).parents) if p.exists()), Path("."))
     if not existing.is_dir() or not os.access(existing, os.W_OK):
         raise FeaturebankError(f"cannot write the Triton repository {repo}: {existing} is not a "
@@ -104,7 +104,8 @@ def write_triton(deployable: Any, repo: str | Path, name: str,
         # one config serves every version of a model: another one's inputs, classes or
         # batching would not fit the versions already there
         raise FeaturebankError(f"{folder} holds versions with another config.pbtxt (other "
-                               "inputs, classes or batching); choose another --name")
+                               "inputs, classes or batching); choose another "
+                               "name (name=NAME)")
     staging = folder.with_name(f".{name}.{os.getpid()}.tmp")
     shutil.rmtree(staging, ignore_errors=True)
     try:
