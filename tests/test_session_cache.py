@@ -4,6 +4,8 @@ structure-only model-zoo graphs filled the test cache with 2 GB of them)."""
 
 from __future__ import annotations
 
+import uuid
+
 import numpy as np
 import onnx
 from onnx import TensorProto, helper
@@ -26,7 +28,8 @@ def _matmul_graph(n: int, folded: bool) -> onnx.ModelProto:
         w = np.full((n, n), 0.5, np.float32)
         nodes = [helper.make_node("MatMul", ["x", "w"], ["y"])]
         inits = [onnx.numpy_helper.from_array(w, "w")]
-    graph = helper.make_graph(nodes, "g", [x], [y], inits)
+    # a name of its own: a graph the warm test cache already holds would add no file
+    graph = helper.make_graph(nodes, f"g-{uuid.uuid4().hex}", [x], [y], inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
