@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import h5py
 import numpy as np
@@ -29,38 +28,19 @@ from featurebank.extractor.store._format import (
     encode_path,
     row_shape_of,
 )
+from featurebank.extractor.store._reads import StoreReader
 from featurebank.extractor.store._retry import retry_read
 from featurebank.spec import FeatureSpec
 
 
-class TableWriter:
+class TableWriter(StoreReader):
     """Appends of one commit (called with the file open, counters written last per group)."""
 
     # What FeatureStore provides: the tables read once per writer (None: not read yet), ...
     _image_keys: set[str] | None
     _path_pairs: dict[tuple[str, str], str] | None  # (path, key) -> label
     _failure_pairs: set[tuple[str, str]] | None
-    if TYPE_CHECKING:  # ... and its reads
-        def keys(self, fingerprint: str) -> set[str]: ...
-        def failures(self) -> list[tuple[str, str]]: ...
-        def _open(self, mode: str) -> h5py.File: ...
-
-    @staticmethod
-    def _image_table(f: h5py.File) -> dict[str, tuple[str, str]]:
-        g = f["images"]
-        n = committed_rows(g)
-        if not n:
-            return {}
-        keys = g["keys"][:n].astype(str)
-        paths = [decode_path(p) for p in g["paths"][:n]]
-        table = dict(zip(keys, zip(paths, decode_texts(g["labels"][:n]), strict=True), strict=True))
-        p = f["paths"]
-        m = committed_rows(p)
-        if m and "labels" in p:  # content first stored without a label takes the first one given
-            for key, label in zip(p["keys"][:m].astype(str), decode_texts(p["labels"][:m]), strict=True):
-                if label and key in table and not table[key][1]:
-                    table[key] = (table[key][0], label)
-        return table
+    # ... and its reads (StoreReader)
 
     def _commit_rows(self, f: h5py.File, spec: FeatureSpec, keys: Sequence[str], X: ArrayLike,
                      dtype: str) -> int:
