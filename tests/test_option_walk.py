@@ -279,3 +279,15 @@ def test_adopt_takes_and_shows_the_unstated_values_from_one_table(capsys):
     shown = " ".join(capsys.readouterr().out.split())
     for words in (w for _, w in ADOPT_UNSTATED.values()):
         assert f"(unstated: {words})" in shown
+
+
+def test_audit_spells_neighbors_as_the_command_does(capsys):
+    """One spelling on the command line: ``--neighbors`` (as ``featurebank neighbors`` and
+    ``/v1/neighbors``); ``--neighbours`` still works. Errors name the first."""
+    from featurebank.cli import build_parser, main
+
+    parser = build_parser()
+    assert parser.parse_args(["audit", "s.h5", "--neighbors", "7"]).neighbours == 7
+    assert parser.parse_args(["audit", "s.h5", "--neighbours", "7"]).neighbours == 7
+    assert main(["audit", "missing.h5", "--neighbors", "0"]) == 1
+    assert "--neighbors must be an int in [1, 1000], got 0" in capsys.readouterr().err

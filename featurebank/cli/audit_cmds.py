@@ -70,7 +70,8 @@ def register_audit(sub) -> None:
                    help="feature set by layer or fingerprint (needed when a store has several)")
     p.add_argument("--report", default=None, metavar="DIR", help="write the report folder")
     p.add_argument("--json", action="store_true", help="print the whole report as JSON")
-    add_option_flags(p, AuditOptions)
+    # the command line spells it as the `neighbors` command does; the British spelling stays
+    add_option_flags(p, AuditOptions, flags={"neighbours": ("--neighbors", "--neighbours")})
     p.set_defaults(func=run_audit)
 
 
