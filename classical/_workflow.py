@@ -31,7 +31,7 @@ from featurebank.classical._report import (
     plot_sweep,
 )
 from featurebank.errors import FeaturebankError
-from featurebank.options import Interval, Options, check_value
+from featurebank.options import Interval, Options, check_value, renamed_keyword
 from featurebank.paths import write_json
 
 
@@ -120,8 +120,9 @@ def features_title(specs) -> str:
     return " + ".join(s.describe() for s in specs)
 
 
-def evaluate(classifier: TrainedClassifier, store, report_dir: str | Path | None = None,
-             baseline: bool = True, unseen: str = "error") -> dict:
+def evaluate(classifier: TrainedClassifier, store, report: str | Path | None = None,
+             baseline: bool = True, unseen: str = "error", *,
+             report_dir: str | Path | None = None) -> dict:
     """Accuracy and more on the store's labelled rows the classifier was not trained on.
 
     Parameters
@@ -131,8 +132,9 @@ def evaluate(classifier: TrainedClassifier, store, report_dir: str | Path | None
         ``logits`` (embed the images with ``model=TUNED.onnx, layers=['logits']``); it does not
         record its training images, so the result notes that they cannot be left out.
     store : path or FeatureStore
-    report_dir : path, optional
-        Write ``metrics.json`` and confusion matrices (PNG) there.
+    report : path, optional
+        Write ``metrics.json`` and confusion matrices (PNG) there (``--report``; the former
+        keyword ``report_dir`` still works, with a ``DeprecationWarning``).
     baseline : bool
         Score the raw-pixel baseline too (re-reads the images); missing images are an error
         that names them, before anything is scored.
@@ -181,8 +183,9 @@ def evaluate(classifier: TrainedClassifier, store, report_dir: str | Path | None
         base_pred = classifier.baseline.predict(raw_pixels(data.paths))
         result["raw_pixel_baseline_accuracy"] = metrics(data.y, base_pred, labels)["accuracy"]
         result["gain_over_raw_pixels"] = result["accuracy"] - result["raw_pixel_baseline_accuracy"]
-    if report_dir:
-        out = Path(report_dir)
+    report = renamed_keyword("evaluate", "report_dir", "report", report_dir, report)
+    if report:
+        out = Path(report)
         out.mkdir(parents=True, exist_ok=True)
         write_json(result, out / "metrics.json")
         title = textwrap.fill(f"{features_title(classifier.specs)} - accuracy {result['accuracy']:.3f}",
@@ -231,17 +234,22 @@ def _by_depth(sets) -> list:
     return sorted(sets, key=key)
 
 
-def sweep(store, test_store=None, classifier: str = "logreg", holdout: float = 0.25,
-          concat: bool = True, report_dir=None, random_state: int = 0) -> list[dict]:
+def sweep(store, test=None, classifier: str = "logreg", holdout: float = 0.25,
+          concat: bool = True, report=None, random_state: int = 0, *, test_store=None,
+          report_dir=None) -> list[dict]:
     """Accuracy of the same probe on every feature set of a store (and their concatenation).
 
     Rows come shallow to deep (then the concatenations of the deepest two and of all sets), so
-    the cost grows along the table and the plot.
+    the cost grows along the table and the plot. ``test``: a held-out store scored instead of a
+    ``holdout`` split; ``report``: a folder for ``sweep.json`` and ``sweep.png`` (the former
+    keywords ``test_store`` and ``report_dir`` still work, with a ``DeprecationWarning``).
     """
+    test = renamed_keyword("sweep", "test_store", "test", test_store, test)
+    report = renamed_keyword("sweep", "report_dir", "report", report_dir, report)
     TrainOptions(classifier=classifier, random_state=random_state)
     # one kind for every row: 'auto' would choose per row and compare unlike probes
     check_value("classifier", classifier, Options(CLASSIFIERS), owner="sweep")
-    if test_store is None:  # scored on a split: it must hold images
+    if test is None:  # scored on a split: it must hold images
         check_value("holdout", holdout, Interval(float, 0, 1, "neither"), owner="sweep")
     sets = _by_depth(open_store(store).feature_sets())
     if not sets:
@@ -254,11 +262,10 @@ def sweep(store, test_store=None, classifier: str = "logreg", holdout: float = 0
     rows = []
     for fps in candidates:
         data = labelled_only(load_features(store, fingerprints=fps), f"store {store}")
-        if test_store is not None:
-            test = labelled_only(load_features(test_store, fingerprints=fps, wanted=data.specs,
-                                               wanted_by=f"the sweep of {store}"),
-                                 f"store {test_store}")
-            tr, te = data, test
+        if test is not None:
+            tr = data
+            te = labelled_only(load_features(test, fingerprints=fps, wanted=data.specs,
+                                             wanted_by=f"the sweep of {store}"), f"store {test}")
         else:
             i_tr, i_te = train_test_split(np.arange(len(data.y)), test_size=holdout,
                                           stratify=data.y, random_state=random_state)
@@ -269,8 +276,8 @@ def sweep(store, test_store=None, classifier: str = "logreg", holdout: float = 0
                      "accuracy": float(probe.score(te.X, te.y)), "C": probe.C_,
                      "flops_share": max(costs) if len(costs) == len(data.specs) else None,
                      "fingerprints": fps})
-    if report_dir:
-        out = Path(report_dir)
+    if report:
+        out = Path(report)
         out.mkdir(parents=True, exist_ok=True)
         write_json({"rows": rows}, out / "sweep.json")
         plot_sweep(rows, out / "sweep.png", f"layer sweep ({classifier})")

@@ -336,3 +336,19 @@ def check_params(estimator: Any) -> None:
     owner = type(estimator).__name__
     for name, constraints in estimator._parameter_constraints.items():
         check_value(name, getattr(estimator, name), *constraints, owner=owner)
+
+
+def renamed_keyword(owner: str, old: str, new: str, old_value: Any, new_value: Any) -> Any:
+    """The value of a keyword argument renamed from ``old`` to ``new`` (the vocabulary's
+    renames): ``new_value``, else ``old_value`` with a ``DeprecationWarning``; both given is an
+    :class:`OptionError`. Unset is None on both sides."""
+    if old_value is None:
+        return new_value
+    if new_value is not None:
+        raise OptionError(new, f"and {old} (its former name) are both given; give {new} only",
+                          owner=owner, related=(old,))
+    import warnings
+
+    warnings.warn(f"{owner}({old}=...) is deprecated; use {new}=...", DeprecationWarning,
+                  stacklevel=3)
+    return old_value

@@ -284,3 +284,23 @@ def test_predict_prints_every_file_and_exits_1_for_a_broken_one(stores, head_mod
     assert len(lines[0]["top"]) == 3 and lines[0]["label"] == lines[0]["top"][0]["label"]
     assert ranked([0.1, 0.7, 0.2], ["a", "b", "c"], top=2) == [("b", 0.7), ("c", 0.2)]
     assert Prediction("x", error="cut short").to_line() == "x\terror: cut short"
+
+
+def test_report_and_test_keywords_are_one_name_across_the_api(tmp_path, stores):
+    """``report`` and ``test`` as ``--report`` and ``--test`` everywhere (compare, finetune,
+    evaluate, sweep); the former ``report_dir``/``test_store`` still work, with a warning, and
+    both spellings at once are refused."""
+    from featurebank.classical import sweep
+    from featurebank.errors import OptionError
+
+    train, test = stores["train"], stores["test"]
+    rows = sweep(train, test=test, report=tmp_path / "new")
+    with pytest.warns(DeprecationWarning) as caught:
+        old = sweep(train, test_store=test, report_dir=tmp_path / "old")
+    assert sorted(str(w.message) for w in caught) == [
+        "sweep(report_dir=...) is deprecated; use report=...",
+        "sweep(test_store=...) is deprecated; use test=..."]
+    assert [r["accuracy"] for r in old] == [r["accuracy"] for r in rows]
+    assert (tmp_path / "new" / "sweep.json").read_text() == (tmp_path / "old" / "sweep.json").read_text()
+    with pytest.raises(OptionError, match="report and report_dir"):
+        sweep(train, report=tmp_path / "a", report_dir=tmp_path / "b")

@@ -158,7 +158,7 @@ def run_sweep(args) -> int:
 
     options = options_from_args(TrainOptions, args)
     rows = sweep(args.store, args.test, options.classifier, options.holdout,
-                 report_dir=args.report, random_state=options.random_state)
+                 report=args.report, random_state=options.random_state)
     print(f"{'cut':<40}{'dim':>6}{'accuracy':>10}{'FLOPs %':>9}")
     for r in rows:
         cost = f"{100 * r['flops_share']:.1f}" if r["flops_share"] is not None else "-"
