@@ -14,11 +14,11 @@ DEFAULT_NEAR_THRESHOLD = 0.915
 #: ``near_reference``-th neighbour (Lowe's ratio test): calibrated so that 5 % of ordinary
 #: Fashion-MNIST test images of another seed pass it (docs/audit.md, "The threshold")
 DEFAULT_NEAR_RATIO = 0.575
-#: pixel-signature correlation (8 x 8 grey thumbnails, classical/audit/_pixels.py) at or above
+#: pixel-signature correlation (8 x 8 grey thumbnails via 32 px, classical/audit/_pixels.py) at or above
 #: which a candidate pair is an edited copy: calibrated on the calibration split of
 #: benchmarks.audit so that at most 0.5 % of its ordinary test images pass it (docs/audit.md,
 #: "The pixel check")
-DEFAULT_PIXEL_THRESHOLD = 0.995
+DEFAULT_PIXEL_THRESHOLD = 0.996
 #: a pair is a candidate for the pixel check when its features' cosine similarity is at least
 #: this (and it is among the row's ``neighbours`` nearest): calibrated with the threshold
 DEFAULT_PIXEL_FLOOR = 0.85

@@ -1,21 +1,23 @@
 """Pixel signatures that confirm the near-duplicate pairs the features propose.
 
-A signature is the image (decoded by the one decode path, :func:`featurebank.extractor.decode`:
-EXIF orientation, alpha on white, centre square) reduced to grey ``SIZE x SIZE`` by area
-averaging, mean removed and L2-normalised; two signatures are compared by their dot product,
-the Pearson correlation of the two thumbnails. This is the "tiny image" descriptor of Torralba,
-Fergus and Freeman (2008, 80 million tiny images), here as a copy check: re-encoding (JPEG),
-rescaling and brightness or contrast changes hardly move an 8 x 8 average of the image, while
-two different garments of one kind differ in it. The size was chosen by measurement on the
-calibration split of ``benchmarks.audit`` (8 separated copies from look-alikes better than 16
-or 32, and better than 32 px with blur and a search over small shifts and zooms: docs/audit.md,
-"The pixel check").
+A signature is the image, decoded by the one decode path (:func:`featurebank.extractor.decode`:
+EXIF orientation, alpha on white, shorter side resized to ``DECODE`` px bilinearly, centre
+square), made grey, averaged over 4 x 4 blocks to ``SIZE x SIZE``, mean removed and
+L2-normalised; two signatures are compared by their dot product, the Pearson correlation of
+the two thumbnails. This is the "tiny image" descriptor of Torralba, Fergus and Freeman (2008,
+80 million tiny images), used as a copy check: re-encoding (JPEG), rescaling and brightness or
+contrast changes hardly move an 8 x 8 average of the image, while two different garments of
+one kind differ in it. Measured on the calibration split of ``benchmarks.audit`` (docs/audit.md,
+"The pixel check"): 8 x 8 separates copies from look-alikes better than 16 or 32, and going
+through 32 px matters: Pillow's box filter straight to 8 px aliases differently at 25 and 28
+px, so rescaled copies correlated 0.97-0.99 with their originals instead of >= 0.996.
 
-Signatures are computed once per image, only for the rows that appear in a candidate pair, in
-one streaming pass per batch of rows (one image decoded at a time), and kept as ``SIZE**2``
-float32 values per row (256 bytes). An image that cannot be read (moved, deleted, corrupt) or
-that is flat (no contrast: its correlation is undefined) has no signature; its pairs are
-judged by the features alone and the audit lists it."""
+Signatures are computed once per image, only for the rows that appear in a candidate pair, one
+image decoded at a time (a streaming pass over the rows asked for), and kept in one float32
+array of ``SIZE**2`` values per row of the store, made on first use (256 bytes a row: 256 MB
+per million rows). An image that cannot be read (moved, deleted, corrupt) or that is flat (no
+contrast: its correlation is undefined) has no signature; its pairs are judged by the features
+alone and the audit lists it."""
 
 from __future__ import annotations
 
@@ -25,11 +27,12 @@ import numpy as np
 
 from featurebank.errors import FeaturebankError
 
-__all__ = ["SIZE", "Signatures", "signature"]
+__all__ = ["DECODE", "SIZE", "Signatures", "signature"]
 
 log = logging.getLogger(__name__)
 
 SIZE = 8
+DECODE = 32  # decoded at 32 px, averaged over 4 x 4 blocks (see above: aliasing)
 _GREY = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R BT.601 luma, as Pillow's "L"
 _FLAT = 1e-3  # below this L2 norm (grey levels) a thumbnail has no pattern to compare
 
@@ -37,9 +40,9 @@ _FLAT = 1e-3  # below this L2 norm (grey levels) a thumbnail has no pattern to c
 def _preprocessing():
     from featurebank.spec import Preprocessing
 
-    # resize the shorter side to SIZE by area averaging, centre-crop a square: the decode path's
-    # own rules, so a signature sees what the features saw, at low resolution
-    return Preprocessing(input_size=(SIZE, SIZE), resize_size=SIZE, interpolation="area")
+    # the decode path's own rules (shorter side resized, centre square), so a signature sees
+    # what the features saw, at low resolution; Pillow's bilinear filter widens when it shrinks
+    return Preprocessing(input_size=(DECODE, DECODE), resize_size=DECODE, interpolation="bilinear")
 
 
 def signature(source, preprocessing=None) -> np.ndarray:
@@ -54,7 +57,8 @@ def signature(source, preprocessing=None) -> np.ndarray:
     from featurebank.extractor import decode
 
     pixels = decode(source, preprocessing or _preprocessing()).astype(np.float32)
-    grey = (pixels @ _GREY).ravel()
+    block = DECODE // SIZE
+    grey = (pixels @ _GREY).reshape(SIZE, block, SIZE, block).mean(axis=(1, 3)).ravel()
     grey -= grey.mean()
     norm = float(np.linalg.norm(grey))
     if norm < _FLAT:
