@@ -222,7 +222,7 @@ def calibrate_pixels(split: dict, floor: float) -> dict:
     sim, pix, right, is_planted, per_image = pixel_candidates(split)
     cand = np.where(sim >= floor, np.nan_to_num(pix, nan=-1.0), -1.0)
     best_other = cand[~is_planted].max(axis=1)
-    threshold = float(np.ceil(np.quantile(best_other, 0.995) * 1000) / 1000)
+    threshold = round(float(np.ceil(np.quantile(best_other, 0.995) * 1000) / 1000), 3)
     copies = np.where(right, np.nan_to_num(pix, nan=-1.0), -1.0)[is_planted].max(axis=1)
     copies = copies[copies > -1]  # copies whose original is among their 10 nearest
     return {"threshold": threshold, "floor": floor,
