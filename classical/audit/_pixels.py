@@ -95,6 +95,7 @@ class Signatures:
             return
         if self._values is None:
             self._values = np.zeros((self._rows, SIZE * SIZE), np.float32)
+        log.info("%s: pixel signatures of %d images", self.name, len(todo))
         pre = _preprocessing()
         failed = 0
         for row in todo:

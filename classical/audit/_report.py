@@ -80,7 +80,8 @@ def _sheet_rows(report, rows: int) -> list[tuple[str, list[tuple[str, str]]]]:
     """(section title, [(path, caption), ...]) per sheet row, sections in order of harm."""
     lines = []
     for r in report.leaks[:rows]:
-        lines.append((f"leak {r['similarity']:.3f}", [(r["test"]["path"], "test"),
+        lines.append((f"leak {r['similarity']:.3f} ({r.get('found_by', 'features')})",
+                      [(r["test"]["path"], "test"),
                                                        (r["train"]["path"], "train")]))
     for g in report.near_duplicates[:rows]:
         lines.append((f"near-dup x{g['size']} >= {g['similarity']:.3f}",
