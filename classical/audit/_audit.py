@@ -1,5 +1,7 @@
 """``audit_stores``: one pass over a training store (and test stores) that lists exact and near
-duplicates, test images leaked from training, likely label errors and outliers.
+duplicates, test images leaked from training, likely label errors and outliers. Near
+duplicates are proposed by the features (each row's nearest neighbours) and accepted by the
+features' threshold and ratio test, or confirmed by the images' pixel signatures (_pixels.py).
 
 Everything that can be refused is checked first (the stores, their feature sets, the labels,
 the report folder), so a refused audit writes nothing."""

@@ -81,8 +81,7 @@ def _sheet_rows(report, rows: int) -> list[tuple[str, list[tuple[str, str]]]]:
     lines = []
     for r in report.leaks[:rows]:
         lines.append((f"leak {r['similarity']:.3f} ({r.get('found_by', 'features')})",
-                      [(r["test"]["path"], "test"),
-                                                       (r["train"]["path"], "train")]))
+                      [(r["test"]["path"], "test"), (r["train"]["path"], "train")]))
     for g in report.near_duplicates[:rows]:
         lines.append((f"near-dup x{g['size']} >= {g['similarity']:.3f}",
                       [(m["path"], m["label"]) for m in g["members"][:6]]))
