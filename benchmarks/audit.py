@@ -3,8 +3,9 @@
 Fashion-MNIST through the real flow (image files embedded into stores with EfficientNet-Lite0):
 1. near-duplicates: edited copies of training images (JPEG quality 70, rescaled by 0.9, cropped
    by 5 %, brightness +-10 %) planted among test images; recall and precision of the leaks at
-   the default threshold, counting only pairs with a planted member. The threshold itself is
-   chosen on a calibration split made with another seed from other images (``calibration``);
+   the default options (features and pixel check), with the features alone, and by similarity
+   alone, counting only pairs with a planted member. The thresholds themselves are chosen on a
+   calibration split made with another seed from other images (``calibration``);
 2. label errors: 5 % of a 10k training subset's labels flipped; precision and recall of the
    flags (confident learning on out-of-fold probabilities), cleanlab side by side if installed;
 3. scale: 1M vectors tiled from the real vectors of a 192-d cut (blocks.13) with noise: recall@10
@@ -182,6 +183,56 @@ def calibrate(split: dict) -> dict:
     return out
 
 
+def pixel_candidates(split: dict, layer: str = DUP_LAYER, k: int = 10):
+    """For each test image: its ``k`` nearest training images by the features, their feature
+    similarities, their pixel-signature correlations (classical/audit/_pixels.py), and which
+    of them is its original (planted copies)."""
+    from featurebank.classical.audit._pixels import Signatures
+    from featurebank.extractor import FeatureStore, exact_search
+
+    train, test = FeatureStore(split["root"] / "train.h5"), FeatureStore(split["root"] / "test.h5")
+    fp = train.resolve(layer).fingerprint
+    feats = test.read(layer)
+    top = exact_search(train, fp, feats.X, k)
+    keys = train.set_keys(fp).astype(str)
+    row_of = {key: i for i, key in enumerate(keys)}
+    table = train.image_table()
+    ours = Signatures("test", lambda i: str(feats.paths[i]), len(feats.paths))
+    theirs = Signatures("train", lambda i: table[str(keys[i])][0], len(keys))
+    rows = np.array([[row_of[str(key)] for key in row] for row in top.keys])
+    t0 = time.perf_counter()
+    ours.ensure(np.arange(len(feats.paths)))
+    theirs.ensure(np.unique(rows))
+    seconds = time.perf_counter() - t0
+    pix = ours.similarity(np.repeat(np.arange(len(rows)), k).reshape(rows.shape), theirs, rows)
+    planted = {image_name(p): image_name(o) for p, (o, _) in split["planted"].items()}
+    names = [image_name(p) for p in feats.paths]
+    right = np.array([[planted.get(n) == image_name(table[str(keys[r])][0]) for r in row]
+                      for n, row in zip(names, rows, strict=True)])
+    is_planted = np.array([n in planted for n in names])
+    return top.similarity, pix, right, is_planted, seconds / (ours.computed + theirs.computed)
+
+
+def calibrate_pixels(split: dict, floor: float) -> dict:
+    """The pixel threshold: the 99.5th percentile of the best signature correlation of each
+    ordinary test image of the calibration split among its candidates (the 10 nearest
+    training images by the features with similarity >= ``floor``), rounded up to 0.001, so
+    that at most 0.5 % of ordinary images pass the pixel check; with the correlations of the
+    planted copies with their originals, by edit, for comparison."""
+    sim, pix, right, is_planted, per_image = pixel_candidates(split)
+    cand = np.where(sim >= floor, np.nan_to_num(pix, nan=-1.0), -1.0)
+    best_other = cand[~is_planted].max(axis=1)
+    threshold = round(float(np.ceil(np.quantile(best_other, 0.995) * 1000) / 1000), 3)
+    copies = np.where(right, np.nan_to_num(pix, nan=-1.0), -1.0)[is_planted].max(axis=1)
+    copies = copies[copies > -1]  # copies whose original is among their 10 nearest
+    return {"threshold": threshold, "floor": floor,
+            "ordinary_best_quantiles": {str(q): round(float(np.quantile(best_other, q)), 4)
+                                        for q in (0.5, 0.9, 0.99, 0.995)},
+            "copy_with_original_quantiles": {str(q): round(float(np.quantile(copies, q)), 4)
+                                             for q in (0.01, 0.05, 0.5)},
+            "ms_per_signature": round(per_image * 1000, 3)}
+
+
 def threshold_table(split: dict, layers=(DUP_LAYER, LABEL_LAYER),
                     thresholds=(0.85, 0.9, 0.915, 0.93, 0.95, 0.97),
                     ratios=(1.0, 0.8, 0.7, 0.6, 0.575, 0.5)) -> dict:
@@ -205,23 +256,35 @@ def _groups(report) -> dict:
 
 
 def duplicates(split: dict, threshold: float) -> dict:
-    """The audit at DUP_LAYER with the default options (threshold and ratio test), and by the
-    similarity threshold alone (``near_ratio`` 1) for comparison."""
+    """The audit at DUP_LAYER with the default options (threshold, ratio test and pixel check),
+    with the features alone (``pixel_check`` off: the figures before the pixel check), and by
+    the similarity threshold alone (``near_ratio`` 1, no pixel check) for comparison."""
     from featurebank.classical import AuditOptions, audit_stores
 
-    def run(ratio: float, report_dir):
+    def run(report_dir, **opts):
         return audit_stores(split["root"] / "train.h5", [split["root"] / "test.h5"], DUP_LAYER,
-                            options=AuditOptions(near_threshold=threshold, near_ratio=ratio,
-                                                 index="exact", label_check=False),
+                            options=AuditOptions(near_threshold=threshold, index="exact",
+                                                 label_check=False, **opts),
                             report_dir=report_dir)
 
     t0 = time.perf_counter()
-    dups = run(AuditOptions().near_ratio, split["root"] / "report-duplicates")
+    dups = run(split["root"] / "report-duplicates")
     seconds = time.perf_counter() - t0
-    alone = run(1.0, None)
-    return {"near_duplicates": {**leak_scores(dups, split["planted"]), "groups": _groups(dups)},
+    t0 = time.perf_counter()
+    features = run(None, pixel_check=False)
+    features_seconds = time.perf_counter() - t0
+    alone = run(None, near_ratio=1.0, pixel_check=False)
+    found_by = {}
+    for r in dups.leaks:
+        found_by[r["found_by"]] = found_by.get(r["found_by"], 0) + 1
+    return {"near_duplicates": {**leak_scores(dups, split["planted"]), "groups": _groups(dups),
+                                "leaks_found_by": found_by,
+                                "pixel_signatures": dups.pixel_check["signatures"],
+                                "pixel_unreadable": dups.pixel_check["unreadable_count"]},
+            "features_only": {**leak_scores(features, split["planted"]), "groups": _groups(features)},
             "similarity_only": {**leak_scores(alone, split["planted"]), "groups": _groups(alone)},
-            "audit_seconds": {DUP_LAYER: round(seconds, 1)},
+            "audit_seconds": {DUP_LAYER: round(seconds, 1),
+                              f"{DUP_LAYER} without pixel check": round(features_seconds, 1)},
             "counts": {DUP_LAYER: dups.to_dict()["counts"]}}
 
 
@@ -291,7 +354,11 @@ def main(argv=None) -> None:
         print(json.dumps(audit_one(args.audit_one, args.threshold, args.label_sample, args.index)))
         return
     from featurebank.classical.audit import DEFAULT_NEAR_RATIO, DEFAULT_NEAR_THRESHOLD
-    from featurebank.classical.audit._options import PROBE_C
+    from featurebank.classical.audit._options import (
+        DEFAULT_PIXEL_FLOOR,
+        DEFAULT_PIXEL_THRESHOLD,
+        PROBE_C,
+    )
 
     work = Path(args.work).resolve()
     if args.ranked_only:
@@ -337,7 +404,9 @@ def main(argv=None) -> None:
 
         cal_json = json.loads((RESULTS / f"{args.out}_calibration.json").read_text())
         if args.duplicates_only:
-            cal_json.update(calibration=calibration, by_threshold=threshold_table(cal))
+            cal_json.update(calibration=calibration, by_threshold=threshold_table(cal),
+                            pixels=calibrate_pixels(cal, DEFAULT_PIXEL_FLOOR))
+            print("pixel calibration", cal_json["pixels"], flush=True)
         else:
             cal_json["labels"] = calibrate_probe(cal)
             print(cal_json["labels"], flush=True)
@@ -352,8 +421,16 @@ def main(argv=None) -> None:
               "default_threshold": DEFAULT_NEAR_THRESHOLD, "calibration": calibration,
               "embed_seconds": round(cal["embed_s"] + bench["embed_s"], 1)}
     if args.duplicates_only:
+        from benchmarks._common import RESULTS
+
+        # the committed figures of the features alone, kept once (rerunning keeps the first)
+        kept = json.loads((RESULTS / f"{args.out}.json").read_text())
+        before = kept.get("before_pixel_check") or {
+            k: kept[k] for k in ("near_duplicates", "similarity_only", "calibration") if k in kept}
         _merge(args.out, duplicates(bench, DEFAULT_NEAR_THRESHOLD),
-               {**result, "default_ratio": DEFAULT_NEAR_RATIO})
+               {**result, "default_ratio": DEFAULT_NEAR_RATIO,
+                "default_pixel_threshold": DEFAULT_PIXEL_THRESHOLD,
+                "default_pixel_floor": DEFAULT_PIXEL_FLOOR, "before_pixel_check": before})
         return
     if args.labels_only:
         found = labels(bench, DEFAULT_NEAR_THRESHOLD)

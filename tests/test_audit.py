@@ -11,6 +11,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -257,3 +258,135 @@ def test_near_mask_ratio_on_a_crowd_and_a_copy():
     assert near_mask(sims, 0.9, 0.5)[:, 0].tolist() == [True, False]
     # fewer neighbours than the reference: the last one found is the reference
     assert near_mask(sims[:, :2], 0.9, 0.5)[:, 0].tolist() == [True, False]
+
+
+# --- the pixel check (classical/audit/_pixels.py) --------------------------------------------
+
+COPIED = [5, 60, 123, 222, 404, 606, 808, 850]  # training digits copied with an edit each
+EDITS = ("jpeg70", "rescale0.9", "crop5", "brightness10")
+
+
+def _coarse(path) -> np.ndarray:
+    """The stored "features" of the pixel-check tests: the image at 4 x 4 grey. Like a pooled
+    CNN cut, it puts many digits of one class as near each other as an edited copy to its
+    original, so the ratio test drops copies the pixel check confirms."""
+    return np.asarray(Image.open(path).convert("L").resize((4, 4), Image.BOX), np.float32).ravel()
+
+
+def _edit(img: Image.Image, kind: str, out) -> None:
+    """The benchmark's edits (benchmarks/audit.py) on a 32 px image."""
+    if kind == "jpeg70":
+        img.convert("RGB").save(out, "JPEG", quality=70)
+        return
+    if kind == "rescale0.9":
+        img = img.resize((29, 29), Image.BICUBIC)
+    elif kind == "crop5":  # 5 % of the area
+        img = img.crop((1, 0, 32, 31))
+    else:
+        img = Image.fromarray(np.clip(np.asarray(img, np.float32) * 1.1, 0, 255).astype(np.uint8))
+    img.save(out, "PNG")
+
+
+@pytest.fixture(scope="module")
+def copies(tmp_path_factory, digits_dir):
+    """Digits enlarged to 32 px (real handwriting, at a size where the edits mean something):
+    900 in training, the next 300 in test with edited copies of 8 training digits."""
+    root = tmp_path_factory.mktemp("pixels")
+    files = sorted(digits_dir.glob("*/*.png"), key=lambda p: p.name)[:1200]
+    big = []
+    for f in files:
+        p = root / "images" / f.parent.name / f.name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        Image.open(f).resize((32, 32), Image.BICUBIC).save(p)
+        big.append(p)
+    planted = {}
+    for j, i in enumerate(COPIED):
+        kind = EDITS[j % 4]
+        out = root / "images" / big[i].parent.name / f"copy-{i}-{kind}.{'jpg' if kind == 'jpeg70' else 'png'}"
+        _edit(Image.open(big[i]), kind, out)
+        planted[str(out)] = str(big[i])
+    spec = FeatureSpec(MODEL, "coarse", "none")
+
+    def embed(path, paths):
+        keys = [hashlib.sha256(p.read_bytes()).hexdigest() for p in paths]
+        with FeatureStore(path, mode="a") as s:
+            s.add_rows(spec, keys, np.stack([_coarse(p) for p in paths]), [str(p) for p in paths],
+                       [p.parent.name for p in paths], dtype="float32")
+
+    embed(root / "train.h5", big[:900])
+    test_files = [*big[900:], *map(Path, planted)]
+    embed(root / "test.h5", test_files)
+    return {"train": root / "train.h5", "test": root / "test.h5", "planted": planted}
+
+
+def _leaks(copies, report_dir=None, **opts):
+    return audit_stores(copies["train"], [copies["test"]], "coarse", options=AuditOptions(
+        label_check=False, sheet_rows=0, **opts), report_dir=report_dir)
+
+
+#: a strict feature threshold: the coarse features alone then miss most edited copies, as
+#: Lite0's pooled features miss JPEG and rescaled copies of Fashion-MNIST (docs/audit.md)
+STRICT = 0.99995
+
+
+def test_pixel_check_finds_edited_copies_the_features_miss_and_no_look_alikes(copies):
+    planted = copies["planted"]
+    alone = _leaks(copies, pixel_check=False, near_threshold=STRICT)
+    assert alone.pixel_check == {"on": False}
+    found_alone = {r["test"]["path"] for r in alone.leaks} & set(planted)
+    assert len(found_alone) <= 3, found_alone
+    report = _leaks(copies, near_threshold=STRICT)
+    leaked = {r["test"]["path"]: r for r in report.leaks}
+    for copy, original in planted.items():  # each edit but the crop, with its own original
+        if "crop5" in copy:  # a 1 px crop of a 32 px digit: signature 0.991, below 0.996
+            assert copy not in leaked or leaked[copy]["found_by"] == "features"
+            continue
+        assert leaked[copy]["train"]["path"] == original, copy
+        assert leaked[copy]["pixel_similarity"] >= AuditOptions().pixel_threshold
+        assert "pixels" in leaked[copy]["found_by"]
+    by_pixels = {p for p, r in leaked.items() if r["found_by"] == "pixels"}
+    assert len(by_pixels) >= 4  # those the features missed
+    # look-alikes (other digits of the same class, as near by the features) are not confirmed
+    assert by_pixels <= set(planted), by_pixels - set(planted)
+    assert {r["found_by"] for r in alone.leaks} <= {"features"}
+    assert report.pixel_check["signatures"] > 300 and report.pixel_check["unreadable_count"] == 0
+
+
+def test_pixel_check_reports_a_missing_image_and_still_answers(copies, tmp_path, caplog):
+    import logging
+
+    moved = dict(copies["planted"])
+    gone = sorted(moved)[0]
+    kept = tmp_path / "kept"
+    shutil.move(gone, kept)
+    try:
+        with caplog.at_level(logging.WARNING):
+            report = _leaks(copies, report_dir=tmp_path / "r", near_threshold=STRICT)
+    finally:
+        shutil.move(kept, gone)
+    assert [u["path"] for u in report.pixel_check["unreadable"]] == [gone]
+    assert "No such file" in report.pixel_check["unreadable"][0]["reason"]
+    assert "could not be read" in caplog.text and "features alone" in caplog.text
+    with open(tmp_path / "r" / "pixel_unreadable.csv") as f:
+        assert [r["path"] for r in csv.DictReader(f)] == [gone]
+    leaked = {r["test"]["path"]: r for r in report.leaks}
+    assert gone not in leaked or leaked[gone]["found_by"] == "features"  # features alone there
+    for copy in set(moved) - {gone}:  # the others are still confirmed (crops: see above)
+        assert "crop5" in copy or leaked[copy]["train"]["path"] == moved[copy]
+    with open(tmp_path / "r" / "leaks.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {"found_by", "pixel_similarity"} <= set(rows[0]) and len(rows) == len(report.leaks)
+
+
+def test_no_pixel_check_flag():
+    import argparse
+
+    from featurebank.classical.audit._options import AuditOptions as Opts
+    from featurebank.cli.flags import add_option_flags, options_from_args
+
+    parser = argparse.ArgumentParser()
+    add_option_flags(parser, Opts)
+    args = parser.parse_args(["--no-pixel-check", "--pixel-threshold", "0.99"])
+    opts = options_from_args(Opts, args)
+    assert opts.pixel_check is False and opts.pixel_threshold == 0.99
+    assert options_from_args(Opts, parser.parse_args([])).pixel_check is True

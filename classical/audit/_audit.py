@@ -1,5 +1,7 @@
 """``audit_stores``: one pass over a training store (and test stores) that lists exact and near
-duplicates, test images leaked from training, likely label errors and outliers.
+duplicates, test images leaked from training, likely label errors and outliers. Near
+duplicates are proposed by the features (each row's nearest neighbours) and accepted by the
+features' threshold and ratio test, or confirmed by the images' pixel signatures (_pixels.py).
 
 Everything that can be refused is checked first (the stores, their feature sets, the labels,
 the report folder), so a refused audit writes nothing."""
@@ -14,7 +16,11 @@ import numpy as np
 
 from featurebank.classical._features import open_store
 from featurebank.classical.audit._duplicates import (
+    BY_FEATURES,
+    BY_PIXELS,
+    FOUND_BY,
     exact_duplicates,
+    found_by,
     near_groups,
     near_mask,
     near_pairs,
@@ -22,6 +28,7 @@ from featurebank.classical.audit._duplicates import (
 )
 from featurebank.classical.audit._labels import label_issues, out_of_fold_probabilities
 from featurebank.classical.audit._options import AUDIT_EXACT_ROWS, AuditOptions
+from featurebank.classical.audit._pixels import Signatures
 from featurebank.errors import FeaturebankError, OptionError
 from featurebank.extractor import (
     FeatureStore,
@@ -45,6 +52,7 @@ class _Side:
     rows: int
     keys: np.ndarray = field(repr=False)
     table: dict[str, tuple[str, str]] = field(repr=False)
+    signatures: Signatures | None = field(default=None, repr=False)
 
     def row(self, i: int, **extra) -> dict:
         key = str(self.keys[i])
@@ -68,6 +76,7 @@ class AuditReport:
     label_issues: list[dict] = field(default_factory=list)
     outliers: list[dict] = field(default_factory=list)
     label_sample: int | None = None
+    pixel_check: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -85,9 +94,29 @@ class AuditReport:
         return list(dict.fromkeys(keys))
 
 
-def _side(name: str, store: FeatureStore, fingerprint: str) -> _Side:
+def _side(name: str, store: FeatureStore, fingerprint: str, pixels: bool) -> _Side:
     keys = store.set_keys(fingerprint).astype(str)
-    return _Side(name, store, fingerprint, len(keys), keys, store.image_table())
+    side = _Side(name, store, fingerprint, len(keys), keys, store.image_table())
+    if pixels:
+        side.signatures = Signatures(name, lambda i: side.table.get(str(keys[i]), ("", ""))[0],
+                                     len(keys))
+    return side
+
+
+def _pixel_matches(a: _Side, b: _Side, rows_a: np.ndarray, rows_b: np.ndarray,
+                   similarity: np.ndarray, options: AuditOptions) -> tuple[np.ndarray, np.ndarray]:
+    """Which neighbours ``rows_b`` (``[n, k]`` rows of ``b``) of ``rows_a`` (``[n]`` rows of
+    ``a``) the pixel check confirms, and their signature correlations (NaN: not a candidate,
+    or an image without a signature). Candidates: feature similarity >= ``pixel_floor``."""
+    pix = np.full(rows_b.shape, np.nan, np.float32)
+    if a.signatures is None or b.signatures is None:
+        return np.zeros(rows_b.shape, bool), pix
+    cand = (similarity >= options.pixel_floor) & (rows_b >= 0)
+    i, col = np.nonzero(cand)
+    a.signatures.ensure(rows_a[i])
+    b.signatures.ensure(rows_b[i, col])
+    pix[i, col] = a.signatures.similarity(rows_a[i], b.signatures, rows_b[i, col])
+    return np.nan_to_num(pix, nan=-1.0) >= options.pixel_threshold, pix
 
 
 def _resolve(train: FeatureStore, tests: list[FeatureStore], layer: str | None):
@@ -147,11 +176,14 @@ def _self_neighbours(side: _Side, options: AuditOptions):
 
 def _near_and_outliers(side: _Side, options: AuditOptions, report: AuditReport):
     found, index = _self_neighbours(side, options)
+    confirmed, _ = _pixel_matches(side, side, np.arange(side.rows), found.rows, found.similarity,
+                                  options)
     pairs = near_pairs(found.rows, found.similarity, options.near_threshold, options.near_ratio,
-                       options.near_reference)
+                       options.near_reference, pixels=confirmed)
     for group, weakest in near_groups(side.rows, pairs):
         report.near_duplicates.append({
             "store": side.name, "size": len(group), "similarity": round(weakest, 6),
+            "found_by": found_by(pairs[np.isin(pairs[:, 0], group), 3]),
             "members": [side.row(int(r)) for r in group]})
     if side.rows > options.neighbours:
         rows, dist = outlier_ranking(found.similarity, options.outliers)
@@ -160,19 +192,46 @@ def _near_and_outliers(side: _Side, options: AuditOptions, report: AuditReport):
 
 
 def _leaks(train: _Side, test: _Side, index, options: AuditOptions, report: AuditReport) -> None:
+    """One leak per test row: its nearest training row when the features accept it (threshold
+    and ratio test), else the candidate the pixel check confirms with the highest correlation."""
     from featurebank.extractor.search import iter_blocks
 
     k = options.near_reference if options.near_ratio < 1.0 else 1
+    if options.pixel_check:
+        k = max(k, options.neighbours)
     for first, X, _ in iter_blocks(test.store, test.fingerprint, options.block_rows):
         found = (index.search(X, k, keys=False) if index is not None else
                  exact_search(train.store, train.fingerprint, X, k, block_rows=options.block_rows))
-        near = near_mask(found.similarity, options.near_threshold, options.near_ratio,
-                         options.near_reference)[:, 0]
-        for i in np.flatnonzero(near):
-            report.leaks.append({"similarity": round(float(found.similarity[i, 0]), 6),
+        by_features = near_mask(found.similarity, options.near_threshold, options.near_ratio,
+                                options.near_reference)[:, 0]
+        confirmed, pix = _pixel_matches(test, train, first + np.arange(len(X)), found.rows,
+                                        found.similarity, options)
+        for i in np.flatnonzero(by_features | confirmed.any(axis=1)):
+            col = 0 if by_features[i] else int(np.nanargmax(np.where(confirmed[i], pix[i], np.nan)))
+            code = BY_FEATURES * bool(by_features[i]) + BY_PIXELS * bool(confirmed[i, col])
+            report.leaks.append({"similarity": round(float(found.similarity[i, col]), 6),
+                                 "pixel_similarity": _rounded(pix[i, col]),
+                                 "found_by": FOUND_BY[code],
                                  "test": test.row(first + int(i)),
-                                 "train": train.row(int(found.rows[i, 0]))})
+                                 "train": train.row(int(found.rows[i, col]))})
     report.leaks.sort(key=lambda r: -r["similarity"])
+
+
+def _rounded(value: float) -> float | None:
+    return None if np.isnan(value) else round(float(value), 6)
+
+
+def _pixel_summary(sides: list[_Side], options: AuditOptions) -> dict:
+    """What the pixel check read: signatures computed, images it could not read."""
+    if not options.pixel_check:
+        return {"on": False}
+    sigs = [s.signatures for s in sides if s.signatures is not None]
+    unreadable = [u for s in sigs for u in s.unreadable]
+    if unreadable:
+        log.warning("pixel check: %d image(s) could not be read; their pairs were judged by the "
+                    "features alone (report: pixel_check.unreadable)", len(unreadable))
+    return {"on": True, "signatures": sum(s.computed for s in sigs),
+            "unreadable_count": len(unreadable), "unreadable": unreadable}
 
 
 def _label_issues(side: _Side, labels: np.ndarray, options: AuditOptions, report: AuditReport) -> None:
@@ -226,7 +285,7 @@ def audit_stores(train: str | Path, tests=(), layer: str | None = None, *,
     train_store, test_stores = open_store(train), [open_store(t) for t in tests]
     info = _resolve(train_store, test_stores, layer)
     fp = info.fingerprint
-    main = _side(str(train), train_store, fp)
+    main = _side(str(train), train_store, fp, options.pixel_check)
     labels = _check_labels(main, options)
     if options.label_check:
         counts = np.unique(labels[labels != ""], return_counts=True)[1]
@@ -234,7 +293,7 @@ def audit_stores(train: str | Path, tests=(), layer: str | None = None, *,
             raise OptionError("folds", f"is {options.folds}, but a class of training store "
                               f"{train} has {counts.min()} labelled images; lower it or pass "
                               "label_check=False", owner="AuditOptions")
-    sides = [_side(t, s, fp) for t, s in zip(tests, test_stores, strict=True)]
+    sides = [_side(t, s, fp, options.pixel_check) for t, s in zip(tests, test_stores, strict=True)]
     report = AuditReport(str(train), tests, info.spec.describe(), fp, asdict(options),
                          {s.name: s.rows for s in [main, *sides]})
     report.exact_duplicates = exact_duplicates({s.name: s.store.path_table() for s in [main, *sides]})
@@ -242,6 +301,7 @@ def audit_stores(train: str | Path, tests=(), layer: str | None = None, *,
     for side in sides:
         _near_and_outliers(side, options, report)
         _leaks(main, side, index, options, report)
+    report.pixel_check = _pixel_summary([main, *sides], options)
     if options.label_check:
         _label_issues(main, labels, options, report)
     if report_dir is not None:

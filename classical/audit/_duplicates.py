@@ -10,7 +10,8 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-__all__ = ["exact_duplicates", "near_groups", "near_mask", "near_pairs", "outlier_ranking"]
+__all__ = ["BY_FEATURES", "BY_PIXELS", "exact_duplicates", "found_by", "near_groups", "near_mask",
+           "near_pairs", "outlier_ranking"]
 
 
 def exact_duplicates(tables: dict[str, list[tuple[str, str]]]) -> list[dict]:
@@ -47,16 +48,36 @@ def near_mask(similarity: np.ndarray, threshold: float, ratio: float = 1.0,
     return near
 
 
+#: how a pair was found, as the bits of a pair's fourth column (docs/audit.md)
+BY_FEATURES, BY_PIXELS = 1, 2
+FOUND_BY = {BY_FEATURES: "features", BY_PIXELS: "pixels", BY_FEATURES | BY_PIXELS: "features+pixels"}
+
+
 def near_pairs(rows: np.ndarray, similarity: np.ndarray, threshold: float, ratio: float = 1.0,
-               reference: int = 5) -> np.ndarray:
-    """``[m, 2]`` row pairs (i < j, each once) among the neighbours that :func:`near_mask`
-    accepts, and their similarities ``[m]`` as a third column."""
-    i, col = np.nonzero(near_mask(similarity, threshold, ratio, reference) & (rows >= 0))
+               reference: int = 5, pixels: np.ndarray | None = None) -> np.ndarray:
+    """``[m, 4]`` row pairs (i < j, each once) among the neighbours that :func:`near_mask`
+    accepts or ``pixels`` (a mask like ``similarity``: pairs the pixel check confirmed) marks:
+    the two rows, their similarity, and how they were found (:data:`BY_FEATURES` |
+    :data:`BY_PIXELS`, either direction of the pair counting)."""
+    by_features = near_mask(similarity, threshold, ratio, reference)
+    by_pixels = np.zeros_like(by_features) if pixels is None else pixels
+    code = by_features * BY_FEATURES + by_pixels * BY_PIXELS
+    i, col = np.nonzero((code > 0) & (rows >= 0))
+    if not len(i):
+        return np.zeros((0, 4))
     j = rows[i, col]
     a, b = np.minimum(i, j), np.maximum(i, j)
-    pairs = np.stack([a, b, similarity[i, col]], axis=1)
-    _, first = np.unique(pairs[:, :2], axis=0, return_index=True)
-    return pairs[np.sort(first)]
+    _, first, inverse = np.unique(np.stack([a, b], axis=1), axis=0, return_index=True,
+                                  return_inverse=True)
+    found = np.zeros(len(first), np.int64)
+    np.bitwise_or.at(found, inverse.ravel(), code[i, col].astype(np.int64))
+    pairs = np.stack([a[first], b[first], similarity[i, col][first], found], axis=1)
+    return pairs[np.argsort(first, kind="stable")]
+
+
+def found_by(codes: np.ndarray) -> str:
+    """The name of the signals whose bits ``codes`` hold together."""
+    return FOUND_BY[int(np.bitwise_or.reduce(codes.astype(np.int64)))]
 
 
 def near_groups(n_rows: int, pairs: np.ndarray) -> list[tuple[np.ndarray, float]]:

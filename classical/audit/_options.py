@@ -14,6 +14,14 @@ DEFAULT_NEAR_THRESHOLD = 0.915
 #: ``near_reference``-th neighbour (Lowe's ratio test): calibrated so that 5 % of ordinary
 #: Fashion-MNIST test images of another seed pass it (docs/audit.md, "The threshold")
 DEFAULT_NEAR_RATIO = 0.575
+#: pixel-signature correlation (8 x 8 grey thumbnails via 32 px, classical/audit/_pixels.py) at or above
+#: which a candidate pair is an edited copy: calibrated on the calibration split of
+#: benchmarks.audit so that at most 0.5 % of its ordinary test images pass it (docs/audit.md,
+#: "The pixel check")
+DEFAULT_PIXEL_THRESHOLD = 0.996
+#: a pair is a candidate for the pixel check when its features' cosine similarity is at least
+#: this (and it is among the row's ``neighbours`` nearest): calibrated with the threshold
+DEFAULT_PIXEL_FLOOR = 0.85
 #: the neighbour methods an audit may use (see featurebank.extractor.SearchOptions)
 AUDIT_INDEX = ("auto", "exact", "hnsw", "ivfpq")
 #: ``index='auto'`` audits exactly up to this many rows: every row against every row grows
@@ -45,6 +53,17 @@ class AuditOptions:
     neighbours : int
         Nearest neighbours looked at per row: near-duplicate pairs come from them, and the
         outlier score is the distance to the last one.
+    pixel_check : bool
+        Confirm candidate pairs by their images' pixel signatures (classical/audit/_pixels.py):
+        a pair among a row's ``neighbours`` nearest, with feature similarity at least
+        ``pixel_floor`` and signature correlation at least ``pixel_threshold``, is a
+        near-duplicate even when the ratio test rejected it. Reads every image in a candidate
+        pair once (the stored paths); an unreadable image leaves its pairs to the features
+        alone and is listed in the report.
+    pixel_threshold : float
+        Signature correlation at or above which a candidate pair is an edited copy.
+    pixel_floor : float
+        Feature similarity a pair needs to be a candidate for the pixel check.
     label_check : bool
         Flag likely label errors of the training store (confident learning on out-of-fold
         probabilities); needs labels.
@@ -76,6 +95,9 @@ class AuditOptions:
     near_ratio: float = option(DEFAULT_NEAR_RATIO, Interval(float, 0.0, 1.0))
     near_reference: int = option(5, Interval(int, 2, 1000))
     neighbours: int = option(10, Interval(int, 1, 1000))
+    pixel_check: bool = option(True, bool)
+    pixel_threshold: float = option(DEFAULT_PIXEL_THRESHOLD, Interval(float, 0.0, 1.0))
+    pixel_floor: float = option(DEFAULT_PIXEL_FLOOR, Interval(float, 0.0, 1.0))
     label_check: bool = option(True, bool)
     label_rule: str = option("ranked", Options(LABEL_RULES))
     probe_c: float = option(PROBE_C, Interval(float, 0.0, None, closed="neither"))

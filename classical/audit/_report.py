@@ -25,14 +25,18 @@ def write_report(report, report_dir: str | Path, options: AuditOptions) -> Path:
     write_json(report.to_dict(), out / "report.json")
     _csv(out / "exact_duplicates.csv", ["key", "store", "path"],
          [[d["key"], c["store"], c["path"]] for d in report.exact_duplicates for c in d["copies"]])
-    _csv(out / "near_duplicates.csv", ["group", "store", "key", "path", "label", "group_similarity"],
-         [[g_i, m["store"], m["key"], m["path"], m["label"], g["similarity"]]
+    _csv(out / "near_duplicates.csv", ["group", "store", "key", "path", "label", "group_similarity",
+                                       "found_by"],
+         [[g_i, m["store"], m["key"], m["path"], m["label"], g["similarity"], g.get("found_by", "")]
           for g_i, g in enumerate(report.near_duplicates) for m in g["members"]])
-    _csv(out / "leaks.csv", ["similarity", "test_store", "test_path", "test_key", "test_label",
-                             "train_path", "train_key", "train_label"],
-         [[r["similarity"], r["test"]["store"], r["test"]["path"], r["test"]["key"],
-           r["test"]["label"], r["train"]["path"], r["train"]["key"], r["train"]["label"]]
-          for r in report.leaks])
+    _csv(out / "leaks.csv", ["similarity", "pixel_similarity", "found_by", "test_store", "test_path",
+                             "test_key", "test_label", "train_path", "train_key", "train_label"],
+         [[r["similarity"], r.get("pixel_similarity"), r.get("found_by", ""), r["test"]["store"],
+           r["test"]["path"], r["test"]["key"], r["test"]["label"], r["train"]["path"],
+           r["train"]["key"], r["train"]["label"]] for r in report.leaks])
+    _csv(out / "pixel_unreadable.csv", ["store", "row", "path", "reason"],
+         [[u["store"], u["row"], u["path"], u["reason"]]
+          for u in report.pixel_check.get("unreadable", [])])
     _csv(out / "label_issues.csv", ["score", "key", "path", "given", "suggested"],
          [[r["score"], r["key"], r["path"], r["given"], r["suggested"]] for r in report.label_issues])
     _csv(out / "outliers.csv", ["distance", "store", "key", "path", "label"],
@@ -76,8 +80,8 @@ def _sheet_rows(report, rows: int) -> list[tuple[str, list[tuple[str, str]]]]:
     """(section title, [(path, caption), ...]) per sheet row, sections in order of harm."""
     lines = []
     for r in report.leaks[:rows]:
-        lines.append((f"leak {r['similarity']:.3f}", [(r["test"]["path"], "test"),
-                                                       (r["train"]["path"], "train")]))
+        lines.append((f"leak {r['similarity']:.3f} ({r.get('found_by', 'features')})",
+                      [(r["test"]["path"], "test"), (r["train"]["path"], "train")]))
     for g in report.near_duplicates[:rows]:
         lines.append((f"near-dup x{g['size']} >= {g['similarity']:.3f}",
                       [(m["path"], m["label"]) for m in g["members"][:6]]))

@@ -89,7 +89,17 @@ def run_audit(args) -> int:
     print(f"near-duplicate groups: {counts['near_duplicates']}")
     print(f"leaks (test images near-duplicated in training): {counts['leaks']}")
     for r in report.leaks[:5]:
-        print(f"  {r['similarity']:.4f}  {r['test']['path']}  <-  {r['train']['path']}")
+        print(f"  {r['similarity']:.4f}  {r['test']['path']}  <-  {r['train']['path']}"
+              f"  ({r.get('found_by', 'features')})")
+    pixels = report.pixel_check
+    if pixels.get("on"):
+        print(f"pixel check: {pixels['signatures']} image signatures compared")
+        if pixels["unreadable_count"]:
+            print(f"  WARNING: {pixels['unreadable_count']} image(s) could not be read (first: "
+                  f"{pixels['unreadable'][0]['path']}: {pixels['unreadable'][0]['reason']}); "
+                  "their pairs were judged by the features alone (pixel_unreadable.csv)")
+    else:
+        print("pixel check: off (features alone)")
     sample = f" (of a sample of {report.label_sample})" if report.label_sample else ""
     print(f"suspect labels{sample}: {counts['label_issues']}")
     for r in report.label_issues[:5]:
