@@ -265,7 +265,7 @@ def duplicates(split: dict, threshold: float) -> dict:
         return audit_stores(split["root"] / "train.h5", [split["root"] / "test.h5"], DUP_LAYER,
                             options=AuditOptions(near_threshold=threshold, index="exact",
                                                  label_check=False, **opts),
-                            report_dir=report_dir)
+                            report=report_dir)
 
     t0 = time.perf_counter()
     dups = run(split["root"] / "report-duplicates")
@@ -295,7 +295,7 @@ def labels(split: dict, threshold: float) -> dict:
     t0 = time.perf_counter()
     report = audit_stores(split["root"] / "train.h5", [split["root"] / "test.h5"], LABEL_LAYER,
                           options=AuditOptions(near_threshold=threshold, index="exact"),
-                          report_dir=split["root"] / "report-labels")
+                          report=split["root"] / "report-labels")
     seconds = time.perf_counter() - t0
     flipped = {image_name(p) for p in split["flipped"]}
     flagged = {image_name(r["path"]) for r in report.label_issues}

@@ -72,7 +72,7 @@ def split(tmp_path_factory, digits_dir):
 
 def test_audit_finds_leaks_duplicates_flipped_labels_and_outliers(split, tmp_path):
     report_dir = tmp_path / "report"
-    report = audit_stores(split["train"], [split["test"]], "pixels", report_dir=report_dir,
+    report = audit_stores(split["train"], [split["test"]], "pixels", report=report_dir,
                           options=AuditOptions(near_threshold=0.99, folds=5))
     # every planted copy and the exact copy leak, each found with its training original
     leaked = {r["test"]["path"]: r["train"]["path"] for r in report.leaks}
@@ -149,18 +149,21 @@ def test_refused_before_any_file_is_written(split, tmp_path, digits_dir):
     _embed(tmp_path / "other.h5", files, [f.parent.name for f in files], other_cut)
     report = tmp_path / "report"
     with pytest.raises(FeaturebankError, match="no labels.*label_check=False"):
-        audit_stores(tmp_path / "unlabelled.h5", report_dir=report)
+        audit_stores(tmp_path / "unlabelled.h5", report=report)
     with pytest.raises(FeaturebankError, match="cut differently"):
-        audit_stores(split["train"], [tmp_path / "other.h5"], report_dir=report)
+        audit_stores(split["train"], [tmp_path / "other.h5"], report=report)
     other_model = FeatureSpec(ModelSpec("other-net", "1" * 64, MODEL.preprocessing, "test"),
                               "pixels", "none")
     _embed(tmp_path / "model.h5", files, [f.parent.name for f in files], other_model)
     with pytest.raises(FeaturebankError, match="other-net"):
-        audit_stores(split["train"], [tmp_path / "model.h5"], report_dir=report)
+        audit_stores(split["train"], [tmp_path / "model.h5"], report=report)
     with pytest.raises(FeaturebankError, match="does not exist"):
-        audit_stores(split["train"], [tmp_path / "absent.h5"], report_dir=report)
+        audit_stores(split["train"], [tmp_path / "absent.h5"], report=report)
     with pytest.raises(FeaturebankError, match="folder .* does not exist"):
-        audit_stores(split["train"], report_dir=tmp_path / "no" / "such" / "dir")
+        audit_stores(split["train"], report=tmp_path / "no" / "such" / "dir")
+    with pytest.warns(DeprecationWarning, match=r"report_dir=\.\.\.\) is deprecated"), \
+            pytest.raises(FeaturebankError, match="folder .* does not exist"):
+        audit_stores(split["train"], report_dir=tmp_path / "no" / "such" / "dir")  # the old name
     assert not report.exists()
     # without label checks, an unlabelled store is audited
     done = audit_stores(tmp_path / "unlabelled.h5", options=AuditOptions(label_check=False))
@@ -321,7 +324,7 @@ def copies(tmp_path_factory, digits_dir):
 
 def _leaks(copies, report_dir=None, **opts):
     return audit_stores(copies["train"], [copies["test"]], "coarse", options=AuditOptions(
-        label_check=False, sheet_rows=0, **opts), report_dir=report_dir)
+        label_check=False, sheet_rows=0, **opts), report=report_dir)
 
 
 #: a strict feature threshold: the coarse features alone then miss most edited copies, as

@@ -37,6 +37,7 @@ from featurebank.extractor import (
     exact_search,
     self_neighbours,
 )
+from featurebank.options import renamed_keyword
 
 log = logging.getLogger(__name__)
 __all__ = ["AuditReport", "audit_stores"]
@@ -256,7 +257,7 @@ def _label_issues(side: _Side, labels: np.ndarray, options: AuditOptions, report
 
 
 def audit_stores(train: str | Path, tests=(), layer: str | None = None, *,
-                 options: AuditOptions | None = None,
+                 options: AuditOptions | None = None, report: str | Path | None = None,
                  report_dir: str | Path | None = None) -> AuditReport:
     """Audit a training store and test stores at one cut.
 
@@ -269,8 +270,10 @@ def audit_stores(train: str | Path, tests=(), layer: str | None = None, *,
     layer : str, optional
         The cut (layer name or fingerprint) of both; needed when a store holds several sets.
     options : AuditOptions
-    report_dir : path, optional
-        Write ``report.json``, a CSV per finding, ``exclude.txt`` and ``contact_sheet.png``.
+    report : path, optional
+        Write ``report.json``, a CSV per finding, ``exclude.txt`` and ``contact_sheet.png``
+        there (``--report``; the former keyword ``report_dir`` still works, with a
+        ``DeprecationWarning``).
 
     Raises
     ------
@@ -280,7 +283,8 @@ def audit_stores(train: str | Path, tests=(), layer: str | None = None, *,
         of a class for the folds, a report folder that cannot be written.
     """
     options = options or AuditOptions()
-    check_report_dir(report_dir)
+    folder = renamed_keyword("audit_stores", "report_dir", "report", report_dir, report)
+    check_report_dir(folder)
     tests = [str(t) for t in tests]
     train_store, test_stores = open_store(train), [open_store(t) for t in tests]
     info = _resolve(train_store, test_stores, layer)
@@ -294,18 +298,18 @@ def audit_stores(train: str | Path, tests=(), layer: str | None = None, *,
                               f"{train} has {counts.min()} labelled images; lower it or pass "
                               "label_check=False", owner="AuditOptions")
     sides = [_side(t, s, fp, options.pixel_check) for t, s in zip(tests, test_stores, strict=True)]
-    report = AuditReport(str(train), tests, info.spec.describe(), fp, asdict(options),
-                         {s.name: s.rows for s in [main, *sides]})
-    report.exact_duplicates = exact_duplicates({s.name: s.store.path_table() for s in [main, *sides]})
-    index = _near_and_outliers(main, options, report)
+    found = AuditReport(str(train), tests, info.spec.describe(), fp, asdict(options),
+                        {s.name: s.rows for s in [main, *sides]})
+    found.exact_duplicates = exact_duplicates({s.name: s.store.path_table() for s in [main, *sides]})
+    index = _near_and_outliers(main, options, found)
     for side in sides:
-        _near_and_outliers(side, options, report)
-        _leaks(main, side, index, options, report)
-    report.pixel_check = _pixel_summary([main, *sides], options)
+        _near_and_outliers(side, options, found)
+        _leaks(main, side, index, options, found)
+    found.pixel_check = _pixel_summary([main, *sides], options)
     if options.label_check:
-        _label_issues(main, labels, options, report)
-    if report_dir is not None:
+        _label_issues(main, labels, options, found)
+    if folder is not None:
         from featurebank.classical.audit._report import write_report
 
-        write_report(report, report_dir, options)
-    return report
+        write_report(found, folder, options)
+    return found

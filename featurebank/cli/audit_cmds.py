@@ -79,7 +79,7 @@ def run_audit(args) -> int:
     from featurebank.classical import audit_stores
 
     report = audit_stores(args.train, args.test, args.layer,
-                          options=options_from_args(AuditOptions, args), report_dir=args.report)
+                          options=options_from_args(AuditOptions, args), report=args.report)
     if args.json:
         print(json.dumps(report.to_dict(), indent=1))
         return 0
