@@ -4,10 +4,13 @@
 
 Per data set: ``compare`` (LogME ranking, successive halving on 5-fold CV of TRAIN, TEST read
 once) and the exhaustive baseline (every feature set x every classifier kind x every C
-cross-validated on the same stores, the best CV figure chosen). Both embed TRAIN once per
-backbone; that time is counted on both sides. Reported: the TEST accuracy of each side's choice,
+cross-validated, the best CV figure chosen). Each side's embedding is counted on its side.
+Reported: the TEST accuracy of each side's choice,
 the best TEST figure any feature set reaches (each with its own CV-chosen classifier), the wall
-time ratio, and Kendall's tau between LogME and CV accuracy over every feature set.
+time ratio, and Kendall's tau between LogME (on all TRAIN rows) and CV accuracy over every
+feature set. ``compare`` screens (``CompareOptions.screen``): every backbone embeds a slice of
+TRAIN, and only those holding the LogME shortlist embed the rest; the baseline embeds all of
+TRAIN with every backbone in its own work folder, timed on its side.
 Backbones: EfficientNet-Lite0/1/2 (registry) and Lite0 exported at 160 px as an ONNX file (the
 file form of a backbone).
 """
@@ -74,32 +77,43 @@ def _dataset(name: str, n_train: int, n_test: int):
     return {"train": (tr[0][i], tr[1][i]), "test": (te[0][j], te[1][j])}, classes
 
 
-def _exhaustive(result, work: Path, test_root: Path, seed: int) -> dict:
-    """Every feature set x kind x C by 5-fold CV on the same stores; the test figure of every
-    set with its CV-best classifier (oracle: TEST is read for every set here)."""
+def _exhaustive(result, train_root: Path, work: Path, test_root: Path, seed: int) -> dict:
+    """Every feature set x kind x C by 5-fold CV on all of TRAIN; the test figure of every set
+    with its CV-best classifier (oracle: TEST is read for every set here).
+
+    Its own work folder: every backbone embeds all of TRAIN (timed), as it would without
+    ``compare``'s screening, and LogME ranks every set on all rows (the two best cuts of each
+    pass concatenated, as ``compare`` does)."""
     from sklearn.model_selection import StratifiedKFold, cross_val_score
     from threadpoolctl import threadpool_limits
 
     from featurebank import embed_collection
     from featurebank.classical import load_features
     from featurebank.classical.selection import default_candidates
+    from featurebank.compare._select import rank_by_logme
+    from featurebank.compare._stores import embed_passes, load_matrices
 
+    opts = result.options
+    start = time.perf_counter()
+    pairs = list(dict.fromkeys((s.backbone, s.pool) for s in result.sets))
+    passes = embed_passes(str(train_root), pairs, work, opts.batch_size, False)
+    t_embed = time.perf_counter() - start
+    mats = load_matrices(passes)
     rows, t_cv = [], 0.0
-    for s in result.sets:
-        store = work / f"{s.backbone.label}-{s.pool}.h5"
-        data = load_features(store, fingerprints=[sp.fingerprint() for sp in s.specs])
+    for s in rank_by_logme(passes, mats, opts.concat):
+        X, y = mats.X[s.key], mats.y
         start = time.perf_counter()
         scores = {}
         folds = StratifiedKFold(FOLDS, shuffle=True, random_state=seed)
-        for c in default_candidates(["X"], result.options.classifiers):
+        for c in default_candidates(["X"], opts.classifiers):
             with warnings.catch_warnings(), threadpool_limits(1):
                 warnings.simplefilter("ignore")
-                cv = cross_val_score(c.estimator(seed), data.X, data.y, cv=folds)
+                cv = cross_val_score(c.estimator(seed), X, y, cv=folds)
             scores[c] = (float(cv.mean()), float(cv.std()))
         best = max(scores, key=lambda c: scores[c][0])
         with warnings.catch_warnings(), threadpool_limits(1):
             warnings.simplefilter("ignore")
-            fitted = best.estimator(seed).fit(data.X, data.y)
+            fitted = best.estimator(seed).fit(X, y)
         t_cv += time.perf_counter() - start
         test_store = work / f"oracle-test-{s.backbone.label}-{s.pool}.h5"
         embed_collection([str(test_root)], test_store, s.backbone.model, layers=s.cuts,
@@ -108,7 +122,7 @@ def _exhaustive(result, work: Path, test_root: Path, seed: int) -> dict:
         rows.append({"feature_set": s.name, "logme": s.logme, "cv_accuracy": scores[best][0],
                      "cv_std": scores[best][1], "classifier": best.classifier, "C": best.C,
                      "test_accuracy": float(fitted.score(test.X, test.y))})
-    return {"rows": rows, "cv_seconds": t_cv}
+    return {"rows": rows, "cv_seconds": t_cv, "embed_seconds": t_embed}
 
 
 def run_one(name: str, n_train: int, n_test: int, models: list[str], root: Path,
@@ -128,19 +142,34 @@ def run_one(name: str, n_train: int, n_test: int, models: list[str], root: Path,
     result = compare(folders["train"], folders["test"], options=options, work_dir=work,
                      output=root / name / "chosen.joblib", progress=False)
     wall = time.perf_counter() - started
-    embed_s = sum(p["seconds"] for p in result.passes)
+    # compare's embedding: the screening slice (every pass) and the rest (the kept passes)
+    embed_s = result.seconds.get("screen", 0.0) + result.seconds["embed"]
     test_s = result.seconds.get("test", 0.0)
-    base = _exhaustive(result, work, folders["test"], seed)
+    exhaustive_work = root / name / "work-exhaustive"
+    exhaustive_work.mkdir()
+    base = _exhaustive(result, folders["train"], exhaustive_work, folders["test"], seed)
     rows = base["rows"]
     chosen_base = max(rows, key=lambda r: r["cv_accuracy"])
     logme = [r["logme"] for r in rows]
     cv = [r["cv_accuracy"] for r in rows]
     compare_s = wall - test_s  # TEST is scored once on either side: left out of both
-    baseline_s = embed_s + base["cv_seconds"]
+    baseline_s = base["embed_seconds"] + base["cv_seconds"]
+    screening = result.screening.to_dict() if result.screening else None
     out = {
         "dataset": name, "train_images": int(len(splits["train"][1])),
         "test_images": int(len(splits["test"][1])), "classes": int(len(set(splits["train"][1]))),
-        "feature_sets": len(rows), "candidates_per_set": len(result.selection.history) // max(
+        "feature_sets": len(rows),
+        "screening": screening and {
+            "images": screening["images"], "per_class": screening["per_class"],
+            "seconds": round(screening["seconds"], 1),
+            "kept_passes": len(screening["kept_passes"]),
+            "screened_out_passes": len(screening["screened_out_passes"]),
+            "screened_out_sets": len(screening["screened_out_sets"]),
+            "exhaustive_chosen_screened_out": any(
+                chosen_base["feature_set"].startswith(f"{s.backbone.label} ")
+                for s in result.screening.dropped)},
+        "halving_skipped": sum(1 for h in result.selection.history if h.get("skipped")),
+        "candidates_per_set": len(result.selection.history) // max(
             1, sum(1 for s in result.sets if s.cv)),
         "compare": {"chosen": result.chosen.name, "classifier": result.selection.classifier,
                     "C": result.selection.C, "cv_accuracy": result.chosen.cv["accuracy"],
@@ -153,7 +182,8 @@ def run_one(name: str, n_train: int, n_test: int, models: list[str], root: Path,
                        "cv_accuracy": chosen_base["cv_accuracy"],
                        "test_accuracy": chosen_base["test_accuracy"],
                        "seconds": round(baseline_s, 1),
-                       "selection_seconds": round(base["cv_seconds"], 1)},
+                       "selection_seconds": round(base["cv_seconds"], 1),
+                       "embed_seconds": round(base["embed_seconds"], 1)},
         "embed_seconds": round(embed_s, 1),
         "best_test_any_feature_set": max(r["test_accuracy"] for r in rows),
         "test_gap_points": round(100 * (chosen_base["test_accuracy"]
