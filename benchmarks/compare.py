@@ -125,26 +125,68 @@ def _exhaustive(result, train_root: Path, work: Path, test_root: Path, seed: int
     return {"rows": rows, "cv_seconds": t_cv, "embed_seconds": t_embed}
 
 
+def _compare(folders: dict, models: list[str], seed: int, screen: int, work: Path,
+             output: Path):
+    """One ``compare`` run, timed: the result, its seconds without TEST, its embedding."""
+    from featurebank.compare import CompareOptions, compare
+
+    options = CompareOptions(models=tuple(models), layers=CUTS, seed=seed, screen=screen)
+    started = time.perf_counter()
+    result = compare(folders["train"], folders["test"], options=options, work_dir=work,
+                     output=output, progress=False)
+    wall = time.perf_counter() - started
+    # TEST is scored once on either side: left out of both
+    compare_s = wall - result.seconds.get("test", 0.0)
+    # the screening slice (every pass) and the rest of TRAIN (the kept passes)
+    embed_s = result.seconds.get("screen", 0.0) + result.seconds["embed"]
+    return result, compare_s, embed_s
+
+
+def _figures(result, compare_s: float, embed_s: float) -> dict:
+    return {"chosen": result.chosen.name, "classifier": result.selection.classifier,
+            "C": result.selection.C, "cv_accuracy": result.chosen.cv["accuracy"],
+            "test_accuracy": result.test["accuracy"], "test_interval": result.test["interval"],
+            "seconds": round(compare_s, 1), "selection_seconds": round(compare_s - embed_s, 1),
+            "steps_seconds": {k: round(v, 1) for k, v in result.seconds.items()},
+            "halving_skipped": sum(1 for h in result.selection.history if h.get("skipped"))}
+
+
+def _screened(result, compare_s: float, embed_s: float, chosen_base: dict,
+              baseline_s: float) -> dict:
+    """The figures of a run with screening, against the same baseline."""
+    sc = result.screening.to_dict() if result.screening else None
+    return {**_figures(result, compare_s, embed_s),
+            "screening": sc and {
+                "images": sc["images"], "per_class": sc["per_class"],
+                "seconds": round(sc["seconds"], 1), "kept_passes": len(sc["kept_passes"]),
+                "screened_out_passes": len(sc["screened_out_passes"]),
+                "screened_out_sets": len(sc["screened_out_sets"]),
+                "exhaustive_chosen_screened_out": any(
+                    chosen_base["feature_set"].startswith(f"{s.backbone.label} ")
+                    for s in result.screening.dropped)},
+            "test_gap_points": round(100 * (chosen_base["test_accuracy"]
+                                            - result.test["accuracy"]), 2),
+            "wall_time_ratio": round(baseline_s / compare_s, 2)}
+
+
 def run_one(name: str, n_train: int, n_test: int, models: list[str], root: Path,
-            seed: int) -> dict:
+            seed: int, screen: int) -> dict:
     from scipy.stats import kendalltau, weightedtau
 
-    from featurebank.compare import CompareOptions, compare
+    from featurebank.compare import CompareOptions
     from featurebank.datasets import write_image_folder
 
     splits, classes = _dataset(name, n_train, n_test)
     folders = {}
     for split, (X, y) in splits.items():
         folders[split] = write_image_folder(X, y, root / name / split, classes)
-    work = root / name / "work"
-    options = CompareOptions(models=tuple(models), layers=CUTS, seed=seed)
-    started = time.perf_counter()
-    result = compare(folders["train"], folders["test"], options=options, work_dir=work,
-                     output=root / name / "chosen.joblib", progress=False)
-    wall = time.perf_counter() - started
-    # compare's embedding: the screening slice (every pass) and the rest (the kept passes)
-    embed_s = result.seconds.get("screen", 0.0) + result.seconds["embed"]
-    test_s = result.seconds.get("test", 0.0)
+    default = CompareOptions().screen
+    result, compare_s, embed_s = _compare(folders, models, seed, default, root / name / "work",
+                                          root / name / "chosen.joblib")
+    other = None
+    if screen != default:
+        other = _compare(folders, models, seed, screen, root / name / "work-screen",
+                         root / name / "chosen-screen.joblib")
     exhaustive_work = root / name / "work-exhaustive"
     exhaustive_work.mkdir()
     base = _exhaustive(result, folders["train"], exhaustive_work, folders["test"], seed)
@@ -152,31 +194,14 @@ def run_one(name: str, n_train: int, n_test: int, models: list[str], root: Path,
     chosen_base = max(rows, key=lambda r: r["cv_accuracy"])
     logme = [r["logme"] for r in rows]
     cv = [r["cv_accuracy"] for r in rows]
-    compare_s = wall - test_s  # TEST is scored once on either side: left out of both
     baseline_s = base["embed_seconds"] + base["cv_seconds"]
-    screening = result.screening.to_dict() if result.screening else None
     out = {
         "dataset": name, "train_images": int(len(splits["train"][1])),
         "test_images": int(len(splits["test"][1])), "classes": int(len(set(splits["train"][1]))),
         "feature_sets": len(rows),
-        "screening": screening and {
-            "images": screening["images"], "per_class": screening["per_class"],
-            "seconds": round(screening["seconds"], 1),
-            "kept_passes": len(screening["kept_passes"]),
-            "screened_out_passes": len(screening["screened_out_passes"]),
-            "screened_out_sets": len(screening["screened_out_sets"]),
-            "exhaustive_chosen_screened_out": any(
-                chosen_base["feature_set"].startswith(f"{s.backbone.label} ")
-                for s in result.screening.dropped)},
-        "halving_skipped": sum(1 for h in result.selection.history if h.get("skipped")),
         "candidates_per_set": len(result.selection.history) // max(
             1, sum(1 for s in result.sets if s.cv)),
-        "compare": {"chosen": result.chosen.name, "classifier": result.selection.classifier,
-                    "C": result.selection.C, "cv_accuracy": result.chosen.cv["accuracy"],
-                    "test_accuracy": result.test["accuracy"],
-                    "test_interval": result.test["interval"], "seconds": round(compare_s, 1),
-                    "selection_seconds": round(compare_s - embed_s, 1),
-                    "steps_seconds": {k: round(v, 1) for k, v in result.seconds.items()}},
+        "compare": {**_figures(result, compare_s, embed_s), "screen": default},
         "exhaustive": {"chosen": chosen_base["feature_set"],
                        "classifier": chosen_base["classifier"], "C": chosen_base["C"],
                        "cv_accuracy": chosen_base["cv_accuracy"],
@@ -192,12 +217,18 @@ def run_one(name: str, n_train: int, n_test: int, models: list[str], root: Path,
         "selection_time_ratio": round(base["cv_seconds"] / max(compare_s - embed_s, 1e-9), 2),
         "kendall_tau_logme_cv": round(float(kendalltau(logme, cv).statistic), 3),
         "weighted_tau_logme_cv": round(float(weightedtau(logme, cv).statistic), 3),
+        # compare with --screen SCREEN (when it is not the default), against the same baseline
+        "with_screen": (_screened(*other, chosen_base, baseline_s) | {"screen": screen}
+                        if other else None),
         "rows": rows,
     }
     print(markdown([{k: out[k] for k in ("dataset", "test_gap_points", "wall_time_ratio",
                                          "kendall_tau_logme_cv", "best_test_any_feature_set")}],
                    ["dataset", "test_gap_points", "wall_time_ratio", "kendall_tau_logme_cv",
                     "best_test_any_feature_set"]), flush=True)
+    if other:
+        print(f"with --screen {screen}:", {k: out["with_screen"][k] for k in (
+            "test_gap_points", "wall_time_ratio", "screening")}, flush=True)
     return out
 
 
@@ -208,6 +239,8 @@ def main(argv=None) -> None:
     ap.add_argument("--datasets", nargs="+", default=["fashion-mnist", "digits"],
                     choices=["fashion-mnist", "digits", "textures"])
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--screen", type=int, default=5,
+                    help="also run compare with this --screen, when it is not the default")
     ap.add_argument("--out", default="compare")
     args = ap.parse_args(argv)
     from featurebank.export import ensure_exported
@@ -216,14 +249,14 @@ def main(argv=None) -> None:
               str(ensure_exported("efficientnet_lite0", input_size=160))]
     root = Path(tempfile.mkdtemp(prefix="fb-compare-bench-"))
     try:
-        results = [run_one(name, args.train, args.test, models, root, args.seed)
+        results = [run_one(name, args.train, args.test, models, root, args.seed, args.screen)
                    for name in args.datasets]
     finally:
         shutil.rmtree(root, ignore_errors=True)
     write_result(args.out, {
         "backbones": ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2",
                       "efficientnet_lite0 at 160 px (exported ONNX file)"],
-        "cuts": list(CUTS), "folds": FOLDS, "seed": args.seed, "datasets": results,
+        "cuts": list(CUTS), "folds": FOLDS, "seed": args.seed, "screen": args.screen, "datasets": results,
         "mean": {k: round(float(np.mean([r[k] for r in results])), 3)
                  for k in ("test_gap_points", "wall_time_ratio", "selection_time_ratio",
                            "kendall_tau_logme_cv")},
