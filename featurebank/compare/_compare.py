@@ -2,8 +2,10 @@
 
 The order of the work is the protocol (VTAB-1k's: choose on the training split, test once):
 1. every check that can fail (backbones, cuts, labels, the output) before a file is written;
-2. one pass per backbone and pooling into the work folder's stores (resumable);
-3. LogME ranks every feature set from the stored features, in seconds;
+2. with ``screen``, every backbone and pooling embeds a stratified slice of TRAIN first, and
+   only the passes holding the LogME shortlist on it go on (``_screen``);
+3. one pass per (kept) backbone and pooling into the work folder's stores (resumable); LogME
+   ranks every feature set from the stored features, in seconds;
 4. successive halving cross-validates the shortlisted sets with every classifier kind and its
    regularisation on TRAIN, and chooses;
 5. the choice is fitted on all of TRAIN, TEST is embedded for it alone and scored once;
