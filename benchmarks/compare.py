@@ -256,7 +256,8 @@ def main(argv=None) -> None:
     write_result(args.out, {
         "backbones": ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2",
                       "efficientnet_lite0 at 160 px (exported ONNX file)"],
-        "cuts": list(CUTS), "folds": FOLDS, "seed": args.seed, "screen": args.screen, "datasets": results,
+        "cuts": list(CUTS), "folds": FOLDS, "seed": args.seed, "screen": args.screen,
+        "datasets": results,
         "mean": {k: round(float(np.mean([r[k] for r in results])), 3)
                  for k in ("test_gap_points", "wall_time_ratio", "selection_time_ratio",
                            "kendall_tau_logme_cv")},
