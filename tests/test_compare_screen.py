@@ -122,3 +122,50 @@ def test_the_screen_option_is_checked_and_has_a_flag(capsys):
     with pytest.raises(SystemExit):
         main(["compare", "--help"])
     assert "--screen" in capsys.readouterr().out
+
+
+def test_a_run_killed_after_screening_resumes_with_what_is_missing(screened, train, weak_onnx,
+                                                                   tmp_path):
+    """SIGKILL in the kept backbone's pass over the rest of TRAIN (after both slice passes);
+    the rerun embeds neither slice again, only the images that pass had not committed, and
+    chooses what the uninterrupted run chose."""
+    import subprocess
+    import sys
+
+    from benchmarks.harness.faults import REPO, subprocess_env
+    from tests._killpoints import ANNOUNCE, wait_for_point
+    from tests.test_compare import _committed_rows
+
+    result = screened[0]
+    out = tmp_path / "chosen.joblib"
+    cmd = [sys.executable, "-m", "featurebank", "compare", str(train), "-o", str(out),
+           "--model", "efficientnet_lite0", "--model", str(weak_onnx), "--layer", "head",
+           "--classifier", "logreg", "--top", "1", "--no-concat", "--screen", "2",
+           "--batch-size", "4", "--no-progress", "--json"]
+    kept = next(p.store.name for p in result.screening.passes
+                if p.backbone == result.chosen.backbone)
+    store = tmp_path / "chosen.work" / kept
+    # the child stops at each commit from the 11th (past both slice passes' batches of 4): it
+    # is killed at the first where the kept store holds more than the slice's 20 rows
+    paused = [sys.executable, "-m", "tests._killpoints", "commit",
+              ",".join(str(n) for n in range(11, 40)), *cmd[3:]]
+    proc = subprocess.Popen(paused, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, env=subprocess_env(), cwd=REPO)
+    try:
+        while (point := wait_for_point(proc.stdout)) and _committed_rows(store) <= 20:
+            proc.stdin.write(b"\n")  # not in the kept pass's rest yet: go on
+            proc.stdin.flush()
+        assert point and point.startswith(f"{ANNOUNCE} commit")
+    finally:
+        proc.kill()
+        proc.wait()
+    killed_at = _committed_rows(store)
+    assert 20 < killed_at < 80 and not out.exists()
+    done = subprocess.run(cmd, capture_output=True, text=True, env=subprocess_env(), cwd=REPO,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads(done.stdout)
+    assert all(p["store"] for p in summary["screening"]["screened_out_passes"])
+    [p] = summary["passes"]
+    assert p["cached"] == killed_at and p["embedded"] + p["cached"] == 80
+    assert summary["chosen"]["feature_set"] == result.chosen.name
