@@ -78,6 +78,7 @@ def test_screening_drops_the_lower_backbone_and_embeds_no_more_train_for_it(scre
     [entry] = [r for r in report["feature_sets"] if r["screened_out_on"] is not None]
     assert entry["screened_out_on"] == 20 and entry["cv"] is None
     assert report["seconds"]["screen"] > 0
+    assert (out / "report" / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_a_rerun_embeds_nothing_and_screening_off_embeds_only_what_is_missing(screened, train):
