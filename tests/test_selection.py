@@ -140,7 +140,7 @@ def test_halving_keeps_the_best_and_records_real_cv_scores(digits):
 
 def test_halving_skips_a_linear_svm_whose_larger_c_repeats_its_fold_scores(digits, monkeypatch):
     """Once a linear SVM's folds score exactly as at the next smaller C (more dimensions than
-    rows: the classes separate, and a larger C fits the same hyperplane), the larger C of that
+    rows: the classes separate, and a larger C fits nearly the same hyperplane), the larger C of that
     feature set are skipped for the round; the choice is the full search's."""
     from sklearn.preprocessing import PolynomialFeatures
 

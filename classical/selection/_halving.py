@@ -73,9 +73,9 @@ class HalvingResult:
 
 #: kinds whose score stops changing once C is large enough: with more dimensions than rows
 #: (a backbone's 1280 on a few hundred images) the classes are linearly separable, LinearSVC
-#: converges to the hard-margin solution, and every larger C fits the same hyperplane (and
-#: takes longest: 66 % of halving's time on Fashion-MNIST, measured). When the folds score
-#: exactly as at the next smaller C, the larger C are skipped for that round.
+#: approaches the hard-margin solution, and a larger C fits nearly the same hyperplane (and
+#: takes longest: about 60 % of halving's time on Fashion-MNIST, profiled). When the folds
+#: score exactly as at the next smaller C, the larger C are skipped for that round.
 SATURATING = frozenset({"linear-svm"})
 
 
