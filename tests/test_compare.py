@@ -76,6 +76,8 @@ def test_compare_ranks_confirms_and_writes_a_classifier(compared, splits):
     # the report: JSON of every candidate, the plot
     report = json.loads((out / "report" / "compare.json").read_text())
     assert len(report["feature_sets"]) == 3 and report["chosen"]["test"] == result.test
+    # screening is off by default (and one pass has nothing to screen): all 80 rows ranked
+    assert result.screening is None and report["screening"] is None
     assert len(report["halving"]) == 3 * (5 + 5)  # 3 sets x (5 C of logreg + 5 k of knn)
     assert (out / "report" / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "*" in result.table() and result.chosen.name in result.table()

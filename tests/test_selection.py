@@ -138,6 +138,33 @@ def test_halving_keeps_the_best_and_records_real_cv_scores(digits):
     assert mean > 0.95
 
 
+def test_halving_skips_a_linear_svm_whose_larger_c_repeats_its_fold_scores(digits, monkeypatch):
+    """Once a linear SVM's folds score exactly as at the next smaller C (more dimensions than
+    rows: the classes separate, and a larger C fits nearly the same hyperplane), the larger C of that
+    feature set are skipped for the round; the choice is the full search's."""
+    from sklearn.preprocessing import PolynomialFeatures
+
+    import featurebank.classical.selection._halving as halving
+
+    X, y = digits
+    # the pixels' pairwise products: 2144 dimensions on 300 images, as a backbone's 1280 are
+    X, y = PolynomialFeatures(2, include_bias=False).fit_transform(X[:300]), y[:300]
+    candidates = default_candidates(["pixels"], ["linear-svm"])
+    result = successive_halving({"pixels": X}, y, candidates, factor=3, random_state=0)
+    monkeypatch.setattr(halving, "SATURATING", frozenset())
+    full = successive_halving({"pixels": X}, y, candidates, factor=3, random_state=0)
+    assert result.skipped and not full.skipped
+    assert all(c.classifier == "linear-svm" for c in result.skipped)
+    assert result.best == full.best and result.last(result.best) == full.last(full.best)
+    for c, why in result.skipped.items():
+        r = len(result.history[c])  # the round it was skipped in
+        lower = [d for d in result.history if d.classifier == c.classifier and d.C < c.C
+                 and len(result.history[d]) > r]
+        # it would have scored as the largest C below it that ran: skipping lost nothing
+        assert full.history[c][r][1:] == result.history[max(lower, key=lambda d: d.C)][r][1:]
+        assert why.startswith("saturated") and c not in result.ranking()[:1]
+
+
 def test_halving_refuses_what_it_cannot_compare(digits):
     X, y = digits
     with pytest.raises(FeaturebankError, match="no feature matrix named"):

@@ -2,8 +2,10 @@
 
 The order of the work is the protocol (VTAB-1k's: choose on the training split, test once):
 1. every check that can fail (backbones, cuts, labels, the output) before a file is written;
-2. one pass per backbone and pooling into the work folder's stores (resumable);
-3. LogME ranks every feature set from the stored features, in seconds;
+2. with ``screen``, every backbone and pooling embeds a stratified slice of TRAIN first, and
+   only the passes holding the LogME shortlist on it go on (``_screen``);
+3. one pass per (kept) backbone and pooling into the work folder's stores (resumable); LogME
+   ranks every feature set from the stored features, in seconds;
 4. successive halving cross-validates the shortlisted sets with every classifier kind and its
    regularisation on TRAIN, and chooses;
 5. the choice is fitted on all of TRAIN, TEST is embedded for it alone and scored once;
@@ -47,6 +49,7 @@ class CompareResult:
     options: CompareOptions = field(default_factory=CompareOptions)
     excluded_keys: set[str] = field(default_factory=set)  #: TRAIN rows left out (--exclude)
     finetune: Any = None  #: the fine-tuning candidate (FinetuneCandidate), with --budget
+    screening: Any = None  #: what screening kept and dropped (Screening); None: not screened
 
     @property
     def finetuned(self) -> bool:
@@ -78,7 +81,8 @@ class CompareResult:
         return {"options": asdict(self.options), "chosen": self.choice(),
                 "feature_sets": [s.to_dict() for s in self.sets],
                 "halving": self.selection.history, "passes": self.passes,
-                "excluded": len(self.excluded_keys), "seconds": self.seconds}
+                "excluded": len(self.excluded_keys), "seconds": self.seconds,
+                "screening": self.screening.to_dict() if self.screening else None}
 
     def conclusion(self) -> str:
         sel, s = self.selection, self.chosen
@@ -176,14 +180,19 @@ def compare(train: str | Path, test: str | Path | None = None, *,
         without_excluded,
     )
 
-    passes = embed_passes(train_input, backbones, options.pools, work, options.batch_size,
-                          progress)
-    seconds = {"embed": time.perf_counter() - clock["start"]}
+    pairs, screening = _screen(train_input, backbones, work, options, frozenset(exclude),
+                               progress)
+    seconds = {"screen": screening.seconds} if screening else {}
+    t = time.perf_counter()
+    passes = embed_passes(train_input, pairs, work, options.batch_size, progress)
+    seconds["embed"] = time.perf_counter() - t
     mats, excluded = without_excluded(load_matrices(passes), frozenset(exclude))
     if excluded:
         log.info("left out %d TRAIN images (the exclusions file)", len(excluded))
     t = time.perf_counter()
-    ranked = rank_by_logme(passes, mats, options.concat)
+    # the screened-out sets after every kept one: their LogME is on the slice alone
+    ranked = rank_by_logme(passes, mats, options.concat) + (screening.dropped if screening
+                                                            else [])
     seconds["logme"] = time.perf_counter() - t
     log.info("LogME ranked %d feature sets in %.1f s; best: %s", len(ranked), seconds["logme"],
              ranked[0].name)
@@ -203,7 +212,7 @@ def compare(train: str | Path, test: str | Path | None = None, *,
     result = CompareResult(ranked, sel, None, None, seconds,
                            [{"backbone": p.backbone.name, "pool": p.pool, "store": str(p.store),
                              "embedded": p.embedded, "cached": p.cached, "seconds": p.seconds}
-                            for p in passes], options, excluded)
+                            for p in passes], options, excluded, screening=screening)
     tuned = None
     if options.budget is not None:
         t = time.perf_counter()
@@ -227,6 +236,21 @@ def compare(train: str | Path, test: str | Path | None = None, *,
     if output is not None:
         result.classifier.save(output)
     return result
+
+
+def _screen(train: str, backbones, work: Path, options: CompareOptions, exclude: frozenset[str],
+            progress: bool):
+    """The (backbone, pooling) passes that embed all of TRAIN, and the screening that chose
+    them (None when screening is off or cannot pay: every pass then)."""
+    from featurebank.compare._screen import plan_slice, screen
+
+    pairs = [(b, pool) for b in backbones for pool in options.pools]
+    piece = plan_slice(train, options.screen, len(pairs), exclude, work, options.seed)
+    if piece is None:
+        return pairs, None
+    done = screen(piece, pairs, work, top=options.top, concat=options.concat,
+                  batch_size=options.batch_size, progress=progress)
+    return done.kept, done
 
 
 def _consider_finetune(result: CompareResult, train: str, mats, work: Path, output: Path | None,

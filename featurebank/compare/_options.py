@@ -9,6 +9,11 @@ from featurebank.classical import CLASSIFIERS
 from featurebank.options import Interval, Items, Options, check_options, option
 from featurebank.spec import DEFAULT_MODEL, SPATIAL_POOLS, TOKEN_POOLS
 
+#: images per class of the screening slice by default: off, because on the digits benchmark a
+#: slice of 5 per class screened out the backbone that cross-validation chose on all of TRAIN
+#: (benchmarks/results/compare.json, "with_screen")
+SCREEN_PER_CLASS = 0
+
 
 @dataclass(frozen=True)
 class CompareOptions:
@@ -35,6 +40,11 @@ class CompareOptions:
     factor : int
         Successive halving keeps the best 1/factor of the candidates each round, on factor
         times more images.
+    screen : int
+        Images per class that every backbone and pooling embeds first; LogME on them keeps the
+        passes holding the ``top`` sets, and only those embed the rest of TRAIN (0, the default:
+        off, every pass embeds all of TRAIN; skipped by itself when the slice would be half of TRAIN or
+        more, or there is one pass only).
     seed : int
         Seeds the folds and the halving's image order.
     batch_size : int
@@ -68,6 +78,11 @@ class CompareOptions:
                           "best cuts")
     folds: int = option(5, Interval(int, 2, None), help="cross-validation folds on TRAIN")
     factor: int = option(3, Interval(int, 2, None), help="successive halving's factor")
+    screen: int = option(SCREEN_PER_CLASS, Interval(int, 0, None),
+                         help="images per class every backbone embeds first; LogME on them "
+                         "keeps the backbones holding the --top sets, only those embed the rest "
+                         f"of TRAIN (0: off; default {SCREEN_PER_CLASS}; skipped when the slice "
+                         "is half of TRAIN or more)")
     seed: int = option(0, int, help="seeds the folds and the halving's image order")
     batch_size: int = option(32, Interval(int, 1, None), help="images per embedding batch")
     budget: float | None = option(None, None, Interval(float, 0, None, "neither"),

@@ -47,10 +47,17 @@ def table(sets: list[FrozenCandidate], chosen: FrozenCandidate | None) -> str:
         acc = f"{cv['accuracy']:.4f}" if cv else "-"
         spread = f"{cv['std']:.4f}" if cv else ""
         clf = cv["classifier"] if cv else ""
+        if s.screened_on is not None:  # LogME on the slice only: never cross-validated
+            acc, clf = "out", f"slice {s.screened_on}"
         ms = f"{s.ms_per_image:.1f}" if s.ms_per_image is not None else "-"
         mark = "*" if s is chosen else " "
         lines.append(f"{mark} {s.name[:43]:<44}{acc:>8}{spread:>7}{clf:>11}{s.logme:>9.3f}"
                      f"{s.dim:>6}{ms:>8}")
+    out = [s for s in sets if s.screened_on is not None]
+    if out:
+        lines.append(f"  ({len(out)} sets screened out: their LogME is on a slice of "
+                     f"{out[0].screened_on} TRAIN images; the rest of TRAIN was not embedded "
+                     "for them)")
     return "\n".join(lines)
 
 
@@ -84,7 +91,10 @@ def plot_accuracy_vs_ms(sets: list[FrozenCandidate], chosen: FrozenCandidate, pa
             ax.scatter([ms], [acc], s=220, facecolors="none", edgecolors="black", label="chosen")
     ax.set_xlabel("ms per image (decode + graph, this machine)")
     ax.set_ylabel("CV accuracy on TRAIN (bars: spread over folds)")
-    ax.set_title("compare: accuracy against cost")
+    out = [s for s in sets if s.screened_on is not None]
+    ax.set_title("compare: accuracy against cost" + (
+        f"\n({len(out)} sets screened out on {out[0].screened_on} images: not shown)"
+        if out else ""))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return save_figure(fig, path)

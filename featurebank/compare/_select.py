@@ -29,6 +29,8 @@ class FrozenCandidate:
     ms_per_image: float | None = None
     cv: dict | None = None  #: the best classifier's CV record, once halving ran on this set
     rounds: int = 0  #: halving rounds the set's best candidate reached
+    #: TRAIN images its LogME was computed on when screening dropped its pass (None: kept)
+    screened_on: int | None = None
 
     @property
     def key(self) -> str:
@@ -52,7 +54,8 @@ class FrozenCandidate:
         return {"backbone": self.backbone.name, "cuts": list(self.cuts), "pool": self.pool,
                 "fingerprints": [s.fingerprint() for s in self.specs], "dim": self.dim,
                 "logme": self.logme, "ms_per_image": self.ms_per_image,
-                "flops_share": self.flops_share, "cv": self.cv, "halving_rounds": self.rounds}
+                "flops_share": self.flops_share, "cv": self.cv, "halving_rounds": self.rounds,
+                "screened_out_on": self.screened_on}
 
 
 def rank_by_logme(passes: list[Pass], mats: Matrices, concat: bool) -> list[FrozenCandidate]:
@@ -128,6 +131,9 @@ def confirm(shortlisted: list[FrozenCandidate], mats: Matrices, classifiers: tup
     history = [{"features": by_key[c.features].name, "classifier": c.classifier, "C": c.C,
                 "rounds": [{"n": n, "accuracy": m, "std": sd} for n, m, sd in result.history[c]]}
                for c in ranking]
+    history += [{"features": by_key[c.features].name, "classifier": c.classifier, "C": c.C,
+                 "rounds": [{"n": n, "accuracy": m, "std": sd} for n, m, sd in result.history[c]],
+                 "skipped": why} for c, why in result.skipped.items()]
     return Selection(shortlisted, by_key[best.features], best.classifier, best.C, history)
 
 

@@ -45,22 +45,21 @@ def _extractor(backbone: Backbone, pool: str, cuts, batch_size: int):
     return Extractor(backbone.model, layers=list(cuts), pool=pool, batch_size=batch_size)
 
 
-def embed_passes(train: str, backbones: list[Backbone], pools: tuple[str, ...], work_dir: Path,
+def embed_passes(train: str, pairs: list[tuple[Backbone, str]], work_dir: Path,
                  batch_size: int, progress: bool) -> list[Pass]:
-    """Embed ``train`` once per backbone and pooling (every cut in one pass)."""
+    """Embed ``train`` once per (backbone, pooling) pair (every cut in one pass)."""
     from featurebank.extractor import EmbedRun, embed_collection
 
     passes = []
-    for b in backbones:
-        for pool in pools:
-            ex = _extractor(b, pool, b.cuts, batch_size)
-            store = work_dir / f"{b.label}-{pool}.h5"
-            log.info("embedding %s with %s, %s pooling (%d cuts) into %s", train, b.name, pool,
-                     len(b.cuts), store)
-            run = EmbedRun(batch_size=batch_size, progress=progress)
-            summary = embed_collection([train], store, extractor=ex, run=run)
-            passes.append(Pass(b, pool, store, list(ex.specs), summary.embedded, summary.cached,
-                               summary.seconds))
+    for b, pool in pairs:
+        ex = _extractor(b, pool, b.cuts, batch_size)
+        store = work_dir / f"{b.label}-{pool}.h5"
+        log.info("embedding %s with %s, %s pooling (%d cuts) into %s", train, b.name, pool,
+                 len(b.cuts), store)
+        run = EmbedRun(batch_size=batch_size, progress=progress)
+        summary = embed_collection([train], store, extractor=ex, run=run)
+        passes.append(Pass(b, pool, store, list(ex.specs), summary.embedded, summary.cached,
+                           summary.seconds))
     return passes
 
 
@@ -99,6 +98,14 @@ def load_matrices(passes: list[Pass]) -> Matrices:
             raise FeaturebankError(f"the work folder's stores disagree on the labels of the same "
                                    f"images ({fp}); remove the work folder and run again")
     return Matrices(X, first.y[keep], keys, first.paths[keep])
+
+
+def only_keys(mats: Matrices, keys: frozenset[str]) -> Matrices:
+    """``mats`` restricted to the rows whose content key is in ``keys`` (the screening slice:
+    a store may hold more, from an earlier run)."""
+    keep = np.flatnonzero([k in keys for k in mats.keys])
+    return Matrices({fp: X[keep] for fp, X in mats.X.items()}, mats.y[keep], mats.keys[keep],
+                    mats.paths[keep])
 
 
 def without_excluded(mats: Matrices, exclude: frozenset[str]) -> tuple[Matrices, set[str]]:

@@ -62,6 +62,7 @@ def _ranks(result) -> dict[str, int]:
     """Feature set name -> rank (1: best) within one data set, the order compare chooses in."""
     order = sorted(result.sets, key=lambda s: (-s.rounds,
                                                -(s.cv["accuracy"] if s.cv else -1.0),
+                                               s.screened_on is not None,  # slice LogME last
                                                -s.logme))
     return {s.name: i + 1 for i, s in enumerate(order)}
 
@@ -97,6 +98,7 @@ def run_suite(suite: str | Path, *, options: CompareOptions | None = None,
             row = per_set.setdefault(s.name, {"feature_set": s.name, "datasets": {}})
             row["datasets"][e.name] = {"rank": ranks[s.name], "logme": s.logme,
                                        "cv_accuracy": s.cv["accuracy"] if s.cv else None,
+                                       "screened_out_on": s.screened_on,
                                        "chosen": s is result.chosen,
                                        "test_accuracy": (result.test or {}).get("accuracy")
                                        if s is result.chosen else None}
