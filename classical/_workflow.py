@@ -32,7 +32,7 @@ from featurebank.classical._report import (
 )
 from featurebank.errors import FeaturebankError
 from featurebank.options import Interval, Options, check_value, renamed_keyword
-from featurebank.paths import write_json
+from featurebank.paths import check_folder, write_json
 
 
 def train(store, layers=None, classifier: str = AUTO, shots: int | None = None,
@@ -143,6 +143,9 @@ def evaluate(classifier: TrainedClassifier, store, report: str | Path | None = N
         (``'wrong'``) scored as wrong predictions and listed under ``unseen_labels``.
     """
     check_value("unseen", unseen, Options(UNSEEN), owner="evaluate")
+    report = renamed_keyword("evaluate", "report_dir", "report", report_dir, report)
+    if report:
+        check_folder(report)  # before anything is scored
     data = labelled_only(load_features(store, fingerprints=classifier.fingerprints, wanted=classifier.specs),
                          f"store {store}")
     classifier.check_specs(data.specs)
@@ -183,10 +186,9 @@ def evaluate(classifier: TrainedClassifier, store, report: str | Path | None = N
         base_pred = classifier.baseline.predict(raw_pixels(data.paths))
         result["raw_pixel_baseline_accuracy"] = metrics(data.y, base_pred, labels)["accuracy"]
         result["gain_over_raw_pixels"] = result["accuracy"] - result["raw_pixel_baseline_accuracy"]
-    report = renamed_keyword("evaluate", "report_dir", "report", report_dir, report)
     if report:
         out = Path(report)
-        out.mkdir(parents=True, exist_ok=True)
+        out.mkdir(exist_ok=True)
         write_json(result, out / "metrics.json")
         title = textwrap.fill(f"{features_title(classifier.specs)} - accuracy {result['accuracy']:.3f}",
                               70)
@@ -246,6 +248,8 @@ def sweep(store, test=None, classifier: str = "logreg", holdout: float = 0.25,
     """
     test = renamed_keyword("sweep", "test_store", "test", test_store, test)
     report = renamed_keyword("sweep", "report_dir", "report", report_dir, report)
+    if report:
+        check_folder(report)
     TrainOptions(classifier=classifier, random_state=random_state)
     # one kind for every row: 'auto' would choose per row and compare unlike probes
     check_value("classifier", classifier, Options(CLASSIFIERS), owner="sweep")
@@ -278,7 +282,7 @@ def sweep(store, test=None, classifier: str = "logreg", holdout: float = 0.25,
                      "fingerprints": fps})
     if report:
         out = Path(report)
-        out.mkdir(parents=True, exist_ok=True)
+        out.mkdir(exist_ok=True)
         write_json({"rows": rows}, out / "sweep.json")
         plot_sweep(rows, out / "sweep.png", f"layer sweep ({classifier})")
     return rows

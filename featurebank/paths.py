@@ -2,6 +2,8 @@
 
 - :func:`check_writable`: can this output file be written? Asked before any work, so a long
   export, embedding or training never ends in "cannot write".
+- :func:`check_folder`: the same for an output folder (a report, a work folder), made if
+  absent.
 - :func:`is_onnx_path`: does this name an ONNX file (rather than a registry name or a
   ``.joblib`` classifier)?
 - :func:`write_json`: a report's JSON, written whole or not at all (every report writes it
@@ -20,7 +22,7 @@ from pathlib import Path
 
 from featurebank.errors import FeaturebankError
 
-__all__ = ["check_writable", "is_onnx_path", "write_json"]
+__all__ = ["check_folder", "check_writable", "is_onnx_path", "write_json"]
 
 #: The first byte of a serialised ONNX ``ModelProto``: its field 1 (``ir_version``, a varint),
 #: which every ONNX writer puts first. A joblib file starts with a zlib (0x78) or pickle (0x80)
@@ -62,6 +64,33 @@ def check_writable(path: str | Path, *, what: str = "output", suffix: str | None
         raise FeaturebankError(f"cannot write {what} {out}: the file is read-only")
     try:
         with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{out.name}.", suffix=".probe"):
+            pass
+    except OSError as exc:
+        raise FeaturebankError(f"cannot write {what} {out}: {exc.strerror or exc}") from exc
+    return out
+
+
+def check_folder(path: str | Path, *, what: str = "report") -> Path:
+    """Refuse, before any work, an output folder that cannot be made or written into; return
+    it as a Path (not made yet: the caller makes it when it writes).
+
+    The folder may exist (its files are replaced); if not, its parent must, as for
+    :func:`check_writable`'s files. Either must take a new file (a real probe file).
+
+    Raises
+    ------
+    FeaturebankError
+        Naming the folder and why it cannot be written.
+    """
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise FeaturebankError(f"cannot write {what} {out}: it exists and is not a folder")
+    where = out if out.is_dir() else out.parent
+    if not where.is_dir():
+        raise FeaturebankError(f"cannot write {what} {out}: folder {where} does not exist; "
+                               "create it first or choose another path")
+    try:
+        with tempfile.NamedTemporaryFile(dir=where, prefix=".featurebank-", suffix=".probe"):
             pass
     except OSError as exc:
         raise FeaturebankError(f"cannot write {what} {out}: {exc.strerror or exc}") from exc

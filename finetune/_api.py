@@ -27,7 +27,7 @@ from featurebank.finetune._data import (
 from featurebank.finetune._inputs import open_collection
 from featurebank.finetune._options import FinetuneOptions
 from featurebank.options import check_names
-from featurebank.paths import check_writable
+from featurebank.paths import check_folder, check_writable
 
 log = logging.getLogger(__name__)
 
@@ -193,6 +193,8 @@ def finetune(train: str | Path, *, model: str = "efficientnet_lite0", from_layer
     opts = (options or FinetuneOptions()).replace(**option_fields)
     output = Path(output)
     _check_paths(train, test, output)
+    if report is not None:
+        check_folder(report)
     # refuses a bad model or cut before any file
     spec, shape = cut_spec(model, from_layer, opts.input_size, opts.weights)
     timings: dict[str, float] = {}

@@ -94,3 +94,33 @@ def test_write_json_replaces_whole_and_writes_paths_and_numpy_values(tmp_path, m
     with pytest.raises(OSError):
         write_json({"a": 1}, out)
     assert json.loads(out.read_text())["n"] == 3  # the old report, whole
+
+
+def test_check_folder_refuses_what_cannot_hold_a_report(tmp_path):
+    """One check for output folders (reports, work folders), before any work: a file in the
+    way, a missing parent; an existing folder or a new one in an existing folder passes."""
+    from featurebank.paths import check_folder
+
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(FeaturebankError, match="report .*file: it exists and is not a folder"):
+        check_folder(tmp_path / "file")
+    with pytest.raises(FeaturebankError, match=r"work folder .*: folder .*no does not exist"):
+        check_folder(tmp_path / "no" / "r", what="work folder")
+    assert check_folder(tmp_path) == tmp_path and check_folder(tmp_path / "new") == tmp_path / "new"
+    assert not (tmp_path / "new").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+@pytest.mark.parametrize("command", ["evaluate", "sweep", "finetune"])
+def test_a_report_folder_that_cannot_be_made_is_refused_first(tmp_path, command):
+    """evaluate, sweep and finetune refuse a report folder whose parent is missing before
+    reading a store or training (here there is no store at all: the folder is named first)."""
+    from featurebank.classical import evaluate, sweep
+    from featurebank.finetune import finetune
+
+    report = tmp_path / "missing" / "report"
+    run = {"evaluate": lambda: evaluate(None, tmp_path / "absent.h5", report),
+           "sweep": lambda: sweep(tmp_path / "absent.h5", report=report),
+           "finetune": lambda: finetune(tmp_path, output=tmp_path / "t.onnx", report=report)}
+    with pytest.raises(FeaturebankError, match="cannot write report .*missing does not exist"):
+        run[command]()
+    assert list(tmp_path.iterdir()) == []

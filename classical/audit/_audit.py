@@ -38,6 +38,7 @@ from featurebank.extractor import (
     self_neighbours,
 )
 from featurebank.options import renamed_keyword
+from featurebank.paths import check_folder
 
 log = logging.getLogger(__name__)
 __all__ = ["AuditReport", "audit_stores"]
@@ -147,18 +148,8 @@ def _check_labels(side: _Side, options: AuditOptions) -> np.ndarray:
 
 def check_report_dir(report_dir: str | Path | None) -> None:
     """Refuse a report folder that cannot be made or written, before any work."""
-    if report_dir is None:
-        return
-    d = Path(report_dir)
-    if d.exists() and not d.is_dir():
-        raise FeaturebankError(f"cannot write report {d}: it exists and is not a folder")
-    parent = d if d.exists() else d.parent
-    if not parent.is_dir():
-        raise FeaturebankError(f"cannot write report {d}: folder {parent} does not exist")
-    import os
-
-    if not os.access(parent, os.W_OK):
-        raise FeaturebankError(f"cannot write report {d}: permission denied")
+    if report_dir is not None:
+        check_folder(report_dir, what="report")
 
 
 def _self_neighbours(side: _Side, options: AuditOptions):

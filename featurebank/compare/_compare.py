@@ -15,7 +15,6 @@ The order of the work is the protocol (VTAB-1k's: choose on the training split, 
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -31,7 +30,7 @@ from featurebank.compare._report import (
 )
 from featurebank.compare._select import FrozenCandidate, Selection
 from featurebank.errors import FeaturebankError
-from featurebank.paths import write_json
+from featurebank.paths import check_folder, check_writable, write_json
 
 log = logging.getLogger("featurebank.compare")
 
@@ -103,16 +102,6 @@ class CompareResult:
         return text
 
 
-def _check_output(path: Path | None, what: str) -> None:
-    if path is None:
-        return
-    folder = path.parent
-    if not folder.is_dir():
-        raise FeaturebankError(f"cannot write {what} {path}: folder {folder} does not exist")
-    if not os.access(folder, os.W_OK):
-        raise FeaturebankError(f"cannot write {what} {path}: permission denied")
-
-
 def compare(train: str | Path, test: str | Path | None = None, *,
             options: CompareOptions | None = None, output: str | Path | None = None,
             report: str | Path | None = None, work_dir: str | Path | None = None,
@@ -143,14 +132,15 @@ def compare(train: str | Path, test: str | Path | None = None, *,
     options = options or CompareOptions()
     clock = {"start": time.perf_counter()}
     output = Path(output) if output is not None else None
-    if output is not None and output.suffix.lower() != ".joblib":
-        raise FeaturebankError(f"-o {output}: the chosen classifier is a .joblib file")
-    _check_output(output, "the classifier")
+    if output is not None:
+        if output.suffix.lower() != ".joblib":
+            raise FeaturebankError(f"output={output}: the chosen classifier is a .joblib file")
+        check_writable(output, what="classifier", suffix=".joblib")
     work = Path(work_dir) if work_dir else (output.with_suffix(".work") if output
                                             else Path("compare-work"))
-    _check_output(work, "the work folder")
+    check_folder(work, what="work folder")
     if report is not None:
-        _check_output(Path(report), "the report folder")
+        check_folder(report, what="report")
     train, test = str(train), (str(test) if test is not None else None)
     check_collection(train, "TRAIN")
     if test is not None:
