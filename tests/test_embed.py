@@ -157,6 +157,14 @@ def test_bad_inputs_are_embedded_or_recorded_never_abort(tmp_path, lite0_onnx):
     assert "empty" in failed["zero.jpg"]
     assert "pixels" in failed["huge.png"]
     assert np.isfinite(fs.read().X).all()
+    # the summary a user reads names each failed file and why, not only a count
+    shown = str(s).splitlines()
+    for path, reason in s.failures:
+        assert f"  {path}: {reason}" in shown
+    s.failures *= 4  # past the lines shown: the rest is counted and where to see it said
+    text = str(s)
+    assert text.count(f"{src}/") == s.SHOWN_FAILURES
+    assert f"... and {len(s.failures) - s.SHOWN_FAILURES} more ('featurebank store info" in text
 
 
 def test_cli_embed_info_and_export_npz(tmp_path, collection, capsys):

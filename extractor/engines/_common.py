@@ -22,9 +22,12 @@ __all__ = ["ENGINES", "EmbedRun", "EmbedSummary", "Prepared", "label_table", "pr
 class EmbedSummary:
     """What a run did: counts per outcome, wall time, and the images per label of the input.
 
-    ``str(summary)`` ends with the table of labels (classes) and counts, and with any warning
-    about the layout (labels that look like dataset splits), so a wrong folder shows at once.
+    ``str(summary)`` names the files that failed (the first :attr:`SHOWN_FAILURES`, with why)
+    and ends with the table of labels (classes) and counts, and with any warning about the
+    layout (labels that look like dataset splits), so a wrong folder shows at once.
     """
+
+    SHOWN_FAILURES = 10  # a run over a broken folder must not print thousands of lines
 
     total: int = 0
     embedded: int = 0
@@ -48,6 +51,12 @@ class EmbedSummary:
         lines = [f"{self.total} images in {self.seconds:.1f} s ({self.images_per_s:.1f} img/s): "
                  f"embedded {self.embedded}, already cached {self.cached}, duplicates "
                  f"{self.duplicates}, failed {self.failed}"]
+        if self.failures:
+            lines.append("failed files (skipped, recorded in the store):")
+            lines += [f"  {path}: {reason}" for path, reason in self.failures[:self.SHOWN_FAILURES]]
+            if len(self.failures) > self.SHOWN_FAILURES:
+                lines.append(f"  ... and {len(self.failures) - self.SHOWN_FAILURES} more "
+                             "('featurebank store info STORE' lists every one)")
         if len(self.nodes) > 1:
             lines.append(f"embedded on {len(self.nodes)} Ray nodes: " + ", ".join(
                 f"{node[:8]} {n}" for node, n in sorted(self.nodes.items())))
