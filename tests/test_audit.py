@@ -89,7 +89,10 @@ def test_audit_finds_leaks_duplicates_flipped_labels_and_outliers(split, tmp_pat
     assert hits / len(split["flipped"]) >= 0.7 and hits / len(flagged) >= 0.6, (hits, len(flagged))
     first = report.label_issues[0]
     assert first["given"] != first["suggested"] and 0 < first["score"] <= 1
-    assert report.outliers and report.outliers[0]["distance"] >= report.outliers[-1]["distance"]
+    assert report.outliers
+    for store in {r["store"] for r in report.outliers}:  # farthest first, within each store
+        dist = [r["distance"] for r in report.outliers if r["store"] == store]
+        assert dist == sorted(dist, reverse=True) and len(dist) <= AuditOptions().outliers
     # the report folder: JSON, CSVs, exclusions and a picture
     data = json.loads((report_dir / "report.json").read_text())
     assert data["counts"]["leaks"] == len(report.leaks) >= 9
@@ -393,3 +396,18 @@ def test_no_pixel_check_flag():
     opts = options_from_args(Opts, args)
     assert opts.pixel_check is False and opts.pixel_threshold == 0.99
     assert options_from_args(Opts, parser.parse_args([])).pixel_check is True
+
+
+def test_outliers_are_rows_beyond_the_fence_not_a_fixed_count():
+    """Tukey's fence on the k-th neighbour distances: three rows far from the rest are the
+    outliers of a store of ordinary rows; without the fence, the cap alone decides."""
+    from featurebank.classical.audit._duplicates import outlier_ranking
+
+    rng = np.random.default_rng(0)
+    kth = np.clip(rng.normal(0.9, 0.01, 200), 0, 1)
+    kth[[17, 80, 151]] = [0.5, 0.55, 0.6]
+    sim = np.stack([np.full(200, 0.99), kth], axis=1)  # the last column: the k-th neighbour
+    rows, dist = outlier_ranking(sim, 50)
+    assert rows.tolist() == [17, 80, 151] and np.allclose(dist, [0.5, 0.45, 0.4])
+    assert len(outlier_ranking(sim, 50, fence=0)[0]) == 50  # the former rule: a fixed count
+    assert outlier_ranking(sim, 2)[0].tolist() == [17, 80]  # the cap still holds

@@ -178,7 +178,7 @@ def _near_and_outliers(side: _Side, options: AuditOptions, report: AuditReport):
             "found_by": found_by(pairs[np.isin(pairs[:, 0], group), 3]),
             "members": [side.row(int(r)) for r in group]})
     if side.rows > options.neighbours:
-        rows, dist = outlier_ranking(found.similarity, options.outliers)
+        rows, dist = outlier_ranking(found.similarity, options.outliers, options.outlier_fence)
         report.outliers += [side.row(int(r), distance=round(float(d), 6)) for r, d in zip(rows, dist, strict=True)]
     return index
 

@@ -98,10 +98,20 @@ def near_groups(n_rows: int, pairs: np.ndarray) -> list[tuple[np.ndarray, float]
     return sorted(groups, key=lambda g: (-len(g[0]), g[0][0]))
 
 
-def outlier_ranking(similarity: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
-    """The ``count`` rows farthest from their k-th neighbour (cosine distance ``1 - sim``),
-    farthest first: (rows, distances)."""
+def outlier_ranking(similarity: np.ndarray, count: int,
+                    fence: float = 1.5) -> tuple[np.ndarray, np.ndarray]:
+    """The rows unusually far from their k-th neighbour (cosine distance ``1 - sim``), farthest
+    first, at most ``count``: (rows, distances).
+
+    Unusually far is beyond Tukey's upper fence of the store's distances, ``Q3 + fence * IQR``
+    (1.5: Tukey's "outside"): on a small or even store a fixed count would list ordinary rows
+    as outliers (91 of 141 rows, with the former rule, on a new user's five-class collection).
+    ``fence=0`` keeps the ``count`` farthest whatever they are."""
     kth = similarity[:, -1]
     distance = np.where(np.isfinite(kth), 1.0 - kth, 2.0)
-    order = np.argsort(-distance, kind="stable")[:count]
+    order = np.argsort(-distance, kind="stable")
+    if fence > 0 and len(distance):
+        q1, q3 = np.percentile(distance, [25, 75])
+        order = order[distance[order] > q3 + fence * (q3 - q1)]
+    order = order[:count]
     return order, distance[order]

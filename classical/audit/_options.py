@@ -80,7 +80,11 @@ class AuditOptions:
         Check the labels of this many training rows (a stratified random sample) instead of
         all: the probe's cost grows with rows.
     outliers : int
-        Outliers reported per store (the rows farthest from their neighbours).
+        Outliers reported per store at most (the rows farthest from their neighbours).
+    outlier_fence : float
+        A row is an outlier when its distance to its k-th neighbour is beyond ``Q3 + fence *
+        IQR`` of the store's distances (Tukey's fence); 0: the ``outliers`` farthest rows,
+        whatever they are.
     sheet_rows : int
         Rows of thumbnails per finding on the contact sheet.
     index : {'auto', 'exact', 'hnsw', 'ivfpq'}
@@ -104,6 +108,7 @@ class AuditOptions:
     folds: int = option(5, Interval(int, 2, 50))
     label_sample: int | None = option(None, None, Interval(int, 10, None))
     outliers: int = option(50, Interval(int, 0, None))
+    outlier_fence: float = option(1.5, Interval(float, 0.0, None))
     sheet_rows: int = option(6, Interval(int, 0, 50))
     index: str = option("auto", Options(AUDIT_INDEX))
     block_rows: int = option(4096, Interval(int, 1, None))
