@@ -130,45 +130,16 @@ def compare(train: str | Path, test: str | Path | None = None, *,
         recorded in the classifier file, and ``evaluate`` skips them.
     """
     options = options or CompareOptions()
-    clock = {"start": time.perf_counter()}
-    output = Path(output) if output is not None else None
-    if output is not None:
-        if output.suffix.lower() != ".joblib":
-            raise FeaturebankError(f"output={output}: the chosen classifier is a .joblib file")
-        check_writable(output, what="classifier", suffix=".joblib")
-    work = Path(work_dir) if work_dir else (output.with_suffix(".work") if output
-                                            else Path("compare-work"))
-    check_folder(work, what="work folder")
-    if report is not None:
-        check_folder(report, what="report")
+    start = time.perf_counter()
+    output, work, backbones = _check_inputs(train, test, options, output, report, work_dir)
     train, test = str(train), (str(test) if test is not None else None)
-    check_collection(train, "TRAIN")
-    if test is not None:
-        check_collection(test, "TEST")
-    backbones = resolve_backbones(options.models, options.layers)
-    if options.budget is not None:
-        from featurebank.compare._finetune import check_finetune_from
-
-        check_finetune_from(backbones, options.finetune_from)
     # every check passed: the work starts
     work.mkdir(exist_ok=True)
     train_input, labels = check_collection(train, "TRAIN", work)
     log.info("TRAIN: %d labelled images in %d classes; %d backbone(s), %d pooling(s)",
              sum(labels.values()), len(labels), len(backbones), len(options.pools))
-    from featurebank.compare._select import (
-        confirm,
-        fit_choice,
-        prefer_faster,
-        rank_by_logme,
-        shortlist,
-    )
-    from featurebank.compare._stores import (
-        TIMED_IMAGES,
-        embed_passes,
-        load_matrices,
-        time_feature_set,
-        without_excluded,
-    )
+    from featurebank.compare._select import fit_choice
+    from featurebank.compare._stores import embed_passes, load_matrices, without_excluded
 
     pairs, screening = _screen(train_input, backbones, work, options, frozenset(exclude),
                                progress)
@@ -179,6 +150,66 @@ def compare(train: str | Path, test: str | Path | None = None, *,
     mats, excluded = without_excluded(load_matrices(passes), frozenset(exclude))
     if excluded:
         log.info("left out %d TRAIN images (the exclusions file)", len(excluded))
+    ranked, sel = _choose(passes, mats, screening, options, work, seconds)
+    estimator = fit_choice(sel, mats, options.seed)
+    result = CompareResult(ranked, sel, None, None, seconds,
+                           [{"backbone": p.backbone.name, "pool": p.pool, "store": str(p.store),
+                             "embedded": p.embedded, "cached": p.cached, "seconds": p.seconds}
+                            for p in passes], options, excluded, screening=screening)
+    tuned = None
+    if options.budget is not None:
+        t = time.perf_counter()
+        tuned = _consider_finetune(result, train_input, mats, work, output, options,
+                                   frozenset(excluded), start, progress)
+        seconds["finetune"] = time.perf_counter() - t
+    result.classifier = _classifier(result, estimator, mats)
+    if test is not None:
+        t = time.perf_counter()
+        result.test = (_score_tuned_once(tuned, test, work, options, progress)
+                       if tuned is not None else
+                       _score_test_once(result, test, work, options, progress))
+        seconds["test"] = time.perf_counter() - t
+        result.classifier.info["compare"]["test"] = result.test
+    seconds["total"] = time.perf_counter() - start
+    _write(result, output, report)
+    return result
+
+
+def _check_inputs(train: str | Path, test: str | Path | None, options: CompareOptions,
+                  output: str | Path | None, report: str | Path | None,
+                  work_dir: str | Path | None) -> tuple[Path | None, Path, list]:
+    """Everything compare can refuse, refused before any work: the output, work and report
+    paths, TRAIN and TEST, every backbone and cut (together), and ``finetune_from``. Returns
+    the output file, the work folder and the backbones."""
+    output = Path(output) if output is not None else None
+    if output is not None:
+        if output.suffix.lower() != ".joblib":
+            raise FeaturebankError(f"output={output}: the chosen classifier is a .joblib file")
+        check_writable(output, what="classifier", suffix=".joblib")
+    work = Path(work_dir) if work_dir else (output.with_suffix(".work") if output
+                                            else Path("compare-work"))
+    check_folder(work, what="work folder")
+    if report is not None:
+        check_folder(report, what="report")
+    check_collection(str(train), "TRAIN")
+    if test is not None:
+        check_collection(str(test), "TEST")
+    backbones = resolve_backbones(options.models, options.layers)
+    if options.budget is not None:
+        from featurebank.compare._finetune import check_finetune_from
+
+        check_finetune_from(backbones, options.finetune_from)
+    return output, work, backbones
+
+
+def _choose(passes, mats, screening, options: CompareOptions, work: Path,
+            seconds: dict[str, float]) -> tuple[list[FrozenCandidate], Selection]:
+    """LogME over every set (the screened-out ones after, with their slice's figure), halving
+    over the ``--top``, their speed measured, and a tie given to the faster set; each step's
+    time in ``seconds``."""
+    from featurebank.compare._select import confirm, prefer_faster, rank_by_logme, shortlist
+    from featurebank.compare._stores import TIMED_IMAGES, time_feature_set
+
     t = time.perf_counter()
     # the screened-out sets after every kept one: their LogME is on the slice alone
     ranked = rank_by_logme(passes, mats, options.concat) + (screening.dropped if screening
@@ -197,27 +228,11 @@ def compare(train: str | Path, test: str | Path | None = None, *,
         s.ms_per_image = time_feature_set(s.backbone, s.pool, s.cuts, timed, work,
                                           options.batch_size)
     seconds["timing"] = time.perf_counter() - t
-    sel = prefer_faster(sel)
-    estimator = fit_choice(sel, mats, options.seed)
-    result = CompareResult(ranked, sel, None, None, seconds,
-                           [{"backbone": p.backbone.name, "pool": p.pool, "store": str(p.store),
-                             "embedded": p.embedded, "cached": p.cached, "seconds": p.seconds}
-                            for p in passes], options, excluded, screening=screening)
-    tuned = None
-    if options.budget is not None:
-        t = time.perf_counter()
-        tuned = _consider_finetune(result, train_input, mats, work, output, options,
-                                   frozenset(excluded), clock["start"], progress)
-        seconds["finetune"] = time.perf_counter() - t
-    result.classifier = _classifier(result, estimator, mats)
-    if test is not None:
-        t = time.perf_counter()
-        result.test = (_score_tuned_once(tuned, test, work, options, progress)
-                       if tuned is not None else
-                       _score_test_once(result, test, work, options, progress))
-        seconds["test"] = time.perf_counter() - t
-        result.classifier.info["compare"]["test"] = result.test
-    seconds["total"] = time.perf_counter() - clock["start"]
+    return ranked, prefer_faster(sel)
+
+
+def _write(result: CompareResult, output: Path | None, report: str | Path | None) -> None:
+    """``compare.json`` and ``compare.png`` in the report folder; the classifier file."""
     if report is not None:
         folder = Path(report)
         folder.mkdir(exist_ok=True)
@@ -225,7 +240,6 @@ def compare(train: str | Path, test: str | Path | None = None, *,
         plot_accuracy_vs_ms(result.sets, result.chosen, folder / "compare.png")
     if output is not None:
         result.classifier.save(output)
-    return result
 
 
 def _screen(train: str, backbones, work: Path, options: CompareOptions, exclude: frozenset[str],
