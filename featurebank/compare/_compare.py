@@ -89,7 +89,7 @@ class CompareResult:
         cv = s.cv or {}  # the chosen set was always cross-validated
         text = (f"{s.name}, {sel.classifier} {reg}={sel.C:g}: CV accuracy "
                 f"{cv['accuracy']:.4f} +- {cv['std']:.4f} on TRAIN"
-                + (" (tied with a slower set: the faster chosen)" if sel.tie_broken_by_speed
+                + (" (tied in CV accuracy: the fastest, then narrowest, chosen)" if sel.tie_broken_by_speed
                    else ""))
         if self.finetuned:
             ft = self.finetune
