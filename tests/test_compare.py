@@ -121,6 +121,14 @@ def _committed_rows(store: Path) -> int:
         return 0
 
 
+def rerun_json(cmd: list[str]) -> dict:
+    """Run ``cmd`` (a ``featurebank ... --json`` command) to the end: its JSON summary."""
+    done = subprocess.run(cmd, capture_output=True, text=True, env=subprocess_env(), cwd=REPO,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout)
+
+
 @pytest.mark.slow
 def test_a_killed_compare_resumes_where_it_stopped(splits, tmp_path, compared):
     """SIGKILL during the embedding pass; the rerun embeds only the images not yet committed
@@ -142,10 +150,7 @@ def test_a_killed_compare_resumes_where_it_stopped(splits, tmp_path, compared):
         proc.wait()
     killed_at = _committed_rows(store)
     assert 0 < killed_at < 80 and not out.exists()
-    done = subprocess.run(cmd, capture_output=True, text=True, env=subprocess_env(), cwd=REPO,
-                          timeout=600)
-    assert done.returncode == 0, done.stderr[-2000:]
-    summary = json.loads(done.stdout)
+    summary = rerun_json(cmd)
     [p] = summary["passes"]
     assert p["cached"] >= killed_at and p["embedded"] + p["cached"] == 80
     assert summary["chosen"]["feature_set"] == compared[0].chosen.name

@@ -19,7 +19,7 @@ import pytest
 from featurebank.compare import CompareOptions, compare
 from featurebank.errors import OptionError
 from featurebank.extractor import FeatureStore
-from tests.test_compare import _split
+from tests.test_compare import _split, rerun_json
 
 OPTIONS = CompareOptions(models=("efficientnet_lite0",), layers=("head",),
                          classifiers=("logreg",), top=1, concat=False, screen=2)
@@ -162,10 +162,7 @@ def test_a_run_killed_after_screening_resumes_with_what_is_missing(screened, tra
         proc.wait()
     killed_at = _committed_rows(store)
     assert 20 < killed_at < 80 and not out.exists()
-    done = subprocess.run(cmd, capture_output=True, text=True, env=subprocess_env(), cwd=REPO,
-                          timeout=600)
-    assert done.returncode == 0, done.stderr[-2000:]
-    summary = json.loads(done.stdout)
+    summary = rerun_json(cmd)
     assert all(p["store"] for p in summary["screening"]["screened_out_passes"])
     [p] = summary["passes"]
     assert p["cached"] == killed_at and p["embedded"] + p["cached"] == 80

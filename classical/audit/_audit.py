@@ -146,12 +146,6 @@ def _check_labels(side: _Side, options: AuditOptions) -> np.ndarray:
     return labels.astype(str)
 
 
-def check_report_dir(report_dir: str | Path | None) -> None:
-    """Refuse a report folder that cannot be made or written, before any work."""
-    if report_dir is not None:
-        check_folder(report_dir, what="report")
-
-
 def _self_neighbours(side: _Side, options: AuditOptions):
     method = SearchOptions(index=options.index, block_rows=options.block_rows,
                            index_above=AUDIT_EXACT_ROWS).method(
@@ -275,7 +269,8 @@ def audit_stores(train: str | Path, tests=(), layer: str | None = None, *,
     """
     options = options or AuditOptions()
     folder = renamed_keyword("audit_stores", "report_dir", "report", report_dir, report)
-    check_report_dir(folder)
+    if folder is not None:
+        check_folder(folder, what="report")
     tests = [str(t) for t in tests]
     train_store, test_stores = open_store(train), [open_store(t) for t in tests]
     info = _resolve(train_store, test_stores, layer)

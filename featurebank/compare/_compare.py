@@ -131,11 +131,13 @@ def compare(train: str | Path, test: str | Path | None = None, *,
     """
     options = options or CompareOptions()
     start = time.perf_counter()
-    output, work, backbones = _check_inputs(train, test, options, output, report, work_dir)
+    output, work, backbones, (train_input, labels) = _check_inputs(train, test, options, output,
+                                                                   report, work_dir)
     train, test = str(train), (str(test) if test is not None else None)
     # every check passed: the work starts
     work.mkdir(exist_ok=True)
-    train_input, labels = check_collection(train, "TRAIN", work)
+    if is_store(train):  # checked above; its images become a list file in the work folder
+        train_input, labels = check_collection(train, "TRAIN", work)
     log.info("TRAIN: %d labelled images in %d classes; %d backbone(s), %d pooling(s)",
              sum(labels.values()), len(labels), len(backbones), len(options.pools))
     from featurebank.compare._select import fit_choice
@@ -177,10 +179,11 @@ def compare(train: str | Path, test: str | Path | None = None, *,
 
 def _check_inputs(train: str | Path, test: str | Path | None, options: CompareOptions,
                   output: str | Path | None, report: str | Path | None,
-                  work_dir: str | Path | None) -> tuple[Path | None, Path, list]:
+                  work_dir: str | Path | None) -> tuple[Path | None, Path, list, tuple[str, dict]]:
     """Everything compare can refuse, refused before any work: the output, work and report
     paths, TRAIN and TEST, every backbone and cut (together), and ``finetune_from``. Returns
-    the output file, the work folder and the backbones."""
+    the output file, the work folder, the backbones and TRAIN as :func:`check_collection`
+    gave it (read once: a folder of 100k images is not walked twice)."""
     output = Path(output) if output is not None else None
     if output is not None:
         if output.suffix.lower() != ".joblib":
@@ -191,7 +194,7 @@ def _check_inputs(train: str | Path, test: str | Path | None, options: CompareOp
     check_folder(work, what="work folder")
     if report is not None:
         check_folder(report, what="report")
-    check_collection(str(train), "TRAIN")
+    checked_train = check_collection(str(train), "TRAIN")
     if test is not None:
         check_collection(str(test), "TEST")
     backbones = resolve_backbones(options.models, options.layers)
@@ -199,7 +202,7 @@ def _check_inputs(train: str | Path, test: str | Path | None, options: CompareOp
         from featurebank.compare._finetune import check_finetune_from
 
         check_finetune_from(backbones, options.finetune_from)
-    return output, work, backbones
+    return output, work, backbones, checked_train
 
 
 def _choose(passes, mats, screening, options: CompareOptions, work: Path,

@@ -152,10 +152,11 @@ def prefer_faster(sel: Selection) -> Selection:
     won = sel.chosen.cv
     if won is None or sel.chosen.ms_per_image is None:
         return sel
-    tied = [s for s in sel.sets if s.cv is not None and s.ms_per_image is not None
-            and s.cv["n"] == won["n"] and s.cv["accuracy"] == won["accuracy"]]
-    quickest = min(s.ms_per_image for s in tied)  # type: ignore[type-var]
-    fast = [s for s in tied if s.ms_per_image <= quickest * (1 + SAME_SPEED)]  # type: ignore[operator]
+    tied = [(s.ms_per_image, s) for s in sel.sets if s.cv is not None
+            and s.ms_per_image is not None and s.cv["n"] == won["n"]
+            and s.cv["accuracy"] == won["accuracy"]]
+    quickest = min(ms for ms, _ in tied)
+    fast = [s for ms, s in tied if ms <= quickest * (1 + SAME_SPEED)]
     fastest = min(fast, key=lambda s: (s.dim, s.ms_per_image))
     if fastest is sel.chosen or (sel.chosen in fast and sel.chosen.dim == fastest.dim):
         return sel
