@@ -446,37 +446,50 @@ def test_fine_tuning_runs_within_the_budget_as_one_more_row(digits_dir, tmp_path
 
 def test_a_tie_in_cv_accuracy_goes_to_the_faster_set():
     """Halving alone breaks a tie by spread, then by LogME's order: the faster of two sets at
-    the same CV accuracy on the same rows is chosen instead; a better or unmeasured rival
-    changes nothing."""
+    the same CV accuracy on the same rows, with the chosen classifier kind, is chosen instead;
+    a better, unmeasured or other-kind rival changes nothing."""
     from types import SimpleNamespace
 
     from featurebank.compare._select import Selection, prefer_faster
 
-    def row(name, acc, ms, n=80, std=0.01, dim=64):
+    def row(name, acc, ms, n=80, std=0.01, dim=64, kind="logreg"):
         return SimpleNamespace(name=name, dim=dim, ms_per_image=ms, cv={
-            "accuracy": acc, "std": std, "n": n, "classifier": "logreg", "C": 1.0})
+            "accuracy": acc, "std": std, "n": n, "classifier": kind, "C": 1.0})
+
+    def select(sets, chosen, kind="logreg", C=1.0):
+        """A Selection whose halving history holds each set's own record (best first)."""
+        history = [{"features": s.name, "classifier": s.cv["classifier"], "C": s.cv["C"],
+                    "rounds": [{k: s.cv[k] for k in ("n", "accuracy", "std")}]}
+                   for s in sorted(sets, key=lambda s: -s.cv["accuracy"])]
+        return Selection(sets, chosen, kind, C, history)
 
     slow, fast, better = row("slow", 0.9, 8.0), row("fast", 0.9, 2.0, std=0.05), row("b", 0.95, 1.0)
-    sel = prefer_faster(Selection([slow, fast], slow, "logreg", 1.0))
-    assert sel.chosen is fast and sel.tie_broken_by_speed
-    assert prefer_faster(Selection([better, fast], better, "knn", 5.0)).chosen is better
+    sel = prefer_faster(select([slow, fast], slow))
+    assert sel.chosen is fast and sel.tie_broken_by_speed and sel.classifier == "logreg"
+    assert prefer_faster(select([better, fast], better)).chosen is better
     fewer_rows = row("f", 0.9, 1.0, n=27)  # knocked out earlier, on fewer rows: no tie
-    assert prefer_faster(Selection([slow, fewer_rows], slow, "logreg", 1.0)).chosen is slow
-    unmeasured = Selection([slow, fast], row("u", 0.9, None), "logreg", 1.0)
+    assert prefer_faster(select([slow, fewer_rows], slow)).chosen is slow
+    unmeasured = select([slow, fast], row("u", 0.9, None))
     assert prefer_faster(unmeasured) is unmeasured
+    # the faster set ties only with another kind (its logistic regression fell behind): the
+    # kind halving chose stays, and so does its set
+    rbf_only = row("rbf", 0.9, 1.0, kind="rbf-svm")
+    assert prefer_faster(select([slow, rbf_only], slow)).chosen is slow
     # the same speed within timing noise (one depth: blocks.10, blocks.9+blocks.10): the
     # narrower set, whichever timed faster this run; a chosen set as narrow stays
     wide, narrow = row("9+10", 1.0, 4.79, dim=384), row("10", 1.0, 5.03, dim=192)
-    assert prefer_faster(Selection([wide, narrow], wide, "logreg", 1.0)).chosen is narrow
-    assert prefer_faster(Selection([wide, narrow], narrow, "logreg", 1.0)).chosen is narrow
+    assert prefer_faster(select([wide, narrow], wide)).chosen is narrow
+    assert prefer_faster(select([wide, narrow], narrow)).chosen is narrow
 
 
 def test_the_choice_is_the_fastest_of_its_ties(compared):
+    from featurebank.compare._select import SAME_SPEED, _tied_entry
+
     result = compared[0]
-    won = result.chosen.cv
-    tied = [s for s in result.sets if s.cv and s.cv["n"] == won["n"]
-            and s.cv["accuracy"] == won["accuracy"]]
-    from featurebank.compare._select import SAME_SPEED
+    won, sel = result.chosen.cv, result.selection
+    assert won["classifier"] == sel.classifier and won["C"] == sel.C  # the record of the choice
+    tied = [s for s in result.sets
+            if s.ms_per_image is not None and _tied_entry(sel, s.name, won) is not None]
 
     quickest = min(s.ms_per_image for s in tied)
     fast = [s for s in tied if s.ms_per_image <= quickest * (1 + SAME_SPEED)]
