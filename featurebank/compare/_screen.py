@@ -80,8 +80,11 @@ def plan_slice(train: str, per_class: int | None, n_pairs: int, exclude: frozens
     rng = np.random.default_rng(seed)
     chosen: list[tuple[str, str]] = []
     keys: set[str] = set()
+    by_label: dict[str, list] = {label: [] for label in labels}
+    for it in items:  # one pass: a list per class (not a scan of TRAIN per class)
+        by_label[it.label].append(it)
     for label in labels:
-        mine = [it for it in items if it.label == label]
+        mine = by_label[label]
         taken = 0
         for i in rng.permutation(len(mine)):
             if taken == per_class:
